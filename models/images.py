@@ -1,0 +1,53 @@
+"""Image <-> tensor conversion with the reference `test.py` transforms (Resize, CenterCrop)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image, ImageOps
+from torch import Tensor
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Upright RGB: EXIF orientation applied; grey, palette, CMYK, 16-bit and alpha converted."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grey: scale to 8 bits before RGB (a plain convert would clip at 255).
+        image = image.point(lambda v: v / 257).convert("L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("RGB")
+
+
+def prepare(image: Image.Image, size: int = 0, crop: bool = False) -> Tensor:
+    """(1, 3, H, W) in [0, 1]: shorter side resized to `size` (0 keeps it), centre-cropped to a
+    size x size square when `crop`, exactly as the reference `test_transform`."""
+    image = to_rgb(image)
+    if size:
+        image = TF.resize(image, size)
+    if crop and size:
+        image = TF.center_crop(image, size)
+    return TF.to_tensor(image)[None]
+
+
+def prepare_mask(image: Image.Image, size: tuple[int, int]) -> Tensor:
+    """(H, W) in [0, 1] from a grey/colour mask image, resized to the content's size."""
+    grey = ImageOps.exif_transpose(image).convert("L")
+    if grey.size != (size[1], size[0]):
+        grey = grey.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return TF.to_tensor(grey)[0]
+
+
+def load(path: Path, size: int = 0, crop: bool = False) -> Tensor:
+    with Image.open(path) as image:
+        return prepare(image, size, crop)
+
+
+def to_pil(image: Tensor) -> Image.Image:
+    """(1, 3, H, W) or (3, H, W) in [0, 1] -> 8-bit RGB, rounded as torchvision's save_image."""
+    pixels = image.reshape(-1, *image.shape[-2:]).mul(255).add_(0.5).clamp_(0, 255)
+    return Image.fromarray(pixels.to(torch.uint8).permute(1, 2, 0).cpu().numpy())

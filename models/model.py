@@ -1,0 +1,259 @@
+"""AdaIN style transfer (Huang & Belongie, ICCV 2017) in one file.
+
+The layouts and formulas follow the reference PyTorch port (naoto0804/pytorch-AdaIN): the encoder
+and decoder are the same `nn.Sequential`s, so its `vgg_normalised.pth` and `decoder.pth` state dicts
+load unchanged, and `calc_mean_std`, `adaptive_instance_normalization` and `coral` compute exactly
+what its `function.py` computes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# relu1_1, relu2_1, relu3_1, relu4_1 in the reference encoder `nn.Sequential`.
+RELU_TAPS: tuple[int, ...] = (3, 10, 17, 30)
+ENCODER_LENGTH = RELU_TAPS[-1] + 1
+# Three ceil-mode pools: the relu4_1 grid is ceil(H/8) x ceil(W/8), the output 8x that.
+DOWNSCALE = 8
+EPS = 1e-5
+
+
+def _conv(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.ReflectionPad2d((1, 1, 1, 1)), nn.Conv2d(c_in, c_out, (3, 3)), nn.ReLU()]
+
+
+def _pool() -> nn.Module:
+    return nn.MaxPool2d((2, 2), (2, 2), (0, 0), ceil_mode=True)
+
+
+def make_encoder() -> nn.Sequential:
+    """The reference "normalised VGG-19" up to relu4_1 (31 modules, indices as in the port)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 3, (1, 1)),  # RGB in [0, 1] -> Caffe BGR x 255 minus the ImageNet mean
+        *_conv(3, 64), *_conv(64, 64), _pool(),  # relu1_1 = 3
+        *_conv(64, 128), *_conv(128, 128), _pool(),  # relu2_1 = 10
+        *_conv(128, 256), *_conv(256, 256), *_conv(256, 256), *_conv(256, 256), _pool(),  # 17
+        *_conv(256, 512),  # relu4_1 = 30
+    )
+
+
+def make_decoder() -> nn.Sequential:
+    """The reference decoder: the encoder mirrored, nearest upsampling, no normalisation."""
+    up = nn.Upsample(scale_factor=2, mode="nearest")
+    layers = [
+        *_conv(512, 256), up,
+        *_conv(256, 256), *_conv(256, 256), *_conv(256, 256), *_conv(256, 128), up,
+        *_conv(128, 128), *_conv(128, 64), up,
+        *_conv(64, 64), *_conv(64, 3),
+    ]
+    return nn.Sequential(*layers[:-1])  # the last conv has no ReLU
+
+
+# --- the formulas of the reference `function.py` -------------------------------------------
+
+
+def calc_mean_std(feat: Tensor, eps: float = EPS) -> tuple[Tensor, Tensor]:
+    """Per-sample, per-channel mean and std over space; unbiased variance + eps as the reference."""
+    n, c = feat.shape[:2]
+    flat = feat.reshape(n, c, -1)
+    std = (flat.var(dim=2) + eps).sqrt().view(n, c, 1, 1)
+    return flat.mean(dim=2).view(n, c, 1, 1), std
+
+
+def calc_region_mean_std(feat: Tensor, mask: Tensor, eps: float = EPS) -> tuple[Tensor, Tensor]:
+    """`calc_mean_std` over the pixels a (soft) mask selects: frequency-weighted, unbiased.
+
+    feat (1, C, h, w), mask (S, 1, h, w) -> (S, C, 1, 1). A binary mask gives exactly the
+    statistics of the selected pixels; an all-ones mask gives `calc_mean_std`.
+    """
+    count = mask.sum(dim=(2, 3), keepdim=True)
+    mean = (feat * mask).sum(dim=(2, 3), keepdim=True) / count.clamp(min=EPS)
+    var = (mask * (feat - mean) ** 2).sum(dim=(2, 3), keepdim=True) / (count - 1).clamp(min=1)
+    return mean, (var + eps).sqrt()
+
+
+def adaptive_instance_normalization(content_feat: Tensor, style_feat: Tensor) -> Tensor:
+    """AdaIN(x, y) = sigma(y) * (x - mu(x)) / sigma(x) + mu(y)."""
+    style_mean, style_std = calc_mean_std(style_feat)
+    return adain_from_stats(content_feat, style_mean, style_std)
+
+
+def adain_from_stats(content_feat: Tensor, style_mean: Tensor, style_std: Tensor) -> Tensor:
+    """AdaIN with the style statistics already computed (what the style cache stores)."""
+    content_mean, content_std = calc_mean_std(content_feat)
+    return (content_feat - content_mean) / content_std * style_std + style_mean
+
+
+def _flatten_mean_std(image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    flat = image.reshape(3, -1)
+    return flat, flat.mean(dim=-1, keepdim=True), flat.std(dim=-1, keepdim=True)
+
+
+def _matrix_sqrt(x: Tensor) -> Tensor:
+    u, d, v = torch.svd(x)
+    return u @ d.pow(0.5).diag() @ v.t()
+
+
+def coral(source: Tensor, target: Tensor) -> Tensor:
+    """Recolour `source` (3, H, W) to the RGB mean and covariance of `target` (3, H', W').
+
+    The reference's CORAL, used for colour preservation: the style image takes the content's
+    colours before it is encoded. Computed in float64 so that the SVDs are stable.
+    """
+    src, src_mean, src_std = _flatten_mean_std(source.double())
+    tgt, tgt_mean, tgt_std = _flatten_mean_std(target.double())
+    eye = torch.eye(3, dtype=torch.float64, device=source.device)
+    src_norm = (src - src_mean) / src_std
+    tgt_norm = (tgt - tgt_mean) / tgt_std
+    src_cov = src_norm @ src_norm.t() + eye
+    tgt_cov = tgt_norm @ tgt_norm.t() + eye
+    moved = _matrix_sqrt(tgt_cov) @ torch.linalg.inv(_matrix_sqrt(src_cov)) @ src_norm
+    return (moved * tgt_std + tgt_mean).view(source.shape).to(source.dtype)
+
+
+# --- the paper's user controls -------------------------------------------------------------
+
+
+def normalise_weights(weights: Tensor | list[float] | None, n_styles: int) -> Tensor:
+    """Interpolation weights for `n_styles` styles, non-negative and summing to 1."""
+    if weights is None:
+        return torch.full((n_styles,), 1.0 / n_styles)
+    w = torch.as_tensor(weights, dtype=torch.float32)
+    if w.shape != (n_styles,):
+        raise ValueError(f"expected {n_styles} weights (one per style), got {w.numel()}")
+    if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError("weights must be finite, non-negative and not all zero")
+    return w / w.sum()
+
+
+def masks_from_binary(mask: Tensor) -> Tensor:
+    """The reference's form: one binary mask (H, W) for two styles, white = first, black = second."""
+    first = (mask > 0.5).float()
+    return torch.stack([first, 1 - first])
+
+
+def adain_target(
+    content_feat: Tensor,
+    style_mean: Tensor,
+    style_std: Tensor,
+    weights: Tensor,
+    masks: Tensor | None = None,
+) -> Tensor:
+    """The AdaIN target t for one content image and S styles.
+
+    content_feat (1, C, h, w); style_mean, style_std (S, C, 1, 1); weights (S,) summing to 1;
+    masks (S, H, W) in [0, 1] at any resolution, or None. Without masks t is the convex
+    combination of the S AdaIN outputs (the paper's interpolation). With masks, style k's AdaIN
+    uses the content statistics of its own region, and pixel p mixes the styles with
+    weights_k * mask_k(p), normalised per pixel (pixels no mask covers use `weights`).
+    Computed in float32 whatever the network's precision.
+    """
+    feat = content_feat.float()
+    style_mean, style_std = style_mean.float(), style_std.float()
+    w = weights.to(feat.device, torch.float32).view(-1, 1, 1, 1)
+    if masks is None:
+        return (w * adain_from_stats(feat, style_mean, style_std)).sum(dim=0, keepdim=True)
+    grid = feat.shape[-2:]
+    region = F.interpolate(masks[:, None].to(feat), size=grid, mode="bilinear", antialias=True)
+    region = region.clamp(0, 1)
+    mean, std = calc_region_mean_std(feat, region)
+    per_style = (feat - mean) / std * style_std + style_mean  # (S, C, h, w)
+    mix = w * region
+    total = mix.sum(dim=0, keepdim=True)
+    mix = torch.where(total > 0, mix / total.clamp(min=1e-12), w.expand_as(mix))
+    return (mix * per_style).sum(dim=0, keepdim=True)
+
+
+def blend(content_feat: Tensor, target: Tensor, alpha: float) -> Tensor:
+    """(1 - alpha) * f(c) + alpha * t: the content-style trade-off of the paper."""
+    return target * alpha + content_feat.float() * (1 - alpha)
+
+
+class StyleTransfer(nn.Module):
+    """Encoder f (fixed VGG-19 to relu4_1) and decoder g: T(c, s, a) = g((1-a) f(c) + a t)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = make_encoder()
+        self.decoder = make_decoder()
+        self.encoder.requires_grad_(False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.decoder[1].weight.dtype
+
+    def encode(self, images: Tensor) -> Tensor:
+        """relu4_1 features of RGB images in [0, 1]."""
+        return self.encoder(images.to(self.dtype))
+
+    def encode_taps(self, images: Tensor) -> list[Tensor]:
+        """relu1_1 .. relu4_1 features (for the style loss)."""
+        taps, x = [], images.to(self.dtype)
+        for start, stop in zip((0, *(t + 1 for t in RELU_TAPS[:-1])), (t + 1 for t in RELU_TAPS)):
+            x = self.encoder[start:stop](x)
+            taps.append(x)
+        return taps
+
+    def style_statistics(self, styles: Tensor) -> tuple[Tensor, Tensor]:
+        """relu4_1 mean and std (float32) of a batch of style images: all AdaIN needs of a style."""
+        return calc_mean_std(self.encode(styles).float())
+
+    def decode(self, feats: Tensor, size: tuple[int, int]) -> Tensor:
+        """Images in [0, 1] cropped to `size`: the decoder returns 8 * ceil(H / 8) per side."""
+        out = self.decoder(feats.to(self.dtype))
+        return out[..., : size[0], : size[1]].float().clamp(0, 1)
+
+    def stylize(
+        self,
+        content: Tensor,
+        styles: list[Tensor],
+        alpha: float = 1.0,
+        weights: Tensor | list[float] | None = None,
+        masks: Tensor | None = None,
+        preserve_color: bool = False,
+    ) -> Tensor:
+        """Stylize content (1, 3, H, W) with S styles (each (1, 3, H', W'), any size) and every
+        control of the paper: alpha, interpolation weights, masks (S, H, W), colour preservation."""
+        if preserve_color:
+            styles = [coral(style[0], content[0])[None] for style in styles]
+        stats = [self.style_statistics(style) for style in styles]
+        style_mean = torch.cat([mean for mean, _ in stats])
+        style_std = torch.cat([std for _, std in stats])
+        return self.stylize_with_stats(content, style_mean, style_std, alpha, weights, masks)
+
+    def stylize_with_stats(
+        self,
+        content: Tensor,
+        style_mean: Tensor,
+        style_std: Tensor,
+        alpha: float = 1.0,
+        weights: Tensor | list[float] | None = None,
+        masks: Tensor | None = None,
+    ) -> Tensor:
+        """`stylize` from precomputed style statistics (S, C, 1, 1)."""
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        content_feat = self.encode(content)
+        w = normalise_weights(weights, style_mean.shape[0])
+        target = adain_target(content_feat, style_mean, style_std, w, masks)
+        return self.decode(blend(content_feat, target, alpha), content.shape[-2:])
+
+
+# --- the training losses of the reference `net.py` ------------------------------------------
+
+
+def content_loss(output_feat: Tensor, target: Tensor) -> Tensor:
+    """MSE between the output's relu4_1 features and the AdaIN target t."""
+    return F.mse_loss(output_feat.float(), target.float())
+
+
+def style_loss(output_taps: list[Tensor], style_taps: list[Tensor]) -> Tensor:
+    """Sum over relu1_1..relu4_1 of the MSEs of channel means and of channel stds."""
+    total = torch.zeros((), device=output_taps[0].device)
+    for out, style in zip(output_taps, style_taps, strict=True):
+        out_mean, out_std = calc_mean_std(out.float())
+        style_mean, style_std = calc_mean_std(style.float())
+        total = total + F.mse_loss(out_mean, style_mean) + F.mse_loss(out_std, style_std)
+    return total

