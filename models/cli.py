@@ -1,9 +1,10 @@
-"""`adain` commands that need only the model library: stylize, train, convert."""
+"""`adain` commands that need only the model library: stylize, train, eval, convert."""
 
 from __future__ import annotations
 
 import itertools
-from enum import Enum
+import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -12,16 +13,18 @@ import typer
 from PIL import Image
 from tqdm import tqdm
 
-from models import images
-from models.data import list_images
-from models.model import masks_from_binary
+from models import evaluate, images
+from models.data import list_images, split
+from models.model import StyleTransfer, masks_from_binary
 from models.train import TrainConfig, pick_device, train
 from models.weights import WeightsError, convert_t7, load_model, save_state
 
-app = typer.Typer(help="AdaIN arbitrary style transfer.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="AdaIN arbitrary style transfer.", no_args_is_help=True, add_completion=False
+)
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
@@ -32,8 +35,28 @@ def parse_weights(text: str | None) -> list[float] | None:
         return None
     try:
         return [float(part) for part in text.split(",")]
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint="--weights")
+    except ValueError as exc:
+        raise typer.BadParameter(
+            f"expected comma-separated numbers, got {text!r}", param_hint="--weights"
+        ) from exc
+
+
+EncoderOption = Annotated[
+    Path | None, typer.Option(help="vgg_normalised.pth (default: embedded).")
+]
+DecoderOption = Annotated[Path | None, typer.Option(help="decoder.pth (default: embedded).")]
+DeviceOption = Annotated[Device, typer.Option(help="Where to run.")]
+
+
+def open_model(
+    encoder: Path | None, decoder: Path | None, device: Device, half: bool = False
+) -> StyleTransfer:
+    """`load_model`, with a weights problem reported as a plain message and exit status 1."""
+    try:
+        return load_model(encoder, decoder, pick_device(device.value), half)
+    except WeightsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 def expand(paths: list[Path]) -> list[Path]:
@@ -53,19 +76,15 @@ def stylize(
     content_size: Annotated[int, typer.Option(min=0, help="Shorter side; 0 keeps it.")] = 512,
     style_size: Annotated[int, typer.Option(min=0, help="Shorter side; 0 keeps it.")] = 512,
     crop: Annotated[bool, typer.Option(help="Centre-crop to a square of the size.")] = False,
-    encoder: Annotated[Path | None, typer.Option(help="vgg_normalised.pth (default: embedded).")] = None,
-    decoder: Annotated[Path | None, typer.Option(help="decoder.pth (default: embedded).")] = None,
-    device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
+    encoder: EncoderOption = None,
+    decoder: DecoderOption = None,
+    device: DeviceOption = Device.auto,
     half: Annotated[bool, typer.Option(help="fp16 on CUDA (statistics stay fp32).")] = False,
 ) -> None:
     """Stylize CONTENT with STYLE... . Several style files mix into one output (interpolation with
     --weights, or regions with --mask); a folder among the inputs stylizes every content with
     every style separately, into the folder OUTPUT."""
-    try:
-        net = load_model(encoder, decoder, pick_device(device.value), half)
-    except WeightsError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1)
+    net = open_model(encoder, decoder, device, half)
     device_ = next(net.parameters()).device
     contents, style_files = expand([content]), expand(styles)
     separate = content.is_dir() or any(s.is_dir() for s in styles)
@@ -77,9 +96,10 @@ def stylize(
     with torch.inference_mode():
         for content_path, group in tqdm(jobs, disable=len(jobs) == 1, desc="stylize"):
             content_image = images.load(content_path, content_size, crop).to(device_)
-            style_images = [
-                style_cache.setdefault(p, images.load(p, style_size, crop).to(device_)) for p in group
-            ]
+            for path in group:
+                if path not in style_cache:
+                    style_cache[path] = images.load(path, style_size, crop).to(device_)
+            style_images = [style_cache[path] for path in group]
             masks = load_masks(mask, content_image.shape[-2:], len(group))
             try:
                 result = net.stylize(
@@ -87,13 +107,16 @@ def stylize(
                     masks.to(device_) if masks is not None else None, preserve_color,
                 )
             except ValueError as exc:
-                raise typer.BadParameter(str(exc))
-            target = output / f"{content_path.stem}_stylized_{group[0].stem}.png" if separate else output
+                raise typer.BadParameter(str(exc)) from exc
+            name = f"{content_path.stem}_stylized_{group[0].stem}.png"
+            target = output / name if separate else output
             images.to_pil(result).save(target)
     typer.echo(f"wrote {len(jobs)} image(s) to {output}")
 
 
-def load_masks(paths: list[Path] | None, size: tuple[int, int], n_styles: int) -> torch.Tensor | None:
+def load_masks(
+    paths: list[Path] | None, size: tuple[int, int], n_styles: int
+) -> torch.Tensor | None:
     if not paths:
         return None
     masks = []
@@ -141,6 +164,76 @@ def train_command(
     typer.echo(f"stopped at step {step}; decoder in {out_dir / 'decoder.safetensors'}")
 
 
+@app.command("eval")
+def eval_command(
+    content_dir: Annotated[Path, typer.Option(exists=True, file_okay=False)],
+    style_dir: Annotated[Path, typer.Option(exists=True, file_okay=False)],
+    encoder: EncoderOption = None,
+    decoder: DecoderOption = None,
+    device: DeviceOption = Device.auto,
+    size: Annotated[int, typer.Option(min=0, help="Shorter side of every image; 0 keeps it. "
+                    "512 is what `adain stylize` uses by default.")] = 512,
+    pairs: Annotated[int, typer.Option(min=0, help="Evaluate the first N pairs; 0 = all.")] = 100,
+    held_out: Annotated[bool, typer.Option("--held-out/--all-images", help="Only the images "
+                        "`adain train` holds out (5% by file name), or every image.")] = True,
+    sheet: Annotated[Path | None, typer.Option(help="Contact sheet PNG: content | style | "
+                     "output per row.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Results as JSON.")] = None,
+) -> None:
+    """The paper's Fig. 3 content and style losses on content x style pairs.
+
+    Content loss: relu4_1 of the output vs the AdaIN target. Style loss: channel mean and std at
+    relu1_1..relu4_1, output vs style. Printed per pair and as means of ln-losses, beside the
+    baseline 'content image as output'.
+    """
+    try:
+        contents, styles = split(content_dir, held_out), split(style_dir, held_out)
+    except FileNotFoundError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    net = open_model(encoder, decoder, device)
+    device_ = next(net.parameters()).device
+    chosen = list(evaluate.ordered_pairs(contents, styles))[: pairs or None]
+    results: list[evaluate.PairResult] = []
+    rows: list[Image.Image] = []  # of the contact sheet
+    for content_path, style_path in chosen:
+        content = images.load(content_path, size).to(device_)
+        style = images.load(style_path, size).to(device_)
+        output, stylized, baseline = evaluate.evaluate_pair(net, content, style)
+        result = evaluate.PairResult(content_path.name, style_path.name, stylized, baseline)
+        results.append(result)
+        typer.echo(
+            f"{result.content} x {result.style}: content {stylized.content:.4f} style "
+            f"{stylized.style:.4f} | baseline content {baseline.content:.4f} style "
+            f"{baseline.style:.4f}"
+        )
+        if sheet:
+            rows.append(evaluate.sheet_row(content, style, output, result))
+    summary = evaluate.summarise(results)
+    typer.echo(
+        f"{summary.pairs} pairs. mean ln content loss {summary.mean_ln.content:.3f} "
+        f"(baseline {summary.baseline_mean_ln.content:.3f}), mean ln style loss "
+        f"{summary.mean_ln.style:.3f} (baseline {summary.baseline_mean_ln.style:.3f}); "
+        f"means: content {summary.mean.content:.4f} (baseline "
+        f"{summary.baseline_mean.content:.4f}), style {summary.mean.style:.4f} (baseline "
+        f"{summary.baseline_mean.style:.4f}); style / baseline style {summary.style_ratio:.3f}"
+    )
+    if sheet:
+        sheet.parent.mkdir(parents=True, exist_ok=True)
+        evaluate.contact_sheet(rows).save(sheet)
+        typer.echo(f"wrote {sheet}")
+    if json_path:
+        settings = {
+            "content_dir": str(content_dir), "style_dir": str(style_dir), "size": size,
+            "held_out": held_out, "encoder": str(encoder) if encoder else "embedded",
+            "decoder": str(decoder) if decoder else "embedded",
+        }
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        report = evaluate.results_json(results, summary, settings)
+        json_path.write_text(json.dumps(report, indent=2))
+        typer.echo(f"wrote {json_path}")
+
+
 @app.command()
 def convert(
     source: Annotated[Path, typer.Argument(exists=True, help="vgg_normalised.t7 or decoder.t7")],
@@ -151,5 +244,9 @@ def convert(
         save_state(convert_t7(source), output)
     except WeightsError as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from exc
     typer.echo(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    app()

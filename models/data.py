@@ -51,7 +51,10 @@ class RandomCrops(Dataset[Tensor]):
 def infinite_batches(
     dataset: RandomCrops, batch_size: int, seed: int, workers: int
 ) -> torch.utils.data.DataLoader[Tensor]:
-    """A loader drawing with replacement forever; `seed` fixes the order (resume passes seed+step)."""
+    """A loader drawing with replacement forever.
+
+    `seed` fixes the order; a resumed run passes seed + step.
+    """
     generator = torch.Generator().manual_seed(seed)
     sampler = torch.utils.data.RandomSampler(
         dataset, replacement=True, num_samples=2**31 - 1, generator=generator

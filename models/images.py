@@ -34,6 +34,18 @@ def prepare(image: Image.Image, size: int = 0, crop: bool = False) -> Tensor:
     return TF.to_tensor(image)[None]
 
 
+def prepared_size(width: int, height: int, size: int = 0, crop: bool = False) -> tuple[int, int]:
+    """(H, W) that `prepare(image, size, crop)` returns for a width x height image, without
+    decoding it: torchvision's Resize rule (shorter side to `size`, the longer one truncated)."""
+    if not size:
+        return height, width
+    if crop:
+        return size, size
+    short, long = min(width, height), max(width, height)
+    longer = int(size * long / short)
+    return (longer, size) if width <= height else (size, longer)
+
+
 def prepare_mask(image: Image.Image, size: tuple[int, int]) -> Tensor:
     """(H, W) in [0, 1] from a grey/colour mask image, resized to the content's size."""
     grey = ImageOps.exif_transpose(image).convert("L")

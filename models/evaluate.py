@@ -1,0 +1,154 @@
+"""The paper's quantitative evaluation (Huang & Belongie 2017, Fig. 3), behind `adain eval`.
+
+For each content x style pair the stylized output is measured with the training losses:
+content loss = MSE(relu4_1 of the output, AdaIN target t), style loss = sum over relu1_1..relu4_1
+of the MSEs of channel means and stds between output and style. The same two numbers for the
+content image itself as output are the baseline the paper plots beside them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw, ImageOps
+from torch import Tensor
+
+from models import images
+from models.model import StyleTransfer, adaptive_instance_normalization, content_loss, style_loss
+
+# ln(0) is -inf, which JSON cannot hold; losses this small are zero for every practical purpose.
+LOSS_FLOOR = 1e-12
+SHEET_CELL = 192  # px: each image of the contact sheet is fitted into a square this size
+SHEET_CAPTION = 16  # px of caption under each row
+
+
+@dataclass(frozen=True)
+class Losses:
+    content: float
+    style: float
+
+
+@dataclass(frozen=True)
+class PairResult:
+    content: str
+    style: str
+    output: Losses
+    baseline: Losses  # the content image as output
+
+
+@dataclass(frozen=True)
+class Summary:
+    pairs: int
+    mean: Losses  # plain means over the pairs
+    baseline_mean: Losses
+    mean_ln: Losses  # means of ln(loss), the paper's axes
+    baseline_mean_ln: Losses
+    style_ratio: float  # mean style loss / mean baseline style loss: < 1 means styled
+
+
+@torch.inference_mode()
+def measure(net: StyleTransfer, content: Tensor, style: Tensor, outputs: Tensor) -> list[Losses]:
+    """Fig. 3 losses of each of `outputs` (N, 3, H, W) for the pair content (1, 3, H, W), style.
+
+    The content loss compares with t = AdaIN(f(content), f(style)), the target the decoder is
+    trained to invert; outputs must therefore have the content's size.
+    """
+    style_taps = net.encode_taps(style)
+    target = adaptive_instance_normalization(net.encode(content).float(), style_taps[-1].float())
+    output_taps = net.encode_taps(outputs)
+    return [
+        Losses(
+            content=content_loss(output_taps[-1][i : i + 1], target).item(),
+            style=style_loss([tap[i : i + 1] for tap in output_taps], style_taps).item(),
+        )
+        for i in range(outputs.shape[0])
+    ]
+
+
+@torch.inference_mode()
+def evaluate_pair(
+    net: StyleTransfer, content: Tensor, style: Tensor
+) -> tuple[Tensor, Losses, Losses]:
+    """(stylized output, its losses, the baseline's losses) for one pair at alpha = 1."""
+    output = net.stylize(content, [style])
+    stylized, baseline = measure(net, content, style, torch.cat([output, content.float()]))
+    return output, stylized, baseline
+
+
+def ordered_pairs(contents: Sequence[Path], styles: Sequence[Path]) -> Iterator[tuple[Path, Path]]:
+    """Every content x style pair once, walking the grid diagonally: pair k is content k mod C
+    with style (k mod C + k div C) mod S, so the first N pairs already mix many of both."""
+    for k in range(len(contents) * len(styles)):
+        index = k % len(contents)
+        yield contents[index], styles[(index + k // len(contents)) % len(styles)]
+
+
+def summarise(results: Sequence[PairResult]) -> Summary:
+    outputs = [result.output for result in results]
+    baselines = [result.baseline for result in results]
+    mean, baseline_mean = _reduce(outputs, _mean), _reduce(baselines, _mean)
+    return Summary(
+        pairs=len(results),
+        mean=mean,
+        baseline_mean=baseline_mean,
+        mean_ln=_reduce(outputs, _mean_ln),
+        baseline_mean_ln=_reduce(baselines, _mean_ln),
+        style_ratio=mean.style / max(baseline_mean.style, LOSS_FLOOR),
+    )
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _mean_ln(values: list[float]) -> float:
+    return _mean([ln_loss(value) for value in values])
+
+
+def ln_loss(value: float) -> float:
+    return math.log(max(value, LOSS_FLOOR))
+
+
+def _reduce(group: list[Losses], reduce: Callable[[list[float]], float]) -> Losses:
+    return Losses(
+        content=reduce([losses.content for losses in group]),
+        style=reduce([losses.style for losses in group]),
+    )
+
+
+def sheet_row(content: Tensor, style: Tensor, output: Tensor, result: PairResult) -> Image.Image:
+    """content | style | output, each fitted into a square cell, with the losses underneath."""
+    row = Image.new("RGB", (3 * SHEET_CELL, SHEET_CELL + SHEET_CAPTION), "white")
+    for column, image in enumerate((content, style, output)):
+        cell = ImageOps.pad(images.to_pil(image), (SHEET_CELL, SHEET_CELL), color="white")
+        row.paste(cell, (column * SHEET_CELL, 0))
+    caption = (
+        f"{result.content} x {result.style}: ln content {ln_loss(result.output.content):.2f}, "
+        f"ln style {ln_loss(result.output.style):.2f}"
+    )
+    ImageDraw.Draw(row).text((4, SHEET_CELL + 2), caption, fill="black")
+    return row
+
+
+def contact_sheet(rows: Sequence[Image.Image]) -> Image.Image:
+    width = max(row.width for row in rows)
+    sheet = Image.new("RGB", (width, sum(row.height for row in rows)), "white")
+    top = 0
+    for row in rows:
+        sheet.paste(row, (0, top))
+        top += row.height
+    return sheet
+
+
+def results_json(
+    results: Sequence[PairResult], summary: Summary, settings: dict[str, object]
+) -> dict[str, object]:
+    return {
+        "settings": settings,
+        "pairs": [asdict(result) for result in results],
+        "summary": asdict(summary),
+    }

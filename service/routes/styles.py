@@ -1,0 +1,85 @@
+"""The style registry: register a style image once, use it by id in POST /stylize."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import PurePath
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Response, UploadFile, status
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from models import images
+from service.deps import LimitsDep, RegistryDep
+from service.errors import ApiError
+from service.imaging import ImageLimits, open_image
+from service.registry import StyleRecord, new_record
+
+MAX_NAME_LENGTH = 200
+
+router = APIRouter(prefix="/styles", tags=["styles"])
+
+
+class Style(BaseModel):
+    id: str
+    name: str
+    width: int
+    height: int
+    created: str
+
+    @classmethod
+    def of(cls, record: StyleRecord) -> Style:
+        return cls(**asdict(record))
+
+
+class StyleList(BaseModel):
+    styles: list[Style]
+
+
+def upright_size(data: bytes, limits: ImageLimits) -> tuple[int, int]:
+    """(width, height) as the style will be used: decoded fully, EXIF orientation applied."""
+    return images.to_rgb(open_image(data, "file", limits)).size
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def register_style(
+    file: Annotated[UploadFile, File(description="PNG, JPEG or WebP style image")],
+    registry: RegistryDep,
+    limits: LimitsDep,
+    response: Response,
+    name: Annotated[str | None, Form(description="Display name; default: the file name")] = None,
+) -> Style:
+    """Register a style. Its id is the sha256 of the bytes: registering the same file again
+    returns the existing style (200) instead of a new one (201)."""
+    data = await file.read()
+    label = (name or PurePath(file.filename or "").stem).strip()
+    if len(label) > MAX_NAME_LENGTH:
+        raise ApiError(422, f"name: {len(label)} characters; the limit is {MAX_NAME_LENGTH}",
+                       "name")
+    width, height = await run_in_threadpool(upright_size, data, limits)
+    record = new_record(data, label, width, height)
+    stored, created = await registry.add(record, data)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return Style.of(stored)
+
+
+@router.get("")
+async def list_styles(registry: RegistryDep) -> StyleList:
+    return StyleList(styles=[Style.of(record) for record in await registry.list()])
+
+
+@router.get("/{style_id}")
+async def get_style(style_id: str, registry: RegistryDep) -> Style:
+    record = await registry.get(style_id)
+    if record is None:
+        raise ApiError(404, f"no style with id {style_id!r}", "style_id")
+    return Style.of(record)
+
+
+@router.delete("/{style_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_style(style_id: str, registry: RegistryDep) -> Response:
+    if not await registry.delete(style_id):
+        raise ApiError(404, f"no style with id {style_id!r}", "style_id")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,298 @@
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+// Uploaded style files: { file, name, thumbnailUrl, weight }.
+let uploads = [];
+// Registered styles from GET /styles: { id, name, width, height }.
+let registered = [];
+// Ticked registered styles: id -> weight.
+const chosenIds = new Map();
+// Object URLs owned by the page, revoked when replaced so long sessions do not leak blobs.
+let contentPreviewUrl = null;
+let resultUrl = null;
+
+function baseName(fileName) {
+  return fileName.replace(/\.[^.]+$/, "") || fileName;
+}
+
+function element(tag, attributes = {}, text = "") {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
+  if (text) node.textContent = text;
+  return node;
+}
+
+// The form control for each API field, to mark the one an error names.
+const FIELD_INPUTS = {
+  content: "content", style: "style-files", style_id: "registered", alpha: "alpha",
+  weights: "chosen-list", preserve_color: "preserve-color", crop: "crop",
+  content_size: "content-size", style_size: "style-size", format: "format",
+};
+
+// Every API error is JSON {detail: "text", field: "name" or null}; anything else is a proxy's page.
+async function errorMessage(response) {
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    return `The server answered ${response.status} ${response.statusText}.`;
+  }
+  const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body);
+  markInvalid(body.field);
+  return body.field && !detail.includes(body.field) ? `${body.field}: ${detail}` : detail;
+}
+
+function markInvalid(field) {
+  for (const node of document.querySelectorAll("[aria-invalid]")) node.removeAttribute("aria-invalid");
+  // Repeated fields are named with their index, e.g. "style[1]".
+  const id = FIELD_INPUTS[(field || "").replace(/\[\d+\]$/, "")];
+  if (id) $(id).setAttribute("aria-invalid", "true");
+}
+
+function showError(message) {
+  if (!message) markInvalid(null);
+  $("error").textContent = message;
+  $("error").hidden = !message;
+}
+
+function setStatus(message) {
+  $("status").textContent = message;
+}
+
+// Styles in request order: uploaded files first, then registered ids (the form field order).
+function chosenStyles() {
+  const fromFiles = uploads.map((upload) => ({ kind: "file", key: upload, name: upload.name }));
+  const fromRegistry = registered
+    .filter((style) => chosenIds.has(style.id))
+    .map((style) => ({ kind: "id", key: style.id, name: style.name }));
+  return [...fromFiles, ...fromRegistry];
+}
+
+function weightOf(style) {
+  return style.kind === "file" ? style.key.weight : chosenIds.get(style.key);
+}
+
+function setWeight(style, weight) {
+  if (style.kind === "file") style.key.weight = weight;
+  else chosenIds.set(style.key, weight);
+}
+
+function button(text, ariaLabel, onClick, variant = "") {
+  const node = element("button", { type: "button", class: `small ${variant}`, "aria-label": ariaLabel }, text);
+  node.addEventListener("click", () => onClick(node));
+  return node;
+}
+
+function renderChosen() {
+  const list = $("chosen-list");
+  list.replaceChildren();
+  const styles = chosenStyles();
+  const mixing = styles.length > 1;
+  styles.forEach((style, index) => {
+    const item = element("li", { class: "chosen" });
+    // Registered styles have no image to show here: their initial keeps the rows aligned.
+    item.append(
+      style.kind === "file"
+        ? element("img", { src: style.key.thumbnailUrl, alt: "", class: "thumb" })
+        : element("span", { class: "thumb initial", "aria-hidden": "true" }, style.name[0] || "?"),
+      element("span", { class: "name" }, style.name),
+    );
+    // Weight and buttons wrap onto their own line together on narrow screens.
+    const controls = element("span", { class: "controls" });
+    if (mixing) {
+      const input = element("input", {
+        type: "number", min: "0", step: "0.1", value: String(weightOf(style)),
+        "aria-label": `Weight for ${style.name}`,
+      });
+      input.addEventListener("input", () => setWeight(style, input.value));
+      const label = element("label", { class: "weight" }, "Weight ");
+      label.append(input);
+      controls.append(label);
+    }
+    if (style.kind === "file") {
+      controls.append(
+        button("Save", `Save ${style.name} to the registered styles`,
+          (node) => registerUpload(style.key, node)),
+        button("Remove", `Remove ${style.name}`, () => removeUpload(style.key), "secondary"),
+      );
+    } else {
+      controls.append(button("Remove", `Remove ${style.name}`, () => {
+        chosenIds.delete(style.key);
+        renderRegistered();
+        renderChosen();
+      }, "secondary"));
+    }
+    item.append(controls);
+    list.append(item);
+  });
+  $("chosen-empty").hidden = styles.length > 0;
+  $("weights-hint").hidden = !mixing;
+}
+
+function renderRegistered() {
+  const list = $("registered-list");
+  list.replaceChildren();
+  for (const style of registered) {
+    const item = element("li", { class: "registered" });
+    const checkboxId = `style-id-${style.id}`;
+    const checkbox = element("input", { id: checkboxId, type: "checkbox", value: style.id });
+    checkbox.checked = chosenIds.has(style.id);
+    checkbox.addEventListener("change", () => {
+      if (checkbox.checked) chosenIds.set(style.id, 1);
+      else chosenIds.delete(style.id);
+      renderChosen();
+    });
+    const label = element("label", { for: checkboxId, class: "check" });
+    label.append(checkbox, ` ${style.name} `, element("small", {}, `${style.width}×${style.height}`));
+    item.append(label, button("Delete", `Delete registered style ${style.name}`,
+      () => deleteRegistered(style), "secondary"));
+    list.append(item);
+  }
+  $("registered-empty").hidden = registered.length > 0;
+}
+
+async function loadRegistered() {
+  const response = await fetch("styles");
+  if (!response.ok) throw new Error(await errorMessage(response));
+  registered = (await response.json()).styles;
+  for (const id of [...chosenIds.keys()]) {
+    if (!registered.some((style) => style.id === id)) chosenIds.delete(id);
+  }
+  renderRegistered();
+  renderChosen();
+}
+
+function removeUpload(upload) {
+  URL.revokeObjectURL(upload.thumbnailUrl);
+  uploads = uploads.filter((other) => other !== upload);
+  renderChosen();
+}
+
+// Registering turns the upload into a ticked registered style, so later runs reuse its cached statistics.
+async function registerUpload(upload, saveButton) {
+  showError("");
+  saveButton.disabled = true;
+  const form = new FormData();
+  form.append("file", upload.file);
+  form.append("name", upload.name);
+  try {
+    const response = await fetch("styles", { method: "POST", body: form });
+    if (!response.ok) throw new Error(await errorMessage(response));
+    const style = await response.json();
+    chosenIds.set(style.id, upload.weight);
+    removeUpload(upload);
+    await loadRegistered();
+    setStatus(`Saved “${style.name}” to the registered styles.`);
+  } catch (error) {
+    saveButton.disabled = false;
+    showError(`Could not save the style: ${error.message}`);
+  }
+}
+
+async function deleteRegistered(style) {
+  showError("");
+  try {
+    const response = await fetch(`styles/${encodeURIComponent(style.id)}`, { method: "DELETE" });
+    if (!response.ok) throw new Error(await errorMessage(response));
+    chosenIds.delete(style.id);
+    await loadRegistered();
+    setStatus(`Deleted “${style.name}”.`);
+  } catch (error) {
+    showError(`Could not delete the style: ${error.message}`);
+  }
+}
+
+function cacheSummary(header, styles) {
+  if (!header) return "";
+  const states = header.split(",").map((state) => state.trim());
+  if (states.length === styles.length && styles.length > 1) {
+    return states.map((state, index) => `${state} (${styles[index].name})`).join(", ");
+  }
+  return states.join(", ");
+}
+
+async function stylize(event) {
+  event.preventDefault();
+  showError("");
+  const content = $("content").files[0];
+  const styles = chosenStyles();
+  const missing = !content ? "Choose a content photo first." : !styles.length ? "Choose at least one style." : "";
+  if (missing) {
+    showError(missing);
+    return;
+  }
+
+  const form = new FormData();
+  form.append("content", content);
+  for (const style of styles) {
+    if (style.kind === "file") form.append("style", style.key.file);
+    else form.append("style_id", style.key);
+  }
+  if (styles.length > 1) for (const style of styles) form.append("weights", weightOf(style));
+  form.append("alpha", $("alpha").value);
+  form.append("preserve_color", String($("preserve-color").checked));
+  form.append("crop", String($("crop").checked));
+  form.append("content_size", $("content-size").value);
+  form.append("style_size", $("style-size").value);
+  form.append("format", $("format").value);
+
+  const stylizeButton = $("stylize");
+  stylizeButton.disabled = true;
+  $("result").setAttribute("aria-busy", "true");
+  setStatus("Stylizing…");
+  try {
+    const response = await fetch("stylize", { method: "POST", body: form });
+    if (!response.ok) throw new Error(await errorMessage(response));
+    const blob = await response.blob();
+    if (resultUrl) URL.revokeObjectURL(resultUrl);
+    resultUrl = URL.createObjectURL(blob);
+    const image = $("result-image");
+    image.src = resultUrl;
+    await image.decode();
+    const milliseconds = response.headers.get("X-Inference-Time-Ms");
+    const cache = cacheSummary(response.headers.get("X-Style-Cache"), styles);
+    const parts = [`${image.naturalWidth}×${image.naturalHeight}`];
+    if (milliseconds !== null) parts.push(`${Math.round(Number(milliseconds))} ms`);
+    if (cache) parts.push(`style cache: ${cache}`);
+    $("result-info").textContent = parts.join(" · ");
+    const extension = $("format").value === "jpeg" ? "jpg" : $("format").value;
+    $("download").href = resultUrl;
+    $("download").download = `${baseName(content.name)}-stylized.${extension}`;
+    $("result").hidden = false;
+    setStatus("Done.");
+  } catch (error) {
+    setStatus("");
+    showError(error.message);
+  } finally {
+    stylizeButton.disabled = false;
+    $("result").removeAttribute("aria-busy");
+  }
+}
+
+function init() {
+  $("content").addEventListener("change", () => {
+    const file = $("content").files[0];
+    if (contentPreviewUrl) URL.revokeObjectURL(contentPreviewUrl);
+    contentPreviewUrl = file ? URL.createObjectURL(file) : null;
+    $("content-preview").hidden = !file;
+    if (file) $("content-preview").src = contentPreviewUrl;
+  });
+  // A file the browser cannot decode gets no broken-image icon; the server explains the error.
+  $("content-preview").addEventListener("error", () => { $("content-preview").hidden = true; });
+  $("style-files").addEventListener("change", () => {
+    for (const file of $("style-files").files) {
+      uploads.push({ file, name: baseName(file.name), thumbnailUrl: URL.createObjectURL(file), weight: 1 });
+    }
+    $("style-files").value = ""; // so picking the same file again fires `change`
+    renderChosen();
+  });
+  $("alpha").addEventListener("input", () => {
+    $("alpha-value").textContent = Number($("alpha").value).toFixed(2);
+  });
+  $("stylize-form").addEventListener("submit", stylize);
+  renderChosen();
+  loadRegistered().catch((error) => showError(`Could not load the registered styles: ${error.message}`));
+}
+
+init();

@@ -1,0 +1,155 @@
+"""docker/compose*.yaml: valid against the Compose Specification schema, and consistent with the
+service's settings, the Dockerfile and docker/nginx.conf. No Docker needed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from service.settings import Settings
+from tests.docker.deployfiles import (
+    COMPOSE_FILES,
+    DOCKER,
+    IMAGE,
+    NGINX_CONF,
+    REPO,
+    dockerfile_env,
+    dockerfile_instructions,
+    load_compose,
+    nginx_upstream_servers,
+    settings_env_names,
+)
+
+
+def check_compose_spec(path: Path) -> subprocess.CompletedProcess[str]:
+    """check-jsonschema with the compose-spec schema it ships (vendored from compose-spec)."""
+    return subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+         str(path)],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def adain_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: service for name, service in compose["services"].items()
+        if service.get("image", "").startswith(IMAGE + ":")
+    }
+
+
+def gpu_devices(service: dict[str, Any]) -> list[dict[str, Any]]:
+    return service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+
+
+def test_compose_files_exist() -> None:
+    names = {path.name for path in COMPOSE_FILES}
+    assert {"compose.yaml", "compose.multi-gpu.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda path: path.name)
+def test_compose_file_matches_the_compose_spec(path: Path) -> None:
+    result = check_compose_spec(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_schema_check_rejects_a_broken_compose_file(tmp_path: Path) -> None:
+    """The check above can fail: a GPU reservation with `capabilities` as a string is refused."""
+    compose = load_compose("compose.yaml")
+    gpu_devices(compose["services"]["adain"])[0]["capabilities"] = "gpu"
+    broken = tmp_path / "compose.yaml"
+    broken.write_text(yaml.safe_dump(compose))
+    result = check_compose_spec(broken)
+    assert result.returncode != 0
+    assert "capabilities" in result.stdout + result.stderr
+
+
+def test_one_machine_has_a_gpu_profile_and_a_cpu_profile() -> None:
+    services = adain_services(load_compose("compose.yaml"))
+    by_profile = {profile: service for service in services.values()
+                  for profile in service["profiles"]}
+    assert set(by_profile) == {"gpu", "cpu"}
+
+    gpu, cpu = by_profile["gpu"], by_profile["cpu"]
+    image_env = dockerfile_env(dockerfile_instructions())
+    assert gpu["environment"]["ADAIN_DEVICE"] == "cuda"
+    (device,) = gpu_devices(gpu)
+    assert device["driver"] == "nvidia"
+    assert device["capabilities"] == ["gpu"]
+    assert device["count"] == 1
+
+    assert cpu["environment"]["ADAIN_DEVICE"] == "cpu"
+    assert gpu_devices(cpu) == []
+    # Both on the same host port, both keep registered styles in the named volume.
+    for service in (gpu, cpu):
+        assert service["ports"] == ["${ADAIN_HTTP_PORT:-8000}:8000"]
+        assert f"styles:{image_env['ADAIN_STYLES_DIR']}" in service["volumes"]
+        assert any(volume.endswith(":/weights:ro") for volume in service["volumes"])
+
+
+def test_multi_gpu_pins_one_replica_per_gpu_behind_nginx() -> None:
+    compose = load_compose("compose.multi-gpu.yaml")
+    replicas = adain_services(compose)
+    assert len(replicas) >= 2
+
+    device_ids = []
+    for service in replicas.values():
+        (device,) = gpu_devices(service)
+        assert device["driver"] == "nvidia"
+        assert device["capabilities"] == ["gpu"]
+        assert "count" not in device  # count and device_ids exclude each other
+        device_ids.extend(device["device_ids"])
+    assert len(set(device_ids)) == len(replicas), f"GPUs shared between replicas: {device_ids}"
+
+    # nginx balances exactly these replicas, on the service's port.
+    upstreams = nginx_upstream_servers(NGINX_CONF.read_text())
+    port = Settings.model_fields["port"].default
+    assert sorted(upstreams) == sorted(f"{name}:{port}" for name in replicas)
+    nginx = compose["services"]["nginx"]
+    assert "./nginx.conf:/etc/nginx/nginx.conf:ro" in nginx["volumes"]
+    assert set(nginx["depends_on"]) == set(replicas)
+    # Only nginx is published; the replicas are reached through it.
+    assert all("ports" not in service for service in replicas.values())
+
+
+def test_multi_gpu_replicas_share_the_compose_redis() -> None:
+    compose = load_compose("compose.multi-gpu.yaml")
+    for name, service in adain_services(compose).items():
+        url = urlsplit(service["environment"]["ADAIN_REDIS_URL"])
+        assert url.scheme == "redis"
+        assert url.hostname in compose["services"], f"{name}: no service {url.hostname}"
+        assert url.port == 6379
+        assert service["depends_on"][url.hostname]["condition"] == "service_healthy"
+    redis = compose["services"]["redis"]
+    # Cached statistics have a TTL and registered styles none: only the cache may be evicted.
+    assert "volatile-lru" in redis["command"]
+    assert "--appendonly" in redis["command"]
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda path: path.name)
+def test_compose_settings_are_real_settings(path: Path) -> None:
+    known = settings_env_names()
+    for name, service in adain_services(load_compose(path.name)).items():
+        unknown = set(service["environment"]) - known
+        assert not unknown, f"{path.name} {name}: not ADAIN_* settings: {unknown}"
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda path: path.name)
+def test_compose_builds_the_repository_dockerfile(path: Path) -> None:
+    compose = load_compose(path.name)
+    for service in adain_services(compose).values():
+        context = (DOCKER / service["build"]["context"]).resolve()
+        assert context == REPO
+        assert (context / service["build"]["dockerfile"]).is_file()
+    # Every named volume used is declared at the top level.
+    declared = set(compose.get("volumes") or {})
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if not source.startswith((".", "/", "$")):
+                assert source in declared, f"{path.name} {name}: volume {source} not declared"

@@ -1,0 +1,124 @@
+"""docker/k8s/: valid against the Kubernetes OpenAPI schemas (kubernetes-validate, strict), and
+wired together: labels, ports, probes, ConfigMap, Redis, and an HPA metric the service exports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from prometheus_client import REGISTRY
+
+from service import metrics
+from service.settings import Settings
+from tests.docker.deployfiles import IMAGE, K8S, K8S_FILES, k8s_objects, settings_env_names
+
+
+def kubernetes_validate(*paths: Path) -> subprocess.CompletedProcess[str]:
+    # --strict: unknown fields (a typo in a probe, say) fail too.
+    return subprocess.run(
+        [sys.executable, "-m", "kubernetes_validate", "--strict", *map(str, paths)],
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+def api_container() -> dict[str, Any]:
+    deployment = k8s_objects()[("Deployment", "adain")]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_manifests_match_the_kubernetes_schemas() -> None:
+    result = kubernetes_validate(*K8S_FILES)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    kinds = {kind.lower() for kind, _ in k8s_objects()}
+    assert {"deployment", "service", "configmap", "horizontalpodautoscaler",
+            "persistentvolumeclaim"} <= kinds
+    for kind, name in k8s_objects():
+        assert f"{kind.lower()}/{name} against" in output
+
+
+def test_the_schema_check_rejects_a_broken_manifest(tmp_path: Path) -> None:
+    """The check above can fail: a misspelt probe field is refused."""
+    text = (K8S / "deployment.yaml").read_text().replace("readinessProbe:", "readinesProbe:")
+    broken = tmp_path / "deployment.yaml"
+    broken.write_text(text)
+    result = kubernetes_validate(broken)
+    assert result.returncode != 0
+    assert "readinesProbe" in result.stdout + result.stderr
+
+
+def test_pods_get_one_gpu_and_probe_the_real_endpoints() -> None:
+    container = api_container()
+    assert container["image"].startswith(IMAGE + ":")
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    (port,) = container["ports"]
+    assert port["containerPort"] == Settings.model_fields["port"].default
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["port"] == port["name"]
+
+
+def test_the_service_selects_the_api_pods() -> None:
+    objects = k8s_objects()
+    deployment = objects[("Deployment", "adain")]
+    service = objects[("Service", "adain")]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    # The Redis pods carry other labels: the API Service never sends them traffic.
+    redis_labels = objects[("Deployment", "adain-redis")]["spec"]["template"]["metadata"]["labels"]
+    assert not service["spec"]["selector"].items() <= redis_labels.items()
+    port_names = {port["name"] for port in api_container()["ports"]}
+    assert {port["targetPort"] for port in service["spec"]["ports"]} <= port_names
+
+
+def test_the_configmap_holds_real_settings_and_the_redis_address() -> None:
+    objects = k8s_objects()
+    (source,) = api_container()["envFrom"]
+    config = objects[("ConfigMap", source["configMapRef"]["name"])]["data"]
+    unknown = set(config) - settings_env_names()
+    assert not unknown, f"not ADAIN_* settings: {unknown}"
+    assert all(isinstance(value, str) for value in config.values())
+
+    url = urlsplit(config["ADAIN_REDIS_URL"])
+    redis_service = objects[("Service", url.hostname)]
+    assert url.port in {port["port"] for port in redis_service["spec"]["ports"]}
+    redis = objects[("Deployment", url.hostname)]
+    redis_pod = redis["spec"]["template"]
+    assert redis_service["spec"]["selector"].items() <= redis_pod["metadata"]["labels"].items()
+    # The registry survives a Redis restart: its data dir is on the PVC.
+    (claim,) = [v["persistentVolumeClaim"]["claimName"] for v in redis_pod["spec"]["volumes"]]
+    assert ("PersistentVolumeClaim", claim) in objects
+    assert "volatile-lru" in redis_pod["spec"]["containers"][0]["args"]
+
+
+def test_the_hpa_scales_the_deployment_on_an_exported_gauge() -> None:
+    objects = k8s_objects()
+    hpa = objects[("HorizontalPodAutoscaler", "adain")]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) in objects
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods"
+    name = metric["pods"]["metric"]["name"]
+    # The name is one the service exports, as a gauge (a per-pod level, not a growing counter).
+    exported = {family.name: family.type for family in REGISTRY.collect()}
+    assert exported.get(name) == "gauge", f"{name} is not a gauge in {sorted(exported)}"
+    assert metrics.QUEUE_DEPTH.describe()[0].name == name
+    # Each pod is scraped on the port that serves /metrics.
+    annotations = objects[("Deployment", "adain")]["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == Settings.model_fields["port"].default
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_every_manifest_is_plain_yaml_with_names() -> None:
+    for path in K8S_FILES:
+        for document in yaml.safe_load_all(path.read_text()):
+            assert document["metadata"]["name"], path
+            assert document["metadata"]["labels"]["app.kubernetes.io/name"] == "adain-serve"

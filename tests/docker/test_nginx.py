@@ -1,0 +1,101 @@
+"""docker/nginx.conf: accepted by Debian's nginx, and in step with the service's limits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import httpx
+
+from service.limits import BodySizeLimit
+from service.settings import Settings
+from tests.docker.deployfiles import (
+    NGINX,
+    NGINX_CONF,
+    needs_nginx,
+    nginx_config_for,
+    nginx_size_bytes,
+    running_nginx,
+)
+from tests.service.server import free_port
+
+
+def nginx_test(config: str, folder: Path) -> subprocess.CompletedProcess[str]:
+    """`nginx -t` on `config`, with every path nginx writes under `folder`."""
+    (folder / "nginx.conf").write_text(config)
+    return subprocess.run(
+        [NGINX, "-t", "-e", "stderr", "-p", str(folder), "-c", str(folder / "nginx.conf"),
+         "-g", f"pid {folder / 'nginx.pid'};"],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def service_413_body() -> dict[str, object]:
+    """What the service itself answers to a too large body (its ASGI middleware, run for real)."""
+    messages: list[dict[str, object]] = []
+
+    async def collect(message: dict[str, object]) -> None:
+        messages.append(message)
+
+    limit = BodySizeLimit(app=None, max_bytes=Settings().max_upload_bytes)  # type: ignore[arg-type]
+    asyncio.run(limit.refuse(collect))
+    return json.loads(messages[-1]["body"])  # type: ignore[arg-type]
+
+
+@needs_nginx
+def test_nginx_accepts_the_configuration(tmp_path: Path) -> None:
+    # The replicas' compose names do not resolve here: only the addresses are rewritten.
+    result = nginx_test(nginx_config_for([18001, 18002], 18080), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+@needs_nginx
+def test_nginx_rejects_a_broken_configuration(tmp_path: Path) -> None:
+    """The check above can fail: a misspelt directive is refused."""
+    config = nginx_config_for([18001, 18002], 18080).replace("least_conn;", "least_connections;")
+    result = nginx_test(config, tmp_path)
+    assert result.returncode != 0
+    assert "least_connections" in result.stderr
+
+
+def test_balancing_retries_and_timeouts_suit_inference() -> None:
+    text = NGINX_CONF.read_text()
+    assert re.search(r"upstream adain \{\s*(#.*\n\s*)*least_conn;", text)
+    retry = re.search(r"^\s*proxy_next_upstream\s+([^;]+);", text, re.M)
+    assert retry
+    assert {"error", "timeout", "http_502", "http_503"} <= set(retry.group(1).split())
+    for server in re.findall(r"^\s*server\s+\S+:\d+\s+([^;]+);", text, re.M):
+        assert "max_fails=" in server and "fail_timeout=" in server
+    read_timeout = re.search(r"^\s*proxy_read_timeout\s+(\d+)s;", text, re.M)
+    assert read_timeout and int(read_timeout.group(1)) >= 60  # nginx's default of 60 s is short
+
+
+def test_body_limit_matches_the_service() -> None:
+    text = NGINX_CONF.read_text()
+    limit = Settings().max_upload_bytes
+    assert nginx_size_bytes(text, "client_max_body_size") == limit
+    # Its 413 answer is the service's own, word for word.
+    answer = re.search(r"return 413 '([^']*)';", text)
+    assert answer
+    assert json.loads(answer.group(1)) == service_413_body()
+    assert str(limit) in answer.group(1)
+
+
+@needs_nginx
+def test_nginx_refuses_too_large_bodies_as_the_service_does(tmp_path: Path) -> None:
+    """Refused by nginx itself (no replica is even running), with the service's JSON 413."""
+    port = free_port()
+    config = nginx_config_for([free_port(), free_port()], port)
+    with running_nginx(config, tmp_path, port) as url:
+        too_large = b"\0" * (Settings().max_upload_bytes + 1)
+        response = httpx.post(f"{url}/stylize", content=too_large, timeout=60)
+        assert response.status_code == 413
+        assert response.headers["content-type"] == "application/json"
+        assert response.json() == service_413_body()
+        # A body at the limit passes nginx and reaches the (absent) replicas: 502, not 413.
+        at_limit = httpx.post(f"{url}/stylize", content=too_large[:-1], timeout=60)
+        assert at_limit.status_code == 502

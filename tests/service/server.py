@@ -1,0 +1,147 @@
+"""Start real servers for tests: `running_server` (uvicorn on the app) and `running_redis`.
+
+Reusable from any test (page, deployment, hostile input):
+
+    with running_server({"ADAIN_ENCODER_PATH": ..., "ADAIN_DECODER_PATH": ...}) as server:
+        httpx.get(f"{server.url}/readyz")
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    url: str  # http://127.0.0.1:<port>
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path  # the server's stdout + stderr (JSON log lines)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class ServerExitedError(RuntimeError):
+    pass
+
+
+def wait_until_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float,
+                     log_path: Path) -> None:
+    """Until GET /readyz is 200 from OUR process: uvicorn binds the port only after loading
+    the networks, and meanwhile another test's server may have taken that free port."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerExitedError(
+                f"server exited with {process.returncode} before ready:\n{log_path.read_text()}"
+            )
+        try:
+            ours = httpx.get(f"{url}/healthz", timeout=2).json().get("pid") == process.pid
+            if ours and httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except (httpx.TransportError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"server not ready after {timeout_s} s:\n{log_path.read_text()}")
+
+
+def stop(process: subprocess.Popen[bytes], timeout_s: float = 30) -> int:
+    """SIGTERM (graceful: in-flight requests finish), SIGKILL if that takes too long."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+def start_server(env: dict[str, str], port: int, ready_timeout_s: float) -> RunningServer:
+    url = f"http://127.0.0.1:{port}"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ADAIN_")}
+    command = [sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory",
+               "--host", "127.0.0.1", "--port", str(port)]
+    with tempfile.NamedTemporaryFile(prefix=f"adain-server-{port}-", suffix=".log",
+                                     delete=False) as log_file:
+        process = subprocess.Popen(command, cwd=REPO, env={**clean, **env}, stdout=log_file,
+                                   stderr=subprocess.STDOUT)
+    server = RunningServer(url, port, process, Path(log_file.name))
+    try:
+        wait_until_ready(url, process, ready_timeout_s, server.log_path)
+    except BaseException:
+        stop(process)
+        raise
+    return server
+
+
+@contextmanager
+def running_server(
+    env: dict[str, str], port: int | None = None, ready_timeout_s: float = 180
+) -> Iterator[RunningServer]:
+    """`uvicorn service.main:create_app --factory` on 127.0.0.1 with `env` on top of a clean
+    environment (no ADAIN_* inherited), ready (GET /readyz = 200) when this yields.
+    Stopped with SIGTERM on exit. Without `port`, a free one (another if it was taken)."""
+    attempts = 1 if port else 3
+    for attempt in range(attempts):
+        try:
+            server = start_server(env, port or free_port(), ready_timeout_s)
+            break
+        except ServerExitedError:
+            if attempt == attempts - 1:
+                raise
+    try:
+        yield server
+    finally:
+        stop(server.process)
+
+
+@contextmanager
+def running_redis(port: int | None = None) -> Iterator[str]:
+    """A throw-away `redis-server` (no persistence); yields its URL redis://127.0.0.1:<port>/0."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed: run `scripts/setup.sh --test`")
+    port = port or free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
+                    connection.sendall(b"PING\r\n")
+                    if connection.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.1)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(10)

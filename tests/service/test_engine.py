@@ -1,0 +1,180 @@
+"""The inference engine in-process: batching, the bounded queue, OOM splitting, draining."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor
+
+from models import images
+from models.model import StyleTransfer, normalise_weights
+from models.weights import load_model
+from service.engine import (
+    Engine,
+    EngineBusyError,
+    EngineClosedError,
+    EngineOutOfMemoryError,
+    StylizeJob,
+    Timed,
+)
+from tests.conftest import random_image
+
+SLOW_WINDOW_MS = 1000.0  # long enough that jobs submitted together always share the window
+
+
+@pytest.fixture(scope="module")
+def net(service_weights: tuple[Path, Path]) -> StyleTransfer:
+    return load_model(*service_weights)
+
+
+def job_for(net: StyleTransfer, seed: int, size: tuple[int, int] = (40, 32)) -> StylizeJob:
+    content = images.prepare(random_image(*size, seed=seed))
+    style = images.prepare(random_image(32, 32, seed=100 + seed))
+    with torch.inference_mode():
+        mean, std = net.style_statistics(style)
+    return StylizeJob(content, mean, std, normalise_weights(None, 1), None, 0.5 + seed / 100)
+
+
+def expected(net: StyleTransfer, job: StylizeJob) -> Tensor:
+    """The library's own single-image path."""
+    with torch.inference_mode():
+        return net.stylize_with_stats(job.content, job.style_mean, job.style_std, job.alpha,
+                                      job.weights, job.masks)
+
+
+def assert_result(net: StyleTransfer, job: StylizeJob, result: Timed[Tensor]) -> None:
+    """Alone, exactly the library's result; in a batch, batched convolutions may sum in
+    another order, so equal up to float rounding."""
+    if result.batch_size == 1:
+        assert torch.equal(result.value, expected(net, job))
+    else:
+        torch.testing.assert_close(result.value, expected(net, job), rtol=0, atol=1e-5)
+
+
+class OutOfMemoryOnBatches:
+    """The one allowed mock (there is no GPU here): the real network, except that encoding
+    more than `max_batch` images, or an image `oom_height` pixels high, raises CUDA's OOM."""
+
+    def __init__(self, net: StyleTransfer, max_batch: int = 1, oom_height: int | None = None
+                 ) -> None:
+        self.net = net
+        self.max_batch = max_batch
+        self.oom_height = oom_height
+        self.encoded_batches: list[int] = []
+
+    def encode(self, batch: Tensor) -> Tensor:
+        if batch.shape[0] > self.max_batch or batch.shape[-2] == self.oom_height:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        self.encoded_batches.append(batch.shape[0])
+        return self.net.encode(batch)
+
+    def style_statistics(self, styles: Tensor) -> tuple[Tensor, Tensor]:
+        return self.net.style_statistics(styles)
+
+    def decode(self, feats: Tensor, size: tuple[int, int]) -> Tensor:
+        return self.net.decode(feats, size)
+
+
+async def run_all(engine: Engine, jobs: list[StylizeJob]) -> list[object]:
+    engine.start()
+    try:
+        return await asyncio.gather(*(engine.stylize(j) for j in jobs), return_exceptions=True)
+    finally:
+        await engine.close()
+
+
+def test_same_shapes_share_one_batch_with_per_item_controls(net: StyleTransfer) -> None:
+    jobs = [job_for(net, seed) for seed in range(4)]
+    engine = Engine(net, max_batch_size=8, max_wait_ms=SLOW_WINDOW_MS)
+    results = asyncio.run(run_all(engine, jobs))
+    assert [r.batch_size for r in results] == [4, 4, 4, 4]
+    for job, result in zip(jobs, results, strict=True):
+        assert_result(net, job, result)
+    # Different alphas per item really were applied per item.
+    assert not torch.equal(results[0].value, results[1].value)
+
+
+def test_batches_respect_shape_and_max_batch_size(net: StyleTransfer) -> None:
+    jobs = [job_for(net, s) for s in range(3)] + [job_for(net, 9, size=(48, 32))]
+    engine = Engine(net, max_batch_size=2, max_wait_ms=SLOW_WINDOW_MS)
+    results = asyncio.run(run_all(engine, jobs))
+    assert sorted(r.batch_size for r in results) == [1, 1, 2, 2]
+    assert results[3].batch_size == 1  # the other shape is never mixed in
+    assert tuple(results[3].value.shape[-2:]) == (32, 48)
+
+
+def test_out_of_memory_splits_the_batch_and_every_job_succeeds(net: StyleTransfer) -> None:
+    jobs = [job_for(net, seed) for seed in range(4)]
+    wrapper = OutOfMemoryOnBatches(net, max_batch=1)
+    engine = Engine(wrapper, max_batch_size=8, max_wait_ms=SLOW_WINDOW_MS)
+    results = asyncio.run(run_all(engine, jobs))
+    assert wrapper.encoded_batches == [1, 1, 1, 1]  # 4 -> 2 + 2 -> 1 + 1 + 1 + 1
+    for job, result in zip(jobs, results, strict=True):
+        assert torch.equal(result.value, expected(net, job))
+
+
+def test_out_of_memory_for_one_image_fails_only_that_request(net: StyleTransfer) -> None:
+    jobs = [job_for(net, 0), job_for(net, 1, size=(40, 64)), job_for(net, 2)]
+    wrapper = OutOfMemoryOnBatches(net, max_batch=8, oom_height=64)
+    engine = Engine(wrapper, max_batch_size=8, max_wait_ms=SLOW_WINDOW_MS)
+
+    async def scenario() -> tuple[list[object], object]:
+        results = await run_all(engine, jobs)
+        # A fresh engine on the same wrapper still serves: nothing was left broken.
+        again = Engine(wrapper, max_batch_size=8, max_wait_ms=0)
+        return results, (await run_all(again, [jobs[0]]))[0]
+
+    results, after = asyncio.run(scenario())
+    assert isinstance(results[1], EngineOutOfMemoryError)
+    assert_result(net, jobs[0], results[0])
+    assert_result(net, jobs[2], results[2])
+    assert_result(net, jobs[0], after)
+
+
+def test_full_queue_refuses_and_close_drains(net: StyleTransfer) -> None:
+    jobs = [job_for(net, seed) for seed in range(3)]
+    engine = Engine(net, max_batch_size=8, max_wait_ms=SLOW_WINDOW_MS, queue_size=2)
+
+    async def scenario() -> tuple[list[object], BaseException | None]:
+        engine.start()
+        pending = [asyncio.ensure_future(engine.stylize(j)) for j in jobs]
+        await asyncio.sleep(0)  # every submission ran up to its await
+        await engine.close()  # returns after the admitted jobs finished
+        try:
+            await engine.stylize(jobs[0])
+        except EngineClosedError as exc:
+            refused: BaseException | None = exc
+        else:
+            refused = None
+        return await asyncio.gather(*pending, return_exceptions=True), refused
+
+    results, refused = asyncio.run(scenario())
+    assert isinstance(results[2], EngineBusyError)
+    assert "ADAIN_QUEUE_SIZE=2" in str(results[2])
+    assert_result(net, jobs[0], results[0])
+    assert_result(net, jobs[1], results[1])
+    assert isinstance(refused, EngineClosedError)
+    assert engine.depth == 0
+
+
+def test_style_statistics_with_colour_preservation(net: StyleTransfer) -> None:
+    style = images.prepare(random_image(32, 32, seed=5))
+    content = images.prepare(random_image(32, 32, seed=6))
+    engine = Engine(net)
+
+    async def scenario() -> tuple[object, object]:
+        engine.start()
+        try:
+            return (await engine.style_statistics(style),
+                    await engine.style_statistics(style, recolour_to=content))
+        finally:
+            await engine.close()
+
+    plain, recoloured = asyncio.run(scenario())
+    with torch.inference_mode():
+        mean, std = net.style_statistics(style)
+    assert torch.equal(plain.value.mean, mean) and torch.equal(plain.value.std, std)
+    assert not torch.equal(recoloured.value.mean, mean)

@@ -1,0 +1,150 @@
+"""Schema fuzzing of the OpenAPI description with schemathesis, against the shared real server:
+no request, however malformed, gets a 5xx. Bounded in examples and time for CI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from tests.conftest import encode, random_image
+from tests.service.server import RunningServer
+
+CLI_EXAMPLES = 25  # per operation
+CLI_TIMEOUT_S = 240
+FORM_EXAMPLES = 40  # per operation, with real images in the file fields
+FILE_FIELDS = ("content", "file", "style", "mask")
+SIZE_FIELDS = ("content_size", "style_size")
+# Each dropped half of the time: random ids are unknown (404) and random weights are not
+# numbers (422), which would stop most forms before the networks.
+OPTIONAL_FIELDS = ("style_id", "weights", "mask")
+
+# Small real uploads, so that fuzzed forms get past decoding into the networks; odd sizes
+# (1 x 1, 9 x 9: the smallest the encoder takes) and every accepted format.
+IMAGES = [
+    encode(random_image(40, 30, seed=1)),
+    encode(random_image(24, 32, seed=2), "JPEG"),
+    encode(random_image(16, 16, seed=3), "WEBP"),
+    encode(Image.new("RGB", (9, 9), (10, 200, 30))),
+    encode(Image.new("L", (1, 1), 128)),
+    encode(Image.new("L", (40, 30), 255)),  # a mask for the first content
+]
+
+
+def test_schemathesis_cli_finds_no_server_error(server: RunningServer) -> None:
+    """Every operation of /openapi.json, schemathesis' own generation (random bytes as images,
+    out-of-range numbers, odd strings and field names): check `not_a_server_error`."""
+    binary = shutil.which("schemathesis")
+    assert binary, "schemathesis is a dev dependency: pip install -e .[dev]"
+    run = subprocess.run(
+        [binary, "run", f"{server.url}/openapi.json", "--checks", "not_a_server_error",
+         "--max-examples", str(CLI_EXAMPLES),
+         "--phases", "examples,coverage,fuzzing", "--workers", "1", "--seed", "20171001",
+         "--request-timeout", "60", "--generation-database", "none"],
+        capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+    )
+    print(run.stdout[-3000:])
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    assert "generated" in run.stdout  # requests were really sent
+
+
+@st.composite
+def with_real_images(draw: st.DrawFn, body: dict[str, Any]) -> dict[str, Any]:
+    """The generated form with real images in its file fields (each kept or replaced), and
+    sizes drawn small half of the time, so the fuzzing reaches the networks."""
+    form = {name: value for name, value in body.items()
+            if name not in OPTIONAL_FIELDS or draw(st.booleans())}
+    if "content" in form and "style" not in form and draw(st.booleans()):
+        form["style"] = None
+    mostly = st.sampled_from([True, True, True, False])  # replace 3 times out of 4
+    for name in FILE_FIELDS:
+        if name not in form:
+            continue
+        if isinstance(form[name], list):
+            form[name] = [draw(st.sampled_from(IMAGES)) if draw(mostly) else value
+                          for value in form[name]]
+        elif form[name] is None and name != "content" and draw(mostly):
+            form[name] = [draw(st.sampled_from(IMAGES))]  # the list schemathesis left out
+        elif draw(mostly):
+            form[name] = draw(st.sampled_from(IMAGES))
+    for name in SIZE_FIELDS:
+        if draw(st.booleans()):
+            form[name] = draw(st.integers(0, 64))
+    return form
+
+
+@pytest.fixture(scope="module")
+def schema(server: RunningServer) -> Any:
+    return schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+
+
+def form_text(value: object) -> str:
+    """A generated non-file value as a form field: JSON for what a form has no syntax for."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool | int | float):
+        return json.dumps(value).lower() if isinstance(value, bool) else repr(value)
+    return json.dumps(value)
+
+
+def send_form(url: str, form: dict[str, Any]) -> httpx.Response:
+    """POST the generated form as multipart: bytes as files, lists as repeated fields.
+
+    (schemathesis sends the items of an optional file list as text fields, which would only
+    test the 422 for a text where a file is due.)"""
+    files: list[tuple[str, tuple[str, bytes]]] = []
+    fields: list[tuple[str, str]] = []
+    for name, value in form.items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, bytes):
+                files.append((name, (f"{name}.bin", item)))
+            else:
+                fields.append((name, form_text(item)))
+    # httpx sends `data` with `files` as multipart parts, in this order.
+    return httpx.post(url, data=dict_of_lists(fields), files=files, timeout=120)
+
+
+def dict_of_lists(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for name, value in pairs:
+        grouped.setdefault(name, []).append(value)
+    return grouped
+
+
+def assert_error_shape(response: httpx.Response, label: str) -> None:
+    assert response.status_code < 500, (label, response.status_code, response.text[:500])
+    if response.status_code >= 400:
+        body = response.json()
+        assert set(body) == {"detail", "field"}, (label, body)
+        assert body["detail"], (label, body)
+
+
+@pytest.mark.parametrize("path", ["/stylize", "/styles"])
+def test_fuzzed_forms_with_real_images(server: RunningServer, schema: Any, path: str) -> None:
+    """Forms generated from the schema (odd field names, out-of-range numbers, extra fields)
+    whose uploads are real images: no 5xx, every error in the JSON shape, every 200 an image."""
+    operation = schema[path]["POST"]
+    statuses: list[int] = []
+
+    @given(case=operation.as_strategy(), data=st.data())
+    @settings(max_examples=FORM_EXAMPLES, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    def fuzz(case: Any, data: st.DataObject) -> None:
+        form = data.draw(with_real_images(case.body if isinstance(case.body, dict) else {}))
+        response = send_form(f"{server.url}{path}", form)
+        statuses.append(response.status_code)
+        assert_error_shape(response, f"POST {path} {sorted(form)}")
+        if path == "/stylize" and response.status_code == 200:
+            assert response.headers["content-type"].startswith("image/")
+
+    fuzz()
+    print(f"POST {path}: statuses {sorted(set(statuses))} of {len(statuses)} requests")
+    assert any(status < 300 for status in statuses), "no fuzzed request got through"

@@ -1,0 +1,151 @@
+"""Overload against a real server: past the queue, 503 + Retry-After at once, and every accepted
+request still gets its correct image; SIGTERM under load finishes the accepted requests."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import encode, random_image
+from tests.service.server import (
+    REPO,
+    RunningServer,
+    free_port,
+    running_server,
+    stop,
+    wait_until_ready,
+)
+
+QUEUE_SIZE = 2
+BURST = 16  # simultaneous requests, far more than the queue holds
+CONTENTS = [encode(random_image(96, 96, seed=300 + i)) for i in range(2)]
+STYLE = encode(random_image(64, 64, seed=310))
+FORM = {"content_size": "0", "style_size": "64"}
+
+
+@pytest.fixture(scope="module")
+def small_queue_server(server_env: dict[str, str]) -> Iterator[RunningServer]:
+    """One job at a time, at most QUEUE_SIZE jobs held."""
+    env = {**server_env, "ADAIN_QUEUE_SIZE": str(QUEUE_SIZE), "ADAIN_MAX_BATCH_SIZE": "1"}
+    with running_server(env) as running:
+        yield running
+
+
+def stylize(server: RunningServer, content: bytes) -> httpx.Response:
+    return httpx.post(f"{server.url}/stylize", data=FORM, timeout=120,
+                      files=[("content", ("c.png", content)), ("style", ("s.png", STYLE))])
+
+
+def pixels(response: httpx.Response) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    with Image.open(io.BytesIO(response.content)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def burst(server: RunningServer, count: int) -> list[httpx.Response]:
+    """`count` requests released together (a barrier), alternating the contents."""
+    start = threading.Barrier(count)
+
+    def one(index: int) -> httpx.Response:
+        start.wait()
+        return stylize(server, CONTENTS[index % len(CONTENTS)])
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def queue_depth(server: RunningServer) -> float:
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    match = re.search(r"^adain_queue_depth ([0-9.e+]+)$", text, re.MULTILINE)
+    assert match, "adain_queue_depth missing from /metrics"
+    return float(match.group(1))
+
+
+def test_excess_requests_get_503_and_accepted_ones_the_right_image(
+    small_queue_server: RunningServer,
+) -> None:
+    # Sequential references; they also cache the style, so each request is one engine job.
+    expected = [pixels(stylize(small_queue_server, content)) for content in CONTENTS]
+
+    responses = burst(small_queue_server, BURST)
+    statuses = [r.status_code for r in responses]
+    print(f"{BURST} simultaneous requests, queue {QUEUE_SIZE}: statuses {statuses}")
+    assert set(statuses) <= {200, 503}, [r.text for r in responses if r.status_code not in
+                                         (200, 503)]
+    assert statuses.count(200) >= QUEUE_SIZE  # the first ones always fit
+    assert statuses.count(503) >= 1
+    for index, response in enumerate(responses):
+        if response.status_code == 503:
+            assert int(response.headers["retry-after"]) >= 1
+            body = response.json()
+            assert set(body) == {"detail", "field"}
+            assert f"ADAIN_QUEUE_SIZE={QUEUE_SIZE}" in body["detail"]
+        else:
+            assert response.headers["x-batch-size"] == "1"
+            np.testing.assert_array_equal(pixels(response), expected[index % len(CONTENTS)])
+
+    assert queue_depth(small_queue_server) == 0  # nothing leaked from the refused requests
+    np.testing.assert_array_equal(pixels(stylize(small_queue_server, CONTENTS[0])), expected[0])
+
+
+@contextmanager
+def adain_serve(env: dict[str, str], log_path: Path) -> Iterator[RunningServer]:
+    """`adain serve`, the image's CMD (not the helper's bare uvicorn): its exit status is the
+    one Docker and Kubernetes see."""
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ADAIN_")}
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1",
+             "--port", str(port)],
+            cwd=REPO, env={**clean, **env}, stdout=log_file, stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until_ready(url, process, 180, log_path)
+            yield RunningServer(url, port, process, log_path)
+        finally:
+            stop(process)
+
+
+def test_sigterm_under_load_finishes_accepted_requests(server_env: dict[str, str],
+                                                       tmp_path: Path) -> None:
+    """uvicorn stops accepting on SIGTERM, lets the requests in flight finish, and the engine
+    drains its queue in the lifespan's shutdown: every accepted request gets its image, and
+    the process exits 0."""
+    count = 6
+    env = {**server_env, "ADAIN_QUEUE_SIZE": str(2 * count), "ADAIN_MAX_BATCH_SIZE": "1"}
+    with adain_serve(env, tmp_path / "server.log") as server:
+        expected = [pixels(stylize(server, content)) for content in CONTENTS]
+        results: list[httpx.Response] = []
+        sender = threading.Thread(target=lambda: results.extend(burst(server, count)))
+        sender.start()
+        deadline = time.monotonic() + 60
+        # SIGTERM once several jobs are queued in the engine: requests truly in flight.
+        while queue_depth(server) < 2:
+            assert time.monotonic() < deadline, "the burst never reached the engine"
+            time.sleep(0.01)
+        server.process.send_signal(signal.SIGTERM)
+        sender.join(120)
+        exit_code = server.process.wait(60)
+    assert [r.status_code for r in results] == [200] * count, [r.text for r in results]
+    for index, response in enumerate(results):
+        np.testing.assert_array_equal(pixels(response), expected[index % len(CONTENTS)])
+    logs = server.logs()
+    assert "Application shutdown complete" in logs, logs[-3000:]
+    assert exit_code == 0, logs[-3000:]

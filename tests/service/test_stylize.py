@@ -1,0 +1,219 @@
+"""POST /stylize against a real server: every field, the CLI's pixels, the cache, concurrency."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import encode, random_image
+from tests.service.server import RunningServer
+
+CONTENT = encode(random_image(96, 64, seed=1))
+STYLE_A = encode(random_image(80, 80, seed=2))
+STYLE_B = encode(random_image(64, 96, seed=3), "JPEG", quality=95)
+SMALL = {"content_size": "64", "style_size": "64"}
+
+
+def stylize(server: RunningServer, data: dict[str, str | list[str]],
+            files: list[tuple[str, tuple[str, bytes]]]) -> httpx.Response:
+    """A list value sends the field repeated."""
+    return httpx.post(f"{server.url}/stylize", data=data, files=files, timeout=120)
+
+
+def ok(response: httpx.Response) -> httpx.Response:
+    assert response.status_code == 200, response.text
+    return response
+
+
+def pixels(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def styles(*images: bytes) -> list[tuple[str, tuple[str, bytes]]]:
+    return [("style", (f"style{i}.png", data)) for i, data in enumerate(images)]
+
+
+def content(data: bytes = CONTENT) -> list[tuple[str, tuple[str, bytes]]]:
+    return [("content", ("content.png", data))]
+
+
+def timing(response: httpx.Response, name: str) -> float:
+    match = re.search(rf"{name};dur=([0-9.]+)", response.headers["server-timing"])
+    assert match, response.headers["server-timing"]
+    return float(match.group(1))
+
+
+def test_output_equals_the_cli_pixel_for_pixel(
+    server: RunningServer, service_weights: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Same inputs, same preprocessing functions: the same pixels as `adain stylize`."""
+    mask = Image.new("L", (96, 64), 0)
+    mask.paste(255, (0, 0, 40, 64))
+    paths = {"content.png": CONTENT, "a.png": STYLE_A, "b.jpg": STYLE_B, "mask.png": encode(mask)}
+    for name, data in paths.items():
+        (tmp_path / name).write_bytes(data)
+    encoder, decoder = service_weights
+    cases = [
+        (["--alpha", "0.7", "--weights", "1,3", "--mask", "mask.png", "--preserve-color",
+          "--content-size", "80", "--style-size", "48"],
+         {"alpha": "0.7", "weights": "1,3", "preserve_color": "true", "content_size": "80",
+          "style_size": "48"}, [("mask", ("mask.png", paths["mask.png"]))]),
+        (["--crop", "--content-size", "56", "--style-size", "40", "--weights", "2,1"],
+         {"crop": "true", "content_size": "56", "style_size": "40", "weights": "2,1"}, []),
+    ]
+    for index, (options, form, masks) in enumerate(cases):
+        output = tmp_path / f"cli{index}.png"
+        subprocess.run(
+            [sys.executable, "-m", "service.cli", "stylize", "content.png", "a.png", "b.jpg",
+             "-o", str(output), "--encoder", str(encoder), "--decoder", str(decoder),
+             "--device", "cpu", *options],
+            cwd=tmp_path, check=True, capture_output=True,
+        )
+        response = ok(stylize(server, form, content() + styles(STYLE_A, STYLE_B) + masks))
+        assert response.headers["content-type"] == "image/png"
+        cli_pixels, http_pixels = pixels(output.read_bytes()), pixels(response.content)
+        assert cli_pixels.std() > 5  # a real image, not a flat grey
+        np.testing.assert_array_equal(http_pixels, cli_pixels)
+
+
+@pytest.mark.parametrize(("fmt", "media_type"), [("png", "image/png"), ("jpeg", "image/jpeg"),
+                                                  ("webp", "image/webp")])
+def test_output_formats(server: RunningServer, fmt: str, media_type: str) -> None:
+    response = ok(stylize(server, {**SMALL, "format": fmt, "quality": "80"},
+                          content() + styles(STYLE_A)))
+    assert response.headers["content-type"] == media_type
+    with Image.open(io.BytesIO(response.content)) as image:
+        assert image.format == fmt.upper()
+        assert image.size == (96, 64)
+
+
+def test_quality_changes_lossy_output(server: RunningServer) -> None:
+    low, high = (ok(stylize(server, {**SMALL, "format": "jpeg", "quality": q},
+                            content() + styles(STYLE_A))) for q in ("5", "95"))
+    assert len(low.content) < len(high.content)
+
+
+@pytest.mark.parametrize(("form", "size"), [
+    ({"content_size": "0", "style_size": "64"}, (96, 64)),
+    ({"content_size": "48", "style_size": "64"}, (72, 48)),
+    ({"content_size": "48", "style_size": "64", "crop": "true"}, (48, 48)),
+])
+def test_content_size_and_crop(server: RunningServer, form: dict[str, str],
+                               size: tuple[int, int]) -> None:
+    response = ok(stylize(server, form, content() + styles(STYLE_A)))
+    assert Image.open(io.BytesIO(response.content)).size == size
+
+
+def test_alpha_style_size_and_preserve_color_change_the_output(server: RunningServer) -> None:
+    base = pixels(ok(stylize(server, SMALL, content() + styles(STYLE_A))).content)
+    for change in ({"alpha": "0"}, {"alpha": "0.5"}, {"style_size": "32"},
+                   {"preserve_color": "true"}):
+        changed = pixels(ok(stylize(server, {**SMALL, **change}, content() + styles(STYLE_A)))
+                         .content)
+        assert not np.array_equal(base, changed), change
+
+
+def test_weights_and_the_order_of_files_then_ids(server: RunningServer) -> None:
+    """Styles are uploaded files first, then style_ids; a weight of 0 removes a style."""
+    registered = httpx.post(f"{server.url}/styles", files={"file": ("b.jpg", STYLE_B)}, timeout=30)
+    style_b = registered.json()["id"]
+    only_a = ok(stylize(server, SMALL, content() + styles(STYLE_A))).content
+    only_b = ok(stylize(server, {**SMALL, "style_id": style_b}, content())).content
+    mixes = {}
+    for weights in (["1", "0"], ["0,1"], ["1", "3"], ["1,3"]):
+        form = {**SMALL, "style_id": style_b, "weights": weights}
+        response = ok(stylize(server, form, content() + styles(STYLE_A)))
+        mixes[" ".join(weights)] = pixels(response.content)  # "1 3": two repeated fields
+    np.testing.assert_array_equal(mixes["1 0"], pixels(only_a))
+    np.testing.assert_array_equal(mixes["0,1"], pixels(only_b))
+    # Repeated fields and one comma-separated field mean the same.
+    np.testing.assert_array_equal(mixes["1 3"], mixes["1,3"])
+    assert not np.array_equal(mixes["1,3"], pixels(only_a))
+    assert not np.array_equal(mixes["1,3"], pixels(only_b))
+
+
+def test_masks_one_per_style_or_one_binary(server: RunningServer) -> None:
+    left = Image.new("L", (96, 64), 0)
+    left.paste(255, (0, 0, 48, 64))
+    right = Image.eval(left, lambda v: 255 - v)
+    binary = ok(stylize(server, SMALL, content() + styles(STYLE_A, STYLE_B)
+                        + [("mask", ("m.png", encode(left)))]))
+    two = ok(stylize(server, SMALL, content() + styles(STYLE_A, STYLE_B)
+                     + [("mask", ("l.png", encode(left))), ("mask", ("r.png", encode(right)))]))
+    unmasked = ok(stylize(server, SMALL, content() + styles(STYLE_A, STYLE_B)))
+    np.testing.assert_array_equal(pixels(binary.content), pixels(two.content))
+    assert not np.array_equal(pixels(binary.content), pixels(unmasked.content))
+
+
+def test_image_kinds_are_converted_and_exif_orientation_applied(server: RunningServer) -> None:
+    photo = random_image(96, 64, seed=4)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    rotated = encode(photo, "JPEG", exif=exif.tobytes())
+    response = ok(stylize(server, {**SMALL, "content_size": "0"},
+                          content(rotated) + styles(STYLE_A)))
+    assert Image.open(io.BytesIO(response.content)).size == (64, 96)
+
+    rgba = photo.convert("RGBA")
+    rgba.putalpha(128)
+    grey16 = Image.fromarray(np.asarray(photo.convert("L"), dtype=np.uint16) * 257)
+    kinds = {"grey": photo.convert("L"), "palette": photo.convert("P"), "rgba": rgba,
+             "16-bit": grey16, "cmyk-jpeg": photo.convert("CMYK")}
+    for name, image in kinds.items():
+        data = encode(image, "JPEG") if name == "cmyk-jpeg" else encode(image)
+        response = stylize(server, SMALL, content(data) + styles(data))
+        assert response.status_code == 200, (name, response.text)
+        assert Image.open(io.BytesIO(response.content)).mode == "RGB"
+    webp = encode(photo, "WEBP")
+    ok(stylize(server, SMALL, content(webp) + styles(webp)))
+
+
+def test_cache_hit_skips_the_encoder_and_gives_identical_output(server: RunningServer) -> None:
+    style = encode(random_image(72, 72, seed=77))  # used by this test only
+    first = ok(stylize(server, SMALL, content() + styles(style, style)))
+    second = ok(stylize(server, SMALL, content() + styles(style)))
+    assert first.headers["x-style-cache"] == "miss,hit"  # the same file twice: encoded once
+    assert second.headers["x-style-cache"] == "hit"
+    assert timing(first, "styles") > 0
+    assert timing(second, "styles") == 0  # no encoder pass for the style at all
+    print(f"inference ms: miss {first.headers['x-inference-time-ms']}, "
+          f"hit {second.headers['x-inference-time-ms']}")
+    # Cached statistics are the computed ones: one style twice at weights 1:1 is that style.
+    np.testing.assert_array_equal(pixels(first.content), pixels(second.content))
+    # Other style sizes and crops have their own statistics.
+    other = ok(stylize(server, {**SMALL, "style_size": "40"}, content() + styles(style)))
+    assert other.headers["x-style-cache"] == "miss"
+    # Colour preservation recolours the style per content: never from the cache.
+    bypass = ok(stylize(server, {**SMALL, "preserve_color": "1"}, content() + styles(style)))
+    assert bypass.headers["x-style-cache"] == "bypass"
+    assert float(bypass.headers["x-inference-time-ms"]) > 0
+
+
+def test_concurrent_requests_equal_sequential_ones(server: RunningServer) -> None:
+    requests = [(encode(random_image(80, 56, seed=200 + i)), [STYLE_A, STYLE_B][i % 2])
+                for i in range(8)]
+
+    def run(pair: tuple[bytes, bytes]) -> httpx.Response:
+        return stylize(server, SMALL, content(pair[0]) + styles(pair[1]))
+
+    sequential = [ok(run(pair)) for pair in requests]
+    with ThreadPoolExecutor(len(requests)) as pool:
+        concurrent = [ok(r) for r in pool.map(run, requests)]
+    batch_sizes = [int(r.headers["x-batch-size"]) for r in concurrent]
+    print(f"batch sizes of 8 concurrent requests: {batch_sizes}")
+    for one, other in zip(sequential, concurrent, strict=True):
+        alone, batched = pixels(one.content).astype(int), pixels(other.content).astype(int)
+        # A batched convolution may sum in another order (float differences ~1e-6), which
+        # can flip the rounding of a rare pixel by one level; nothing more may differ.
+        assert np.abs(alone - batched).max() <= 1
+        assert (alone != batched).mean() < 1e-3
