@@ -13,8 +13,15 @@ import io
 import numpy as np
 from PIL import Image
 
-from benchmarks.common import InProcessService, ReferenceLoop, interleaved, machine, photo, \
-    report, weights
+from benchmarks.common import (
+    InProcessService,
+    ReferenceLoop,
+    interleaved,
+    machine,
+    photo,
+    report,
+    weights,
+)
 
 SIZES = (256, 512)
 
@@ -24,9 +31,24 @@ def max_difference(one: bytes, other: bytes) -> int:
         return int(np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max())
 
 
+def compare(size: int, reference: ReferenceLoop, cached: InProcessService,
+            uncached: InProcessService, repeats: int) -> dict[str, float]:
+    content, style = photo(size, seed=1), photo(size, seed=2)
+    difference = max_difference(reference(content, style, size), cached(content, style, size))
+    print(f"\n{size} px: service output vs reference: max difference {difference} / 255")
+    times = interleaved({
+        "reference test.py loop": lambda: reference(content, style, size),
+        "service, style cached": lambda: cached(content, style, size),
+        "service, style not cached": lambda: uncached(content, style, size),
+    }, repeats)
+    return report(f"per image at {size} x {size} (content and style)", times,
+                  "reference test.py loop")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     args = parser.parse_args()
     print(machine())
     encoder, decoder = weights()
@@ -34,17 +56,8 @@ def main() -> None:
     cached = InProcessService.start(encoder, decoder)
     uncached = InProcessService.start(encoder, decoder, cache_entries=0)
     try:
-        for size in SIZES:
-            content, style = photo(size, seed=1), photo(size, seed=2)
-            same = max_difference(reference(content, style, size), cached(content, style, size))
-            print(f"\n{size} px: service output vs reference: max difference {same} / 255")
-            times = interleaved({
-                "reference test.py loop": lambda: reference(content, style, size),
-                "service, style cached": lambda: cached(content, style, size),
-                "service, style not cached": lambda: uncached(content, style, size),
-            }, args.repeats)
-            report(f"per image at {size} x {size} (content and style)", times,
-                   "reference test.py loop")
+        for size in args.sizes:
+            compare(size, reference, cached, uncached, args.repeats)
     finally:
         cached.close()
         uncached.close()

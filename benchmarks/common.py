@@ -28,7 +28,7 @@ from service.cache import MemoryStatsCache, weights_identity
 from service.engine import Engine
 from service.imaging import ImageLimits, OutputFormat
 from service.settings import Settings
-from service.stylizer import StyleInput, Stylizer, StylizeParams
+from service.stylizer import StyleInput, StylizeParams, Stylizer
 from tests.conftest import encode, random_image
 from tests.models import reference_port
 

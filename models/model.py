@@ -90,7 +90,8 @@ def adain_from_stats(content_feat: Tensor, style_mean: Tensor, style_std: Tensor
 
 def _flatten_mean_std(image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     flat = image.reshape(3, -1)
-    return flat, flat.mean(dim=-1, keepdim=True), flat.std(dim=-1, keepdim=True)
+    # A flat channel (std 0) would make CORAL divide by zero; EPS leaves real images unchanged.
+    return flat, flat.mean(dim=-1, keepdim=True), flat.std(dim=-1, keepdim=True).clamp(min=EPS)
 
 
 def _matrix_sqrt(x: Tensor) -> Tensor:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -33,8 +35,15 @@ def serve(
         "encoder_path": encoder, "decoder_path": decoder,
     }
     settings = Settings(**{name: value for name, value in given.items() if value is not None})
+    # uvicorn re-raises SIGTERM once its graceful shutdown is done; handled here, the process
+    # then exits 0, which is what service managers expect of a clean stop.
+    signal.signal(signal.SIGTERM, exit_cleanly)
     # log_config=None: create_app installs the JSON logging; uvicorn must not replace it.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+
+
+def exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 __all__ = ["app"]

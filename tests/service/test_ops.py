@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -107,8 +106,7 @@ def test_serve_full_queue_503_and_graceful_shutdown(
                 time.sleep(0.02)
             process.terminate()  # SIGTERM while the job waits in the engine
             assert in_flight.result().status_code == 200
-        # uvicorn re-raises SIGTERM after its graceful shutdown: killed by it, not crashed.
-        assert process.wait(60) in (0, -signal.SIGTERM)
+        assert process.wait(60) == 0  # a clean stop
     finally:
         stop(process)
     messages = [json.loads(line)["message"] for line in log_path.read_text().splitlines()

@@ -217,3 +217,10 @@ def test_concurrent_requests_equal_sequential_ones(server: RunningServer) -> Non
         # can flip the rounding of a rare pixel by one level; nothing more may differ.
         assert np.abs(alone - batched).max() <= 1
         assert (alone != batched).mean() < 1e-3
+
+
+def test_flat_style_with_colour_preservation(server: RunningServer) -> None:
+    """A one-colour style has no colour covariance to transfer: a 200, not a failed SVD."""
+    flat = encode(Image.new("RGB", (40, 40), (90, 140, 200)))
+    response = ok(stylize(server, {**SMALL, "preserve_color": "true"}, content() + styles(flat)))
+    assert response.headers["x-style-cache"] == "bypass"
