@@ -64,6 +64,7 @@ def machine() -> str:
     cores = len(os.sched_getaffinity(0))
     return (f"{platform.processor() or platform.machine()}, {cores} CPU cores available, "
             f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
             f"CUDA {'yes' if torch.cuda.is_available() else 'no'}, "
             f"load average {os.getloadavg()[0]:.1f}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
 

@@ -144,6 +144,8 @@ def train_command(
     lr: float = 1e-4,
     lr_decay: float = 5e-5,
     style_weight: float = 10.0,
+    pixel_warmup: Annotated[int, typer.Option(help="First steps learn only to invert the "
+                            "encoder (pixel MSE); 0 = the paper's loss from the start.")] = 0,
     resize: Annotated[int, typer.Option(help="Shorter side before cropping.")] = 512,
     crop: int = 256,
     max_minutes: Annotated[float, typer.Option(help="Wall-clock budget; 0 = none.")] = 0.0,
@@ -157,8 +159,9 @@ def train_command(
     config = TrainConfig(
         content_dir=content_dir, style_dir=style_dir, out_dir=out_dir, encoder=encoder,
         steps=steps, batch_size=batch_size, lr=lr, lr_decay=lr_decay, style_weight=style_weight,
-        resize=resize, crop=crop, max_minutes=max_minutes, checkpoint_every=checkpoint_every,
-        sample_every=sample_every, workers=workers, seed=seed, device=device.value,
+        pixel_warmup=pixel_warmup, resize=resize, crop=crop, max_minutes=max_minutes,
+        checkpoint_every=checkpoint_every, sample_every=sample_every, workers=workers, seed=seed,
+        device=device.value,
     )
     step = train(config)
     typer.echo(f"stopped at step {step}; decoder in {out_dir / 'decoder.safetensors'}")

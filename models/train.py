@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import random
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchvision.utils import save_image
 from tqdm import tqdm
@@ -41,6 +44,9 @@ class TrainConfig:
     lr_decay: float = 5e-5  # lr / (1 + decay * step), the reference schedule
     style_weight: float = 10.0
     content_weight: float = 1.0
+    # Optional warm start, not in the paper: the first steps only learn to invert the encoder,
+    # MSE(g(f(c)), c), which gives a decoder from scratch the content's layout far sooner.
+    pixel_warmup: int = 0
     resize: int = 512  # shorter side before cropping
     crop: int = 256
     max_minutes: float = 0.0  # 0: no wall-clock budget
@@ -51,20 +57,18 @@ class TrainConfig:
     device: str = "auto"
 
 
-@dataclass
-class StepLosses:
-    content: float
-    style: float
-
-    @property
-    def total(self) -> float:
-        return self.content + self.style
-
-
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def reconstruction_loss(net: StyleTransfer, content: Tensor) -> Tensor:
+    """MSE between the content and its decoded relu4_1 features: the warm start's loss."""
+    with torch.no_grad():
+        content_feat = net.encode(content)
+    output = net.decoder(content_feat)[..., : content.shape[-2], : content.shape[-1]]
+    return F.mse_loss(output.float(), content.float())
 
 
 def training_losses(net: StyleTransfer, content: Tensor, style: Tensor) -> tuple[Tensor, Tensor]:
@@ -124,19 +128,26 @@ class Trainer:
     def learning_rate(self) -> float:
         return self.config.lr / (1.0 + self.config.lr_decay * self.step)
 
-    def train_step(self, content: Tensor, style: Tensor) -> StepLosses:
+    def train_step(self, content: Tensor, style: Tensor) -> dict[str, float]:
+        """One optimiser step; returns its losses by name (before weighting)."""
+        config = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
         on_cuda = self.device.type == "cuda"
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else nullcontext()
         with autocast:
-            loss_c, loss_s = training_losses(self.net, content, style)
-        loss = self.config.content_weight * loss_c + self.config.style_weight * loss_s
+            if self.step < config.pixel_warmup:
+                loss = reconstruction_loss(self.net, content)
+                losses = {"pixel": loss}
+            else:
+                loss_c, loss_s = training_losses(self.net, content, style)
+                loss = config.content_weight * loss_c + config.style_weight * loss_s
+                losses = {"content": loss_c, "style": loss_s}
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.step += 1
-        return StepLosses(loss_c.item(), loss_s.item())
+        return {name: value.item() for name, value in losses.items()}
 
     def save_samples(self, content: Tensor, style: Tensor) -> None:
         with torch.no_grad():
@@ -161,8 +172,9 @@ class Trainer:
         pairs = zip(self.batches(config.content_dir), self.batches(config.style_dir), strict=False)
         progress = tqdm(total=config.steps, initial=self.step, desc="train", dynamic_ncols=True)
         started = time.monotonic()
+        stop = stop_on_signals()
         try:
-            while self.step < config.steps:
+            while self.step < config.steps and not stop.is_set():
                 if deadline and time.monotonic() > deadline:
                     break
                 content, style = next(pairs)
@@ -172,10 +184,10 @@ class Trainer:
                 style = style.to(self.device, non_blocking=True, memory_format=memory)
                 losses = self.train_step(content, style)
                 progress.update(1)
-                progress.set_postfix(content=f"{losses.content:.3f}", style=f"{losses.style:.3f}")
+                progress.set_postfix({name: f"{value:.3f}" for name, value in losses.items()})
                 record = {
-                    "step": self.step, "content": losses.content, "style": losses.style,
-                    "lr": self.learning_rate(), "seconds": round(time.monotonic() - started, 2),
+                    "step": self.step, **losses, "lr": self.learning_rate(),
+                    "seconds": round(time.monotonic() - started, 2),
                 }
                 log.write(json.dumps(record) + "\n")
                 log.flush()
@@ -188,6 +200,16 @@ class Trainer:
             progress.close()
             log.close()
         return self.step
+
+
+def stop_on_signals() -> threading.Event:
+    """SIGINT/SIGTERM end the run after the current step, with a checkpoint, instead of killing
+    it mid-step (in the main thread only: Python delivers signals there)."""
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+    return stop
 
 
 def train(config: TrainConfig) -> int:
