@@ -79,7 +79,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", CASES)
 def test_stylize_matches_the_reference_test_py(
-    case: str, tmp_path: Path, inputs: dict[str, Path], visible_weights: tuple[Path, Path]
+    case: str, tmp_path: Path, inputs: dict[str, Path], reference_weights: tuple[Path, Path]
 ) -> None:
     reference_options, cli_options = CASES[case]
     styles = [inputs["style_a"], inputs["style_b"]] if "weights" in reference_options else [
@@ -89,11 +89,11 @@ def test_stylize_matches_the_reference_test_py(
         "stylize", inputs["content"], *styles, "-o", tmp_path / "ours.png",
         "--content-size", reference_options["content_size"],
         "--style-size", reference_options["style_size"], "--device", "cpu",
-        "--encoder", visible_weights[0], "--decoder", visible_weights[1], *cli_options,
+        "--encoder", reference_weights[0], "--decoder", reference_weights[1], *cli_options,
     )
     assert result.exit_code == 0, result.output
     port.run_test_py(
-        *port.load_nets(*visible_weights), inputs["content"], styles,
+        *port.load_nets(*reference_weights), inputs["content"], styles,
         tmp_path / "reference.png", **reference_options,
     )
     # 52 x 44 resized to a shorter side of 36 is 42 x 36 (42.5 truncated): not a multiple of 8.
@@ -104,7 +104,7 @@ def test_stylize_matches_the_reference_test_py(
 
 
 def test_folders_stylize_every_content_with_every_style(
-    tmp_path: Path, visible_weights: tuple[Path, Path]
+    tmp_path: Path, reference_weights: tuple[Path, Path]
 ) -> None:
     contents, styles = tmp_path / "contents", tmp_path / "styles"
     contents.mkdir()
@@ -116,7 +116,7 @@ def test_folders_stylize_every_content_with_every_style(
     result = adain(
         "stylize", contents, styles, "-o", tmp_path / "out", "--content-size", 0,
         "--style-size", 0, "--device", "cpu",
-        "--encoder", visible_weights[0], "--decoder", visible_weights[1],
+        "--encoder", reference_weights[0], "--decoder", reference_weights[1],
     )
     assert result.exit_code == 0, result.output
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
@@ -124,7 +124,7 @@ def test_folders_stylize_every_content_with_every_style(
         f"{content}_stylized_{style}.png"
         for content in ("harbour", "street") for style in ("ink", "oil")
     ]
-    nets = port.load_nets(*visible_weights)
+    nets = port.load_nets(*reference_weights)
     for content in ("harbour", "street"):
         for style in ("ink", "oil"):
             reference = tmp_path / f"reference_{content}_{style}.png"
@@ -135,7 +135,7 @@ def test_folders_stylize_every_content_with_every_style(
             assert_same_image(tmp_path / "out" / f"{content}_stylized_{style}.png", reference)
 
 
-def test_odd_sizes_come_back_exact(tmp_path: Path, visible_weights: tuple[Path, Path]) -> None:
+def test_odd_sizes_come_back_exact(tmp_path: Path, reference_weights: tuple[Path, Path]) -> None:
     contents = tmp_path / "contents"
     contents.mkdir()
     sizes = {"tall": (37, 53), "strip": (130, 9), "tiny": (9, 11)}
@@ -146,7 +146,7 @@ def test_odd_sizes_come_back_exact(tmp_path: Path, visible_weights: tuple[Path, 
     result = adain(
         "stylize", contents, style, "-o", tmp_path / "out", "--content-size", 0,
         "--style-size", 0, "--device", "cpu",
-        "--encoder", visible_weights[0], "--decoder", visible_weights[1],
+        "--encoder", reference_weights[0], "--decoder", reference_weights[1],
     )
     assert result.exit_code == 0, result.output
     for name, size in sizes.items():
@@ -155,12 +155,12 @@ def test_odd_sizes_come_back_exact(tmp_path: Path, visible_weights: tuple[Path, 
 
 
 def test_a_missing_decoder_is_a_plain_message(
-    tmp_path: Path, inputs: dict[str, Path], visible_weights: tuple[Path, Path]
+    tmp_path: Path, inputs: dict[str, Path], reference_weights: tuple[Path, Path]
 ) -> None:
     missing = tmp_path / "not-trained-yet" / "decoder.safetensors"
     result = adain_process(
         "stylize", inputs["content"], inputs["style_a"], "-o", tmp_path / "out.png",
-        "--encoder", visible_weights[0], "--decoder", missing, "--device", "cpu",
+        "--encoder", reference_weights[0], "--decoder", missing, "--device", "cpu",
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
@@ -170,14 +170,14 @@ def test_a_missing_decoder_is_a_plain_message(
 
 
 def test_masks_one_binary_for_two_styles_or_one_per_style(
-    tmp_path: Path, inputs: dict[str, Path], visible_weights: tuple[Path, Path]
+    tmp_path: Path, inputs: dict[str, Path], reference_weights: tuple[Path, Path]
 ) -> None:
     mask = Image.new("L", (52, 44), 0)
     mask.paste(255, (0, 0, 26, 44))  # left half white: the first style
     mask.save(tmp_path / "mask.png")
     common = [
         "--content-size", 0, "--style-size", 0, "--device", "cpu",
-        "--encoder", visible_weights[0], "--decoder", visible_weights[1],
+        "--encoder", reference_weights[0], "--decoder", reference_weights[1],
     ]
     styles = [inputs["style_a"], inputs["style_b"]]
     result = adain(
@@ -185,7 +185,7 @@ def test_masks_one_binary_for_two_styles_or_one_per_style(
         "--mask", tmp_path / "mask.png", *common,
     )
     assert result.exit_code == 0, result.output
-    net = load_model(*visible_weights)
+    net = load_model(*reference_weights)
     content = images.load(inputs["content"])
     with torch.inference_mode():
         expected = net.stylize(

@@ -23,8 +23,8 @@ from tests.models import reference_port as port
 
 
 @pytest.fixture(scope="module")
-def net(visible_weights: tuple[Path, Path]) -> StyleTransfer:
-    return load_model(*visible_weights)
+def net(reference_weights: tuple[Path, Path]) -> StyleTransfer:
+    return load_model(*reference_weights)
 
 
 def image(width: int, height: int, seed: int) -> Tensor:
@@ -120,7 +120,7 @@ def held_out_names(prefix: str, count: int, held_out: bool = True) -> list[str]:
     return [name for name in names if is_held_out(Path(name)) == held_out][:count]
 
 
-def test_eval_command_end_to_end(tmp_path: Path, visible_weights: tuple[Path, Path]) -> None:
+def test_eval_command_end_to_end(tmp_path: Path, reference_weights: tuple[Path, Path]) -> None:
     contents, styles = tmp_path / "content", tmp_path / "style"
     contents.mkdir()
     styles.mkdir()
@@ -131,7 +131,7 @@ def test_eval_command_end_to_end(tmp_path: Path, visible_weights: tuple[Path, Pa
     sheet, report = tmp_path / "out" / "sheet.png", tmp_path / "out" / "eval.json"
     result = CliRunner().invoke(app, [
         "eval", "--content-dir", str(contents), "--style-dir", str(styles),
-        "--encoder", str(visible_weights[0]), "--decoder", str(visible_weights[1]),
+        "--encoder", str(reference_weights[0]), "--decoder", str(reference_weights[1]),
         "--size", "32", "--pairs", "3", "--device", "cpu",
         "--sheet", str(sheet), "--json", str(report),
     ])
@@ -149,7 +149,7 @@ def test_eval_command_end_to_end(tmp_path: Path, visible_weights: tuple[Path, Pa
         (c, s) for c, s in list(expected_order)[:3]
     ]
     # The numbers are the library's for the same inputs.
-    net = load_model(*visible_weights)
+    net = load_model(*reference_weights)
     first = pairs[0]
     _, stylized, baseline = evaluate.evaluate_pair(
         net, images.load(contents / first["content"], 32), images.load(styles / first["style"], 32)
@@ -181,7 +181,7 @@ def test_eval_command_end_to_end(tmp_path: Path, visible_weights: tuple[Path, Pa
 
 
 def test_eval_without_held_out_images_is_a_plain_error(
-    tmp_path: Path, visible_weights: tuple[Path, Path]
+    tmp_path: Path, reference_weights: tuple[Path, Path]
 ) -> None:
     folder = tmp_path / "training_only"
     folder.mkdir()
@@ -189,14 +189,14 @@ def test_eval_without_held_out_images_is_a_plain_error(
         random_image(24, 24, seed=seed).save(folder / name)
     result = CliRunner().invoke(app, [
         "eval", "--content-dir", str(folder), "--style-dir", str(folder),
-        "--encoder", str(visible_weights[0]), "--decoder", str(visible_weights[1]),
+        "--encoder", str(reference_weights[0]), "--decoder", str(reference_weights[1]),
     ])
     assert result.exit_code == 1
     assert result.stderr.startswith("error: ") and "held-out" in result.stderr
     # --all-images uses them all.
     result = CliRunner().invoke(app, [
         "eval", "--content-dir", str(folder), "--style-dir", str(folder), "--all-images",
-        "--encoder", str(visible_weights[0]), "--decoder", str(visible_weights[1]),
+        "--encoder", str(reference_weights[0]), "--decoder", str(reference_weights[1]),
         "--size", "24", "--device", "cpu",
     ])
     assert result.exit_code == 0, result.output

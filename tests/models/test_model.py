@@ -27,8 +27,8 @@ from tests.conftest import random_image
 
 
 @pytest.fixture(scope="module")
-def net(visible_weights: tuple[Path, Path]) -> StyleTransfer:
-    return load_model(*visible_weights)
+def net(reference_weights: tuple[Path, Path]) -> StyleTransfer:
+    return load_model(*reference_weights)
 
 
 def image(width: int, height: int, seed: int) -> Tensor:

@@ -61,17 +61,17 @@ def pair() -> tuple[Tensor, Tensor]:
 
 
 def test_reference_state_dicts_load_into_the_reference_layout(
-    visible_weights: tuple[Path, Path], pair: tuple[Tensor, Tensor]
+    reference_weights: tuple[Path, Path], pair: tuple[Tensor, Tensor]
 ) -> None:
-    vgg, decoder = port.load_nets(*visible_weights)
-    net = load_model(*visible_weights)
+    vgg, decoder = port.load_nets(*reference_weights)
+    net = load_model(*reference_weights)
     torch.testing.assert_close(
         stylize(net, *pair), reference_outputs(vgg, decoder, *pair), atol=1e-5, rtol=1e-5
     )
 
 
 def test_a_full_vgg_to_relu5_4_keeps_only_the_first_31_modules(
-    tmp_path: Path, visible_weights: tuple[Path, Path], pair: tuple[Tensor, Tensor]
+    tmp_path: Path, reference_weights: tuple[Path, Path], pair: tuple[Tensor, Tensor]
 ) -> None:
     torch.manual_seed(7)
     full = port.full_vgg()
@@ -80,18 +80,18 @@ def test_a_full_vgg_to_relu5_4_keeps_only_the_first_31_modules(
     state = load_encoder_state(tmp_path / "vgg_normalised.pth")
     assert set(state) == set(make_encoder().state_dict())
     assert any(int(key.split(".")[0]) > 30 for key in full.state_dict())
-    net = load_model(tmp_path / "vgg_normalised.pth", visible_weights[1])
+    net = load_model(tmp_path / "vgg_normalised.pth", reference_weights[1])
     cut = nn.Sequential(*list(full.children())[:31])
-    _, decoder = port.load_nets(*visible_weights)
+    _, decoder = port.load_nets(*reference_weights)
     torch.testing.assert_close(
         stylize(net, *pair), reference_outputs(cut, decoder, *pair), atol=1e-5, rtol=1e-5
     )
 
 
 def test_torch_save_round_trip(
-    tmp_path: Path, visible_weights: tuple[Path, Path], pair: tuple[Tensor, Tensor]
+    tmp_path: Path, reference_weights: tuple[Path, Path], pair: tuple[Tensor, Tensor]
 ) -> None:
-    net = load_model(*visible_weights)
+    net = load_model(*reference_weights)
     save_state(net.encoder.state_dict(), tmp_path / "encoder.pth")
     save_state(net.decoder.state_dict(), tmp_path / "decoder.pth")
     again = load_model(tmp_path / "encoder.pth", tmp_path / "decoder.pth")
@@ -99,13 +99,13 @@ def test_torch_save_round_trip(
 
 
 def test_fp16_safetensors_round_trip(
-    tmp_path: Path, visible_weights: tuple[Path, Path], pair: tuple[Tensor, Tensor]
+    tmp_path: Path, reference_weights: tuple[Path, Path], pair: tuple[Tensor, Tensor]
 ) -> None:
-    net = load_model(*visible_weights)
+    net = load_model(*reference_weights)
     path = tmp_path / "decoder.safetensors"
     save_state(net.decoder.state_dict(), path, half=True)
     assert all(t.dtype == torch.float16 for t in load_file(str(path)).values())
-    again = load_model(visible_weights[0], path)
+    again = load_model(reference_weights[0], path)
     for key, value in net.decoder.state_dict().items():
         assert torch.equal(again.decoder.state_dict()[key], value.half().float()), key
     assert again.dtype == torch.float32
@@ -115,31 +115,31 @@ def test_fp16_safetensors_round_trip(
 # --- wrong files --------------------------------------------------------------------------------
 
 
-def test_a_missing_file_is_named(tmp_path: Path, visible_weights: tuple[Path, Path]) -> None:
+def test_a_missing_file_is_named(tmp_path: Path, reference_weights: tuple[Path, Path]) -> None:
     missing = tmp_path / "nowhere" / "vgg_normalised.pth"
     with pytest.raises(WeightsError, match="no such file") as error:
-        load_model(missing, visible_weights[1])
+        load_model(missing, reference_weights[1])
     assert str(missing) in str(error.value)
     with pytest.raises(WeightsError, match="no decoder weights") as error:
-        load_model(visible_weights[0], tmp_path / "decoder.pth")
+        load_model(reference_weights[0], tmp_path / "decoder.pth")
     assert str(tmp_path / "decoder.pth") in str(error.value)
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_garbage_bytes_are_not_a_state_dict(
-    tmp_path: Path, visible_weights: tuple[Path, Path], suffix: str
+    tmp_path: Path, reference_weights: tuple[Path, Path], suffix: str
 ) -> None:
     path = tmp_path / f"decoder{suffix}"
     path.write_bytes(b"this is not a weights file" * 40)
     with pytest.raises(WeightsError, match="not a readable state dict") as error:
-        load_model(visible_weights[0], path)
+        load_model(reference_weights[0], path)
     assert str(path) in str(error.value)
 
 
 def test_a_wrong_shape_names_the_key_and_the_expected_shape(
-    tmp_path: Path, visible_weights: tuple[Path, Path]
+    tmp_path: Path, reference_weights: tuple[Path, Path]
 ) -> None:
-    state = torch.load(visible_weights[1], weights_only=True)
+    state = torch.load(reference_weights[1], weights_only=True)
     state["1.weight"] = torch.zeros(256, 256, 3, 3)
     torch.save(state, tmp_path / "decoder.pth")
     with pytest.raises(WeightsError) as error:
@@ -150,8 +150,8 @@ def test_a_wrong_shape_names_the_key_and_the_expected_shape(
     assert "(256, 256, 3, 3)" in message and "(256, 512, 3, 3)" in message
 
 
-def test_encoder_and_decoder_files_swapped(visible_weights: tuple[Path, Path]) -> None:
-    vgg_path, decoder_path = visible_weights
+def test_encoder_and_decoder_files_swapped(reference_weights: tuple[Path, Path]) -> None:
+    vgg_path, decoder_path = reference_weights
     with pytest.raises(WeightsError, match=r"not a VGG encoder .* missing"):
         load_model(decoder_path, vgg_path)
     with pytest.raises(WeightsError, match="not a decoder"):
@@ -167,12 +167,12 @@ def test_encoder_and_decoder_files_swapped(visible_weights: tuple[Path, Path]) -
     ],
 )
 def test_a_pickle_that_is_not_a_state_dict(
-    tmp_path: Path, visible_weights: tuple[Path, Path], pickled: object, expected: str
+    tmp_path: Path, reference_weights: tuple[Path, Path], pickled: object, expected: str
 ) -> None:
     path = tmp_path / "decoder.pth"
     torch.save(pickled, path)
     with pytest.raises(WeightsError, match=expected) as error:
-        load_model(visible_weights[0], path)
+        load_model(reference_weights[0], path)
     assert str(path) in str(error.value)
 
 
@@ -297,9 +297,9 @@ def adain_cli(*args: str) -> Result:
 
 
 def test_t7_originals_convert_to_the_reference_state_dicts(
-    tmp_path: Path, visible_weights: tuple[Path, Path], pair: tuple[Tensor, Tensor]
+    tmp_path: Path, reference_weights: tuple[Path, Path], pair: tuple[Tensor, Tensor]
 ) -> None:
-    vgg, decoder = port.load_nets(*visible_weights)
+    vgg, decoder = port.load_nets(*reference_weights)
     # The encoder in the old flattened form, the decoder with 4-D weights.
     write_t7(vgg, tmp_path / "vgg_normalised.t7", flat_weights=True)
     write_t7(decoder, tmp_path / "decoder.t7")

@@ -26,8 +26,8 @@ SLOW_WINDOW_MS = 1000.0  # long enough that jobs submitted together always share
 
 
 @pytest.fixture(scope="module")
-def net(service_weights: tuple[Path, Path]) -> StyleTransfer:
-    return load_model(*service_weights)
+def net(reference_weights: tuple[Path, Path]) -> StyleTransfer:
+    return load_model(*reference_weights)
 
 
 def job_for(net: StyleTransfer, seed: int, size: tuple[int, int] = (40, 32)) -> StylizeJob:

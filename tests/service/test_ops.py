@@ -70,11 +70,11 @@ def test_health_ready_metrics_and_json_logs(server: object) -> None:
 
 
 def test_serve_full_queue_503_and_graceful_shutdown(
-    service_weights: tuple[Path, Path], tmp_path: Path
+    reference_weights: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """`adain serve` with a one-job queue and a long batching window: concurrent requests
     beyond the queue get 503 + Retry-After; SIGTERM lets the request in flight finish."""
-    encoder, decoder = service_weights
+    encoder, decoder = reference_weights
     port = free_port()
     env = {"ADAIN_QUEUE_SIZE": "1", "ADAIN_MAX_WAIT_MS": "1500",
            "ADAIN_STYLES_DIR": str(tmp_path / "styles"), "PATH": "/usr/bin:/bin"}

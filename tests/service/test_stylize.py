@@ -54,7 +54,7 @@ def timing(response: httpx.Response, name: str) -> float:
 
 
 def test_output_equals_the_cli_pixel_for_pixel(
-    server: RunningServer, service_weights: tuple[Path, Path], tmp_path: Path
+    server: RunningServer, reference_weights: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """Same inputs, same preprocessing functions: the same pixels as `adain stylize`."""
     mask = Image.new("L", (96, 64), 0)
@@ -62,7 +62,7 @@ def test_output_equals_the_cli_pixel_for_pixel(
     paths = {"content.png": CONTENT, "a.png": STYLE_A, "b.jpg": STYLE_B, "mask.png": encode(mask)}
     for name, data in paths.items():
         (tmp_path / name).write_bytes(data)
-    encoder, decoder = service_weights
+    encoder, decoder = reference_weights
     cases = [
         (["--alpha", "0.7", "--weights", "1,3", "--mask", "mask.png", "--preserve-color",
           "--content-size", "80", "--style-size", "48"],
