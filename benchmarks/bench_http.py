@@ -1,6 +1,7 @@
 """(c) + (d): the service over HTTP (a real uvicorn server, default settings) against the same
 pipeline in-process: one request at a time, then throughput with 1, 4, 8 and 16 concurrent
-clients against sequential in-process calls. Styles are cached (a registered style).
+clients against sequential in-process calls, and 8 clients on a server that batches
+(ADAIN_MAX_BATCH_SIZE=8). The style is the same in every request, so it is cached.
 
     nice -n -5 python3 -m benchmarks.bench_http [--size 256] [--repeats 5] [--images 16]
 """
@@ -35,10 +36,14 @@ def main() -> None:
            "ADAIN_DEVICE": "cpu", "ADAIN_STYLES_DIR": "/tmp/adain-bench-styles"}
     form = {"content_size": str(size), "style_size": str(size)}
     try:
-        with running_server(env) as server, httpx.Client(timeout=600) as client:
+        # The default server (on CPU: no batches), and one batching up to 8 requests per pass.
+        with running_server(env) as server, \
+                running_server({**env, "ADAIN_MAX_BATCH_SIZE": "8"}) as batching, \
+                httpx.Client(timeout=600) as client:
 
-            def over_http(content: bytes, http: httpx.Client = client) -> bytes:
-                response = http.post(f"{server.url}/stylize", data=form, files=[
+            def over_http(content: bytes, http: httpx.Client = client, url: str = server.url
+                          ) -> bytes:
+                response = http.post(f"{url}/stylize", data=form, files=[
                     ("content", ("c.jpg", content)), ("style", ("s.jpg", style))])
                 response.raise_for_status()
                 return response.content
@@ -58,17 +63,23 @@ def main() -> None:
                 for content in contents:
                     one_in_process(content)
 
-            def concurrent_http(clients: int) -> None:
-                # One connection per client thread, as separate clients would have.
+            def concurrent_http(clients: int, url: str = server.url) -> None:
+                def one_client(content: bytes) -> bytes:
+                    # One connection per client, as separate clients would have.
+                    with httpx.Client(timeout=600) as own:
+                        return over_http(content, own, url)
+
                 with ThreadPoolExecutor(clients) as pool:
-                    outputs = list(pool.map(lambda c: over_http(c, httpx.Client(timeout=600)),
-                                            contents))
+                    outputs = list(pool.map(one_client, contents))
                 assert len(outputs) == len(contents)
 
+            over_http(contents[0], client, batching.url)  # caches the style there too
             variants = {"sequential in-process": sequential_in_process}
             for clients in CLIENTS:
                 variants[f"HTTP, {clients} concurrent clients"] = (
                     lambda clients=clients: concurrent_http(clients))
+            variants["HTTP, 8 clients, ADAIN_MAX_BATCH_SIZE=8"] = (
+                lambda: concurrent_http(8, batching.url))
             times = interleaved(variants, args.rounds, warmup=0)
             # Throughput is images per second: the ratio of rates is the inverse of times.
             print(f"\nthroughput, {args.images} images of {size} x {size} per round, style cached")

@@ -108,7 +108,7 @@ class InProcessService:
               ) -> InProcessService:
         settings = Settings(encoder_path=encoder, decoder_path=decoder, device="cpu")
         net = load_model(encoder, decoder, "cpu")
-        engine = Engine(net, "cpu", max_batch_size=settings.max_batch_size,
+        engine = Engine(net, "cpu", max_batch_size=settings.batch_size_for("cpu"),
                         max_wait_ms=settings.max_wait_ms, queue_size=settings.queue_size)
         engine.start()
         entries = settings.cache_size if cache_entries is None else cache_entries

@@ -110,6 +110,15 @@ class Trainer:
         self.step = int(state["step"])
         torch.set_rng_state(state["torch_rng"].cpu())
         random.seed(self.config.seed + self.step)
+        self.truncate_log()
+
+    def truncate_log(self) -> None:
+        """Drop log records of steps after the checkpoint: a killed run redoes them."""
+        log = self.config.out_dir / "log.jsonl"
+        if log.is_file():
+            kept = [line for line in log.read_text().splitlines()
+                    if json.loads(line)["step"] <= self.step]
+            log.write_text("".join(line + "\n" for line in kept))
 
     def save_checkpoint(self) -> None:
         """Atomic: a run killed mid-write leaves the previous checkpoint intact."""

@@ -44,7 +44,7 @@ async def start_services(settings: Settings) -> Services:
     )
     engine = Engine(
         net, device,
-        max_batch_size=settings.max_batch_size,
+        max_batch_size=settings.batch_size_for(device.type),
         max_wait_ms=settings.max_wait_ms,
         queue_size=settings.queue_size,
         on_batch=metrics.record_batch,

@@ -76,7 +76,11 @@ def test_resume_continues_where_the_checkpoint_left_off(config: TrainConfig) -> 
     # The optimiser's moments came back too, not a fresh Adam.
     assert resumed.optimizer.state_dict()["state"], "Adam state was not restored"
 
+    # A killed run logged steps after its last checkpoint: the resumed run replaces them.
+    with (config.out_dir / "log.jsonl").open("a") as log:
+        log.write(json.dumps({"step": 5, "content": 1.0, "style": 1.0}) + "\n")
     config.steps = 6
+    resumed = Trainer(config)
     assert resumed.run() == 6
     assert [r["step"] for r in read_log(config)] == [1, 2, 3, 4, 5, 6]
 

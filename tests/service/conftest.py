@@ -34,7 +34,9 @@ def server_env(reference_weights: tuple[Path, Path], tmp_path_factory: pytest.Te
 @pytest.fixture(scope="session")
 def server(server_env: dict[str, str]) -> Iterator[RunningServer]:
     """One server shared by the session's tests (with the small SHARED_LIMITS)."""
-    with running_server({**server_env, **SHARED_LIMITS, "ADAIN_MAX_WAIT_MS": "20"}) as running:
+    # Batching explicitly on: on CPU the service's default is 1 (no batches).
+    batching = {"ADAIN_MAX_BATCH_SIZE": "8", "ADAIN_MAX_WAIT_MS": "20"}
+    with running_server({**server_env, **SHARED_LIMITS, **batching}) as running:
         yield running
 
 

@@ -221,11 +221,12 @@ def test_chunked_upload_over_the_limit_is_refused_while_streaming(
     hostile_server: RunningServer,
 ) -> None:
     """No Content-Length to refuse up front: the body is counted as it arrives."""
-    head = multipart([(b"content", CONTENT)]).rsplit(b"--hostile-boundary--", 1)[0]
+    # The content part, then a style part whose bytes keep coming.
+    opening = multipart([(b"content", CONTENT)]).removesuffix(b"--hostile-boundary--\r\n")
 
     def body() -> Iterator[bytes]:
-        yield head + b"--hostile-boundary\r\nContent-Disposition: form-data; name=\"style\"; " \
-                     b"filename=\"big.png\"\r\n\r\n"
+        yield opening + (b"--hostile-boundary\r\nContent-Disposition: form-data; "
+                         b"name=\"style\"; filename=\"big.png\"\r\n\r\n")
         for _ in range(24):  # 1.5 MiB, over the 1 MiB limit
             yield b"\x00" * 65536
         yield b"\r\n--hostile-boundary--\r\n"

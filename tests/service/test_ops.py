@@ -76,7 +76,8 @@ def test_serve_full_queue_503_and_graceful_shutdown(
     beyond the queue get 503 + Retry-After; SIGTERM lets the request in flight finish."""
     encoder, decoder = reference_weights
     port = free_port()
-    env = {"ADAIN_QUEUE_SIZE": "1", "ADAIN_MAX_WAIT_MS": "1500",
+    # The batching window (on only with batches: CPU's default is 1) holds the job queued.
+    env = {"ADAIN_QUEUE_SIZE": "1", "ADAIN_MAX_BATCH_SIZE": "8", "ADAIN_MAX_WAIT_MS": "1500",
            "ADAIN_STYLES_DIR": str(tmp_path / "styles"), "PATH": "/usr/bin:/bin"}
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
