@@ -242,8 +242,8 @@ def load_model(
     decoder = decoder or DEFAULT_DECODER
     if not decoder.is_file():
         raise WeightsError(
-            f"{decoder}: no decoder weights. The embedded default decoder has not been trained "
-            "yet; pass the reference port's decoder.pth with --decoder"
+            f"{decoder}: no decoder weights there; give the reference port's decoder.pth (or a "
+            "state dict in its layout), or leave the decoder unset for the embedded one"
         )
     net = StyleTransfer()
     net.encoder.load_state_dict(load_encoder_state(encoder) if encoder else default_encoder_state())
