@@ -16,8 +16,8 @@ from tqdm import tqdm
 from models import evaluate, images
 from models.data import list_images, split
 from models.model import StyleTransfer, masks_from_binary
-from models.train import TrainConfig, pick_device, train
-from models.weights import WeightsError, convert_t7, load_model, save_state
+from models.train import TrainConfig, train
+from models.weights import WeightsError, convert_t7, load_model, pick_device, save_state
 
 app = typer.Typer(
     help="AdaIN arbitrary style transfer.", no_args_is_help=True, add_completion=False

@@ -29,7 +29,7 @@ from models.model import (
     content_loss,
     style_loss,
 )
-from models.weights import default_encoder_state, load_encoder_state, save_state
+from models.weights import default_encoder_state, load_encoder_state, pick_device, save_state
 
 
 @dataclass
@@ -55,12 +55,6 @@ class TrainConfig:
     workers: int = 2
     seed: int = 0
     device: str = "auto"
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def reconstruction_loss(net: StyleTransfer, content: Tensor) -> Tensor:

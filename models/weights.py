@@ -225,6 +225,13 @@ def _t7_field(fields: object, name: str) -> object:
     return None
 
 
+def pick_device(name: str) -> torch.device:
+    """`auto`: CUDA when there is one, else the CPU; or the device named."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 # --- everything together ----------------------------------------------------------------------
 
 

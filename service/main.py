@@ -14,8 +14,7 @@ from redis.asyncio import Redis
 
 from models import images
 from models.model import normalise_weights
-from models.train import pick_device
-from models.weights import load_model
+from models.weights import load_model, pick_device
 from service import metrics
 from service.cache import MemoryStatsCache, RedisStatsCache, StatsCache, weights_identity
 from service.deps import Services
