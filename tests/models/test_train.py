@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +15,7 @@ import torch
 from models.data import is_held_out
 from models.train import TrainConfig, Trainer, train
 from models.weights import read_state
-from tests.conftest import random_image
+from tests.conftest import REPO, random_image
 
 
 def image_folder(folder: Path, count: int, seed: int) -> Path:
@@ -100,3 +104,23 @@ def test_pixel_warmup_learns_to_invert_the_encoder(config: TrainConfig) -> None:
     assert all(set(r) >= {"pixel"} and "style" not in r for r in warmup)
     assert all({"content", "style"} <= set(r) for r in paper)
     assert sum(r["pixel"] for r in warmup[-2:]) < 0.8 * sum(r["pixel"] for r in warmup[:2])
+
+
+def test_sigterm_ends_the_run_after_the_step_with_a_checkpoint(config: TrainConfig) -> None:
+    command = [
+        sys.executable, "-m", "models.cli", "train",
+        "--content-dir", str(config.content_dir), "--style-dir", str(config.style_dir),
+        "--out-dir", str(config.out_dir), "--resize", "24", "--crop", "24", "--batch-size", "2",
+        "--workers", "0", "--device", "cpu", "--checkpoint-every", "1000", "--steps", "100000",
+    ]
+    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.DEVNULL)
+    log = config.out_dir / "log.jsonl"
+    deadline = time.monotonic() + 300
+    while not (log.is_file() and log.read_text().strip()):
+        assert process.poll() is None, "training exited before its first step"
+        assert time.monotonic() < deadline, "no training step within 5 minutes"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0
+    logged = read_log(config)[-1]["step"]
+    assert torch.load(config.out_dir / "checkpoint.pt", weights_only=True)["step"] == logged
