@@ -157,7 +157,7 @@ def test_odd_sizes_come_back_exact(tmp_path: Path, reference_weights: tuple[Path
 def test_a_missing_decoder_is_a_plain_message(
     tmp_path: Path, inputs: dict[str, Path], reference_weights: tuple[Path, Path]
 ) -> None:
-    missing = tmp_path / "not-trained-yet" / "decoder.safetensors"
+    missing = tmp_path / "nowhere" / "decoder.safetensors"
     result = adain_process(
         "stylize", inputs["content"], inputs["style_a"], "-o", tmp_path / "out.png",
         "--encoder", reference_weights[0], "--decoder", missing, "--device", "cpu",
@@ -165,7 +165,7 @@ def test_a_missing_decoder_is_a_plain_message(
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ") and str(missing) in result.stderr
-    assert "--decoder" in result.stderr
+    assert "no decoder weights" in result.stderr and "decoder.pth" in result.stderr
     assert not (tmp_path / "out.png").exists()
 
 
