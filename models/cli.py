@@ -139,6 +139,8 @@ def train_command(
     style_dir: Annotated[Path, typer.Option(exists=True, file_okay=False)],
     out_dir: Path = Path("runs/decoder"),
     encoder: Annotated[Path | None, typer.Option(help="Default: embedded VGG-19.")] = None,
+    init_decoder: Annotated[Path | None, typer.Option(help="Decoder weights to start from "
+                            "when OUT_DIR has no checkpoint.")] = None,
     steps: int = 160_000,
     batch_size: int = 8,
     lr: float = 1e-4,
@@ -158,6 +160,7 @@ def train_command(
     """Train the decoder (resumes from OUT_DIR/checkpoint.pt when present)."""
     config = TrainConfig(
         content_dir=content_dir, style_dir=style_dir, out_dir=out_dir, encoder=encoder,
+        init_decoder=init_decoder,
         steps=steps, batch_size=batch_size, lr=lr, lr_decay=lr_decay, style_weight=style_weight,
         pixel_warmup=pixel_warmup, resize=resize, crop=crop, max_minutes=max_minutes,
         checkpoint_every=checkpoint_every, sample_every=sample_every, workers=workers, seed=seed,

