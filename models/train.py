@@ -147,6 +147,10 @@ class Trainer:
         config = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
+        if self.step == config.pixel_warmup > 0:
+            # Adam's second moments have learnt the pixel loss's far smaller gradients: kept, the
+            # first paper-loss updates would be many times lr and kill most decoder ReLUs.
+            self.optimizer.state.clear()
         on_cuda = self.device.type == "cuda"
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else nullcontext()
         with autocast:

@@ -98,7 +98,10 @@ def test_wall_clock_budget_stops_with_a_checkpoint(config: TrainConfig) -> None:
 
 def test_pixel_warmup_learns_to_invert_the_encoder(config: TrainConfig) -> None:
     config.steps, config.pixel_warmup = 10, 8
-    train(config)
+    trainer = Trainer(config)
+    trainer.run()
+    # Adam started afresh with the paper's loss: its moments count the 2 steps since the warm-up.
+    assert {int(state["step"]) for state in trainer.optimizer.state.values()} == {2}
     records = read_log(config)
     warmup, paper = records[:8], records[8:]
     assert all(set(r) >= {"pixel"} and "style" not in r for r in warmup)
