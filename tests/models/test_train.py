@@ -54,8 +54,9 @@ def total_loss(record: dict[str, float], config: TrainConfig) -> float:
     return config.content_weight * record["content"] + config.style_weight * record["style"]
 
 
-def test_loss_goes_down_and_outputs_are_written(config: TrainConfig) -> None:
-    config.steps = 12
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
+def test_loss_goes_down_and_outputs_are_written(config: TrainConfig, bf16: bool) -> None:
+    config.steps, config.bf16 = 12, bf16
     assert train(config) == 12
     records = read_log(config)
     assert [r["step"] for r in records] == list(range(1, 13))
