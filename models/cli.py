@@ -157,7 +157,8 @@ def train_command(
     seed: int = 0,
     device: Device = Device.auto,
     bf16: Annotated[bool | None, typer.Option("--bf16/--fp32", help="bf16 autocast; default: "
-                    "on CUDA only. Use --bf16 on CPUs with AVX512-BF16 or AMX (2.3x faster).",
+                    "on CUDA only. Use --bf16 on CPUs with AVX512-BF16 or AMX (1.6-2.3x faster "
+                    "here).",
                     show_default=False)] = None,
 ) -> None:
     """Train the decoder (resumes from OUT_DIR/checkpoint.pt when present)."""

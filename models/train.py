@@ -65,7 +65,7 @@ class TrainConfig:
     workers: int = 2
     seed: int = 0
     device: str = "auto"
-    # bf16 autocast; None: on CUDA only. A CPU with AVX512-BF16 or AMX runs a step 2.3x faster
+    # bf16 autocast; None: on CUDA only. A CPU with AVX512-BF16 or AMX runs a step 1.6-2.3x faster
     # with it (measured here on 2 cores, 96 px crops), one without would emulate it slowly.
     bf16: bool | None = None
 
