@@ -155,7 +155,7 @@ class Trainer:
         config = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
-        if self.step == config.pixel_warmup > 0:
+        if config.pixel_warmup and self.step == config.pixel_warmup:
             # Adam's second moments have learnt the pixel loss's far smaller gradients: kept, the
             # first paper-loss updates would be many times lr and kill most decoder ReLUs.
             self.optimizer.state.clear()
