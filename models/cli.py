@@ -160,6 +160,12 @@ def train_command(
                     "on CUDA only. Use --bf16 on CPUs with AVX512-BF16 or AMX (1.6-2.3x faster "
                     "here).",
                     show_default=False)] = None,
+    identity_pixel_weight: Annotated[float, typer.Option(help="Not in the paper: weight of "
+                                     "MSE(g(f(c)), c) in pixels.")] = 0.0,
+    identity_feature_weight: Annotated[float, typer.Option(help="Not in the paper: weight of "
+                                       "the MSEs of g(f(c)) vs c at relu1_1..relu4_1.")] = 0.0,
+    ema_decay: Annotated[float, typer.Option(help="EMA of the decoder's weights, saved as "
+                         "decoder_ema.safetensors; 0 = off.")] = 0.0,
 ) -> None:
     """Train the decoder (resumes from OUT_DIR/checkpoint.pt when present)."""
     config = TrainConfig(
@@ -168,7 +174,8 @@ def train_command(
         steps=steps, batch_size=batch_size, lr=lr, lr_decay=lr_decay, style_weight=style_weight,
         pixel_warmup=pixel_warmup, resize=resize, crop=crop, max_minutes=max_minutes,
         checkpoint_every=checkpoint_every, sample_every=sample_every, workers=workers, seed=seed,
-        device=device.value, bf16=bf16,
+        device=device.value, bf16=bf16, identity_pixel_weight=identity_pixel_weight,
+        identity_feature_weight=identity_feature_weight, ema_decay=ema_decay,
     )
     step = train(config)
     typer.echo(f"stopped at step {step}; decoder in {out_dir / 'decoder.safetensors'}")

@@ -139,3 +139,25 @@ def test_a_fresh_run_can_start_from_given_decoder_weights(
     for name, value in trainer.net.decoder.state_dict().items():
         assert torch.equal(value, given[name])
     assert trainer.step == 0
+
+
+def test_identity_term_and_ema_are_trained_logged_and_saved(config: TrainConfig) -> None:
+    config.steps, config.ema_decay = 12, 0.5
+    config.identity_pixel_weight, config.identity_feature_weight = 50.0, 1.0
+    # The paper's terms off: only the identity term can make its loss fall.
+    config.content_weight = config.style_weight = 0.0
+    trainer = Trainer(config)
+    trainer.run()
+    records = read_log(config)
+    assert all({"identity_pixel", "identity_feature"} <= set(r) for r in records)
+    def identity(record: dict[str, float]) -> float:
+        return 50.0 * record["identity_pixel"] + record["identity_feature"]
+
+    assert sum(map(identity, records[-3:])) < 0.92 * sum(map(identity, records[:3]))
+    ema = read_state(config.out_dir / "decoder_ema.safetensors")
+    trained = read_state(config.out_dir / "decoder.safetensors")
+    # The average lags the trained weights: equal would mean no averaging, or no export of it.
+    assert not torch.equal(ema["1.weight"], trained["1.weight"])
+    resumed = Trainer(config)
+    for name, value in trainer.ema.state_dict().items():
+        assert torch.equal(resumed.ema.state_dict()[name], value), name
