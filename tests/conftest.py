@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,9 @@ DATASETS = REPO.parent / "shared" / "datasets"
 
 
 # Test images are tiny: intra-op threads only spin, and on a 2-core machine busy with other
-# work they make each forward pass many times slower.
-torch.set_num_threads(1)
+# work they make each forward pass many times slower. ADAIN_TEST_THREADS=2 runs the float
+# comparisons with other kernels' summation orders.
+torch.set_num_threads(int(os.environ.get("ADAIN_TEST_THREADS", "1")))
 
 # PyTorch's default conv init has a sixth of the variance a ReLU network needs (He init): random
 # networks shrink activations ~2.4x per layer and decode a flat grey whatever the input, so no

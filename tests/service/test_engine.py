@@ -23,6 +23,10 @@ from service.engine import (
 from tests.conftest import random_image
 
 SLOW_WINDOW_MS = 1000.0  # long enough that jobs submitted together always share the window
+# The engine's thread runs torch with its own thread count, and a batch, another CPU (AMX or not)
+# or another thread count picks other oneDNN kernels that sum in another order: results agree up
+# to float rounding, far below one level of an 8-bit image (1/255 = 4e-3).
+FLOAT_ROUNDING = {"rtol": 1e-4, "atol": 1e-4}
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +50,8 @@ def expected(net: StyleTransfer, job: StylizeJob) -> Tensor:
 
 
 def assert_result(net: StyleTransfer, job: StylizeJob, result: Timed[Tensor]) -> None:
-    """Alone, exactly the library's result; in a batch, batched convolutions may sum in
-    another order, so equal up to float rounding."""
-    if result.batch_size == 1:
-        assert torch.equal(result.value, expected(net, job))
-    else:
-        torch.testing.assert_close(result.value, expected(net, job), rtol=0, atol=1e-5)
+    """The library's result, alone or in a batch, up to float rounding."""
+    torch.testing.assert_close(result.value, expected(net, job), **FLOAT_ROUNDING)
 
 
 class OutOfMemoryOnBatches:
@@ -113,7 +113,7 @@ def test_out_of_memory_splits_the_batch_and_every_job_succeeds(net: StyleTransfe
     results = asyncio.run(run_all(engine, jobs))
     assert wrapper.encoded_batches == [1, 1, 1, 1]  # 4 -> 2 + 2 -> 1 + 1 + 1 + 1
     for job, result in zip(jobs, results, strict=True):
-        assert torch.equal(result.value, expected(net, job))
+        assert_result(net, job, result)
 
 
 def test_out_of_memory_for_one_image_fails_only_that_request(net: StyleTransfer) -> None:
@@ -176,5 +176,6 @@ def test_style_statistics_with_colour_preservation(net: StyleTransfer) -> None:
     plain, recoloured = asyncio.run(scenario())
     with torch.inference_mode():
         mean, std = net.style_statistics(style)
-    assert torch.equal(plain.value.mean, mean) and torch.equal(plain.value.std, std)
-    assert not torch.equal(recoloured.value.mean, mean)
+    torch.testing.assert_close(plain.value.mean, mean, **FLOAT_ROUNDING)
+    torch.testing.assert_close(plain.value.std, std, **FLOAT_ROUNDING)
+    assert (recoloured.value.mean - mean).abs().max() > 100 * FLOAT_ROUNDING["atol"]
