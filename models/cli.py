@@ -196,15 +196,20 @@ def eval_command(
     sheet: Annotated[Path | None, typer.Option(help="Contact sheet PNG: content | style | "
                      "output per row.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Results as JSON.")] = None,
+    peers: Annotated[list[Path] | None, typer.Option("--peer", exists=True, file_okay=False,
+                     help="Another method's outputs on the same pairs (a folder with a "
+                     "manifest.json, as ../shared/peers/*); repeatable.")] = None,
 ) -> None:
     """The paper's Fig. 3 content and style losses on content x style pairs.
 
-    Content loss: relu4_1 of the output vs the AdaIN target. Style loss: channel mean and std at
-    relu1_1..relu4_1, output vs style. Printed per pair and as means of ln-losses, beside the
-    baseline 'content image as output'.
+    Content loss: relu4_1 of the output vs the AdaIN target, and vs the content photo's relu4_1.
+    Style loss: channel mean and std at relu1_1..relu4_1, output vs style. Printed per pair and
+    as means of ln-losses, beside the baseline 'content image as output' and each --peer's
+    outputs on the same pairs.
     """
     try:
         contents, styles = split(content_dir, held_out), split(style_dir, held_out)
+        peer_outputs = {folder.name: evaluate.read_manifest(folder, size) for folder in peers or []}
     except FileNotFoundError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -212,6 +217,7 @@ def eval_command(
     device_ = next(net.parameters()).device
     chosen = list(evaluate.ordered_pairs(contents, styles))[: pairs or None]
     results: list[evaluate.PairResult] = []
+    peer_results: dict[str, list[evaluate.PairResult]] = {name: [] for name in peer_outputs}
     rows: list[Image.Image] = []  # of the contact sheet
     for content_path, style_path in chosen:
         content = images.load(content_path, size).to(device_)
@@ -219,10 +225,24 @@ def eval_command(
         output, stylized, baseline = evaluate.evaluate_pair(net, content, style)
         result = evaluate.PairResult(content_path.name, style_path.name, stylized, baseline)
         results.append(result)
+        for name, outputs in peer_outputs.items():
+            peer_path = outputs.get((content_path.name, style_path.name))
+            if peer_path is None:
+                typer.echo(f"error: peer {name} has no output for {result.content} x "
+                           f"{result.style} at size {size}", err=True)
+                raise typer.Exit(1)
+            peer_output = images.load(peer_path).to(device_)
+            if peer_output.shape != content.shape:
+                typer.echo(f"error: {peer_path} is not the content's size", err=True)
+                raise typer.Exit(1)
+            (peer_losses,) = evaluate.measure(net, content, style, peer_output)
+            peer_results[name].append(
+                evaluate.PairResult(result.content, result.style, peer_losses, baseline)
+            )
         typer.echo(
-            f"{result.content} x {result.style}: content {stylized.content:.4f} style "
-            f"{stylized.style:.4f} | baseline content {baseline.content:.4f} style "
-            f"{baseline.style:.4f}"
+            f"{result.content} x {result.style}: content {stylized.content:.4f} (vs photo "
+            f"{stylized.content_vs_content:.4f}) style {stylized.style:.4f} | baseline content "
+            f"{baseline.content:.4f} style {baseline.style:.4f}"
         )
         if sheet:
             rows.append(evaluate.sheet_row(content, style, output, result))
@@ -235,6 +255,8 @@ def eval_command(
         f"{summary.baseline_mean.content:.4f}), style {summary.mean.style:.4f} (baseline "
         f"{summary.baseline_mean.style:.4f}); style / baseline style {summary.style_ratio:.3f}"
     )
+    peer_summaries = {name: evaluate.summarise(found) for name, found in peer_results.items()}
+    typer.echo(evaluate.comparison_table({"this decoder": summary, **peer_summaries}))
     if sheet:
         sheet.parent.mkdir(parents=True, exist_ok=True)
         evaluate.contact_sheet(rows).save(sheet)
@@ -247,6 +269,10 @@ def eval_command(
         }
         json_path.parent.mkdir(parents=True, exist_ok=True)
         report = evaluate.results_json(results, summary, settings)
+        report["peers"] = {
+            name: evaluate.results_json(peer_results[name], found, {"folder": str(folder)})
+            for (name, found), folder in zip(peer_summaries.items(), peers or [], strict=True)
+        }
         json_path.write_text(json.dumps(report, indent=2))
         typer.echo(f"wrote {json_path}")
 

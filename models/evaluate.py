@@ -3,11 +3,15 @@
 For each content x style pair the stylized output is measured with the training losses:
 content loss = MSE(relu4_1 of the output, AdaIN target t), style loss = sum over relu1_1..relu4_1
 of the MSEs of channel means and stds between output and style. The same two numbers for the
-content image itself as output are the baseline the paper plots beside them.
+content image itself as output are the baseline the paper plots beside them. A third number,
+MSE(relu4_1 of the output, relu4_1 of the content photo), says how much of the photo is left
+whatever t asked for: it compares methods that do not aim at t (other peers' outputs, scored from
+a folder with `read_manifest`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -28,8 +32,9 @@ SHEET_CAPTION = 16  # px of caption under each row
 
 @dataclass(frozen=True)
 class Losses:
-    content: float
+    content: float  # relu4_1 of the output vs the AdaIN target t (the paper's content loss)
     style: float
+    content_vs_content: float  # relu4_1 of the output vs relu4_1 of the content photo
 
 
 @dataclass(frozen=True)
@@ -58,12 +63,14 @@ def measure(net: StyleTransfer, content: Tensor, style: Tensor, outputs: Tensor)
     trained to invert; outputs must therefore have the content's size.
     """
     style_taps = net.encode_taps(style)
-    target = adaptive_instance_normalization(net.encode(content).float(), style_taps[-1].float())
+    content_feat = net.encode(content).float()
+    target = adaptive_instance_normalization(content_feat, style_taps[-1].float())
     output_taps = net.encode_taps(outputs)
     return [
         Losses(
             content=content_loss(output_taps[-1][i : i + 1], target).item(),
             style=style_loss([tap[i : i + 1] for tap in output_taps], style_taps).item(),
+            content_vs_content=content_loss(output_taps[-1][i : i + 1], content_feat).item(),
         )
         for i in range(outputs.shape[0])
     ]
@@ -77,6 +84,18 @@ def evaluate_pair(
     output = net.stylize(content, [style])
     stylized, baseline = measure(net, content, style, torch.cat([output, content.float()]))
     return output, stylized, baseline
+
+
+def read_manifest(folder: Path, size: int) -> dict[tuple[str, str], Path]:
+    """Another method's outputs: `folder/manifest.json` maps each size (a string key) to a list
+    of {"content", "style", "output"} file names, the output relative to `folder`."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if str(size) not in manifest:
+        raise FileNotFoundError(f"{folder / 'manifest.json'}: no outputs at size {size}")
+    return {
+        (entry["content"], entry["style"]): folder / entry["output"]
+        for entry in manifest[str(size)]
+    }
 
 
 def ordered_pairs(contents: Sequence[Path], styles: Sequence[Path]) -> Iterator[tuple[Path, Path]]:
@@ -117,7 +136,26 @@ def _reduce(group: list[Losses], reduce: Callable[[list[float]], float]) -> Loss
     return Losses(
         content=reduce([losses.content for losses in group]),
         style=reduce([losses.style for losses in group]),
+        content_vs_content=reduce([losses.content_vs_content for losses in group]),
     )
+
+
+def comparison_table(summaries: dict[str, Summary]) -> str:
+    """Methods side by side (Markdown): means of ln losses over the same pairs, and the content
+    photo as output (the baseline) last."""
+    lines = [
+        "| method | pairs | ln content vs t | ln content vs content | ln style |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    first = next(iter(summaries.values()))
+    rows = [(name, summary.pairs, summary.mean_ln) for name, summary in summaries.items()]
+    rows.append(("content photo (baseline)", first.pairs, first.baseline_mean_ln))
+    for name, pairs, ln in rows:
+        lines.append(
+            f"| {name} | {pairs} | {ln.content:.3f} | {ln.content_vs_content:.3f} "
+            f"| {ln.style:.3f} |"
+        )
+    return "\n".join(lines)
 
 
 def sheet_row(content: Tensor, style: Tensor, output: Tensor, result: PairResult) -> Image.Image:

@@ -57,6 +57,11 @@ def test_losses_are_the_paper_measures(net: StyleTransfer) -> None:
     assert baseline.content == pytest.approx(float(((content_taps[-1] - target) ** 2).mean()))
     assert baseline.style == pytest.approx(style_loss(content_taps), rel=1e-4)
     assert baseline.style > 0 and baseline.content > 0
+    assert stylized.content_vs_content == pytest.approx(
+        float(((output_taps[-1] - content_taps[-1]) ** 2).mean()), rel=1e-5
+    )
+    # The photo is its own content (up to the rounding of a batched encoder pass).
+    assert baseline.content_vs_content < 1e-9 * float(content_taps[-1].pow(2).mean())
 
 
 def test_the_content_image_as_output_gives_the_baseline(net: StyleTransfer) -> None:
@@ -91,13 +96,14 @@ def test_measure_scores_a_batch_of_outputs_one_by_one(net: StyleTransfer) -> Non
 
 def test_summary_means_and_ratio() -> None:
     results = [
-        PairResult("a.png", "x.png", Losses(2.0, 0.5), Losses(4.0, 8.0)),
-        PairResult("b.png", "y.png", Losses(8.0, 2.0), Losses(4.0, 2.0)),
+        PairResult("a.png", "x.png", Losses(2.0, 0.5, 1.0), Losses(4.0, 8.0, 0.0)),
+        PairResult("b.png", "y.png", Losses(8.0, 2.0, 3.0), Losses(4.0, 2.0, 0.0)),
     ]
     summary = evaluate.summarise(results)
     assert summary.pairs == 2
-    assert summary.mean == Losses(5.0, 1.25)
-    assert summary.baseline_mean == Losses(4.0, 5.0)
+    assert summary.mean == Losses(5.0, 1.25, 2.0)
+    assert summary.baseline_mean == Losses(4.0, 5.0, 0.0)
+    assert summary.mean_ln.content_vs_content == pytest.approx(math.log(3.0) / 2)
     assert summary.mean_ln.content == pytest.approx((math.log(2.0) + math.log(8.0)) / 2)
     assert summary.mean_ln.style == pytest.approx(0.0)  # ln 0.5 + ln 2 = 0
     assert summary.baseline_mean_ln.style == pytest.approx(math.log(4.0))
@@ -201,3 +207,46 @@ def test_eval_without_held_out_images_is_a_plain_error(
     ])
     assert result.exit_code == 0, result.output
     assert "4 pairs." in result.stdout
+
+
+def test_eval_scores_a_peer_folder_on_the_same_pairs(
+    tmp_path: Path, reference_weights: tuple[Path, Path]
+) -> None:
+    """A peer's outputs are read from its manifest and measured beside the decoder's: a peer
+    that returns the content photo itself scores exactly the baseline."""
+    contents, styles, peer = tmp_path / "content", tmp_path / "style", tmp_path / "photo-peer"
+    for folder in (contents, styles, peer):
+        folder.mkdir()
+    for seed, name in enumerate(held_out_names("photo", 2)):
+        random_image(40, 32, seed=seed).save(contents / name)
+    for seed, name in enumerate(held_out_names("painting", 1)):
+        random_image(32, 32, seed=10 + seed).save(styles / name)
+    entries = []
+    for content_name in held_out_names("photo", 2):
+        for style_name in held_out_names("painting", 1):
+            output = f"32/{content_name}"
+            (peer / "32").mkdir(exist_ok=True)
+            images.to_pil(images.load(contents / content_name, 32)).save(peer / output)
+            entries.append({"content": content_name, "style": style_name, "output": output})
+    (peer / "manifest.json").write_text(json.dumps({"32": entries}))
+    report = tmp_path / "eval.json"
+    arguments = [
+        "eval", "--content-dir", str(contents), "--style-dir", str(styles),
+        "--encoder", str(reference_weights[0]), "--decoder", str(reference_weights[1]),
+        "--size", "32", "--pairs", "0", "--device", "cpu", "--json", str(report),
+    ]
+    result = CliRunner().invoke(app, [*arguments, "--peer", str(peer)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    scored = data["peers"]["photo-peer"]
+    assert len(scored["pairs"]) == 2
+    for ours, theirs in zip(data["pairs"], scored["pairs"], strict=True):
+        assert (theirs["content"], theirs["style"]) == (ours["content"], ours["style"])
+        assert theirs["output"]["style"] == pytest.approx(ours["baseline"]["style"], rel=1e-4)
+        assert theirs["output"]["content_vs_content"] < 1e-6
+    assert "| photo-peer | 2 |" in result.stdout and "| this decoder | 2 |" in result.stdout
+
+    # A peer without an output for an evaluated pair is a plain error.
+    (peer / "manifest.json").write_text(json.dumps({"32": entries[:1]}))
+    result = CliRunner().invoke(app, [*arguments, "--peer", str(peer)])
+    assert result.exit_code == 1 and "has no output for" in result.stderr
