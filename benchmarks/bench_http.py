@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from benchmarks.common import InProcessService, interleaved, machine, photo, report, weights
-from tests.service.server import running_server
+from devkit.server import running_server
 
 CLIENTS = (1, 4, 8, 16)
 

@@ -22,6 +22,8 @@ import torch
 from PIL import Image
 from torchvision.utils import save_image
 
+from devkit import reference_port
+from devkit.images import encode, random_image
 from models.model import make_decoder, make_encoder
 from models.weights import load_model
 from service.cache import MemoryStatsCache, weights_identity
@@ -29,10 +31,9 @@ from service.engine import Engine, cpu_threads
 from service.imaging import ImageLimits, OutputFormat
 from service.settings import Settings
 from service.stylizer import StyleInput, StylizeParams, Stylizer
-from tests.conftest import encode, random_image
-from tests.models import reference_port
 
-# Both pipelines with the threads the service's engine uses (importing tests.conftest sets 1).
+# Both pipelines with the threads the service's engine uses: the engine sets them in its own
+# worker thread, the reference loop runs in this one.
 torch.set_num_threads(cpu_threads())
 
 WEIGHTS_DIR = Path(os.environ.get("ADAIN_BENCH_WEIGHTS_DIR", "/tmp/adain-bench-weights"))

@@ -1,22 +1,17 @@
-"""Shared fixtures: random weights in the reference layout, and small test images."""
+"""Shared fixtures (random weights in the reference layout) and the tests' torch thread count.
+
+Helpers the benchmarks share live in `devkit/` (images, the reference port, servers)."""
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from models.model import make_decoder, make_encoder
-
-REPO = Path(__file__).resolve().parents[1]
-DATASETS = REPO.parent / "shared" / "datasets"
-
 
 # Test images are tiny: intra-op threads only spin, and on a 2-core machine busy with other
 # work they make each forward pass many times slower. ADAIN_TEST_THREADS=2 runs the float
@@ -48,17 +43,3 @@ def reference_weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
     torch.save(encoder.state_dict(), folder / "vgg_normalised.pth")
     torch.save(decoder.state_dict(), folder / "decoder.pth")
     return folder / "vgg_normalised.pth", folder / "decoder.pth"
-
-
-def random_image(width: int, height: int, seed: int = 0, mode: str = "RGB") -> Image.Image:
-    """A smooth random image (noise upsampled), so that features are not pure noise."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (max(2, height // 8), max(2, width // 8), 3), dtype=np.uint8)
-    image = Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)
-    return image.convert(mode)
-
-
-def encode(image: Image.Image, fmt: str = "PNG", **params: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **params)
-    return buffer.getvalue()

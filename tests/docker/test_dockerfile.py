@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import typer
 
+from devkit.server import free_port, stop, wait_until_ready
 from service.cli import app as adain_app
 from service.settings import Settings
 from tests.docker.deployfiles import (
@@ -29,7 +30,6 @@ from tests.docker.deployfiles import (
     k8s_objects,
     settings_env_names,
 )
-from tests.service.server import free_port, stop, wait_until_ready
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 

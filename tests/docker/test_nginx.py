@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 
+from devkit.server import free_port
 from service.limits import BodySizeLimit
 from service.settings import Settings
 from tests.docker.deployfiles import (
@@ -20,7 +21,6 @@ from tests.docker.deployfiles import (
     nginx_size_bytes,
     running_nginx,
 )
-from tests.service.server import free_port
 
 
 def nginx_test(config: str, folder: Path) -> subprocess.CompletedProcess[str]:

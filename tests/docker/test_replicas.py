@@ -9,9 +9,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import encode, random_image
+from devkit.images import encode, random_image
+from devkit.server import free_port, running_redis, running_server, stop
 from tests.docker.deployfiles import needs_nginx, nginx_config_for, running_nginx
-from tests.service.server import free_port, running_redis, running_server, stop
 
 SIZE = 32  # pixels: every model pass stays cheap
 

@@ -17,12 +17,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner, Result
 
+from devkit import reference_port as port
+from devkit.images import random_image
 from models import images
 from models.cli import app
 from models.model import masks_from_binary
 from models.weights import load_model
-from tests.conftest import random_image
-from tests.models import reference_port as port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -71,7 +71,7 @@ CASES = {
     "preserve color": ({**SIZES, "preserve_color": True}, ["--preserve-color"]),
     # The port interpolates only styles of the content's size: crop all to the same square.
     "interpolation": (
-        {"content_size": 32, "style_size": 32, "weights": [1, 3], "crop": True},
+        {"content_size": 32, "style_size": 32, "interpolation_weights": [1, 3], "crop": True},
         ["--weights", "1,3", "--crop"],
     ),
 }
@@ -82,9 +82,8 @@ def test_stylize_matches_the_reference_test_py(
     case: str, tmp_path: Path, inputs: dict[str, Path], reference_weights: tuple[Path, Path]
 ) -> None:
     reference_options, cli_options = CASES[case]
-    styles = [inputs["style_a"], inputs["style_b"]] if "weights" in reference_options else [
-        inputs["style_a"]
-    ]
+    interpolating = "interpolation_weights" in reference_options
+    styles = [inputs["style_a"], inputs["style_b"]] if interpolating else [inputs["style_a"]]
     result = adain(
         "stylize", inputs["content"], *styles, "-o", tmp_path / "ours.png",
         "--content-size", reference_options["content_size"],

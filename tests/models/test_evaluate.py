@@ -12,14 +12,14 @@ from PIL import Image
 from torch import Tensor
 from typer.testing import CliRunner
 
+from devkit import reference_port as port
+from devkit.images import random_image
 from models import evaluate, images
 from models.cli import app
 from models.data import is_held_out
 from models.evaluate import Losses, PairResult
 from models.model import StyleTransfer
 from models.weights import load_model
-from tests.conftest import random_image
-from tests.models import reference_port as port
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from devkit.images import random_image
 from models.images import prepare, prepared_size
-from tests.conftest import random_image
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from devkit.images import random_image
 from models import images
 from models.model import (
     MIN_SIDE,
@@ -23,7 +24,6 @@ from models.model import (
     style_loss,
 )
 from models.weights import load_model
-from tests.conftest import random_image
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from devkit import REPO
+from devkit.images import random_image
 from models.data import is_held_out
 from models.train import TrainConfig, Trainer, train
 from models.weights import read_state
-from tests.conftest import REPO, random_image
 
 
 def image_folder(folder: Path, count: int, seed: int) -> Path:

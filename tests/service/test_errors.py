@@ -15,10 +15,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from devkit.images import encode, random_image
+from devkit.server import RunningServer
 from service.logs import RequestContext
-from tests.conftest import encode, random_image
 from tests.service.conftest import SHARED_LIMITS
-from tests.service.server import RunningServer
 
 CONTENT = encode(random_image(48, 32, seed=11))
 STYLE = encode(random_image(40, 40, seed=12))

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.conftest import encode, random_image
+from devkit.images import encode, random_image
+from devkit.server import RunningServer, running_server
 from tests.service.conftest import SHARED_LIMITS
-from tests.service.server import RunningServer, running_server
 
 CLI_EXAMPLES = 25  # per operation
 CLI_TIMEOUT_S = 240

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import encode, random_image
-from tests.service.server import RunningServer, running_server
+from devkit.images import encode, random_image
+from devkit.server import RunningServer, running_server
 
 MIB = 1024 * 1024
 # This module's server: limits small enough to reach with small images, large enough that

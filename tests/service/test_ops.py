@@ -13,8 +13,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import encode, random_image
-from tests.service.server import REPO, free_port, stop, wait_until_ready
+from devkit import REPO
+from devkit.images import encode, random_image
+from devkit.server import free_port, stop, wait_until_ready
 
 CONTENT = encode(random_image(48, 32, seed=31))
 STYLE = encode(random_image(40, 40, seed=32))

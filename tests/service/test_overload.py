@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import encode, random_image
-from tests.service.server import (
-    REPO,
+from devkit import REPO
+from devkit.images import encode, random_image
+from devkit.server import (
     RunningServer,
     free_port,
     running_server,

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Browser, FilePayload, Page, expect, sync_playwright
 
-from tests.conftest import encode, random_image
+from devkit.images import encode, random_image
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [

@@ -12,8 +12,8 @@ import numpy as np
 import redis
 from PIL import Image
 
-from tests.conftest import encode, random_image
-from tests.service.server import RunningServer, running_server
+from devkit.images import encode, random_image
+from devkit.server import RunningServer, running_server
 
 CONTENT = encode(random_image(48, 32, seed=21))
 SMALL = {"content_size": "32", "style_size": "32"}

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import encode, random_image
-from tests.service.server import RunningServer
+from devkit.images import encode, random_image
+from devkit.server import RunningServer
 
 CONTENT = encode(random_image(96, 64, seed=1))
 STYLE_A = encode(random_image(80, 80, seed=2))

@@ -1,6 +1,5 @@
-"""Start real servers for tests: `running_server` (uvicorn on the app) and `running_redis`.
-
-Reusable from any test (page, deployment, hostile input):
+"""Start real servers for tests and benchmarks: `running_server` (uvicorn on the app) and
+`running_redis`.
 
     with running_server({"ADAIN_ENCODER_PATH": ..., "ADAIN_DECODER_PATH": ...}) as server:
         httpx.get(f"{server.url}/readyz")
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[2]
+from devkit import REPO
 
 
 def free_port() -> int:

@@ -1,6 +1,7 @@
 """An independent re-implementation of the reference PyTorch port (naoto0804/pytorch-AdaIN):
 its `net.py` layouts, its `function.py` formulas and its `test.py` pipeline, written from the
-port's description without importing anything from `models`, so tests can compare against it.
+port's description without importing anything from `models`: the oracle tests compare against,
+and the plain loop the benchmarks time as the baseline.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def run_test_py(
     style_paths: list[Path],
     output: Path,
     alpha: float = 1.0,
-    weights: list[int] | None = None,
+    interpolation_weights: list[int] | None = None,
     preserve_color: bool = False,
     content_size: int = 512,
     style_size: int = 512,
@@ -150,10 +151,11 @@ def run_test_py(
     (integer weights, normalised as the port does). Writes the image as the port saves it."""
     content_tf, style_tf = test_transform(content_size, crop), test_transform(style_size, crop)
     with torch.no_grad():
-        if weights:
+        if interpolation_weights:
             style = torch.stack([style_tf(Image.open(p)) for p in style_paths])
             content = content_tf(Image.open(content_path)).unsqueeze(0).expand_as(style)
-            normalised = [w / sum(weights) for w in weights]
+            total = sum(interpolation_weights)
+            normalised = [w / total for w in interpolation_weights]
             result = style_transfer(vgg, net_decoder, content, style, alpha, normalised)
         else:
             content = content_tf(Image.open(content_path))

@@ -1,0 +1,23 @@
+"""Small synthetic images for tests and benchmarks, and their encoded bytes."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+
+def random_image(width: int, height: int, seed: int = 0, mode: str = "RGB") -> Image.Image:
+    """A smooth random image (noise upsampled), so that features are not pure noise."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (max(2, height // 8), max(2, width // 8), 3), dtype=np.uint8)
+    image = Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)
+    return image.convert(mode)
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **params: object) -> bytes:
+    """The file `image.save` would write, as bytes (an upload's body)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
