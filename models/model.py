@@ -14,9 +14,6 @@ from torch import Tensor, nn
 
 # relu1_1, relu2_1, relu3_1, relu4_1 in the reference encoder `nn.Sequential`.
 RELU_TAPS: tuple[int, ...] = (3, 10, 17, 30)
-ENCODER_LENGTH = RELU_TAPS[-1] + 1
-# Three ceil-mode pools: the relu4_1 grid is ceil(H/8) x ceil(W/8), the output 8x that.
-DOWNSCALE = 8
 # Every reflection pad needs 2 px: the smallest side that stays >= 2 after three ceil-mode pools.
 MIN_SIDE = 9
 EPS = 1e-5

@@ -32,10 +32,6 @@ def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
-def get_settings(request: Request) -> Settings:
-    return get_services(request).settings
-
-
 def get_stylizer(request: Request) -> Stylizer:
     return get_services(request).stylizer
 
@@ -49,7 +45,6 @@ def get_limits(request: Request) -> ImageLimits:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 StylizerDep = Annotated[Stylizer, Depends(get_stylizer)]
 RegistryDep = Annotated[StyleRegistry, Depends(get_registry)]
 LimitsDep = Annotated[ImageLimits, Depends(get_limits)]

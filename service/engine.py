@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 import torch
@@ -94,7 +94,6 @@ class _Job:
     payload: Any
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
-    submitted: float = field(default_factory=time.perf_counter)
 
     def batch_key(self) -> tuple[object, ...] | None:
         """Jobs with equal keys can share a batch; None: never batched."""
