@@ -18,9 +18,9 @@ from benchmarks.common import (
     ReferenceLoop,
     interleaved,
     machine,
+    network_weights,
     photo,
     report,
-    weights,
 )
 
 SIZES = (256, 512)
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     args = parser.parse_args()
     print(machine())
-    encoder, decoder = weights()
+    encoder, decoder = network_weights()
     reference = ReferenceLoop(encoder, decoder)
     cached = InProcessService.start(encoder, decoder)
     uncached = InProcessService.start(encoder, decoder, cache_entries=0)

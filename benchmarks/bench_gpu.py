@@ -18,7 +18,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from benchmarks.common import machine, weights
+from benchmarks.common import machine, network_weights
 from models.model import StyleTransfer, adain_target, normalise_weights
 from models.weights import load_model
 
@@ -74,7 +74,7 @@ def main() -> None:
     print(machine())
     if device.type == "cuda":
         print(f"GPU: {torch.cuda.get_device_name(device)}")
-    encoder, decoder = weights()
+    encoder, decoder = network_weights()
     print(f"{'size':>5} {'batch':>5} {'precision':>9} {'mode':>8} {'ms/batch':>10} "
           f"{'images/s':>9} {'vs fp32 eager':>14}")
     for size in args.sizes:

@@ -13,7 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from benchmarks.common import InProcessService, interleaved, machine, photo, report, weights
+from benchmarks.common import (
+    InProcessService,
+    interleaved,
+    machine,
+    network_weights,
+    photo,
+    report,
+)
 from devkit.server import running_server
 
 CLIENTS = (1, 4, 8, 16)
@@ -27,7 +34,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the throughput test")
     args = parser.parse_args()
     print(machine())
-    encoder, decoder = weights()
+    encoder, decoder = network_weights()
     size = args.size
     style = photo(size, seed=2)
     contents = [photo(size, seed=100 + i) for i in range(args.images)]

