@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from benchmarks.common import machine, network_weights
-from models.model import StyleTransfer, adain_target, normalise_weights
+from models.model import StyleTransfer, adain_target, normalise_mix_weights
 from models.weights import load_model
 
 
@@ -48,11 +48,11 @@ def stylizer(net: StyleTransfer, compiled: bool) -> Callable[[Tensor, Tensor, Te
     decode: Callable[[Tensor], Tensor] = net.decoder
     if compiled:
         encode, decode = torch.compile(net.encoder), torch.compile(net.decoder)
-    weights = normalise_weights(None, 1)
+    mix_weights = normalise_mix_weights(None, 1)
 
     def run(content: Tensor, mean: Tensor, std: Tensor) -> Tensor:
         feats = encode(content.to(net.dtype))
-        targets = [adain_target(feats[i : i + 1], mean, std, weights, None)
+        targets = [adain_target(feats[i : i + 1], mean, std, mix_weights, None)
                    for i in range(len(feats))]
         return decode(torch.cat(targets).to(net.dtype))
 

@@ -116,11 +116,11 @@ def coral(source: Tensor, target: Tensor) -> Tensor:
 # --- the paper's user controls -------------------------------------------------------------
 
 
-def normalise_weights(weights: Tensor | list[float] | None, n_styles: int) -> Tensor:
-    """Interpolation weights for `n_styles` styles, non-negative and summing to 1."""
-    if weights is None:
+def normalise_mix_weights(mix_weights: Tensor | list[float] | None, n_styles: int) -> Tensor:
+    """Style-mix (interpolation) weights for `n_styles` styles, non-negative and summing to 1."""
+    if mix_weights is None:
         return torch.full((n_styles,), 1.0 / n_styles)
-    w = torch.as_tensor(weights, dtype=torch.float32)
+    w = torch.as_tensor(mix_weights, dtype=torch.float32)
     if w.shape != (n_styles,):
         raise ValueError(f"expected {n_styles} weights (one per style), got {w.numel()}")
     if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
@@ -141,21 +141,21 @@ def adain_target(
     content_feat: Tensor,
     style_mean: Tensor,
     style_std: Tensor,
-    weights: Tensor,
+    mix_weights: Tensor,
     masks: Tensor | None = None,
 ) -> Tensor:
     """The AdaIN target t for one content image and S styles.
 
-    content_feat (1, C, h, w); style_mean, style_std (S, C, 1, 1); weights (S,) summing to 1;
+    content_feat (1, C, h, w); style_mean, style_std (S, C, 1, 1); mix_weights (S,) summing to 1;
     masks (S, H, W) in [0, 1] at any resolution, or None. Without masks t is the convex
     combination of the S AdaIN outputs (the paper's interpolation). With masks, style k's AdaIN
     uses the content statistics of its own region, and pixel p mixes the styles with
-    weights_k * mask_k(p), normalised per pixel (pixels no mask covers use `weights`).
+    mix_weights_k * mask_k(p), normalised per pixel (pixels no mask covers use `mix_weights`).
     Computed in float32 whatever the network's precision.
     """
     feat = content_feat.float()
     style_mean, style_std = style_mean.float(), style_std.float()
-    w = weights.to(feat.device, torch.float32).view(-1, 1, 1, 1)
+    w = mix_weights.to(feat.device, torch.float32).view(-1, 1, 1, 1)
     if masks is None:
         return (w * adain_from_stats(feat, style_mean, style_std)).sum(dim=0, keepdim=True)
     grid = feat.shape[-2:]
@@ -225,18 +225,18 @@ class StyleTransfer(nn.Module):
         content: Tensor,
         styles: list[Tensor],
         alpha: float = 1.0,
-        weights: Tensor | list[float] | None = None,
+        mix_weights: Tensor | list[float] | None = None,
         masks: Tensor | None = None,
         preserve_color: bool = False,
     ) -> Tensor:
         """Stylize content (1, 3, H, W) with S styles (each (1, 3, H', W'), any size) and every
-        control of the paper: alpha, interpolation weights, masks (S, H, W), colour preservation."""
+        control of the paper: alpha, style-mix weights, masks (S, H, W), colour preservation."""
         if preserve_color:
             styles = [coral(style[0], content[0])[None] for style in styles]
         stats = [self.style_statistics(style) for style in styles]
         style_mean = torch.cat([mean for mean, _ in stats])
         style_std = torch.cat([std for _, std in stats])
-        return self.stylize_with_stats(content, style_mean, style_std, alpha, weights, masks)
+        return self.stylize_with_stats(content, style_mean, style_std, alpha, mix_weights, masks)
 
     def stylize_with_stats(
         self,
@@ -244,14 +244,14 @@ class StyleTransfer(nn.Module):
         style_mean: Tensor,
         style_std: Tensor,
         alpha: float = 1.0,
-        weights: Tensor | list[float] | None = None,
+        mix_weights: Tensor | list[float] | None = None,
         masks: Tensor | None = None,
     ) -> Tensor:
         """`stylize` from precomputed style statistics (S, C, 1, 1)."""
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         content_feat = self.encode(content)
-        w = normalise_weights(weights, style_mean.shape[0])
+        w = normalise_mix_weights(mix_weights, style_mean.shape[0])
         target = adain_target(content_feat, style_mean, style_std, w, masks)
         return self.decode(blend(content_feat, target, alpha), content.shape[-2:])
 

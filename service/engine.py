@@ -10,7 +10,8 @@ In-process use (benchmarks, tests), without HTTP:
     engine = Engine(net, max_batch_size=8, max_wait_ms=5, queue_size=32)
     engine.start()
     stats = await engine.style_statistics(style)          # style: (1, 3, H, W) in [0, 1]
-    result = await engine.stylize(StylizeJob(content, stats.mean, stats.std, weights, None, 1.0))
+    job = StylizeJob(content, stats.mean, stats.std, mix_weights, None, 1.0)
+    result = await engine.stylize(job)
     await engine.close()                                  # finishes the queued jobs first
 """
 
@@ -56,12 +57,12 @@ class StyleStats:
 @dataclass(frozen=True)
 class StylizeJob:
     """One output image: content (1, 3, H, W) in [0, 1], S styles' statistics (S, C, 1, 1),
-    weights (S,) summing to 1, masks (S, H, W) or None, alpha in [0, 1]."""
+    mix_weights (S,) summing to 1, masks (S, H, W) or None, alpha in [0, 1]."""
 
     content: Tensor
     style_mean: Tensor
     style_std: Tensor
-    weights: Tensor
+    mix_weights: Tensor
     masks: Tensor | None
     alpha: float
 
@@ -288,7 +289,7 @@ class Engine:
             masks = job.masks.to(self.device) if job.masks is not None else None
             target = adain_target(
                 feat, job.style_mean.to(self.device), job.style_std.to(self.device),
-                job.weights, masks,
+                job.mix_weights, masks,
             )
             blended.append(blend(feat, target, job.alpha))
         out = self.net.decode(torch.cat(blended), tuple(contents.shape[-2:]))

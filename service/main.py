@@ -13,7 +13,7 @@ from PIL import Image
 from redis.asyncio import Redis
 
 from models import images
-from models.model import normalise_weights
+from models.model import normalise_mix_weights
 from models.weights import load_model, pick_device
 from service import metrics
 from service.cache import MemoryStatsCache, RedisStatsCache, StatsCache, encoder_fingerprint
@@ -78,7 +78,7 @@ async def warm_up(services: Services) -> None:
         try:
             stats = await services.engine.style_statistics(grey)
             job = StylizeJob(grey, stats.value.mean, stats.value.std,
-                             normalise_weights(None, 1), None, 1.0)
+                             normalise_mix_weights(None, 1), None, 1.0)
             result = await services.engine.stylize(job)
         except Exception:
             log.exception("warm-up failed; /readyz stays 503")

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
 from models import images
-from models.model import masks_from_binary, normalise_weights
+from models.model import masks_from_binary, normalise_mix_weights
 from service import metrics
 from service.cache import StatsCache, stats_key
 from service.engine import (
@@ -46,7 +46,7 @@ class StyleInput:
 @dataclass(frozen=True)
 class StylizeParams:
     alpha: float = 1.0
-    weights: list[float] | None = None
+    mix_weights: list[float] | None = None  # the form's `weights`
     preserve_color: bool = False
     content_size: int = 512
     style_size: int = 512
@@ -65,9 +65,9 @@ class StylizeOutput:
     batch_size: int
 
 
-def check_counts(n_styles: int, n_masks: int, weights: list[float] | None) -> Tensor:
-    """422 for 0 or more than 8 styles, a mask count that fits no form, a weights count that
-    is not one per style; returns the normalised weights."""
+def check_counts(n_styles: int, n_masks: int, mix_weights: list[float] | None) -> Tensor:
+    """422 for 0 or more than 8 styles, a mask count that fits no form, a `weights` count that
+    is not one per style; returns the normalised style-mix weights."""
     if not 1 <= n_styles <= MAX_STYLES:
         raise ApiError(
             422, f"got {n_styles} styles; send 1 to {MAX_STYLES} (style files and style_ids "
@@ -79,7 +79,7 @@ def check_counts(n_styles: int, n_masks: int, weights: list[float] | None) -> Te
             "mask for exactly two styles", "mask",
         )
     try:
-        return normalise_weights(weights, n_styles)
+        return normalise_mix_weights(mix_weights, n_styles)
     except ValueError as exc:
         raise ApiError(422, f"weights: {exc}", "weights") from None
 
@@ -144,7 +144,7 @@ class Stylizer:
     async def stylize(
         self, content: bytes, styles: list[StyleInput], masks: list[bytes], params: StylizeParams
     ) -> StylizeOutput:
-        weights = check_counts(len(styles), len(masks), params.weights)
+        mix_weights = check_counts(len(styles), len(masks), params.mix_weights)
         content_tensor, upright_size = await run_in_threadpool(
             prepare_content, content, params.content_size, params.crop, self.limits
         )
@@ -165,7 +165,7 @@ class Stylizer:
             content_tensor,
             torch.cat([s.mean for s in stats]),
             torch.cat([s.std for s in stats]),
-            weights,
+            mix_weights,
             mask_tensor,
             params.alpha,
         )

@@ -18,7 +18,7 @@ IMAGE_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
-def parse_weights(values: list[str]) -> list[float] | None:
+def parse_mix_weights(values: list[str]) -> list[float] | None:
     """Repeated `weights` fields, or one comma-separated field, or both: one float per style."""
     parts = [part.strip() for value in values for part in value.split(",") if part.strip()]
     if not parts:
@@ -56,8 +56,8 @@ async def stylize(
     """Stylize `content` with the styles: uploaded `style` files first in the order sent, then
     the registered `style_id`s in the order sent; `weights` and `mask` follow that order."""
     # Counts first: reading 1000 registered style ids before refusing them costs memory.
-    parsed_weights = parse_weights(weights or [])
-    check_counts(len(style or []) + len(style_id or []), len(mask or []), parsed_weights)
+    mix_weights = parse_mix_weights(weights or [])
+    check_counts(len(style or []) + len(style_id or []), len(mask or []), mix_weights)
     styles = [StyleInput(await f.read(), f"style[{i}]") for i, f in enumerate(style or [])]
     for index, id_ in enumerate(style_id or []):
         data = await registry.image(id_)
@@ -66,7 +66,7 @@ async def stylize(
         styles.append(StyleInput(data, f"style_id[{index}]"))
     params = StylizeParams(
         alpha=alpha,
-        weights=parsed_weights,
+        mix_weights=mix_weights,
         preserve_color=preserve_color,
         content_size=content_size,
         style_size=style_size,

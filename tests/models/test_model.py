@@ -20,7 +20,7 @@ from models.model import (
     content_loss,
     coral,
     masks_from_binary,
-    normalise_weights,
+    normalise_mix_weights,
     style_loss,
 )
 from models.weights import load_model
@@ -128,11 +128,11 @@ def test_losses_are_the_reference_formulas() -> None:
 
 
 def test_interpolation_weights_are_checked_and_normalised() -> None:
-    torch.testing.assert_close(normalise_weights([2.0, 6.0], 2), torch.tensor([0.25, 0.75]))
-    torch.testing.assert_close(normalise_weights(None, 4), torch.full((4,), 0.25))
+    torch.testing.assert_close(normalise_mix_weights([2.0, 6.0], 2), torch.tensor([0.25, 0.75]))
+    torch.testing.assert_close(normalise_mix_weights(None, 4), torch.full((4,), 0.25))
     for bad in ([1.0], [1.0, -1.0], [0.0, 0.0], [float("nan"), 1.0]):
         with pytest.raises(ValueError, match="weights"):
-            normalise_weights(bad, 2)
+            normalise_mix_weights(bad, 2)
 
 
 def test_masks_from_binary_splits_at_one_half() -> None:
@@ -220,7 +220,7 @@ def test_interpolation_weights_select_and_normalise(net: StyleTransfer) -> None:
     with torch.inference_mode():
         only_first = net.stylize(content, [first])
         weighted = {
-            weights: net.stylize(content, [first, second], weights=list(weights))
+            weights: net.stylize(content, [first, second], mix_weights=list(weights))
             for weights in ((1.0, 0.0), (0.0, 1.0), (2.0, 2.0), (1.0, 1.0))
         }
         default = net.stylize(content, [first, second])
@@ -234,8 +234,8 @@ def test_all_ones_masks_equal_the_unmasked_result(net: StyleTransfer) -> None:
     content = image(48, 40, seed=1)
     styles = [image(32, 32, seed=2), image(24, 40, seed=3)]
     with torch.inference_mode():
-        plain = net.stylize(content, styles, weights=[1.0, 3.0])
-        masked = net.stylize(content, styles, weights=[1.0, 3.0], masks=torch.ones(2, 40, 48))
+        plain = net.stylize(content, styles, mix_weights=[1.0, 3.0])
+        masked = net.stylize(content, styles, mix_weights=[1.0, 3.0], masks=torch.ones(2, 40, 48))
     torch.testing.assert_close(masked, plain, atol=1e-4, rtol=0)
 
 

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from devkit.images import random_image
 from models import images
-from models.model import StyleTransfer, normalise_weights
+from models.model import StyleTransfer, normalise_mix_weights
 from models.weights import load_model
 from service.engine import (
     Engine,
@@ -39,14 +39,14 @@ def job_for(net: StyleTransfer, seed: int, size: tuple[int, int] = (40, 32)) -> 
     style = images.prepare(random_image(32, 32, seed=100 + seed))
     with torch.inference_mode():
         mean, std = net.style_statistics(style)
-    return StylizeJob(content, mean, std, normalise_weights(None, 1), None, 0.5 + seed / 100)
+    return StylizeJob(content, mean, std, normalise_mix_weights(None, 1), None, 0.5 + seed / 100)
 
 
 def expected(net: StyleTransfer, job: StylizeJob) -> Tensor:
     """The library's own single-image path."""
     with torch.inference_mode():
         return net.stylize_with_stats(job.content, job.style_mean, job.style_std, job.alpha,
-                                      job.weights, job.masks)
+                                      job.mix_weights, job.masks)
 
 
 def assert_result(net: StyleTransfer, job: StylizeJob, result: Timed[Tensor]) -> None:
