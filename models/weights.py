@@ -267,7 +267,7 @@ def load_model(
 ) -> StyleTransfer:
     """The network with the given weights (`None` = the embedded defaults), ready for inference.
 
-    It runs channels_last (oneDNN's and cuDNN's faster convolutions: 0.89x the time on CPU) and,
+    It runs channels_last (oneDNN's and cuDNN's faster convolutions, on the CPU too) and,
     on CUDA with `half`, in fp16 (AdaIN statistics stay float32).
     """
     decoder = decoder or DEFAULT_DECODER

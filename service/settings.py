@@ -24,8 +24,8 @@ class Settings(BaseSettings):
     encoder_path: Path | None = None
     decoder_path: Path | None = None
 
-    # None: 8 on CUDA, 1 on CPU (batches raise GPU throughput but cost CPUs ~12%: bigger
-    # working sets for the caches; see README "Benchmarks").
+    # None: 8 on CUDA, 1 on CPU: batches raise GPU throughput but cost CPUs some (bigger working
+    # sets for the caches; figures in docs/benchmarks.md).
     max_batch_size: int | None = Field(None, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)
     queue_size: int = Field(32, ge=1, description="jobs waiting or running; more -> 503")
