@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from models import evaluate, images
 from models.data import list_images, split
-from models.model import StyleTransfer, masks_from_binary
+from models.model import Masks, StyleTransfer, masks_from_binary
 from models.train import TrainConfig, train
 from models.weights import WeightsError, convert_t7, load_model, pick_device, save_state
 
@@ -116,7 +116,7 @@ def stylize(
 
 def load_masks(
     paths: list[Path] | None, size: tuple[int, int], n_styles: int
-) -> torch.Tensor | None:
+) -> Masks | torch.Tensor | None:
     if not paths:
         return None
     masks = []

@@ -10,7 +10,8 @@ In-process use (benchmarks, tests), without HTTP:
     engine = Engine(net, max_batch_size=8, max_wait_ms=5, queue_size=32)
     engine.start()
     stats = await engine.style_statistics(style)          # style: (1, 3, H, W) in [0, 1]
-    result = await engine.stylize(StylizeJob(content, stats.mean, stats.std, weights, None, 1.0))
+    mix = StyleMix(stats.value.mean, stats.value.std, torch.ones(1), alpha=1.0)
+    result = await engine.stylize(StylizeJob(content, mix))
     await engine.close()                                  # finishes the queued jobs first
 """
 
@@ -23,14 +24,14 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 from torch import Tensor
 
-from models.model import adain_target, blend, coral
+from models.model import StyleMix, coral
 
 log = logging.getLogger("service.engine")
 
@@ -38,11 +39,9 @@ log = logging.getLogger("service.engine")
 class StyleNetwork(Protocol):
     """What the engine needs of `models.model.StyleTransfer`."""
 
-    def encode(self, images: Tensor) -> Tensor: ...
-
     def style_statistics(self, styles: Tensor) -> tuple[Tensor, Tensor]: ...
 
-    def decode(self, feats: Tensor, size: tuple[int, int]) -> Tensor: ...
+    def stylize_batch(self, contents: Tensor, mixes: Sequence[StyleMix]) -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -55,15 +54,10 @@ class StyleStats:
 
 @dataclass(frozen=True)
 class StylizeJob:
-    """One output image: content (1, 3, H, W) in [0, 1], S styles' statistics (S, C, 1, 1),
-    weights (S,) summing to 1, masks (S, H, W) or None, alpha in [0, 1]."""
+    """One output image: content (1, 3, H, W) in [0, 1] and what it takes from its styles."""
 
     content: Tensor
-    style_mean: Tensor
-    style_std: Tensor
-    weights: Tensor
-    masks: Tensor | None
-    alpha: float
+    mix: StyleMix
 
 
 T = TypeVar("T")
@@ -282,15 +276,5 @@ class Engine:
 
     def _stylize_batch(self, jobs: list[StylizeJob]) -> list[Tensor]:
         contents = torch.cat([job.content for job in jobs]).to(self.device)
-        feats = self.net.encode(contents)
-        blended = []
-        for index, job in enumerate(jobs):
-            feat = feats[index : index + 1]
-            masks = job.masks.to(self.device) if job.masks is not None else None
-            target = adain_target(
-                feat, job.style_mean.to(self.device), job.style_std.to(self.device),
-                job.weights, masks,
-            )
-            blended.append(blend(feat, target, job.alpha))
-        out = self.net.decode(torch.cat(blended), tuple(contents.shape[-2:]))
+        out = self.net.stylize_batch(contents, [job.mix for job in jobs])
         return [image[None].cpu() for image in out]

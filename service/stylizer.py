@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
 from models import images
-from models.model import masks_from_binary, normalise_weights
+from models.model import Masks, StyleMix, masks_from_binary, normalise_weights
 from service import metrics
 from service.cache import StatsCache, stats_key
 from service.engine import (
@@ -99,9 +99,11 @@ def prepare_style(style: StyleInput, size: int, crop: bool, limits: ImageLimits)
 
 
 def prepare_masks(
-    masks: list[bytes], content_size: tuple[int, int], grid: tuple[int, int], limits: ImageLimits
-) -> Tensor:
-    """(S, H, W) masks on the content tensor's grid; each upload must have the content's size."""
+    masks: list[bytes], n_styles: int, content_size: tuple[int, int], grid: tuple[int, int],
+    limits: ImageLimits,
+) -> Masks:
+    """Masks on the content tensor's grid, one per style or the reference's one binary mask for
+    two styles; each upload must have the content's size."""
     prepared = []
     for index, data in enumerate(masks):
         field = f"mask[{index}]"
@@ -112,9 +114,9 @@ def prepare_masks(
                 f"content image's size {content_size[0]} x {content_size[1]}", field,
             )
         prepared.append(images.prepare_mask(upright, grid))
-    if len(prepared) == 1:
+    if len(prepared) == 1 and n_styles == 2:
         return masks_from_binary(prepared[0])
-    return torch.stack(prepared)
+    return Masks(torch.stack(prepared))
 
 
 async def on_engine(call: Awaitable[T]) -> T:
@@ -150,7 +152,9 @@ class Stylizer:
         )
         grid = (content_tensor.shape[-2], content_tensor.shape[-1])
         mask_tensor = (
-            await run_in_threadpool(prepare_masks, masks, upright_size, grid, self.limits)
+            await run_in_threadpool(
+                prepare_masks, masks, len(styles), upright_size, grid, self.limits
+            )
             if masks else None
         )
         stats, cache_results, styles_ms = [], [], 0.0
@@ -161,14 +165,14 @@ class Stylizer:
             stats.append(style_stats)
             cache_results.append(result)
             styles_ms += ms
-        job = StylizeJob(
-            content_tensor,
+        mix = StyleMix(
             torch.cat([s.mean for s in stats]),
             torch.cat([s.std for s in stats]),
             weights,
             mask_tensor,
             params.alpha,
         )
+        job = StylizeJob(content_tensor, mix)
         stylized = await on_engine(self.engine.stylize(job))
         encoded = await run_in_threadpool(
             encode_image, stylized.value, params.output_format, params.quality

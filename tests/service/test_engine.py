@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from torch import Tensor
 
 from models import images
-from models.model import StyleTransfer, normalise_weights
+from models.model import StyleMix, StyleTransfer
 from models.weights import load_model
 from service.engine import (
     Engine,
@@ -39,14 +40,13 @@ def job_for(net: StyleTransfer, seed: int, size: tuple[int, int] = (40, 32)) -> 
     style = images.prepare(random_image(32, 32, seed=100 + seed))
     with torch.inference_mode():
         mean, std = net.style_statistics(style)
-    return StylizeJob(content, mean, std, normalise_weights(None, 1), None, 0.5 + seed / 100)
+    return StylizeJob(content, StyleMix(mean, std, torch.ones(1), alpha=0.5 + seed / 100))
 
 
 def expected(net: StyleTransfer, job: StylizeJob) -> Tensor:
-    """The library's own single-image path."""
+    """The library's stylize path for this one image alone."""
     with torch.inference_mode():
-        return net.stylize_with_stats(job.content, job.style_mean, job.style_std, job.alpha,
-                                      job.weights, job.masks)
+        return net.stylize_batch(job.content, [job.mix])
 
 
 def assert_result(net: StyleTransfer, job: StylizeJob, result: Timed[Tensor]) -> None:
@@ -55,7 +55,7 @@ def assert_result(net: StyleTransfer, job: StylizeJob, result: Timed[Tensor]) ->
 
 
 class OutOfMemoryOnBatches:
-    """The one allowed mock (there is no GPU here): the real network, except that encoding
+    """The one allowed mock (there is no GPU here): the real network, except that stylizing
     more than `max_batch` images, or an image `oom_height` pixels high, raises CUDA's OOM."""
 
     def __init__(self, net: StyleTransfer, max_batch: int = 1, oom_height: int | None = None
@@ -65,17 +65,14 @@ class OutOfMemoryOnBatches:
         self.oom_height = oom_height
         self.encoded_batches: list[int] = []
 
-    def encode(self, batch: Tensor) -> Tensor:
-        if batch.shape[0] > self.max_batch or batch.shape[-2] == self.oom_height:
+    def stylize_batch(self, contents: Tensor, mixes: Sequence[StyleMix]) -> Tensor:
+        if contents.shape[0] > self.max_batch or contents.shape[-2] == self.oom_height:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        self.encoded_batches.append(batch.shape[0])
-        return self.net.encode(batch)
+        self.encoded_batches.append(contents.shape[0])
+        return self.net.stylize_batch(contents, mixes)
 
     def style_statistics(self, styles: Tensor) -> tuple[Tensor, Tensor]:
         return self.net.style_statistics(styles)
-
-    def decode(self, feats: Tensor, size: tuple[int, int]) -> Tensor:
-        return self.net.decode(feats, size)
 
 
 async def run_all(engine: Engine, jobs: list[StylizeJob]) -> list[object]:
