@@ -49,6 +49,7 @@ async def start_services(settings: Settings) -> Services:
         queue_size=settings.queue_size,
         on_batch=metrics.record_batch,
         on_depth=metrics.QUEUE_DEPTH.set,
+        on_drop=metrics.JOBS_DROPPED.inc,
     )
     engine.start()
     identity = await asyncio.to_thread(weights_identity, settings.encoder_path, net.dtype, device)

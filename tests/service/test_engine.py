@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import torch
+from prometheus_client import REGISTRY
 from torch import Tensor
 
 from models import images
 from models.model import StyleMix, StyleTransfer
 from models.weights import load_model
+from service import metrics
 from service.engine import (
     Engine,
     EngineBusyError,
@@ -126,6 +129,7 @@ def test_out_of_memory_for_one_image_fails_only_that_request(net: StyleTransfer)
 
     results, after = asyncio.run(scenario())
     assert isinstance(results[1], EngineOutOfMemoryError)
+    assert results[1].field == "content_size" and "smaller content_size" in str(results[1])
     assert_result(net, jobs[0], results[0])
     assert_result(net, jobs[2], results[2])
     assert_result(net, jobs[0], after)
@@ -176,3 +180,63 @@ def test_style_statistics_with_colour_preservation(net: StyleTransfer) -> None:
     torch.testing.assert_close(plain.value.mean, mean, **FLOAT_ROUNDING)
     torch.testing.assert_close(plain.value.std, std, **FLOAT_ROUNDING)
     assert (recoloured.value.mean - mean).abs().max() > 100 * FLOAT_ROUNDING["atol"]
+
+
+class Gated:
+    """The real network, except that stylizing waits until the test opens the gate, so that a
+    job is certainly running while the test queues others; records the content widths it
+    stylized, which tell the jobs apart."""
+
+    def __init__(self, net: StyleTransfer) -> None:
+        self.net = net
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.widths: list[int] = []
+
+    def stylize_batch(self, contents: Tensor, mixes: Sequence[StyleMix]) -> Tensor:
+        self.entered.set()
+        self.gate.wait(60)
+        self.widths += [contents.shape[-1]] * contents.shape[0]
+        return self.net.stylize_batch(contents, mixes)
+
+    def style_statistics(self, styles: Tensor) -> tuple[Tensor, Tensor]:
+        return self.net.style_statistics(styles)
+
+
+def dropped_total() -> float:
+    return REGISTRY.get_sample_value("adain_jobs_dropped_total") or 0.0
+
+
+def test_a_job_whose_caller_has_gone_is_dropped_before_it_is_computed(net: StyleTransfer
+                                                                      ) -> None:
+    jobs = [job_for(net, seed, size=(40 + 8 * seed, 32)) for seed in range(3)]  # 40, 48, 56
+    gated = Gated(net)
+    engine = Engine(gated, max_batch_size=1, on_drop=metrics.JOBS_DROPPED.inc)
+    before = dropped_total()
+
+    async def scenario() -> tuple[list[object], bool, list[int]]:
+        engine.start()
+        try:
+            running = asyncio.ensure_future(engine.stylize(jobs[0]))
+            await asyncio.to_thread(gated.entered.wait, 60)  # the first job is computing
+            gone = asyncio.ensure_future(engine.stylize(jobs[1]))
+            last = asyncio.ensure_future(engine.stylize(jobs[2]))
+            while engine.depth < 3:  # both submitted: queued behind the first
+                await asyncio.sleep(0)
+            depths = [engine.depth]
+            gone.cancel()  # what the server does to a request whose client disconnected
+            await asyncio.wait({gone})
+            depths.append(engine.depth)  # its place in the queue is free at once
+            gated.gate.set()
+            return await asyncio.gather(running, last), gone.cancelled(), depths
+        finally:
+            gated.gate.set()
+            await engine.close()
+
+    (first, last), cancelled, depths = asyncio.run(scenario())
+    assert cancelled
+    assert gated.widths == [40, 56]  # the network never saw the abandoned job
+    assert_result(net, jobs[0], first)
+    assert_result(net, jobs[2], last)
+    assert depths == [3, 2] and engine.depth == 0
+    assert dropped_total() == before + 1
