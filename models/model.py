@@ -128,7 +128,7 @@ def normalise_weights(weights: Tensor | Sequence[float] | None, n_styles: int) -
     """Interpolation weights for `n_styles` styles, non-negative and summing to 1."""
     if weights is None:
         return torch.full((n_styles,), 1.0 / n_styles)
-    w = torch.as_tensor(weights, dtype=torch.float32).cpu()
+    w = torch.as_tensor(weights, dtype=torch.float32).cpu()  # checked with one device sync
     if w.shape != (n_styles,):
         raise InvalidInputError(
             f"weights: expected {n_styles} weights (one per style), got {w.numel()}", "weights"
