@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from benchmarks.common import machine, network_weights
-from models.model import StyleTransfer, adain_target, normalise_mix_weights
+from models.model import StyleMix, StyleTransfer
 from models.weights import load_model
 
 
@@ -43,18 +43,15 @@ def seconds_per_call(run: Callable[[], Tensor], device: torch.device, repeats: i
 
 
 def stylizer(net: StyleTransfer, compiled: bool) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-    """The engine's batch pass: encode, AdaIN to the style statistics, decode."""
-    encode: Callable[[Tensor], Tensor] = net.encoder
-    decode: Callable[[Tensor], Tensor] = net.decoder
+    """The engine's batch pass, `StyleTransfer.stylize_batch`: encode, AdaIN to the style
+    statistics, decode. `compiled` compiles the networks in place (for the rest of `net`'s use)."""
     if compiled:
-        encode, decode = torch.compile(net.encoder), torch.compile(net.decoder)
-    mix_weights = normalise_mix_weights(None, 1)
+        net.encoder = torch.compile(net.encoder)
+        net.decoder = torch.compile(net.decoder)
 
     def run(content: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-        feats = encode(content.to(net.dtype))
-        targets = [adain_target(feats[i : i + 1], mean, std, mix_weights, None)
-                   for i in range(len(feats))]
-        return decode(torch.cat(targets).to(net.dtype))
+        mix = StyleMix(mean, std, torch.ones(1))
+        return net.stylize_batch(content, [mix] * len(content))
 
     return run
 

@@ -31,7 +31,7 @@ from service.cache import MemoryStatsCache, encoder_fingerprint
 from service.engine import Engine, cpu_threads
 from service.imaging import ImageLimits, OutputFormat
 from service.settings import Settings
-from service.stylizer import StyleInput, StylizeParams, Stylizer
+from service.stylizer import StyleInput, Stylizer, StylizeRequest
 
 # Both pipelines with the threads the service's engine uses: the engine sets them in its own
 # worker thread, the reference loop runs in this one.
@@ -122,8 +122,11 @@ class InProcessService:
         return cls(stylizer, engine, asyncio.new_event_loop())
 
     def __call__(self, content: bytes, style: bytes, size: int) -> bytes:
-        params = StylizeParams(content_size=size, style_size=size, output_format=OutputFormat.png)
-        call = self.stylizer.stylize(content, [StyleInput(style, "style[0]")], [], params)
+        request = StylizeRequest(
+            content, (StyleInput(style, "style[0]"),), torch.ones(1), content_size=size,
+            style_size=size, output_format=OutputFormat.png,
+        )
+        call = self.stylizer.stylize(request)
         return self.loop.run_until_complete(call).image
 
     def close(self) -> None:

@@ -1,7 +1,9 @@
 """An independent re-implementation of the reference PyTorch port (naoto0804/pytorch-AdaIN):
 its `net.py` layouts, its `function.py` formulas and its `test.py` pipeline, written from the
 port's description without importing anything from `models`: the oracle tests compare against,
-and the plain loop the benchmarks time as the baseline.
+and the plain loop the benchmarks time as the baseline. The port has no spatial control;
+`spatial_control` follows the original Torch `test.lua` (xunhuang1995/AdaIN-style), with the
+port's formulas.
 """
 
 from __future__ import annotations
@@ -164,3 +166,43 @@ def run_test_py(
                 style = coral(style, content)
             result = style_transfer(vgg, net_decoder, content[None], style[None], alpha)
     save_image(result, output)
+
+
+# --- test.lua's spatial control (the original Torch code; the port has none) ----------------
+
+
+def scale_simple(mask: Tensor, height: int, width: int) -> Tensor:
+    """Torch's `image.scale(mask, width, height, 'simple')`: destination pixel (j, i) takes the
+    source pixel (floor(j * H / height), floor(i * W / width)), the ratios in float32."""
+
+    def sources(size: int, source_size: int) -> Tensor:
+        ratio = torch.tensor(source_size / size, dtype=torch.float32)
+        index = (torch.arange(size, dtype=torch.float32) * ratio).long()
+        return index.clamp(max=source_size - 1)
+
+    return mask[sources(height, mask.shape[0])][:, sources(width, mask.shape[1])]
+
+
+def spatial_control(
+    vgg: nn.Module,
+    net_decoder: nn.Module,
+    content: Tensor,
+    styles: list[Tensor],
+    mask: Tensor,
+    alpha: float = 1.0,
+) -> Tensor:
+    """`test.lua -mask`: one binary mask (H, W) of 0s and 1s for two styles (1 = the first).
+    The mask is scaled to the relu4_1 grid by `scale_simple`; the features where it is 1 take
+    AdaIN with the first style, those where it is 0 with the second, each region normalised by
+    its own statistics (the port's `adain` on the region's features as a C x n x 1 image)."""
+    content_f = vgg(content)
+    _, channels, height, width = content_f.shape
+    grid_mask = scale_simple(mask, height, width).reshape(-1)
+    flat = content_f.reshape(channels, -1)
+    target = torch.zeros_like(flat)
+    for value, style in ((1.0, styles[0]), (0.0, styles[1])):
+        where = (grid_mask == value).nonzero().squeeze(1)
+        region = flat[:, where].reshape(1, channels, -1, 1)
+        target[:, where] = adain(region, vgg(style)).reshape(channels, -1)
+    feat = target.view_as(content_f)
+    return net_decoder(feat * alpha + content_f * (1 - alpha))

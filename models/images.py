@@ -26,12 +26,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def prepare(image: Image.Image, size: int = 0, crop: bool = False) -> Tensor:
     """(1, 3, H, W) in [0, 1]: shorter side resized to `size` (0 keeps it), centre-cropped to a
     size x size square when `crop`, exactly as the reference `test_transform`."""
-    image = to_rgb(image)
+    return rgb_to_tensor(to_rgb(image), size, crop)
+
+
+def rgb_to_tensor(rgb: Image.Image, size: int = 0, crop: bool = False) -> Tensor:
+    """`prepare` of an image that `to_rgb` has already made upright RGB."""
     if size:
-        image = TF.resize(image, size)
+        rgb = TF.resize(rgb, size)
     if crop and size:
-        image = TF.center_crop(image, size)
-    return TF.to_tensor(image)[None]
+        rgb = TF.center_crop(rgb, size)
+    return TF.to_tensor(rgb)[None]
 
 
 def prepared_size(width: int, height: int, size: int = 0, crop: bool = False) -> tuple[int, int]:
@@ -48,7 +52,12 @@ def prepared_size(width: int, height: int, size: int = 0, crop: bool = False) ->
 
 def prepare_mask(image: Image.Image, size: tuple[int, int]) -> Tensor:
     """(H, W) in [0, 1] from a grey/colour mask image, resized to the content's size."""
-    grey = ImageOps.exif_transpose(image).convert("L")
+    return upright_mask_to_tensor(ImageOps.exif_transpose(image), size)
+
+
+def upright_mask_to_tensor(upright: Image.Image, size: tuple[int, int]) -> Tensor:
+    """`prepare_mask` of a mask image whose EXIF orientation is already applied."""
+    grey = upright.convert("L")
     if grey.size != (size[1], size[0]):
         grey = grey.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     return TF.to_tensor(grey)[0]

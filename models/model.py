@@ -8,9 +8,14 @@ what its `function.py` computes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from models.errors import InvalidInputError
 
 # relu1_1, relu2_1, relu3_1, relu4_1 in the reference encoder `nn.Sequential`.
 RELU_TAPS: tuple[int, ...] = (3, 10, 17, 30)
@@ -116,25 +121,82 @@ def coral(source: Tensor, target: Tensor) -> Tensor:
 # --- the paper's user controls -------------------------------------------------------------
 
 
-def normalise_mix_weights(mix_weights: Tensor | list[float] | None, n_styles: int) -> Tensor:
+def normalise_mix_weights(mix_weights: Tensor | Sequence[float] | None, n_styles: int) -> Tensor:
     """Style-mix (interpolation) weights for `n_styles` styles, non-negative and summing to 1."""
     if mix_weights is None:
         return torch.full((n_styles,), 1.0 / n_styles)
-    w = torch.as_tensor(mix_weights, dtype=torch.float32)
+    w = torch.as_tensor(mix_weights, dtype=torch.float32).cpu()  # checked with one device sync
     if w.shape != (n_styles,):
-        raise ValueError(f"expected {n_styles} weights (one per style), got {w.numel()}")
+        raise InvalidInputError(
+            f"weights: expected {n_styles} weights (one per style), got {w.numel()}", "weights"
+        )
     if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise ValueError("weights must be finite, non-negative and not all zero")
+        raise InvalidInputError(
+            "weights: weights must be finite, non-negative and not all zero", "weights"
+        )
     return w / w.sum()
 
 
-def masks_from_binary(mask: Tensor) -> Tensor:
+@dataclass(frozen=True)
+class Masks:
+    """Spatial control: `values` (S, H, W) in [0, 1], mask k selecting style k, any resolution.
+
+    `binary`: the reference's form, one black-and-white mask split in two (`masks_from_binary`).
+    Its regions are resized to the relu4_1 grid by nearest neighbour, as the reference does, so
+    that every feature belongs to exactly one region; other masks are area-averaged (antialiased
+    bilinear), so that a soft or thin mask keeps its share of every feature it covers.
+    """
+
+    values: Tensor
+    binary: bool = False
+
+    def to(self, device: torch.device | str) -> Masks:
+        return Masks(self.values.to(device), self.binary)
+
+    def on_grid(self, grid: tuple[int, int]) -> Tensor:
+        """(S, 1, h, w) in [0, 1] on the feature grid."""
+        values = self.values[:, None].float()
+        if self.binary:
+            return F.interpolate(values, size=grid, mode="nearest")
+        resized = F.interpolate(values, size=grid, mode="bilinear", antialias=True)
+        return resized.clamp(0, 1)
+
+
+def masks_from_binary(mask: Tensor) -> Masks:
     """The reference's form: one binary mask (H, W) for two styles.
 
     White selects the first style, black the second.
     """
     first = (mask > 0.5).float()
-    return torch.stack([first, 1 - first])
+    return Masks(torch.stack([first, 1 - first]), binary=True)
+
+
+@dataclass(frozen=True)
+class StyleMix:
+    """What one output image takes from its S styles: all the paper's controls for one item.
+
+    mean, std: the styles' relu4_1 statistics (S, C, 1, 1); weights (S,): interpolation weights,
+    stored normalised to sum 1; masks: spatial control or None; alpha in [0, 1]: the
+    content-style trade-off. Built checked: the one place these controls are validated.
+    """
+
+    mean: Tensor
+    std: Tensor
+    weights: Tensor
+    masks: Masks | None = None
+    alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        n_styles = self.mean.shape[0]
+        if not 0.0 <= self.alpha <= 1.0:
+            raise InvalidInputError(f"alpha must be in [0, 1], got {self.alpha}", "alpha")
+        # Frozen, so the normalised weights replace the given ones through object.__setattr__.
+        object.__setattr__(self, "weights", normalise_mix_weights(self.weights, n_styles))
+        if self.masks is not None and self.masks.values.shape[0] != n_styles:
+            raise InvalidInputError(
+                f"got {self.masks.values.shape[0]} masks for {n_styles} styles: send one per "
+                "style, or one binary mask for exactly two styles", "mask",
+            )
 
 
 def adain_target(
@@ -142,25 +204,23 @@ def adain_target(
     style_mean: Tensor,
     style_std: Tensor,
     mix_weights: Tensor,
-    masks: Tensor | None = None,
+    masks: Masks | None = None,
 ) -> Tensor:
     """The AdaIN target t for one content image and S styles.
 
-    content_feat (1, C, h, w); style_mean, style_std (S, C, 1, 1); mix_weights (S,) summing to 1;
-    masks (S, H, W) in [0, 1] at any resolution, or None. Without masks t is the convex
-    combination of the S AdaIN outputs (the paper's interpolation). With masks, style k's AdaIN
-    uses the content statistics of its own region, and pixel p mixes the styles with
-    mix_weights_k * mask_k(p), normalised per pixel (pixels no mask covers use `mix_weights`).
-    Computed in float32 whatever the network's precision.
+    content_feat (1, C, h, w); style_mean, style_std (S, C, 1, 1); mix_weights (S,) summing to 1.
+    Without masks t is the convex combination of the S AdaIN outputs (the paper's
+    interpolation). With masks, style k's AdaIN uses the content statistics of its own region,
+    and pixel p mixes the styles with mix_weights_k * mask_k(p), normalised per pixel (pixels no
+    mask covers use `mix_weights`). Computed in float32 whatever the network's precision.
     """
     feat = content_feat.float()
-    style_mean, style_std = style_mean.float(), style_std.float()
+    style_mean = style_mean.to(feat.device, torch.float32)
+    style_std = style_std.to(feat.device, torch.float32)
     w = mix_weights.to(feat.device, torch.float32).view(-1, 1, 1, 1)
     if masks is None:
         return (w * adain_from_stats(feat, style_mean, style_std)).sum(dim=0, keepdim=True)
-    grid = feat.shape[-2:]
-    region = F.interpolate(masks[:, None].to(feat), size=grid, mode="bilinear", antialias=True)
-    region = region.clamp(0, 1)
+    region = masks.to(feat.device).on_grid((feat.shape[-2], feat.shape[-1]))
     mean, std = calc_region_mean_std(feat, region)
     per_style = (feat - mean) / std * style_std + style_mean  # (S, C, h, w)
     mix = w * region
@@ -178,7 +238,7 @@ def check_size(images: Tensor) -> None:
     """A clear error instead of the reflection pad's for images the encoder cannot take."""
     height, width = images.shape[-2:]
     if min(height, width) < MIN_SIDE:
-        raise ValueError(
+        raise InvalidInputError(
             f"image is {width}x{height} px; the encoder needs at least {MIN_SIDE} px per side"
         )
 
@@ -194,7 +254,7 @@ class StyleTransfer(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.decoder[1].weight.dtype
+        return next(self.decoder.parameters()).dtype
 
     def encode(self, images: Tensor) -> Tensor:
         """relu4_1 features of RGB images in [0, 1]."""
@@ -220,40 +280,43 @@ class StyleTransfer(nn.Module):
         out = self.decoder(feats.to(self.dtype))
         return out[..., : size[0], : size[1]].float().clamp(0, 1)
 
+    def stylize_batch(self, contents: Tensor, mixes: Sequence[StyleMix]) -> Tensor:
+        """The one stylize path: contents (N, 3, H, W) in [0, 1], mixes[i] the styles and
+        controls of item i -> (N, 3, H, W). One encoder pass and one decoder pass for the batch;
+        the AdaIN target and the alpha blend per item. `stylize`, the service's engine, the
+        CLI and the evaluation all end here."""
+        if len(mixes) != contents.shape[0]:
+            raise ValueError(f"{contents.shape[0]} contents but {len(mixes)} style mixes")
+        feats = self.encode(contents)
+        blended = [
+            blend(feat, adain_target(feat, mix.mean, mix.std, mix.weights, mix.masks), mix.alpha)
+            for feat, mix in zip(feats.split(1), mixes, strict=True)
+        ]
+        return self.decode(torch.cat(blended), (contents.shape[-2], contents.shape[-1]))
+
     def stylize(
         self,
         content: Tensor,
         styles: list[Tensor],
         alpha: float = 1.0,
-        mix_weights: Tensor | list[float] | None = None,
-        masks: Tensor | None = None,
+        mix_weights: Tensor | Sequence[float] | None = None,
+        masks: Masks | Tensor | None = None,
         preserve_color: bool = False,
     ) -> Tensor:
         """Stylize content (1, 3, H, W) with S styles (each (1, 3, H', W'), any size) and every
-        control of the paper: alpha, style-mix weights, masks (S, H, W), colour preservation."""
+        control of the paper: alpha, interpolation weights, masks (`Masks`, or a tensor
+        (S, H, W) of one mask per style), colour preservation."""
         if preserve_color:
             styles = [coral(style[0], content[0])[None] for style in styles]
         stats = [self.style_statistics(style) for style in styles]
-        style_mean = torch.cat([mean for mean, _ in stats])
-        style_std = torch.cat([std for _, std in stats])
-        return self.stylize_with_stats(content, style_mean, style_std, alpha, mix_weights, masks)
-
-    def stylize_with_stats(
-        self,
-        content: Tensor,
-        style_mean: Tensor,
-        style_std: Tensor,
-        alpha: float = 1.0,
-        mix_weights: Tensor | list[float] | None = None,
-        masks: Tensor | None = None,
-    ) -> Tensor:
-        """`stylize` from precomputed style statistics (S, C, 1, 1)."""
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        content_feat = self.encode(content)
-        w = normalise_mix_weights(mix_weights, style_mean.shape[0])
-        target = adain_target(content_feat, style_mean, style_std, w, masks)
-        return self.decode(blend(content_feat, target, alpha), content.shape[-2:])
+        mix = StyleMix(
+            mean=torch.cat([mean for mean, _ in stats]),
+            std=torch.cat([std for _, std in stats]),
+            weights=normalise_mix_weights(mix_weights, len(styles)),
+            masks=Masks(masks) if isinstance(masks, Tensor) else masks,
+            alpha=alpha,
+        )
+        return self.stylize_batch(content, [mix])
 
 
 # --- the training losses of the reference `net.py` ------------------------------------------

@@ -19,7 +19,7 @@ import typer
 if TYPE_CHECKING:
     import torch
 
-    from models.model import StyleTransfer
+    from models.model import Masks, StyleTransfer
 
 app = typer.Typer(
     help="AdaIN arbitrary style transfer.", no_args_is_help=True, add_completion=False
@@ -78,7 +78,7 @@ def expand(paths: list[Path]) -> list[Path]:
 
 def load_masks(
     paths: list[Path] | None, size: tuple[int, int], n_styles: int
-) -> torch.Tensor | None:
+) -> Masks | torch.Tensor | None:
     """`--mask` files as (S, H, W) at the content's size: one per style, or one binary mask
     for two styles."""
     if not paths:

@@ -1,17 +1,20 @@
 """The inference engine: one worker thread owns the networks; callers await asyncio futures.
 
 Jobs wait in a bounded queue (full -> `EngineBusyError`, a 503). Stylize jobs whose content tensors
-have the same shape are batched: one encoder pass and one decoder pass for the batch, the AdaIN
-target and the alpha blend per item. A CUDA out-of-memory error splits the batch in halves and
-retries; a single job that still does not fit fails alone with `EngineOutOfMemoryError`.
+have the same shape are batched into one `StyleTransfer.stylize_batch` call: one encoder pass and
+one decoder pass for the batch, each item with its own styles and controls. A CUDA out-of-memory
+error splits the batch in halves and retries; a single job that still does not fit fails alone
+with `EngineOutOfMemoryError`. A job whose caller has gone (its awaiting task was cancelled: the
+client disconnected, the server gave up on it) is dropped before it is computed, and its place in
+the queue is free at once.
 
 In-process use (benchmarks, tests), without HTTP:
 
     engine = Engine(net, max_batch_size=8, max_wait_ms=5, queue_size=32)
     engine.start()
     stats = await engine.style_statistics(style)          # style: (1, 3, H, W) in [0, 1]
-    job = StylizeJob(content, stats.mean, stats.std, mix_weights, None, 1.0)
-    result = await engine.stylize(job)
+    mix = StyleMix(stats.value.mean, stats.value.std, torch.ones(1), alpha=1.0)
+    result = await engine.stylize(StylizeJob(content, mix))
     await engine.close()                                  # finishes the queued jobs first
 """
 
@@ -24,14 +27,15 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import torch
 from torch import Tensor
 
-from models.model import adain_target, blend, coral
+from models.errors import DomainError
+from models.model import StyleMix, coral
 
 log = logging.getLogger("service.engine")
 
@@ -39,11 +43,9 @@ log = logging.getLogger("service.engine")
 class StyleNetwork(Protocol):
     """What the engine needs of `models.model.StyleTransfer`."""
 
-    def encode(self, images: Tensor) -> Tensor: ...
-
     def style_statistics(self, styles: Tensor) -> tuple[Tensor, Tensor]: ...
 
-    def decode(self, feats: Tensor, size: tuple[int, int]) -> Tensor: ...
+    def stylize_batch(self, contents: Tensor, mixes: Sequence[StyleMix]) -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -56,65 +58,77 @@ class StyleStats:
 
 @dataclass(frozen=True)
 class StylizeJob:
-    """One output image: content (1, 3, H, W) in [0, 1], S styles' statistics (S, C, 1, 1),
-    mix_weights (S,) summing to 1, masks (S, H, W) or None, alpha in [0, 1]."""
+    """One output image: content (1, 3, H, W) in [0, 1] and what it takes from its styles."""
 
+    kind: ClassVar[str] = "stylize"
     content: Tensor
-    style_mean: Tensor
-    style_std: Tensor
-    mix_weights: Tensor
-    masks: Tensor | None
-    alpha: float
-
-
-T = TypeVar("T")
+    mix: StyleMix
 
 
 @dataclass(frozen=True)
-class Timed(Generic[T]):
-    value: T
+class StatisticsJob:
+    """One style's statistics: style (1, 3, H, W) in [0, 1], recoloured to `recolour_to`'s
+    colours first (CORAL, for colour preservation) when that is given."""
+
+    kind: ClassVar[str] = "stats"
+    style: Tensor
+    recolour_to: Tensor | None = None
+
+
+Job = StylizeJob | StatisticsJob
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Timed(Generic[R]):
+    value: R
     compute_ms: float  # time the networks spent on the batch this job was part of
     batch_size: int
 
 
-class EngineBusyError(Exception):
-    """The queue is full: the caller should retry later (503 + Retry-After)."""
+class EngineBusyError(DomainError):
+    """The queue is full: the caller should retry shortly."""
 
 
-class EngineClosedError(Exception):
+class EngineClosedError(DomainError):
     """The engine is shutting down and takes no new jobs."""
 
 
-class EngineOutOfMemoryError(Exception):
+class EngineOutOfMemoryError(DomainError):
     """The device ran out of memory for this job even alone."""
 
 
-@dataclass
-class _Job:
-    kind: str  # "stylize" or "stats"
-    payload: Any
-    future: asyncio.Future[Any]
+@dataclass(eq=False)
+class _Entry(Generic[R]):
+    """A job in the queue and the future its caller awaits.
+
+    `claimed` (the worker took it to compute) and `abandoned` (its caller went away first) are
+    set under the engine's lock, so that exactly one of them happens.
+    """
+
+    job: Job
+    future: asyncio.Future[Timed[R]]
     loop: asyncio.AbstractEventLoop
+    claimed: bool = False
+    abandoned: bool = False
 
-    def batch_key(self) -> tuple[object, ...] | None:
+    def batch_key(self) -> tuple[int, ...] | None:
         """Jobs with equal keys can share a batch; None: never batched."""
-        if self.kind != "stylize":
-            return None
-        return tuple(self.payload.content.shape)
+        if isinstance(self.job, StylizeJob):
+            return tuple(self.job.content.shape)
+        return None
 
-    def resolve(self, value: object = None, error: BaseException | None = None) -> None:
-        def settle() -> None:
-            if self.future.done():  # the caller went away (cancelled)
-                return
-            if error is not None:
-                self.future.set_exception(error)
-            else:
-                self.future.set_result(value)
+    def succeed(self, value: Timed[R]) -> None:
+        self.loop.call_soon_threadsafe(self._unless_gone, self.future.set_result, value)
 
-        self.loop.call_soon_threadsafe(settle)
+    def fail(self, error: BaseException) -> None:
+        self.loop.call_soon_threadsafe(self._unless_gone, self.future.set_exception, error)
 
+    def _unless_gone(self, settle: Callable[[Any], None], outcome: object) -> None:
+        """On the loop: a caller that went away meanwhile (cancelled) is owed nothing."""
+        if not self.future.done():
+            settle(outcome)
 
-_STOP = object()
 
 
 def cpu_threads() -> int:
@@ -133,6 +147,7 @@ class Engine:
         queue_size: int = 32,
         on_batch: Callable[[str, int, float], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
+        on_drop: Callable[[int], None] | None = None,
     ) -> None:
         self.net = net
         self.device = torch.device(device)
@@ -141,7 +156,9 @@ class Engine:
         self.queue_size = queue_size
         self.on_batch = on_batch  # (job kind, batch size, seconds): for metrics
         self.on_depth = on_depth  # jobs waiting or running: for metrics
-        self._queue: queue.Queue[Any] = queue.Queue()
+        self.on_drop = on_drop  # jobs dropped because their caller had gone: for metrics
+        # None is the stop signal `close` queues: the jobs before it are served first.
+        self._queue: queue.Queue[_Entry[Any] | None] = queue.Queue()
         self._depth = 0
         self._lock = threading.Lock()
         self._closed = False
@@ -156,7 +173,7 @@ class Engine:
         """Take no new jobs, finish the queued ones, stop the worker."""
         with self._lock:
             self._closed = True
-        self._queue.put(_STOP)
+        self._queue.put(None)
         await asyncio.to_thread(self._thread.join)
 
     @property
@@ -165,92 +182,122 @@ class Engine:
 
     async def style_statistics(self, style: Tensor, recolour_to: Tensor | None = None
                                ) -> Timed[StyleStats]:
-        """Statistics of one style (1, 3, H, W); recoloured to `recolour_to`'s colours first
-        (CORAL, for colour preservation) when given."""
-        return await self._submit("stats", (style, recolour_to))
+        """Statistics of one style (1, 3, H, W); see `StatisticsJob`."""
+        return await self._submit(StatisticsJob(style, recolour_to))
 
     async def stylize(self, job: StylizeJob) -> Timed[Tensor]:
         """The stylized image (1, 3, H, W) in [0, 1], float32 on the CPU."""
-        return await self._submit("stylize", job)
+        return await self._submit(job)
 
-    async def _submit(self, kind: str, payload: object) -> Any:
+    async def _submit(self, job: Job) -> Timed[Any]:
         loop = asyncio.get_running_loop()
         with self._lock:
             if self._closed:
                 raise EngineClosedError("the server is shutting down")
             if self._depth >= self.queue_size:
                 raise EngineBusyError(
-                    f"{self._depth} jobs queued (ADAIN_QUEUE_SIZE={self.queue_size})"
+                    f"server busy: {self._depth} jobs queued (ADAIN_QUEUE_SIZE="
+                    f"{self.queue_size}); retry shortly"
                 )
             self._depth += 1
             depth = self._depth
+        self._report_depth(depth)
+        entry: _Entry[Any] = _Entry(job, loop.create_future(), loop)
+        entry.future.add_done_callback(lambda future: self._abandon(entry, future))
+        self._queue.put(entry)
+        return await entry.future
+
+    def _abandon(self, entry: _Entry[Any], future: asyncio.Future[Timed[Any]]) -> None:
+        """On the loop, when the future is done: a cancelled one that the worker has not taken
+        yet leaves the queue's count now; the worker drops it when it comes to it."""
+        if not future.cancelled():
+            return
+        with self._lock:
+            if entry.claimed:  # being computed: the result is thrown away
+                return
+            entry.abandoned = True
+            self._depth -= 1
+            depth = self._depth
+        self._report_depth(depth)
+
+    def _report_depth(self, depth: int) -> None:
         if self.on_depth:
             self.on_depth(depth)
-        job = _Job(kind, payload, loop.create_future(), loop)
-        self._queue.put(job)
-        return await job.future
 
     # --- the worker thread ------------------------------------------------------------------
 
     def _run(self) -> None:
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_threads())
-        held: deque[_Job] = deque()  # taken from the queue while batching, not batchable then
+        held: deque[_Entry[Any] | None] = deque()  # taken while batching, another batch key
         with torch.inference_mode():
             while True:
                 first = held.popleft() if held else self._queue.get()
-                if first is _STOP:
+                if first is None:
                     if held:  # jobs picked up while batching still get served
-                        self._queue.put(_STOP)
+                        self._queue.put(None)
                         continue
                     return
-                batch = self._collect(first, held)
-                self._execute(batch)
-                self._finished(len(batch))
+                batch = self._claim(self._collect(first, held))
+                if batch:
+                    self._execute(batch)
+                    self._finished(len(batch))
 
-    def _collect(self, first: _Job, held: deque[_Job]) -> list[_Job]:
+    def _collect(self, first: _Entry[Any], held: deque[_Entry[Any] | None]) -> list[_Entry[Any]]:
         """`first` plus jobs of the same batch key arriving within max_wait_ms."""
         key = first.batch_key()
         if key is None or self.max_batch_size == 1:
             return [first]
         batch = [first]
-        for job in list(held):
-            if len(batch) < self.max_batch_size and job.batch_key() == key:
-                held.remove(job)
-                batch.append(job)
+        for entry in list(held):
+            if len(batch) < self.max_batch_size and entry is not None and entry.batch_key() == key:
+                held.remove(entry)
+                batch.append(entry)
         deadline = time.perf_counter() + self.max_wait_s
         while len(batch) < self.max_batch_size:
             # Once the window has passed, only what already waits joins (timeout 0).
             remaining = deadline - time.perf_counter()
             try:
-                job = self._queue.get(timeout=max(remaining, 0.0))
+                entry = self._queue.get(timeout=max(remaining, 0.0))
             except queue.Empty:
                 break
-            if job is not _STOP and job.batch_key() == key:
-                batch.append(job)
+            if entry is not None and entry.batch_key() == key:
+                batch.append(entry)
             else:
-                held.append(job)
+                held.append(entry)
         return batch
+
+    def _claim(self, batch: list[_Entry[Any]]) -> list[_Entry[Any]]:
+        """The entries whose callers still wait, now the worker's; the others are dropped."""
+        with self._lock:
+            live = [entry for entry in batch if not entry.abandoned]
+            for entry in live:
+                entry.claimed = True
+        dropped = len(batch) - len(live)
+        if dropped:
+            log.info("dropped %d queued job(s): the caller has gone", dropped,
+                     extra={"dropped": dropped, "kind": batch[0].job.kind})
+            if self.on_drop:
+                self.on_drop(dropped)
+        return live
 
     def _finished(self, count: int) -> None:
         with self._lock:
             self._depth -= count
             depth = self._depth
-        if self.on_depth:
-            self.on_depth(depth)
+        self._report_depth(depth)
 
-    def _execute(self, batch: list[_Job]) -> None:
+    def _execute(self, batch: list[_Entry[Any]]) -> None:
         start = time.perf_counter()
         try:
-            if batch[0].kind == "stylize":
-                results: list[Any] = self._stylize_batch([job.payload for job in batch])
-            else:
-                results = [self._statistics(*batch[0].payload)]
+            results = self._compute([entry.job for entry in batch])
         except torch.cuda.OutOfMemoryError:
             self._release_memory()
             if len(batch) == 1:
                 log.warning("out of device memory for one job; it fails alone")
-                batch[0].resolve(error=EngineOutOfMemoryError("out of device memory for the image"))
+                batch[0].fail(EngineOutOfMemoryError(
+                    "out of device memory for the image; retry later or send a smaller "
+                    "content_size", "content_size"))
                 return
             # Smaller batches may fit: retry each half on its own.
             log.warning("out of device memory for a batch of %d; splitting it", len(batch))
@@ -260,37 +307,31 @@ class Engine:
             return
         except Exception as exc:  # one bad job must not stop the worker
             log.exception("inference failed")
-            for job in batch:
-                job.resolve(error=exc)
+            for entry in batch:
+                entry.fail(exc)
             return
         seconds = time.perf_counter() - start
         if self.on_batch:
-            self.on_batch(batch[0].kind, len(batch), seconds)
-        for job, result in zip(batch, results, strict=True):
-            job.resolve(Timed(result, seconds * 1000, len(batch)))
+            self.on_batch(batch[0].job.kind, len(batch), seconds)
+        for entry, result in zip(batch, results, strict=True):
+            entry.succeed(Timed(result, seconds * 1000, len(batch)))
+
+    def _compute(self, jobs: list[Job]) -> list[object]:
+        """One result per job: a batch of stylize jobs, or one statistics job."""
+        if isinstance(jobs[0], StatisticsJob):
+            return [self._statistics(jobs[0])]
+        stylize_jobs = [job for job in jobs if isinstance(job, StylizeJob)]
+        contents = torch.cat([job.content for job in stylize_jobs]).to(self.device)
+        out = self.net.stylize_batch(contents, [job.mix for job in stylize_jobs])
+        return [image[None].cpu() for image in out]
 
     def _release_memory(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _statistics(self, style: Tensor, recolour_to: Tensor | None) -> StyleStats:
-        style = style.to(self.device)
-        if recolour_to is not None:
-            style = coral(style[0], recolour_to.to(self.device)[0])[None]
+    def _statistics(self, job: StatisticsJob) -> StyleStats:
+        style = job.style.to(self.device)
+        if job.recolour_to is not None:
+            style = coral(style[0], job.recolour_to.to(self.device)[0])[None]
         mean, std = self.net.style_statistics(style)
         return StyleStats(mean.float().cpu(), std.float().cpu())
-
-    def _stylize_batch(self, jobs: list[StylizeJob]) -> list[Tensor]:
-        contents = torch.cat([job.content for job in jobs]).to(self.device)
-        feats = self.net.encode(contents)
-        blended = []
-        for index, job in enumerate(jobs):
-            feat = feats[index : index + 1]
-            masks = job.masks.to(self.device) if job.masks is not None else None
-            target = adain_target(
-                feat, job.style_mean.to(self.device), job.style_std.to(self.device),
-                job.mix_weights, masks,
-            )
-            blended.append(blend(feat, target, job.alpha))
-        out = self.net.decode(torch.cat(blended), tuple(contents.shape[-2:]))
-        return [image[None].cpu() for image in out]

@@ -1,28 +1,42 @@
-"""One error shape for every failure: JSON `{"detail": ..., "field": ...}`."""
+"""The one place failures become HTTP: every error answers JSON `{"detail": ..., "field": ...}`.
+
+The library and the service raise domain errors (`models.errors.DomainError` subclasses: what
+went wrong, which input is at fault); `HTTP_ERRORS` gives each class its status code, and a
+Retry-After for the temporary ones. FastAPI's own validation and routing errors get the same
+shape.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from models.errors import DomainError, InvalidInputError
+from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
+from service.imaging import ImageTooLargeError, UnsupportedImageError
+from service.registry import StyleNotFoundError
 
-class ApiError(Exception):
-    """A failure the client can act on: status code, message, and the form field at fault."""
 
-    def __init__(
-        self,
-        status_code: int,
-        detail: str,
-        field: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.status_code = status_code
-        self.detail = detail
-        self.field = field
-        self.headers = headers
+@dataclass(frozen=True)
+class HttpStatus:
+    status_code: int
+    retry_after_s: int | None = None  # a temporary failure: when the client may try again
+
+
+# 4xx: the client's input is at fault; 503 + Retry-After: try again later, the input was fine.
+HTTP_ERRORS: dict[type[DomainError], HttpStatus] = {
+    InvalidInputError: HttpStatus(422),
+    UnsupportedImageError: HttpStatus(415),
+    ImageTooLargeError: HttpStatus(413),
+    StyleNotFoundError: HttpStatus(404),
+    EngineBusyError: HttpStatus(503, retry_after_s=1),
+    EngineClosedError: HttpStatus(503, retry_after_s=5),
+    EngineOutOfMemoryError: HttpStatus(503, retry_after_s=5),
+}
 
 
 def error_response(
@@ -31,9 +45,19 @@ def error_response(
     return JSONResponse({"detail": detail, "field": field}, status_code, headers=headers)
 
 
-async def api_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ApiError)
-    return error_response(exc.status_code, exc.detail, exc.field, exc.headers)
+def http_status(error: DomainError) -> HttpStatus:
+    """The table's entry for the error's class, or for the nearest mapped class it derives from."""
+    for cls in type(error).__mro__:
+        if cls in HTTP_ERRORS:
+            return HTTP_ERRORS[cls]
+    raise LookupError(f"{type(error).__name__} has no HTTP status in HTTP_ERRORS")
+
+
+async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    status = http_status(exc)
+    headers = None if status.retry_after_s is None else {"Retry-After": str(status.retry_after_s)}
+    return error_response(status.status_code, exc.detail, exc.field, headers)
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -54,7 +78,7 @@ async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ApiError, api_error_handler)
+    app.add_exception_handler(DomainError, domain_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)
     # Unexpected exceptions become a 500 JSON in `service.logs.RequestContext`, with the log.

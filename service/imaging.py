@@ -11,10 +11,18 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from models import images
+from models.errors import DomainError, InvalidInputError
 from models.model import MIN_SIDE
-from service.errors import ApiError
 
 ACCEPTED_FORMATS = {"PNG", "JPEG", "WEBP"}
+
+
+class UnsupportedImageError(DomainError):
+    """An upload that is not a PNG, JPEG or WebP image, or that cannot be decoded."""
+
+
+class ImageTooLargeError(DomainError):
+    """An upload with more pixels than ADAIN_MAX_IMAGE_PIXELS."""
 
 
 class OutputFormat(StrEnum):
@@ -34,7 +42,7 @@ class ImageLimits:
 
 
 def open_image(data: bytes, field: str, limits: ImageLimits) -> Image.Image:
-    """Decode an upload fully, refusing what is not PNG/JPEG/WebP (415) or too many pixels (413).
+    """Decode an upload fully, refusing what is not PNG/JPEG/WebP or has too many pixels.
 
     `Image.open` reads only the header, so the pixel count is checked before any decoding.
     """
@@ -57,20 +65,22 @@ def open_image(data: bytes, field: str, limits: ImageLimits) -> Image.Image:
     except Image.DecompressionBombError:
         raise too_many_pixels(field, None, limits) from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ApiError(415, f"{field}: the {image.format} image could not be decoded ({exc})",
-                       field) from None
+        raise UnsupportedImageError(
+            f"{field}: the {image.format} image could not be decoded ({exc})", field
+        ) from None
     return image
 
 
-def unsupported(field: str, found: str | None = None) -> ApiError:
+def unsupported(field: str, found: str | None = None) -> UnsupportedImageError:
     what = f"a {found} image" if found else "not an image Pillow can read"
-    return ApiError(415, f"{field}: {what}; send PNG, JPEG or WebP", field)
+    return UnsupportedImageError(f"{field}: {what}; send PNG, JPEG or WebP", field)
 
 
-def too_many_pixels(field: str, size: tuple[int, int] | None, limits: ImageLimits) -> ApiError:
+def too_many_pixels(field: str, size: tuple[int, int] | None, limits: ImageLimits
+                    ) -> ImageTooLargeError:
     found = f"{size[0]} x {size[1]} = {size[0] * size[1]} pixels" if size else "too many pixels"
-    return ApiError(
-        413, f"{field}: {found}; the limit is {limits.max_image_pixels} pixels "
+    return ImageTooLargeError(
+        f"{field}: {found}; the limit is {limits.max_image_pixels} pixels "
         "(ADAIN_MAX_IMAGE_PIXELS)", field,
     )
 
@@ -78,17 +88,17 @@ def too_many_pixels(field: str, size: tuple[int, int] | None, limits: ImageLimit
 def check_prepared_size(
     size: tuple[int, int], resize_to: int, crop: bool, field: str, limits: ImageLimits
 ) -> None:
-    """422 when the image, resized as `prepare` will resize it, exceeds the pixel budget or is
-    too small for the encoder."""
+    """Refuses an image that, resized as `prepare` will resize it, exceeds the pixel budget or
+    is too small for the encoder."""
     height, width = images.prepared_size(*size, resize_to, crop)
     if min(height, width) < MIN_SIDE:
-        raise ApiError(
-            422, f"{field}={resize_to} makes a {width} x {height} pixel image; the networks need "
+        raise InvalidInputError(
+            f"{field}={resize_to} makes a {width} x {height} pixel image; the networks need "
             f"at least {MIN_SIDE} pixels per side", field,
         )
     if height * width > limits.max_output_pixels:
-        raise ApiError(
-            422, f"{field}={resize_to} makes a {width} x {height} = {width * height} pixel image; "
+        raise InvalidInputError(
+            f"{field}={resize_to} makes a {width} x {height} = {width * height} pixel image; "
             f"the limit is {limits.max_output_pixels} pixels (ADAIN_MAX_OUTPUT_PIXELS)", field,
         )
 

@@ -7,13 +7,14 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import torch
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from redis.asyncio import Redis
 
 from models import images
-from models.model import normalise_mix_weights
+from models.model import StyleMix
 from models.weights import load_model, pick_device
 from service import metrics
 from service.cache import MemoryStatsCache, RedisStatsCache, StatsCache, encoder_fingerprint
@@ -48,6 +49,7 @@ async def start_services(settings: Settings) -> Services:
         queue_size=settings.queue_size,
         on_batch=metrics.record_batch,
         on_depth=metrics.QUEUE_DEPTH.set,
+        on_drop=metrics.JOBS_DROPPED.inc,
     )
     engine.start()
     fingerprint = await asyncio.to_thread(
@@ -77,8 +79,7 @@ async def warm_up(services: Services) -> None:
         grey = images.prepare(Image.new("RGB", (WARMUP_SIZE, WARMUP_SIZE), (128, 128, 128)))
         try:
             stats = await services.engine.style_statistics(grey)
-            job = StylizeJob(grey, stats.value.mean, stats.value.std,
-                             normalise_mix_weights(None, 1), None, 1.0)
+            job = StylizeJob(grey, StyleMix(stats.value.mean, stats.value.std, torch.ones(1)))
             result = await services.engine.stylize(job)
         except Exception:
             log.exception("warm-up failed; /readyz stays 503")

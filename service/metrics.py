@@ -19,6 +19,9 @@ INFERENCE_SECONDS = Histogram(
     "adain_inference_seconds", "Time on the networks per batch", ["kind"], buckets=LATENCY_BUCKETS
 )
 STYLE_CACHE = Counter("adain_style_cache_total", "Style statistics lookups", ["result"])
+JOBS_DROPPED = Counter(
+    "adain_jobs_dropped", "Queued inference jobs skipped because their caller had gone"
+)
 
 
 def record_batch(kind: str, size: int, seconds: float) -> None:

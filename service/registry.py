@@ -17,6 +17,12 @@ from typing import Protocol
 from redis.asyncio import Redis
 from starlette.concurrency import run_in_threadpool
 
+from models.errors import DomainError
+
+
+class StyleNotFoundError(DomainError):
+    """No registered style has the id asked for."""
+
 
 @dataclass(frozen=True)
 class StyleRecord:

@@ -1,38 +1,30 @@
-"""POST /stylize without the HTTP: checks, image decoding, the style cache, the engine.
+"""POST /stylize without the HTTP: image decoding, the style cache, the engine.
 
-Preprocessing is `models.images` (the functions `adain stylize` uses), so the service returns
-the CLI's pixels for the same inputs.
+The route checks the form once (`check_counts`, the form's own constraints) and hands over a
+`StylizeRequest`, which this module trusts. Preprocessing is `models.images` (the functions
+`adain stylize` uses), so the service returns the CLI's pixels for the same inputs. Failures are
+domain errors (`models.errors`); `service.errors` turns them into HTTP answers.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TypeVar
 
 import torch
-from PIL import Image, ImageOps
+from PIL import ImageOps
 from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
 from models import images
-from models.model import masks_from_binary, normalise_mix_weights
+from models.errors import InvalidInputError
+from models.model import Masks, StyleMix, masks_from_binary, normalise_mix_weights
 from service import metrics
 from service.cache import StatsCache, stats_key
-from service.engine import (
-    Engine,
-    EngineBusyError,
-    EngineClosedError,
-    EngineOutOfMemoryError,
-    StyleStats,
-    StylizeJob,
-)
-from service.errors import ApiError
+from service.engine import Engine, StyleStats, StylizeJob
 from service.imaging import ImageLimits, OutputFormat, check_prepared_size, encode_image, open_image
 
 MAX_STYLES = 8
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -44,9 +36,18 @@ class StyleInput:
 
 
 @dataclass(frozen=True)
-class StylizeParams:
+class StylizeRequest:
+    """A POST /stylize form, parsed and checked once at the edge: the stylizer trusts it.
+
+    styles: uploaded files first, then registered styles, in the order sent; weights: one per
+    style, normalised (`check_counts`); masks: none, one per style, or one for two styles.
+    """
+
+    content: bytes
+    styles: tuple[StyleInput, ...]
+    weights: Tensor
+    masks: tuple[bytes, ...] = ()
     alpha: float = 1.0
-    mix_weights: list[float] | None = None  # the form's `weights`
     preserve_color: bool = False
     content_size: int = 512
     style_size: int = 512
@@ -65,23 +66,20 @@ class StylizeOutput:
     batch_size: int
 
 
-def check_counts(n_styles: int, n_masks: int, mix_weights: list[float] | None) -> Tensor:
-    """422 for 0 or more than 8 styles, a mask count that fits no form, a `weights` count that
-    is not one per style; returns the normalised style-mix weights."""
+def check_counts(n_styles: int, n_masks: int, weights: list[float] | None) -> Tensor:
+    """Refuses 0 or more than 8 styles, a mask count that fits no form, a weights count that
+    is not one per style; returns the normalised weights. Cheap: run it before reading uploads."""
     if not 1 <= n_styles <= MAX_STYLES:
-        raise ApiError(
-            422, f"got {n_styles} styles; send 1 to {MAX_STYLES} (style files and style_ids "
+        raise InvalidInputError(
+            f"got {n_styles} styles; send 1 to {MAX_STYLES} (style files and style_ids "
             "together)", "style",
         )
     if n_masks and n_masks != n_styles and not (n_masks == 1 and n_styles == 2):
-        raise ApiError(
-            422, f"got {n_masks} masks for {n_styles} styles: send one per style, or one binary "
+        raise InvalidInputError(
+            f"got {n_masks} masks for {n_styles} styles: send one per style, or one binary "
             "mask for exactly two styles", "mask",
         )
-    try:
-        return normalise_mix_weights(mix_weights, n_styles)
-    except ValueError as exc:
-        raise ApiError(422, f"weights: {exc}", "weights") from None
+    return normalise_mix_weights(weights, n_styles)
 
 
 def prepare_content(data: bytes, size: int, crop: bool, limits: ImageLimits
@@ -89,48 +87,34 @@ def prepare_content(data: bytes, size: int, crop: bool, limits: ImageLimits
     """The content tensor and the upright size (width, height) of the uploaded image."""
     upright = images.to_rgb(open_image(data, "content", limits))
     check_prepared_size(upright.size, size, crop, "content_size", limits)
-    return images.prepare(upright, size, crop), upright.size
+    return images.rgb_to_tensor(upright, size, crop), upright.size
 
 
 def prepare_style(style: StyleInput, size: int, crop: bool, limits: ImageLimits) -> Tensor:
-    image = open_image(style.data, style.field, limits)
-    check_prepared_size(image.size, size, crop, "style_size", limits)
-    return images.prepare(image, size, crop)
+    upright = images.to_rgb(open_image(style.data, style.field, limits))
+    check_prepared_size(upright.size, size, crop, "style_size", limits)
+    return images.rgb_to_tensor(upright, size, crop)
 
 
 def prepare_masks(
-    masks: list[bytes], content_size: tuple[int, int], grid: tuple[int, int], limits: ImageLimits
-) -> Tensor:
-    """(S, H, W) masks on the content tensor's grid; each upload must have the content's size."""
+    masks: tuple[bytes, ...], n_styles: int, content_size: tuple[int, int],
+    grid: tuple[int, int], limits: ImageLimits,
+) -> Masks:
+    """Masks on the content tensor's grid, one per style or the reference's one binary mask for
+    two styles; each upload must have the content's size."""
     prepared = []
     for index, data in enumerate(masks):
         field = f"mask[{index}]"
-        upright: Image.Image = ImageOps.exif_transpose(open_image(data, field, limits))
+        upright = ImageOps.exif_transpose(open_image(data, field, limits))
         if upright.size != content_size:
-            raise ApiError(
-                422, f"{field}: {upright.size[0]} x {upright.size[1]}, but masks must have the "
+            raise InvalidInputError(
+                f"{field}: {upright.size[0]} x {upright.size[1]}, but masks must have the "
                 f"content image's size {content_size[0]} x {content_size[1]}", field,
             )
-        prepared.append(images.prepare_mask(upright, grid))
-    if len(prepared) == 1:
+        prepared.append(images.upright_mask_to_tensor(upright, grid))
+    if len(prepared) == 1 and n_styles == 2:
         return masks_from_binary(prepared[0])
-    return torch.stack(prepared)
-
-
-async def on_engine(call: Awaitable[T]) -> T:
-    """Engine failures as 503s: the client may retry; the server keeps serving."""
-    try:
-        return await call
-    except EngineBusyError as exc:
-        raise ApiError(503, f"server busy: {exc}; retry shortly", None,
-                       {"Retry-After": "1"}) from None
-    except EngineClosedError as exc:
-        raise ApiError(503, str(exc), None, {"Retry-After": "5"}) from None
-    except EngineOutOfMemoryError as exc:
-        raise ApiError(
-            503, f"{exc}; retry later or send a smaller content_size", "content_size",
-            {"Retry-After": "5"},
-        ) from None
+    return Masks(torch.stack(prepared))
 
 
 class Stylizer:
@@ -141,60 +125,59 @@ class Stylizer:
         self.limits = limits
         self.encoder_fingerprint = encoder_fingerprint
 
-    async def stylize(
-        self, content: bytes, styles: list[StyleInput], masks: list[bytes], params: StylizeParams
-    ) -> StylizeOutput:
-        mix_weights = check_counts(len(styles), len(masks), params.mix_weights)
-        content_tensor, upright_size = await run_in_threadpool(
-            prepare_content, content, params.content_size, params.crop, self.limits
+    async def stylize(self, request: StylizeRequest) -> StylizeOutput:
+        content, upright_size = await run_in_threadpool(
+            prepare_content, request.content, request.content_size, request.crop, self.limits
         )
-        grid = (content_tensor.shape[-2], content_tensor.shape[-1])
-        mask_tensor = (
-            await run_in_threadpool(prepare_masks, masks, upright_size, grid, self.limits)
-            if masks else None
+        grid = (content.shape[-2], content.shape[-1])
+        masks = (
+            await run_in_threadpool(
+                prepare_masks, request.masks, len(request.styles), upright_size, grid,
+                self.limits,
+            )
+            if request.masks else None
         )
         stats, cache_results, styles_ms = [], [], 0.0
-        for style in styles:
+        for style in request.styles:
             style_stats, result, ms = await self.style_statistics(
-                style, params, content_tensor if params.preserve_color else None
+                style, request, content if request.preserve_color else None
             )
             stats.append(style_stats)
             cache_results.append(result)
             styles_ms += ms
-        job = StylizeJob(
-            content_tensor,
+        mix = StyleMix(
             torch.cat([s.mean for s in stats]),
             torch.cat([s.std for s in stats]),
-            mix_weights,
-            mask_tensor,
-            params.alpha,
+            request.weights,
+            masks,
+            request.alpha,
         )
-        stylized = await on_engine(self.engine.stylize(job))
+        stylized = await self.engine.stylize(StylizeJob(content, mix))
         encoded = await run_in_threadpool(
-            encode_image, stylized.value, params.output_format, params.quality
+            encode_image, stylized.value, request.output_format, request.quality
         )
         return StylizeOutput(
-            encoded, params.output_format.media_type, cache_results, styles_ms,
+            encoded, request.output_format.media_type, cache_results, styles_ms,
             stylized.compute_ms, stylized.batch_size,
         )
 
     async def style_statistics(
-        self, style: StyleInput, params: StylizeParams, recolour_to: Tensor | None
+        self, style: StyleInput, request: StylizeRequest, recolour_to: Tensor | None
     ) -> tuple[StyleStats, str, float]:
         """(statistics, "hit" | "miss" | "bypass", network ms). Colour preservation recolours
         the style to each content, so those statistics are neither looked up nor stored."""
         key = None
         if recolour_to is None:
             digest = hashlib.sha256(style.data).hexdigest()
-            key = stats_key(digest, params.style_size, params.crop, self.encoder_fingerprint)
+            key = stats_key(digest, request.style_size, request.crop, self.encoder_fingerprint)
             cached = await self.cache.get(key)
             if cached is not None:
                 metrics.STYLE_CACHE.labels("hit").inc()
                 return cached, "hit", 0.0
         tensor = await run_in_threadpool(
-            prepare_style, style, params.style_size, params.crop, self.limits
+            prepare_style, style, request.style_size, request.crop, self.limits
         )
-        computed = await on_engine(self.engine.style_statistics(tensor, recolour_to))
+        computed = await self.engine.style_statistics(tensor, recolour_to)
         if key is not None:
             await self.cache.put(key, computed.value)
         result = "miss" if key is not None else "bypass"

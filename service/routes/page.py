@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse
-
-from service.errors import ApiError
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
 
@@ -18,5 +16,5 @@ router = APIRouter(tags=["page"])
 async def index() -> FileResponse:
     page = STATIC_DIR / "index.html"
     if not page.is_file():
-        raise ApiError(404, "no web page installed (service/static/index.html)")
+        raise HTTPException(404, "no web page installed (service/static/index.html)")
     return FileResponse(page, media_type="text/html")

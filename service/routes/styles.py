@@ -7,14 +7,14 @@ from pathlib import PurePath
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, UploadFile, status
+from PIL import ImageOps
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from models import images
+from models.errors import InvalidInputError
 from service.deps import LimitsDep, RegistryDep
-from service.errors import ApiError
 from service.imaging import ImageLimits, open_image
-from service.registry import StyleRecord, new_record
+from service.registry import StyleNotFoundError, StyleRecord, new_record
 
 MAX_NAME_LENGTH = 200
 
@@ -39,7 +39,7 @@ class StyleList(BaseModel):
 
 def upright_size(data: bytes, limits: ImageLimits) -> tuple[int, int]:
     """(width, height) as the style will be used: decoded fully, EXIF orientation applied."""
-    return images.to_rgb(open_image(data, "file", limits)).size
+    return ImageOps.exif_transpose(open_image(data, "file", limits)).size
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
@@ -55,8 +55,9 @@ async def register_style(
     data = await file.read()
     label = (name or PurePath(file.filename or "").stem).strip()
     if len(label) > MAX_NAME_LENGTH:
-        raise ApiError(422, f"name: {len(label)} characters; the limit is {MAX_NAME_LENGTH}",
-                       "name")
+        raise InvalidInputError(
+            f"name: {len(label)} characters; the limit is {MAX_NAME_LENGTH}", "name"
+        )
     width, height = await run_in_threadpool(upright_size, data, limits)
     record = new_record(data, label, width, height)
     stored, created = await registry.add(record, data)
@@ -74,12 +75,12 @@ async def list_styles(registry: RegistryDep) -> StyleList:
 async def get_style(style_id: str, registry: RegistryDep) -> Style:
     record = await registry.get(style_id)
     if record is None:
-        raise ApiError(404, f"no style with id {style_id!r}", "style_id")
+        raise StyleNotFoundError(f"no style with id {style_id!r}", "style_id")
     return Style.of(record)
 
 
 @router.delete("/{style_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_style(style_id: str, registry: RegistryDep) -> Response:
     if not await registry.delete(style_id):
-        raise ApiError(404, f"no style with id {style_id!r}", "style_id")
+        raise StyleNotFoundError(f"no style with id {style_id!r}", "style_id")
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+from collections.abc import Coroutine
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, File, Form, Response, UploadFile
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
+from models.errors import InvalidInputError
 from service.deps import RegistryDep, StylizerDep
-from service.errors import ApiError
 from service.imaging import OutputFormat
-from service.stylizer import StyleInput, StylizeParams, check_counts
+from service.registry import StyleNotFoundError
+from service.stylizer import StyleInput, StylizeRequest, check_counts
 
 router = APIRouter(tags=["stylize"])
+
+# nginx's status for "the client closed the connection before the answer": access logs only.
+CLIENT_CLOSED_REQUEST = 499
+T = TypeVar("T")
 
 IMAGE_RESPONSES: dict[int | str, dict[str, object]] = {
     200: {"content": {f.media_type: {} for f in OutputFormat}, "description": "The image."}
@@ -26,11 +33,34 @@ def parse_mix_weights(values: list[str]) -> list[float] | None:
     try:
         return [float(part) for part in parts]
     except ValueError:
-        raise ApiError(422, f"weights: expected numbers, got {values!r}", "weights") from None
+        raise InvalidInputError(f"weights: expected numbers, got {values!r}", "weights") from None
+
+
+async def disconnected(request: Request) -> None:
+    """Returns once the client has closed its connection. The form has been read by then, so
+    the next ASGI message is the disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
+    """`work`'s result, or None when the client goes away first: `work` is cancelled then, and
+    with it the engine jobs it awaits, which are dropped instead of computed for no one."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():  # the client has gone, or this request was cancelled itself
+            task.cancel()
+            await asyncio.wait({task})
+    return None if task.cancelled() else task.result()
 
 
 @router.post("/stylize", response_class=Response, responses=IMAGE_RESPONSES)
 async def stylize(
+    request: Request,
     stylizer: StylizerDep,
     registry: RegistryDep,
     content: Annotated[UploadFile, File(description="Content image: PNG, JPEG or WebP.")],
@@ -56,17 +86,23 @@ async def stylize(
     """Stylize `content` with the styles: uploaded `style` files first in the order sent, then
     the registered `style_id`s in the order sent; `weights` and `mask` follow that order."""
     # Counts first: reading 1000 registered style ids before refusing them costs memory.
-    mix_weights = parse_mix_weights(weights or [])
-    check_counts(len(style or []) + len(style_id or []), len(mask or []), mix_weights)
+    normalised_weights = check_counts(
+        len(style or []) + len(style_id or []), len(mask or []), parse_mix_weights(weights or [])
+    )
     styles = [StyleInput(await f.read(), f"style[{i}]") for i, f in enumerate(style or [])]
     for index, id_ in enumerate(style_id or []):
         data = await registry.image(id_)
         if data is None:
-            raise ApiError(404, f"style_id[{index}]: no style with id {id_[:80]!r}", "style_id")
+            raise StyleNotFoundError(
+                f"style_id[{index}]: no style with id {id_[:80]!r}", "style_id"
+            )
         styles.append(StyleInput(data, f"style_id[{index}]"))
-    params = StylizeParams(
+    checked = StylizeRequest(
+        content=await content.read(),
+        styles=tuple(styles),
+        weights=normalised_weights,
+        masks=tuple([await m.read() for m in mask or []]),
         alpha=alpha,
-        mix_weights=mix_weights,
         preserve_color=preserve_color,
         content_size=content_size,
         style_size=style_size,
@@ -74,9 +110,9 @@ async def stylize(
         output_format=output_format,
         quality=quality,
     )
-    result = await stylizer.stylize(
-        await content.read(), styles, [await m.read() for m in mask or []], params
-    )
+    result = await unless_disconnected(request, stylizer.stylize(checked))
+    if result is None:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)  # no one reads it; the log does
     total_ms = result.styles_ms + result.stylize_ms
     return Response(
         result.image,

@@ -8,10 +8,14 @@ import pytest
 import torch
 from torch import Tensor
 
+from devkit import reference_port as port
 from devkit.images import random_image
 from models import images
+from models.errors import InvalidInputError
 from models.model import (
     MIN_SIDE,
+    Masks,
+    StyleMix,
     StyleTransfer,
     adain_target,
     adaptive_instance_normalization,
@@ -138,9 +142,35 @@ def test_interpolation_weights_are_checked_and_normalised() -> None:
 def test_masks_from_binary_splits_at_one_half() -> None:
     mask = torch.tensor([[0.0, 0.2, 0.49], [0.51, 0.8, 1.0]])
     masks = masks_from_binary(mask)
-    assert masks.shape == (2, 2, 3)
-    torch.testing.assert_close(masks[0], torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]))
-    torch.testing.assert_close(masks[0] + masks[1], torch.ones(2, 3))
+    assert masks.binary
+    assert masks.values.shape == (2, 2, 3)
+    torch.testing.assert_close(masks.values[0], torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]))
+    torch.testing.assert_close(masks.values[0] + masks.values[1], torch.ones(2, 3))
+
+
+def test_binary_masks_take_the_nearest_grid_cell_and_soft_ones_the_area() -> None:
+    mask = torch.zeros(16, 16)
+    mask[:, :5] = 1  # the edge inside the second of two 8 px cells
+    hard = masks_from_binary(mask).on_grid((2, 2))
+    soft = Masks(masks_from_binary(mask).values).on_grid((2, 2))
+    torch.testing.assert_close(hard[0, 0], torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+    assert 0 < soft[0, 0, 0, 1] < 1 and 0 < soft[0, 0, 0, 0] < 1
+
+
+def test_style_mix_checks_the_controls_once_and_normalises_the_weights() -> None:
+    mean, std = torch.zeros(2, 4, 1, 1), torch.ones(2, 4, 1, 1)
+    mix = StyleMix(mean, std, torch.tensor([1.0, 3.0]), alpha=0.5)
+    torch.testing.assert_close(mix.weights, torch.tensor([0.25, 0.75]))
+    for bad_alpha in (-0.1, 1.5, float("nan")):
+        with pytest.raises(InvalidInputError, match="alpha") as error:
+            StyleMix(mean, std, torch.ones(2), alpha=bad_alpha)
+        assert error.value.field == "alpha"
+    with pytest.raises(InvalidInputError, match="got 3") as error:
+        StyleMix(mean, std, torch.ones(3))
+    assert error.value.field == "weights"
+    with pytest.raises(InvalidInputError, match="3 masks for 2 styles") as error:
+        StyleMix(mean, std, torch.ones(2), Masks(torch.ones(3, 8, 8)))
+    assert error.value.field == "mask"
 
 
 # --- coral (colour preservation) ---------------------------------------------------------------
@@ -285,6 +315,54 @@ def test_full_resolution_masks_follow_the_regions(net: StyleTransfer) -> None:
     left, right = out[..., :8], out[..., -8:]
     assert (left - singles[0][..., :8]).abs().mean() < (left - singles[1][..., :8]).abs().mean()
     assert (right - singles[1][..., -8:]).abs().mean() < (right - singles[0][..., -8:]).abs().mean()
+
+
+def quantised(image: Tensor) -> Tensor:
+    """8-bit levels, rounded as torchvision's `save_image` (the reference's output)."""
+    return image.mul(255).add(0.5).clamp(0, 255).to(torch.int16)
+
+
+def test_one_binary_mask_is_the_reference_spatial_control(
+    net: StyleTransfer, reference_weights: tuple[Path, Path]
+) -> None:
+    """The reference's form (one binary mask, two styles) against `test.lua`'s spatial control
+    re-implemented in `reference_port`: within one 8-bit level, in fp32. The mask's edges cut
+    through relu4_1 cells, where area-averaging would blend the two regions."""
+    content = image(52, 44, seed=40)
+    styles = [image(40, 48, seed=41), image(48, 36, seed=42)]
+    rows, columns = torch.meshgrid(torch.arange(44), torch.arange(52), indexing="ij")
+    mask = (((rows - 20) ** 2 + (columns - 30) ** 2 < 15**2) | (columns < 5)).float()
+    vgg, decoder = port.load_nets(*reference_weights)
+    with torch.inference_mode():
+        ours = net.stylize(content, styles, alpha=0.8, masks=masks_from_binary(mask))
+        theirs = port.spatial_control(vgg, decoder, content, styles, mask, alpha=0.8)
+        # The same two regions given as two soft masks: resized by area, not by the reference.
+        area = net.stylize(content, styles, alpha=0.8, masks=masks_from_binary(mask).values)
+    reference = quantised(theirs[..., :44, :52])
+    assert (quantised(ours) - reference).abs().max() <= 1
+    assert (quantised(area) - reference).abs().max() > 1
+
+
+def test_a_batch_applies_each_item_its_own_mix(net: StyleTransfer) -> None:
+    """The one stylize path: a batch with per-item styles, weights, masks and alpha gives each
+    item what it gives alone (up to float rounding: a batch may sum in another order)."""
+    contents = [image(40, 32, seed=50 + i) for i in range(3)]
+    stats = [net.style_statistics(image(32, 32, seed=60 + i)) for i in range(2)]
+    mean, std = torch.cat([m for m, _ in stats]), torch.cat([s for _, s in stats])
+    left = torch.zeros(32, 40)
+    left[:, :20] = 1
+    mixes = [
+        StyleMix(mean[:1], std[:1], torch.ones(1), alpha=0.4),
+        StyleMix(mean, std, torch.tensor([1.0, 3.0])),
+        StyleMix(mean, std, torch.ones(2), masks_from_binary(left), alpha=0.9),
+    ]
+    with torch.inference_mode():
+        batch = net.stylize_batch(torch.cat(contents), mixes)
+        alone = [net.stylize_batch(c, [mix]) for c, mix in zip(contents, mixes, strict=True)]
+    for one, together in zip(alone, batch, strict=True):
+        torch.testing.assert_close(together[None], one, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="3 contents but 2"):
+        net.stylize_batch(torch.cat(contents), mixes[:2])
 
 
 @pytest.mark.parametrize(("width", "height"), [(53, 37), (130, 9), (9, 9), (17, 64)])

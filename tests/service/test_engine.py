@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import torch
+from prometheus_client import REGISTRY
 from torch import Tensor
 
 from devkit.images import random_image
 from models import images
-from models.model import StyleTransfer, normalise_mix_weights
+from models.model import StyleMix, StyleTransfer
 from models.weights import load_model
+from service import metrics
 from service.engine import (
     Engine,
     EngineBusyError,
@@ -39,14 +43,13 @@ def job_for(net: StyleTransfer, seed: int, size: tuple[int, int] = (40, 32)) -> 
     style = images.prepare(random_image(32, 32, seed=100 + seed))
     with torch.inference_mode():
         mean, std = net.style_statistics(style)
-    return StylizeJob(content, mean, std, normalise_mix_weights(None, 1), None, 0.5 + seed / 100)
+    return StylizeJob(content, StyleMix(mean, std, torch.ones(1), alpha=0.5 + seed / 100))
 
 
 def expected(net: StyleTransfer, job: StylizeJob) -> Tensor:
-    """The library's own single-image path."""
+    """The library's stylize path for this one image alone."""
     with torch.inference_mode():
-        return net.stylize_with_stats(job.content, job.style_mean, job.style_std, job.alpha,
-                                      job.mix_weights, job.masks)
+        return net.stylize_batch(job.content, [job.mix])
 
 
 def assert_result(net: StyleTransfer, job: StylizeJob, result: Timed[Tensor]) -> None:
@@ -55,7 +58,7 @@ def assert_result(net: StyleTransfer, job: StylizeJob, result: Timed[Tensor]) ->
 
 
 class OutOfMemoryOnBatches:
-    """The one allowed mock (there is no GPU here): the real network, except that encoding
+    """The one allowed mock (there is no GPU here): the real network, except that stylizing
     more than `max_batch` images, or an image `oom_height` pixels high, raises CUDA's OOM."""
 
     def __init__(self, net: StyleTransfer, max_batch: int = 1, oom_height: int | None = None
@@ -65,17 +68,14 @@ class OutOfMemoryOnBatches:
         self.oom_height = oom_height
         self.encoded_batches: list[int] = []
 
-    def encode(self, batch: Tensor) -> Tensor:
-        if batch.shape[0] > self.max_batch or batch.shape[-2] == self.oom_height:
+    def stylize_batch(self, contents: Tensor, mixes: Sequence[StyleMix]) -> Tensor:
+        if contents.shape[0] > self.max_batch or contents.shape[-2] == self.oom_height:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        self.encoded_batches.append(batch.shape[0])
-        return self.net.encode(batch)
+        self.encoded_batches.append(contents.shape[0])
+        return self.net.stylize_batch(contents, mixes)
 
     def style_statistics(self, styles: Tensor) -> tuple[Tensor, Tensor]:
         return self.net.style_statistics(styles)
-
-    def decode(self, feats: Tensor, size: tuple[int, int]) -> Tensor:
-        return self.net.decode(feats, size)
 
 
 async def run_all(engine: Engine, jobs: list[StylizeJob]) -> list[object]:
@@ -129,6 +129,7 @@ def test_out_of_memory_for_one_image_fails_only_that_request(net: StyleTransfer)
 
     results, after = asyncio.run(scenario())
     assert isinstance(results[1], EngineOutOfMemoryError)
+    assert results[1].field == "content_size" and "smaller content_size" in str(results[1])
     assert_result(net, jobs[0], results[0])
     assert_result(net, jobs[2], results[2])
     assert_result(net, jobs[0], after)
@@ -179,3 +180,63 @@ def test_style_statistics_with_colour_preservation(net: StyleTransfer) -> None:
     torch.testing.assert_close(plain.value.mean, mean, **FLOAT_ROUNDING)
     torch.testing.assert_close(plain.value.std, std, **FLOAT_ROUNDING)
     assert (recoloured.value.mean - mean).abs().max() > 100 * FLOAT_ROUNDING["atol"]
+
+
+class Gated:
+    """The real network, except that stylizing waits until the test opens the gate, so that a
+    job is certainly running while the test queues others; records the content widths it
+    stylized, which tell the jobs apart."""
+
+    def __init__(self, net: StyleTransfer) -> None:
+        self.net = net
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.widths: list[int] = []
+
+    def stylize_batch(self, contents: Tensor, mixes: Sequence[StyleMix]) -> Tensor:
+        self.entered.set()
+        self.gate.wait(60)
+        self.widths += [contents.shape[-1]] * contents.shape[0]
+        return self.net.stylize_batch(contents, mixes)
+
+    def style_statistics(self, styles: Tensor) -> tuple[Tensor, Tensor]:
+        return self.net.style_statistics(styles)
+
+
+def dropped_total() -> float:
+    return REGISTRY.get_sample_value("adain_jobs_dropped_total") or 0.0
+
+
+def test_a_job_whose_caller_has_gone_is_dropped_before_it_is_computed(net: StyleTransfer
+                                                                      ) -> None:
+    jobs = [job_for(net, seed, size=(40 + 8 * seed, 32)) for seed in range(3)]  # 40, 48, 56
+    gated = Gated(net)
+    engine = Engine(gated, max_batch_size=1, on_drop=metrics.JOBS_DROPPED.inc)
+    before = dropped_total()
+
+    async def scenario() -> tuple[list[object], bool, list[int]]:
+        engine.start()
+        try:
+            running = asyncio.ensure_future(engine.stylize(jobs[0]))
+            await asyncio.to_thread(gated.entered.wait, 60)  # the first job is computing
+            gone = asyncio.ensure_future(engine.stylize(jobs[1]))
+            last = asyncio.ensure_future(engine.stylize(jobs[2]))
+            while engine.depth < 3:  # both submitted: queued behind the first
+                await asyncio.sleep(0)
+            depths = [engine.depth]
+            gone.cancel()  # what the server does to a request whose client disconnected
+            await asyncio.wait({gone})
+            depths.append(engine.depth)  # its place in the queue is free at once
+            gated.gate.set()
+            return await asyncio.gather(running, last), gone.cancelled(), depths
+        finally:
+            gated.gate.set()
+            await engine.close()
+
+    (first, last), cancelled, depths = asyncio.run(scenario())
+    assert cancelled
+    assert gated.widths == [40, 56]  # the network never saw the abandoned job
+    assert_result(net, jobs[0], first)
+    assert_result(net, jobs[2], last)
+    assert depths == [3, 2] and engine.depth == 0
+    assert dropped_total() == before + 1

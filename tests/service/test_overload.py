@@ -1,12 +1,15 @@
 """Overload against a real server: past the queue, 503 + Retry-After at once, and every accepted
-request still gets its correct image; SIGTERM under load finishes the accepted requests."""
+request still gets its correct image; a client that leaves before its turn costs no computation;
+SIGTERM under load finishes the accepted requests."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -101,6 +104,57 @@ def test_excess_requests_get_503_and_accepted_ones_the_right_image(
 
     assert queue_depth(small_queue_server) == 0  # nothing leaked from the refused requests
     np.testing.assert_array_equal(pixels(stylize(small_queue_server, CONTENTS[0])), expected[0])
+
+
+def metric(server: RunningServer, name: str) -> float:
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    match = re.search(rf"^{name} ([0-9.e+]+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def send_and_leave_open(server: RunningServer, content: bytes) -> socket.socket:
+    """A whole POST /stylize written to a raw socket, the answer not read: closing the socket
+    is a client that gives up."""
+    request = httpx.Request("POST", f"{server.url}/stylize", data=FORM,
+                            files=[("content", ("c.png", content)), ("style", ("s.png", STYLE))])
+    body = request.read()
+    head = "".join(f"{name}: {value}\r\n" for name, value in request.headers.items())
+    client = socket.create_connection(("127.0.0.1", server.port))
+    client.sendall(f"POST /stylize HTTP/1.1\r\n{head}\r\n".encode() + body)
+    return client
+
+
+def test_a_client_that_leaves_before_its_turn_is_dropped(
+    small_queue_server: RunningServer,
+) -> None:
+    """One job at a time: while a large image is stylized, a second client sends its request and
+    closes the connection. Its queued job is dropped, not computed; the first gets its image and
+    the server keeps serving."""
+    server = small_queue_server
+    pixels(stylize(server, CONTENTS[0]))  # caches the style: each request is one engine job
+    large = encode(random_image(384, 384, seed=320))
+    dropped_before = metric(server, "adain_jobs_dropped_total")
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(stylize, server, large)
+        deadline = time.monotonic() + 60
+        while queue_depth(server) < 1:  # the large image is being stylized
+            assert time.monotonic() < deadline, "the first request never reached the engine"
+            time.sleep(0.01)
+        leaving = send_and_leave_open(server, CONTENTS[1])
+        while queue_depth(server) < 2:  # the second job waits behind it
+            assert time.monotonic() < deadline, "the second request never reached the engine"
+            time.sleep(0.01)
+        leaving.close()
+        while metric(server, "adain_jobs_dropped_total") < dropped_before + 1:
+            assert time.monotonic() < deadline + 120, "the abandoned job was not dropped"
+            time.sleep(0.05)
+        assert slow.result(timeout=120).status_code == 200
+    assert metric(server, "adain_jobs_dropped_total") == dropped_before + 1
+    records = [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
+    assert any(r["message"].startswith("dropped 1 queued job") for r in records), records[-5:]
+    assert any(r.get("path") == "/stylize" and r.get("status") == 499 for r in records)
+    assert queue_depth(server) == 0
+    pixels(stylize(server, CONTENTS[1]))  # and the server keeps serving
 
 
 @contextmanager

@@ -1,0 +1,72 @@
+"""The one table from domain errors to HTTP (`service.errors.HTTP_ERRORS`), through the app's real
+handlers in-process: each error class gives its status, `{"detail", "field"}` and Retry-After.
+The real server's answers to real bad requests are in test_errors.py and test_hostile.py."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+import service.main  # noqa: F401  (imports every module that defines a domain error)
+from models.errors import DomainError, InvalidInputError
+from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
+from service.errors import HTTP_ERRORS, install_error_handlers
+from service.imaging import ImageTooLargeError, UnsupportedImageError
+from service.registry import StyleNotFoundError
+
+# (error, status, Retry-After): the messages and fields are those the code raises.
+CASES: list[tuple[DomainError, int, str | None]] = [
+    (InvalidInputError("got 9 styles; send 1 to 8 (style files and style_ids together)",
+                       "style"), 422, None),
+    (UnsupportedImageError("content: a GIF image; send PNG, JPEG or WebP", "content"), 415, None),
+    (ImageTooLargeError("style[0]: too many pixels; the limit is 200000 pixels "
+                        "(ADAIN_MAX_IMAGE_PIXELS)", "style[0]"), 413, None),
+    (StyleNotFoundError("style_id[0]: no style with id 'abc'", "style_id"), 404, None),
+    (EngineBusyError("server busy: 2 jobs queued (ADAIN_QUEUE_SIZE=2); retry shortly"), 503, "1"),
+    (EngineClosedError("the server is shutting down"), 503, "5"),
+    (EngineOutOfMemoryError("out of device memory for the image; retry later or send a "
+                            "smaller content_size", "content_size"), 503, "5"),
+]
+
+
+def all_subclasses(cls: type[DomainError]) -> set[type[DomainError]]:
+    direct = set(cls.__subclasses__())
+    return direct.union(*(all_subclasses(sub) for sub in direct))
+
+
+def answer(error: DomainError) -> httpx.Response:
+    """What an app with the service's error handlers answers when a route raises `error`."""
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/fail")
+    async def fail() -> None:
+        raise error
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/fail")
+
+    return asyncio.run(call())
+
+
+@pytest.mark.parametrize(("error", "status", "retry_after"), CASES,
+                         ids=[type(case[0]).__name__ for case in CASES])
+def test_each_domain_error_has_its_status_body_and_retry_after(
+    error: DomainError, status: int, retry_after: str | None
+) -> None:
+    response = answer(error)
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"detail": error.detail, "field": error.field}
+    assert response.headers.get("retry-after") == retry_after
+
+
+def test_every_domain_error_class_is_in_the_table() -> None:
+    """A new error class without a status would be a 500: the table lists them all."""
+    assert all_subclasses(DomainError) == set(HTTP_ERRORS)
+    assert {type(error) for error, _, _ in CASES} == set(HTTP_ERRORS)
