@@ -9,14 +9,10 @@ from fastapi import APIRouter, File, Form, Response, UploadFile
 from service.deps import RegistryDep, StylizerDep
 from service.errors import ApiError
 from service.imaging import OutputFormat
+from service.openapi import STYLIZE_RESPONSES
 from service.stylizer import StyleInput, StylizeParams, check_counts
 
 router = APIRouter(tags=["stylize"])
-
-IMAGE_RESPONSES: dict[int | str, dict[str, object]] = {
-    200: {"content": {f.media_type: {} for f in OutputFormat}, "description": "The image."}
-}
-
 
 def parse_weights(values: list[str]) -> list[float] | None:
     """Repeated `weights` fields, or one comma-separated field, or both: one float per style."""
@@ -29,7 +25,7 @@ def parse_weights(values: list[str]) -> list[float] | None:
         raise ApiError(422, f"weights: expected numbers, got {values!r}", "weights") from None
 
 
-@router.post("/stylize", response_class=Response, responses=IMAGE_RESPONSES)
+@router.post("/stylize", response_class=Response, responses=STYLIZE_RESPONSES)
 async def stylize(
     stylizer: StylizerDep,
     registry: RegistryDep,
