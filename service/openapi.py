@@ -12,18 +12,23 @@ FastAPI's generated document is corrected in three ways:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
 
+from service.errors import error_response
 from service.imaging import OutputFormat
 
 Responses = dict[int | str, dict[str, Any]]
 
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 BINARY = {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"}
 
 
@@ -194,8 +199,33 @@ def walk(node: Any) -> Iterator[dict[str, Any]]:
             yield from walk(value)
 
 
+def documented_methods(document: dict[str, Any], path: str) -> set[str] | None:
+    """The methods `document` lists for the path template `path` matches; None when no
+    documented path matches."""
+    for template, item in document["paths"].items():
+        parts = re.split(r"(\{[^}]+\})", template)
+        pattern = "".join("[^/]+" if part.startswith("{") else re.escape(part) for part in parts)
+        if re.fullmatch(pattern, path):
+            return {method.upper() for method in item if method in HTTP_METHODS}
+    return None
+
+
+async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+    """405 whose `Allow` lists every documented method of the path. (Starlette's lists those of
+    the first route matching the path: GET /styles and POST /styles are two routes, and
+    OPTIONS /styles would answer `Allow: POST`.)"""
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
+    methods = documented_methods(request.app.openapi(), request.scope["path"])
+    if methods:
+        headers["Allow"] = ", ".join(sorted(methods))
+    return error_response(405, str(exc.detail), None, headers)
+
+
 def install_openapi(app: FastAPI) -> None:
-    """Serve `describe(app)` at /openapi.json (built once, on the first request)."""
+    """Serve `describe(app)` at /openapi.json (built once, on the first request), and answer
+    405s with the methods it documents."""
+    app.add_exception_handler(405, method_not_allowed)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
