@@ -221,3 +221,35 @@ def test_operations_and_an_optional_key(generated: Generated, server: RunningSer
     keyed = generated.package.AuthenticatedClient(base_url=server.url, token="any-key")
     module = importlib.import_module(f"{PACKAGE}.api.styles.list_styles")
     assert module.sync_detailed(client=keyed).status_code == 200
+
+
+def test_description_reads_the_same_in_openapi_3_0_and_3_1_tools(server: RunningServer) -> None:
+    """File parts and images: `format: binary` (3.0 generators) and `contentMediaType` (3.1);
+    every error of every operation in the one error model; the headers of every answer."""
+    document = httpx.get(f"{server.url}/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    parts = {name: prop.get("items", prop) for form in ("Body_stylize", "Body_register_style")
+             for name, prop in schemas[form]["properties"].items()}
+    for name in ("content", "style", "mask", "file"):
+        assert parts[name]["type"] == "string", name
+        assert parts[name]["format"] == "binary", name
+        assert parts[name]["contentMediaType"] == "application/octet-stream", name
+    images = document["paths"]["/stylize"]["post"]["responses"]["200"]["content"]
+    assert set(images) == {"image/png", "image/jpeg", "image/webp"}
+    assert all(image["schema"]["format"] == "binary" for image in images.values())
+    assert "HTTPValidationError" not in schemas
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            for status, response in operation["responses"].items():
+                label = f"{method.upper()} {path} {status}"
+                assert "X-Request-ID" in response["headers"], label
+                if int(status) >= 400:
+                    schema = response["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/ErrorBody"}, label
+                if int(status) in (429, 503):
+                    assert response["headers"]["Retry-After"]["required"], label
+    stylized = document["paths"]["/stylize"]["post"]["responses"]["200"]["headers"]
+    assert {"X-Style-Cache", "X-Inference-Time-Ms", "X-Batch-Size", "Server-Timing"} <= set(
+        stylized)
+    assert {"bearerKey", "apiKeyHeader"} == set(document["components"]["securitySchemes"])
+    assert {} in document["security"]  # keys are optional
