@@ -1,13 +1,14 @@
 """The OpenAPI description at /openapi.json, as the server really answers: what generated clients
 and schema checkers (openapi-python-client, schemathesis) read. See docs/api-clients.md.
 
-FastAPI's generated document is corrected in three ways:
-- every error status a route can return is listed with the one error shape the server sends,
+What FastAPI's generated document gets here:
+- every error status a route can return, with the one error shape the server sends,
   `{"detail": ..., "field": ...}` (`ErrorBody`), never FastAPI's default `HTTPValidationError`;
-- file parts are `format: binary` as well as `contentMediaType`: OpenAPI 3.0 generators read the
-  first, 3.1 tools the second; images in responses are binary too;
-- the response headers (X-Request-ID on every response, Retry-After, the timings of /stylize)
-  and the optional API-key schemes are described.
+- file parts as `format: binary` as well as `contentMediaType`: OpenAPI 3.0 generators read the
+  first, 3.1 tools the second; images in responses binary too; /metrics as text;
+- the response headers (X-Request-ID on every response, Retry-After, the timings of /stylize);
+- the optional API-key schemes; operation ids that are the route functions' names.
+The server's side: a 405's `Allow` lists the methods documented for the path.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ class Readiness(BaseModel):
     status: str = Field(description="`ready`.")
 
 
-def header(description: str, schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
-    return {"description": description, "required": required, "schema": schema}
+def header(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """A response header the server always sends."""
+    return {"description": description, "required": True, "schema": schema}
 
 
 REQUEST_ID = header("The request's id: the client's X-Request-ID when it sent a usable one "
@@ -96,8 +98,8 @@ STYLIZE_RESPONSES: Responses = {
                     for f in OutputFormat},
         "headers": {
             "X-Style-Cache": header(
-                "Per style, in order: `hit` or `miss` of the style-statistics cache, or "
-                "`bypass` (masked styles are not cached), comma-separated.",
+                "Per style, in order, comma-separated: `hit` or `miss` of the style-statistics "
+                "cache, or `bypass` (preserve_color recolours the style: not cached).",
                 {"type": "string", "pattern": "^(hit|miss|bypass)(,(hit|miss|bypass))*$"}),
             "X-Inference-Time-Ms": header("Network time of this request, milliseconds.",
                                           {"type": "number", "minimum": 0}),

@@ -14,6 +14,7 @@ from service.stylizer import StyleInput, StylizeParams, check_counts
 
 router = APIRouter(tags=["stylize"])
 
+
 def parse_weights(values: list[str]) -> list[float] | None:
     """Repeated `weights` fields, or one comma-separated field, or both: one float per style."""
     parts = [part.strip() for value in values for part in value.split(",") if part.strip()]

@@ -253,3 +253,16 @@ def test_description_reads_the_same_in_openapi_3_0_and_3_1_tools(server: Running
         stylized)
     assert {"bearerKey", "apiKeyHeader"} == set(document["components"]["securitySchemes"])
     assert {} in document["security"]  # keys are optional
+
+
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("OPTIONS", "/styles", "GET, POST"),  # two routes of one path
+    ("PUT", "/styles/abc", "DELETE, GET"),
+    ("GET", "/stylize", "POST"),
+])
+def test_405_allows_the_documented_methods_of_the_path(server: RunningServer, method: str,
+                                                        path: str, allowed: str) -> None:
+    response = httpx.request(method, f"{server.url}{path}")
+    assert response.status_code == 405
+    assert response.headers["allow"] == allowed
+    assert response.json()["field"] is None
