@@ -24,6 +24,7 @@ from service.errors import install_error_handlers
 from service.imaging import ImageLimits
 from service.limits import BodySizeLimit
 from service.logs import RequestContext, configure_logging
+from service.openapi import install_openapi, operation_id
 from service.registry import DiskRegistry, RedisRegistry, StyleRegistry
 from service.routes import ops, page, styles, stylize
 from service.routes.page import STATIC_DIR
@@ -113,9 +114,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="adain-serve",
         summary="Real-time arbitrary style transfer (AdaIN, Huang & Belongie 2017)",
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestContext)  # added last: outermost, so it sees every response
     for module in (stylize, styles, ops, page):

@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 
 from service.deps import ServicesDep
 from service.errors import error_response
+from service.openapi import METRICS_RESPONSES, READYZ_RESPONSES
 
 router = APIRouter(tags=["operations"])
 
@@ -20,7 +21,7 @@ async def healthz() -> dict[str, str | int]:
     return {"status": "ok", "pid": os.getpid()}
 
 
-@router.get("/readyz", response_model=None)
+@router.get("/readyz", response_model=None, responses=READYZ_RESPONSES)
 async def readyz(services: ServicesDep) -> dict[str, str] | Response:
     """200 once the networks are loaded and warmed up (and Redis answers, when configured)."""
     if not services.ready:
@@ -34,6 +35,6 @@ async def readyz(services: ServicesDep) -> dict[str, str] | Response:
     return {"status": "ready"}
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response, responses=METRICS_RESPONSES)
 async def prometheus_metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

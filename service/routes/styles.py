@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from models.errors import InvalidInputError
 from service.deps import LimitsDep, RegistryDep
 from service.imaging import ImageLimits, open_image
+from service.openapi import LIST_STYLES_RESPONSES, REGISTER_STYLE_ERRORS, STYLE_RESPONSES
 from service.registry import StyleNotFoundError, StyleRecord, new_record
 
 MAX_NAME_LENGTH = 200
@@ -42,7 +43,10 @@ def upright_size(data: bytes, limits: ImageLimits) -> tuple[int, int]:
     return ImageOps.exif_transpose(open_image(data, "file", limits)).size
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses={
+    200: {"model": Style, "description": "The same image was registered before: that style."},
+    **REGISTER_STYLE_ERRORS,
+})
 async def register_style(
     file: Annotated[UploadFile, File(description="PNG, JPEG or WebP style image")],
     registry: RegistryDep,
@@ -66,12 +70,12 @@ async def register_style(
     return Style.of(stored)
 
 
-@router.get("")
+@router.get("", responses=LIST_STYLES_RESPONSES)
 async def list_styles(registry: RegistryDep) -> StyleList:
     return StyleList(styles=[Style.of(record) for record in await registry.list()])
 
 
-@router.get("/{style_id}")
+@router.get("/{style_id}", responses=STYLE_RESPONSES)
 async def get_style(style_id: str, registry: RegistryDep) -> Style:
     record = await registry.get(style_id)
     if record is None:
@@ -79,7 +83,8 @@ async def get_style(style_id: str, registry: RegistryDep) -> Style:
     return Style.of(record)
 
 
-@router.delete("/{style_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{style_id}", status_code=status.HTTP_204_NO_CONTENT,
+               responses=STYLE_RESPONSES)
 async def delete_style(style_id: str, registry: RegistryDep) -> Response:
     if not await registry.delete(style_id):
         raise StyleNotFoundError(f"no style with id {style_id!r}", "style_id")

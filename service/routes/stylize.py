@@ -11,6 +11,7 @@ from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from models.errors import InvalidInputError
 from service.deps import RegistryDep, StylizerDep
 from service.imaging import OutputFormat
+from service.openapi import STYLIZE_RESPONSES
 from service.registry import StyleNotFoundError
 from service.stylizer import StyleInput, StylizeRequest, check_counts
 
@@ -19,10 +20,6 @@ router = APIRouter(tags=["stylize"])
 # nginx's status for "the client closed the connection before the answer": access logs only.
 CLIENT_CLOSED_REQUEST = 499
 T = TypeVar("T")
-
-IMAGE_RESPONSES: dict[int | str, dict[str, object]] = {
-    200: {"content": {f.media_type: {} for f in OutputFormat}, "description": "The image."}
-}
 
 
 def parse_mix_weights(values: list[str]) -> list[float] | None:
@@ -58,7 +55,7 @@ async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) ->
     return None if task.cancelled() else task.result()
 
 
-@router.post("/stylize", response_class=Response, responses=IMAGE_RESPONSES)
+@router.post("/stylize", response_class=Response, responses=STYLIZE_RESPONSES)
 async def stylize(
     request: Request,
     stylizer: StylizerDep,

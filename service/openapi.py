@@ -1,0 +1,238 @@
+"""The OpenAPI description at /openapi.json, as the server really answers: what generated clients
+and schema checkers (openapi-python-client, schemathesis) read. See docs/api-clients.md.
+
+What FastAPI's generated document gets here:
+- every error status a route can return, with the one error shape the server sends,
+  `{"detail": ..., "field": ...}` (`ErrorBody`), never FastAPI's default `HTTPValidationError`;
+- file parts as `format: binary` as well as `contentMediaType`: OpenAPI 3.0 generators read the
+  first, 3.1 tools the second; images in responses binary too; /metrics as text;
+- the response headers (X-Request-ID on every response, Retry-After, the timings of /stylize);
+- the optional API-key schemes; operation ids that are the route functions' names.
+The server's side: a 405's `Allow` lists the methods documented for the path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+
+from service.errors import error_response
+from service.imaging import OutputFormat
+
+Responses = dict[int | str, dict[str, Any]]
+
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+BINARY = {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"}
+
+
+class ErrorBody(BaseModel):
+    """Every error response (4xx, 5xx) of the service."""
+
+    detail: str = Field(description="What went wrong, naming the limit or setting involved.")
+    field: str | None = Field(description="The form field or path parameter at fault (e.g. "
+                              "`alpha`, `style[1]`, `style_id`); null when no field is.")
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="`ready`.")
+
+
+def header(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """A response header the server always sends."""
+    return {"description": description, "required": True, "schema": schema}
+
+
+REQUEST_ID = header("The request's id: the client's X-Request-ID when it sent a usable one "
+                    "(printable, up to 128 characters), else a new one. Logged with the request.",
+                    {"type": "string"})
+RETRY_AFTER = header("Seconds to wait before retrying.", {"type": "integer", "minimum": 0})
+
+ERROR_MEANINGS: dict[int, str] = {
+    400: "The multipart body could not be parsed.",
+    401: "API keys are on (ADAIN_API_KEYS) and the request carries no valid key "
+         "(`Authorization: Bearer <key>` or `X-API-Key: <key>`).",
+    403: "The key may not do this (an admin key is needed: ADAIN_ADMIN_KEYS), or the browser's "
+         "Origin is not allowed.",
+    404: "No style with that id.",
+    413: "The request body is larger than ADAIN_MAX_UPLOAD_BYTES, or an image has more pixels "
+         "than ADAIN_MAX_IMAGE_PIXELS (checked from its header, before decoding).",
+    415: "An upload is not a PNG, JPEG or WebP image, or could not be decoded.",
+    422: "A field is missing, malformed or out of range (`field` names it).",
+    429: "Too many requests from this key or address: retry after Retry-After seconds.",
+    500: "An unexpected error; it is logged with the request id.",
+    503: "Temporarily unavailable (queue full, shutting down, out of GPU memory, still loading, "
+         "Redis unreachable): retry after Retry-After seconds.",
+    507: "The style storage (disk or Redis) is full; nothing stored was lost.",
+}
+RETRY_STATUSES = {429, 503}
+
+# The statuses of the optional access control (API keys, Origin, rate limits): routes that
+# clients call, not the operations routes that probes and Prometheus call.
+GUARDED = (401, 403, 429)
+
+
+def error_responses(*statuses: int) -> Responses:
+    """`responses=` entries: each status with the error model (and Retry-After where a retry is
+    the answer). 500 is added: any route may fail unexpectedly."""
+    responses: Responses = {}
+    for status in sorted({*statuses, 500}):
+        response: dict[str, Any] = {"model": ErrorBody, "description": ERROR_MEANINGS[status]}
+        if status in RETRY_STATUSES:
+            response["headers"] = {"Retry-After": RETRY_AFTER}
+        responses[status] = response
+    return responses
+
+
+STYLIZE_RESPONSES: Responses = {
+    200: {
+        "description": "The stylized image, in the requested `format`.",
+        "content": {f.media_type: {"schema": {**BINARY, "contentMediaType": f.media_type}}
+                    for f in OutputFormat},
+        "headers": {
+            "X-Style-Cache": header(
+                "Per style, in order, comma-separated: `hit` or `miss` of the style-statistics "
+                "cache, or `bypass` (preserve_color recolours the style: not cached).",
+                {"type": "string", "pattern": "^(hit|miss|bypass)(,(hit|miss|bypass))*$"}),
+            "X-Inference-Time-Ms": header("Network time of this request, milliseconds.",
+                                          {"type": "number", "minimum": 0}),
+            "X-Batch-Size": header("How many requests shared the network's batch.",
+                                   {"type": "integer", "minimum": 1}),
+            "Server-Timing": header("`styles` and `stylize` network times (W3C Server-Timing).",
+                                    {"type": "string"}),
+        },
+    },
+    **error_responses(400, 404, 413, 415, 422, 503, *GUARDED),
+}
+REGISTER_STYLE_ERRORS = error_responses(400, 413, 415, 422, 503, 507, *GUARDED)
+LIST_STYLES_RESPONSES = error_responses(503, *GUARDED)
+STYLE_RESPONSES = error_responses(404, 503, *GUARDED)
+READYZ_RESPONSES: Responses = {
+    200: {"model": Readiness, "description": "Ready to serve."},
+    503: {"model": ErrorBody, "description": "Still loading or warming up, or Redis is "
+          "unreachable.", "headers": {"Retry-After": RETRY_AFTER}},
+}
+METRICS_RESPONSES: Responses = {
+    200: {"description": "Prometheus text exposition format.",
+          "content": {"text/plain": {"schema": {"type": "string"}}}},
+}
+
+SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
+    "bearerKey": {"type": "http", "scheme": "bearer", "description":
+                  "An API key: `Authorization: Bearer <key>`. Needed only where the server "
+                  "sets ADAIN_API_KEYS / ADAIN_ADMIN_KEYS (off by default)."},
+    "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                     "description": "The same API key in `X-API-Key: <key>`."},
+}
+# `{}` first: no key is a valid way to call (keys are off by default).
+OPTIONAL_KEY = [{}, {"bearerKey": []}, {"apiKeyHeader": []}]
+
+
+def operation_id(route: APIRoute) -> str:
+    """The function's name (`stylize`, `list_styles`): the generated clients' function names."""
+    return route.name
+
+
+def describe(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document with the corrections listed in this module's docstring."""
+    document = get_openapi(
+        title=app.title, version=app.version, summary=app.summary,
+        description=app.description, routes=app.routes,
+    )
+    schemas: dict[str, Any] = document.setdefault("components", {}).setdefault("schemas", {})
+    for schema in walk(schemas):
+        if schema.get("type") == "string" and "contentMediaType" in schema:
+            schema.setdefault("format", "binary")
+    for form in schemas.values():
+        drop_null_from_form(form)
+    for path, item in document["paths"].items():
+        for operation in item.values():
+            if str(GUARDED[0]) not in operation["responses"]:
+                operation["security"] = []  # probes and Prometheus: no key, ever
+            for response in operation["responses"].values():
+                use_error_model(response)
+                response.setdefault("headers", {})["X-Request-ID"] = REQUEST_ID
+            if "{" in path:  # path parameters: a 422 cannot happen, any text is an id
+                operation["responses"].pop("422", None)
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    document["components"]["securitySchemes"] = SECURITY_SCHEMES
+    # For the whole API rather than per operation: generators that read only an operation's own
+    # `security` (openapi-python-client) would otherwise demand a key even where none is set.
+    document["security"] = OPTIONAL_KEY
+    return document
+
+
+def use_error_model(response: dict[str, Any]) -> None:
+    """FastAPI's default 422 model, replaced by ours (that is what the handlers send)."""
+    json_body = response.get("content", {}).get("application/json", {})
+    if json_body.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
+        json_body["schema"] = {"$ref": f"#/components/schemas/{ErrorBody.__name__}"}
+
+
+def drop_null_from_form(form: dict[str, Any]) -> None:
+    """Optional repeatable form fields are `anyOf: [array, null]` in FastAPI's schema, but a form
+    has no null: the field is left out. Described as the array it is when sent."""
+    if not form.get("title", "").startswith("Body_"):
+        return
+    for name, prop in form.get("properties", {}).items():
+        options = prop.get("anyOf", [])
+        kept = [option for option in options if option.get("type") != "null"]
+        if len(kept) == 1 and len(options) == 2:
+            del prop["anyOf"]
+            form["properties"][name] = {**kept[0], **prop}
+
+
+def walk(node: Any) -> Iterator[dict[str, Any]]:
+    """Every JSON object inside `node`, depth first."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from walk(value)
+
+
+def documented_methods(document: dict[str, Any], path: str) -> set[str] | None:
+    """The methods `document` lists for the path template `path` matches; None when no
+    documented path matches."""
+    for template, item in document["paths"].items():
+        parts = re.split(r"(\{[^}]+\})", template)
+        pattern = "".join("[^/]+" if part.startswith("{") else re.escape(part) for part in parts)
+        if re.fullmatch(pattern, path):
+            return {method.upper() for method in item if method in HTTP_METHODS}
+    return None
+
+
+async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+    """405 whose `Allow` lists every documented method of the path. (Starlette's lists those of
+    the first route matching the path: GET /styles and POST /styles are two routes, and
+    OPTIONS /styles would answer `Allow: POST`.)"""
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
+    methods = documented_methods(request.app.openapi(), request.scope["path"])
+    if methods:
+        headers["Allow"] = ", ".join(sorted(methods))
+    return error_response(405, str(exc.detail), None, headers)
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Serve `describe(app)` at /openapi.json (built once, on the first request), and answer
+    405s with the methods it documents."""
+    app.add_exception_handler(405, method_not_allowed)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = describe(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
