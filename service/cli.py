@@ -260,9 +260,10 @@ def eval_command(
     sheet: Annotated[Path | None, typer.Option(help="Contact sheet PNG: content | style | "
                      "output per row.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Results as JSON.")] = None,
-    peers: Annotated[list[Path] | None, typer.Option("--peer", exists=True, file_okay=False,
-                     help="Another method's outputs on the same pairs (a folder with a "
-                     "manifest.json, as ../shared/peers/*); repeatable.")] = None,
+    peers: Annotated[list[Path] | None, typer.Option("--peer", "--outputs", exists=True,
+                     file_okay=False, help="Another method's outputs on the same pairs (a "
+                     "folder with a manifest.json, as ../shared/peers/*), scored beside the "
+                     "decoder; repeatable.")] = None,
 ) -> None:
     """The paper's Fig. 3 content and style losses on content x style pairs.
 
