@@ -99,15 +99,19 @@ def presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key", "").strip() or None
 
 
+def client_address(request: Request) -> str:
+    return f"address:{request.client.host if request.client else 'unknown'}"
+
+
 def authenticate(request: Request) -> Caller:
     keys: Keys = request.app.state.keys
-    address = request.client.host if request.client else "unknown"
     if not keys.enabled:
-        return Caller(Role.admin, f"address:{address}")
+        return Caller(Role.admin, client_address(request))
     key = presented_key(request)
     if key is None:
         raise AuthenticationError(
-            "an API key is needed: send `Authorization: Bearer <key>` or `X-API-Key: <key>`")
+            "an API key is needed: send `Authorization: Bearer <key>` or `X-API-Key: <key>`"
+        )
     role = keys.role_of(key)
     if role is None:
         raise AuthenticationError("the API key is not valid")
@@ -137,7 +141,9 @@ class RateLimiter:
             retry_after = max(1, math.ceil((window + 1) * WINDOW_S - now))
             raise RateLimitedError(
                 f"more than {self.per_minute} requests in a minute (ADAIN_RATE_LIMIT); "
-                f"retry in {retry_after} s", retry_after)
+                f"retry in {retry_after} s",
+                retry_after,
+            )
 
     async def shared_count(self, identity: str, window: int) -> int | None:
         assert self.redis is not None
@@ -146,8 +152,9 @@ class RateLimiter:
             async with self.redis.pipeline(transaction=True) as pipe:
                 count, _ = await pipe.incr(key).expire(key, WINDOW_S).execute()
         except (RedisError, OSError) as exc:
-            log.warning("rate limit: redis unreachable, counting in this process",
-                        extra={"error": str(exc)})
+            log.warning(
+                "rate limit: redis unreachable, counting in this process", extra={"error": str(exc)}
+            )
             return None
         return int(count)
 
@@ -159,11 +166,17 @@ class RateLimiter:
 
 
 async def admit(request: Request, role: Role) -> Caller:
-    caller = authenticate(request)
+    limiter: RateLimiter = request.app.state.services.rate_limiter
+    try:
+        caller = authenticate(request)
+    except AuthenticationError:
+        # Refused requests count too, per address: guessing keys is rate limited as well.
+        await limiter.check(client_address(request))
+        raise
     if caller.role < role:
         raise PermissionDeniedError(
-            "this API key may not do this: an admin key is needed (ADAIN_ADMIN_KEYS)")
-    limiter: RateLimiter = request.app.state.services.rate_limiter
+            "this API key may not do this: an admin key is needed (ADAIN_ADMIN_KEYS)"
+        )
     await limiter.check(caller.identity)
     return caller
 
@@ -213,6 +226,6 @@ class OriginGuard:
                 if given is None or (given != own and given not in self.allowed):
                     raise CrossOriginError(
                         f"requests from the page at {origin.decode('latin-1')[:100]!r} are not "
-                        "allowed (ADAIN_CORS_ORIGINS lists the other origins that are)")
+                        "allowed (ADAIN_CORS_ORIGINS lists the other origins that are)"
+                    )
         await self.app(scope, receive, send)
-

@@ -55,13 +55,17 @@ HEADER_FORMS: list[HeaderForm] = [bearer, api_key]
 
 def register(url: str, headers: dict[str, str], seed: int) -> httpx.Response:
     data = encode(random_image(24, 24, seed=seed))
-    return httpx.post(f"{url}/styles", files={"file": ("s.png", data)}, headers=headers,
-                      timeout=30)
+    return httpx.post(f"{url}/styles", files={"file": ("s.png", data)}, headers=headers, timeout=30)
 
 
 def stylize(url: str, headers: dict[str, str]) -> httpx.Response:
-    return httpx.post(f"{url}/stylize", data=SMALL, headers=headers, timeout=60,
-                      files=[("content", ("c.png", CONTENT)), ("style", ("s.png", STYLE))])
+    return httpx.post(
+        f"{url}/stylize",
+        data=SMALL,
+        headers=headers,
+        timeout=60,
+        files=[("content", ("c.png", CONTENT)), ("style", ("s.png", STYLE))],
+    )
 
 
 def style_names(url: str) -> list[str]:
@@ -80,11 +84,14 @@ def assert_error(response: httpx.Response, status: int) -> dict[str, object]:
 # --- keys and roles ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("headers", [{}, bearer(WRONG_KEY), api_key(WRONG_KEY),
-                                     {"Authorization": f"Basic {USER_KEYS[0]}"}],
-                         ids=["none", "bearer-wrong", "x-api-key-wrong", "basic-scheme"])
-def test_without_a_valid_key_every_guarded_operation_is_401(keyed_server: KeyedServer,
-                                                            headers: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "headers",
+    [{}, bearer(WRONG_KEY), api_key(WRONG_KEY), {"Authorization": f"Basic {USER_KEYS[0]}"}],
+    ids=["none", "bearer-wrong", "x-api-key-wrong", "basic-scheme"],
+)
+def test_without_a_valid_key_every_guarded_operation_is_401(
+    keyed_server: KeyedServer, headers: dict[str, str]
+) -> None:
     url = keyed_server.url
     answers = [
         httpx.get(f"{url}/styles", headers=headers),
@@ -118,8 +125,7 @@ def test_a_user_key_stylizes_and_reads_but_may_not_change_the_registry(
 
 
 @pytest.mark.parametrize("form", HEADER_FORMS, ids=["bearer", "x-api-key"])
-def test_an_admin_key_registers_and_deletes(keyed_server: KeyedServer, form: HeaderForm
-                                            ) -> None:
+def test_an_admin_key_registers_and_deletes(keyed_server: KeyedServer, form: HeaderForm) -> None:
     url = keyed_server.url
     headers = form(ADMIN_KEY)
     created = register(url, headers, seed=4105)
@@ -131,18 +137,23 @@ def test_an_admin_key_registers_and_deletes(keyed_server: KeyedServer, form: Hea
     assert_error(httpx.get(f"{url}/styles/{style_id}", headers=headers), 404)
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/", "/docs", "/openapi.json",
-                                  "/metrics", "/static/app.js"])
+@pytest.mark.parametrize(
+    "path", ["/healthz", "/readyz", "/", "/docs", "/openapi.json", "/metrics", "/static/app.js"]
+)
 def test_probes_page_docs_and_metrics_need_no_key(keyed_server: KeyedServer, path: str) -> None:
     assert httpx.get(keyed_server.url + path).status_code == 200
 
 
-def test_the_description_requires_a_key_where_the_server_does(keyed_server: KeyedServer
-                                                              ) -> None:
+def test_the_description_requires_a_key_where_the_server_does(keyed_server: KeyedServer) -> None:
     document = httpx.get(f"{keyed_server.url}/openapi.json").json()
     required = [{"bearerKey": []}, {"apiKeyHeader": []}]
-    guarded = [("/stylize", "post"), ("/styles", "get"), ("/styles", "post"),
-               ("/styles/{style_id}", "get"), ("/styles/{style_id}", "delete")]
+    guarded = [
+        ("/stylize", "post"),
+        ("/styles", "get"),
+        ("/styles", "post"),
+        ("/styles/{style_id}", "get"),
+        ("/styles/{style_id}", "delete"),
+    ]
     for path, method in guarded:
         operation = document["paths"][path][method]
         assert operation["security"] == required, (method, path)
@@ -168,16 +179,16 @@ def test_keys_never_reach_the_logs(keyed_server: KeyedServer) -> None:
 # --- cross-site requests ----------------------------------------------------------------------
 
 
-def test_a_foreign_origin_may_not_change_anything_keys_or_not(server: RunningServer,
-                                                              keyed_server: KeyedServer) -> None:
+def test_a_foreign_origin_may_not_change_anything_keys_or_not(
+    server: RunningServer, keyed_server: KeyedServer
+) -> None:
     foreign = {"Origin": "http://evil.example"}
     for url, headers in ((server.url, {}), (keyed_server.url, bearer(ADMIN_KEY))):
         before = httpx.get(f"{url}/styles", headers=headers).json()
         refused = assert_error(register(url, {**headers, **foreign}, seed=4107), 403)
         assert "ADAIN_CORS_ORIGINS" in str(refused["detail"])
         assert_error(stylize(url, {**headers, **foreign}), 403)
-        assert_error(httpx.delete(f"{url}/styles/{'0' * 64}", headers={**headers, **foreign}),
-                     403)
+        assert_error(httpx.delete(f"{url}/styles/{'0' * 64}", headers={**headers, **foreign}), 403)
         # Same host, other port or scheme: another origin too; `null` (sandboxed pages) as well.
         port = int(url.rsplit(":", 1)[1])
         for other in (f"http://127.0.0.1:{port + 1}", f"https://127.0.0.1:{port}", "null"):
@@ -189,8 +200,9 @@ def test_a_foreign_origin_may_not_change_anything_keys_or_not(server: RunningSer
         assert "access-control-allow-origin" not in read.headers
 
 
-def test_the_own_origin_the_listed_origin_and_no_origin_are_served(keyed_server: KeyedServer
-                                                                   ) -> None:
+def test_the_own_origin_the_listed_origin_and_no_origin_are_served(
+    keyed_server: KeyedServer,
+) -> None:
     url = keyed_server.url
     headers = bearer(ADMIN_KEY)
     for seed, origin in ((4108, url), (4109, keyed_server.allowed_origin), (4110, None)):
@@ -200,17 +212,28 @@ def test_the_own_origin_the_listed_origin_and_no_origin_are_served(keyed_server:
     listed = register(url, {**headers, "Origin": keyed_server.allowed_origin}, seed=4109)
     assert listed.headers["access-control-allow-origin"] == keyed_server.allowed_origin
     exposed = listed.headers["access-control-expose-headers"].lower()
-    for name in ("x-style-cache", "x-inference-time-ms", "x-batch-size", "server-timing",
-                 "retry-after"):
+    for name in (
+        "x-style-cache",
+        "x-inference-time-ms",
+        "x-batch-size",
+        "server-timing",
+        "retry-after",
+    ):
         assert name in exposed
 
 
-def test_preflight_allows_the_key_headers_for_the_listed_origin_only(keyed_server: KeyedServer
-                                                                     ) -> None:
+def test_preflight_allows_the_key_headers_for_the_listed_origin_only(
+    keyed_server: KeyedServer,
+) -> None:
     def preflight(origin: str) -> httpx.Response:
-        return httpx.options(f"{keyed_server.url}/stylize", headers={
-            "Origin": origin, "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization, x-api-key"})
+        return httpx.options(
+            f"{keyed_server.url}/stylize",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, x-api-key",
+            },
+        )
 
     allowed = preflight(keyed_server.allowed_origin)
     assert allowed.status_code == 200
@@ -235,13 +258,19 @@ def wait_for_a_fresh_minute_if_near_its_end(margin_s: float = 20) -> None:
 
 
 @pytest.fixture(scope="module")
-def limited_pair(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-                 ) -> Iterator[tuple[RunningServer, RunningServer]]:
+def limited_pair(
+    server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[RunningServer, RunningServer]]:
     """Two replicas with keys and ADAIN_RATE_LIMIT, sharing one real redis-server."""
     with running_redis() as redis_url:
-        env = {**server_env, **SHARED_LIMITS, "ADAIN_REDIS_URL": redis_url,
-               "ADAIN_STYLES_DIR": str(tmp_path_factory.mktemp("limited")),
-               "ADAIN_API_KEYS": ",".join(USER_KEYS), "ADAIN_RATE_LIMIT": str(RATE_LIMIT)}
+        env = {
+            **server_env,
+            **SHARED_LIMITS,
+            "ADAIN_REDIS_URL": redis_url,
+            "ADAIN_STYLES_DIR": str(tmp_path_factory.mktemp("limited")),
+            "ADAIN_API_KEYS": ",".join(USER_KEYS),
+            "ADAIN_RATE_LIMIT": str(RATE_LIMIT),
+        }
         with running_server(env) as first, running_server(env) as second:
             yield first, second
 
@@ -252,8 +281,9 @@ def test_the_rate_limit_is_per_key_and_shared_by_the_replicas(
     first, second = limited_pair
     wait_for_a_fresh_minute_if_near_its_end()
     key, other_key = USER_KEYS
-    served = [httpx.get(f"{server.url}/styles", headers=bearer(key))
-              for server in (first, second, first)]
+    served = [
+        httpx.get(f"{server.url}/styles", headers=bearer(key)) for server in (first, second, first)
+    ]
     assert [answer.status_code for answer in served] == [200] * RATE_LIMIT
     # The fourth request of the minute, on the replica that has seen only one.
     limited = httpx.get(f"{second.url}/styles", headers=bearer(key))
@@ -264,6 +294,12 @@ def test_the_rate_limit_is_per_key_and_shared_by_the_replicas(
     assert httpx.get(f"{second.url}/styles", headers=api_key(other_key)).status_code == 200
     assert httpx.get(f"{second.url}/healthz").status_code == 200
     assert httpx.get(f"{second.url}/readyz").status_code == 200
+    # Requests without a valid key count per address: guessing keys is limited too.
+    guesses = [
+        httpx.get(f"{server.url}/styles", headers=bearer(f"guess-{index}"))
+        for index, server in enumerate((first, second, first, second))
+    ]
+    assert [answer.status_code for answer in guesses] == [401] * RATE_LIMIT + [429]
 
 
 def test_without_redis_the_limiter_counts_in_process_instead_of_failing() -> None:
@@ -298,12 +334,16 @@ def test_a_stalled_upload_gets_408_and_its_connection_closed_while_others_are_se
 ) -> None:
     port = int(keyed_server.url.rsplit(":", 1)[1])
     boundary = "stall"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"content\"; "
-            f"filename=\"c.png\"\r\nContent-Type: image/png\r\n\r\n").encode() + CONTENT[:100]
-    request = (f"POST /stylize HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-               f"X-API-Key: {USER_KEYS[0]}\r\n"
-               f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-               f"Content-Length: {len(head) + 5000}\r\n\r\n").encode() + head
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="content"; '
+        f'filename="c.png"\r\nContent-Type: image/png\r\n\r\n'
+    ).encode() + CONTENT[:100]
+    request = (
+        f"POST /stylize HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"X-API-Key: {USER_KEYS[0]}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(head) + 5000}\r\n\r\n"
+    ).encode() + head
     answer = bytearray()
     with socket.create_connection(("127.0.0.1", port), timeout=KEYED_BODY_TIMEOUT_S + 30) as sock:
         started = time.monotonic()
@@ -311,8 +351,11 @@ def test_a_stalled_upload_gets_408_and_its_connection_closed_while_others_are_se
 
         # Meanwhile another client is served, in full.
         others: list[int] = []
-        other = threading.Thread(target=lambda: others.append(
-            stylize(keyed_server.url, api_key(USER_KEYS[1])).status_code))
+        other = threading.Thread(
+            target=lambda: others.append(
+                stylize(keyed_server.url, api_key(USER_KEYS[1])).status_code
+            )
+        )
         other.start()
         while chunk := sock.recv(65536):  # until the server closes the connection
             answer += chunk
@@ -327,18 +370,30 @@ def test_a_stalled_upload_gets_408_and_its_connection_closed_while_others_are_se
 
 
 def test_adain_serve_gives_uvicorn_the_connection_cap_and_keep_alive(
-    server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory,
+    server_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """`adain serve` passes ADAIN_MAX_CONNECTIONS to uvicorn's limit_concurrency (past it, 503
     at once) and ADAIN_KEEP_ALIVE_S to its timeout_keep_alive."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("capped") / "server.log"
-    env = {**server_env, "ADAIN_PORT": str(port), "ADAIN_HOST": "127.0.0.1",
-           "ADAIN_MAX_CONNECTIONS": "2", "ADAIN_KEEP_ALIVE_S": "2", "ADAIN_WARMUP": "false"}
+    env = {
+        **server_env,
+        "ADAIN_PORT": str(port),
+        "ADAIN_HOST": "127.0.0.1",
+        "ADAIN_MAX_CONNECTIONS": "2",
+        "ADAIN_KEEP_ALIVE_S": "2",
+        "ADAIN_WARMUP": "false",
+    }
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ADAIN_")}
     with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], cwd=REPO,
-                                   env={**clean, **env}, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve"],
+            cwd=REPO,
+            env={**clean, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(url, process, 180, log_path)
