@@ -209,6 +209,7 @@ def test_the_page_asks_for_a_key_after_a_401_and_sends_it(browser: Browser,
     # Loading the registered styles got 401: the page asks for a key.
     expect(page.get_by_label("API key")).to_be_visible()
     expect(page.locator("#key-hint")).to_have_text("This server needs an API key.")
+    page.screenshot(path=str(SCREENSHOT.with_name("page-key.png")))  # for a human to look at
 
     page.get_by_label("API key").fill("a wrong key")
     page.get_by_role("button", name="Use key").click()
