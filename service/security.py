@@ -128,6 +128,7 @@ class RateLimiter:
         self.redis = redis
         self.window = -1
         self.counts: dict[str, int] = {}
+        self.redis_failing = False
 
     async def check(self, identity: str) -> None:
         if self.per_minute == 0:
@@ -152,10 +153,16 @@ class RateLimiter:
             async with self.redis.pipeline(transaction=True) as pipe:
                 count, _ = await pipe.incr(key).expire(key, WINDOW_S).execute()
         except (RedisError, OSError) as exc:
-            log.warning(
-                "rate limit: redis unreachable, counting in this process", extra={"error": str(exc)}
-            )
+            if not self.redis_failing:  # once per outage, not once per request
+                log.warning(
+                    "rate limit: redis unreachable, counting in this process",
+                    extra={"error": str(exc)},
+                )
+            self.redis_failing = True
             return None
+        if self.redis_failing:
+            log.info("rate limit: redis reachable again, counting there")
+        self.redis_failing = False
         return int(count)
 
     def local_count(self, identity: str, window: int) -> int:
@@ -173,11 +180,11 @@ async def admit(request: Request, role: Role) -> Caller:
         # Refused requests count too, per address: guessing keys is rate limited as well.
         await limiter.check(client_address(request))
         raise
+    await limiter.check(caller.identity)  # before the role: refused requests count too
     if caller.role < role:
         raise PermissionDeniedError(
             "this API key may not do this: an admin key is needed (ADAIN_ADMIN_KEYS)"
         )
-    await limiter.check(caller.identity)
     return caller
 
 
