@@ -188,7 +188,10 @@ def serve(
     # then exits 0, which is what service managers expect of a clean stop.
     signal.signal(signal.SIGTERM, exit_cleanly)
     # log_config=None: create_app installs the JSON logging; uvicorn must not replace it.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    # limit_concurrency: connections and requests past ADAIN_MAX_CONNECTIONS get 503 at once.
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
+                limit_concurrency=settings.max_connections,
+                timeout_keep_alive=settings.keep_alive_s)
 
 
 def exit_cleanly(signum: int, frame: FrameType | None) -> None:

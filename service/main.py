@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import torch
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from redis.asyncio import Redis
@@ -28,12 +29,16 @@ from service.openapi import install_openapi, operation_id
 from service.registry import DiskRegistry, RedisRegistry, StyleRegistry
 from service.routes import ops, page, styles, stylize
 from service.routes.page import STATIC_DIR
+from service.security import Keys, OriginGuard, RateLimiter
 from service.settings import Settings
 from service.stylizer import Stylizer
 
 log = logging.getLogger("service.main")
 
 WARMUP_SIZE = 64
+# The response headers other origins' pages may read (CORS).
+EXPOSED_HEADERS = ("X-Style-Cache", "X-Inference-Time-Ms", "X-Batch-Size", "Server-Timing",
+                   "Retry-After", "X-Request-ID")
 
 
 async def start_services(settings: Settings) -> Services:
@@ -71,7 +76,8 @@ async def start_services(settings: Settings) -> Services:
     stylizer = Stylizer(engine, cache, limits, fingerprint)
     log.info("networks loaded", extra={"device": str(device), "dtype": str(net.dtype),
                                        "redis": bool(redis)})
-    return Services(settings, engine, stylizer, registry, limits, redis)
+    rate_limiter = RateLimiter(settings.rate_limit, redis)
+    return Services(settings, engine, stylizer, registry, limits, redis, rate_limiter)
 
 
 async def warm_up(services: Services) -> None:
@@ -117,9 +123,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
+    app.state.keys = Keys(settings.user_keys, settings.admin_key_list)
     install_error_handlers(app)
     install_openapi(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    # Each middleware added wraps the ones before: RequestContext, CORS, OriginGuard, body.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
+                       timeout_s=settings.body_timeout_s)
+    app.add_middleware(OriginGuard, allowed=settings.cors_origin_list)
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "X-Request-ID"],
+            expose_headers=list(EXPOSED_HEADERS),
+            max_age=600,
+        )
     app.add_middleware(RequestContext)  # added last: outermost, so it sees every response
     for module in (stylize, styles, ops, page):
         app.include_router(module.router)

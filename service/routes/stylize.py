@@ -13,6 +13,7 @@ from service.deps import RegistryDep, StylizerDep
 from service.imaging import OutputFormat
 from service.openapi import STYLIZE_RESPONSES
 from service.registry import StyleNotFoundError
+from service.security import UserDep
 from service.stylizer import StyleInput, StylizeRequest, check_counts
 
 router = APIRouter(tags=["stylize"])
@@ -58,6 +59,7 @@ async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) ->
 @router.post("/stylize", response_class=Response, responses=STYLIZE_RESPONSES)
 async def stylize(
     request: Request,
+    caller: UserDep,
     stylizer: StylizerDep,
     registry: RegistryDep,
     content: Annotated[UploadFile, File(description="Content image: PNG, JPEG or WebP.")],
