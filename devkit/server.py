@@ -46,8 +46,9 @@ class ServerExitedError(RuntimeError):
     pass
 
 
-def wait_until_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float,
-                     log_path: Path, ready: bool = True) -> None:
+def wait_until_ready(
+    url: str, process: subprocess.Popen[bytes], timeout_s: float, log_path: Path, ready: bool = True
+) -> None:
     """Until GET /readyz is 200 from OUR process (only /healthz when not `ready`): uvicorn
     binds the port only after loading the networks, and meanwhile another test's server may
     have taken that free port."""
@@ -79,8 +80,9 @@ def stop(process: subprocess.Popen[bytes], timeout_s: float = 30) -> int:
     return process.returncode
 
 
-def start_server(env: dict[str, str], port: int, ready_timeout_s: float, ready: bool = True
-                 ) -> RunningServer:
+def start_server(
+    env: dict[str, str], port: int, ready_timeout_s: float, ready: bool = True
+) -> RunningServer:
     url = f"http://127.0.0.1:{port}"
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ADAIN_")}
     command = [sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory",
@@ -100,7 +102,9 @@ def start_server(env: dict[str, str], port: int, ready_timeout_s: float, ready: 
 
 @contextmanager
 def running_server(
-    env: dict[str, str], port: int | None = None, ready_timeout_s: float = 180,
+    env: dict[str, str],
+    port: int | None = None,
+    ready_timeout_s: float = 180,
     ready: bool = True,
 ) -> Iterator[RunningServer]:
     """`uvicorn service.main:create_app --factory` on 127.0.0.1 with `env` on top of a clean
@@ -141,12 +145,13 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed: run `scripts/setup.sh --test`")
         persistence = (
             ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.data_dir)]
-            if self.data_dir else ["--appendonly", "no"]
+            if self.data_dir
+            else ["--appendonly", "no"]
         )
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             *persistence],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 20
         while True:
@@ -170,8 +175,9 @@ class RedisServer:
 
 
 @contextmanager
-def restartable_redis(data_dir: Path | None = None, port: int | None = None
-                      ) -> Iterator[RedisServer]:
+def restartable_redis(
+    data_dir: Path | None = None, port: int | None = None
+) -> Iterator[RedisServer]:
     """A started `RedisServer` (persistent in `data_dir` if given), stopped on exit."""
     server = RedisServer(port or free_port(), data_dir)
     server.start()

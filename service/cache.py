@@ -111,6 +111,7 @@ class RedisStatsCache:
 
 
 def skipped(action: str, exc: Exception) -> None:
-    log.warning("redis unavailable: style cache skipped",
-                extra={"action": action, "error": repr(exc)})
+    log.warning(
+        "redis unavailable: style cache skipped", extra={"action": action, "error": repr(exc)}
+    )
     metrics.DEPENDENCY_ERRORS.labels("redis").inc()

@@ -84,8 +84,10 @@ async def start_services(settings: Settings) -> Services:
         try:
             await redis.ping()
         except (RedisError, OSError) as exc:
-            log.warning("redis unreachable at start; /readyz is 503 until it answers",
-                        extra={"error": repr(exc)})
+            log.warning(
+                "redis unreachable at start; /readyz is 503 until it answers",
+                extra={"error": repr(exc)},
+            )
         cache = RedisStatsCache(redis, settings.cache_ttl_s)
         registry = RedisRegistry(redis)
     else:

@@ -25,18 +25,27 @@ CONTENT = encode(random_image(40, 32, seed=71))
 
 
 def register(url: str, data: bytes, name: str = "style") -> httpx.Response:
-    return httpx.post(f"{url}/styles", data={"name": name}, files={"file": ("s.png", data)},
-                      timeout=30)
+    return httpx.post(
+        f"{url}/styles", data={"name": name}, files={"file": ("s.png", data)}, timeout=30
+    )
 
 
 def stylize_upload(url: str, style: bytes) -> httpx.Response:
-    return httpx.post(f"{url}/stylize", data=SMALL, timeout=60,
-                      files={"content": ("c.png", CONTENT), "style": ("s.png", style)})
+    return httpx.post(
+        f"{url}/stylize",
+        data=SMALL,
+        timeout=60,
+        files={"content": ("c.png", CONTENT), "style": ("s.png", style)},
+    )
 
 
 def stylize_id(url: str, id_: str) -> httpx.Response:
-    return httpx.post(f"{url}/stylize", data={**SMALL, "style_id": id_}, timeout=60,
-                      files={"content": ("c.png", CONTENT)})
+    return httpx.post(
+        f"{url}/stylize",
+        data={**SMALL, "style_id": id_},
+        timeout=60,
+        files={"content": ("c.png", CONTENT)},
+    )
 
 
 def assert_temporary(response: httpx.Response, status: int, naming: str) -> None:
@@ -75,8 +84,9 @@ def redis_later(tmp_path: Path) -> Iterator[RedisServer]:
         redis.stop()
 
 
-def test_redis_absent_at_start_lost_and_back(server_env: dict[str, str],
-                                             redis_later: RedisServer) -> None:
+def test_redis_absent_at_start_lost_and_back(
+    server_env: dict[str, str], redis_later: RedisServer
+) -> None:
     env = {**server_env, "ADAIN_REDIS_URL": redis_later.url, "ADAIN_WARMUP": "false"}
     style, other = encode(random_image(36, 36, seed=72)), encode(random_image(30, 40, seed=73))
     with running_server(env, ready=False) as server:
@@ -118,8 +128,7 @@ def test_redis_absent_at_start_lost_and_back(server_env: dict[str, str],
         assert httpx.get(f"{server.url}/healthz").status_code == 200
 
 
-def test_styles_folder_unavailable_then_back(server_env: dict[str, str],
-                                             tmp_path: Path) -> None:
+def test_styles_folder_unavailable_then_back(server_env: dict[str, str], tmp_path: Path) -> None:
     blocker = tmp_path / "volume"
     blocker.write_text("a file where the styles folder's parent should be")
     styles_dir = blocker / "styles"
@@ -138,8 +147,9 @@ def test_styles_folder_unavailable_then_back(server_env: dict[str, str],
         assert httpx.get(f"{server.url}/styles").json()["styles"] == [created.json()]
 
 
-def test_corrupt_records_are_skipped_and_repaired(server_env: dict[str, str],
-                                                  tmp_path: Path) -> None:
+def test_corrupt_records_are_skipped_and_repaired(
+    server_env: dict[str, str], tmp_path: Path
+) -> None:
     styles_dir = tmp_path / "styles"
     env = {**server_env, "ADAIN_STYLES_DIR": str(styles_dir), "ADAIN_WARMUP": "false"}
     good, broken = encode(random_image(36, 36, seed=75)), encode(random_image(30, 30, seed=76))
@@ -159,17 +169,23 @@ def test_corrupt_records_are_skipped_and_repaired(server_env: dict[str, str],
         assert repaired.status_code == 201
         assert stylize_id(server.url, repaired.json()["id"]).status_code == 200
         assert {s["id"] for s in httpx.get(f"{server.url}/styles").json()["styles"]} == {
-            kept["id"], damaged["id"]}
+            kept["id"],
+            damaged["id"],
+        }
 
 
 @contextmanager
 def tiny_tmpfs(where: Path, size: str) -> Iterator[Path]:
     """A real full disk: a tmpfs of `size`. Needs the right to mount (root); else skipped."""
     where.mkdir()
-    mounted = shutil.which("mount") and subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-        capture_output=True,
-    ).returncode == 0
+    mounted = (
+        shutil.which("mount")
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+            capture_output=True,
+        ).returncode
+        == 0
+    )
     if not mounted:
         pytest.skip("cannot mount a tmpfs here (needs root): no real full disk to test")
     try:
@@ -178,8 +194,7 @@ def tiny_tmpfs(where: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", str(where)], check=True)
 
 
-def test_a_full_disk_is_507_and_loses_nothing(server_env: dict[str, str],
-                                               tmp_path: Path) -> None:
+def test_a_full_disk_is_507_and_loses_nothing(server_env: dict[str, str], tmp_path: Path) -> None:
     with tiny_tmpfs(tmp_path / "disk", "64k") as disk:
         env = {**server_env, "ADAIN_STYLES_DIR": str(disk), "ADAIN_WARMUP": "false"}
         small = encode(random_image(24, 24, seed=77))
@@ -194,4 +209,5 @@ def test_a_full_disk_is_507_and_loses_nothing(server_env: dict[str, str],
             assert stylize_upload(server.url, large).status_code == 200
         # Nothing half-written is left behind: the kept style's two files only.
         assert sorted(p.name for p in disk.iterdir()) == sorted(
-            [f"{kept['id']}.image", f"{kept['id']}.json"])
+            [f"{kept['id']}.image", f"{kept['id']}.json"]
+        )
