@@ -15,7 +15,12 @@ from models.errors import DomainError, InvalidInputError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
 from service.errors import HTTP_ERRORS, install_error_handlers
 from service.imaging import ImageTooLargeError, UnsupportedImageError
-from service.registry import StyleNotFoundError
+from service.registry import (
+    RedisUnavailableError,
+    StorageFullError,
+    StorageUnavailableError,
+    StyleNotFoundError,
+)
 
 # (error, status, Retry-After): the messages and fields are those the code raises.
 CASES: list[tuple[DomainError, int, str | None]] = [
@@ -29,6 +34,12 @@ CASES: list[tuple[DomainError, int, str | None]] = [
     (EngineClosedError("the server is shutting down"), 503, "5"),
     (EngineOutOfMemoryError("out of device memory for the image; retry later or send a "
                             "smaller content_size", "content_size"), 503, "5"),
+    (RedisUnavailableError("the style registry is unavailable: Redis does not answer "
+                           "(ConnectionError); retry shortly"), 503, "2"),
+    (StorageUnavailableError("the style registry cannot list the styles: Not a directory "
+                             "(ADAIN_STYLES_DIR); retry later"), 503, "10"),
+    (StorageFullError("the style registry cannot store the style: its disk is full "
+                      "(ADAIN_STYLES_DIR)"), 507, "60"),
 ]
 
 
