@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from starlette.concurrency import run_in_threadpool
 
 from models.errors import DomainError
@@ -56,6 +56,10 @@ def redis_faults(action: str) -> Iterator[None]:
     except (RedisError, OSError) as exc:
         log.warning("redis unavailable", extra={"action": action, "error": repr(exc)})
         metrics.DEPENDENCY_ERRORS.labels("redis").inc()
+        if isinstance(exc, ResponseError) and str(exc).startswith("OOM"):
+            raise StorageFullError(
+                "the style registry cannot store the style: Redis is out of memory (maxmemory)"
+            ) from exc
         raise RedisUnavailableError(
             f"the style registry is unavailable: Redis does not answer ({type(exc).__name__}); "
             "retry shortly"
