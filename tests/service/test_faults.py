@@ -198,7 +198,7 @@ def test_a_full_disk_is_507_and_loses_nothing(server_env: dict[str, str], tmp_pa
     with tiny_tmpfs(tmp_path / "disk", "64k") as disk:
         env = {**server_env, "ADAIN_STYLES_DIR": str(disk), "ADAIN_WARMUP": "false"}
         small = encode(random_image(24, 24, seed=77))
-        large = encode(random_image(200, 200, seed=78))  # noise: ~120 kB of PNG
+        large = encode(random_image(320, 320, seed=78))  # over the whole disk
         assert len(large) > 64 * 1024
         with running_server(env) as server:
             kept = register(server.url, small, "small").json()
