@@ -166,9 +166,19 @@ class RedisServer:
                     raise RuntimeError("redis-server did not start") from None
                 time.sleep(0.1)
 
+    def pause(self) -> None:
+        """SIGSTOP: a stalled Redis, which accepts connections but never answers."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """SIGTERM: redis-server closes its files and the port (refused from then on)."""
         if self.process is not None:
+            self.resume()  # a paused process would hold the SIGTERM
             self.process.terminate()
             self.process.wait(10)
             self.process = None

@@ -37,10 +37,11 @@ from service.stylizer import Stylizer
 log = logging.getLogger("service.main")
 
 WARMUP_SIZE = 64
-# An unreachable Redis fails a call within about a second (503 for the registry, a skipped
-# cache), instead of the client's defaults (5 s timeouts, 10 retries).
+# A stalled Redis fails a call within 2 s (503 for the registry, a skipped cache) instead of
+# the client's defaults (5 s timeouts, 10 retries); one retry reconnects a pooled connection
+# that a Redis restart has closed.
 REDIS_TIMEOUT_S = 1.0
-REDIS_RETRIES = 2
+REDIS_RETRIES = 1
 
 
 def connect_redis(url: str) -> Redis:

@@ -125,6 +125,15 @@ def test_redis_absent_at_start_lost_and_back(
         assert httpx.get(f"{server.url}/styles").json()["styles"] == [kept]
         assert stylize_id(server.url, kept["id"]).status_code == 200
         assert stylize_upload(server.url, other).headers["x-style-cache"] == "hit"
+
+        redis_later.pause()  # stalled: connections accepted, never answered
+        started = time.monotonic()
+        assert_temporary(httpx.get(f"{server.url}/styles"), 503, "Redis")
+        assert time.monotonic() - started < 5  # timeouts, not a hung request
+        stalled = stylize_upload(server.url, other)
+        assert stalled.status_code == 200 and stalled.headers["x-style-cache"] == "miss"
+        redis_later.resume()
+        assert httpx.get(f"{server.url}/styles").json()["styles"] == [kept]
         assert httpx.get(f"{server.url}/healthz").status_code == 200
 
 
