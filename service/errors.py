@@ -19,7 +19,12 @@ from models.errors import DomainError, InvalidInputError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
 from service.imaging import ImageTooLargeError, UnsupportedImageError
 from service.limits import BodyTimeoutError
-from service.registry import StyleNotFoundError
+from service.registry import (
+    RedisUnavailableError,
+    StorageFullError,
+    StorageUnavailableError,
+    StyleNotFoundError,
+)
 from service.security import (
     AuthenticationError,
     CrossOriginError,
@@ -35,7 +40,8 @@ class HttpStatus:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-# 4xx: the client's input is at fault; 503 + Retry-After: try again later, the input was fine.
+# 4xx: the client's input is at fault; 503 + Retry-After: try again later, the input was fine
+# (a store's fault included: it heals without a restart); 507: the styles' disk is full.
 HTTP_ERRORS: dict[type[DomainError], HttpStatus] = {
     InvalidInputError: HttpStatus(422),
     UnsupportedImageError: HttpStatus(415),
@@ -49,6 +55,9 @@ HTTP_ERRORS: dict[type[DomainError], HttpStatus] = {
     EngineBusyError: HttpStatus(503, retry_after_s=1),
     EngineClosedError: HttpStatus(503, retry_after_s=5),
     EngineOutOfMemoryError: HttpStatus(503, retry_after_s=5),
+    RedisUnavailableError: HttpStatus(503, retry_after_s=2),
+    StorageUnavailableError: HttpStatus(503, retry_after_s=10),
+    StorageFullError: HttpStatus(507, retry_after_s=60),
 }
 
 

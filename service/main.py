@@ -13,6 +13,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
 
 from models import images
 from models.model import StyleMix
@@ -39,11 +42,29 @@ WARMUP_SIZE = 64
 # The response headers other origins' pages may read (CORS).
 EXPOSED_HEADERS = ("X-Style-Cache", "X-Inference-Time-Ms", "X-Batch-Size", "Server-Timing",
                    "Retry-After", "X-Request-ID")
+# A stalled Redis fails a call within 2 s (503 for the registry, a skipped cache) instead of
+# the client's defaults (5 s timeouts, 10 retries); one retry reconnects a pooled connection
+# that a Redis restart has closed.
+REDIS_TIMEOUT_S = 1.0
+REDIS_RETRIES = 1
+
+
+def connect_redis(url: str) -> Redis:
+    """A client that reconnects by itself: a Redis restarted or back from an outage is used
+    again without restarting the service."""
+    return Redis.from_url(
+        url,
+        socket_timeout=REDIS_TIMEOUT_S,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
+        retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), REDIS_RETRIES),
+    )
 
 
 async def start_services(settings: Settings) -> Services:
     """Load the networks (errors here stop the server: a replica without weights is useless),
-    start the engine, connect the caches and the registry."""
+    start the engine, connect the caches and the registry (an unreachable Redis or styles
+    folder does not: /readyz says 503 until Redis answers, the registry 503 until its store
+    does)."""
     device = pick_device(settings.device)
     net = await asyncio.to_thread(
         load_model, settings.encoder_path, settings.decoder_path, device, settings.half
@@ -65,8 +86,14 @@ async def start_services(settings: Settings) -> Services:
     cache: StatsCache
     registry: StyleRegistry
     if settings.redis_url:
-        redis = Redis.from_url(settings.redis_url)
-        await redis.ping()
+        redis = connect_redis(settings.redis_url)
+        try:
+            await redis.ping()
+        except (RedisError, OSError) as exc:
+            log.warning(
+                "redis unreachable at start; /readyz is 503 until it answers",
+                extra={"error": repr(exc)},
+            )
         cache = RedisStatsCache(redis, settings.cache_ttl_s)
         registry = RedisRegistry(redis)
     else:

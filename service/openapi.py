@@ -75,7 +75,7 @@ ERROR_MEANINGS: dict[int, str] = {
          "Redis unreachable): retry after Retry-After seconds.",
     507: "The style storage (disk or Redis) is full; nothing stored was lost.",
 }
-RETRY_STATUSES = {429, 503}
+RETRY_STATUSES = {429, 503, 507}
 WWW_AUTHENTICATE = header("How to authenticate: `Bearer`.", {"type": "string"})
 
 # The statuses of the optional access control (API keys, Origin, rate limits): routes that

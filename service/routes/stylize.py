@@ -73,7 +73,8 @@ async def stylize(
         description="One weight per style: repeated fields or '1,2,1'.")] = None,
     mask: Annotated[list[UploadFile] | None, File(
         description="One mask per style, or one binary mask for two styles (white = first); "
-        "the content image's size.")] = None,
+        "the content image's size. Coverage: luminance x alpha (16-bit: value / 65535); "
+        "pixels no mask covers take the unmasked mix.")] = None,
     preserve_color: Annotated[bool, Form(description="Keep the content's colours.")] = False,
     content_size: Annotated[int, Form(ge=0, description="Shorter side; 0 keeps it.")] = 512,
     style_size: Annotated[int, Form(ge=0, description="Shorter side; 0 keeps it.")] = 512,

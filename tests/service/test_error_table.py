@@ -16,7 +16,12 @@ from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemory
 from service.errors import HTTP_ERRORS, install_error_handlers
 from service.imaging import ImageTooLargeError, UnsupportedImageError
 from service.limits import BodyTimeoutError
-from service.registry import StyleNotFoundError
+from service.registry import (
+    RedisUnavailableError,
+    StorageFullError,
+    StorageUnavailableError,
+    StyleNotFoundError,
+)
 from service.security import (
     AuthenticationError,
     CrossOriginError,
@@ -44,6 +49,12 @@ CASES: list[tuple[DomainError, int, str | None]] = [
     (EngineClosedError("the server is shutting down"), 503, "5"),
     (EngineOutOfMemoryError("out of device memory for the image; retry later or send a "
                             "smaller content_size", "content_size"), 503, "5"),
+    (RedisUnavailableError("the style registry is unavailable: Redis does not answer "
+                           "(ConnectionError); retry shortly"), 503, "2"),
+    (StorageUnavailableError("the style registry cannot list the styles: Not a directory "
+                             "(ADAIN_STYLES_DIR); retry later"), 503, "10"),
+    (StorageFullError("the style registry cannot store the style: its disk is full "
+                      "(ADAIN_STYLES_DIR)"), 507, "60"),
 ]
 
 
