@@ -1,5 +1,5 @@
 """Start real servers for tests and benchmarks: `running_server` (uvicorn on the app) and
-`running_redis`.
+`running_redis` (or `restartable_redis`, to stop and start it).
 
     with running_server({"ADAIN_ENCODER_PATH": ..., "ADAIN_DECODER_PATH": ...}) as server:
         httpx.get(f"{server.url}/readyz")
@@ -46,10 +46,12 @@ class ServerExitedError(RuntimeError):
     pass
 
 
-def wait_until_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float,
-                     log_path: Path) -> None:
-    """Until GET /readyz is 200 from OUR process: uvicorn binds the port only after loading
-    the networks, and meanwhile another test's server may have taken that free port."""
+def wait_until_ready(
+    url: str, process: subprocess.Popen[bytes], timeout_s: float, log_path: Path, ready: bool = True
+) -> None:
+    """Until GET /readyz is 200 from OUR process (only /healthz when not `ready`): uvicorn
+    binds the port only after loading the networks, and meanwhile another test's server may
+    have taken that free port."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -58,7 +60,7 @@ def wait_until_ready(url: str, process: subprocess.Popen[bytes], timeout_s: floa
             )
         try:
             ours = httpx.get(f"{url}/healthz", timeout=2).json().get("pid") == process.pid
-            if ours and httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if ours and (not ready or httpx.get(f"{url}/readyz", timeout=2).status_code == 200):
                 return
         except (httpx.TransportError, ValueError):
             pass
@@ -78,7 +80,9 @@ def stop(process: subprocess.Popen[bytes], timeout_s: float = 30) -> int:
     return process.returncode
 
 
-def start_server(env: dict[str, str], port: int, ready_timeout_s: float) -> RunningServer:
+def start_server(
+    env: dict[str, str], port: int, ready_timeout_s: float, ready: bool = True
+) -> RunningServer:
     url = f"http://127.0.0.1:{port}"
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ADAIN_")}
     command = [sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory",
@@ -89,7 +93,7 @@ def start_server(env: dict[str, str], port: int, ready_timeout_s: float) -> Runn
                                    stderr=subprocess.STDOUT)
     server = RunningServer(url, port, process, Path(log_file.name))
     try:
-        wait_until_ready(url, process, ready_timeout_s, server.log_path)
+        wait_until_ready(url, process, ready_timeout_s, server.log_path, ready)
     except BaseException:
         stop(process)
         raise
@@ -98,15 +102,19 @@ def start_server(env: dict[str, str], port: int, ready_timeout_s: float) -> Runn
 
 @contextmanager
 def running_server(
-    env: dict[str, str], port: int | None = None, ready_timeout_s: float = 180
+    env: dict[str, str],
+    port: int | None = None,
+    ready_timeout_s: float = 180,
+    ready: bool = True,
 ) -> Iterator[RunningServer]:
     """`uvicorn service.main:create_app --factory` on 127.0.0.1 with `env` on top of a clean
-    environment (no ADAIN_* inherited), ready (GET /readyz = 200) when this yields.
+    environment (no ADAIN_* inherited), ready (GET /readyz = 200) when this yields; with
+    `ready=False` only alive (GET /healthz = 200), for servers that cannot be ready yet.
     Stopped with SIGTERM on exit. Without `port`, a free one (another if it was taken)."""
     attempts = 1 if port else 3
     for attempt in range(attempts):
         try:
-            server = start_server(env, port or free_port(), ready_timeout_s)
+            server = start_server(env, port or free_port(), ready_timeout_s, ready)
             break
         except ServerExitedError:
             if attempt == attempts - 1:
@@ -117,30 +125,80 @@ def running_server(
         stop(server.process)
 
 
-@contextmanager
-def running_redis(port: int | None = None) -> Iterator[str]:
-    """A throw-away `redis-server` (no persistence); yields its URL redis://127.0.0.1:<port>/0."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not installed: run `scripts/setup.sh --test`")
-    port = port or free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )
-    try:
+@dataclass
+class RedisServer:
+    """A `redis-server` on 127.0.0.1:`port` that can be stopped and started again on the same
+    port. With `data_dir`, what it holds survives the restart (append-only file, fsync always);
+    without, it starts empty."""
+
+    port: int
+    data_dir: Path | None = None
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed: run `scripts/setup.sh --test`")
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.data_dir)]
+            if self.data_dir
+            else ["--appendonly", "no"]
+        )
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 20
         while True:
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as connection:
                     connection.sendall(b"PING\r\n")
                     if connection.recv(16).startswith(b"+PONG"):
-                        break
+                        return
             except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
                     raise RuntimeError("redis-server did not start") from None
                 time.sleep(0.1)
-        yield f"redis://127.0.0.1:{port}/0"
+
+    def pause(self) -> None:
+        """SIGSTOP: a stalled Redis, which accepts connections but never answers."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        """SIGTERM: redis-server closes its files and the port (refused from then on)."""
+        if self.process is not None:
+            self.resume()  # a paused process would hold the SIGTERM
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@contextmanager
+def restartable_redis(
+    data_dir: Path | None = None, port: int | None = None
+) -> Iterator[RedisServer]:
+    """A started `RedisServer` (persistent in `data_dir` if given), stopped on exit."""
+    server = RedisServer(port or free_port(), data_dir)
+    server.start()
+    try:
+        yield server
     finally:
-        process.terminate()
-        process.wait(10)
+        server.stop()
+
+
+@contextmanager
+def running_redis(port: int | None = None) -> Iterator[str]:
+    """A throw-away `redis-server` (no persistence); yields its URL redis://127.0.0.1:<port>/0."""
+    with restartable_redis(port=port) as server:
+        yield server.url

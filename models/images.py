@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageOps
@@ -50,17 +51,43 @@ def prepared_size(width: int, height: int, size: int = 0, crop: bool = False) ->
     return (longer, size) if width <= height else (size, longer)
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
 def prepare_mask(image: Image.Image, size: tuple[int, int]) -> Tensor:
     """(H, W) in [0, 1] from a grey/colour mask image, resized to the content's size."""
     return upright_mask_to_tensor(ImageOps.exif_transpose(image), size)
 
 
+def has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+
+
 def upright_mask_to_tensor(upright: Image.Image, size: tuple[int, int]) -> Tensor:
-    """`prepare_mask` of a mask image whose EXIF orientation is already applied."""
-    grey = upright.convert("L")
-    if grey.size != (size[1], size[0]):
-        grey = grey.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    return TF.to_tensor(grey)[0]
+    """`prepare_mask` of a mask image whose EXIF orientation is already applied.
+
+    A pixel's coverage is its luminance times its alpha: transparent pixels cover nothing
+    whatever their colour, as in the layer a mask is painted on. 16-bit grey reads at its own
+    level (value / 65535), not clipped to 8 bits.
+    """
+    if upright.mode in SIXTEEN_BIT_MODES:
+        levels = np.asarray(upright, dtype=np.float32) / 65535
+        coverage = Image.fromarray(levels.clip(0, 1))
+    elif has_alpha(upright):
+        rgba = upright.convert("RGBA")
+        luminance = np.asarray(rgba.convert("L"), dtype=np.float32) / 255
+        alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255
+        coverage = Image.fromarray(luminance * alpha)
+    else:  # 8 bits: kept 8-bit through the resize, as the CLI always has
+        grey = upright.convert("L")
+        if grey.size != (size[1], size[0]):
+            grey = grey.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        return TF.to_tensor(grey)[0]
+    if coverage.size != (size[1], size[0]):
+        coverage = coverage.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.asarray(coverage, dtype=np.float32).copy()).clamp(0, 1)
 
 
 def load(path: Path, size: int = 0, crop: bool = False) -> Tensor:

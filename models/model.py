@@ -70,12 +70,18 @@ def calc_region_mean_std(feat: Tensor, mask: Tensor, eps: float = EPS) -> tuple[
     """`calc_mean_std` over the pixels a (soft) mask selects: frequency-weighted, unbiased.
 
     feat (1, C, h, w), mask (S, 1, h, w) -> (S, C, 1, 1). A binary mask gives exactly the
-    statistics of the selected pixels; an all-ones mask gives `calc_mean_std`.
+    statistics of the selected pixels; an all-ones mask gives `calc_mean_std`. A region of
+    less than two features' mass has no usable variance (an almost empty mask would divide the
+    features by ~sqrt(eps)): from mass 2 down to 1 its statistics turn into the whole image's.
     """
     count = mask.sum(dim=(2, 3), keepdim=True)
     mean = (feat * mask).sum(dim=(2, 3), keepdim=True) / count.clamp(min=EPS)
     var = (mask * (feat - mean) ** 2).sum(dim=(2, 3), keepdim=True) / (count - 1).clamp(min=1)
-    return mean, (var + eps).sqrt()
+    whole_mean, whole_std = calc_mean_std(feat, eps)
+    trust = (count - 1).clamp(0, 1)  # 1 for any real region: its own statistics unchanged
+    mean = trust * mean + (1 - trust) * whole_mean
+    std = trust * (var + eps).sqrt() + (1 - trust) * whole_std
+    return mean, std
 
 
 def adaptive_instance_normalization(content_feat: Tensor, style_feat: Tensor) -> Tensor:
@@ -122,19 +128,25 @@ def coral(source: Tensor, target: Tensor) -> Tensor:
 
 
 def normalise_mix_weights(mix_weights: Tensor | Sequence[float] | None, n_styles: int) -> Tensor:
-    """Style-mix (interpolation) weights for `n_styles` styles, non-negative and summing to 1."""
+    """Style-mix (interpolation) weights for `n_styles` styles, non-negative and summing to 1.
+
+    Any finite, non-negative, not-all-zero numbers: normalised in float64, by the largest first,
+    so that 2e38 (float32's overflow) or 1e308 (their sum's) or 1e-300 (float32's underflow)
+    give the same mix as 1 (returned as float32).
+    """
     if mix_weights is None:
         return torch.full((n_styles,), 1.0 / n_styles)
-    w = torch.as_tensor(mix_weights, dtype=torch.float32).cpu()  # checked with one device sync
+    w = torch.as_tensor(mix_weights, dtype=torch.float64).cpu()  # checked with one device sync
     if w.shape != (n_styles,):
         raise InvalidInputError(
             f"weights: expected {n_styles} weights (one per style), got {w.numel()}", "weights"
         )
-    if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+    if not torch.isfinite(w).all() or (w < 0).any() or w.max() <= 0:
         raise InvalidInputError(
             "weights: weights must be finite, non-negative and not all zero", "weights"
         )
-    return w / w.sum()
+    w = w / w.max()
+    return (w / w.sum()).float()
 
 
 @dataclass(frozen=True)
@@ -211,22 +223,29 @@ def adain_target(
     content_feat (1, C, h, w); style_mean, style_std (S, C, 1, 1); mix_weights (S,) summing to 1.
     Without masks t is the convex combination of the S AdaIN outputs (the paper's
     interpolation). With masks, style k's AdaIN uses the content statistics of its own region,
-    and pixel p mixes the styles with mix_weights_k * mask_k(p), normalised per pixel (pixels no
-    mask covers use `mix_weights`). Computed in float32 whatever the network's precision.
+    and a covered pixel p mixes the styles with mix_weights_k * mask_k(p), normalised per pixel.
+    Pixels the masks leave uncovered take the unmasked t: pixel p takes the masked mix with the
+    share coverage(p) = min(1, sum_k mask_k(p)) and the unmasked t with the rest, so masks that
+    cover every pixel (a partition, the binary form) are the masked mix alone and masks that
+    cover nothing give the unmasked result. Computed in float32 whatever the network's precision.
     """
     feat = content_feat.float()
     style_mean = style_mean.to(feat.device, torch.float32)
     style_std = style_std.to(feat.device, torch.float32)
     w = mix_weights.to(feat.device, torch.float32).view(-1, 1, 1, 1)
+    unmasked = (w * adain_from_stats(feat, style_mean, style_std)).sum(dim=0, keepdim=True)
     if masks is None:
-        return (w * adain_from_stats(feat, style_mean, style_std)).sum(dim=0, keepdim=True)
+        return unmasked
     region = masks.to(feat.device).on_grid((feat.shape[-2], feat.shape[-1]))
     mean, std = calc_region_mean_std(feat, region)
     per_style = (feat - mean) / std * style_std + style_mean  # (S, C, h, w)
     mix = w * region
     total = mix.sum(dim=0, keepdim=True)
-    mix = torch.where(total > 0, mix / total.clamp(min=1e-12), w.expand_as(mix))
-    return (mix * per_style).sum(dim=0, keepdim=True)
+    covered = total > 0  # covered by a style of non-zero weight
+    share = torch.where(covered, mix / total.clamp(min=1e-12), torch.zeros_like(mix))
+    masked = (share * per_style).sum(dim=0, keepdim=True)
+    coverage = torch.where(covered, region.sum(dim=0, keepdim=True).clamp(max=1), 0.0)
+    return coverage * masked + (1 - coverage) * unmasked
 
 
 def blend(content_feat: Tensor, target: Tensor, alpha: float) -> Tensor:

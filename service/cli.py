@@ -213,7 +213,10 @@ def serve(
     # then exits 0, which is what service managers expect of a clean stop.
     signal.signal(signal.SIGTERM, exit_cleanly)
     # log_config=None: create_app installs the JSON logging; uvicorn must not replace it.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    # limit_concurrency: connections and requests past ADAIN_MAX_CONNECTIONS get 503 at once.
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
+                limit_concurrency=settings.max_connections,
+                timeout_keep_alive=settings.keep_alive_s)
 
 
 def exit_cleanly(signum: int, frame: FrameType | None) -> None:
@@ -287,9 +290,10 @@ def eval_command(
     sheet: Annotated[Path | None, typer.Option(help="Contact sheet PNG: content | style | "
                      "output per row.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Results as JSON.")] = None,
-    peers: Annotated[list[Path] | None, typer.Option("--peer", exists=True, file_okay=False,
-                     help="Another method's outputs on the same pairs (a folder with a "
-                     "manifest.json, as ../shared/peers/*); repeatable.")] = None,
+    peers: Annotated[list[Path] | None, typer.Option("--peer", "--outputs", exists=True,
+                     file_okay=False, help="Another method's outputs on the same pairs (a "
+                     "folder with a manifest.json, as ../shared/peers/*), scored beside the "
+                     "decoder; repeatable.")] = None,
 ) -> None:
     """The paper's Fig. 3 content and style losses on content x style pairs.
 

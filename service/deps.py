@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from service.engine import Engine
 from service.imaging import ImageLimits
 from service.registry import StyleRegistry
+from service.security import RateLimiter
 from service.settings import Settings
 from service.stylizer import Stylizer
 
@@ -25,6 +26,7 @@ class Services:
     registry: StyleRegistry
     limits: ImageLimits
     redis: Redis | None
+    rate_limiter: RateLimiter
     ready: bool = False  # networks loaded and warmed up
 
 

@@ -18,24 +18,46 @@ from starlette.exceptions import HTTPException
 from models.errors import DomainError, InvalidInputError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
 from service.imaging import ImageTooLargeError, UnsupportedImageError
-from service.registry import StyleNotFoundError
+from service.limits import BodyTimeoutError
+from service.registry import (
+    RedisUnavailableError,
+    StorageFullError,
+    StorageUnavailableError,
+    StyleNotFoundError,
+)
+from service.security import (
+    AuthenticationError,
+    CrossOriginError,
+    PermissionDeniedError,
+    RateLimitedError,
+)
 
 
 @dataclass(frozen=True)
 class HttpStatus:
     status_code: int
     retry_after_s: int | None = None  # a temporary failure: when the client may try again
+    headers: tuple[tuple[str, str], ...] = ()
 
 
-# 4xx: the client's input is at fault; 503 + Retry-After: try again later, the input was fine.
+# 4xx: the client's input is at fault; 503 + Retry-After: try again later, the input was fine
+# (a store's fault included: it heals without a restart); 507: the styles' disk is full.
 HTTP_ERRORS: dict[type[DomainError], HttpStatus] = {
     InvalidInputError: HttpStatus(422),
     UnsupportedImageError: HttpStatus(415),
     ImageTooLargeError: HttpStatus(413),
     StyleNotFoundError: HttpStatus(404),
+    AuthenticationError: HttpStatus(401, headers=(("WWW-Authenticate", 'Bearer realm="adain"'),)),
+    PermissionDeniedError: HttpStatus(403),
+    CrossOriginError: HttpStatus(403),
+    BodyTimeoutError: HttpStatus(408, headers=(("Connection", "close"),)),
+    RateLimitedError: HttpStatus(429, retry_after_s=60),
     EngineBusyError: HttpStatus(503, retry_after_s=1),
     EngineClosedError: HttpStatus(503, retry_after_s=5),
     EngineOutOfMemoryError: HttpStatus(503, retry_after_s=5),
+    RedisUnavailableError: HttpStatus(503, retry_after_s=2),
+    StorageUnavailableError: HttpStatus(503, retry_after_s=10),
+    StorageFullError: HttpStatus(507, retry_after_s=60),
 }
 
 
@@ -53,11 +75,19 @@ def http_status(error: DomainError) -> HttpStatus:
     raise LookupError(f"{type(error).__name__} has no HTTP status in HTTP_ERRORS")
 
 
+def domain_error_response(error: DomainError) -> JSONResponse:
+    status = http_status(error)
+    headers = dict(status.headers)
+    # A rate limit knows when its window ends; the table's value is the longest wait.
+    retry_after = getattr(error, "retry_after_s", None) or status.retry_after_s
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return error_response(status.status_code, error.detail, error.field, headers or None)
+
+
 async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
-    status = http_status(exc)
-    headers = None if status.retry_after_s is None else {"Retry-After": str(status.retry_after_s)}
-    return error_response(status.status_code, exc.detail, exc.field, headers)
+    return domain_error_response(exc)
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -11,8 +11,9 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from models.errors import DomainError
 from service import metrics
-from service.errors import error_response
+from service.errors import domain_error_response, error_response
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 access_log = logging.getLogger("service.access")
@@ -79,6 +80,12 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except DomainError as error:
+            # Raised by the middleware (OriginGuard, the body timeout), outside the app's
+            # exception handlers: the same table answers.
+            if status is not None:
+                raise
+            await domain_error_response(error)(scope, receive, send_with_id)
         except Exception:
             access_log.exception("unhandled error")
             if status is not None:

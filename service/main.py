@@ -10,9 +10,13 @@ from contextlib import asynccontextmanager
 
 import torch
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
 
 from models import images
 from models.acceleration import compile_networks, pick_dtype
@@ -30,6 +34,7 @@ from service.openapi import install_openapi, operation_id
 from service.registry import DiskRegistry, RedisRegistry, StyleRegistry
 from service.routes import ops, page, styles, stylize
 from service.routes.page import STATIC_DIR
+from service.security import Keys, OriginGuard, RateLimiter
 from service.settings import Settings
 from service.stylizer import Stylizer
 
@@ -39,11 +44,32 @@ log = logging.getLogger("service.main")
 # for small inputs and one for large (a guard on the convolutions' input size near 83 x 83 px):
 # both are paid here, before /readyz turns 200; only images under ~24 px compile later.
 WARMUP_SIZES = ((128, 96), (64, 48))
+# The response headers other origins' pages may read (CORS).
+EXPOSED_HEADERS = ("X-Style-Cache", "X-Inference-Time-Ms", "X-Batch-Size", "Server-Timing",
+                   "Retry-After", "X-Request-ID")
+# A stalled Redis fails a call within 2 s (503 for the registry, a skipped cache) instead of
+# the client's defaults (5 s timeouts, 10 retries); one retry reconnects a pooled connection
+# that a Redis restart has closed.
+REDIS_TIMEOUT_S = 1.0
+REDIS_RETRIES = 1
+
+
+def connect_redis(url: str) -> Redis:
+    """A client that reconnects by itself: a Redis restarted or back from an outage is used
+    again without restarting the service."""
+    return Redis.from_url(
+        url,
+        socket_timeout=REDIS_TIMEOUT_S,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
+        retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), REDIS_RETRIES),
+    )
 
 
 async def start_services(settings: Settings) -> Services:
     """Load the networks (errors here stop the server: a replica without weights is useless),
-    start the engine, connect the caches and the registry."""
+    start the engine, connect the caches and the registry (an unreachable Redis or styles
+    folder does not: /readyz says 503 until Redis answers, the registry 503 until its store
+    does)."""
     device = pick_device(settings.device)
     net = await asyncio.to_thread(
         load_model, settings.encoder_path, settings.decoder_path, device,
@@ -67,8 +93,14 @@ async def start_services(settings: Settings) -> Services:
     cache: StatsCache
     registry: StyleRegistry
     if settings.redis_url:
-        redis = Redis.from_url(settings.redis_url)
-        await redis.ping()
+        redis = connect_redis(settings.redis_url)
+        try:
+            await redis.ping()
+        except (RedisError, OSError) as exc:
+            log.warning(
+                "redis unreachable at start; /readyz is 503 until it answers",
+                extra={"error": repr(exc)},
+            )
         cache = RedisStatsCache(redis, settings.cache_ttl_s)
         registry = RedisRegistry(redis)
     else:
@@ -78,7 +110,8 @@ async def start_services(settings: Settings) -> Services:
     stylizer = Stylizer(engine, cache, limits, fingerprint)
     log.info("networks loaded", extra={"device": str(device), "dtype": str(net.dtype),
                                        "compiled": compiled, "redis": bool(redis)})
-    return Services(settings, engine, stylizer, registry, limits, redis)
+    rate_limiter = RateLimiter(settings.rate_limit, redis)
+    return Services(settings, engine, stylizer, registry, limits, redis, rate_limiter)
 
 
 async def until_idle(engine: Engine) -> None:
@@ -136,9 +169,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
+    app.state.keys = Keys(settings.user_keys, settings.admin_key_list)
     install_error_handlers(app)
     install_openapi(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    # Each middleware added wraps the ones before: RequestContext, CORS, OriginGuard, body.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
+                       timeout_s=settings.body_timeout_s)
+    app.add_middleware(OriginGuard, allowed=settings.cors_origin_list)
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "X-Request-ID"],
+            expose_headers=list(EXPOSED_HEADERS),
+            max_age=600,
+        )
     app.add_middleware(RequestContext)  # added last: outermost, so it sees every response
     for module in (stylize, styles, ops, page):
         app.include_router(module.router)

@@ -19,6 +19,11 @@ INFERENCE_SECONDS = Histogram(
     "adain_inference_seconds", "Time on the networks per batch", ["kind"], buckets=LATENCY_BUCKETS
 )
 STYLE_CACHE = Counter("adain_style_cache_total", "Style statistics lookups", ["result"])
+DEPENDENCY_ERRORS = Counter(
+    "adain_dependency_errors_total",
+    "Failed calls to a store (redis, styles_dir); the cache is skipped, the registry answers 503",
+    ["dependency"],
+)
 JOBS_DROPPED = Counter(
     "adain_jobs_dropped", "Queued inference jobs skipped because their caller had gone"
 )

@@ -7,7 +7,8 @@ What FastAPI's generated document gets here:
 - file parts as `format: binary` as well as `contentMediaType`: OpenAPI 3.0 generators read the
   first, 3.1 tools the second; images in responses binary too; /metrics as text;
 - the response headers (X-Request-ID on every response, Retry-After, the timings of /stylize);
-- the optional API-key schemes; operation ids that are the route functions' names.
+- the API-key schemes: optional while keys are off, required on the guarded operations when
+  the server has keys (docs/security.md); operation ids that are the route functions' names.
 The server's side: a 405's `Allow` lists the methods documented for the path.
 """
 
@@ -62,6 +63,8 @@ ERROR_MEANINGS: dict[int, str] = {
     403: "The key may not do this (an admin key is needed: ADAIN_ADMIN_KEYS), or the browser's "
          "Origin is not allowed.",
     404: "No style with that id.",
+    408: "The request body did not arrive in full within ADAIN_BODY_TIMEOUT_S; the connection "
+         "is closed.",
     413: "The request body is larger than ADAIN_MAX_UPLOAD_BYTES, or an image has more pixels "
          "than ADAIN_MAX_IMAGE_PIXELS (checked from its header, before decoding).",
     415: "An upload is not a PNG, JPEG or WebP image, or could not be decoded.",
@@ -72,7 +75,8 @@ ERROR_MEANINGS: dict[int, str] = {
          "Redis unreachable): retry after Retry-After seconds.",
     507: "The style storage (disk or Redis) is full; nothing stored was lost.",
 }
-RETRY_STATUSES = {429, 503}
+RETRY_STATUSES = {429, 503, 507}
+WWW_AUTHENTICATE = header("How to authenticate: `Bearer`.", {"type": "string"})
 
 # The statuses of the optional access control (API keys, Origin, rate limits): routes that
 # clients call, not the operations routes that probes and Prometheus call.
@@ -87,6 +91,8 @@ def error_responses(*statuses: int) -> Responses:
         response: dict[str, Any] = {"model": ErrorBody, "description": ERROR_MEANINGS[status]}
         if status in RETRY_STATUSES:
             response["headers"] = {"Retry-After": RETRY_AFTER}
+        if status == 401:
+            response["headers"] = {"WWW-Authenticate": WWW_AUTHENTICATE}
         responses[status] = response
     return responses
 
@@ -109,9 +115,9 @@ STYLIZE_RESPONSES: Responses = {
                                     {"type": "string"}),
         },
     },
-    **error_responses(400, 404, 413, 415, 422, 503, *GUARDED),
+    **error_responses(400, 404, 408, 413, 415, 422, 503, *GUARDED),
 }
-REGISTER_STYLE_ERRORS = error_responses(400, 413, 415, 422, 503, 507, *GUARDED)
+REGISTER_STYLE_ERRORS = error_responses(400, 408, 413, 415, 422, 503, 507, *GUARDED)
 LIST_STYLES_RESPONSES = error_responses(503, *GUARDED)
 STYLE_RESPONSES = error_responses(404, 503, *GUARDED)
 READYZ_RESPONSES: Responses = {
@@ -133,6 +139,8 @@ SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
 }
 # `{}` first: no key is a valid way to call (keys are off by default).
 OPTIONAL_KEY = [{}, {"bearerKey": []}, {"apiKeyHeader": []}]
+# With keys on (ADAIN_API_KEYS / ADAIN_ADMIN_KEYS) the guarded operations need one of the two.
+REQUIRED_KEY = [{"bearerKey": []}, {"apiKeyHeader": []}]
 
 
 def operation_id(route: APIRoute) -> str:
@@ -152,10 +160,13 @@ def describe(app: FastAPI) -> dict[str, Any]:
             schema.setdefault("format", "binary")
     for form in schemas.values():
         drop_null_from_form(form)
+    keys_on = app.state.keys.enabled
     for path, item in document["paths"].items():
         for operation in item.values():
             if str(GUARDED[0]) not in operation["responses"]:
                 operation["security"] = []  # probes and Prometheus: no key, ever
+            elif keys_on:
+                operation["security"] = REQUIRED_KEY
             for response in operation["responses"].values():
                 use_error_model(response)
                 response.setdefault("headers", {})["X-Request-ID"] = REQUEST_ID
@@ -164,8 +175,9 @@ def describe(app: FastAPI) -> dict[str, Any]:
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
     document["components"]["securitySchemes"] = SECURITY_SCHEMES
-    # For the whole API rather than per operation: generators that read only an operation's own
-    # `security` (openapi-python-client) would otherwise demand a key even where none is set.
+    # For the whole API rather than per operation when keys are off: generators that read only
+    # an operation's own `security` (openapi-python-client) would otherwise demand a key even
+    # where none is set. With keys on, the guarded operations say so themselves (above).
     document["security"] = OPTIONAL_KEY
     return document
 

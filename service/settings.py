@@ -9,12 +9,18 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
+# Where Docker and Kubernetes mount secrets: a file named like the setting
+# (/run/secrets/adain_api_keys) sets it when the environment does not.
+SECRETS_DIR = Path("/run/secrets")
 
 
 class Settings(BaseSettings):
     """`ADAIN_<NAME>` sets each field, e.g. `ADAIN_MAX_BATCH_SIZE=4`."""
 
-    model_config = SettingsConfigDict(env_prefix="ADAIN_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="ADAIN_", extra="ignore",
+        secrets_dir=SECRETS_DIR if SECRETS_DIR.is_dir() else None,
+    )
 
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
@@ -45,6 +51,19 @@ class Settings(BaseSettings):
     styles_dir: Path = Path("data/styles")
     redis_url: str = ""
 
+    # Access control (docs/security.md). Comma-separated lists; empty = off.
+    api_keys: str = Field("", description="keys that may stylize and read the registry",
+                          repr=False)
+    admin_keys: str = Field("", description="keys that may also register and delete styles",
+                            repr=False)
+    cors_origins: str = Field("", description="other origins whose pages may call the API")
+    rate_limit: int = Field(0, ge=0, description="requests per minute per key or address; 0 = off")
+    # Slow clients: a body must arrive in full within this time (408), and uvicorn's own limits.
+    body_timeout_s: float = Field(60.0, gt=0, description="seconds for a request body to arrive")
+    max_connections: int | None = Field(None, ge=1, description="uvicorn limit_concurrency: more "
+                                        "concurrent connections and requests get 503")
+    keep_alive_s: int = Field(5, ge=1, description="uvicorn timeout_keep_alive: idle connections")
+
     log_level: str = "info"
     warmup: bool = True
 
@@ -52,8 +71,25 @@ class Settings(BaseSettings):
         """ADAIN_MAX_BATCH_SIZE, or the device's default: 8 on CUDA, 1 on CPU."""
         return self.max_batch_size or (8 if device_type == "cuda" else 1)
 
+    @property
+    def user_keys(self) -> list[str]:
+        return split_list(self.api_keys)
+
+    @property
+    def admin_key_list(self) -> list[str]:
+        return split_list(self.admin_keys)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.rstrip("/") for origin in split_list(self.cors_origins)]
+
     @field_validator("encoder_path", "decoder_path", mode="before")
     @classmethod
     def empty_is_embedded(cls, value: object) -> object:
         # An empty variable (ADAIN_ENCODER_PATH=) means "the embedded weights", as documented.
         return None if value == "" else value
+
+
+def split_list(value: str) -> list[str]:
+    """`a, b,,c` -> ["a", "b", "c"]: the comma-separated settings."""
+    return [part.strip() for part in value.split(",") if part.strip()]

@@ -16,6 +16,7 @@ from service.deps import LimitsDep, RegistryDep
 from service.imaging import ImageLimits, open_image
 from service.openapi import LIST_STYLES_RESPONSES, REGISTER_STYLE_ERRORS, STYLE_RESPONSES
 from service.registry import StyleNotFoundError, StyleRecord, new_record
+from service.security import AdminDep, UserDep
 
 MAX_NAME_LENGTH = 200
 
@@ -49,6 +50,7 @@ def upright_size(data: bytes, limits: ImageLimits) -> tuple[int, int]:
 })
 async def register_style(
     file: Annotated[UploadFile, File(description="PNG, JPEG or WebP style image")],
+    caller: AdminDep,
     registry: RegistryDep,
     limits: LimitsDep,
     response: Response,
@@ -71,12 +73,12 @@ async def register_style(
 
 
 @router.get("", responses=LIST_STYLES_RESPONSES)
-async def list_styles(registry: RegistryDep) -> StyleList:
+async def list_styles(caller: UserDep, registry: RegistryDep) -> StyleList:
     return StyleList(styles=[Style.of(record) for record in await registry.list()])
 
 
 @router.get("/{style_id}", responses=STYLE_RESPONSES)
-async def get_style(style_id: str, registry: RegistryDep) -> Style:
+async def get_style(style_id: str, caller: UserDep, registry: RegistryDep) -> Style:
     record = await registry.get(style_id)
     if record is None:
         raise StyleNotFoundError(f"no style with id {style_id!r}", "style_id")
@@ -85,7 +87,7 @@ async def get_style(style_id: str, registry: RegistryDep) -> Style:
 
 @router.delete("/{style_id}", status_code=status.HTTP_204_NO_CONTENT,
                responses=STYLE_RESPONSES)
-async def delete_style(style_id: str, registry: RegistryDep) -> Response:
+async def delete_style(style_id: str, caller: AdminDep, registry: RegistryDep) -> Response:
     if not await registry.delete(style_id):
         raise StyleNotFoundError(f"no style with id {style_id!r}", "style_id")
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -13,6 +13,7 @@ from service.deps import RegistryDep, StylizerDep
 from service.imaging import OutputFormat
 from service.openapi import STYLIZE_RESPONSES
 from service.registry import StyleNotFoundError
+from service.security import UserDep
 from service.stylizer import StyleInput, StylizeRequest, check_counts
 
 router = APIRouter(tags=["stylize"])
@@ -58,6 +59,7 @@ async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) ->
 @router.post("/stylize", response_class=Response, responses=STYLIZE_RESPONSES)
 async def stylize(
     request: Request,
+    caller: UserDep,
     stylizer: StylizerDep,
     registry: RegistryDep,
     content: Annotated[UploadFile, File(description="Content image: PNG, JPEG or WebP.")],
@@ -71,7 +73,8 @@ async def stylize(
         description="One weight per style: repeated fields or '1,2,1'.")] = None,
     mask: Annotated[list[UploadFile] | None, File(
         description="One mask per style, or one binary mask for two styles (white = first); "
-        "the content image's size.")] = None,
+        "the content image's size. Coverage: luminance x alpha (16-bit: value / 65535); "
+        "pixels no mask covers take the unmasked mix.")] = None,
     preserve_color: Annotated[bool, Form(description="Keep the content's colours.")] = False,
     content_size: Annotated[int, Form(ge=0, description="Shorter side; 0 keeps it.")] = 512,
     style_size: Annotated[int, Form(ge=0, description="Shorter side; 0 keeps it.")] = 512,

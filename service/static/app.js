@@ -43,6 +43,45 @@ async function errorMessage(response) {
   return body.field && !detail.includes(body.field) ? `${body.field}: ${detail}` : detail;
 }
 
+// API keys (when the server has them on): asked for after a 401, kept for the tab
+// (sessionStorage) or, if the user ticks "Remember", on this device (localStorage).
+const KEY_STORAGE = "adain-api-key";
+
+function storedKey() {
+  return sessionStorage.getItem(KEY_STORAGE) || localStorage.getItem(KEY_STORAGE);
+}
+
+// fetch() with the stored key in X-API-Key; a 401 opens the key form.
+async function api(url, options = {}) {
+  const headers = new Headers(options.headers || {});
+  const key = storedKey();
+  if (key) headers.set("X-API-Key", key);
+  const response = await fetch(url, { ...options, headers });
+  if (response.status === 401) askForKey(Boolean(key));
+  return response;
+}
+
+function askForKey(rejected) {
+  $("key-hint").textContent = rejected
+    ? "The server did not accept the stored key: enter another."
+    : "This server needs an API key.";
+  $("key-panel").hidden = false;
+  $("api-key").focus();
+}
+
+function useKey(event) {
+  event.preventDefault();
+  const key = $("api-key").value.trim();
+  if (!key) return;
+  const [keep, drop] = $("remember-key").checked ? [localStorage, sessionStorage] : [sessionStorage, localStorage];
+  keep.setItem(KEY_STORAGE, key);
+  drop.removeItem(KEY_STORAGE);
+  $("api-key").value = "";
+  $("key-panel").hidden = true;
+  showError("");
+  loadRegistered().catch((error) => showError(`Could not load the registered styles: ${error.message}`));
+}
+
 function markInvalid(field) {
   for (const node of document.querySelectorAll("[aria-invalid]")) node.removeAttribute("aria-invalid");
   // Repeated fields are named with their index, e.g. "style[1]".
@@ -153,7 +192,7 @@ function renderRegistered() {
 }
 
 async function loadRegistered() {
-  const response = await fetch("styles");
+  const response = await api("styles");
   if (!response.ok) throw new Error(await errorMessage(response));
   registered = (await response.json()).styles;
   for (const id of [...chosenIds.keys()]) {
@@ -177,7 +216,7 @@ async function registerUpload(upload, saveButton) {
   form.append("file", upload.file);
   form.append("name", upload.name);
   try {
-    const response = await fetch("styles", { method: "POST", body: form });
+    const response = await api("styles", { method: "POST", body: form });
     if (!response.ok) throw new Error(await errorMessage(response));
     const style = await response.json();
     chosenIds.set(style.id, upload.weight);
@@ -193,7 +232,7 @@ async function registerUpload(upload, saveButton) {
 async function deleteRegistered(style) {
   showError("");
   try {
-    const response = await fetch(`styles/${encodeURIComponent(style.id)}`, { method: "DELETE" });
+    const response = await api(`styles/${encodeURIComponent(style.id)}`, { method: "DELETE" });
     if (!response.ok) throw new Error(await errorMessage(response));
     chosenIds.delete(style.id);
     await loadRegistered();
@@ -242,7 +281,7 @@ async function stylize(event) {
   $("result").setAttribute("aria-busy", "true");
   setStatus("Stylizing…");
   try {
-    const response = await fetch("stylize", { method: "POST", body: form });
+    const response = await api("stylize", { method: "POST", body: form });
     if (!response.ok) throw new Error(await errorMessage(response));
     const blob = await response.blob();
     if (resultUrl) URL.revokeObjectURL(resultUrl);
@@ -291,6 +330,7 @@ function init() {
     $("alpha-value").textContent = Number($("alpha").value).toFixed(2);
   });
   $("stylize-form").addEventListener("submit", stylize);
+  $("key-form").addEventListener("submit", useKey);
   renderChosen();
   loadRegistered().catch((error) => showError(`Could not load the registered styles: ${error.message}`));
 }

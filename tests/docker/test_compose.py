@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from service.settings import Settings
+from service.settings import SECRETS_DIR, Settings
 from tests.docker.deployfiles import (
     COMPOSE_FILES,
     DOCKER,
@@ -153,3 +153,31 @@ def test_compose_builds_the_repository_dockerfile(path: Path) -> None:
             source = volume.split(":")[0]
             if not source.startswith((".", "/", "$")):
                 assert source in declared, f"{path.name} {name}: volume {source} not declared"
+
+
+KEY_SETTINGS = {"ADAIN_API_KEYS", "ADAIN_ADMIN_KEYS"}
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda path: path.name)
+def test_api_keys_come_from_compose_secrets_the_service_reads(path: Path, tmp_path: Path) -> None:
+    """Each key setting is a compose secret (a file, mounted at /run/secrets/<name>), never an
+    environment value; the secret's name is the file name Settings reads in SECRETS_DIR."""
+    compose = load_compose(path.name)
+    declared = compose["secrets"]
+    for name, service in adain_services(compose).items():
+        assert not KEY_SETTINGS & set(service["environment"]), f"{name}: keys in environment"
+        mounted = set(service["secrets"])
+        assert {setting.lower() for setting in KEY_SETTINGS} == mounted, name
+        assert mounted <= set(declared)
+    for secret in declared.values():
+        # The default file exists (empty: keys off), so `up` works before any key is set.
+        default = secret["file"].removeprefix("${").removesuffix("}").split(":-", 1)[1]
+        assert (DOCKER / default).is_file()
+        assert (DOCKER / default).read_text().strip() == ""
+    # What the container does with the mounted files: Settings reads them as the settings.
+    for secret_name in declared:
+        (tmp_path / secret_name).write_text(f"key-of-{secret_name}\n")
+    settings = Settings(_secrets_dir=tmp_path)  # type: ignore[call-arg]
+    assert settings.user_keys == ["key-of-adain_api_keys"]
+    assert settings.admin_key_list == ["key-of-adain_admin_keys"]
+    assert Path("/run/secrets") == SECRETS_DIR  # where compose mounts them

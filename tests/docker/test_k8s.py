@@ -122,3 +122,21 @@ def test_every_manifest_is_plain_yaml_with_names() -> None:
         for document in yaml.safe_load_all(path.read_text()):
             assert document["metadata"]["name"], path
             assert document["metadata"]["labels"]["app.kubernetes.io/name"] == "adain-serve"
+
+
+def test_api_keys_come_from_a_secret_not_the_configmap() -> None:
+    """ADAIN_API_KEYS / ADAIN_ADMIN_KEYS: secretKeyRef to one Secret (optional: without it keys
+    are off); the ConfigMap, readable by anyone who may read the namespace's config, has none."""
+    container = api_container()
+    from_secrets = {entry["name"]: entry["valueFrom"]["secretKeyRef"]
+                    for entry in container["env"] if "secretKeyRef" in entry.get("valueFrom", {})}
+    assert set(from_secrets) == {"ADAIN_API_KEYS", "ADAIN_ADMIN_KEYS"}
+    assert set(from_secrets) <= settings_env_names()
+    assert len({ref["name"] for ref in from_secrets.values()}) == 1
+    assert len({ref["key"] for ref in from_secrets.values()}) == 2
+    assert all(ref["optional"] is True for ref in from_secrets.values())
+    (source,) = container["envFrom"]
+    config = k8s_objects()[("ConfigMap", source["configMapRef"]["name"])]["data"]
+    assert not set(from_secrets) & set(config)
+    # No Secret with key values is shipped: it is made with kubectl, outside the repository.
+    assert not [kind for kind, _ in k8s_objects() if kind == "Secret"]

@@ -54,6 +54,13 @@ def test_replicas_share_redis_and_nginx_fails_over(
             config = nginx_config_for([first.port, second.port], nginx_port)
             with running_nginx(config, tmp_path, nginx_port) as balancer:
                 assert httpx.get(f"{balancer}/readyz", timeout=10).status_code == 200
+                # The page nginx serves posts to its own origin: the replica must see that
+                # origin as its own through the proxy (Host with the port), and others not.
+                for origin, status in ((balancer, 200), ("http://evil.example", 403)):
+                    own = httpx.post(f"{balancer}/styles", headers={"Origin": origin},
+                                     files={"file": ("style.png", style, "image/png")},
+                                     timeout=60)
+                    assert own.status_code == status, (origin, own.text)
                 # Stop one replica (SIGTERM, as docker stop / Kubernetes do) and wait until it
                 # has exited: nginx still lists it; every request must reach the other one.
                 # uvicorn re-raises SIGTERM after its graceful shutdown; SIGKILL would be -9.

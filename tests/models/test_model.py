@@ -139,6 +139,98 @@ def test_interpolation_weights_are_checked_and_normalised() -> None:
             normalise_mix_weights(bad, 2)
 
 
+@pytest.mark.parametrize(
+    ("weights", "expected"),
+    [
+        ((2e38, 2e38), (0.5, 0.5)),  # float32 overflows at 3.4e38: their sum would be inf
+        ((1e308, 1e308), (0.5, 0.5)),  # finite doubles whose sum is not
+        ((1e-300, 3e-300), (0.25, 0.75)),  # zero in float32
+        ((5e-324, 0.0), (1.0, 0.0)),  # the smallest double
+    ],
+)
+def test_any_finite_non_negative_weights_normalise(
+    weights: tuple[float, float], expected: tuple[float, float]
+) -> None:
+    normalised = normalise_mix_weights(list(weights), 2)
+    assert normalised.dtype == torch.float32
+    torch.testing.assert_close(normalised, torch.tensor(expected))
+    for bad in ((float("inf"), 1.0), (1e308, -1e-300)):
+        with pytest.raises(InvalidInputError, match="finite, non-negative"):
+            normalise_mix_weights(list(bad), 2)
+
+
+def test_an_empty_region_takes_the_whole_image_statistics() -> None:
+    """A mask of ~zero mass has no statistics of its own: it must not divide the features by
+    sqrt(eps) (what an empty region's variance gave)."""
+    feat = features(4, (1, 6, 5, 7), scale=2.0, shift=1.0)
+    nearly_empty = torch.zeros(3, 1, 5, 7)
+    nearly_empty[1, 0, 2, 3] = 1e-6
+    nearly_empty[2] = 1e-9
+    mean, std = calc_region_mean_std(feat, nearly_empty)
+    whole_mean, whole_std = hand_mean_std(feat)
+    for k in range(3):
+        torch.testing.assert_close(mean[k : k + 1], whole_mean, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(std[k : k + 1], whole_std, atol=1e-5, rtol=1e-5)
+
+
+def test_uncovered_pixels_take_the_unmasked_mix() -> None:
+    feat = features(5, (1, 8, 6, 10), scale=1.5, shift=0.5)
+    style_mean = features(6, (2, 8, 1, 1), shift=2.0)
+    style_std = features(7, (2, 8, 1, 1)).abs() + 0.5
+    weights = torch.tensor([0.25, 0.75])
+    unmasked = adain_target(feat, style_mean, style_std, weights)
+    # Nothing covered: all black, or only a style of weight 0 covers.
+    nothing = adain_target(feat, style_mean, style_std, weights, Masks(torch.zeros(2, 6, 10)))
+    torch.testing.assert_close(nothing, unmasked, atol=1e-5, rtol=1e-5)
+    only_zero_weight = Masks(torch.stack([torch.ones(6, 10), torch.zeros(6, 10)]))
+    torch.testing.assert_close(
+        adain_target(feat, style_mean, style_std, torch.tensor([0.0, 1.0]), only_zero_weight),
+        adain_target(feat, style_mean, style_std, torch.tensor([0.0, 1.0])),
+        atol=1e-5,
+        rtol=1e-5,
+    )
+    # The first style covers the left 4 columns; no mask covers the rest.
+    left = torch.zeros(6, 10)
+    left[:, :4] = 1
+    partial = adain_target(
+        feat, style_mean, style_std, weights, Masks(torch.stack([left, torch.zeros(6, 10)]))
+    )
+    assert torch.isfinite(partial).all()
+    torch.testing.assert_close(partial[..., 4:], unmasked[..., 4:], atol=1e-5, rtol=1e-5)
+    mean, std = hand_mean_std(feat[..., :4])
+    region_only = (feat[..., :4] - mean) / std * style_std[:1] + style_mean[:1]
+    torch.testing.assert_close(partial[..., :4], region_only, atol=1e-4, rtol=1e-4)
+
+
+def test_uncovered_masks_give_sane_images(net: StyleTransfer) -> None:
+    """All-black masks are the unmasked result; a mask covering a corner gives finite pixels,
+    the unmasked ones far from the corner (within the decoder's reach, they mix)."""
+    content = image(96, 64, seed=1)
+    styles = [image(32, 32, seed=2), image(40, 24, seed=3)]
+    corner = torch.zeros(2, 64, 96)
+    corner[0, :16, :16] = 1
+    with torch.inference_mode():
+        plain = net.stylize(content, styles, mix_weights=[1.0, 3.0])
+        black = net.stylize(content, styles, mix_weights=[1.0, 3.0], masks=torch.zeros(2, 64, 96))
+        cornered = net.stylize(content, styles, mix_weights=[1.0, 3.0], masks=corner)
+    torch.testing.assert_close(black, plain, atol=1e-4, rtol=0)
+    assert torch.isfinite(cornered).all()
+    far = (cornered - plain)[..., 40:, 48:].abs()
+    assert far.mean() < 0.01 and far.max() < 0.1
+    assert (cornered - plain)[..., :16, :16].abs().mean() > 0.01  # the corner is styled
+
+
+def test_huge_and_tiny_weights_equal_equal_weights(net: StyleTransfer) -> None:
+    content = image(40, 32, seed=1)
+    styles = [image(32, 32, seed=2), image(40, 24, seed=3)]
+    with torch.inference_mode():
+        equal = net.stylize(content, styles, mix_weights=[1.0, 1.0])
+        for weights in ([2e38, 2e38], [1e308, 1e308], [1e-300, 1e-300]):
+            torch.testing.assert_close(
+                net.stylize(content, styles, mix_weights=weights), equal, atol=1e-6, rtol=0
+            )
+
+
 def test_masks_from_binary_splits_at_one_half() -> None:
     mask = torch.tensor([[0.0, 0.2, 0.49], [0.51, 0.8, 1.0]])
     masks = masks_from_binary(mask)

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from devkit.server import RunningServer, running_redis, running_server
+from devkit.server import RunningServer, free_port, running_redis, running_server
 
 # The shared server's limits: small, so that tests of them need only small images.
 SHARED_LIMITS = {
@@ -40,6 +41,43 @@ def server(server_env: dict[str, str]) -> Iterator[RunningServer]:
     batching = {"ADAIN_MAX_BATCH_SIZE": "8", "ADAIN_MAX_WAIT_MS": "20"}
     with running_server({**server_env, **SHARED_LIMITS, **batching}) as running:
         yield running
+
+
+# The keyed server's access control (test_security.py, test_page.py).
+USER_KEYS = ("user-key-0123456789", "user-key-abcdefghij")
+ADMIN_KEY = "admin-key-0123456789"
+KEYED_BODY_TIMEOUT_S = 3.0
+
+
+@dataclass
+class KeyedServer:
+    """A server with API keys on, and the other origin whose pages it lets in (CORS)."""
+
+    server: RunningServer
+    allowed_origin: str  # http://127.0.0.1:<port>, nothing listening there unless a test starts it
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+@pytest.fixture(scope="session")
+def keyed_server(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[KeyedServer]:
+    """Keys on (two user keys, one admin key), one other origin allowed, a short body timeout,
+    debug logs (the keys must not show even there); its own styles folder."""
+    allowed_origin = f"http://127.0.0.1:{free_port()}"
+    env = {
+        **server_env, **SHARED_LIMITS,
+        "ADAIN_STYLES_DIR": str(tmp_path_factory.mktemp("keyed-styles")),
+        "ADAIN_API_KEYS": ",".join(USER_KEYS),
+        "ADAIN_ADMIN_KEYS": ADMIN_KEY,
+        "ADAIN_CORS_ORIGINS": allowed_origin,
+        "ADAIN_BODY_TIMEOUT_S": str(KEYED_BODY_TIMEOUT_S),
+        "ADAIN_LOG_LEVEL": "debug",
+    }
+    with running_server(env) as running:
+        yield KeyedServer(running, allowed_origin)
 
 
 @pytest.fixture(scope="session")

@@ -15,10 +15,30 @@ from models.errors import DomainError, InvalidInputError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
 from service.errors import HTTP_ERRORS, install_error_handlers
 from service.imaging import ImageTooLargeError, UnsupportedImageError
-from service.registry import StyleNotFoundError
+from service.limits import BodyTimeoutError
+from service.registry import (
+    RedisUnavailableError,
+    StorageFullError,
+    StorageUnavailableError,
+    StyleNotFoundError,
+)
+from service.security import (
+    AuthenticationError,
+    CrossOriginError,
+    PermissionDeniedError,
+    RateLimitedError,
+)
 
 # (error, status, Retry-After): the messages and fields are those the code raises.
 CASES: list[tuple[DomainError, int, str | None]] = [
+    (AuthenticationError("the API key is not valid"), 401, None),
+    (PermissionDeniedError("this API key may not do this: an admin key is needed "
+                           "(ADAIN_ADMIN_KEYS)"), 403, None),
+    (CrossOriginError("requests from the page at 'http://evil.example' are not allowed"),
+     403, None),
+    (BodyTimeoutError("the request body did not arrive within 60 s (ADAIN_BODY_TIMEOUT_S)"),
+     408, None),
+    (RateLimitedError("more than 3 requests in a minute (ADAIN_RATE_LIMIT)", 17), 429, "17"),
     (InvalidInputError("got 9 styles; send 1 to 8 (style files and style_ids together)",
                        "style"), 422, None),
     (UnsupportedImageError("content: a GIF image; send PNG, JPEG or WebP", "content"), 415, None),
@@ -29,6 +49,12 @@ CASES: list[tuple[DomainError, int, str | None]] = [
     (EngineClosedError("the server is shutting down"), 503, "5"),
     (EngineOutOfMemoryError("out of device memory for the image; retry later or send a "
                             "smaller content_size", "content_size"), 503, "5"),
+    (RedisUnavailableError("the style registry is unavailable: Redis does not answer "
+                           "(ConnectionError); retry shortly"), 503, "2"),
+    (StorageUnavailableError("the style registry cannot list the styles: Not a directory "
+                             "(ADAIN_STYLES_DIR); retry later"), 503, "10"),
+    (StorageFullError("the style registry cannot store the style: its disk is full "
+                      "(ADAIN_STYLES_DIR)"), 507, "60"),
 ]
 
 
@@ -64,6 +90,10 @@ def test_each_domain_error_has_its_status_body_and_retry_after(
     assert response.headers["content-type"] == "application/json"
     assert response.json() == {"detail": error.detail, "field": error.field}
     assert response.headers.get("retry-after") == retry_after
+    if status == 401:
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    if status == 408:  # the rest of the body is not read: the connection cannot be reused
+        assert response.headers["connection"] == "close"
 
 
 def test_every_domain_error_class_is_in_the_table() -> None:

@@ -1,8 +1,13 @@
-"""The web page at `/`, driven in real headless Chromium against the real server."""
+"""The web page at `/`, driven in real headless Chromium against the real server; with API keys
+on, and from the pages of other sites (origins)."""
 
 from __future__ import annotations
 
+import http.server
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -11,6 +16,8 @@ from PIL import Image
 from playwright.sync_api import Browser, FilePayload, Page, expect, sync_playwright
 
 from devkit.images import encode, random_image
+from devkit.server import RunningServer, free_port
+from tests.service.conftest import ADMIN_KEY, USER_KEYS, KeyedServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -186,3 +193,141 @@ def test_phone_width_and_labels(browser: Browser, base_url: str) -> None:
     assert unlabelled == []
     page.screenshot(path=str(SCREENSHOT.with_name("page-phone.png")), full_page=True)
     context.close()
+
+
+# --- API keys and other origins ---------------------------------------------------------------
+
+
+def test_the_page_asks_for_a_key_after_a_401_and_sends_it(browser: Browser,
+                                                          keyed_server: KeyedServer) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    keys_sent: list[str | None] = []
+    page.on("request", lambda request: keys_sent.append(request.headers.get("x-api-key"))
+            if "/styles" in request.url or "/stylize" in request.url else None)
+    page.goto(keyed_server.url + "/")
+    # Loading the registered styles got 401: the page asks for a key.
+    expect(page.get_by_label("API key")).to_be_visible()
+    expect(page.locator("#key-hint")).to_have_text("This server needs an API key.")
+    page.screenshot(path=str(SCREENSHOT.with_name("page-key.png")))  # for a human to look at
+
+    page.get_by_label("API key").fill("a wrong key")
+    page.get_by_role("button", name="Use key").click()
+    expect(page.locator("#key-hint")).to_contain_text("did not accept")
+
+    page.get_by_label("API key").fill(USER_KEYS[0])
+    page.get_by_role("button", name="Use key").click()
+    expect(page.locator("#key-panel")).to_be_hidden()
+    expect(page.locator("#registered-empty")).to_be_visible()  # the list loaded
+    assert page.evaluate("sessionStorage.getItem('adain-api-key')") == USER_KEYS[0]
+    assert page.evaluate("localStorage.getItem('adain-api-key')") is None
+
+    choose_images(page, png_file("photo.png", seed=11), png_file("painting.png", seed=12))
+    stylize_and_wait(page)
+    assert natural_size(page) == CONTENT_SIZE
+    assert keys_sent[0] is None and keys_sent[-1] == USER_KEYS[0]
+
+    # A user key may not register: the server's reason is shown, the key panel stays closed.
+    page.get_by_role("button", name="Save painting to the registered styles").click()
+    expect(page.get_by_role("alert")).to_contain_text("ADAIN_ADMIN_KEYS")
+    expect(page.locator("#key-panel")).to_be_hidden()
+    context.close()
+
+
+def test_a_remembered_key_is_kept_for_the_next_visit(browser: Browser,
+                                                    keyed_server: KeyedServer) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(keyed_server.url + "/")
+    page.get_by_label("API key").fill(ADMIN_KEY)
+    page.get_by_label("Remember on this device").check()
+    page.get_by_role("button", name="Use key").click()
+    expect(page.locator("#key-panel")).to_be_hidden()
+    # A new tab of the same browser: no question asked.
+    again = context.new_page()
+    again.goto(keyed_server.url + "/")
+    expect(again.locator("#registered-empty")).to_be_visible()
+    expect(again.locator("#key-panel")).to_be_hidden()
+    assert again.evaluate("localStorage.getItem('adain-api-key')") == ADMIN_KEY
+    context.close()
+
+
+@contextmanager
+def page_server(port: int) -> Iterator[str]:
+    """Another site: a plain http.server on `port` serving an empty page."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<!doctype html><title>another site</title>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    thread = threading.Thread(target=site.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        site.shutdown()
+        site.server_close()
+
+
+# What another site's script would do: register a style on the service from the visitor's browser.
+CROSS_SITE_POST = """async ([target, bytes, name, key]) => {
+  const form = new FormData();
+  form.append("file", new Blob([new Uint8Array(bytes)], { type: "image/png" }), "x.png");
+  form.append("name", name);
+  const headers = key ? { "X-API-Key": key } : {};
+  try {
+    const response = await fetch(target + "/styles", { method: "POST", body: form, headers });
+    return `read ${response.status}`;
+  } catch (error) {
+    return "blocked";
+  }
+}"""
+
+
+def test_another_sites_page_cannot_register_a_style(browser: Browser, server: RunningServer
+                                                    ) -> None:
+    """A simple (no preflight) cross-origin POST reaches the server: it refuses it (403), so
+    nothing is registered, though the page could not have read the answer anyway."""
+    name = "cross-site-attempt"
+    statuses: list[int] = []
+    with page_server(free_port()) as site:
+        context = browser.new_context()
+        page = context.new_page()
+        page.on("response", lambda response: statuses.append(response.status)
+                if response.url.startswith(server.url) else None)
+        page.goto(site + "/")
+        image = list(png_file("x.png", seed=13)["buffer"])
+        outcome = page.evaluate(CROSS_SITE_POST, [server.url, image, name, None])
+        context.close()
+    assert outcome == "blocked"  # no CORS headers for that origin
+    names = [style["name"] for style in httpx.get(server.url + "/styles").json()["styles"]]
+    assert name not in names
+    time.sleep(0.5)  # the access log line follows the response
+    assert "POST /styles 403" in server.logs()
+    assert statuses in ([], [403])  # Chromium may not report a response it blocked
+
+
+def test_a_listed_origins_page_registers_with_its_key(browser: Browser,
+                                                      keyed_server: KeyedServer) -> None:
+    """ADAIN_CORS_ORIGINS: the listed site's page sends the key header (a preflight) and reads
+    the answer."""
+    port = int(keyed_server.allowed_origin.rsplit(":", 1)[1])
+    with page_server(port) as site:
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(site + "/")
+        image = list(png_file("y.png", seed=14)["buffer"])
+        outcome = page.evaluate(CROSS_SITE_POST,
+                                [keyed_server.url, image, "from-listed", ADMIN_KEY])
+        context.close()
+    assert outcome == "read 201"
+    styles = httpx.get(keyed_server.url + "/styles", headers={"X-API-Key": ADMIN_KEY}).json()
+    assert "from-listed" in [style["name"] for style in styles["styles"]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -54,6 +55,29 @@ def test_register_list_get_delete(server: RunningServer) -> None:
     assert httpx.delete(f"{server.url}/styles/{style['id']}").status_code == 404
 
 
+def register_concurrently(urls: list[str], data: bytes, clients: int = 20) -> list[httpx.Response]:
+    """`clients` threads register the same file at once, spread over `urls` (replicas)."""
+    with ThreadPoolExecutor(clients) as pool:
+        return list(
+            pool.map(lambda i: register(urls[i % len(urls)], data, f"client {i}"), range(clients))
+        )
+
+
+def assert_one_created(responses: list[httpx.Response]) -> None:
+    """Exactly one 201; the 200s carry the stored record (same id, name, created time)."""
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses == [200] * (len(responses) - 1) + [201], statuses
+    created = next(r.json() for r in responses if r.status_code == 201)
+    assert all(response.json() == created for response in responses)
+
+
+def test_the_same_file_registered_concurrently_is_created_once(server: RunningServer) -> None:
+    data = encode(random_image(44, 36, seed=26))
+    assert_one_created(register_concurrently([server.url], data))
+    listed = httpx.get(f"{server.url}/styles").json()["styles"]
+    assert sum(style["id"] == hashlib.sha256(data).hexdigest() for style in listed) == 1
+
+
 def test_registry_survives_a_restart(server_env: dict[str, str], tmp_path: Path) -> None:
     env = {**server_env, "ADAIN_STYLES_DIR": str(tmp_path / "styles"), "ADAIN_WARMUP": "false"}
     data = encode(random_image(50, 50, seed=24))
@@ -77,7 +101,9 @@ def test_two_replicas_share_registry_and_cache_in_redis(
            "ADAIN_WARMUP": "false"}
     data = encode(random_image(56, 40, seed=25))
     with running_server(env) as one, running_server(env) as two:
-        style = register(one.url, data, "shared").json()
+        responses = register_concurrently([one.url, two.url], data)
+        assert_one_created(responses)
+        style = responses[0].json()
         assert httpx.get(f"{two.url}/styles/{style['id']}").json() == style
         first = stylize_with_id(two.url, style["id"])
         assert first.headers["x-style-cache"] == "miss"

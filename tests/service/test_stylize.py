@@ -241,3 +241,59 @@ def test_flat_style_with_colour_preservation(server: RunningServer) -> None:
     flat = encode(Image.new("RGB", (40, 40), (90, 140, 200)))
     response = ok(stylize(server, {**SMALL, "preserve_color": "true"}, content() + styles(flat)))
     assert response.headers["x-style-cache"] == "bypass"
+
+
+
+def max_difference(first: bytes, second: bytes) -> int:
+    return int(np.abs(pixels(first).astype(int) - pixels(second).astype(int)).max())
+
+
+def test_any_finite_weights_mix_as_their_ratio(server: RunningServer) -> None:
+    """Weights that overflow float32 (2e38) or their sum (1e308), or underflow it (1e-300),
+    are the equal mix; a weight that is not a finite number is refused."""
+    two_styles = content() + styles(STYLE_A, STYLE_B)
+    equal = ok(stylize(server, {**SMALL, "weights": "1,1"}, two_styles)).content
+    for weights in ("2e38,2e38", "1e308,1e308", "1e-300,1e-300"):
+        mixed = ok(stylize(server, {**SMALL, "weights": weights}, two_styles)).content
+        assert max_difference(mixed, equal) <= 1, weights
+    for weights in ("1e309,1", "nan,1", "-1e-300,1"):
+        refused = stylize(server, {**SMALL, "weights": weights}, two_styles)
+        assert refused.status_code == 422 and refused.json()["field"] == "weights", weights
+
+
+def masks(*images: bytes) -> list[tuple[str, tuple[str, bytes]]]:
+    return [("mask", (f"mask{i}.png", data)) for i, data in enumerate(images)]
+
+
+def test_pixels_no_mask_covers_take_the_unmasked_mix(server: RunningServer) -> None:
+    form = {**SMALL, "weights": "1,3"}
+    two_styles = content() + styles(STYLE_A, STYLE_B)
+    black = encode(Image.new("L", (96, 64), 0))
+    corner = Image.new("L", (96, 64), 0)
+    corner.paste(255, (0, 0, 24, 24))  # the first style here; no mask covers the rest
+    unmasked = ok(stylize(server, form, two_styles)).content
+    all_black = ok(stylize(server, form, two_styles + masks(black, black))).content
+    cornered = ok(stylize(server, form, two_styles + masks(encode(corner), black))).content
+    assert max_difference(all_black, unmasked) <= 1
+    difference = np.abs(pixels(cornered).astype(int) - pixels(unmasked).astype(int))
+    # Beyond the decoder's reach of the corner (~30 px) the pixels are the unmasked ones.
+    assert difference[40:, 56:].max() <= 1
+    assert difference[:24, :24].mean() > 2  # the corner is the first style alone
+
+
+def test_16_bit_and_alpha_masks_read_at_their_level(server: RunningServer) -> None:
+    """A 16-bit mask at 16448/65535 and a white mask at alpha 64 cover as an 8-bit mask at
+    64/255; clipped to 8 bits (or alpha ignored) they would cover as white."""
+    two_styles = content() + styles(STYLE_A, STYLE_B)
+    second = encode(Image.new("L", (96, 64), 191))
+
+    def with_first_mask(mask: Image.Image) -> bytes:
+        return ok(stylize(server, SMALL, two_styles + masks(encode(mask), second))).content
+
+    eight_bit = with_first_mask(Image.new("L", (96, 64), 64))
+    sixteen_bit = Image.fromarray(np.full((64, 96), 64 * 257, dtype=np.uint16))
+    assert sixteen_bit.mode == "I;16"
+    alpha = Image.new("RGBA", (96, 64), (255, 255, 255, 64))
+    assert max_difference(with_first_mask(sixteen_bit), eight_bit) <= 1
+    assert max_difference(with_first_mask(alpha), eight_bit) <= 1
+    assert max_difference(with_first_mask(Image.new("L", (96, 64), 255)), eight_bit) > 2
