@@ -1,9 +1,12 @@
 """(e) GPU latency and throughput of the networks (encoder + AdaIN + decoder, style statistics
 precomputed as the service caches them): 256, 512 and 1024 px, batch 1 and 8, fp32 against
-half, eager against torch.compile. Without CUDA it says so and exits 0.
+fp16 and bf16 (ADAIN_PRECISION), eager against torch.compile as the service compiles
+(ADAIN_COMPILE). Without CUDA it says so and exits 0.
 
     python3 -m benchmarks.bench_gpu [--sizes 256 512 1024] [--batches 1 8] [--repeats 10]
-    python3 -m benchmarks.bench_gpu --device cpu --sizes 64 --repeats 1   # a smoke run of the code
+        [--precisions fp32 fp16 bf16]
+    python3 -m benchmarks.bench_gpu --device cpu --sizes 64 --repeats 1 --precisions fp32 bf16 \
+        --no-compile   # a smoke run of the code
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 from torch import Tensor
 
 from benchmarks.common import machine, network_weights
+from models.acceleration import DTYPES, compile_networks
 from models.model import StyleMix, StyleTransfer
 from models.weights import load_model
 
@@ -42,12 +46,13 @@ def seconds_per_call(run: Callable[[], Tensor], device: torch.device, repeats: i
     return statistics.median(times)
 
 
-def stylizer(net: StyleTransfer, compiled: bool) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+def stylizer(net: StyleTransfer, compiled: bool, device: torch.device
+             ) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
     """The engine's batch pass, `StyleTransfer.stylize_batch`: encode, AdaIN to the style
-    statistics, decode. `compiled` compiles the networks in place (for the rest of `net`'s use)."""
+    statistics, decode. `compiled` compiles the networks in place as the service does (for the
+    rest of `net`'s use)."""
     if compiled:
-        net.encoder = torch.compile(net.encoder)
-        net.decoder = torch.compile(net.decoder)
+        compile_networks(net, "on", device)
 
     def run(content: Tensor, mean: Tensor, std: Tensor) -> Tensor:
         mix = StyleMix(mean, std, torch.ones(1))
@@ -62,6 +67,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--precisions", nargs="+", choices=sorted(DTYPES),
+                        default=["fp32", "fp16", "bf16"])
     parser.add_argument("--no-compile", action="store_true", help="eager mode only")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -73,22 +80,22 @@ def main() -> None:
         print(f"GPU: {torch.cuda.get_device_name(device)}")
     encoder, decoder = network_weights()
     print(f"{'size':>5} {'batch':>5} {'precision':>9} {'mode':>8} {'ms/batch':>10} "
-          f"{'images/s':>9} {'vs fp32 eager':>14}")
+          f"{'images/s':>9} {'vs ' + args.precisions[0] + ' eager':>14}")
     for size in args.sizes:
         for batch in args.batches:
             content = torch.rand(batch, 3, size, size, device=device)
             baseline: float | None = None
-            for half in ([False, True] if device.type == "cuda" else [False]):
-                net = load_model(encoder, decoder, device, half)
+            for precision in args.precisions:
+                net = load_model(encoder, decoder, device, DTYPES[precision])
                 with torch.inference_mode():
                     mean, std = net.style_statistics(torch.rand(1, 3, size, size, device=device))
                 for compiled in ([False] if args.no_compile else [False, True]):
-                    run = stylizer(net, compiled)
+                    run = stylizer(net, compiled, device)
                     with torch.inference_mode():
                         seconds = seconds_per_call(partial(run, content, mean, std), device,
                                                    args.repeats)
                     baseline = baseline or seconds
-                    print(f"{size:>5} {batch:>5} {'fp16' if half else 'fp32':>9} "
+                    print(f"{size:>5} {batch:>5} {precision:>9} "
                           f"{'compiled' if compiled else 'eager':>8} {seconds * 1000:>10.1f} "
                           f"{batch / seconds:>9.1f} {baseline / seconds:>13.2f}x")
                 del net

@@ -25,6 +25,7 @@ from torchvision.utils import save_image
 
 from devkit import reference_port
 from devkit.images import encode, random_image
+from models.acceleration import CompileMode, Precision, compile_networks, pick_dtype
 from models.model import make_decoder, make_encoder
 from models.weights import load_model
 from service.cache import MemoryStatsCache, encoder_fingerprint
@@ -106,10 +107,14 @@ class InProcessService:
     loop: asyncio.AbstractEventLoop
 
     @classmethod
-    def start(cls, encoder: Path, decoder: Path, cache_entries: int | None = None
+    def start(cls, encoder: Path, decoder: Path, cache_entries: int | None = None,
+              precision: Precision | None = None, compile_mode: CompileMode = "off"
               ) -> InProcessService:
+        """precision: None = the service's default (ADAIN_PRECISION, auto)."""
         settings = Settings(encoder_path=encoder, decoder_path=decoder, device="cpu")
-        net = load_model(encoder, decoder, "cpu")
+        net = load_model(encoder, decoder, "cpu",
+                         pick_dtype(precision or settings.precision, "cpu"))
+        compile_networks(net, compile_mode, "cpu")
         engine = Engine(net, "cpu", max_batch_size=settings.batch_size_for("cpu"),
                         max_wait_ms=settings.max_wait_ms, queue_size=settings.queue_size)
         engine.start()

@@ -21,3 +21,9 @@ def encode(image: Image.Image, fmt: str = "PNG", **params: object) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **params)
     return buffer.getvalue()
+
+
+def psnr(one: np.ndarray, other: np.ndarray, peak: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB of two images of the same shape (values 0..peak)."""
+    error = np.mean((np.asarray(one, dtype=np.float64) - np.asarray(other, dtype=np.float64)) ** 2)
+    return float("inf") if error == 0 else float(10 * np.log10(peak**2 / error))

@@ -263,12 +263,12 @@ def load_model(
     encoder: Path | None = None,
     decoder: Path | None = None,
     device: torch.device | str = "cpu",
-    half: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> StyleTransfer:
     """The network with the given weights (`None` = the embedded defaults), ready for inference.
 
-    It runs channels_last (oneDNN's and cuDNN's faster convolutions, on the CPU too) and,
-    on CUDA with `half`, in fp16 (AdaIN statistics stay float32).
+    It runs channels_last (oneDNN's and cuDNN's faster convolutions, on the CPU too), its
+    weights cast to `dtype` (`models.acceleration.pick_dtype`; AdaIN statistics stay float32).
     """
     decoder = decoder or DEFAULT_DECODER
     if not decoder.is_file():
@@ -281,7 +281,4 @@ def load_model(
     net.decoder.load_state_dict(load_decoder_state(decoder))
     net.eval()
     device = torch.device(device)
-    net = net.to(device, memory_format=torch.channels_last)
-    if device.type == "cuda" and half:
-        net = net.half()
-    return net
+    return net.to(device, dtype, memory_format=torch.channels_last)

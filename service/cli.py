@@ -32,11 +32,29 @@ class Device(StrEnum):
     cuda = "cuda"
 
 
+class Precision(StrEnum):
+    """The networks' dtype (`models.acceleration.pick_dtype`)."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Compile(StrEnum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
 EncoderOption = Annotated[
     Path | None, typer.Option(help="vgg_normalised.pth (default: embedded).")
 ]
 DecoderOption = Annotated[Path | None, typer.Option(help="decoder.pth (default: embedded).")]
 DeviceOption = Annotated[Device, typer.Option(help="Where to run.")]
+PrecisionOption = Annotated[Precision, typer.Option(
+    help="The networks' dtype; AdaIN statistics stay fp32. auto: bf16 on CPUs with native bf16, "
+    "fp16 on CUDA, else fp32. fp32 equals the reference port's pixels within 1/255.")]
 
 
 def fail(message: str) -> typer.Exit:
@@ -46,13 +64,15 @@ def fail(message: str) -> typer.Exit:
 
 
 def open_model(
-    encoder: Path | None, decoder: Path | None, device: Device, half: bool = False
+    encoder: Path | None, decoder: Path | None, device: Device, precision: Precision
 ) -> StyleTransfer:
     """`load_model`, with a network-weights problem reported as a plain message."""
+    from models.acceleration import pick_dtype
     from models.weights import WeightsError, load_model, pick_device
 
+    device_ = pick_device(device.value)
     try:
-        return load_model(encoder, decoder, pick_device(device.value), half)
+        return load_model(encoder, decoder, device_, pick_dtype(precision.value, device_))
     except WeightsError as exc:
         raise fail(str(exc)) from exc
 
@@ -120,7 +140,7 @@ def stylize(
     encoder: EncoderOption = None,
     decoder: DecoderOption = None,
     device: DeviceOption = Device.auto,
-    half: Annotated[bool, typer.Option(help="fp16 on CUDA (statistics stay fp32).")] = False,
+    precision: PrecisionOption = Precision.auto,
 ) -> None:
     """Stylize CONTENT with STYLE... . Several style files mix into one output (interpolation with
     --weights, or regions with --mask); a folder among the inputs stylizes every content with
@@ -132,7 +152,7 @@ def stylize(
 
     from models import images
 
-    net = open_model(encoder, decoder, device, half)
+    net = open_model(encoder, decoder, device, precision)
     device_ = next(net.parameters()).device
     contents, style_files = expand([content]), expand(styles)
     separate = content.is_dir() or any(s.is_dir() for s in styles)
@@ -167,7 +187,10 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address (env ADAIN_HOST, 0.0.0.0).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (env ADAIN_PORT, 8000).")] = None,
     device: Annotated[Device | None, typer.Option(help="(env ADAIN_DEVICE, auto).")] = None,
-    half: Annotated[bool | None, typer.Option(help="fp16 on CUDA (env ADAIN_HALF).")] = None,
+    precision: Annotated[Precision | None, typer.Option(
+        help="auto, fp32, bf16 or fp16 (env ADAIN_PRECISION, auto).")] = None,
+    compile_: Annotated[Compile | None, typer.Option("--compile", help="torch.compile the "
+                        "networks: auto, on or off (env ADAIN_COMPILE, auto).")] = None,
     encoder: Annotated[Path | None, typer.Option(
         help="vgg_normalised.pth (env ADAIN_ENCODER_PATH; default embedded).")] = None,
     decoder: Annotated[Path | None, typer.Option(
@@ -180,8 +203,10 @@ def serve(
     from service.settings import Settings
 
     given = {
-        "host": host, "port": port, "device": device.value if device else None, "half": half,
-        "encoder_path": encoder, "decoder_path": decoder,
+        "host": host, "port": port, "device": device.value if device else None,
+        "precision": precision.value if precision else None,
+        "compile": compile_.value if compile_ else None, "encoder_path": encoder,
+        "decoder_path": decoder,
     }
     settings = Settings(**{name: value for name, value in given.items() if value is not None})
     # uvicorn re-raises SIGTERM once its graceful shutdown is done; handled here, the process
@@ -255,6 +280,8 @@ def eval_command(
     encoder: EncoderOption = None,
     decoder: DecoderOption = None,
     device: DeviceOption = Device.auto,
+    precision: Annotated[Precision, typer.Option(help="The networks' dtype (see `adain stylize "
+                         "--help`); fp32 by default, so that figures compare.")] = Precision.fp32,
     size: Annotated[int, typer.Option(min=0, help="Shorter side of every image; 0 keeps it. "
                     "512 is what `adain stylize` uses by default.")] = 512,
     pairs: Annotated[int, typer.Option(min=0, help="Evaluate the first N pairs; 0 = all.")] = 100,
@@ -287,7 +314,7 @@ def eval_command(
         peer_outputs = {folder.name: evaluate.read_manifest(folder, size) for folder in peers or []}
     except FileNotFoundError as exc:
         raise fail(str(exc)) from exc
-    net = open_model(encoder, decoder, device)
+    net = open_model(encoder, decoder, device, precision)
     device_ = next(net.parameters()).device
     chosen = list(evaluate.ordered_pairs(contents, styles))[: pairs or None]
     results: list[evaluate.PairResult] = []

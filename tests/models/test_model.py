@@ -32,7 +32,7 @@ from models.weights import load_model
 
 @pytest.fixture(scope="module")
 def net(reference_weights: tuple[Path, Path]) -> StyleTransfer:
-    return load_model(*reference_weights)
+    return load_model(*reference_weights, dtype=torch.float32)  # the reference's precision
 
 
 def image(width: int, height: int, seed: int) -> Tensor:

@@ -22,13 +22,15 @@ SHARED_LIMITS = {
 @pytest.fixture(scope="session")
 def server_env(reference_weights: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
                ) -> dict[str, str]:
-    """The environment of a test server: test weights and a fresh styles folder."""
+    """The environment of a test server: test weights, a fresh styles folder, fp32 (whose
+    outputs the tests compare with the reference port's and `adain stylize`'s)."""
     encoder, decoder = reference_weights
     return {
         "ADAIN_ENCODER_PATH": str(encoder),
         "ADAIN_DECODER_PATH": str(decoder),
         "ADAIN_STYLES_DIR": str(tmp_path_factory.mktemp("styles")),
         "ADAIN_DEVICE": "cpu",
+        "ADAIN_PRECISION": "fp32",
     }
 
 

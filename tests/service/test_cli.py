@@ -88,7 +88,7 @@ def test_stylize_matches_the_reference_test_py(
     result = adain(
         "stylize", inputs["content"], *styles, "-o", tmp_path / "ours.png",
         "--content-size", reference_options["content_size"],
-        "--style-size", reference_options["style_size"], "--device", "cpu",
+        "--style-size", reference_options["style_size"], "--device", "cpu", "--precision", "fp32",
         "--encoder", reference_weights[0], "--decoder", reference_weights[1], *cli_options,
     )
     assert result.exit_code == 0, result.output
@@ -115,7 +115,7 @@ def test_folders_stylize_every_content_with_every_style(
         random_image(32, 32 + 8 * seed, seed=30 + seed).save(styles / f"{name}.jpg")
     result = adain(
         "stylize", contents, styles, "-o", tmp_path / "out", "--content-size", 0,
-        "--style-size", 0, "--device", "cpu",
+        "--style-size", 0, "--device", "cpu", "--precision", "fp32",
         "--encoder", reference_weights[0], "--decoder", reference_weights[1],
     )
     assert result.exit_code == 0, result.output
@@ -176,7 +176,7 @@ def test_masks_one_binary_for_two_styles_or_one_per_style(
     mask.paste(255, (0, 0, 26, 44))  # left half white: the first style
     mask.save(tmp_path / "mask.png")
     common = [
-        "--content-size", 0, "--style-size", 0, "--device", "cpu",
+        "--content-size", 0, "--style-size", 0, "--device", "cpu", "--precision", "fp32",
         "--encoder", reference_weights[0], "--decoder", reference_weights[1],
     ]
     styles = [inputs["style_a"], inputs["style_b"]]

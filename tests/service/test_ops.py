@@ -15,7 +15,7 @@ import httpx
 
 from devkit import REPO
 from devkit.images import encode, random_image
-from devkit.server import free_port, stop, wait_until_ready
+from devkit.server import free_port, running_server, stop, wait_until_ready
 
 CONTENT = encode(random_image(48, 32, seed=31))
 STYLE = encode(random_image(40, 40, seed=32))
@@ -116,3 +116,16 @@ def test_serve_full_queue_503_and_graceful_shutdown(
     # The lifespan's shutdown ran (the engine drained) after the last request was answered.
     last_answer = len(messages) - 1 - messages[::-1].index("POST /stylize 200")
     assert messages.index("stopped") > last_answer
+
+
+def test_precision_and_compile_settings_reach_the_networks(server_env: dict[str, str]) -> None:
+    """ADAIN_PRECISION=bf16 runs bf16 networks (the shared server pins fp32); with
+    ADAIN_COMPILE=on and no C++ compiler on the PATH the server says so and runs eager."""
+    env = {**server_env, "ADAIN_PRECISION": "bf16", "ADAIN_COMPILE": "on", "PATH": "/nowhere"}
+    with running_server(env) as server:
+        assert stylize(server.url).status_code == 200
+        records = [json.loads(line) for line in server.logs().splitlines()
+                   if line.startswith("{")]
+    loaded = next(r for r in records if r["message"] == "networks loaded")
+    assert loaded["dtype"] == "torch.bfloat16" and loaded["compiled"] is False
+    assert any("no C/C++ compiler found" in r["message"] for r in records)

@@ -80,7 +80,7 @@ def test_output_equals_the_cli_pixel_for_pixel(
         subprocess.run(
             [sys.executable, "-m", "service.cli", "stylize", "content.png", "a.png", "b.jpg",
              "-o", str(output), "--encoder", str(encoder), "--decoder", str(decoder),
-             "--device", "cpu", *options],
+             "--device", "cpu", "--precision", "fp32", *options],
             # The CLI of this checkout, whatever the installed package points at.
             cwd=tmp_path, check=True, capture_output=True,
             env={**os.environ, "PYTHONPATH": str(REPO)},
