@@ -118,11 +118,11 @@ class _Entry(Generic[R]):
             return tuple(self.job.content.shape)
         return None
 
-    def succeed(self, value: Timed[R]) -> None:
-        self.loop.call_soon_threadsafe(self._unless_gone, self.future.set_result, value)
-
-    def fail(self, error: BaseException) -> None:
-        self.loop.call_soon_threadsafe(self._unless_gone, self.future.set_exception, error)
+    def settle(self, outcome: Timed[R] | BaseException) -> None:
+        """Hand the caller its result or its error, on its event loop."""
+        settle = (self.future.set_exception if isinstance(outcome, BaseException)
+                  else self.future.set_result)
+        self.loop.call_soon_threadsafe(self._unless_gone, settle, outcome)
 
     def _unless_gone(self, settle: Callable[[Any], None], outcome: object) -> None:
         """On the loop: a caller that went away meanwhile (cancelled) is owed nothing."""
@@ -240,8 +240,12 @@ class Engine:
                     return
                 batch = self._claim(self._collect(first, held))
                 if batch:
-                    self._execute(batch)
+                    outcomes = self._execute(batch)
+                    # Counted done before the callers hear of it: a caller that sends its next
+                    # job at once finds the queue's room already back.
                     self._finished(len(batch))
+                    for entry, outcome in outcomes:
+                        entry.settle(outcome)
 
     def _collect(self, first: _Entry[Any], held: deque[_Entry[Any] | None]) -> list[_Entry[Any]]:
         """`first` plus jobs of the same batch key arriving within max_wait_ms."""
@@ -287,7 +291,10 @@ class Engine:
             depth = self._depth
         self._report_depth(depth)
 
-    def _execute(self, batch: list[_Entry[Any]]) -> None:
+    def _execute(
+        self, batch: list[_Entry[Any]]
+    ) -> list[tuple[_Entry[Any], Timed[Any] | BaseException]]:
+        """Each entry with its result or its error; nothing is handed to the callers here."""
         start = time.perf_counter()
         try:
             results = self._compute([entry.job for entry in batch])
@@ -295,26 +302,21 @@ class Engine:
             self._release_memory()
             if len(batch) == 1:
                 log.warning("out of device memory for one job; it fails alone")
-                batch[0].fail(EngineOutOfMemoryError(
+                return [(batch[0], EngineOutOfMemoryError(
                     "out of device memory for the image; retry later or send a smaller "
-                    "content_size", "content_size"))
-                return
+                    "content_size", "content_size"))]
             # Smaller batches may fit: retry each half on its own.
             log.warning("out of device memory for a batch of %d; splitting it", len(batch))
             half = len(batch) // 2
-            self._execute(batch[:half])
-            self._execute(batch[half:])
-            return
+            return self._execute(batch[:half]) + self._execute(batch[half:])
         except Exception as exc:  # one bad job must not stop the worker
             log.exception("inference failed")
-            for entry in batch:
-                entry.fail(exc)
-            return
+            return [(entry, exc) for entry in batch]
         seconds = time.perf_counter() - start
         if self.on_batch:
             self.on_batch(batch[0].job.kind, len(batch), seconds)
-        for entry, result in zip(batch, results, strict=True):
-            entry.succeed(Timed(result, seconds * 1000, len(batch)))
+        return [(entry, Timed(result, seconds * 1000, len(batch)))
+                for entry, result in zip(batch, results, strict=True)]
 
     def _compute(self, jobs: list[Job]) -> list[object]:
         """One result per job: a batch of stylize jobs, or one statistics job."""

@@ -114,13 +114,6 @@ async def start_services(settings: Settings) -> Services:
     return Services(settings, engine, stylizer, registry, limits, redis, rate_limiter)
 
 
-async def until_idle(engine: Engine) -> None:
-    """Until the engine has counted its last job done (just after that job's caller got the
-    result), so that warm-up jobs in a row fit a queue of one (ADAIN_QUEUE_SIZE=1)."""
-    while engine.depth:
-        await asyncio.sleep(0.01)
-
-
 async def warm_up(services: Services) -> None:
     """Real forward passes through the engine (first CUDA calls are slow; `torch.compile`
     compiles then), then ready."""
@@ -129,10 +122,8 @@ async def warm_up(services: Services) -> None:
         try:
             for size in WARMUP_SIZES:
                 grey = images.prepare(Image.new("RGB", size, (128, 128, 128)))
-                await until_idle(services.engine)
                 stats = await services.engine.style_statistics(grey)
                 mix = StyleMix(stats.value.mean, stats.value.std, torch.ones(1))
-                await until_idle(services.engine)
                 await services.engine.stylize(StylizeJob(grey, mix))
         except Exception:
             log.exception("warm-up failed; /readyz stays 503")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -158,6 +159,32 @@ def test_full_queue_refuses_and_close_drains(net: StyleTransfer) -> None:
     assert_result(net, jobs[0], results[0])
     assert_result(net, jobs[1], results[1])
     assert isinstance(refused, EngineClosedError)
+    assert engine.depth == 0
+
+
+def test_a_queue_of_one_takes_jobs_back_to_back(net: StyleTransfer) -> None:
+    """A job is counted done before its caller hears of it: the caller's next job, sent at
+    once, finds room in a queue of one (no spurious 503)."""
+
+    class LateBookkeeping(Engine):
+        """The worker thread descheduled between computing and counting the job done."""
+
+        def _finished(self, count: int) -> None:
+            time.sleep(0.2)
+            super()._finished(count)
+
+    jobs = [job_for(net, seed) for seed in range(3)]
+    engine = LateBookkeeping(net, queue_size=1)
+
+    async def scenario() -> list[Timed[Tensor]]:
+        engine.start()
+        try:
+            return [await engine.stylize(job) for job in jobs]
+        finally:
+            await engine.close()
+
+    for job, result in zip(jobs, asyncio.run(scenario()), strict=True):
+        assert_result(net, job, result)
     assert engine.depth == 0
 
 
