@@ -22,6 +22,8 @@ RELU_TAPS: tuple[int, ...] = (3, 10, 17, 30)
 # Every reflection pad needs 2 px: the smallest side that stays >= 2 after three ceil-mode pools.
 MIN_SIDE = 9
 EPS = 1e-5
+# Output pixels per tile side above which `models.tiling` takes over: about 1 GB on CPU.
+DEFAULT_TILE_SIZE = 1024
 
 
 def _conv(c_in: int, c_out: int) -> list[nn.Module]:
@@ -90,10 +92,16 @@ def adain_from_stats(content_feat: Tensor, style_mean: Tensor, style_std: Tensor
     return (content_feat - content_mean) / content_std * style_std + style_mean
 
 
-def _flatten_mean_std(image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    flat = image.reshape(3, -1)
+def _normalised_moments(image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean (3, 1), std (3, 1) and, + identity, the covariance of the standardised colours."""
+    from models.tiling import rgb_moments  # tiling builds on this module
+
+    mean, std, sums = rgb_moments(image)
     # A flat channel (std 0) would make CORAL divide by zero; EPS leaves real images unchanged.
-    return flat, flat.mean(dim=-1, keepdim=True), flat.std(dim=-1, keepdim=True).clamp(min=EPS)
+    std = std.clamp(min=EPS)
+    pixels = image.shape[-2] * image.shape[-1]
+    cov = (sums - pixels * mean @ mean.t()) / (std @ std.t())
+    return mean, std, cov + torch.eye(3, dtype=torch.float64, device=image.device)
 
 
 def _matrix_sqrt(x: Tensor) -> Tensor:
@@ -105,17 +113,19 @@ def coral(source: Tensor, target: Tensor) -> Tensor:
     """Recolour `source` (3, H, W) to the RGB mean and covariance of `target` (3, H', W').
 
     The reference's CORAL, used for colour preservation: the style image takes the content's
-    colours before it is encoded. Computed in float64 so that the SVDs are stable.
+    colours before it is encoded. Computed in float64 so that the SVDs are stable, a chunk of
+    pixels at a time so that a large image is not copied whole in float64.
     """
-    src, src_mean, src_std = _flatten_mean_std(source.double())
-    tgt, tgt_mean, tgt_std = _flatten_mean_std(target.double())
-    eye = torch.eye(3, dtype=torch.float64, device=source.device)
-    src_norm = (src - src_mean) / src_std
-    tgt_norm = (tgt - tgt_mean) / tgt_std
-    src_cov = src_norm @ src_norm.t() + eye
-    tgt_cov = tgt_norm @ tgt_norm.t() + eye
-    moved = _matrix_sqrt(tgt_cov) @ torch.linalg.inv(_matrix_sqrt(src_cov)) @ src_norm
-    return (moved * tgt_std + tgt_mean).view(source.shape).to(source.dtype)
+    from models.tiling import PIXELS_PER_CHUNK
+
+    src_mean, src_std, src_cov = _normalised_moments(source)
+    tgt_mean, tgt_std, tgt_cov = _normalised_moments(target)
+    move = _matrix_sqrt(tgt_cov) @ torch.linalg.inv(_matrix_sqrt(src_cov))
+    out = torch.empty_like(source)
+    for src, dst in zip(source.reshape(3, -1).split(PIXELS_PER_CHUNK, dim=1),
+                        out.view(3, -1).split(PIXELS_PER_CHUNK, dim=1), strict=True):
+        dst.copy_(move @ ((src.double() - src_mean) / src_std) * tgt_std + tgt_mean)
+    return out
 
 
 # --- the paper's user controls -------------------------------------------------------------
@@ -215,14 +225,33 @@ def adain_target(
     mask covers use `mix_weights`). Computed in float32 whatever the network's precision.
     """
     feat = content_feat.float()
+    if masks is None:
+        mean, std = calc_mean_std(feat)
+        return adain_target_from_stats(feat, mean, std, style_mean, style_std, mix_weights)
+    region = masks.to(feat.device).on_grid((feat.shape[-2], feat.shape[-1]))
+    mean, std = calc_region_mean_std(feat, region)
+    return adain_target_from_stats(feat, mean, std, style_mean, style_std, mix_weights, region)
+
+
+def adain_target_from_stats(
+    content_feat: Tensor,
+    content_mean: Tensor,
+    content_std: Tensor,
+    style_mean: Tensor,
+    style_std: Tensor,
+    mix_weights: Tensor,
+    region: Tensor | None = None,
+) -> Tensor:
+    """`adain_target` with the content's statistics given (those of the whole image when
+    content_feat is one tile of it: `models.tiling`); region: the masks on content_feat's grid
+    (S, 1, h, w), and content_mean, content_std per region (S, C, 1, 1)."""
+    feat = content_feat.float()
     style_mean = style_mean.to(feat.device, torch.float32)
     style_std = style_std.to(feat.device, torch.float32)
     w = mix_weights.to(feat.device, torch.float32).view(-1, 1, 1, 1)
-    if masks is None:
-        return (w * adain_from_stats(feat, style_mean, style_std)).sum(dim=0, keepdim=True)
-    region = masks.to(feat.device).on_grid((feat.shape[-2], feat.shape[-1]))
-    mean, std = calc_region_mean_std(feat, region)
-    per_style = (feat - mean) / std * style_std + style_mean  # (S, C, h, w)
+    per_style = (feat - content_mean) / content_std * style_std + style_mean  # (S, C, h, w)
+    if region is None:
+        return (w * per_style).sum(dim=0, keepdim=True)
     mix = w * region
     total = mix.sum(dim=0, keepdim=True)
     mix = torch.where(total > 0, mix / total.clamp(min=1e-12), w.expand_as(mix))
@@ -251,6 +280,8 @@ class StyleTransfer(nn.Module):
         self.encoder = make_encoder()
         self.decoder = make_decoder()
         self.encoder.requires_grad_(False)
+        # Images with more pixels than tile_size ** 2 go through `models.tiling` (0: never).
+        self.tile_size = DEFAULT_TILE_SIZE
 
     @property
     def dtype(self) -> torch.dtype:
@@ -273,6 +304,12 @@ class StyleTransfer(nn.Module):
 
     def style_statistics(self, styles: Tensor) -> tuple[Tensor, Tensor]:
         """relu4_1 mean and std (float32) of a batch of style images: all AdaIN needs of a style."""
+        from models import tiling  # tiling builds on this module
+
+        if tiling.needs_tiles(styles.shape[-2], styles.shape[-1], self.tile_size):
+            stats = [tiling.accumulated_statistics(self, style, self.tile_size)
+                     for style in styles.split(1)]
+            return torch.cat([m for m, _ in stats]), torch.cat([s for _, s in stats])
         return calc_mean_std(self.encode(styles).float())
 
     def decode(self, feats: Tensor, size: tuple[int, int]) -> Tensor:
@@ -287,6 +324,11 @@ class StyleTransfer(nn.Module):
         CLI and the evaluation all end here."""
         if len(mixes) != contents.shape[0]:
             raise ValueError(f"{contents.shape[0]} contents but {len(mixes)} style mixes")
+        from models import tiling  # tiling builds on this module
+
+        if tiling.needs_tiles(contents.shape[-2], contents.shape[-1], self.tile_size):
+            return torch.cat([tiling.stylize_tiled(self, content, mix, self.tile_size)
+                              for content, mix in zip(contents.split(1), mixes, strict=True)])
         feats = self.encode(contents)
         blended = [
             blend(feat, adain_target(feat, mix.mean, mix.std, mix.weights, mix.masks), mix.alpha)
