@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 
 from models.errors import DomainError, InvalidInputError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
-from service.imaging import ImageTooLargeError, UnsupportedImageError
+from service.imaging import DecodeBudgetError, ImageTooLargeError, UnsupportedImageError
 from service.registry import StyleNotFoundError
 
 
@@ -34,6 +34,7 @@ HTTP_ERRORS: dict[type[DomainError], HttpStatus] = {
     ImageTooLargeError: HttpStatus(413),
     StyleNotFoundError: HttpStatus(404),
     EngineBusyError: HttpStatus(503, retry_after_s=1),
+    DecodeBudgetError: HttpStatus(503, retry_after_s=1),
     EngineClosedError: HttpStatus(503, retry_after_s=5),
     EngineOutOfMemoryError: HttpStatus(503, retry_after_s=5),
 }

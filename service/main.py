@@ -21,7 +21,7 @@ from service.cache import MemoryStatsCache, RedisStatsCache, StatsCache, encoder
 from service.deps import Services
 from service.engine import Engine, StylizeJob
 from service.errors import install_error_handlers
-from service.imaging import ImageLimits
+from service.imaging import ImageLimits, PixelBudget
 from service.limits import BodySizeLimit
 from service.logs import RequestContext, configure_logging
 from service.openapi import install_openapi, operation_id
@@ -43,6 +43,7 @@ async def start_services(settings: Settings) -> Services:
     net = await asyncio.to_thread(
         load_model, settings.encoder_path, settings.decoder_path, device, settings.half
     )
+    net.tile_size = settings.tile_size
     engine = Engine(
         net, device,
         max_batch_size=settings.batch_size_for(device.type),
@@ -68,7 +69,8 @@ async def start_services(settings: Settings) -> Services:
         cache = MemoryStatsCache(settings.cache_size)
         registry = DiskRegistry(settings.styles_dir)
     limits = ImageLimits(settings.max_image_pixels, settings.max_output_pixels)
-    stylizer = Stylizer(engine, cache, limits, fingerprint)
+    budget = PixelBudget(settings.decode_pixel_budget, settings.decode_wait_s)
+    stylizer = Stylizer(engine, cache, limits, fingerprint, budget)
     log.info("networks loaded", extra={"device": str(device), "dtype": str(net.dtype),
                                        "redis": bool(redis)})
     return Services(settings, engine, stylizer, registry, limits, redis)
