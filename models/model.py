@@ -121,7 +121,7 @@ def coral(source: Tensor, target: Tensor) -> Tensor:
     src_mean, src_std, src_cov = _normalised_moments(source)
     tgt_mean, tgt_std, tgt_cov = _normalised_moments(target)
     move = _matrix_sqrt(tgt_cov) @ torch.linalg.inv(_matrix_sqrt(src_cov))
-    out = torch.empty_like(source)
+    out = torch.empty(source.shape, dtype=source.dtype, device=source.device)  # contiguous
     for src, dst in zip(source.reshape(3, -1).split(PIXELS_PER_CHUNK, dim=1),
                         out.view(3, -1).split(PIXELS_PER_CHUNK, dim=1), strict=True):
         dst.copy_(move @ ((src.double() - src_mean) / src_std) * tgt_std + tgt_mean)
