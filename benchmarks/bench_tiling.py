@@ -132,7 +132,7 @@ def vm_hwm_gb(pid: int) -> float:
     raise RuntimeError("no VmHWM")
 
 
-def memory(label: str, size: tuple[int, int], work: Path) -> None:
+def memory(label: str, size: tuple[int, int], work: Path, via: set[str]) -> None:
     content, style = work / f"content_{label}.jpg", work / "style.jpg"
     picture(PHOTO, size, seed=3).save(content, quality=92)
     picture(STYLE, (512, 512), seed=4).save(style, quality=92)
@@ -141,23 +141,16 @@ def memory(label: str, size: tuple[int, int], work: Path) -> None:
         f"\n{label}: {size[0]} x {size[1]} ({megapixels:.1f} MP), content upload "
         f"{content.stat().st_size / 1e6:.1f} MB JPEG, PNG output"
     )
-    seconds, peak = peak_of_child(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "stylize",
-            str(content),
-            str(style),
-            "-o",
-            str(work / f"out_{label}.png"),
-            "--content-size",
-            "0",
-            "--device",
-            "cpu",
-        ]
-    )
-    print(f"  adain stylize   {seconds:7.1f} s  peak RSS {peak:5.2f} GB")
+    if "cli" in via:
+        command = [sys.executable, "-m", "service.cli", "stylize", str(content), str(style)]
+        output = ["-o", str(work / f"out_{label}.png"), "--content-size", "0", "--device", "cpu"]
+        seconds, peak = peak_of_child(command + output)
+        print(f"  adain stylize   {seconds:7.1f} s  peak RSS {peak:5.2f} GB")
+    if "http" in via:
+        http(content, style)
+
+
+def http(content: Path, style: Path) -> None:
     env = {"ADAIN_DEVICE": "cpu", "PYTHONPATH": str(REPO)}
     with running_server(env, ready_timeout_s=600) as server:
         idle = vm_hwm_gb(server.process.pid)
@@ -187,6 +180,7 @@ def main() -> None:
     parser.add_argument("--accuracy-side", type=int, default=2048)
     parser.add_argument("--tile", type=int, default=1024, help="tile side of the accuracy test")
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--via", default="cli,http", help="adain stylize (cli), HTTP or both")
     parser.add_argument("--images", type=Path, default=REPO / "docs" / "images")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
@@ -197,7 +191,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="adain-bench-tiling-") as folder:
         for label in filter(None, args.sizes.split(",")):
             size = SIZES.get(label) or tuple(int(n) for n in label.split("x"))
-            memory(label, (size[0], size[1]), Path(folder))
+            memory(label, (size[0], size[1]), Path(folder), set(args.via.split(",")))
 
 
 if __name__ == "__main__":

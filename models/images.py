@@ -79,4 +79,6 @@ def to_pil(image: Tensor) -> Image.Image:
     for start in range(0, planes.shape[-2], ROWS_PER_CHUNK):
         rows = planes[:, start : start + ROWS_PER_CHUNK].mul(255).add_(0.5).clamp_(0, 255)
         pixels[start : start + ROWS_PER_CHUNK] = rows.to(torch.uint8).permute(1, 2, 0).cpu()
-    return Image.fromarray(pixels.numpy())
+    # Pillow reads the tensor's memory instead of copying it (fromarray would copy).
+    return Image.frombuffer("RGB", (pixels.shape[1], pixels.shape[0]), pixels.numpy(), "raw",
+                            "RGB", 0, 1)

@@ -327,8 +327,9 @@ class StyleTransfer(nn.Module):
         from models import tiling  # tiling builds on this module
 
         if tiling.needs_tiles(contents.shape[-2], contents.shape[-1], self.tile_size):
-            return torch.cat([tiling.stylize_tiled(self, content, mix, self.tile_size)
-                              for content, mix in zip(contents.split(1), mixes, strict=True)])
+            outs = [tiling.stylize_tiled(self, content, mix, self.tile_size)
+                    for content, mix in zip(contents.split(1), mixes, strict=True)]
+            return outs[0] if len(outs) == 1 else torch.cat(outs)  # no copy of one 8K output
         feats = self.encode(contents)
         blended = [
             blend(feat, adain_target(feat, mix.mean, mix.std, mix.weights, mix.masks), mix.alpha)
