@@ -30,7 +30,7 @@ from models.model import make_decoder, make_encoder
 from models.weights import load_model
 from service.cache import MemoryStatsCache, encoder_fingerprint
 from service.engine import Engine, cpu_threads
-from service.imaging import ImageLimits, OutputFormat
+from service.imaging import ImageLimits, OutputFormat, PixelBudget
 from service.settings import Settings
 from service.stylizer import StyleInput, Stylizer, StylizeRequest
 
@@ -115,6 +115,7 @@ class InProcessService:
         net = load_model(encoder, decoder, "cpu",
                          pick_dtype(precision or settings.precision, "cpu"))
         compile_networks(net, compile_mode, "cpu")
+        net.tile_size = settings.tile_size
         engine = Engine(net, "cpu", max_batch_size=settings.batch_size_for("cpu"),
                         max_wait_ms=settings.max_wait_ms, queue_size=settings.queue_size)
         engine.start()
@@ -123,6 +124,7 @@ class InProcessService:
             engine, MemoryStatsCache(entries),
             ImageLimits(settings.max_image_pixels, settings.max_output_pixels),
             encoder_fingerprint(encoder, net.dtype, torch.device("cpu")),
+            PixelBudget(settings.decode_pixel_budget, settings.decode_wait_s),
         )
         return cls(stylizer, engine, asyncio.new_event_loop())
 

@@ -36,7 +36,8 @@ def rgb_to_tensor(rgb: Image.Image, size: int = 0, crop: bool = False) -> Tensor
         rgb = TF.resize(rgb, size)
     if crop and size:
         rgb = TF.center_crop(rgb, size)
-    return TF.to_tensor(rgb)[None]
+    # to_tensor's arithmetic, dividing in place: no second full-size float copy.
+    return TF.pil_to_tensor(rgb).contiguous().float().div_(255)[None]
 
 
 def prepared_size(width: int, height: int, size: int = 0, crop: bool = False) -> tuple[int, int]:
@@ -95,7 +96,16 @@ def load(path: Path, size: int = 0, crop: bool = False) -> Tensor:
         return prepare(image, size, crop)
 
 
+ROWS_PER_CHUNK = 256  # rows converted to 8 bits at a time: a large image has no float copy
+
+
 def to_pil(image: Tensor) -> Image.Image:
     """(1, 3, H, W) or (3, H, W) in [0, 1] -> 8-bit RGB, rounded as torchvision's save_image."""
-    pixels = image.reshape(-1, *image.shape[-2:]).mul(255).add_(0.5).clamp_(0, 255)
-    return Image.fromarray(pixels.to(torch.uint8).permute(1, 2, 0).cpu().numpy())
+    planes = image.reshape(-1, *image.shape[-2:])
+    pixels = torch.empty((*planes.shape[-2:], planes.shape[0]), dtype=torch.uint8)
+    for start in range(0, planes.shape[-2], ROWS_PER_CHUNK):
+        rows = planes[:, start : start + ROWS_PER_CHUNK].mul(255).add_(0.5).clamp_(0, 255)
+        pixels[start : start + ROWS_PER_CHUNK] = rows.to(torch.uint8).permute(1, 2, 0).cpu()
+    # Pillow reads the tensor's memory instead of copying it (fromarray would copy).
+    return Image.frombuffer("RGB", (pixels.shape[1], pixels.shape[0]), pixels.numpy(), "raw",
+                            "RGB", 0, 1)

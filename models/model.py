@@ -22,6 +22,8 @@ RELU_TAPS: tuple[int, ...] = (3, 10, 17, 30)
 # Every reflection pad needs 2 px: the smallest side that stays >= 2 after three ceil-mode pools.
 MIN_SIDE = 9
 EPS = 1e-5
+# Output pixels per tile side above which `models.tiling` takes over: about 1 GB on CPU.
+DEFAULT_TILE_SIZE = 1024
 
 
 def _conv(c_in: int, c_out: int) -> list[nn.Module]:
@@ -66,22 +68,32 @@ def calc_mean_std(feat: Tensor, eps: float = EPS) -> tuple[Tensor, Tensor]:
     return flat.mean(dim=2).view(n, c, 1, 1), std
 
 
-def calc_region_mean_std(feat: Tensor, mask: Tensor, eps: float = EPS) -> tuple[Tensor, Tensor]:
+def calc_region_mean_std(
+    feat: Tensor, mask: Tensor, eps: float = EPS, whole: tuple[Tensor, Tensor] | None = None
+) -> tuple[Tensor, Tensor]:
     """`calc_mean_std` over the pixels a (soft) mask selects: frequency-weighted, unbiased.
 
     feat (1, C, h, w), mask (S, 1, h, w) -> (S, C, 1, 1). A binary mask gives exactly the
-    statistics of the selected pixels; an all-ones mask gives `calc_mean_std`. A region of
-    less than two features' mass has no usable variance (an almost empty mask would divide the
-    features by ~sqrt(eps)): from mass 2 down to 1 its statistics turn into the whole image's.
+    statistics of the selected pixels; an all-ones mask gives `calc_mean_std`. Almost empty
+    regions take the whole image's statistics (`whole`, computed here when not given): see
+    `trusted_region_stats`.
     """
     count = mask.sum(dim=(2, 3), keepdim=True)
     mean = (feat * mask).sum(dim=(2, 3), keepdim=True) / count.clamp(min=EPS)
     var = (mask * (feat - mean) ** 2).sum(dim=(2, 3), keepdim=True) / (count - 1).clamp(min=1)
-    whole_mean, whole_std = calc_mean_std(feat, eps)
+    return trusted_region_stats(count, mean, var, whole or calc_mean_std(feat, eps), eps)
+
+
+def trusted_region_stats(
+    count: Tensor, mean: Tensor, var: Tensor, whole: tuple[Tensor, Tensor], eps: float = EPS
+) -> tuple[Tensor, Tensor]:
+    """A region's (mean, std) from its mass, mean and unbiased variance. A region of less than
+    two features' mass has no usable variance (an almost empty mask would divide the features
+    by ~sqrt(eps)): from mass 2 down to 1 its statistics turn into the whole image's."""
+    whole_mean, whole_std = whole
     trust = (count - 1).clamp(0, 1)  # 1 for any real region: its own statistics unchanged
-    mean = trust * mean + (1 - trust) * whole_mean
-    std = trust * (var + eps).sqrt() + (1 - trust) * whole_std
-    return mean, std
+    return (trust * mean + (1 - trust) * whole_mean,
+            trust * (var + eps).sqrt() + (1 - trust) * whole_std)
 
 
 def adaptive_instance_normalization(content_feat: Tensor, style_feat: Tensor) -> Tensor:
@@ -96,10 +108,16 @@ def adain_from_stats(content_feat: Tensor, style_mean: Tensor, style_std: Tensor
     return (content_feat - content_mean) / content_std * style_std + style_mean
 
 
-def _flatten_mean_std(image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    flat = image.reshape(3, -1)
+def _normalised_moments(image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean (3, 1), std (3, 1) and, + identity, the covariance of the standardised colours."""
+    from models.tiling import rgb_moments  # tiling builds on this module
+
+    mean, std, sums = rgb_moments(image)
     # A flat channel (std 0) would make CORAL divide by zero; EPS leaves real images unchanged.
-    return flat, flat.mean(dim=-1, keepdim=True), flat.std(dim=-1, keepdim=True).clamp(min=EPS)
+    std = std.clamp(min=EPS)
+    pixels = image.shape[-2] * image.shape[-1]
+    cov = (sums - pixels * mean @ mean.t()) / (std @ std.t())
+    return mean, std, cov + torch.eye(3, dtype=torch.float64, device=image.device)
 
 
 def _matrix_sqrt(x: Tensor) -> Tensor:
@@ -111,17 +129,19 @@ def coral(source: Tensor, target: Tensor) -> Tensor:
     """Recolour `source` (3, H, W) to the RGB mean and covariance of `target` (3, H', W').
 
     The reference's CORAL, used for colour preservation: the style image takes the content's
-    colours before it is encoded. Computed in float64 so that the SVDs are stable.
+    colours before it is encoded. Computed in float64 so that the SVDs are stable, a chunk of
+    pixels at a time so that a large image is not copied whole in float64.
     """
-    src, src_mean, src_std = _flatten_mean_std(source.double())
-    tgt, tgt_mean, tgt_std = _flatten_mean_std(target.double())
-    eye = torch.eye(3, dtype=torch.float64, device=source.device)
-    src_norm = (src - src_mean) / src_std
-    tgt_norm = (tgt - tgt_mean) / tgt_std
-    src_cov = src_norm @ src_norm.t() + eye
-    tgt_cov = tgt_norm @ tgt_norm.t() + eye
-    moved = _matrix_sqrt(tgt_cov) @ torch.linalg.inv(_matrix_sqrt(src_cov)) @ src_norm
-    return (moved * tgt_std + tgt_mean).view(source.shape).to(source.dtype)
+    from models.tiling import PIXELS_PER_CHUNK
+
+    src_mean, src_std, src_cov = _normalised_moments(source)
+    tgt_mean, tgt_std, tgt_cov = _normalised_moments(target)
+    move = _matrix_sqrt(tgt_cov) @ torch.linalg.inv(_matrix_sqrt(src_cov))
+    out = torch.empty(source.shape, dtype=source.dtype, device=source.device)  # contiguous
+    for src, dst in zip(source.reshape(3, -1).split(PIXELS_PER_CHUNK, dim=1),
+                        out.view(3, -1).split(PIXELS_PER_CHUNK, dim=1), strict=True):
+        dst.copy_(move @ ((src.double() - src_mean) / src_std) * tgt_std + tgt_mean)
+    return out
 
 
 # --- the paper's user controls -------------------------------------------------------------
@@ -230,14 +250,39 @@ def adain_target(
     cover nothing give the unmasked result. Computed in float32 whatever the network's precision.
     """
     feat = content_feat.float()
+    whole = calc_mean_std(feat)
+    if masks is None:
+        return adain_target_from_stats(feat, whole, style_mean, style_std, mix_weights)
+    region = masks.to(feat.device).on_grid((feat.shape[-2], feat.shape[-1]))
+    by_region = calc_region_mean_std(feat, region, whole=whole)
+    return adain_target_from_stats(
+        feat, whole, style_mean, style_std, mix_weights, region, by_region)
+
+
+def adain_target_from_stats(
+    content_feat: Tensor,
+    whole: tuple[Tensor, Tensor],
+    style_mean: Tensor,
+    style_std: Tensor,
+    mix_weights: Tensor,
+    region: Tensor | None = None,
+    region_stats: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    """`adain_target` with the content's statistics given (those of the whole image when
+    content_feat is one tile of it: `models.tiling`): `whole` its (mean, std) (1, C, 1, 1);
+    with masks, region the masks on content_feat's grid (S, 1, h, w) and region_stats the
+    (mean, std) of each region (S, C, 1, 1)."""
+    feat = content_feat.float()
     style_mean = style_mean.to(feat.device, torch.float32)
     style_std = style_std.to(feat.device, torch.float32)
     w = mix_weights.to(feat.device, torch.float32).view(-1, 1, 1, 1)
-    unmasked = (w * adain_from_stats(feat, style_mean, style_std)).sum(dim=0, keepdim=True)
-    if masks is None:
+    whole_mean, whole_std = whole
+    unmasked = (w * ((feat - whole_mean) / whole_std * style_std + style_mean)).sum(
+        dim=0, keepdim=True)
+    if region is None:
         return unmasked
-    region = masks.to(feat.device).on_grid((feat.shape[-2], feat.shape[-1]))
-    mean, std = calc_region_mean_std(feat, region)
+    assert region_stats is not None, "masks need their regions' statistics"
+    mean, std = region_stats
     per_style = (feat - mean) / std * style_std + style_mean  # (S, C, h, w)
     mix = w * region
     total = mix.sum(dim=0, keepdim=True)
@@ -270,6 +315,8 @@ class StyleTransfer(nn.Module):
         self.encoder = make_encoder()
         self.decoder = make_decoder()
         self.encoder.requires_grad_(False)
+        # Images with more pixels than tile_size ** 2 go through `models.tiling` (0: never).
+        self.tile_size = DEFAULT_TILE_SIZE
 
     @property
     def dtype(self) -> torch.dtype:
@@ -292,6 +339,12 @@ class StyleTransfer(nn.Module):
 
     def style_statistics(self, styles: Tensor) -> tuple[Tensor, Tensor]:
         """relu4_1 mean and std (float32) of a batch of style images: all AdaIN needs of a style."""
+        from models import tiling  # tiling builds on this module
+
+        if tiling.needs_tiles(styles.shape[-2], styles.shape[-1], self.tile_size):
+            stats = [tiling.accumulated_statistics(self, style, self.tile_size)
+                     for style in styles.split(1)]
+            return torch.cat([m for m, _ in stats]), torch.cat([s for _, s in stats])
         return calc_mean_std(self.encode(styles).float())
 
     def decode(self, feats: Tensor, size: tuple[int, int]) -> Tensor:
@@ -306,6 +359,12 @@ class StyleTransfer(nn.Module):
         CLI and the evaluation all end here."""
         if len(mixes) != contents.shape[0]:
             raise ValueError(f"{contents.shape[0]} contents but {len(mixes)} style mixes")
+        from models import tiling  # tiling builds on this module
+
+        if tiling.needs_tiles(contents.shape[-2], contents.shape[-1], self.tile_size):
+            outs = [tiling.stylize_tiled(self, content, mix, self.tile_size)
+                    for content, mix in zip(contents.split(1), mixes, strict=True)]
+            return outs[0] if len(outs) == 1 else torch.cat(outs)  # no copy of one 8K output
         feats = self.encode(contents)
         blended = [
             blend(feat, adain_target(feat, mix.mean, mix.std, mix.weights, mix.masks), mix.alpha)

@@ -141,6 +141,9 @@ def stylize(
     decoder: DecoderOption = None,
     device: DeviceOption = Device.auto,
     precision: PrecisionOption = Precision.auto,
+    tile_size: Annotated[int, typer.Option(min=0, help="Images with more pixels than its square "
+                         "are stylized in tiles of this side (a multiple of 8; 0: never): "
+                         "memory stays bounded, the output is the untiled one.")] = 1024,
 ) -> None:
     """Stylize CONTENT with STYLE... . Several style files mix into one output (interpolation with
     --weights, or regions with --mask); a folder among the inputs stylizes every content with
@@ -152,7 +155,11 @@ def stylize(
 
     from models import images
 
+    if tile_size % 8:
+        raise typer.BadParameter(f"must be a multiple of 8, got {tile_size}",
+                                 param_hint="--tile-size")
     net = open_model(encoder, decoder, device, precision)
+    net.tile_size = tile_size
     device_ = next(net.parameters()).device
     contents, style_files = expand([content]), expand(styles)
     separate = content.is_dir() or any(s.is_dir() for s in styles)

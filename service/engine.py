@@ -323,7 +323,11 @@ class Engine:
         if isinstance(jobs[0], StatisticsJob):
             return [self._statistics(jobs[0])]
         stylize_jobs = [job for job in jobs if isinstance(job, StylizeJob)]
-        contents = torch.cat([job.content for job in stylize_jobs]).to(self.device)
+        # One job (every job on CPU): its own tensor, not a copy (an 8K content is 400 MB).
+        contents = (
+            torch.cat([job.content for job in stylize_jobs]) if len(stylize_jobs) > 1
+            else stylize_jobs[0].content
+        ).to(self.device)
         out = self.net.stylize_batch(contents, [job.mix for job in stylize_jobs])
         return [image[None].cpu() for image in out]
 

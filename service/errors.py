@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 
 from models.errors import DomainError, InvalidInputError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
-from service.imaging import ImageTooLargeError, UnsupportedImageError
+from service.imaging import DecodeBudgetError, ImageTooLargeError, UnsupportedImageError
 from service.limits import BodyTimeoutError
 from service.registry import (
     RedisUnavailableError,
@@ -53,6 +53,7 @@ HTTP_ERRORS: dict[type[DomainError], HttpStatus] = {
     BodyTimeoutError: HttpStatus(408, headers=(("Connection", "close"),)),
     RateLimitedError: HttpStatus(429, retry_after_s=60),
     EngineBusyError: HttpStatus(503, retry_after_s=1),
+    DecodeBudgetError: HttpStatus(503, retry_after_s=1),
     EngineClosedError: HttpStatus(503, retry_after_s=5),
     EngineOutOfMemoryError: HttpStatus(503, retry_after_s=5),
     RedisUnavailableError: HttpStatus(503, retry_after_s=2),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -25,6 +28,10 @@ class ImageTooLargeError(DomainError):
     """An upload with more pixels than ADAIN_MAX_IMAGE_PIXELS."""
 
 
+class DecodeBudgetError(DomainError):
+    """Decoding the upload now would exceed ADAIN_DECODE_PIXEL_BUDGET: retry shortly."""
+
+
 class OutputFormat(StrEnum):
     png = "png"
     jpeg = "jpeg"
@@ -39,6 +46,58 @@ class OutputFormat(StrEnum):
 class ImageLimits:
     max_image_pixels: int  # per upload, checked from the header before decoding
     max_output_pixels: int  # per image after resizing, the budget of the networks
+
+
+class PixelBudget:
+    """Pixels of uploads being decoded at once, across requests: decoding (in the thread pool,
+    outside the engine's queue) holds a share of it, taken from the header before any decoding.
+
+    A request that finds too little free waits up to `wait_s`, then fails with
+    `DecodeBudgetError` (503). One image larger than the whole budget takes all of it, alone.
+    Used from the event loop only.
+    """
+
+    def __init__(self, pixels: int, wait_s: float) -> None:
+        self.total = pixels
+        self.free = pixels
+        self.wait_s = wait_s
+        self._changed = asyncio.Condition()
+
+    @asynccontextmanager
+    async def hold(self, pixels: int, field: str) -> AsyncIterator[None]:
+        share = min(pixels, self.total)
+        async with self._changed:
+            try:
+                if self.free < share:  # (wait_for with a timeout of 0 would not even look)
+                    await asyncio.wait_for(
+                        self._changed.wait_for(lambda: self.free >= share), self.wait_s
+                    )
+            except TimeoutError:
+                raise DecodeBudgetError(
+                    f"{field}: server busy decoding other uploads ({self.total - self.free} of "
+                    f"{self.total} pixels, ADAIN_DECODE_PIXEL_BUDGET); retry shortly", field,
+                ) from None
+            self.free -= share
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.free += share
+                self._changed.notify_all()
+
+
+def header_pixels(data: bytes) -> int:
+    """Width x height from the image's header, without decoding it; 0 when the header cannot
+    be read (`open_image` then says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+    except (Image.DecompressionBombError, UnidentifiedImageError, OSError, ValueError,
+            SyntaxError):
+        return 0
+    return width * height
 
 
 def open_image(data: bytes, field: str, limits: ImageLimits) -> Image.Image:

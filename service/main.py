@@ -27,7 +27,7 @@ from service.cache import MemoryStatsCache, RedisStatsCache, StatsCache, encoder
 from service.deps import Services
 from service.engine import Engine, StylizeJob
 from service.errors import install_error_handlers
-from service.imaging import ImageLimits
+from service.imaging import ImageLimits, PixelBudget
 from service.limits import BodySizeLimit
 from service.logs import RequestContext, configure_logging
 from service.openapi import install_openapi, operation_id
@@ -75,6 +75,7 @@ async def start_services(settings: Settings) -> Services:
         load_model, settings.encoder_path, settings.decoder_path, device,
         pick_dtype(settings.precision, device),
     )
+    net.tile_size = settings.tile_size
     compiled = compile_networks(net, settings.compile, device)
     engine = Engine(
         net, device,
@@ -107,7 +108,8 @@ async def start_services(settings: Settings) -> Services:
         cache = MemoryStatsCache(settings.cache_size)
         registry = DiskRegistry(settings.styles_dir)
     limits = ImageLimits(settings.max_image_pixels, settings.max_output_pixels)
-    stylizer = Stylizer(engine, cache, limits, fingerprint)
+    budget = PixelBudget(settings.decode_pixel_budget, settings.decode_wait_s)
+    stylizer = Stylizer(engine, cache, limits, fingerprint, budget)
     log.info("networks loaded", extra={"device": str(device), "dtype": str(net.dtype),
                                        "compiled": compiled, "redis": bool(redis)})
     rate_limiter = RateLimiter(settings.rate_limit, redis)

@@ -71,8 +71,9 @@ ERROR_MEANINGS: dict[int, str] = {
     422: "A field is missing, malformed or out of range (`field` names it).",
     429: "Too many requests from this key or address: retry after Retry-After seconds.",
     500: "An unexpected error; it is logged with the request id.",
-    503: "Temporarily unavailable (queue full, shutting down, out of GPU memory, still loading, "
-         "Redis unreachable): retry after Retry-After seconds.",
+    503: "Temporarily unavailable (queue full, too many uploads being decoded, shutting down, "
+         "out of GPU memory, still loading, Redis unreachable): retry after Retry-After "
+         "seconds.",
     507: "The style storage (disk or Redis) is full; nothing stored was lost.",
 }
 RETRY_STATUSES = {429, 503, 507}

@@ -44,7 +44,17 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = Field(20 * MIB, ge=1, description="whole request body")
     max_image_pixels: int = Field(36_000_000, ge=1, description="per upload, from its header")
-    max_output_pixels: int = Field(4_000_000, ge=1, description="per image after resizing")
+    # 8K (7680 x 4320): above tile_size ** 2 pixels images are stylized in tiles, so memory is
+    # bounded by the tile size, not by this count (figures in docs/benchmarks.md).
+    max_output_pixels: int = Field(7680 * 4320, ge=1, description="per image after resizing")
+    tile_size: int = Field(
+        1024, ge=0, multiple_of=8,
+        description="output pixels per tile side; larger images are tiled (0: never)",
+    )
+    # Decoded uploads held at once (content, styles, masks; 3 bytes per pixel decoded, 12 as a
+    # tensor): over it a request waits up to decode_wait_s, then gets 503.
+    decode_pixel_budget: int = Field(100_000_000, ge=1, description="pixels being decoded")
+    decode_wait_s: float = Field(2.0, ge=0, description="wait for the decode budget, then 503")
 
     cache_size: int = Field(512, ge=0, description="in-process style statistics LRU entries")
     cache_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="style statistics lifetime in Redis")

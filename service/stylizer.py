@@ -22,7 +22,15 @@ from models.model import Masks, StyleMix, masks_from_binary, normalise_mix_weigh
 from service import metrics
 from service.cache import StatsCache, stats_key
 from service.engine import Engine, StyleStats, StylizeJob
-from service.imaging import ImageLimits, OutputFormat, check_prepared_size, encode_image, open_image
+from service.imaging import (
+    ImageLimits,
+    OutputFormat,
+    PixelBudget,
+    check_prepared_size,
+    encode_image,
+    header_pixels,
+    open_image,
+)
 
 MAX_STYLES = 8
 
@@ -119,24 +127,27 @@ def prepare_masks(
 
 class Stylizer:
     def __init__(self, engine: Engine, cache: StatsCache, limits: ImageLimits,
-                 encoder_fingerprint: str) -> None:
+                 encoder_fingerprint: str, decode_budget: PixelBudget) -> None:
         self.engine = engine
         self.cache = cache
         self.limits = limits
         self.encoder_fingerprint = encoder_fingerprint
+        self.decode_budget = decode_budget
 
     async def stylize(self, request: StylizeRequest) -> StylizeOutput:
-        content, upright_size = await run_in_threadpool(
-            prepare_content, request.content, request.content_size, request.crop, self.limits
-        )
-        grid = (content.shape[-2], content.shape[-1])
-        masks = (
-            await run_in_threadpool(
-                prepare_masks, request.masks, len(request.styles), upright_size, grid,
+        async with self.decode_budget.hold(header_pixels(request.content), "content"):
+            content, upright_size = await run_in_threadpool(
+                prepare_content, request.content, request.content_size, request.crop,
                 self.limits,
             )
-            if request.masks else None
-        )
+        grid = (content.shape[-2], content.shape[-1])
+        masks = None
+        if request.masks:
+            async with self.decode_budget.hold(sum(map(header_pixels, request.masks)), "mask"):
+                masks = await run_in_threadpool(
+                    prepare_masks, request.masks, len(request.styles), upright_size, grid,
+                    self.limits,
+                )
         stats, cache_results, styles_ms = [], [], 0.0
         for style in request.styles:
             style_stats, result, ms = await self.style_statistics(
@@ -174,9 +185,10 @@ class Stylizer:
             if cached is not None:
                 metrics.STYLE_CACHE.labels("hit").inc()
                 return cached, "hit", 0.0
-        tensor = await run_in_threadpool(
-            prepare_style, style, request.style_size, request.crop, self.limits
-        )
+        async with self.decode_budget.hold(header_pixels(style.data), style.field):
+            tensor = await run_in_threadpool(
+                prepare_style, style, request.style_size, request.crop, self.limits
+            )
         computed = await self.engine.style_statistics(tensor, recolour_to)
         if key is not None:
             await self.cache.put(key, computed.value)

@@ -264,3 +264,34 @@ for args in (["--help"], ["stylize", "--help"], ["serve", "--help"]):
     assert loaded_after(help_pages, ("torch", "fastapi", "uvicorn", "service.main")) == []
     every_model_module = "import models.evaluate, models.model, models.train, models.weights"
     assert loaded_after(every_model_module, ("fastapi", "uvicorn", "typer", "service")) == []
+
+
+def test_tiled_stylize_matches_the_reference_test_py(
+    tmp_path: Path, reference_weights: tuple[Path, Path]
+) -> None:
+    """--tile-size 64 on a 150 x 131 content: 3 x 3 tiles, sizes not multiples of 8."""
+    content, style = tmp_path / "content.png", tmp_path / "style.png"
+    random_image(150, 131, seed=11).save(content)
+    random_image(40, 40, seed=12).save(style)
+    result = adain(
+        "stylize", content, style, "-o", tmp_path / "ours.png", "--content-size", 0,
+        "--style-size", 0, "--device", "cpu", "--tile-size", 64, "--preserve-color",
+        "--encoder", reference_weights[0], "--decoder", reference_weights[1],
+    )
+    assert result.exit_code == 0, result.output
+    port.run_test_py(
+        *port.load_nets(*reference_weights), content, [style], tmp_path / "reference.png",
+        content_size=0, style_size=0, preserve_color=True,
+    )
+    with Image.open(tmp_path / "ours.png") as output:
+        assert output.size == (150, 131)
+    assert_same_image(tmp_path / "ours.png", tmp_path / "reference.png")
+
+
+def test_a_tile_size_off_the_grid_is_a_plain_message(
+    tmp_path: Path, inputs: dict[str, Path]
+) -> None:
+    result = adain("stylize", inputs["content"], inputs["style_a"], "-o", tmp_path / "o.png",
+                   "--tile-size", 100)
+    assert result.exit_code == 2
+    assert "multiple of 8" in result.output

@@ -14,7 +14,7 @@ import service.main  # noqa: F401  (imports every module that defines a domain e
 from models.errors import DomainError, InvalidInputError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
 from service.errors import HTTP_ERRORS, install_error_handlers
-from service.imaging import ImageTooLargeError, UnsupportedImageError
+from service.imaging import DecodeBudgetError, ImageTooLargeError, UnsupportedImageError
 from service.limits import BodyTimeoutError
 from service.registry import (
     RedisUnavailableError,
@@ -46,6 +46,8 @@ CASES: list[tuple[DomainError, int, str | None]] = [
                         "(ADAIN_MAX_IMAGE_PIXELS)", "style[0]"), 413, None),
     (StyleNotFoundError("style_id[0]: no style with id 'abc'", "style_id"), 404, None),
     (EngineBusyError("server busy: 2 jobs queued (ADAIN_QUEUE_SIZE=2); retry shortly"), 503, "1"),
+    (DecodeBudgetError("content: server busy decoding other uploads (900000 of 1000000 "
+                       "pixels, ADAIN_DECODE_PIXEL_BUDGET); retry shortly", "content"), 503, "1"),
     (EngineClosedError("the server is shutting down"), 503, "5"),
     (EngineOutOfMemoryError("out of device memory for the image; retry later or send a "
                             "smaller content_size", "content_size"), 503, "5"),
