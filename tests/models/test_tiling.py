@@ -77,6 +77,15 @@ def test_tiles_cover_the_image_once_on_the_feature_grid(length: int) -> None:
         assert span.start - span.window_start in (0, tiling.MARGIN)
 
 
+def partial_masks(height: int, width: int) -> Masks:
+    """Uncovered pixels (they take the unmasked mix) and an almost empty region (it takes the
+    whole image's statistics), both summed over tiles."""
+    values = torch.zeros(2, height, width)
+    values[0, : height // 3, : width // 2] = 1.0
+    values[1, -3:, -3:] = 0.5
+    return Masks(values)
+
+
 @pytest.mark.parametrize(
     ("height", "width", "control"),
     [
@@ -84,6 +93,7 @@ def test_tiles_cover_the_image_once_on_the_feature_grid(length: int) -> None:
         (160, 240, "alpha"),
         (131, 97, "soft masks"),
         (203, 157, "binary mask"),
+        (203, 157, "partial masks"),
     ],
 )
 def test_tiled_equals_untiled(tiled: StyleTransfer, height: int, width: int, control: str) -> None:
@@ -91,6 +101,7 @@ def test_tiled_equals_untiled(tiled: StyleTransfer, height: int, width: int, con
     masks = {
         "soft masks": Masks(rand(2, height, width, seed=4)),
         "binary mask": masks_from_binary(rand(height, width, seed=5)),
+        "partial masks": partial_masks(height, width),
     }.get(control)
     mix = two_styles(tiled, masks, alpha=0.6 if control == "alpha" else 1.0)
     with torch.inference_mode():

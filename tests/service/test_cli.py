@@ -277,6 +277,7 @@ def test_tiled_stylize_matches_the_reference_test_py(
         "stylize", content, style, "-o", tmp_path / "ours.png", "--content-size", 0,
         "--style-size", 0, "--device", "cpu", "--tile-size", 64, "--preserve-color",
         "--encoder", reference_weights[0], "--decoder", reference_weights[1],
+        "--precision", "fp32",
     )
     assert result.exit_code == 0, result.output
     port.run_test_py(

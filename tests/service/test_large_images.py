@@ -67,7 +67,8 @@ def test_tiled_output_is_the_untiled_cli_output(
         [sys.executable, "-m", "service.cli", "stylize", "content.png", "a.png", "b.png",
          "-o", "cli.png", "--encoder", str(encoder), "--decoder", str(decoder), "--device",
          "cpu", "--alpha", "0.8", "--weights", "1,3", "--mask", "mask.png",
-         "--preserve-color", "--content-size", "0", "--style-size", "0", "--tile-size", "0"],
+         "--preserve-color", "--content-size", "0", "--style-size", "0", "--tile-size", "0",
+         "--precision", "fp32"],  # as the test server (server_env)
         cwd=tmp_path, check=True, capture_output=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
