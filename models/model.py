@@ -22,7 +22,8 @@ RELU_TAPS: tuple[int, ...] = (3, 10, 17, 30)
 # Every reflection pad needs 2 px: the smallest side that stays >= 2 after three ceil-mode pools.
 MIN_SIDE = 9
 EPS = 1e-5
-# Output pixels per tile side above which `models.tiling` takes over: about 1 GB on CPU.
+# Output pixels per tile side above which `models.tiling` takes over: bounds one tile's
+# activations (their size per tile: docs/benchmarks.md).
 DEFAULT_TILE_SIZE = 1024
 
 

