@@ -23,9 +23,10 @@ from models.model import (
 )
 from models.weights import load_model
 
-# Tiled and untiled passes sum the same products in other orders (float32 convolutions);
-# measured differences are ~5e-7, a wrong margin or grid shows ~1e-2.
-TILE_TOLERANCE = 1e-5
+# Tiled and untiled passes sum the same products in other orders (float32 convolutions whose
+# oneDNN kernels differ by shape and CPU); measured differences are ~5e-7 here, a wrong margin or
+# grid shows ~1e-2: the bound leaves room for other CPUs and still tells the two apart.
+TILE_TOLERANCE = 1e-4
 TILE = 64  # small tiles: images of a few hundred pixels cross several tile edges
 
 
