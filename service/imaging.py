@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import io
 import warnings
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 from PIL import Image, UnidentifiedImageError
+from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
 from models import images
@@ -18,6 +19,8 @@ from models.errors import DomainError, InvalidInputError
 from models.model import MIN_SIDE
 
 ACCEPTED_FORMATS = {"PNG", "JPEG", "WEBP"}
+
+T = TypeVar("T")
 
 
 class UnsupportedImageError(DomainError):
@@ -49,8 +52,8 @@ class ImageLimits:
 
 
 class PixelBudget:
-    """Pixels of uploads being decoded at once, across requests: decoding (in the thread pool,
-    outside the engine's queue) holds a share of it, taken from the header before any decoding.
+    """Pixels of uploads being decoded at once, across requests: each decode (in the thread
+    pool, outside the engine's queue) takes a share of it from the header before it starts.
 
     A request that finds too little free waits up to `wait_s`, then fails with
     `DecodeBudgetError` (503). One image larger than the whole budget takes all of it, alone.
@@ -61,29 +64,40 @@ class PixelBudget:
         self.total = pixels
         self.free = pixels
         self.wait_s = wait_s
-        self._changed = asyncio.Condition()
+        self._released = asyncio.Event()
 
-    @asynccontextmanager
-    async def hold(self, pixels: int, field: str) -> AsyncIterator[None]:
-        share = min(pixels, self.total)
-        async with self._changed:
+    async def decode(
+        self, pixels: int, field: str, function: Callable[..., T], *args: object
+    ) -> T:
+        """`function(*args)` in the thread pool while holding `pixels` of the budget."""
+        share = await self._take(min(pixels, self.total), field)
+        thread = asyncio.ensure_future(run_in_threadpool(function, *args))
+
+        def finished(task: asyncio.Future[T]) -> None:
+            self.free += share
+            self._released.set()
+            if not task.cancelled():
+                task.exception()  # a cancelled caller no longer hears of it: marked as seen
+
+        # A cancelled request stops waiting, but its decode runs on in its thread and keeps its
+        # memory until it ends: the share goes back then, not when the caller leaves.
+        thread.add_done_callback(finished)
+        return await asyncio.shield(thread)
+
+    async def _take(self, share: int, field: str) -> int:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_s
+        while self.free < share:
+            self._released.clear()
             try:
-                if self.free < share:  # (wait_for with a timeout of 0 would not even look)
-                    await asyncio.wait_for(
-                        self._changed.wait_for(lambda: self.free >= share), self.wait_s
-                    )
+                await asyncio.wait_for(self._released.wait(), deadline - loop.time())
             except TimeoutError:
                 raise DecodeBudgetError(
                     f"{field}: server busy decoding other uploads ({self.total - self.free} of "
                     f"{self.total} pixels, ADAIN_DECODE_PIXEL_BUDGET); retry shortly", field,
                 ) from None
-            self.free -= share
-        try:
-            yield
-        finally:
-            async with self._changed:
-                self.free += share
-                self._changed.notify_all()
+        self.free -= share
+        return share
 
 
 def header_pixels(data: bytes) -> int:

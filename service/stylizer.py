@@ -135,19 +135,18 @@ class Stylizer:
         self.decode_budget = decode_budget
 
     async def stylize(self, request: StylizeRequest) -> StylizeOutput:
-        async with self.decode_budget.hold(header_pixels(request.content), "content"):
-            content, upright_size = await run_in_threadpool(
-                prepare_content, request.content, request.content_size, request.crop,
-                self.limits,
-            )
+        content, upright_size = await self.decode_budget.decode(
+            header_pixels(request.content), "content",
+            prepare_content, request.content, request.content_size, request.crop, self.limits,
+        )
         grid = (content.shape[-2], content.shape[-1])
         masks = None
         if request.masks:
-            async with self.decode_budget.hold(sum(map(header_pixels, request.masks)), "mask"):
-                masks = await run_in_threadpool(
-                    prepare_masks, request.masks, len(request.styles), upright_size, grid,
-                    self.limits,
-                )
+            masks = await self.decode_budget.decode(
+                sum(map(header_pixels, request.masks)), "mask",
+                prepare_masks, request.masks, len(request.styles), upright_size, grid,
+                self.limits,
+            )
         stats, cache_results, styles_ms = [], [], 0.0
         for style in request.styles:
             style_stats, result, ms = await self.style_statistics(
@@ -185,10 +184,10 @@ class Stylizer:
             if cached is not None:
                 metrics.STYLE_CACHE.labels("hit").inc()
                 return cached, "hit", 0.0
-        async with self.decode_budget.hold(header_pixels(style.data), style.field):
-            tensor = await run_in_threadpool(
-                prepare_style, style, request.style_size, request.crop, self.limits
-            )
+        tensor = await self.decode_budget.decode(
+            header_pixels(style.data), style.field,
+            prepare_style, style, request.style_size, request.crop, self.limits,
+        )
         computed = await self.engine.style_statistics(tensor, recolour_to)
         if key is not None:
             await self.cache.put(key, computed.value)
