@@ -54,6 +54,10 @@ class TrainConfig:
     lr_decay: float = 5e-5  # lr / (1 + decay * step), the reference schedule
     style_weight: float = 10.0
     content_weight: float = 1.0
+    # Not in the paper (0 = off): a content loss against the content photo's relu4_1 as well as
+    # against t, as in Gatys et al.; it trades some of the style's strength for the content's
+    # structure, which t alone lets the decoder give away.
+    content_photo_weight: float = 0.0
     # Optional warm start, not in the paper: the first steps only learn to invert the encoder,
     # MSE(g(f(c)), c), which gives a decoder from scratch the content's layout far sooner.
     pixel_warmup: int = 0
@@ -100,15 +104,21 @@ def identity_losses(net: StyleTransfer, content: Tensor) -> tuple[Tensor, Tensor
     return pixel, feature
 
 
-def training_losses(net: StyleTransfer, content: Tensor, style: Tensor) -> tuple[Tensor, Tensor]:
-    """(content loss, style loss) of the decoder on one batch, as the reference `net.py`."""
+def training_losses(net: StyleTransfer, content: Tensor, style: Tensor) -> dict[str, Tensor]:
+    """The decoder's losses on one batch by name: the reference `net.py`'s content (relu4_1 vs
+    the AdaIN target t) and style, and content_photo (relu4_1 vs the content photo's), which
+    the paper does not train with but which costs nothing more to compute."""
     with torch.no_grad():
         style_taps = net.encode_taps(style)
         content_feat = net.encode(content).float()
         target = adaptive_instance_normalization(content_feat, style_taps[-1].float())
     output = net.decoder(target.to(net.dtype))
     output_taps = net.encode_taps(output)
-    return content_loss(output_taps[-1], target), style_loss(output_taps, style_taps)
+    return {
+        "content": content_loss(output_taps[-1], target),
+        "content_photo": content_loss(output_taps[-1], content_feat),
+        "style": style_loss(output_taps, style_taps),
+    }
 
 
 class Trainer:
@@ -203,9 +213,10 @@ class Trainer:
                 loss = reconstruction_loss(self.net, content)
                 losses = {"pixel": loss}
             else:
-                loss_c, loss_s = training_losses(self.net, content, style)
-                loss = config.content_weight * loss_c + config.style_weight * loss_s
-                losses = {"content": loss_c, "style": loss_s}
+                losses = training_losses(self.net, content, style)
+                loss = (config.content_weight * losses["content"]
+                        + config.content_photo_weight * losses["content_photo"]
+                        + config.style_weight * losses["style"])
                 if config.identity_pixel_weight or config.identity_feature_weight:
                     pixel, feature = identity_losses(self.net, content)
                     loss = (loss + config.identity_pixel_weight * pixel

@@ -243,6 +243,9 @@ def train_command(
     lr: float = 1e-4,
     lr_decay: float = 5e-5,
     style_weight: float = 10.0,
+    content_photo_weight: Annotated[float, typer.Option(help="Not in the paper: weight of the "
+                                    "content loss against the content photo's relu4_1 "
+                                    "(beside the one against t).")] = 0.0,
     pixel_warmup: Annotated[int, typer.Option(help="First steps learn only to invert the "
                             "encoder (pixel MSE); 0 = the paper's loss from the start.")] = 0,
     resize: Annotated[int, typer.Option(help="Shorter side before cropping.")] = 512,
@@ -271,7 +274,8 @@ def train_command(
         content_dir=content_dir, style_dir=style_dir, out_dir=out_dir, encoder=encoder,
         init_decoder=init_decoder,
         steps=steps, batch_size=batch_size, lr=lr, lr_decay=lr_decay, style_weight=style_weight,
-        pixel_warmup=pixel_warmup, resize=resize, crop=crop, max_minutes=max_minutes,
+        content_photo_weight=content_photo_weight, pixel_warmup=pixel_warmup, resize=resize,
+        crop=crop, max_minutes=max_minutes,
         checkpoint_every=checkpoint_every, sample_every=sample_every, workers=workers, seed=seed,
         device=device.value, bf16=bf16, identity_pixel_weight=identity_pixel_weight,
         identity_feature_weight=identity_feature_weight, ema_decay=ema_decay,

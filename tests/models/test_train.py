@@ -162,3 +162,13 @@ def test_identity_term_and_ema_are_trained_logged_and_saved(config: TrainConfig)
     resumed = Trainer(config)
     for name, value in trainer.ema.state_dict().items():
         assert torch.equal(resumed.ema.state_dict()[name], value), name
+
+
+def test_content_photo_term_is_trained_and_logged(config: TrainConfig) -> None:
+    config.steps, config.content_photo_weight = 12, 1.0
+    # The paper's terms off: only the content-photo term can make its loss fall.
+    config.content_weight = config.style_weight = 0.0
+    train(config)
+    photo = [record["content_photo"] for record in read_log(config)]
+    assert len(photo) == 12
+    assert sum(photo[-3:]) < 0.8 * sum(photo[:3]), photo
