@@ -23,8 +23,9 @@ from torch import Tensor
 
 from benchmarks.common import machine, network_weights
 from models.acceleration import DTYPES, compile_networks
+from models.config import PipelineConfig
 from models.model import StyleMix, StyleTransfer
-from models.weights import load_model
+from models.pipeline import build_pipeline, style_statistics, stylize_batch
 
 
 def synchronize(device: torch.device) -> None:
@@ -48,7 +49,7 @@ def seconds_per_call(run: Callable[[], Tensor], device: torch.device, repeats: i
 
 def stylizer(net: StyleTransfer, compiled: bool, device: torch.device
              ) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-    """The engine's batch pass, `StyleTransfer.stylize_batch`: encode, AdaIN to the style
+    """The engine's batch pass, `models.pipeline.stylize_batch`: encode, AdaIN to the style
     statistics, decode. `compiled` compiles the networks in place as the service does (for the
     rest of `net`'s use)."""
     if compiled:
@@ -56,7 +57,7 @@ def stylizer(net: StyleTransfer, compiled: bool, device: torch.device
 
     def run(content: Tensor, mean: Tensor, std: Tensor) -> Tensor:
         mix = StyleMix(mean, std, torch.ones(1))
-        return net.stylize_batch(content, [mix] * len(content))
+        return stylize_batch(net, content, [mix] * len(content))
 
     return run
 
@@ -86,9 +87,11 @@ def main() -> None:
             content = torch.rand(batch, 3, size, size, device=device)
             baseline: float | None = None
             for precision in args.precisions:
-                net = load_model(encoder, decoder, device, DTYPES[precision])
+                config = PipelineConfig(device.type, precision, "off", encoder_path=encoder,
+                                        decoder_path=decoder)
+                net = build_pipeline(config).net
                 with torch.inference_mode():
-                    mean, std = net.style_statistics(torch.rand(1, 3, size, size, device=device))
+                    mean, std = style_statistics(net, torch.rand(1, 3, size, size, device=device))
                 for compiled in ([False] if args.no_compile else [False, True]):
                     run = stylizer(net, compiled, device)
                     with torch.inference_mode():

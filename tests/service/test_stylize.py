@@ -78,7 +78,7 @@ def test_output_equals_the_cli_pixel_for_pixel(
     for index, (options, form, masks) in enumerate(cases):
         output = tmp_path / f"cli{index}.png"
         subprocess.run(
-            [sys.executable, "-m", "service.cli", "stylize", "content.png", "a.png", "b.jpg",
+            [sys.executable, "-m", "cli", "stylize", "content.png", "a.png", "b.jpg",
              "-o", str(output), "--encoder", str(encoder), "--decoder", str(decoder),
              "--device", "cpu", "--precision", "fp32", *options],
             # The CLI of this checkout, whatever the installed package points at.
