@@ -33,7 +33,7 @@ from devkit import REPO
 from devkit.images import random_image
 from devkit.server import running_server
 from models import images, tiling
-from models.config import PipelineConfig
+from models.config import DEFAULT_TILE_SIZE, PipelineConfig
 from models.model import StyleMix, StyleTransfer, calc_mean_std
 from models.pipeline import build_pipeline, style_statistics, stylize_batch
 
@@ -189,7 +189,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="4k,8k", help="of " + ", ".join(SIZES) + " or WxH")
     parser.add_argument("--accuracy-side", type=int, default=2048)
-    parser.add_argument("--tile", type=int, default=1024, help="tile side of the accuracy test")
+    parser.add_argument("--tile", type=int, default=DEFAULT_TILE_SIZE,
+                        help="tile side of the accuracy test")
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--via", default="cli,http", help="adain stylize (cli), HTTP or both")
     parser.add_argument("--images", type=Path, default=REPO / "docs" / "images")

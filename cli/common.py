@@ -9,6 +9,7 @@ input the command could not use (an unreadable image, a weights file of the wron
 from __future__ import annotations
 
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
@@ -93,6 +94,8 @@ class OneLineErrors(TyperGroup):
         except click.ClickException as exc:
             if not standalone:
                 raise
+            if OneLineErrors.debug and exc.__cause__ is not None:
+                traceback.print_exception(exc.__cause__)  # what the one line below stands for
             show(exc)
             sys.exit(exc.exit_code)
         except Exception as exc:

@@ -44,11 +44,12 @@ def read_image(path: Path, argument: str, size: int, crop: bool
 
     try:
         return images.load_with_size(path, size, crop)
-    except UnidentifiedImageError:
+    except UnidentifiedImageError as exc:
         raise InputError(f"{argument} {path}: not a readable image (PNG, JPEG, WebP, ...)"
-                         ) from None
+                         ) from exc
     except OSError as exc:
-        raise InputError(f"{argument} {path}: could not be read ({exc})") from None
+        raise InputError(f"{argument} {path}: could not be read ({exc.strerror or exc})"
+                         ) from exc
 
 
 def read_masks(paths: list[Path], n_styles: int, content_size: tuple[int, int],
@@ -63,9 +64,9 @@ def read_masks(paths: list[Path], n_styles: int, content_size: tuple[int, int],
         try:
             with Image.open(path) as image:
                 uprights.append(ImageOps.exif_transpose(image))
-        except UnidentifiedImageError:
+        except UnidentifiedImageError as exc:
             raise InputError(f"--mask {path}: not a readable image (PNG, JPEG, WebP, ...)"
-                             ) from None
+                             ) from exc
     return images.masks_from_images(uprights, n_styles, content_size, grid,
                                     [f"--mask {path}" for path in paths])
 
