@@ -59,11 +59,6 @@ def prepared_size(width: int, height: int, size: int = 0, crop: bool = False) ->
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
 
 
-def prepare_mask(image: Image.Image, size: tuple[int, int]) -> Tensor:
-    """(H, W) in [0, 1] from a grey/colour mask image, resized to the content's size."""
-    return upright_mask_to_tensor(ImageOps.exif_transpose(image), size)
-
-
 def has_alpha(image: Image.Image) -> bool:
     return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         image.mode == "P" and "transparency" in image.info
@@ -71,7 +66,8 @@ def has_alpha(image: Image.Image) -> bool:
 
 
 def upright_mask_to_tensor(upright: Image.Image, size: tuple[int, int]) -> Tensor:
-    """`prepare_mask` of a mask image whose EXIF orientation is already applied.
+    """(H, W) in [0, 1] from a mask image whose EXIF orientation is already applied, resized
+    to `size` (H, W).
 
     A pixel's coverage is its luminance times its alpha: transparent pixels cover nothing
     whatever their colour, as in the layer a mask is painted on. 16-bit grey reads at its own
