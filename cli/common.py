@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-import click
 import typer
+
+# The click that typer bundles and raises (its own module: not the `click` distribution).
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 from typer.core import TyperGroup
 
 from models.config import Device, Precision
@@ -35,15 +37,15 @@ PrecisionOption = Annotated[Precision, typer.Option(
     "fp16 on CUDA, else fp32. fp32 equals the reference port's pixels within 1/255.")]
 
 
-class InputError(click.ClickException):
+class InputError(ClickException):
     """An input the command could not use: said in one line, exit status 1."""
 
     exit_code = INPUT_ERROR
 
 
-def usage_error(message: str, argument: str) -> click.BadParameter:
+def usage_error(message: str, argument: str) -> typer.BadParameter:
     """A value the user should change: said in one line naming the argument, exit status 2."""
-    return click.BadParameter(message, param_hint=argument)
+    return typer.BadParameter(message, param_hint=argument)
 
 
 # Domain errors' fields (`models.errors.DomainError.field`) as the command spells them.
@@ -61,7 +63,7 @@ def without_field_prefix(detail: str, field: str) -> str:
     return detail
 
 
-def as_click_error(exc: Exception) -> click.ClickException:
+def as_click_error(exc: Exception) -> ClickException:
     """A domain error raised by `models/` as the command's usage error or input error."""
     from models.errors import DomainError, InvalidInputError
 
@@ -83,15 +85,18 @@ class OneLineErrors(TyperGroup):
         arguments = list(sys.argv[1:] if args is None else args)
         OneLineErrors.debug = "--debug" in arguments[: first_command(arguments, self)]
         try:
-            return super().main(arguments, *rest, standalone_mode=False, **extra)
-        except click.exceptions.Exit as exc:
-            if standalone:
-                sys.exit(exc.exit_code)
-            return exc.exit_code
-        except click.Abort:
-            click.echo("error: aborted", err=True)
+            status = super().main(arguments, *rest, standalone_mode=False, **extra)
+        except typer.Exit as exc:
+            status = exc.exit_code
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
             sys.exit(1)
-        except click.ClickException as exc:
+        except NoArgsIsHelpError as exc:  # `adain` alone: the help, as click shows it
+            if not standalone:
+                raise
+            typer.echo(exc.format_message(), err=True)
+            sys.exit(exc.exit_code)
+        except ClickException as exc:
             if not standalone:
                 raise
             if OneLineErrors.debug and exc.__cause__ is not None:
@@ -104,9 +109,14 @@ class OneLineErrors(TyperGroup):
             shown = as_click_error(exc) if is_expected(exc) else unexpected(exc)
             show(shown)
             sys.exit(shown.exit_code)
+        # A command's return value is None; typer returns an exit status as an int.
+        status = status if isinstance(status, int) else 0
+        if standalone:
+            sys.exit(status)
+        return status
 
 
-def first_command(arguments: list[str], group: click.Group) -> int:
+def first_command(arguments: list[str], group: TyperGroup) -> int:
     """The index of the subcommand's name among the arguments (the end if there is none)."""
     return next((i for i, arg in enumerate(arguments) if arg in group.commands), len(arguments))
 
@@ -118,15 +128,15 @@ def is_expected(exc: Exception) -> bool:
     return isinstance(exc, DomainError | ValueError) and not isinstance(exc, TypeError)
 
 
-def unexpected(exc: Exception) -> click.ClickException:
+def unexpected(exc: Exception) -> ClickException:
     return InputError(
         f"{exc.__class__.__name__}: {exc} (this looks like a bug: run `adain --debug ...` "
         "for the traceback and report it)"
     )
 
 
-def show(exc: click.ClickException) -> None:
+def show(exc: ClickException) -> None:
     message = " ".join(exc.format_message().split())
-    if isinstance(exc, click.UsageError) and exc.ctx is not None:
+    if isinstance(exc, UsageError) and exc.ctx is not None:
         message += f" (see '{exc.ctx.command_path} --help')"
-    click.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {message}", err=True)
