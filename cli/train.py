@@ -98,10 +98,10 @@ def eval_command(
 ) -> None:
     """Score the decoder with the paper's content and style losses on content x style pairs.
 
-    As the paper's Figure 3. Content loss: relu4_1 of the output vs the AdaIN target t, and vs the content photo's relu4_1.
-    Style loss: channel mean and std at relu1_1..relu4_1, output vs style. Printed per pair and
-    as means of ln-losses, beside the baseline 'content image as output' and each --peer's
-    outputs on the same pairs.
+    As the paper's Figure 3. Content loss: relu4_1 of the output vs the AdaIN target t, and vs
+    the content photo's relu4_1. Style loss: channel mean and std at relu1_1..relu4_1, output
+    vs style. Printed per pair and as means of ln-losses, beside the baseline 'content image as
+    output' and each --peer's outputs on the same pairs.
     """
     import json
 

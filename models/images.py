@@ -81,7 +81,7 @@ def upright_mask_to_tensor(upright: Image.Image, size: tuple[int, int]) -> Tenso
         luminance = np.asarray(rgba.convert("L"), dtype=np.float32) / 255
         alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255
         coverage = Image.fromarray(luminance * alpha)
-    else:  # 8 bits: kept 8-bit through the resize, as the CLI always has
+    else:  # 8 bits: resized as 8-bit grey, the levels the reference reads
         grey = upright.convert("L")
         if grey.size != (size[1], size[0]):
             grey = grey.resize((size[1], size[0]), Image.Resampling.BILINEAR)

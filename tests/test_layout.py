@@ -122,7 +122,7 @@ def test_no_module_imports_itself_back() -> None:
 
 
 def test_the_cycle_finder_finds_lazy_cycles(tmp_path: Path) -> None:
-    """The oracle for the test above: the cycle issue 18 found (model.py importing tiling
+    """The oracle for the test above: a cycle through a lazy import (model.py importing tiling
     inside a function, tiling importing model at the top) is reported."""
     graph = {"models.model": {"models.tiling"}, "models.tiling": {"models.model"},
              "models.pipeline": {"models.model"}}

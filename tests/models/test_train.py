@@ -69,6 +69,26 @@ def test_loss_goes_down_and_outputs_are_written(config: TrainConfig, bf16: bool)
     assert exported["1.weight"].shape == (256, 512, 3, 3)
 
 
+def losses_by_step(config: TrainConfig) -> list[float]:
+    """Every logged number but the time, step by step."""
+    return [r[k] for r in read_log(config) for k in sorted(r) if k != "seconds"]
+
+
+def test_the_seed_fixes_the_run(config: TrainConfig, tmp_path: Path) -> None:
+    """The decoder's initialisation and the crops come from `seed`: a run repeats exactly
+    (up to float rounding), so the loss thresholds below are met or missed for good, not by
+    luck; another seed is another run."""
+    config.steps = 3
+    train(config)
+    first = losses_by_step(config)
+    config.out_dir = tmp_path / "again"
+    train(config)
+    assert losses_by_step(config) == pytest.approx(first, rel=1e-5)
+    config.out_dir, config.seed = tmp_path / "other", 1
+    train(config)
+    assert losses_by_step(config) != pytest.approx(first, rel=1e-3)
+
+
 def test_resume_continues_where_the_checkpoint_left_off(config: TrainConfig) -> None:
     config.steps = 4
     train(config)

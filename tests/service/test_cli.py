@@ -321,7 +321,7 @@ def test_a_tile_size_off_the_grid_is_a_plain_message(
     assert "multiple of 8" in result.output
 
 
-# --- first impressions (issue 23): one-line errors, exit statuses, --help, `serve`'s port ------
+# --- what a new user meets: one-line errors, exit statuses, --help, `serve`'s port -----------
 
 
 def test_ordinary_mistakes_are_one_line_with_an_exit_status_per_kind(
@@ -379,7 +379,7 @@ def test_wrong_weights_are_said_plainly(
                    "--encoder", reference_weights[0], "--decoder", reference_weights[1])
     assert result.exit_code == 2
     message = " ".join(result.stderr.split())
-    assert "'--weights'" in message and "one weight per style (1), got 2" in message
+    assert "--weights" in message and "one weight per style (1), got 2" in message
     assert "expected 1 weights" not in message
 
 
