@@ -29,8 +29,12 @@ app = typer.Typer(
 
 @app.callback()
 def main(
-    debug: Annotated[bool, typer.Option(
-        "--debug", help="Show the traceback of an error instead of its one-line message.")] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", help="Show the traceback of an error instead of its one-line message."
+        ),
+    ] = False,
 ) -> None:
     """AdaIN arbitrary style transfer (Huang & Belongie 2017)."""
     # Read by `OneLineErrors` from the arguments themselves, before this runs.

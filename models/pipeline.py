@@ -63,8 +63,10 @@ def stylize_batch(
     if len(mixes) != contents.shape[0]:
         raise ValueError(f"{contents.shape[0]} contents but {len(mixes)} style mixes")
     if tiling.needs_tiles(contents.shape[-2], contents.shape[-1], tile_size):
-        outs = [tiling.stylize_tiled(net, content, mix, tile_size)
-                for content, mix in zip(contents.split(1), mixes, strict=True)]
+        outs = [
+            tiling.stylize_tiled(net, content, mix, tile_size)
+            for content, mix in zip(contents.split(1), mixes, strict=True)
+        ]
         return outs[0] if len(outs) == 1 else torch.cat(outs)  # no copy of one 8K output
     feats = net.encode(contents)
     blended = [
@@ -131,7 +133,10 @@ def build_pipeline(config: PipelineConfig, *, untrained_decoder: bool = False) -
     keeps its fresh initialisation instead of loading weights (training from scratch)."""
     device = pick_device(config.device)
     net = load_model(
-        config.encoder_path, config.decoder_path, device, pick_dtype(config.precision, device),
+        config.encoder_path,
+        config.decoder_path,
+        device,
+        pick_dtype(config.precision, device),
         untrained_decoder=untrained_decoder,
     )
     compiled = compile_networks(net, config.compile, device)

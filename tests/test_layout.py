@@ -14,8 +14,18 @@ from devkit import REPO
 
 # folder -> top-level modules it must not import
 FORBIDDEN = {
-    "models": {"tests", "devkit", "benchmarks", "service", "cli", "fastapi", "starlette",
-               "uvicorn", "typer", "click"},
+    "models": {
+        "tests",
+        "devkit",
+        "benchmarks",
+        "service",
+        "cli",
+        "fastapi",
+        "starlette",
+        "uvicorn",
+        "typer",
+        "click",
+    },
     "service": {"tests", "devkit", "benchmarks", "cli", "typer", "click"},
     "cli": {"tests", "devkit", "benchmarks"},
     "benchmarks": {"tests"},
@@ -47,8 +57,11 @@ def module_name(path: Path) -> str:
 
 
 def project_modules() -> dict[str, Path]:
-    return {module_name(path): path for package in PACKAGES
-            for path in sorted((REPO / package).rglob("*.py"))}
+    return {
+        module_name(path): path
+        for package in PACKAGES
+        for path in sorted((REPO / package).rglob("*.py"))
+    }
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -124,8 +137,11 @@ def test_no_module_imports_itself_back() -> None:
 def test_the_cycle_finder_finds_lazy_cycles(tmp_path: Path) -> None:
     """The oracle for the test above: a cycle through a lazy import (model.py importing tiling
     inside a function, tiling importing model at the top) is reported."""
-    graph = {"models.model": {"models.tiling"}, "models.tiling": {"models.model"},
-             "models.pipeline": {"models.model"}}
+    graph = {
+        "models.model": {"models.tiling"},
+        "models.tiling": {"models.model"},
+        "models.pipeline": {"models.model"},
+    }
     assert cycles(graph) == [["models.model", "models.tiling"]]
     module = tmp_path / "lazy.py"
     module.write_text("def f():\n    from models import tiling\n")

