@@ -60,10 +60,10 @@ def total_loss(record: dict[str, float], config: TrainConfig) -> float:
 # Each loss's last 3 steps over its first 3 must fall under these ratios. The runs are fixed by
 # the seed; the ratios over seeds 0-3 and the margins these thresholds leave (midway between the
 # worst seed and 1, the ratio without learning) are in docs/training.md.
-PAPER_LOSS_RATIO = 0.8
+PAPER_LOSS_RATIO = {False: 0.83, True: 0.88}  # by bf16 autocast
 IDENTITY_RATIO = 0.94
 CONTENT_PHOTO_RATIO = 0.9
-PIXEL_WARMUP_RATIO = 0.8
+PIXEL_WARMUP_RATIO = 0.95
 
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
@@ -74,7 +74,7 @@ def test_loss_goes_down_and_outputs_are_written(config: TrainConfig, bf16: bool)
     assert [r["step"] for r in records] == list(range(1, 13))
     first = sum(total_loss(r, config) for r in records[:3])
     last = sum(total_loss(r, config) for r in records[-3:])
-    assert last < PAPER_LOSS_RATIO * first, (first, last)
+    assert last < PAPER_LOSS_RATIO[bf16] * first, (first, last)
     assert (config.out_dir / "samples" / "step_0000004.jpg").is_file()
     exported = read_state(config.out_dir / "decoder.safetensors")
     assert exported["1.weight"].shape == (256, 512, 3, 3)
