@@ -392,7 +392,9 @@ def test_a_server_killed_mid_job_finishes_it_after_a_restart(
     env = job_env(server_env, jobs_dir)
     frames = 40
     with running_server(env) as first:
-        job_id = submit(first, make_video(frames=frames, width=128, height=96)).json()["id"]
+        # Stabilised: its state must come back from the checkpoint too.
+        clip = make_video(frames=frames, width=128, height=96)
+        job_id = submit(first, clip, stabilize="true").json()["id"]
         deadline = time.monotonic() + 120
         seen = []
         while True:
