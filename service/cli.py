@@ -137,6 +137,7 @@ def stylize(
     content_size: Annotated[int, typer.Option(min=0, help="Shorter side; 0 keeps it.")] = 512,
     style_size: Annotated[int, typer.Option(min=0, help="Shorter side; 0 keeps it.")] = 512,
     crop: Annotated[bool, typer.Option(help="Centre-crop to a square of the size.")] = False,
+    stabilize: Annotated[bool, typer.Option(help="Videos: temporal stabilisation.")] = True,
     encoder: EncoderOption = None,
     decoder: DecoderOption = None,
     device: DeviceOption = Device.auto,
@@ -145,7 +146,8 @@ def stylize(
                          "are stylized in tiles of this side (a multiple of 8; 0: never): "
                          "memory stays bounded, the output is the untiled one.")] = 1024,
 ) -> None:
-    """Stylize CONTENT with STYLE... . Several style files mix into one output (interpolation with
+    """Stylize CONTENT (an image, a folder of them, or a video: MP4 out) with STYLE... .
+    Several style files mix into one output (interpolation with
     --weights, or regions with --mask); a folder among the inputs stylizes every content with
     every style separately, into the folder OUTPUT."""
     import itertools
@@ -160,6 +162,14 @@ def stylize(
                                  param_hint="--tile-size")
     net = open_model(encoder, decoder, device, precision)
     net.tile_size = tile_size
+    from service.jobs.submit import VIDEO_SUFFIXES, stylize_video_command
+
+    if content.suffix.lower() in VIDEO_SUFFIXES:  # a video (MP4 out): the job function
+        frames = stylize_video_command(net, content, styles, output, parse_mix_weights(mix_weights),
+                                       mask or [], alpha, preserve_color, content_size,
+                                       style_size, crop, stabilize, fail)
+        typer.echo(f"wrote {frames} frames to {output}")
+        return
     device_ = next(net.parameters()).device
     contents, style_files = expand([content]), expand(styles)
     separate = content.is_dir() or any(s.is_dir() for s in styles)

@@ -145,3 +145,38 @@ def test_a_job_canceled_before_it_runs_leaves_nothing(net: StyleTransfer, tmp_pa
     assert record is not None and record.status is JobStatus.canceled
     assert not store.inputs(job_id).exists()
     assert store.results.path(job_id) is None
+
+
+def test_adain_stylize_takes_a_video(reference_weights: tuple[Path, Path], tmp_path: Path) -> None:
+    """`adain stylize clip.mov style.png -o out.mp4`: the command's hook, with a progress bar;
+    a bad video is a one-line error."""
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    clip, style, output = tmp_path / "clip.mov", tmp_path / "style.png", tmp_path / "out.mp4"
+    clip.write_bytes(make_video(frames=5, width=64, height=48, container="mov"))
+    style.write_bytes(STYLE)
+    encoder, decoder = reference_weights
+    common = [
+        "--encoder",
+        str(encoder),
+        "--decoder",
+        str(decoder),
+        "--precision",
+        "fp32",
+        "--content-size",
+        "0",
+        "--style-size",
+        "48",
+    ]
+    done = CliRunner().invoke(app, ["stylize", str(clip), str(style), "-o", str(output), *common])
+    assert done.exit_code == 0, done.output
+    assert "wrote 5 frames" in done.output
+    assert "frame" in done.output  # the progress bar
+    assert describe_output(output)["frames"] == 5
+
+    clip.write_bytes(b"not a video")
+    failed = CliRunner().invoke(app, ["stylize", str(clip), str(style), "-o", str(output), *common])
+    assert failed.exit_code == 1
+    assert "video" in failed.output and "Traceback" not in failed.output
