@@ -185,8 +185,23 @@ def run_job(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> JobRecord | None:
     """Runs (or resumes) the job to its end; returns its final record, or None when
-    `should_stop` interrupted it (still `running`, checkpointed). `on_progress(frames done,
-    frames total)` hears of every frame (the command's progress bar)."""
+    `should_stop` interrupted it (still `running`, checkpointed) or another process is running
+    it. `on_progress(frames done, frames total)` hears of every frame (the command's bar)."""
+    with store.claim(job_id) as claimed:
+        if not claimed:
+            log.info("job already running in another process", extra={"job": job_id})
+            return None
+        return _run_claimed(job_id, store, backend, settings, should_stop, on_progress)
+
+
+def _run_claimed(
+    job_id: str,
+    store: JobStore,
+    backend: FrameBackend,
+    settings: JobSettings,
+    should_stop: Callable[[], bool],
+    on_progress: Callable[[int, int], None] | None,
+) -> JobRecord | None:
     record = store.get(job_id)
     if record is None:
         return None

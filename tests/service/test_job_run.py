@@ -180,3 +180,17 @@ def test_adain_stylize_takes_a_video(reference_weights: tuple[Path, Path], tmp_p
     failed = CliRunner().invoke(app, ["stylize", str(clip), str(style), "-o", str(output), *common])
     assert failed.exit_code == 1
     assert "video" in failed.output and "Traceback" not in failed.output
+
+
+def test_a_job_another_process_runs_is_left_alone(net: StyleTransfer, tmp_path: Path) -> None:
+    """The claim is a lock the system releases with its process: held (as by a replica or a
+    worker running the job), run_job leaves the job; released (that process died), it runs."""
+    store = JobStore(tmp_path / "jobs", ttl_s=30)
+    job_id = new_job(store, make_video(frames=2, width=32, height=32, audio=False), stabilize=False)
+    with store.claim(job_id) as claimed:
+        assert claimed
+        assert run_job(job_id, store, ModelBackend(net), SETTINGS) is None
+        record = store.get(job_id)
+        assert record is not None and record.status is JobStatus.queued
+    record = run_job(job_id, store, ModelBackend(net), SETTINGS)
+    assert record is not None and record.status is JobStatus.succeeded
