@@ -9,9 +9,9 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from models.errors import DomainError
+from models.pipeline import Pipeline
 from service.imaging import ImageLimits
 from service.jobs.run import JobParams, JobSettings, ModelBackend, run_job
 from service.jobs.store import JobRecord, JobStatus, JobStore
@@ -98,7 +98,7 @@ def create_job(
 
 
 def stylize_video_file(
-    net: Any,
+    pipeline: Pipeline,
     video: Path,
     styles: Sequence[Path],
     output: Path,
@@ -114,8 +114,8 @@ def stylize_video_file(
     settings: JobSettings = JobSettings(),
     on_progress: Callable[[int, int], None] | None = None,
 ) -> JobRecord:
-    """`adain stylize clip.mp4 style.jpg -o out.mp4`: the job, in this process, on `net`
-    (a `models.model.StyleTransfer`), in a throw-away store. Raises the job's error."""
+    """`adain stylize clip.mp4 style.jpg -o out.mp4`: the job, in this process, on
+    `pipeline`, in a throw-away store. Raises the job's error."""
     normalised = check_counts(len(styles), len(masks), weights).tolist()
     limits = settings.limits
     unlimited = VideoLimits(
@@ -142,7 +142,7 @@ def stylize_video_file(
             video_limits=unlimited,
             limits=limits,
         )
-        final = run_job(job_id, store, ModelBackend(net), settings, on_progress=on_progress)
+        final = run_job(job_id, store, ModelBackend(pipeline), settings, on_progress=on_progress)
         assert final is not None  # never interrupted: nothing asks it to stop
         if final.status is not JobStatus.succeeded:
             error = final.error or {}
@@ -154,7 +154,7 @@ def stylize_video_file(
 
 
 def stylize_video_command(
-    net: Any,
+    pipeline: Pipeline,
     video: Path,
     styles: Sequence[Path],
     output: Path,
@@ -180,7 +180,7 @@ def stylize_video_command(
 
         try:
             record = stylize_video_file(
-                net,
+                pipeline,
                 video,
                 styles,
                 output,

@@ -21,12 +21,13 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
+from models.model import parse_mix_weights
 from service.deps import RegistryDep, ServicesDep
 from service.errors import error_response
 from service.jobs.store import JobNotDoneError, JobNotFoundError, JobRecord, JobStatus, JobStore
 from service.jobs.submit import create_job
 from service.openapi import BINARY, ErrorBody, Responses, error_responses, header
-from service.routes.stylize import parse_mix_weights, read_styles
+from service.routes.stylize import read_styles
 from service.security import (
     AuthenticationError,
     Caller,
