@@ -113,6 +113,7 @@ def stylize(
     content_size: Annotated[int, typer.Option(min=0, help="Shorter side; 0 keeps it.")] = 512,
     style_size: Annotated[int, typer.Option(min=0, help="Shorter side; 0 keeps it.")] = 512,
     crop: Annotated[bool, typer.Option(help="Centre-crop to a square of the size.")] = False,
+    stabilize: Annotated[bool, typer.Option(help="Videos: temporal stabilisation.")] = True,
     encoder: EncoderOption = None,
     decoder: DecoderOption = None,
     device: DeviceOption = Device.auto,
@@ -127,7 +128,7 @@ def stylize(
         ),
     ] = DEFAULT_TILE_SIZE,
 ) -> None:
-    """Stylize CONTENT with one or more STYLES.
+    """Stylize CONTENT (an image, a folder of them, or a video: MP4 out) with one or more STYLES.
 
     Several style files mix into one output (interpolation with --weights, or regions with
     --mask); a folder among the inputs stylizes every content with every style separately, into
@@ -148,6 +149,16 @@ def stylize(
     except ValueError as exc:
         raise usage_error(str(exc), "--tile-size") from None
     weights = parse_mix_weights([mix_weights] if mix_weights else [])
+    from service.jobs.submit import VIDEO_SUFFIXES, stylize_video_command
+
+    if content.suffix.lower() in VIDEO_SUFFIXES:  # a video, MP4 out: the video job's function
+        pipeline = build_pipeline(PipelineConfig(device, precision, tile_size=tile_size,
+                                                 encoder_path=encoder, decoder_path=decoder))
+        frames = stylize_video_command(pipeline, content, styles, output, weights, mask or [],
+                                       alpha, preserve_color, content_size, style_size, crop,
+                                       stabilize, InputError)
+        typer.echo(f"wrote {frames} frames to {output}")
+        return
     contents, style_files = expand([content]), expand(styles)
     separate = content.is_dir() or any(s.is_dir() for s in styles)
     check_output(output, separate)
