@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from models.errors import DomainError, InvalidInputError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
 from service.imaging import DecodeBudgetError, ImageTooLargeError, UnsupportedImageError
+from service.jobs.store import JobNotDoneError, JobNotFoundError
 from service.limits import BodyTimeoutError
 from service.registry import (
     RedisUnavailableError,
@@ -31,6 +32,7 @@ from service.security import (
     PermissionDeniedError,
     RateLimitedError,
 )
+from service.video import UnsupportedVideoError, VideoTooLargeError
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,10 @@ HTTP_ERRORS: dict[type[DomainError], HttpStatus] = {
     UnsupportedImageError: HttpStatus(415),
     ImageTooLargeError: HttpStatus(413),
     StyleNotFoundError: HttpStatus(404),
+    UnsupportedVideoError: HttpStatus(415),
+    VideoTooLargeError: HttpStatus(413),
+    JobNotFoundError: HttpStatus(404),
+    JobNotDoneError: HttpStatus(409),
     AuthenticationError: HttpStatus(401, headers=(("WWW-Authenticate", 'Bearer realm="adain"'),)),
     PermissionDeniedError: HttpStatus(403),
     CrossOriginError: HttpStatus(403),

@@ -31,18 +31,23 @@ class BodySizeLimit:
     cannot hold the connection longer than a stalled one.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 60.0) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 60.0,
+                 per_path: dict[str, tuple[int, str]] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+        # path -> (its own limit, the setting's name): video uploads are larger than images.
+        self.per_path = per_path or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes, setting = self.per_path.get(scope["path"], (self.max_bytes,
+                                                               "ADAIN_MAX_UPLOAD_BYTES"))
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self.refuse(send)
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            await self.refuse(send, max_bytes, setting)
             return
 
         received = 0
@@ -66,7 +71,7 @@ class BodySizeLimit:
             body_complete = not message.get("more_body", False)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     exceeded = True
                     raise BodyTooLargeError
             return message
@@ -78,7 +83,7 @@ class BodySizeLimit:
             if exceeded or timed_out is not None:
                 if message["type"] == "http.response.start" and exceeded and not response_started:
                     response_started = True
-                    await self.refuse(send)
+                    await self.refuse(send, max_bytes, setting)
                 return
             if message["type"] == "http.response.start":
                 response_started = True
@@ -88,7 +93,7 @@ class BodySizeLimit:
             await self.app(scope, limited_receive, guarded_send)
         except BodyTooLargeError:
             if not response_started:
-                await self.refuse(send)
+                await self.refuse(send, max_bytes, setting)
             return
         except BodyTimeoutError:
             pass
@@ -97,10 +102,9 @@ class BodySizeLimit:
             # `Connection: close`: the connection is released.
             raise timed_out
 
-    async def refuse(self, send: Send) -> None:
+    async def refuse(self, send: Send, max_bytes: int, setting: str) -> None:
         body = json.dumps({
-            "detail": f"request body larger than the limit of {self.max_bytes} bytes "
-                      "(ADAIN_MAX_UPLOAD_BYTES)",
+            "detail": f"request body larger than the limit of {max_bytes} bytes ({setting})",
             "field": None,
         }).encode()
         await send({

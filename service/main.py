@@ -28,11 +28,14 @@ from service.deps import Services
 from service.engine import Engine, StylizeJob
 from service.errors import install_error_handlers
 from service.imaging import ImageLimits, PixelBudget
+from service.jobs.local import LocalRunner
+from service.jobs.run import JobSettings
+from service.jobs.store import JobStore
 from service.limits import BodySizeLimit
 from service.logs import RequestContext, configure_logging
 from service.openapi import install_openapi, operation_id
 from service.registry import DiskRegistry, RedisRegistry, StyleRegistry
-from service.routes import ops, page, styles, stylize
+from service.routes import jobs, ops, page, styles, stylize
 from service.routes.page import STATIC_DIR
 from service.security import Keys, OriginGuard, RateLimiter
 from service.settings import Settings
@@ -113,7 +116,16 @@ async def start_services(settings: Settings) -> Services:
     log.info("networks loaded", extra={"device": str(device), "dtype": str(net.dtype),
                                        "compiled": compiled, "redis": bool(redis)})
     rate_limiter = RateLimiter(settings.rate_limit, redis)
-    return Services(settings, engine, stylizer, registry, limits, redis, rate_limiter)
+    return Services(settings, engine, stylizer, registry, limits, redis, rate_limiter,
+                    local_jobs(settings, engine, limits))
+
+
+def local_jobs(settings: Settings, engine: Engine, limits: ImageLimits) -> LocalRunner:
+    """Video jobs in this process, through its engine, their state in ADAIN_JOBS_DIR."""
+    store = JobStore(settings.jobs_dir, settings.job_ttl_s)
+    job_settings = JobSettings(settings.video_crf, settings.video_preset,
+                               settings.job_checkpoint_s, limits)
+    return LocalRunner(store, engine, job_settings)
 
 
 async def warm_up(services: Services) -> None:
@@ -139,10 +151,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     services = await start_services(app.state.settings)
     app.state.services = services
     warming = asyncio.create_task(warm_up(services))
+    await services.jobs.start()
     try:
         yield
     finally:
-        # uvicorn has finished the in-flight requests; the engine finishes its queue.
+        # uvicorn has finished the in-flight requests; jobs stop at a checkpoint between two
+        # frames (taken up again at the next start); the engine finishes its queue.
+        await services.jobs.close()
         await services.engine.close()
         await asyncio.gather(warming, return_exceptions=True)
         if services.redis is not None:
@@ -167,7 +182,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_openapi(app)
     # Each middleware added wraps the ones before: RequestContext, CORS, OriginGuard, body.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
-                       timeout_s=settings.body_timeout_s)
+                       timeout_s=settings.body_timeout_s,
+                       per_path={"/jobs": (settings.max_video_bytes, "ADAIN_MAX_VIDEO_BYTES")})
     app.add_middleware(OriginGuard, allowed=settings.cors_origin_list)
     if settings.cors_origin_list:
         app.add_middleware(
@@ -179,7 +195,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_age=600,
         )
     app.add_middleware(RequestContext)  # added last: outermost, so it sees every response
-    for module in (stylize, styles, ops, page):
+    for module in (stylize, styles, jobs, ops, page):
         app.include_router(module.router)
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -74,6 +74,22 @@ class Settings(BaseSettings):
                                         "concurrent connections and requests get 503")
     keep_alive_s: int = Field(5, ge=1, description="uvicorn timeout_keep_alive: idle connections")
 
+    # Video jobs (docs/video.md): state, inputs and results on disk, shared by the service and
+    # any worker that mounts the folder.
+    jobs_dir: Path = Path("data/jobs")
+    job_ttl_s: int = Field(24 * 3600, ge=1, description="finished jobs and results are removed "
+                           "this long after they finish")
+    max_video_bytes: int = Field(512 * MIB, ge=1, description="whole POST /jobs request body")
+    max_video_frames: int = Field(18_000, ge=1, description="frames per video")
+    max_video_duration_s: float = Field(600.0, gt=0, description="seconds per video")
+    max_video_frame_pixels: int = Field(3840 * 2160, ge=1, description="per input frame")
+    video_crf: int = Field(18, ge=0, le=51, description="H.264 quality of the output (lower: "
+                           "better; 18 is visually lossless)")
+    video_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium",
+                          "slow", "slower", "veryslow"] = "medium"
+    job_checkpoint_s: float = Field(10.0, gt=0, description="seconds of work between "
+                                    "checkpoints: at most this is redone after a crash")
+
     log_level: str = "info"
     warmup: bool = True
 

@@ -12,7 +12,7 @@ from models.errors import InvalidInputError
 from service.deps import RegistryDep, StylizerDep
 from service.imaging import OutputFormat
 from service.openapi import STYLIZE_RESPONSES
-from service.registry import StyleNotFoundError
+from service.registry import StyleNotFoundError, StyleRegistry
 from service.security import UserDep
 from service.stylizer import StyleInput, StylizeRequest, check_counts
 
@@ -32,6 +32,21 @@ def parse_mix_weights(values: list[str]) -> list[float] | None:
         return [float(part) for part in parts]
     except ValueError:
         raise InvalidInputError(f"weights: expected numbers, got {values!r}", "weights") from None
+
+
+async def read_styles(style: list[UploadFile] | None, style_id: list[str] | None,
+                      registry: StyleRegistry) -> list[StyleInput]:
+    """The uploaded style files, then the registered styles, in the order sent (POST /stylize,
+    POST /jobs); an unknown id is a 404 naming `style_id`."""
+    styles = [StyleInput(await f.read(), f"style[{i}]") for i, f in enumerate(style or [])]
+    for index, id_ in enumerate(style_id or []):
+        data = await registry.image(id_)
+        if data is None:
+            raise StyleNotFoundError(
+                f"style_id[{index}]: no style with id {id_[:80]!r}", "style_id"
+            )
+        styles.append(StyleInput(data, f"style_id[{index}]"))
+    return styles
 
 
 async def disconnected(request: Request) -> None:
@@ -89,14 +104,7 @@ async def stylize(
     normalised_weights = check_counts(
         len(style or []) + len(style_id or []), len(mask or []), parse_mix_weights(weights or [])
     )
-    styles = [StyleInput(await f.read(), f"style[{i}]") for i, f in enumerate(style or [])]
-    for index, id_ in enumerate(style_id or []):
-        data = await registry.image(id_)
-        if data is None:
-            raise StyleNotFoundError(
-                f"style_id[{index}]: no style with id {id_[:80]!r}", "style_id"
-            )
-        styles.append(StyleInput(data, f"style_id[{index}]"))
+    styles = await read_styles(style, style_id, registry)
     checked = StylizeRequest(
         content=await content.read(),
         styles=tuple(styles),
