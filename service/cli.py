@@ -226,6 +226,19 @@ def serve(
                 timeout_keep_alive=settings.keep_alive_s)
 
 
+@app.command("worker")
+def worker() -> None:
+    """Run video jobs from the queue on ADAIN_REDIS_URL until SIGTERM (docs/jobs.md). Settings:
+    the ADAIN_* environment variables, as for `adain serve`."""
+    from service.jobs.worker import run_worker
+    from service.settings import Settings
+
+    try:
+        run_worker(Settings())
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+
+
 def exit_cleanly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
