@@ -64,6 +64,7 @@ WORKDIR /app
 ENV ADAIN_HOST=0.0.0.0 \
     ADAIN_PORT=8000 \
     ADAIN_STYLES_DIR=/data/styles \
+    ADAIN_JOBS_DIR=/data/jobs \
     ADAIN_ENCODER_PATH= \
     ADAIN_DECODER_PATH=
 

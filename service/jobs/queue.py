@@ -95,8 +95,8 @@ def declare_actor(
         # max_retries + 1 starts, then the job is failed instead of redelivered forever.
         starts = count_start(broker.client, job_id, +1)
         if starts > config.max_retries + 1:
-            give_up(job_id, f"stopped after {starts - 1} starts: each time the worker running "
-                    "it died or failed (out of memory?)")
+            give_up(job_id, f"given up after {starts - 1} start(s): each time the worker "
+                    "running it died or failed (out of memory?)")
             return
         try:
             run(job_id)
@@ -152,8 +152,12 @@ class JobQueue:
             ) from exc
 
     def length(self) -> int:
-        """Messages waiting, not yet taken by a worker: what the autoscaler scales on."""
-        return int(self.broker.client.llen(f"{NAMESPACE}:{QUEUE_NAME}"))
+        """Jobs in the queue, waiting or being run (a message stays until its job ends; retries
+        wait in the delay queue): what the workers' autoscaler scales on."""
+        pipe = self.broker.client.pipeline()
+        pipe.hlen(f"{NAMESPACE}:{QUEUE_NAME}.msgs")
+        pipe.hlen(f"{NAMESPACE}:{QUEUE_NAME}.DQ.msgs")
+        return sum(int(count) for count in pipe.execute())
 
     def close(self) -> None:
         self.broker.close()

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
+from pathlib import Path
 
+from devkit.server import running_server
 from tests.docker.deployfiles import DOCKERFILE, REPO, dockerfile_instructions, installed_script
 
 SCRIPT = REPO / "scripts" / "container-check.sh"
@@ -58,3 +61,28 @@ def test_it_runs_api_worker_and_redis_and_checks_the_answers() -> None:
     # The workarounds this kind of VM needs (docs/deployment.md).
     assert 'runtime = "runc"' in text
     assert "/etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro" in text
+
+
+def test_the_smoke_check_passes_against_a_real_service_and_fails_without_one(
+    reference_weights: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """scripts/container_smoke.py, what the script runs against the containers, run against a
+    real uvicorn (one-machine mode: the service runs the video job itself)."""
+    encoder, decoder = reference_weights
+    env = {
+        "ADAIN_ENCODER_PATH": str(encoder),
+        "ADAIN_DECODER_PATH": str(decoder),
+        "ADAIN_STYLES_DIR": str(tmp_path / "styles"),
+        "ADAIN_JOBS_DIR": str(tmp_path / "jobs"),
+        "ADAIN_DEVICE": "cpu",
+        "ADAIN_VIDEO_PRESET": "veryfast",
+    }
+    smoke = [sys.executable, str(REPO / "scripts" / "container_smoke.py")]
+    with running_server(env) as server:
+        result = subprocess.run([*smoke, server.url], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "/stylize: " in result.stdout and "/jobs: 8 frames" in result.stdout
+    refused = subprocess.run(
+        [*smoke, server.url, "--ready-timeout", "2"], capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode != 0

@@ -313,6 +313,27 @@ def test_a_job_failing_for_its_input_fails_with_the_error_and_is_not_retried(
     assert client.hlen(f"{NAMESPACE}:{QUEUE_NAME}.DQ.msgs") == 0
 
 
+def test_a_job_whose_worker_dies_every_time_is_given_up(deployment: Deployment) -> None:
+    """Redelivery is bounded: with ADAIN_JOB_MAX_RETRIES=0 a job gets one start; after its
+    worker is killed the next worker records it failed instead of running it again."""
+    url = deployment.server.url
+    env = {**deployment.env, "ADAIN_JOB_MAX_RETRIES": "0"}
+    first = start_worker(env)
+    try:
+        job_id = submit(url, clip(60, seed=9))
+        wait_until(lambda: job(url, job_id)["frames_done"] >= 2, 120, "the job to run")
+        first.process.kill()
+        first.process.wait()
+    finally:
+        stop_worker(first)
+    with workers(env):
+        state = wait_finished(url, job_id)
+    assert state["status"] == "failed", state
+    assert "given up after 1 start" in state["error"]["detail"]
+    assert starts(deployment, job_id) == 2
+    assert not (deployment.jobs_dir / job_id / "work").exists()
+
+
 def test_delete_reaches_a_job_running_on_another_worker(deployment: Deployment) -> None:
     url = deployment.server.url
     with workers(deployment.env) as (worker,):
