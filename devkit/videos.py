@@ -110,3 +110,23 @@ def faststart(data: bytes) -> bytes:
                     packet.stream = mapping[packet.stream.index]
                     out.mux(packet)
         return target.read_bytes()
+
+
+def make_audio_only(seconds: float = 0.5) -> bytes:
+    """An M4A file: a real container with an AAC track and no video stream."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as out:
+        sound = out.add_stream("aac", rate=AUDIO_RATE, layout="mono")
+        samples = int(AUDIO_RATE * seconds)
+        tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(samples) / AUDIO_RATE)).astype(np.float32)
+        frame = av.AudioFrame.from_ndarray(tone[None], format="flt", layout="mono")
+        frame.sample_rate, frame.pts = AUDIO_RATE, 0
+        for packet in [*sound.encode(frame), *sound.encode(None)]:
+            out.mux(packet)
+    return buffer.getvalue()
+
+
+def decode_frames(data: bytes) -> list[np.ndarray]:
+    """Every frame of a file's video stream as (H, W, 3) uint8, as coded (no rotation)."""
+    with av.open(io.BytesIO(data), "r") as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]

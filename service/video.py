@@ -38,6 +38,8 @@ FIELD = "video"
 # Audio codecs an MP4 carries that every player plays: copied as they are; others -> AAC.
 COPIED_AUDIO = {"aac", "mp3"}
 AAC_BIT_RATE = 192_000
+# FFmpeg reads single images as one-frame videos (png_pipe, jpeg_pipe, ...): they are refused.
+STILL_IMAGE_FORMATS = {"image2"}
 # A stream ending this much earlier than its container says is a truncated file.
 TRUNCATION_TOLERANCE = 0.05
 
@@ -94,6 +96,10 @@ def probe(path: Path, limits: VideoLimits) -> VideoInfo:
     with container:
         if not container.streams.video:
             raise _unreadable("the file has no video stream")
+        if container.format.name in STILL_IMAGE_FORMATS or container.format.name.endswith("_pipe"):
+            raise _unreadable(
+                f"a still image ({container.format.name}), not a video; POST /stylize takes images"
+            )
         stream = container.streams.video[0]
         width, height = stream.codec_context.width, stream.codec_context.height
         if width * height > limits.max_frame_pixels:

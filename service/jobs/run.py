@@ -71,6 +71,26 @@ class ModelBackend:
 
 
 @dataclass(frozen=True)
+class JobParams:
+    """What a job was asked for (stored in its record): /stylize's controls, `stabilize`, and
+    what the submission learnt of the video. The styles and masks are files of its inputs."""
+
+    style_fields: list[str]  # the form field of each style, for error messages
+    masks: int
+    weights: list[float]  # normalised, one per style
+    alpha: float
+    preserve_color: bool
+    content_size: int
+    style_size: int
+    crop: bool
+    stabilize: bool
+    rate: str  # Fraction as text: the average frame rate
+    time_base: str  # Fraction as text: of the input's timestamps, kept by the output
+    upright_size: list[int]  # (width, height) of the frames after rotation: the masks' size
+    audio: str | None = None
+
+
+@dataclass(frozen=True)
 class JobSettings:
     crf: int = 18
     preset: str = "medium"
@@ -94,9 +114,12 @@ class _Progress:
     store: JobStore
     job_id: str
     frames_total: int
+    on_progress: Callable[[int, int], None] | None = None
     last_report: float = 0.0
 
     def report(self, frames_done: int, force: bool = False) -> None:
+        if self.on_progress is not None:
+            self.on_progress(frames_done, self.frames_total)
         now = time.monotonic()
         if not force and now - self.last_report < PROGRESS_EVERY_S:
             current = self.store.get(self.job_id)
@@ -122,23 +145,21 @@ def _mix_maker(
 ) -> Callable[[Tensor], StyleMix]:
     """content frame -> its StyleMix. Without colour preservation the styles' statistics are
     computed once; with it each style is recoloured to each frame, as /stylize does per image."""
-    params = record.params
+    params = JobParams(**record.params)
     styles = [
         prepare_style(
             StyleInput((inputs / f"style-{i}").read_bytes(), field),
-            params["style_size"],
-            params["crop"],
+            params.style_size,
+            params.crop,
             settings.limits,
         )
-        for i, field in enumerate(params["style_fields"])
+        for i, field in enumerate(params.style_fields)
     ]
     masks: Masks | None = None
-    if params["masks"]:
-        data = tuple((inputs / f"mask-{i}").read_bytes() for i in range(params["masks"]))
-        masks = prepare_masks(
-            data, len(styles), tuple(params["upright_size"]), grid, settings.limits
-        )
-    weights = torch.tensor(params["weights"])
+    if params.masks:
+        data = tuple((inputs / f"mask-{i}").read_bytes() for i in range(params.masks))
+        masks = prepare_masks(data, len(styles), tuple(params.upright_size), grid, settings.limits)
+    weights = torch.tensor(params.weights)
 
     def mix_of(stats: list[tuple[Tensor, Tensor]]) -> StyleMix:
         return StyleMix(
@@ -146,10 +167,10 @@ def _mix_maker(
             torch.cat([s for _, s in stats]),
             weights,
             masks,
-            params["alpha"],
+            params.alpha,
         )
 
-    if params["preserve_color"]:
+    if params.preserve_color:
         return lambda content: mix_of([backend.style_statistics(s, content) for s in styles])
     fixed = mix_of([backend.style_statistics(s, None) for s in styles])
     return lambda content: fixed
@@ -161,11 +182,16 @@ def run_job(
     backend: FrameBackend,
     settings: JobSettings = JobSettings(),
     should_stop: Callable[[], bool] = lambda: False,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> JobRecord | None:
     """Runs (or resumes) the job to its end; returns its final record, or None when
-    `should_stop` interrupted it (still `running`, checkpointed)."""
+    `should_stop` interrupted it (still `running`, checkpointed). `on_progress(frames done,
+    frames total)` hears of every frame (the command's progress bar)."""
     record = store.get(job_id)
-    if record is None or record.status.finished:
+    if record is None:
+        return None
+    if record.status.finished:  # canceled while queued: its files may still be there
+        store.remove_work(job_id)
         return record
 
     def start(r: JobRecord) -> None:
@@ -176,7 +202,8 @@ def run_job(
         store.remove_work(job_id)
         return record
     try:
-        frames = _stylize_frames(record, store, backend, settings, should_stop)
+        progress = _Progress(store, job_id, record.frames_total, on_progress)
+        frames = _stylize_frames(record, store, backend, settings, should_stop, progress)
     except JobInterrupted:
         log.info("job interrupted; it resumes at the next start", extra={"job": job_id})
         return None
@@ -230,7 +257,7 @@ def _frame_step(
     def stylize(content: Tensor) -> Tensor:
         return backend.stylize(content, mix_for(content))
 
-    if not record.params["stabilize"]:
+    if not JobParams(**record.params).stabilize:
         return stylize
     from models.video import Stabilizer  # imported only by stabilised jobs
 
@@ -246,10 +273,11 @@ def _stylize_frames(
     backend: FrameBackend,
     settings: JobSettings,
     should_stop: Callable[[], bool],
+    progress: _Progress,
 ) -> int:
     """Stylizes the frames after the last checkpoint and joins all into the result; returns
     the number of frames."""
-    job_id, params = record.id, record.params
+    job_id, params = record.id, JobParams(**record.params)
     inputs, work = store.inputs(job_id), store.work(job_id)
     work.mkdir(exist_ok=True)
     checkpoint = store.load_checkpoint(job_id) or Checkpoint(0, [], None)
@@ -258,9 +286,8 @@ def _stylize_frames(
     for stale in work.iterdir():  # the segment that was open when the process died
         if stale.name not in kept:
             stale.unlink()
-    time_base = Fraction(params["time_base"])
-    rate = Fraction(params["rate"])
-    progress = _Progress(store, job_id, record.frames_total)
+    time_base = Fraction(params.time_base)
+    rate = Fraction(params.rate)
     done = checkpoint.frames_done
     progress.report(done, force=True)
 
@@ -297,7 +324,7 @@ def _stylize_frames(
         if should_stop():
             close_segment()
             raise JobInterrupted
-        content = frame_tensor(frame, params["content_size"], params["crop"])
+        content = frame_tensor(frame, params.content_size, params.crop)
         if step is None:
             step = _frame_step(
                 record, inputs, backend, tuple(content.shape[-2:]), settings, checkpoint.stabilizer

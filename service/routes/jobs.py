@@ -11,8 +11,9 @@ import asyncio
 import json
 import shutil
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
@@ -22,8 +23,8 @@ from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from service.deps import RegistryDep, ServicesDep
 from service.errors import error_response
-from service.imaging import ImageLimits
 from service.jobs.store import JobNotDoneError, JobNotFoundError, JobRecord, JobStatus, JobStore
+from service.jobs.submit import create_job
 from service.openapi import BINARY, ErrorBody, Responses, error_responses, header
 from service.routes.stylize import parse_mix_weights, read_styles
 from service.security import (
@@ -34,8 +35,8 @@ from service.security import (
     authenticate,
     client_address,
 )
-from service.stylizer import StyleInput, check_counts, prepare_masks, prepare_style
-from service.video import VideoInfo, VideoLimits, check_output_size, output_size, probe
+from service.stylizer import check_counts
+from service.video import VideoLimits
 
 router = APIRouter(tags=["jobs"])
 
@@ -154,33 +155,6 @@ async def save_upload(upload: UploadFile, target: Path) -> None:
             await run_in_threadpool(file.write, chunk)
 
 
-def check_inputs(
-    video: Path,
-    styles: list[StyleInput],
-    masks: list[bytes],
-    content_size: int,
-    style_size: int,
-    crop: bool,
-    video_limits: VideoLimits,
-    limits: ImageLimits,
-) -> VideoInfo:
-    """Everything a job will read, checked before it is accepted: the video (probe), each style
-    and each mask (decoded as /stylize decodes them)."""
-    info = probe(video, video_limits)
-    check_output_size(info, content_size, crop, limits.max_output_pixels)
-    for style in styles:
-        prepare_style(style, style_size, crop, limits)
-    if masks:
-        prepare_masks(
-            tuple(masks),
-            len(styles),
-            (info.width, info.height),
-            output_size(info, content_size, crop),
-            limits,
-        )
-    return info
-
-
 @router.post("/jobs", status_code=202, response_model=JobState, responses=SUBMIT_RESPONSES)
 async def submit_job(
     response: Response,
@@ -234,49 +208,34 @@ async def submit_job(
     styles = await read_styles(style, style_id, registry)
     masks = [await m.read() for m in mask or []]
     runner, settings = services.jobs, services.settings
-    store = runner.store
-    job_id, inputs = await run_in_threadpool(store.new_folder)
+    job_id, inputs = await run_in_threadpool(runner.store.new_folder)
     try:
         await save_upload(video, inputs / "video")
-        video_limits = VideoLimits(
-            settings.max_video_frames,
-            settings.max_video_duration_s,
-            settings.max_video_frame_pixels,
-        )
-        info = await run_in_threadpool(
-            check_inputs,
-            inputs / "video",
+    except BaseException:
+        await run_in_threadpool(shutil.rmtree, runner.store.folder(job_id), True)
+        raise
+    video_limits = VideoLimits(
+        settings.max_video_frames, settings.max_video_duration_s, settings.max_video_frame_pixels
+    )
+    record = await run_in_threadpool(
+        partial(
+            create_job,
+            runner.store,
+            job_id,
+            caller.identity,
             styles,
             masks,
-            content_size,
-            style_size,
-            crop,
-            video_limits,
-            services.limits,
+            weights=normalised.tolist(),
+            alpha=alpha,
+            preserve_color=preserve_color,
+            content_size=content_size,
+            style_size=style_size,
+            crop=crop,
+            stabilize=stabilize,
+            video_limits=video_limits,
+            limits=services.limits,
         )
-        for index, item in enumerate(styles):
-            (inputs / f"style-{index}").write_bytes(item.data)
-        for index, data in enumerate(masks):
-            (inputs / f"mask-{index}").write_bytes(data)
-        params: dict[str, Any] = {
-            "style_fields": [item.field for item in styles],
-            "masks": len(masks),
-            "weights": normalised.tolist(),
-            "alpha": alpha,
-            "preserve_color": preserve_color,
-            "content_size": content_size,
-            "style_size": style_size,
-            "crop": crop,
-            "stabilize": stabilize,
-            "rate": str(info.rate),
-            "time_base": str(info.time_base),
-            "upright_size": [info.width, info.height],
-            "audio": info.audio_codec,
-        }
-        record = await run_in_threadpool(store.create, job_id, caller.identity, params, info.frames)
-    except BaseException:
-        await run_in_threadpool(shutil.rmtree, store.folder(job_id), True)
-        raise
+    )
     runner.submit(job_id)
     response.headers["Location"] = f"/jobs/{job_id}"
     return JobState(**record.public())
