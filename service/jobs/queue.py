@@ -211,6 +211,8 @@ def job_handlers(
     def run(job_id: str) -> None:
         record = run_job(job_id, store, counted, settings, should_stop)
         if record is None:
+            if store.get(job_id) is None:
+                return  # deleted before it ran: nothing to do
             raise JobInterruptedRetry("this worker is stopping", delay=0)
         observe_finished(record)
 

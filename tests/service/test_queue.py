@@ -272,6 +272,25 @@ def test_a_killed_worker_s_job_finishes_on_the_next_with_every_frame_once(
         assert np.abs(a - b).mean() < 3.0, index
 
 
+def test_a_stopped_worker_hands_its_job_back_at_once(deployment: Deployment) -> None:
+    """SIGTERM (docker stop, a rolling update): the job checkpoints at the next frame and goes
+    back to the queue without waiting for the heartbeat to expire, and without counting as a
+    start; the next worker resumes it."""
+    url = deployment.server.url
+    video = clip(40, seed=11)
+    first = start_worker(deployment.env)
+    job_id = submit(url, video)
+    wait_until(lambda: job(url, job_id)["frames_done"] >= 4, 120, "the job to run")
+    first.process.terminate()
+    assert first.process.wait(60) == 0, first.logs()
+    assert "job interrupted" in first.logs()
+    assert job(url, job_id)["status"] == "running"
+    with workers(deployment.env, count=1):
+        wait_finished(url, job_id)
+    assert_complete(url, job_id, video)
+    assert starts(deployment, job_id) == 1
+
+
 def test_jobs_finish_across_a_redis_restart(deployment: Deployment) -> None:
     """One job running and one waiting when Redis restarts: both finish, the waiting one
     because Redis kept it in its append-only file."""
