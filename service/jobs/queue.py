@@ -95,8 +95,11 @@ def declare_actor(
         # max_retries + 1 starts, then the job is failed instead of redelivered forever.
         starts = count_start(broker.client, job_id, +1)
         if starts > config.max_retries + 1:
-            give_up(job_id, f"given up after {starts - 1} start(s): each time the worker "
-                    "running it died or failed (out of memory?)")
+            give_up(
+                job_id,
+                f"given up after {starts - 1} start(s): each time the worker "
+                "running it died or failed (out of memory?)",
+            )
             return
         try:
             run(job_id)

@@ -49,8 +49,9 @@ def run_worker(settings: Settings) -> None:
     signal.signal(signal.SIGINT, request_stop)
 
     device = pick_device(settings.device)
-    net = load_model(settings.encoder_path, settings.decoder_path, device,
-                     pick_dtype(settings.precision, device))
+    net = load_model(
+        settings.encoder_path, settings.decoder_path, device, pick_dtype(settings.precision, device)
+    )
     net.tile_size = settings.tile_size
     store = JobStore(settings.jobs_dir, settings.job_ttl_s)
     run, give_up = job_handlers(store, ModelBackend(net), job_settings(settings), stop.is_set)
@@ -59,8 +60,10 @@ def run_worker(settings: Settings) -> None:
         from prometheus_client import start_http_server
 
         start_http_server(settings.worker_metrics_port)
-    log.info("worker ready", extra={"device": str(device), "dtype": str(net.dtype),
-                                    "jobs_dir": str(settings.jobs_dir)})
+    log.info(
+        "worker ready",
+        extra={"device": str(device), "dtype": str(net.dtype), "jobs_dir": str(settings.jobs_dir)},
+    )
     worker.start()
     stop.wait()
     worker.stop()

@@ -74,8 +74,10 @@ def start_worker(env: dict[str, str], metrics: bool = False) -> Worker:
     with tempfile.NamedTemporaryFile(prefix="adain-worker-", suffix=".log", delete=False) as log:
         process = subprocess.Popen(
             [sys.executable, "-c", "from service.cli import app; app(['worker'])"],
-            cwd=REPO, env={**clean, **env, "ADAIN_WORKER_METRICS_PORT": str(port)},
-            stdout=log, stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**clean, **env, "ADAIN_WORKER_METRICS_PORT": str(port)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     worker = Worker(process, Path(log.name), f"http://127.0.0.1:{port}/metrics" if port else None)
     deadline = time.monotonic() + 120
@@ -135,9 +137,12 @@ def clip(frames: int, seed: int = 0) -> bytes:
 
 
 def submit(url: str, video: bytes, **form: str) -> str:
-    response = httpx.post(f"{url}/jobs", files=[("video", ("clip.mp4", video)),
-                                                ("style", ("s.png", STYLE))],
-                          data={**FORM, **form}, timeout=60)
+    response = httpx.post(
+        f"{url}/jobs",
+        files=[("video", ("clip.mp4", video)), ("style", ("s.png", STYLE))],
+        data={**FORM, **form},
+        timeout=60,
+    )
     assert response.status_code == 202, response.text
     return response.json()["id"]
 
@@ -223,9 +228,13 @@ def test_the_queue_length_counts_jobs_no_worker_took(deployment: Deployment) -> 
     ids = [submit(url, clip(4, seed=10 + i)) for i in range(2)]
     length = deployment.client().llen(f"{NAMESPACE}:{QUEUE_NAME}")
     assert length == 2
-    wait_until(lambda: re.search(r"^adain_job_queue_length 2\.0$",
-                                 httpx.get(f"{url}/metrics", timeout=10).text, re.M),
-               15, "the gauge to show 2 waiting")
+    wait_until(
+        lambda: re.search(
+            r"^adain_job_queue_length 2\.0$", httpx.get(f"{url}/metrics", timeout=10).text, re.M
+        ),
+        15,
+        "the gauge to show 2 waiting",
+    )
     assert all(job(url, i)["status"] == "queued" for i in ids)
     with workers(deployment.env):
         for job_id in ids:
@@ -243,8 +252,11 @@ def test_a_killed_worker_s_job_finishes_on_the_next_with_every_frame_once(
         job_id = submit(url, video)
         # Killed once a checkpoint holds some frames, well before the end.
         checkpoint = deployment.jobs_dir / job_id / "work" / "checkpoint.pt"
-        wait_until(lambda: checkpoint.exists() and job(url, job_id)["frames_done"] >= 8, 120,
-                   "a checkpoint")
+        wait_until(
+            lambda: checkpoint.exists() and job(url, job_id)["frames_done"] >= 8,
+            120,
+            "a checkpoint",
+        )
         first.process.kill()
         first.process.wait()
         killed_at = job(url, job_id)
@@ -363,8 +375,11 @@ def test_delete_reaches_a_job_running_on_another_worker(deployment: Deployment) 
         assert job(url, job_id)["status"] == "canceled"
         folder = deployment.jobs_dir / job_id
         # The worker stops between two frames and removes the partial output.
-        wait_until(lambda: not (folder / "work").exists() and not (folder / "inputs").exists(),
-                   20, "the worker to drop the canceled job")
+        wait_until(
+            lambda: not (folder / "work").exists() and not (folder / "inputs").exists(),
+            20,
+            "the worker to drop the canceled job",
+        )
         frames = job(url, job_id)["frames_done"]
         assert frames < 60
         # The worker is free again: the next job runs.
@@ -387,8 +402,11 @@ def test_two_workers_finish_a_batch_while_one_is_killed_and_redis_restarts(
     replacement: Worker | None = None
     try:
         ids = [submit(url, video) for video in videos]
-        wait_until(lambda: sum(job(url, i)["frames_done"] for i in ids) >= 12, 120,
-                   "the batch to be under way")
+        wait_until(
+            lambda: sum(job(url, i)["frames_done"] for i in ids) >= 12,
+            120,
+            "the batch to be under way",
+        )
         first.process.kill()
         first.process.wait()
         deployment.redis.stop()
@@ -424,7 +442,11 @@ def test_a_worker_without_redis_says_so(server_env: dict[str, str]) -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ADAIN_")}
     result = subprocess.run(
         [sys.executable, "-c", "from service.cli import app; app(['worker'])"],
-        cwd=REPO, env={**clean, **server_env}, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env={**clean, **server_env},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1
     assert "ADAIN_REDIS_URL" in result.stderr
