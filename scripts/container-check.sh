@@ -171,6 +171,12 @@ if ! python3 "$REPO/scripts/container_smoke.py" "${smoke_args[@]}"; then
     done
     exit 1
 fi
+if [[ $worker == 1 ]]; then
+    # The API queues jobs only (ADAIN_SERVE_RUNS_JOBS=false): the worker container ran it.
+    podman logs adain-check-worker 2>&1 | grep -q '"job succeeded"' \
+        || { log "the worker's log has no finished job"; exit 1; }
+    log "the video job ran in the worker container"
+fi
 healthcheck=$(podman healthcheck run adain-check-api 2>&1 && echo healthy || echo unhealthy)
 log "HEALTHCHECK (run by hand: podman schedules it only with systemd): $healthcheck"
 uid=$(podman exec adain-check-api id -u)

@@ -214,9 +214,12 @@ def job_handlers(
     def run(job_id: str) -> None:
         record = run_job(job_id, store, counted, settings, should_stop)
         if record is None:
-            if store.get(job_id) is None:
-                return  # deleted before it ran: nothing to do
-            raise JobInterruptedRetry("this worker is stopping", delay=0)
+            if should_stop():
+                raise JobInterruptedRetry("this worker is stopping", delay=0)
+            # Deleted before it ran, or a second message for a job another process holds (its
+            # claim, a lock in the folder): that process's own message covers it.
+            log.info("job not run here: gone or running elsewhere", extra={"job": job_id})
+            return
         observe_finished(record)
 
     def give_up(job_id: str, reason: str) -> None:

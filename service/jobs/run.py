@@ -18,13 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from models.errors import DomainError
 from models.model import Masks, StyleMix
+from models.pipeline import Pipeline
 from service.imaging import ImageLimits
 from service.jobs.store import Checkpoint, JobRecord, JobStatus, JobStore
 from service.stylizer import StyleInput, prepare_masks, prepare_style
@@ -49,25 +50,22 @@ class FrameBackend(Protocol):
 
 
 class ModelBackend:
-    """A `FrameBackend` on a `models.model.StyleTransfer` of this process (command, worker)."""
+    """A `FrameBackend` on a `models.pipeline.Pipeline` of this process (command, worker)."""
 
-    def __init__(self, net: Any) -> None:
-        self.net = net
-        self.device = next(net.parameters()).device
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
 
     def style_statistics(self, style: Tensor, recolour_to: Tensor | None) -> tuple[Tensor, Tensor]:
-        from models.model import coral
-
+        device = self.pipeline.device
         with torch.inference_mode():
-            style = style.to(self.device)
-            if recolour_to is not None:
-                style = coral(style[0], recolour_to.to(self.device)[0])[None]
-            mean, std = self.net.style_statistics(style)
+            mean, std = self.pipeline.style_statistics(
+                style.to(device), None if recolour_to is None else recolour_to.to(device)
+            )
         return mean.float().cpu(), std.float().cpu()
 
     def stylize(self, content: Tensor, mix: StyleMix) -> Tensor:
         with torch.inference_mode():
-            return self.net.stylize_batch(content.to(self.device), [mix]).float().cpu()
+            return self.pipeline.stylize_batch(content.to(self.pipeline.device), [mix]).cpu()
 
 
 @dataclass(frozen=True)
@@ -185,8 +183,23 @@ def run_job(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> JobRecord | None:
     """Runs (or resumes) the job to its end; returns its final record, or None when
-    `should_stop` interrupted it (still `running`, checkpointed). `on_progress(frames done,
-    frames total)` hears of every frame (the command's progress bar)."""
+    `should_stop` interrupted it (still `running`, checkpointed) or another process is running
+    it. `on_progress(frames done, frames total)` hears of every frame (the command's bar)."""
+    with store.claim(job_id) as claimed:
+        if not claimed:
+            log.info("job already running in another process", extra={"job": job_id})
+            return None
+        return _run_claimed(job_id, store, backend, settings, should_stop, on_progress)
+
+
+def _run_claimed(
+    job_id: str,
+    store: JobStore,
+    backend: FrameBackend,
+    settings: JobSettings,
+    should_stop: Callable[[], bool],
+    on_progress: Callable[[int, int], None] | None,
+) -> JobRecord | None:
     record = store.get(job_id)
     if record is None:
         return None

@@ -9,13 +9,13 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from models.errors import DomainError
+from models.pipeline import Pipeline
 from service.imaging import ImageLimits
 from service.jobs.run import JobParams, JobSettings, ModelBackend, run_job
 from service.jobs.store import JobRecord, JobStatus, JobStore
-from service.stylizer import StyleInput, prepare_masks, prepare_style
+from service.stylizer import StyleInput, check_counts, prepare_masks, prepare_style
 from service.video import VideoInfo, VideoLimits, check_output_size, output_size, probe
 
 # Suffixes the command takes as videos (anything else is an image for `adain stylize`).
@@ -98,7 +98,7 @@ def create_job(
 
 
 def stylize_video_file(
-    net: Any,
+    pipeline: Pipeline,
     video: Path,
     styles: Sequence[Path],
     output: Path,
@@ -114,8 +114,9 @@ def stylize_video_file(
     settings: JobSettings = JobSettings(),
     on_progress: Callable[[int, int], None] | None = None,
 ) -> JobRecord:
-    """`adain stylize clip.mp4 style.jpg -o out.mp4`: the job, in this process, on `net`
-    (a `models.model.StyleTransfer`), in a throw-away store. Raises the job's error."""
+    """`adain stylize clip.mp4 style.jpg -o out.mp4`: the job, in this process, on
+    `pipeline`, in a throw-away store. Raises the job's error."""
+    normalised = check_counts(len(styles), len(masks), weights).tolist()
     limits = settings.limits
     unlimited = VideoLimits(
         max_frames=10**9, max_duration_s=float("inf"), max_frame_pixels=limits.max_image_pixels
@@ -131,7 +132,7 @@ def stylize_video_file(
             "command",
             inputs_of_styles,
             [path.read_bytes() for path in masks],
-            weights=weights,
+            weights=normalised,
             alpha=alpha,
             preserve_color=preserve_color,
             content_size=content_size,
@@ -141,7 +142,7 @@ def stylize_video_file(
             video_limits=unlimited,
             limits=limits,
         )
-        final = run_job(job_id, store, ModelBackend(net), settings, on_progress=on_progress)
+        final = run_job(job_id, store, ModelBackend(pipeline), settings, on_progress=on_progress)
         assert final is not None  # never interrupted: nothing asks it to stop
         if final.status is not JobStatus.succeeded:
             error = final.error or {}
@@ -150,3 +151,49 @@ def stylize_video_file(
         assert result is not None
         shutil.move(result, output)
         return final
+
+
+def stylize_video_command(
+    pipeline: Pipeline,
+    video: Path,
+    styles: Sequence[Path],
+    output: Path,
+    weights: list[float] | None,
+    masks: Sequence[Path],
+    alpha: float,
+    preserve_color: bool,
+    content_size: int,
+    style_size: int,
+    crop: bool,
+    stabilize: bool,
+    fail: Callable[[str], Exception],
+) -> int:
+    """`adain stylize clip.mp4 style.jpg -o out.mp4`, with a progress bar of frames; a problem
+    with the inputs is `fail(message)` (the command's one-line error). Returns the frames."""
+    from tqdm import tqdm
+
+    with tqdm(total=0, unit="frame", desc="stylize", leave=True) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = max(total, done)
+            bar.update(done - bar.n)
+
+        try:
+            record = stylize_video_file(
+                pipeline,
+                video,
+                styles,
+                output,
+                weights=weights,
+                masks=masks,
+                alpha=alpha,
+                preserve_color=preserve_color,
+                content_size=content_size,
+                style_size=style_size,
+                crop=crop,
+                stabilize=stabilize,
+                on_progress=progress,
+            )
+        except DomainError as exc:
+            raise fail(exc.detail) from exc
+    return record.frames_done

@@ -12,8 +12,7 @@ import signal
 import threading
 from types import FrameType
 
-from models.acceleration import pick_dtype
-from models.weights import load_model, pick_device
+from models.pipeline import build_pipeline
 from service.imaging import ImageLimits
 from service.jobs.queue import QueueConfig, QueueWorker, job_handlers
 from service.jobs.run import JobSettings, ModelBackend
@@ -48,13 +47,9 @@ def run_worker(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
 
-    device = pick_device(settings.device)
-    net = load_model(
-        settings.encoder_path, settings.decoder_path, device, pick_dtype(settings.precision, device)
-    )
-    net.tile_size = settings.tile_size
+    pipeline = build_pipeline(settings.pipeline_config())
     store = JobStore(settings.jobs_dir, settings.job_ttl_s)
-    run, give_up = job_handlers(store, ModelBackend(net), job_settings(settings), stop.is_set)
+    run, give_up = job_handlers(store, ModelBackend(pipeline), job_settings(settings), stop.is_set)
     worker = QueueWorker(queue_config(settings), run, give_up)
     if settings.worker_metrics_port:  # its frames and job durations; the states: the service
         from prometheus_client import start_http_server
@@ -62,7 +57,11 @@ def run_worker(settings: Settings) -> None:
         start_http_server(settings.worker_metrics_port)
     log.info(
         "worker ready",
-        extra={"device": str(device), "dtype": str(net.dtype), "jobs_dir": str(settings.jobs_dir)},
+        extra={
+            "device": str(pipeline.device),
+            "dtype": str(pipeline.net.dtype),
+            "jobs_dir": str(settings.jobs_dir),
+        },
     )
     worker.start()
     stop.wait()

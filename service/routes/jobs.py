@@ -21,12 +21,13 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
+from models.model import parse_mix_weights
 from service.deps import RegistryDep, ServicesDep
 from service.errors import error_response
 from service.jobs.store import JobNotDoneError, JobNotFoundError, JobRecord, JobStatus, JobStore
 from service.jobs.submit import create_job
 from service.openapi import BINARY, ErrorBody, Responses, error_responses, header
-from service.routes.stylize import parse_mix_weights, read_styles
+from service.routes.stylize import read_styles
 from service.security import (
     AuthenticationError,
     Caller,
@@ -97,12 +98,22 @@ async def visible_job(job_id: str, caller: Caller, store: JobStore) -> JobRecord
     return record
 
 
+JOB_ERROR_MEANINGS = {
+    404: "No style with a `style_id`.",
+    413: "The request body is larger than ADAIN_MAX_VIDEO_BYTES, the video has more frames, "
+    "seconds or pixels per frame than ADAIN_MAX_VIDEO_FRAMES / _DURATION_S / _FRAME_PIXELS, "
+    "or an image more pixels than ADAIN_MAX_IMAGE_PIXELS.",
+    415: "The video is not one FFmpeg can read, has no video stream or is truncated (`field`: "
+    "`video`), or a style or mask is not a PNG, JPEG or WebP image.",
+}
+
+
 def job_errors(*statuses: int) -> Responses:
+    """`error_responses` with what the statuses mean for a video submission."""
     responses = error_responses(*statuses)
-    if 404 in responses:
-        responses[404]["description"] = (
-            "No job with that id (or one of another API key), or no style with a `style_id`."
-        )
+    for status, meaning in JOB_ERROR_MEANINGS.items():
+        if status in responses:
+            responses[status]["description"] = meaning
     return responses
 
 

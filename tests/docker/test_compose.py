@@ -186,7 +186,7 @@ def test_api_keys_come_from_compose_secrets_the_service_reads(path: Path, tmp_pa
 def test_workers_compose_runs_api_and_workers_on_one_queue_and_folder() -> None:
     """compose.workers.yaml: per profile an API (published) and a worker (`adain worker`, not
     published), both on the compose Redis (persistent) and the same job folder volume."""
-    from service.cli import app as adain_app
+    from cli.app import app as adain_app
 
     compose = load_compose("compose.workers.yaml")
     services = adain_services(compose)

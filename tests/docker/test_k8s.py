@@ -148,7 +148,7 @@ def test_workers_run_the_same_image_on_the_api_pods_job_folder() -> None:
     ConfigMap's ADAIN_JOBS_DIR."""
     import typer
 
-    from service.cli import app as adain_app
+    from cli.app import app as adain_app
 
     objects = k8s_objects()
     worker = objects[("Deployment", "adain-worker")]["spec"]["template"]

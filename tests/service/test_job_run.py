@@ -10,7 +10,7 @@ import pytest
 
 from devkit.images import encode, psnr, random_image
 from devkit.videos import decode_frames, make_video
-from models.model import StyleTransfer
+from models.pipeline import Pipeline
 from models.weights import load_model
 from service.imaging import ImageLimits
 from service.jobs.run import JobSettings, ModelBackend, run_job
@@ -27,8 +27,8 @@ LIMITS = VideoLimits(100, 60, 10**6)
 
 
 @pytest.fixture(scope="module")
-def net(reference_weights: tuple[Path, Path]) -> StyleTransfer:
-    return load_model(*reference_weights)
+def net(reference_weights: tuple[Path, Path]) -> Pipeline:
+    return Pipeline(load_model(*reference_weights))
 
 
 def new_job(store: JobStore, clip: bytes, stabilize: bool = True) -> str:
@@ -53,7 +53,7 @@ def new_job(store: JobStore, clip: bytes, stabilize: bool = True) -> str:
     return job_id
 
 
-def test_a_resumed_job_gives_the_uninterrupted_frames(net: StyleTransfer, tmp_path: Path) -> None:
+def test_a_resumed_job_gives_the_uninterrupted_frames(net: Pipeline, tmp_path: Path) -> None:
     """Stopped after 5 of 12 frames and run again: the stabiliser's state came back from the
     checkpoint, so every frame equals the one-go job's (up to H.264's rounding)."""
     clip = make_video(frames=12, width=64, height=48)
@@ -94,7 +94,7 @@ def test_a_resumed_job_gives_the_uninterrupted_frames(net: StyleTransfer, tmp_pa
 
 
 def test_the_commands_function_writes_the_video_with_progress(
-    net: StyleTransfer, tmp_path: Path
+    net: Pipeline, tmp_path: Path
 ) -> None:
     clip, style, output = tmp_path / "clip.webm", tmp_path / "style.png", tmp_path / "out.mp4"
     clip.write_bytes(make_video(frames=7, width=80, height=60, container="webm"))
@@ -119,7 +119,7 @@ def test_the_commands_function_writes_the_video_with_progress(
     assert [done for done, _ in seen] == sorted(done for done, _ in seen)
 
 
-def test_expired_jobs_and_orphans_are_cleaned_up(net: StyleTransfer, tmp_path: Path) -> None:
+def test_expired_jobs_and_orphans_are_cleaned_up(net: Pipeline, tmp_path: Path) -> None:
     store = JobStore(tmp_path / "jobs", ttl_s=30)
     job_id = new_job(store, make_video(frames=2, width=32, height=32, audio=False), stabilize=False)
     record = run_job(job_id, store, ModelBackend(net), SETTINGS)
@@ -133,7 +133,7 @@ def test_expired_jobs_and_orphans_are_cleaned_up(net: StyleTransfer, tmp_path: P
     assert not store.folder(job_id).exists() and not store.folder(orphan).exists()
 
 
-def test_a_job_canceled_before_it_runs_leaves_nothing(net: StyleTransfer, tmp_path: Path) -> None:
+def test_a_job_canceled_before_it_runs_leaves_nothing(net: Pipeline, tmp_path: Path) -> None:
     store = JobStore(tmp_path / "jobs", ttl_s=30)
     job_id = new_job(store, make_video(frames=3, width=32, height=32))
 
@@ -145,3 +145,52 @@ def test_a_job_canceled_before_it_runs_leaves_nothing(net: StyleTransfer, tmp_pa
     assert record is not None and record.status is JobStatus.canceled
     assert not store.inputs(job_id).exists()
     assert store.results.path(job_id) is None
+
+
+def test_adain_stylize_takes_a_video(reference_weights: tuple[Path, Path], tmp_path: Path) -> None:
+    """`adain stylize clip.mov style.png -o out.mp4`: the command's hook, with a progress bar;
+    a bad video is a one-line error."""
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    clip, style, output = tmp_path / "clip.mov", tmp_path / "style.png", tmp_path / "out.mp4"
+    clip.write_bytes(make_video(frames=5, width=64, height=48, container="mov"))
+    style.write_bytes(STYLE)
+    encoder, decoder = reference_weights
+    common = [
+        "--encoder",
+        str(encoder),
+        "--decoder",
+        str(decoder),
+        "--precision",
+        "fp32",
+        "--content-size",
+        "0",
+        "--style-size",
+        "48",
+    ]
+    done = CliRunner().invoke(app, ["stylize", str(clip), str(style), "-o", str(output), *common])
+    assert done.exit_code == 0, done.output
+    assert "wrote 5 frames" in done.output
+    assert "frame" in done.output  # the progress bar
+    assert describe_output(output)["frames"] == 5
+
+    clip.write_bytes(b"not a video")
+    failed = CliRunner().invoke(app, ["stylize", str(clip), str(style), "-o", str(output), *common])
+    assert failed.exit_code == 1
+    assert "video" in failed.output and "Traceback" not in failed.output
+
+
+def test_a_job_another_process_runs_is_left_alone(net: Pipeline, tmp_path: Path) -> None:
+    """The claim is a lock the system releases with its process: held (as by a replica or a
+    worker running the job), run_job leaves the job; released (that process died), it runs."""
+    store = JobStore(tmp_path / "jobs", ttl_s=30)
+    job_id = new_job(store, make_video(frames=2, width=32, height=32, audio=False), stabilize=False)
+    with store.claim(job_id) as claimed:
+        assert claimed
+        assert run_job(job_id, store, ModelBackend(net), SETTINGS) is None
+        record = store.get(job_id)
+        assert record is not None and record.status is JobStatus.queued
+    record = run_job(job_id, store, ModelBackend(net), SETTINGS)
+    assert record is not None and record.status is JobStatus.succeeded

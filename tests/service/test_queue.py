@@ -73,7 +73,7 @@ def start_worker(env: dict[str, str], metrics: bool = False) -> Worker:
     port = free_port() if metrics else 0
     with tempfile.NamedTemporaryFile(prefix="adain-worker-", suffix=".log", delete=False) as log:
         process = subprocess.Popen(
-            [sys.executable, "-c", "from service.cli import app; app(['worker'])"],
+            [sys.executable, "-c", "from cli.app import app; app(['worker'])"],
             cwd=REPO,
             env={**clean, **env, "ADAIN_WORKER_METRICS_PORT": str(port)},
             stdout=log,
@@ -441,7 +441,7 @@ def test_the_service_runs_queued_jobs_itself_when_set(
 def test_a_worker_without_redis_says_so(server_env: dict[str, str]) -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ADAIN_")}
     result = subprocess.run(
-        [sys.executable, "-c", "from service.cli import app; app(['worker'])"],
+        [sys.executable, "-c", "from cli.app import app; app(['worker'])"],
         cwd=REPO,
         env={**clean, **server_env},
         capture_output=True,
