@@ -104,7 +104,9 @@ def declare_actor(
         try:
             run(job_id)
         except JobInterruptedRetry:
-            count_start(broker.client, job_id, -1)  # a clean stop is not a failed start
+            # A clean stop is not a failed start (uncounted unless Redis is down right now).
+            with contextlib.suppress(redis.RedisError, OSError):
+                count_start(broker.client, job_id, -1)
             raise
         except Exception as exc:
             if starts > config.max_retries:
