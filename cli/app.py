@@ -1,6 +1,6 @@
 """The `adain` command: the command groups assembled.
 
-    adain stylize | serve | train | eval | convert | normalise-vgg
+    adain stylize | serve | worker | train | eval | convert | normalise-vgg
 
 Each command imports what it needs (torch, the networks, uvicorn and the app) inside its body,
 so that `adain --help` and `adain <command> --help` answer without loading them.
@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from cli import serve, stylize, train, weights
+from cli import serve, stylize, train, weights, worker
 from cli.common import OneLineErrors
 
 app = typer.Typer(
@@ -40,5 +40,5 @@ def main(
     # Read by `OneLineErrors` from the arguments themselves, before this runs.
 
 
-for group in (stylize, serve, train, weights):
+for group in (stylize, serve, train, weights, worker):
     group.register(app)

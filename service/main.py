@@ -115,10 +115,17 @@ async def start_services(settings: Settings) -> Services:
 
 
 def local_jobs(settings: Settings, engine: Engine, limits: ImageLimits) -> LocalRunner:
-    """Video jobs in this process, through its engine, their state in ADAIN_JOBS_DIR."""
+    """Video jobs in this process, through its engine, their state in ADAIN_JOBS_DIR; with
+    Redis, handed to the workers' queue (docs/jobs.md)."""
     store = JobStore(settings.jobs_dir, settings.job_ttl_s)
     job_settings = JobSettings(settings.video_crf, settings.video_preset,
                                settings.job_checkpoint_s, limits)
+    if settings.redis_url:
+        from service.jobs.queue import QueueRunner
+        from service.jobs.worker import queue_config
+
+        return QueueRunner(store, engine, job_settings, queue_config(settings),
+                           settings.serve_runs_jobs)
     return LocalRunner(store, engine, job_settings)
 
 

@@ -104,6 +104,17 @@ class Settings(BaseSettings):
     log_level: str = "info"
     warmup: bool = True
 
+    # Video jobs past one machine (docs/jobs.md): with redis_url set, jobs go to a task queue
+    # that `adain worker` processes take them from.
+    serve_runs_jobs: bool = Field(True, description="with Redis: the service takes queued jobs "
+                                  "too; false leaves them to the workers")
+    worker_heartbeat_s: float = Field(60.0, gt=0, description="a worker silent this long is "
+                                      "dead: its job goes back to the queue")
+    job_max_retries: int = Field(2, ge=0, description="restarts of a job after an unexpected "
+                                 "error or a dead worker; input errors never retry")
+    worker_metrics_port: int = Field(9100, ge=0, le=65535,
+                                     description="a worker's /metrics port; 0: none")
+
     def pipeline_config(self) -> PipelineConfig:
         return PipelineConfig(self.device, self.precision, self.compile, self.tile_size,
                               self.encoder_path, self.decoder_path)

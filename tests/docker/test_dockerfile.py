@@ -57,8 +57,25 @@ def dockerignore_allows(source: str) -> bool:
     return source.rstrip("/") in allowed
 
 
-def test_the_base_image_is_pinned() -> None:
-    image = only("FROM").arguments.split()[0]
+def build_args_before_from() -> dict[str, str]:
+    """`ARG NAME=default` lines ahead of FROM: the only ones FROM can use."""
+    args: dict[str, str] = {}
+    for instruction in dockerfile_instructions():
+        if instruction.keyword == "FROM":
+            break
+        if instruction.keyword == "ARG":
+            name, _, default = instruction.arguments.partition("=")
+            args[name] = default
+    return args
+
+
+def test_the_base_image_is_a_build_arg_whose_default_is_pinned() -> None:
+    """FROM ${BASE_IMAGE}: another base where the real one cannot be pulled
+    (scripts/container-check.sh), the real, pinned one by default."""
+    from_ = only("FROM").arguments.split()[0]
+    assert from_ in ("${BASE_IMAGE}", "$BASE_IMAGE"), from_
+    image = build_args_before_from()["BASE_IMAGE"]
+    assert image.startswith("python:"), image
     tag = image.partition(":")[2]
     assert tag and tag != "latest", f"unpinned base image {image}"
     assert any(character.isdigit() for character in tag)
