@@ -311,10 +311,13 @@ def check_size(images: Tensor) -> None:
 class StyleTransfer(nn.Module):
     """Encoder f (fixed VGG-19 to relu4_1) and decoder g: T(c, s, a) = g((1-a) f(c) + a t)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, encoder: nn.Sequential | None = None, decoder: nn.Sequential | None = None
+    ) -> None:
+        """The full networks by default; `models.lite` passes its slim ones (same layouts)."""
         super().__init__()
-        self.encoder = make_encoder()
-        self.decoder = make_decoder()
+        self.encoder = encoder if encoder is not None else make_encoder()
+        self.decoder = decoder if decoder is not None else make_decoder()
         self.encoder.requires_grad_(False)
         # Images with more pixels than tile_size ** 2 go through `models.tiling` (0: never).
         self.tile_size = DEFAULT_TILE_SIZE
