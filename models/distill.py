@@ -31,8 +31,20 @@ from torch import Tensor, nn
 
 from models import evaluate, images
 from models.data import RandomCrops, infinite_batches, split
-from models.lite import LITE_WIDTHS, fit_conv, lite_state, make_lite, prune_into, save_lite
+from models.lite import (
+    DECODER_SOURCES,
+    ENCODER_SOURCES,
+    LITE_WIDTHS,
+    LiteStyleTransfer,
+    fit_conv,
+    init_from,
+    lite_state,
+    make_lite,
+    outputs_of,
+    save_lite,
+)
 from models.model import (
+    RELU_TAPS,
     StyleTransfer,
     adaptive_instance_normalization,
     content_loss,
@@ -41,15 +53,18 @@ from models.model import (
 from models.train import stop_on_signals
 from models.weights import load_model, save_state
 
+# The full encoder's taps the lite ones are distilled into: relu2_1, relu3_1, relu4_1.
+TEACHER_TAPS = RELU_TAPS[1:]
+
 
 @dataclass
 class DistillConfig:
     content_dir: Path
     style_dir: Path
     out_dir: Path = Path("runs/lite")
-    widths: tuple[int, int, int, int] = LITE_WIDTHS
+    widths: tuple[int, int, int] = LITE_WIDTHS
     steps: int = 100_000
-    encoder_steps: int = 400  # phase 1: the embedding loss alone
+    encoder_steps: int = 0  # phase 1: the embedding loss alone
     batch_size: int = 4
     lr: float = 2e-4
     lr_decay: float = 5e-5  # lr / (1 + decay * step), the reference schedule
@@ -59,11 +74,11 @@ class DistillConfig:
     content_photo_weight: float = 2.0
     teacher_pixel_weight: float = 50.0
     resize: int = 256
-    crop: int = 128
+    crop: int = 96
     ema_decay: float = 0.995
     checkpoint_every: int = 50
-    eval_every: int = 250
-    eval_pairs: int = 12
+    eval_every: int = 100
+    eval_pairs: int = 8
     eval_size: int = 256
     workers: int = 1
     threads: int = 1
@@ -73,8 +88,8 @@ class DistillConfig:
 
 
 def embeddings(widths: tuple[int, ...], teacher: StyleTransfer) -> nn.ModuleList:
-    """One 1x1 conv per tap, lite channels -> the teacher's."""
-    teacher_widths = [teacher.encoder[tap - 1].out_channels for tap in (3, 10, 17, 30)]
+    """One 1x1 conv per lite tap, lite channels -> the teacher's (relu2_1, relu3_1, relu4_1)."""
+    teacher_widths = [teacher.encoder[tap - 1].out_channels for tap in TEACHER_TAPS]
     return nn.ModuleList(nn.Conv2d(w, t, 1) for w, t in zip(widths, teacher_widths, strict=True))
 
 
@@ -86,26 +101,43 @@ def fit_embedding(embed: nn.Conv2d, student: Tensor, teacher: Tensor) -> None:
 
 @torch.no_grad()
 def init_from_teacher(
-    student: StyleTransfer, embeds: nn.ModuleList, teacher: StyleTransfer, batch: Tensor
+    student: LiteStyleTransfer, embeds: nn.ModuleList, teacher: StyleTransfer, batch: Tensor
 ) -> None:
-    """Prune the full encoder into the lite one, fit the embeddings, then prune the full
-    decoder with each one's AdaIN targets (first half of `batch` contents, second half styles)
-    as inputs (`models.lite.prune_into`)."""
+    """Fit the lite encoder to the full one's pre-activations layer by layer, then the
+    embeddings, then the lite decoder to the full decoder's on each one's AdaIN targets
+    (first half of `batch` contents, second half styles): `models.lite.init_from`."""
     generator = torch.Generator().manual_seed(0)
-    prune_into(teacher.encoder, student.encoder, batch, batch, generator=generator)
-    lite_taps, taps = student.encode_taps(batch), teacher.encode_taps(batch)
-    for embed, lite, full in zip(embeds, lite_taps, taps, strict=True):
-        fit_embedding(embed, lite, full)
+    full = outputs_of(teacher.encoder, batch, set(ENCODER_SOURCES.values()))
+    init_from(
+        student.encoder,
+        batch,
+        {index: full[source] for index, source in ENCODER_SOURCES.items()},
+        generator=generator,
+    )
+    lite_taps = student.encode_taps(batch)
+    taps = teacher.encode_taps(batch)[1:]
+    for embed, lite, full_tap in zip(embeds, lite_taps, taps, strict=True):
+        fit_embedding(embed, lite, full_tap)
     half = batch.shape[0] // 2
 
     def target(feats: Tensor) -> Tensor:
         return adaptive_instance_normalization(feats[:half], feats[half : 2 * half])
 
-    prune_into(
-        teacher.decoder,
+    teacher_target = target(taps[-1].float())
+    wanted_sources = {source for source in DECODER_SOURCES.values() if source is not None}
+    decoded = outputs_of(
+        teacher.decoder, teacher_target, wanted_sources | {len(teacher.decoder) - 1}
+    )
+    image = decoded[len(teacher.decoder) - 1]
+    pad_h, pad_w = image.shape[-2] % 2, image.shape[-1] % 2
+    image = F.pad(image, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else image
+    init_from(
         student.decoder,
-        target(taps[-1]),
-        target(lite_taps[-1]),
+        target(lite_taps[-1].float()),
+        {
+            index: F.pixel_unshuffle(image, 2) if source is None else decoded[source]
+            for index, source in DECODER_SOURCES.items()
+        },
         generator=generator,
     )
 
@@ -209,7 +241,7 @@ class Distiller:
         with torch.no_grad():
             taps = teacher.encode_taps(both)
         lite_taps = self.student.encode_taps(both)
-        losses = {"embed": embedding_loss(self.embeds, lite_taps, taps)}
+        losses = {"embed": embedding_loss(self.embeds, lite_taps, taps[1:])}
         if self.step < config.encoder_steps:
             return losses
         n = content.shape[0]
@@ -336,7 +368,7 @@ def main() -> None:
     for field in fields(DistillConfig):
         default = field.default
         if field.name == "widths":
-            parser.add_argument("--widths", type=int, nargs=4, default=list(default))
+            parser.add_argument("--widths", type=int, nargs=3, default=list(default))
         elif isinstance(default, bool):
             parser.add_argument(
                 f"--{field.name.replace('_', '-')}",

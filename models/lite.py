@@ -17,61 +17,96 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.model import RELU_TAPS, StyleTransfer, _conv, _pool
+from models.model import StyleTransfer, check_size
 from models.weights import WEIGHTS_DIR, WeightsError, read_state, save_state
 
 DEFAULT_LITE = WEIGHTS_DIR / "lite.safetensors"
-# Channels at relu1_1, relu2_1, relu3_1, relu4_1 (the full VGG: 64, 128, 256, 512).
-LITE_WIDTHS: tuple[int, int, int, int] = (16, 32, 64, 128)
+# Channels at strides 2, 4 and 8 (the full VGG's relu2_1, relu3_1, relu4_1: 128, 256, 512).
+LITE_WIDTHS: tuple[int, int, int] = (32, 64, 128)
+# The encoder's ReLUs whose outputs stand for relu2_1, relu3_1 and relu4_1 (the last: AdaIN's).
+LITE_TAPS: tuple[int, ...] = (3, 8, 13)
+# The full networks' convs each lite conv is initialised from (`init_from`): encoder conv index
+# -> the full encoder's, decoder conv index -> the full decoder's (None: its output image).
+ENCODER_SOURCES: dict[int, int] = {2: 9, 4: 12, 7: 16, 9: 25, 12: 29}
+DECODER_SOURCES: dict[int, int | None] = {0: 1, 3: 5, 5: 11, 7: 14, 10: 21, 12: None}
+
+
+class PadToEven(nn.Module):
+    """Reflects one row / column onto odd sides, so that the space-to-depth step can fold
+    2x2 blocks (the output is cropped back to the input's size)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        odd_h, odd_w = x.shape[-2] % 2, x.shape[-1] % 2
+        return F.pad(x, (0, odd_w, 0, odd_h), mode="reflect") if odd_h or odd_w else x
+
+
+def _conv(c_in: int, c_out: int, relu: bool = True) -> list[nn.Module]:
+    # Zero padding inside the conv: oneDNN pads for free, a reflection pad is a copy per layer.
+    conv = nn.Conv2d(c_in, c_out, (3, 3), padding=1)
+    return [conv, nn.ReLU(inplace=True)] if relu else [conv]
+
+
+def _pool() -> nn.Module:
+    return nn.MaxPool2d((2, 2), (2, 2), (0, 0), ceil_mode=True)
 
 
 def make_lite_encoder(widths: Sequence[int] = LITE_WIDTHS) -> nn.Sequential:
-    """`make_encoder`'s 31 modules with `widths` channels: taps at RELU_TAPS as the full one."""
-    w1, w2, w3, w4 = widths
+    """Stride 8 as the full encoder, but nothing at full resolution: 2x2 blocks of pixels
+    folded into channels (space-to-depth) first, then two convs at each of strides 2, 4, 8's
+    entry. The ReLUs at LITE_TAPS stand for relu2_1, relu3_1, relu4_1."""
+    w1, w2, w3 = widths
     return nn.Sequential(
-        nn.Conv2d(3, 3, (1, 1)),  # the input normalisation, as the full encoder's first layer
-        *_conv(3, w1),
+        PadToEven(),
+        nn.PixelUnshuffle(2),
+        *_conv(12, w1),  # 2, 3: "relu2_1"
         *_conv(w1, w1),
         _pool(),
-        *_conv(w1, w2),
+        *_conv(w1, w2),  # 7, 8: "relu3_1"
         *_conv(w2, w2),
         _pool(),
-        *_conv(w2, w3),
-        *_conv(w3, w3),
-        *_conv(w3, w3),
-        *_conv(w3, w3),
-        _pool(),
-        *_conv(w3, w4),
+        *_conv(w2, w3),  # 12, 13: "relu4_1"
     )
 
 
 def make_lite_decoder(widths: Sequence[int] = LITE_WIDTHS) -> nn.Sequential:
-    """`make_decoder`'s layout with `widths` channels: the lite encoder mirrored."""
-    w1, w2, w3, w4 = widths
-    up = nn.Upsample(scale_factor=2, mode="nearest")
-    layers = [
-        *_conv(w4, w3),
-        up,
-        *_conv(w3, w3),
-        *_conv(w3, w3),
-        *_conv(w3, w3),
+    """The encoder mirrored with nearest upsampling; its last conv makes 2x2 blocks of pixels
+    (depth-to-space), so it too never runs at full resolution."""
+    w1, w2, w3 = widths
+    return nn.Sequential(
         *_conv(w3, w2),
-        up,
+        nn.Upsample(scale_factor=2, mode="nearest"),
+        *_conv(w2, w2),
         *_conv(w2, w2),
         *_conv(w2, w1),
-        up,
+        nn.Upsample(scale_factor=2, mode="nearest"),
         *_conv(w1, w1),
-        *_conv(w1, 3),
-    ]
-    return nn.Sequential(*layers[:-1])  # the last conv has no ReLU
+        *_conv(w1, 12, relu=False),
+        nn.PixelShuffle(2),
+    )
 
 
-def make_lite(widths: Sequence[int] = LITE_WIDTHS) -> StyleTransfer:
-    """The lite networks (random weights) behind `StyleTransfer`'s one stylize path."""
-    return StyleTransfer(make_lite_encoder(widths), make_lite_decoder(widths))
+class LiteStyleTransfer(StyleTransfer):
+    """`StyleTransfer` (the one stylize path, every control, tiling) on the lite networks."""
+
+    def __init__(self, widths: Sequence[int] = LITE_WIDTHS) -> None:
+        super().__init__(make_lite_encoder(widths), make_lite_decoder(widths))
+
+    def encode_taps(self, images: Tensor) -> list[Tensor]:
+        """The features at LITE_TAPS (the distillation's embedding loss)."""
+        check_size(images)
+        taps, x = [], images.to(self.dtype)
+        starts = (0, *(t + 1 for t in LITE_TAPS[:-1]))
+        for start, stop in zip(starts, (t + 1 for t in LITE_TAPS), strict=True):
+            x = self.encoder[start:stop](x)
+            taps.append(x)
+        return taps
 
 
-def lite_state(net: StyleTransfer) -> dict[str, Tensor]:
+def make_lite(widths: Sequence[int] = LITE_WIDTHS) -> LiteStyleTransfer:
+    return LiteStyleTransfer(widths)
+
+
+def lite_state(net: LiteStyleTransfer) -> dict[str, Tensor]:
     """One state dict for both networks: `encoder.<i>.*` and `decoder.<i>.*`."""
     return {
         **{f"encoder.{k}": v for k, v in net.encoder.state_dict().items()},
@@ -79,7 +114,7 @@ def lite_state(net: StyleTransfer) -> dict[str, Tensor]:
     }
 
 
-def save_lite(net: StyleTransfer, path: Path) -> None:
+def save_lite(net: LiteStyleTransfer, path: Path) -> None:
     save_state(lite_state(net), path, half=True)
 
 
@@ -87,7 +122,7 @@ def load_lite(
     path: Path | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
-) -> StyleTransfer:
+) -> LiteStyleTransfer:
     """The lite model from `path` (None: the embedded weights), ready for inference as
     `models.weights.load_model`'s: channels_last, weights in `dtype`."""
     path = path or DEFAULT_LITE
@@ -109,47 +144,55 @@ def load_lite(
     return net.to(torch.device(device), dtype, memory_format=torch.channels_last)
 
 
-def widths_of(state: dict[str, Tensor], path: Path) -> tuple[int, int, int, int]:
-    """The channel widths at the four taps, read from the encoder's conv weights."""
+def widths_of(state: dict[str, Tensor], path: Path) -> tuple[int, int, int]:
+    """The channel widths at the three taps, read from the encoder's conv weights."""
     try:
         return tuple(  # type: ignore[return-value]
-            int(state[f"encoder.{tap - 1}.weight"].shape[0]) for tap in RELU_TAPS
+            int(state[f"encoder.{tap - 1}.weight"].shape[0]) for tap in LITE_TAPS
         )
     except KeyError as exc:
         raise WeightsError(f"{path}: not a lite model (no encoder.{exc.args[0]})") from exc
 
 
-# --- a head start: the full networks' weights, pruned -----------------------------------------
+# --- a head start: the full networks' weights, fitted layer by layer --------------------------
 
 
 @torch.no_grad()
-def prune_into(
-    source: nn.Sequential,
+def outputs_of(layers: nn.Sequential, x: Tensor, wanted: set[int]) -> dict[int, Tensor]:
+    """The outputs of the modules at the `wanted` indices of `layers` run on x."""
+    found = {}
+    for index, layer in enumerate(layers):
+        x = layer(x)
+        if index in wanted:
+            found[index] = x
+    return found
+
+
+@torch.no_grad()
+def init_from(
     target: nn.Sequential,
-    source_input: Tensor,
     target_input: Tensor,
+    wanted: dict[int, Tensor],
     samples: int = 32_768,
     generator: torch.Generator | None = None,
 ) -> None:
-    """Initialise the slim `target` from `source` of the same layout, layer by layer on a batch
-    (channel pruning with least-squares reconstruction, He et al., ICCV 2017): each conv keeps
-    the source's most active output channels (mean squared ReLU output; all of them when the
-    widths agree), and its weights are the least-squares fit of those channels' pre-activations
-    from the target's own inputs at `samples` random positions, so that the errors of the
-    layers before are corrected rather than compounded. `source_input` and `target_input` are
-    the same images (or the same AdaIN targets) in each network's input space."""
-    x_source, x_target = source_input.float(), target_input.float()
-    for big, small in zip(source, target, strict=True):
-        if not isinstance(big, nn.Conv2d):
-            x_source, x_target = big(x_source), small(x_target)
-            continue
-        y_source = big(x_source)
-        keep = torch.arange(small.out_channels)
-        if small.out_channels < big.out_channels:
-            energy = y_source.clamp(min=0).pow(2).mean(dim=(0, 2, 3))
-            keep = energy.topk(small.out_channels).indices.sort().values
-        fit_conv(small, x_target, y_source[:, keep], samples, generator)
-        x_source, x_target = y_source, small(x_target)
+    """Initialise each conv of `target` (at the keys of `wanted`) by least squares from the
+    pre-activations a full network computes there (channel pruning with least-squares
+    reconstruction, He et al., ICCV 2017): a conv narrower than its source keeps the source's
+    most active channels (mean squared ReLU output), and it is fitted on the target's own
+    inputs, so that the errors of the layers before are corrected rather than compounded.
+    wanted[i] (N, C, h, w) must be on conv i's output grid; target_input: the same images (or
+    AdaIN targets) as the full network's, in the target's input space."""
+    x = target_input.float()
+    for index, layer in enumerate(target):
+        if index in wanted:
+            assert isinstance(layer, nn.Conv2d)
+            goal = wanted[index].float()
+            if layer.out_channels < goal.shape[1]:
+                energy = goal.clamp(min=0).pow(2).mean(dim=(0, 2, 3))
+                goal = goal[:, energy.topk(layer.out_channels).indices.sort().values]
+            fit_conv(layer, x, goal, samples, generator)
+        x = layer(x)
 
 
 @torch.no_grad()
@@ -160,10 +203,10 @@ def fit_conv(
     samples: int,
     generator: torch.Generator | None = None,
 ) -> None:
-    """Least squares (lightly ridge-regularised) for an unpadded, stride-1 conv's weight and
-    bias: conv(inputs) ~ wanted, (N, C_out, h, w), at `samples` random output positions."""
+    """Least squares (lightly ridge-regularised) for a stride-1 conv's weight and bias:
+    conv(inputs) ~ wanted, (N, C_out, h, w), at `samples` random output positions."""
     n = inputs.shape[0]
-    columns = F.unfold(inputs, conv.kernel_size)  # (N, C_in * kh * kw, h * w)
+    columns = F.unfold(inputs, conv.kernel_size, padding=conv.padding)  # (N, C_in*k*k, h*w)
     per_image = max(1, min(samples // n, columns.shape[-1]))
     xs, ys = [], []
     for index in range(n):
@@ -174,6 +217,6 @@ def fit_conv(
     x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
     gram = x.t() @ x
     ridge = 1e-4 * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
-    solution = torch.linalg.solve(gram + ridge, x.t() @ y)  # (C_in * kh * kw + 1, C_out)
+    solution = torch.linalg.solve(gram + ridge, x.t() @ y)  # (C_in * k * k + 1, C_out)
     conv.weight.copy_(solution[:-1].t().reshape(conv.weight.shape))
     conv.bias.copy_(solution[-1])
