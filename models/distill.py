@@ -62,6 +62,9 @@ class DistillConfig:
     content_dir: Path
     style_dir: Path
     out_dir: Path = Path("runs/lite")
+    # The full model taught from: None = the embedded one (or the reference port's files).
+    teacher_encoder: Path | None = None
+    teacher_decoder: Path | None = None
     widths: tuple[int, int, int] = LITE_WIDTHS
     steps: int = 100_000
     encoder_steps: int = 0  # phase 1: the embedding loss alone
@@ -153,7 +156,7 @@ class Distiller:
     def __init__(self, config: DistillConfig) -> None:
         self.config = config
         self.device = torch.device(config.device)
-        self.teacher = load_model(device=self.device)
+        self.teacher = load_model(config.teacher_encoder, config.teacher_decoder, self.device)
         self.teacher.requires_grad_(False)
         self.student = make_lite(config.widths).to(self.device, memory_format=torch.channels_last)
         self.student.requires_grad_(True)
@@ -376,7 +379,7 @@ def main() -> None:
                 default=default,
             )
         else:
-            kind = Path if field.name.endswith("_dir") else type(default)
+            kind = Path if field.name.endswith(("_dir", "_encoder", "_decoder")) else type(default)
             required = field.name in ("content_dir", "style_dir")
             parser.add_argument(
                 f"--{field.name.replace('_', '-')}",

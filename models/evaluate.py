@@ -78,11 +78,15 @@ def measure(net: StyleTransfer, content: Tensor, style: Tensor, outputs: Tensor)
 
 @torch.inference_mode()
 def evaluate_pair(
-    net: StyleTransfer, content: Tensor, style: Tensor
+    net: StyleTransfer, content: Tensor, style: Tensor, loss_net: StyleTransfer | None = None
 ) -> tuple[Tensor, Losses, Losses]:
-    """(stylized output, its losses, the baseline's losses) for one pair at alpha = 1."""
+    """(stylized output, its losses, the baseline's losses) for one pair at alpha = 1.
+
+    loss_net: the network whose VGG measures the losses when `net` has another encoder (the
+    lite model is measured through the full VGG, as every other method); None: net itself."""
     output = net.stylize(content, [style])
-    stylized, baseline = measure(net, content, style, torch.cat([output, content.float()]))
+    outputs = torch.cat([output, content.float()])
+    stylized, baseline = measure(loss_net or net, content, style, outputs)
     return output, stylized, baseline
 
 

@@ -220,3 +220,23 @@ def fit_conv(
     solution = torch.linalg.solve(gram + ridge, x.t() @ y)  # (C_in * k * k + 1, C_out)
     conv.weight.copy_(solution[:-1].t().reshape(conv.weight.shape))
     conv.bias.copy_(solution[-1])
+
+
+def conv_flops(layers: nn.Sequential, channels: int, height: int, width: int) -> int:
+    """Multiply-adds x 2 of every conv of `layers` on one (1, channels, height, width) input."""
+    total = 0
+
+    def count(conv: nn.Module, _: object, output: Tensor) -> None:
+        nonlocal total
+        assert isinstance(conv, nn.Conv2d)
+        per_output = conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
+        total += 2 * output.numel() * per_output
+
+    hooks = [m.register_forward_hook(count) for m in layers if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            layers(torch.zeros(1, channels, height, width))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
