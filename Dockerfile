@@ -30,6 +30,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/src/pyproject
 COPY README.md /src/
 COPY models/ /src/models/
 COPY service/ /src/service/
+COPY cli/ /src/cli/
 RUN pip install --no-deps /src && rm -rf /src
 
 # Non-root, by number so that Kubernetes' runAsNonRoot can check it. /data/styles is the style

@@ -50,6 +50,7 @@ from models.model import (
     content_loss,
     style_loss,
 )
+from models.pipeline import Pipeline
 from models.train import stop_on_signals
 from models.weights import load_model, save_state
 
@@ -301,7 +302,7 @@ class Distiller:
             content = images.load(content_path, config.eval_size).to(self.device)
             style = images.load(style_path, config.eval_size).to(self.device)
             with torch.inference_mode():
-                output = net.stylize(content, [style])
+                output = Pipeline(net).stylize(content, [style])
             out, baseline = evaluate.measure(
                 self.teacher, content, style, torch.cat([output, content])
             )

@@ -1,7 +1,7 @@
 """The inference engine: one worker thread owns the networks; callers await asyncio futures.
 
 Jobs wait in a bounded queue (full -> `EngineBusyError`, a 503). Stylize jobs whose content tensors
-have the same shape are batched into one `StyleTransfer.stylize_batch` call: one encoder pass and
+have the same shape are batched into one `Pipeline.stylize_batch` call: one encoder pass and
 one decoder pass for the batch, each item with its own styles and controls. A CUDA out-of-memory
 error splits the batch in halves and retries; a single job that still does not fit fails alone
 with `EngineOutOfMemoryError`. A job whose caller has gone (its awaiting task was cancelled: the
@@ -10,7 +10,7 @@ the queue is free at once.
 
 In-process use (benchmarks, tests), without HTTP:
 
-    engine = Engine(net, max_batch_size=8, max_wait_ms=5, queue_size=32)
+    engine = Engine(pipeline, max_batch_size=8, max_wait_ms=5, queue_size=32)
     engine.start()
     stats = await engine.style_statistics(style)          # style: (1, 3, H, W) in [0, 1]
     mix = StyleMix(stats.value.mean, stats.value.std, torch.ones(1), alpha=1.0)
@@ -35,15 +35,17 @@ import torch
 from torch import Tensor
 
 from models.errors import DomainError
-from models.model import StyleMix, coral
+from models.model import StyleMix
 
 log = logging.getLogger("service.engine")
 
 
 class StyleNetwork(Protocol):
-    """What the engine needs of `models.model.StyleTransfer`."""
+    """What the engine needs of `models.pipeline.Pipeline`."""
 
-    def style_statistics(self, styles: Tensor) -> tuple[Tensor, Tensor]: ...
+    def style_statistics(
+        self, styles: Tensor, recolour_to: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]: ...
 
     def stylize_batch(self, contents: Tensor, mixes: Sequence[StyleMix]) -> Tensor: ...
 
@@ -336,8 +338,6 @@ class Engine:
             torch.cuda.empty_cache()
 
     def _statistics(self, job: StatisticsJob) -> StyleStats:
-        style = job.style.to(self.device)
-        if job.recolour_to is not None:
-            style = coral(style[0], job.recolour_to.to(self.device)[0])[None]
-        mean, std = self.net.style_statistics(style)
+        recolour_to = None if job.recolour_to is None else job.recolour_to.to(self.device)
+        mean, std = self.net.style_statistics(job.style.to(self.device), recolour_to)
         return StyleStats(mean.float().cpu(), std.float().cpu())

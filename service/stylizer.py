@@ -18,7 +18,7 @@ from torch import Tensor
 
 from models import images
 from models.errors import InvalidInputError
-from models.model import Masks, StyleMix, masks_from_binary, normalise_mix_weights
+from models.model import Masks, StyleMix, check_mask_count, normalise_mix_weights
 from service import metrics
 from service.cache import StatsCache, stats_key
 from service.engine import Engine, StyleStats, StylizeJob
@@ -82,11 +82,7 @@ def check_counts(n_styles: int, n_masks: int, weights: list[float] | None) -> Te
             f"got {n_styles} styles; send 1 to {MAX_STYLES} (style files and style_ids "
             "together)", "style",
         )
-    if n_masks and n_masks != n_styles and not (n_masks == 1 and n_styles == 2):
-        raise InvalidInputError(
-            f"got {n_masks} masks for {n_styles} styles: send one per style, or one binary "
-            "mask for exactly two styles", "mask",
-        )
+    check_mask_count(n_masks, n_styles)
     return normalise_mix_weights(weights, n_styles)
 
 
@@ -108,21 +104,11 @@ def prepare_masks(
     masks: tuple[bytes, ...], n_styles: int, content_size: tuple[int, int],
     grid: tuple[int, int], limits: ImageLimits,
 ) -> Masks:
-    """Masks on the content tensor's grid, one per style or the reference's one binary mask for
-    two styles; each upload must have the content's size."""
-    prepared = []
-    for index, data in enumerate(masks):
-        field = f"mask[{index}]"
-        upright = ImageOps.exif_transpose(open_image(data, field, limits))
-        if upright.size != content_size:
-            raise InvalidInputError(
-                f"{field}: {upright.size[0]} x {upright.size[1]}, but masks must have the "
-                f"content image's size {content_size[0]} x {content_size[1]}", field,
-            )
-        prepared.append(images.upright_mask_to_tensor(upright, grid))
-    if len(prepared) == 1 and n_styles == 2:
-        return masks_from_binary(prepared[0])
-    return Masks(torch.stack(prepared))
+    """The uploaded masks decoded, then `models.images.masks_from_images` (its rules)."""
+    fields = [f"mask[{index}]" for index in range(len(masks))]
+    uprights = [ImageOps.exif_transpose(open_image(data, field, limits))
+                for data, field in zip(masks, fields, strict=True)]
+    return images.masks_from_images(uprights, n_styles, content_size, grid, fields)
 
 
 class Stylizer:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
-from models.errors import InvalidInputError
+from models.model import parse_mix_weights
 from service.deps import RegistryDep, StylizerDep
 from service.imaging import OutputFormat
 from service.openapi import STYLIZE_RESPONSES
@@ -21,17 +21,6 @@ router = APIRouter(tags=["stylize"])
 # nginx's status for "the client closed the connection before the answer": access logs only.
 CLIENT_CLOSED_REQUEST = 499
 T = TypeVar("T")
-
-
-def parse_mix_weights(values: list[str]) -> list[float] | None:
-    """Repeated `weights` fields, or one comma-separated field, or both: one float per style."""
-    parts = [part.strip() for value in values for part in value.split(",") if part.strip()]
-    if not parts:
-        return None
-    try:
-        return [float(part) for part in parts]
-    except ValueError:
-        raise InvalidInputError(f"weights: expected numbers, got {values!r}", "weights") from None
 
 
 async def disconnected(request: Request) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import typer
 
+from cli.app import app as adain_app
 from devkit.server import free_port, stop, wait_until_ready
-from service.cli import app as adain_app
 from service.settings import Settings
 from tests.docker.deployfiles import (
     DOCKERFILE,
@@ -104,7 +104,7 @@ def test_the_build_context_wheel_carries_the_weights_and_the_page(tmp_path: Path
     for path in weights:
         assert f"models/weights/{path.name}" in names
     assert "service/static/index.html" in names
-    assert {"models/weights.py", "service/main.py", "service/cli.py"} <= names
+    assert {"models/weights.py", "service/main.py", "cli/app.py", "cli/stylize.py"} <= names
 
 
 def test_hadolint_finds_nothing() -> None:
@@ -138,7 +138,7 @@ def test_exposed_port_env_and_cmd_match_the_service() -> None:
     assert Settings(encoder_path=env["ADAIN_ENCODER_PATH"]).encoder_path is None
 
     command, subcommand = exec_form(only("CMD"))
-    assert PYPROJECT["project"]["scripts"][command] == "service.cli:app"
+    assert PYPROJECT["project"]["scripts"][command] == "cli.app:app"
     assert subcommand in typer.main.get_command(adain_app).commands  # type: ignore[attr-defined]
 
 

@@ -32,6 +32,7 @@ from models.model import (
     make_encoder,
     masks_from_binary,
 )
+from models.pipeline import Pipeline
 from models.weights import WeightsError, save_state
 from tests.models.test_train import image_folder
 
@@ -39,9 +40,9 @@ TILE_TOLERANCE = 1e-4  # as tests/models/test_tiling.py: float rounding, not a w
 
 
 @pytest.fixture(scope="module")
-def lite() -> LiteStyleTransfer:
-    """The committed weights, fp32."""
-    return load_lite()
+def lite() -> Pipeline:
+    """The committed weights, fp32, in the one stylize path."""
+    return Pipeline(load_lite())
 
 
 def image(width: int, height: int, seed: int) -> Tensor:
@@ -64,17 +65,17 @@ def test_lite_costs_a_small_fraction_of_the_full_model() -> None:
     assert DEFAULT_LITE.stat().st_size < 10 * 2**20
 
 
-def test_features_keep_the_stride_and_the_taps_their_grids(lite: LiteStyleTransfer) -> None:
+def test_features_keep_the_stride_and_the_taps_their_grids(lite: Pipeline) -> None:
     content = image(40, 24, seed=1)
     with torch.inference_mode():
-        taps = lite.encode_taps(content)
-        torch.testing.assert_close(taps[-1], lite.encode(content))
+        taps = lite.net.encode_taps(content)
+        torch.testing.assert_close(taps[-1], lite.net.encode(content))
     assert [tap.shape[1] for tap in taps] == [32, 64, 128]
     assert [tap.shape[-2:] for tap in taps] == [(12, 20), (6, 10), (3, 5)]
 
 
 @pytest.mark.parametrize(("width", "height"), [(53, 37), (130, 9), (9, 9), (17, 64)])
-def test_output_has_the_input_size(lite: LiteStyleTransfer, width: int, height: int) -> None:
+def test_output_has_the_input_size(lite: Pipeline, width: int, height: int) -> None:
     content, style = image(width, height, seed=4), image(20, 30, seed=5)
     with torch.inference_mode():
         out = lite.stylize(content, [style], masks=torch.ones(1, height, width))
@@ -82,14 +83,12 @@ def test_output_has_the_input_size(lite: LiteStyleTransfer, width: int, height: 
     assert out.min() >= 0 and out.max() <= 1
 
 
-def test_weights_round_trip_and_foreign_files_are_refused(
-    lite: LiteStyleTransfer, tmp_path: Path
-) -> None:
+def test_weights_round_trip_and_foreign_files_are_refused(lite: Pipeline, tmp_path: Path) -> None:
     path = tmp_path / "lite.safetensors"
-    save_lite(lite, path)
+    save_lite(lite.net, path)
     again = load_lite(path)
     for (name, ours), theirs in zip(
-        lite.state_dict().items(), again.state_dict().values(), strict=True
+        lite.net.state_dict().items(), again.state_dict().values(), strict=True
     ):
         torch.testing.assert_close(theirs, ours.half().float(), msg=name)  # stored in fp16
     decoder_file = tmp_path / "decoder.safetensors"
@@ -98,7 +97,7 @@ def test_weights_round_trip_and_foreign_files_are_refused(
         load_lite(decoder_file)
 
 
-def test_the_committed_weights_stylize(lite: LiteStyleTransfer) -> None:
+def test_the_committed_weights_stylize(lite: Pipeline) -> None:
     """Trained weights: the output's colours move towards the style's while the content's
     layout stays (a light left half and a dark right half stay so)."""
     content = torch.full((1, 3, 64, 64), 0.15)
@@ -118,21 +117,21 @@ def test_the_committed_weights_stylize(lite: LiteStyleTransfer) -> None:
 # --- every control -----------------------------------------------------------------------------
 
 
-def test_alpha_zero_decodes_the_content_and_alpha_blends(lite: LiteStyleTransfer) -> None:
+def test_alpha_zero_decodes_the_content_and_alpha_blends(lite: Pipeline) -> None:
     content, style = image(48, 40, seed=1), image(32, 32, seed=2)
     with torch.inference_mode():
         zero = lite.stylize(content, [style], alpha=0.0)
-        content_feat = lite.encode(content)
-        target = adaptive_instance_normalization(content_feat, lite.encode(style))
+        content_feat = lite.net.encode(content)
+        target = adaptive_instance_normalization(content_feat, lite.net.encode(style))
         partial = lite.stylize(content, [style], alpha=0.3)
         full = lite.stylize(content, [style])
-        torch.testing.assert_close(zero, lite.decode(content_feat, (40, 48)), atol=1e-5, rtol=0)
-        expected = lite.decode(0.7 * content_feat + 0.3 * target, (40, 48))
+        torch.testing.assert_close(zero, lite.net.decode(content_feat, (40, 48)), atol=1e-5, rtol=0)
+        expected = lite.net.decode(0.7 * content_feat + 0.3 * target, (40, 48))
         torch.testing.assert_close(partial, expected, atol=1e-5, rtol=1e-4)
     assert (zero - full).abs().max() > 1e-2
 
 
-def test_interpolation_weights_select_and_normalise(lite: LiteStyleTransfer) -> None:
+def test_interpolation_weights_select_and_normalise(lite: Pipeline) -> None:
     content = image(40, 32, seed=1)
     first, second = image(32, 32, seed=2), image(40, 24, seed=3)
     with torch.inference_mode():
@@ -146,7 +145,7 @@ def test_interpolation_weights_select_and_normalise(lite: LiteStyleTransfer) -> 
     assert (zero_one - only_first).abs().max() > 1e-2
 
 
-def test_masks_use_each_region_statistics(lite: LiteStyleTransfer) -> None:
+def test_masks_use_each_region_statistics(lite: Pipeline) -> None:
     content = image(64, 48, seed=1)
     styles = [image(32, 32, seed=2), image(40, 32, seed=3)]
     grid_left = torch.zeros(6, 8)  # on the feature grid itself: exactly binary there
@@ -155,8 +154,8 @@ def test_masks_use_each_region_statistics(lite: LiteStyleTransfer) -> None:
         out = lite.stylize(content, styles, masks=torch.stack([grid_left, 1 - grid_left]))
         ones = lite.stylize(content, styles, mix_weights=[1.0, 3.0], masks=torch.ones(2, 48, 64))
         plain = lite.stylize(content, styles, mix_weights=[1.0, 3.0])
-        feat = lite.encode(content)
-        style_feats = [lite.encode(style) for style in styles]
+        feat = lite.net.encode(content)
+        style_feats = [lite.net.encode(style) for style in styles]
         target = torch.cat(
             [
                 adaptive_instance_normalization(feat[..., :3], style_feats[0]),
@@ -164,13 +163,13 @@ def test_masks_use_each_region_statistics(lite: LiteStyleTransfer) -> None:
             ],
             -1,
         )
-        expected = lite.decode(target, (48, 64))
+        expected = lite.net.decode(target, (48, 64))
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
     torch.testing.assert_close(ones, plain, atol=1e-4, rtol=0)
     assert (out - plain).abs().max() > 1e-2
 
 
-def test_colour_preservation_encodes_the_recoloured_style(lite: LiteStyleTransfer) -> None:
+def test_colour_preservation_encodes_the_recoloured_style(lite: Pipeline) -> None:
     content, style = image(40, 40, seed=6), image(32, 32, seed=7)
     with torch.inference_mode():
         out = lite.stylize(content, [style], preserve_color=True)
@@ -180,7 +179,7 @@ def test_colour_preservation_encodes_the_recoloured_style(lite: LiteStyleTransfe
     assert (out - plain).abs().max() > 1e-3
 
 
-def test_a_batch_applies_each_item_its_own_mix(lite: LiteStyleTransfer) -> None:
+def test_a_batch_applies_each_item_its_own_mix(lite: Pipeline) -> None:
     contents = [image(40, 32, seed=50 + i) for i in range(2)]
     stats = [lite.style_statistics(image(32, 32, seed=60 + i)) for i in range(2)]
     mean, std = torch.cat([m for m, _ in stats]), torch.cat([s for _, s in stats])
@@ -200,8 +199,8 @@ def test_a_batch_applies_each_item_its_own_mix(lite: LiteStyleTransfer) -> None:
 # --- tiling ------------------------------------------------------------------------------------
 
 
-def test_the_tiling_margin_covers_the_lite_networks(lite: LiteStyleTransfer) -> None:
-    reach = tiling.cut_reach([*lite.encoder, *lite.decoder])
+def test_the_tiling_margin_covers_the_lite_networks(lite: Pipeline) -> None:
+    reach = tiling.cut_reach([*lite.net.encoder, *lite.net.decoder])
     assert 0 < reach <= tiling.MARGIN
     # Space-to-depth halves the reach as a pool does, depth-to-space doubles it.
     assert tiling.cut_reach([nn.Conv2d(3, 3, 3), nn.PixelUnshuffle(2)]) == 1
@@ -209,7 +208,7 @@ def test_the_tiling_margin_covers_the_lite_networks(lite: LiteStyleTransfer) -> 
 
 
 @pytest.mark.parametrize("control", ["plain", "alpha", "binary mask", "soft masks"])
-def test_tiled_equals_untiled(lite: LiteStyleTransfer, control: str) -> None:
+def test_tiled_equals_untiled(lite: Pipeline, control: str) -> None:
     height, width = 203, 157
     content = image(width, height, seed=3)
     masks = {
@@ -218,15 +217,9 @@ def test_tiled_equals_untiled(lite: LiteStyleTransfer, control: str) -> None:
     }.get(control)
     means, stds = lite.style_statistics(torch.cat([image(48, 48, seed=1), image(48, 48, seed=2)]))
     mix = StyleMix(means, stds, torch.tensor([1.0, 3.0]), masks, 0.6 if control == "alpha" else 1.0)
-    size = lite.tile_size
-    try:
-        with torch.inference_mode():
-            lite.tile_size = 0
-            expected = lite.stylize_batch(content, [mix])
-            lite.tile_size = 64
-            out = lite.stylize_batch(content, [mix])
-    finally:
-        lite.tile_size = size
+    with torch.inference_mode():
+        expected = Pipeline(lite.net, tile_size=0).stylize_batch(content, [mix])
+        out = Pipeline(lite.net, tile_size=64).stylize_batch(content, [mix])
     torch.testing.assert_close(out, expected, atol=TILE_TOLERANCE, rtol=0)
 
 

@@ -113,7 +113,7 @@ def test_pixel_warmup_learns_to_invert_the_encoder(config: TrainConfig) -> None:
 
 def test_sigterm_ends_the_run_after_the_step_with_a_checkpoint(config: TrainConfig) -> None:
     command = [
-        sys.executable, "-m", "service.cli", "train",
+        sys.executable, "-m", "cli", "train",
         "--content-dir", str(config.content_dir), "--style-dir", str(config.style_dir),
         "--out-dir", str(config.out_dir), "--resize", "24", "--crop", "24", "--batch-size", "2",
         "--workers", "0", "--device", "cpu", "--checkpoint-every", "1000", "--steps", "100000",

@@ -1,0 +1,132 @@
+"""What the commands share: options, and how a mistake is told to the user.
+
+Every error is one line on stderr, `error: ...`, naming the argument at fault, with the exit
+status of its kind: 2 for a usage mistake (an option's value, a missing argument), 1 for an
+input the command could not use (an unreadable image, a weights file of the wrong layout).
+`adain --debug ...` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from models.config import Device, Precision
+
+USAGE_ERROR = 2
+INPUT_ERROR = 1
+
+EncoderOption = Annotated[
+    Path | None, typer.Option(help="vgg_normalised.pth (default: the embedded encoder).")
+]
+DecoderOption = Annotated[
+    Path | None, typer.Option(help="decoder.pth (default: the embedded decoder).")
+]
+DeviceOption = Annotated[Device, typer.Option(help="Where to run.")]
+PrecisionOption = Annotated[Precision, typer.Option(
+    help="The networks' dtype; AdaIN statistics stay fp32. auto: bf16 on CPUs with native bf16, "
+    "fp16 on CUDA, else fp32. fp32 equals the reference port's pixels within 1/255.")]
+
+
+class InputError(click.ClickException):
+    """An input the command could not use: said in one line, exit status 1."""
+
+    exit_code = INPUT_ERROR
+
+
+def usage_error(message: str, argument: str) -> click.BadParameter:
+    """A value the user should change: said in one line naming the argument, exit status 2."""
+    return click.BadParameter(message, param_hint=argument)
+
+
+# Domain errors' fields (`models.errors.DomainError.field`) as the command spells them.
+ARGUMENTS = {
+    "alpha": "--alpha", "weights": "--weights", "mask": "--mask", "content": "CONTENT",
+    "style": "STYLES", "content_size": "--content-size", "style_size": "--style-size",
+}
+
+
+def without_field_prefix(detail: str, field: str) -> str:
+    """'weights: expected ...' -> 'expected ...' (the argument is named separately)."""
+    for prefix in (f"{field}: ", f"{field.split('[')[0]}: "):
+        if detail.startswith(prefix):
+            return detail[len(prefix):]
+    return detail
+
+
+def as_click_error(exc: Exception) -> click.ClickException:
+    """A domain error raised by `models/` as the command's usage error or input error."""
+    from models.errors import DomainError, InvalidInputError
+
+    if isinstance(exc, InvalidInputError) and exc.field is not None:
+        argument = ARGUMENTS.get(exc.field.split("[")[0], exc.field)
+        return usage_error(without_field_prefix(exc.detail, exc.field), argument)
+    if isinstance(exc, DomainError):
+        return InputError(exc.detail)
+    return InputError(str(exc))
+
+
+class OneLineErrors(TyperGroup):
+    """Runs the command and shows any failure as one line (see the module's docstring)."""
+
+    debug: ClassVar[bool] = False
+
+    def main(self, args: Sequence[str] | None = None, *rest: Any, **extra: Any) -> Any:
+        standalone = extra.pop("standalone_mode", True)
+        arguments = list(sys.argv[1:] if args is None else args)
+        OneLineErrors.debug = "--debug" in arguments[: first_command(arguments, self)]
+        try:
+            return super().main(arguments, *rest, standalone_mode=False, **extra)
+        except click.exceptions.Exit as exc:
+            if standalone:
+                sys.exit(exc.exit_code)
+            return exc.exit_code
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        except click.ClickException as exc:
+            if not standalone:
+                raise
+            if OneLineErrors.debug and exc.__cause__ is not None:
+                traceback.print_exception(exc.__cause__)  # what the one line below stands for
+            show(exc)
+            sys.exit(exc.exit_code)
+        except Exception as exc:
+            if OneLineErrors.debug or not standalone:
+                raise
+            shown = as_click_error(exc) if is_expected(exc) else unexpected(exc)
+            show(shown)
+            sys.exit(shown.exit_code)
+
+
+def first_command(arguments: list[str], group: click.Group) -> int:
+    """The index of the subcommand's name among the arguments (the end if there is none)."""
+    return next((i for i, arg in enumerate(arguments) if arg in group.commands), len(arguments))
+
+
+def is_expected(exc: Exception) -> bool:
+    """Errors that are the input's fault, not the program's: told without a traceback."""
+    from models.errors import DomainError
+
+    return isinstance(exc, DomainError | ValueError) and not isinstance(exc, TypeError)
+
+
+def unexpected(exc: Exception) -> click.ClickException:
+    return InputError(
+        f"{exc.__class__.__name__}: {exc} (this looks like a bug: run `adain --debug ...` "
+        "for the traceback and report it)"
+    )
+
+
+def show(exc: click.ClickException) -> None:
+    message = " ".join(exc.format_message().split())
+    if isinstance(exc, click.UsageError) and exc.ctx is not None:
+        message += f" (see '{exc.ctx.command_path} --help')"
+    click.echo(f"error: {message}", err=True)
