@@ -20,7 +20,7 @@ import typer
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 from typer.core import TyperGroup
 
-from models.config import Device, Precision
+from models.config import Device, ModelName, Precision
 
 USAGE_ERROR = 2
 INPUT_ERROR = 1
@@ -32,6 +32,13 @@ DecoderOption = Annotated[
     Path | None, typer.Option(help="decoder.pth (default: the embedded decoder).")
 ]
 DeviceOption = Annotated[Device, typer.Option(help="Where to run.")]
+ModelOption = Annotated[
+    ModelName,
+    typer.Option(
+        help="full: the VGG-19 model (--encoder/--decoder apply to it); lite: the distilled light "
+        "model, about 27x fewer FLOPs (models/weights/LITE_MODEL_CARD.md)."
+    ),
+]
 PrecisionOption = Annotated[
     Precision,
     typer.Option(

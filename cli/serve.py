@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from cli.common import InputError
-from models.config import CompileMode, Device, Precision
+from models.config import CompileMode, Device, ModelName, Precision
 
 
 def register(app: typer.Typer) -> None:
@@ -40,6 +40,13 @@ def serve(
     decoder: Annotated[
         Path | None, typer.Option(help="decoder.pth (env ADAIN_DECODER_PATH; default embedded).")
     ] = None,
+    model: Annotated[
+        ModelName | None,
+        typer.Option(
+            help="The model of requests naming none: full or lite (env ADAIN_MODEL, full; both "
+            "are loaded unless ADAIN_MODELS says otherwise)."
+        ),
+    ] = None,
 ) -> None:
     """Start the HTTP service. Options override the ADAIN_* environment variables (see README)."""
     import uvicorn
@@ -55,6 +62,7 @@ def serve(
         "compile": compile_,
         "encoder_path": encoder,
         "decoder_path": decoder,
+        "model": model,
     }
     settings = Settings(**{name: value for name, value in given.items() if value is not None})
     # Bound before the networks load: a taken port is said at once, in one line.

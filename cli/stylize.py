@@ -12,10 +12,18 @@ from cli.common import (
     DeviceOption,
     EncoderOption,
     InputError,
+    ModelOption,
     PrecisionOption,
     usage_error,
 )
-from models.config import DEFAULT_TILE_SIZE, FEATURE_STRIDE, Device, Precision, check_tile_size
+from models.config import (
+    DEFAULT_TILE_SIZE,
+    FEATURE_STRIDE,
+    Device,
+    ModelName,
+    Precision,
+    check_tile_size,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -118,6 +126,7 @@ def stylize(
     decoder: DecoderOption = None,
     device: DeviceOption = Device.auto,
     precision: PrecisionOption = Precision.auto,
+    model: ModelOption = ModelName.full,
     tile_size: Annotated[
         int,
         typer.Option(
@@ -152,11 +161,26 @@ def stylize(
     from service.jobs.submit import VIDEO_SUFFIXES, stylize_video_command
 
     if content.suffix.lower() in VIDEO_SUFFIXES:  # a video, MP4 out: the video job's function
-        pipeline = build_pipeline(PipelineConfig(device, precision, tile_size=tile_size,
-                                                 encoder_path=encoder, decoder_path=decoder))
-        frames = stylize_video_command(pipeline, content, styles, output, weights, mask or [],
-                                       alpha, preserve_color, content_size, style_size, crop,
-                                       stabilize, InputError)
+        pipeline = build_pipeline(
+            PipelineConfig(
+                device, precision, tile_size=tile_size, encoder_path=encoder, decoder_path=decoder
+            )
+        )
+        frames = stylize_video_command(
+            pipeline,
+            content,
+            styles,
+            output,
+            weights,
+            mask or [],
+            alpha,
+            preserve_color,
+            content_size,
+            style_size,
+            crop,
+            stabilize,
+            InputError,
+        )
         typer.echo(f"wrote {frames} frames to {output}")
         return
     contents, style_files = expand([content]), expand(styles)
@@ -164,7 +188,12 @@ def stylize(
     check_output(output, separate)
     pipeline = build_pipeline(
         PipelineConfig(
-            device, precision, tile_size=tile_size, encoder_path=encoder, decoder_path=decoder
+            device,
+            precision,
+            tile_size=tile_size,
+            encoder_path=encoder,
+            decoder_path=decoder,
+            model=model,
         )
     )
     groups = [[s] for s in style_files] if separate else [style_files]

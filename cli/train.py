@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from cli.common import DecoderOption, DeviceOption, EncoderOption, InputError
-from models.config import Device, Precision, TrainConfig
+from cli.common import DecoderOption, DeviceOption, EncoderOption, InputError, ModelOption
+from models.config import Device, ModelName, Precision, TrainConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -163,15 +163,18 @@ def eval_command(
             "decoder; repeatable.",
         ),
     ] = None,
+    model: ModelOption = ModelName.full,
 ) -> None:
     """Score the decoder with the paper's content and style losses on content x style pairs.
 
-    As the paper's Figure 3. Content loss: relu4_1 of the output vs the AdaIN target t, and vs
-    the content photo's relu4_1. Style loss: channel mean and std at relu1_1..relu4_1, output
-    vs style. Printed per pair and as means of ln-losses, beside the baseline 'content image as
-    output' and each --peer's outputs on the same pairs.
+    Content loss: relu4_1 of the output vs the AdaIN target t, and vs the content photo's relu4_1.
+    Style loss: channel mean and std at relu1_1..relu4_1, output vs style. Printed per pair and
+    as means of ln-losses, beside the baseline 'content image as output' and each --peer's
+    outputs on the same pairs. The losses are always measured through the full model's VGG
+    (--encoder), also for --model lite, so that every method is measured alike.
     """
     import json
+    from dataclasses import replace
 
     from models import evaluate
     from models.config import PipelineConfig
@@ -189,10 +192,10 @@ def eval_command(
         )
     except FileNotFoundError as exc:
         raise InputError(str(exc)) from exc
-    pipeline = build_pipeline(
-        PipelineConfig(device, precision, encoder_path=encoder, decoder_path=decoder)
-    )
-    report = evaluate.run_evaluation(pipeline, plan, on_pair=typer.echo)
+    full = PipelineConfig(device, precision, encoder_path=encoder, decoder_path=decoder)
+    pipeline = build_pipeline(replace(full, model=model))
+    loss_net = build_pipeline(full).net if model is not ModelName.full else None
+    report = evaluate.run_evaluation(pipeline, plan, on_pair=typer.echo, loss_net=loss_net)
     typer.echo(report.summary_line())
     typer.echo(report.comparison_table())
     if sheet:
@@ -207,6 +210,7 @@ def eval_command(
             "held_out": held_out,
             "encoder": str(encoder) if encoder else "embedded",
             "decoder": str(decoder) if decoder else "embedded",
+            "model": model.value,
         }
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report.to_json(settings), indent=2))

@@ -38,6 +38,14 @@ class CompileMode(StrEnum):
     off = "off"
 
 
+class ModelName(StrEnum):
+    """Which embedded networks: the full VGG-19 model, or the distilled lite one
+    (`models.lite`, models/weights/LITE_MODEL_CARD.md)."""
+
+    full = "full"
+    lite = "lite"
+
+
 # Input pixels per relu4_1 feature: three 2x2 pools. Tiles are cut on this grid.
 FEATURE_STRIDE = 8
 # Output pixels per tile side: images with more pixels than its square are stylized in tiles
@@ -66,9 +74,14 @@ class PipelineConfig:
     tile_size: int = DEFAULT_TILE_SIZE
     encoder_path: Path | None = None
     decoder_path: Path | None = None
+    # lite: the lite networks from lite_path (None: the embedded ones); encoder_path and
+    # decoder_path are the full model's.
+    model: ModelName = ModelName.full
+    lite_path: Path | None = None
 
     def __post_init__(self) -> None:
         check_tile_size(self.tile_size)
+        object.__setattr__(self, "model", ModelName(self.model))
         # Plain strings (settings, tests) become the choices, so that comparisons read alike.
         object.__setattr__(self, "device", Device(self.device))
         object.__setattr__(self, "precision", Precision(self.precision))

@@ -84,12 +84,16 @@ def measure(net: StyleTransfer, content: Tensor, style: Tensor, outputs: Tensor)
 
 @torch.inference_mode()
 def evaluate_pair(
-    pipeline: Pipeline, content: Tensor, style: Tensor
+    pipeline: Pipeline, content: Tensor, style: Tensor, loss_net: StyleTransfer | None = None
 ) -> tuple[Tensor, Losses, Losses]:
-    """(stylized output, its losses, the baseline's losses) for one pair at alpha = 1."""
+    """(stylized output, its losses, the baseline's losses) for one pair at alpha = 1.
+
+    loss_net: the network whose VGG measures the losses when the pipeline's has another
+    encoder (the lite model is measured through the full VGG, as every other method); None:
+    the pipeline's own."""
     output = pipeline.stylize(content, [style])
     stylized, baseline = measure(
-        pipeline.net, content, style, torch.cat([output, content.float()])
+        loss_net or pipeline.net, content, style, torch.cat([output, content.float()])
     )
     return output, stylized, baseline
 
@@ -274,17 +278,21 @@ def pair_line(result: PairResult) -> str:
 
 
 def run_evaluation(
-    pipeline: Pipeline, plan: EvaluationPlan, on_pair: Callable[[str], None] = lambda _: None
+    pipeline: Pipeline,
+    plan: EvaluationPlan,
+    on_pair: Callable[[str], None] = lambda _: None,
+    loss_net: StyleTransfer | None = None,
 ) -> EvaluationReport:
     """Every pair of the plan stylized and measured, each peer's output measured beside it;
-    `on_pair` hears one line per pair as it is done."""
+    `on_pair` hears one line per pair as it is done. loss_net: see `evaluate_pair`."""
+    loss_net = loss_net or pipeline.net
     results: list[PairResult] = []
     peer_results: dict[str, list[PairResult]] = {name: [] for name in plan.peers}
     rows: list[Image.Image] = []
     for content_path, style_path in plan.pairs:
         content = images.load(content_path, plan.size).to(pipeline.device)
         style = images.load(style_path, plan.size).to(pipeline.device)
-        output, stylized, baseline = evaluate_pair(pipeline, content, style)
+        output, stylized, baseline = evaluate_pair(pipeline, content, style, loss_net)
         result = PairResult(content_path.name, style_path.name, stylized, baseline)
         results.append(result)
         for name, outputs in plan.peers.items():
@@ -295,7 +303,7 @@ def run_evaluation(
             peer_output = images.load(peer_path).to(pipeline.device)
             if peer_output.shape != content.shape:
                 raise PeerOutputError(f"{peer_path} is not the content's size")
-            (peer_losses,) = measure(pipeline.net, content, style, peer_output)
+            (peer_losses,) = measure(loss_net, content, style, peer_output)
             peer_results[name].append(
                 PairResult(result.content, result.style, peer_losses, baseline)
             )

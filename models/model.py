@@ -355,10 +355,13 @@ class StyleTransfer(nn.Module):
     """Encoder f (fixed VGG-19 to relu4_1) and decoder g. How they run on an image, whole or in
     tiles, is `models.pipeline`'s."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, encoder: nn.Sequential | None = None, decoder: nn.Sequential | None = None
+    ) -> None:
+        """The full networks by default; `models.lite` passes its slim ones (same layouts)."""
         super().__init__()
-        self.encoder = make_encoder()
-        self.decoder = make_decoder()
+        self.encoder = encoder if encoder is not None else make_encoder()
+        self.decoder = decoder if decoder is not None else make_decoder()
         self.encoder.requires_grad_(False)
 
     @property

@@ -17,7 +17,8 @@ from torch import Tensor
 
 from models import tiling
 from models.acceleration import compile_networks, pick_device, pick_dtype
-from models.config import DEFAULT_TILE_SIZE, PipelineConfig, check_tile_size
+from models.config import DEFAULT_TILE_SIZE, ModelName, PipelineConfig, check_tile_size
+from models.lite import load_lite
 from models.model import (
     Masks,
     StyleMix,
@@ -132,12 +133,17 @@ def build_pipeline(config: PipelineConfig, *, untrained_decoder: bool = False) -
     """The networks as `config` says, ready for inference. `untrained_decoder`: the decoder
     keeps its fresh initialisation instead of loading weights (training from scratch)."""
     device = pick_device(config.device)
-    net = load_model(
-        config.encoder_path,
-        config.decoder_path,
-        device,
-        pick_dtype(config.precision, device),
-        untrained_decoder=untrained_decoder,
+    dtype = pick_dtype(config.precision, device)
+    net = (
+        load_lite(config.lite_path, device, dtype)
+        if config.model is ModelName.lite
+        else load_model(
+            config.encoder_path,
+            config.decoder_path,
+            device,
+            dtype,
+            untrained_decoder=untrained_decoder,
+        )
     )
     compiled = compile_networks(net, config.compile, device)
     return Pipeline(net, config.tile_size, compiled)

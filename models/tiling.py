@@ -54,6 +54,10 @@ def cut_reach(layers: Iterable[nn.Module]) -> int:
             reach = math.ceil(reach / 2)
         elif isinstance(layer, nn.Upsample):
             reach *= 2
+        elif isinstance(layer, nn.PixelUnshuffle):  # the lite encoder's space-to-depth
+            reach = math.ceil(reach / layer.downscale_factor)
+        elif isinstance(layer, nn.PixelShuffle):
+            reach *= layer.upscale_factor
     return reach
 
 

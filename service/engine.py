@@ -27,7 +27,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -65,6 +65,7 @@ class StylizeJob:
     kind: ClassVar[str] = "stylize"
     content: Tensor
     mix: StyleMix
+    model: str | None = None  # one of the engine's networks by name; None: its default
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class StatisticsJob:
     kind: ClassVar[str] = "stats"
     style: Tensor
     recolour_to: Tensor | None = None
+    model: str | None = None  # as StylizeJob's: each network has its own statistics
 
 
 Job = StylizeJob | StatisticsJob
@@ -114,10 +116,11 @@ class _Entry(Generic[R]):
     claimed: bool = False
     abandoned: bool = False
 
-    def batch_key(self) -> tuple[int, ...] | None:
-        """Jobs with equal keys can share a batch; None: never batched."""
+    def batch_key(self) -> tuple[object, ...] | None:
+        """Jobs with equal keys can share a batch (the same network, the same shape); None:
+        never batched."""
         if isinstance(self.job, StylizeJob):
-            return tuple(self.job.content.shape)
+            return (self.job.model, *self.job.content.shape)
         return None
 
     def settle(self, outcome: Timed[R] | BaseException) -> None:
@@ -139,9 +142,13 @@ def cpu_threads() -> int:
 
 
 class Engine:
+    """`net`: one network, or several by name (the service's models, `ADAIN_MODELS`): one
+    worker owns them all, so that they never compete for the cores; a job names its network
+    (`StylizeJob.model`), None meaning the first."""
+
     def __init__(
         self,
-        net: StyleNetwork,
+        net: StyleNetwork | Mapping[str, StyleNetwork],
         device: torch.device | str = "cpu",
         *,
         max_batch_size: int = 8,
@@ -151,7 +158,8 @@ class Engine:
         on_depth: Callable[[int], None] | None = None,
         on_drop: Callable[[int], None] | None = None,
     ) -> None:
-        self.net = net
+        self.nets = dict(net) if isinstance(net, Mapping) else {"default": net}
+        self.default_model = next(iter(self.nets))
         self.device = torch.device(device)
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
@@ -182,10 +190,10 @@ class Engine:
     def depth(self) -> int:
         return self._depth
 
-    async def style_statistics(self, style: Tensor, recolour_to: Tensor | None = None
-                               ) -> Timed[StyleStats]:
+    async def style_statistics(self, style: Tensor, recolour_to: Tensor | None = None,
+                               model: str | None = None) -> Timed[StyleStats]:
         """Statistics of one style (1, 3, H, W); see `StatisticsJob`."""
-        return await self._submit(StatisticsJob(style, recolour_to))
+        return await self._submit(StatisticsJob(style, recolour_to, model))
 
     async def stylize(self, job: StylizeJob) -> Timed[Tensor]:
         """The stylized image (1, 3, H, W) in [0, 1], float32 on the CPU."""
@@ -330,8 +338,17 @@ class Engine:
             torch.cat([job.content for job in stylize_jobs]) if len(stylize_jobs) > 1
             else stylize_jobs[0].content
         ).to(self.device)
-        out = self.net.stylize_batch(contents, [job.mix for job in stylize_jobs])
+        net = self.network(stylize_jobs[0].model)
+        out = net.stylize_batch(contents, [job.mix for job in stylize_jobs])
         return [image[None].cpu() for image in out]
+
+    def network(self, model: str | None) -> StyleNetwork:
+        """The network a job names (the route has checked the name: see `models`)."""
+        return self.nets[model or self.default_model]
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.nets)
 
     def _release_memory(self) -> None:
         if self.device.type == "cuda":
@@ -339,5 +356,6 @@ class Engine:
 
     def _statistics(self, job: StatisticsJob) -> StyleStats:
         recolour_to = None if job.recolour_to is None else job.recolour_to.to(self.device)
-        mean, std = self.net.style_statistics(job.style.to(self.device), recolour_to)
+        net = self.network(job.model)
+        mean, std = net.style_statistics(job.style.to(self.device), recolour_to)
         return StyleStats(mean.float().cpu(), std.float().cpu())

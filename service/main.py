@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -19,10 +20,17 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from models import images
+from models.config import ModelName
 from models.model import StyleMix
 from models.pipeline import build_pipeline
 from service import metrics
-from service.cache import MemoryStatsCache, RedisStatsCache, StatsCache, encoder_fingerprint
+from service.cache import (
+    MemoryStatsCache,
+    RedisStatsCache,
+    StatsCache,
+    encoder_fingerprint,
+    lite_fingerprint,
+)
 from service.deps import Services
 from service.engine import Engine, StylizeJob
 from service.errors import install_error_handlers
@@ -48,7 +56,7 @@ log = logging.getLogger("service.main")
 WARMUP_SIZES = ((128, 96), (64, 48))
 # The response headers other origins' pages may read (CORS).
 EXPOSED_HEADERS = ("X-Style-Cache", "X-Inference-Time-Ms", "X-Batch-Size", "Server-Timing",
-                   "Retry-After", "X-Request-ID")
+                   "Retry-After", "X-Request-ID", "X-Adain-Model")
 # A stalled Redis fails a call within 2 s (503 for the registry, a skipped cache) instead of
 # the client's defaults (5 s timeouts, 10 retries); one retry reconnects a pooled connection
 # that a Redis restart has closed.
@@ -72,10 +80,14 @@ async def start_services(settings: Settings) -> Services:
     start the engine, connect the caches and the registry (an unreachable Redis or styles
     folder does not: /readyz says 503 until Redis answers, the registry 503 until its store
     does)."""
-    pipeline = await asyncio.to_thread(build_pipeline, settings.pipeline_config())
+    pipelines = {
+        model.value: await asyncio.to_thread(build_pipeline, settings.pipeline_config(model))
+        for model in settings.model_list  # the default first: the engine's default
+    }
+    pipeline = pipelines[settings.model.value]
     device = pipeline.device
     engine = Engine(
-        pipeline, device,
+        pipelines, device,
         max_batch_size=settings.batch_size_for(device.type),
         max_wait_ms=settings.max_wait_ms,
         queue_size=settings.queue_size,
@@ -84,9 +96,14 @@ async def start_services(settings: Settings) -> Services:
         on_drop=metrics.JOBS_DROPPED.inc,
     )
     engine.start()
-    fingerprint = await asyncio.to_thread(
-        encoder_fingerprint, settings.encoder_path, pipeline.dtype, device
-    )
+    fingerprints = {
+        model: await asyncio.to_thread(
+            lite_fingerprint if model == ModelName.lite else encoder_fingerprint,
+            settings.lite_path if model == ModelName.lite else settings.encoder_path,
+            pipelines[model].dtype, device,
+        )
+        for model in pipelines
+    }
     redis: Redis | None = None
     cache: StatsCache
     registry: StyleRegistry
@@ -106,9 +123,10 @@ async def start_services(settings: Settings) -> Services:
         registry = DiskRegistry(settings.styles_dir)
     limits = ImageLimits(settings.max_image_pixels, settings.max_output_pixels)
     budget = PixelBudget(settings.decode_pixel_budget, settings.decode_wait_s)
-    stylizer = Stylizer(engine, cache, limits, fingerprint, budget)
+    stylizer = Stylizer(engine, cache, limits, fingerprints, budget)
     log.info("networks loaded", extra={"device": str(device), "dtype": str(pipeline.dtype),
-                                       "compiled": pipeline.compiled, "redis": bool(redis)})
+                                       "compiled": pipeline.compiled, "redis": bool(redis),
+                                       "models": list(pipelines), "default": settings.model})
     rate_limiter = RateLimiter(settings.rate_limit, redis)
     return Services(settings, engine, stylizer, registry, limits, redis, rate_limiter,
                     local_jobs(settings, engine, limits))
@@ -135,11 +153,11 @@ async def warm_up(services: Services) -> None:
     if services.settings.warmup:
         start = time.perf_counter()
         try:
-            for size in WARMUP_SIZES:
+            for size, model in itertools.product(WARMUP_SIZES, services.engine.models):
                 grey = images.prepare(Image.new("RGB", size, (128, 128, 128)))
-                stats = await services.engine.style_statistics(grey)
+                stats = await services.engine.style_statistics(grey, model=model)
                 mix = StyleMix(stats.value.mean, stats.value.std, torch.ones(1))
-                await services.engine.stylize(StylizeJob(grey, mix))
+                await services.engine.stylize(StylizeJob(grey, mix, model))
         except Exception:
             log.exception("warm-up failed; /readyz stays 503")
             return

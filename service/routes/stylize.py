@@ -86,10 +86,15 @@ async def stylize(
     output_format: Annotated[OutputFormat, Form(alias="format", description="Output format."
                                                 )] = OutputFormat.png,
     quality: Annotated[int, Form(ge=1, le=100, description="JPEG/WebP quality.")] = 90,
+    model: Annotated[str | None, Form(
+        description="full or lite, among the models the service loaded (ADAIN_MODELS); "
+        "default ADAIN_MODEL. The answer names it in X-Adain-Model.")] = None,
 ) -> Response:
     """Stylize `content` with the styles: uploaded `style` files first in the order sent, then
     the registered `style_id`s in the order sent; `weights` and `mask` follow that order."""
-    # Counts first: reading 1000 registered style ids before refusing them costs memory.
+    # Counts and the model first: reading 1000 registered style ids before refusing them
+    # costs memory.
+    chosen_model = stylizer.check_model(model)
     normalised_weights = check_counts(
         len(style or []) + len(style_id or []), len(mask or []), parse_mix_weights(weights or [])
     )
@@ -106,6 +111,7 @@ async def stylize(
         crop=crop,
         output_format=output_format,
         quality=quality,
+        model=chosen_model,
     )
     result = await unless_disconnected(request, stylizer.stylize(checked))
     if result is None:
@@ -118,6 +124,7 @@ async def stylize(
             "X-Inference-Time-Ms": f"{total_ms:.1f}",
             "X-Style-Cache": ",".join(result.cache),
             "X-Batch-Size": str(result.batch_size),
+            "X-Adain-Model": result.model,
             "Server-Timing": f"styles;dur={result.styles_ms:.1f}, "
                              f"stylize;dur={result.stylize_ms:.1f}",
         },
