@@ -396,7 +396,7 @@ def test_help_is_whole_at_80_columns() -> None:
     assert "…" not in text
     assert "--preserve-color" in text and "--no-preserve-color" in text
     assert "vgg_normalised.pth" in text and "--tile-size" in text
-    assert "Stylize CONTENT with one or more STYLES." in text and "... ." not in text
+    assert "Stylize CONTENT (an image, a folder of them, or a video" in text and "... ." not in text
     assert "Pillow" not in text
 
 
