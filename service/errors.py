@@ -17,9 +17,11 @@ from starlette.exceptions import HTTPException
 
 from models.errors import DomainError, InvalidInputError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
+from service.forms import UnsupportedFormError
 from service.imaging import DecodeBudgetError, ImageTooLargeError, UnsupportedImageError
 from service.limits import BodyTimeoutError
 from service.registry import (
+    NameTakenError,
     RedisUnavailableError,
     StorageFullError,
     StorageUnavailableError,
@@ -45,6 +47,8 @@ class HttpStatus:
 HTTP_ERRORS: dict[type[DomainError], HttpStatus] = {
     InvalidInputError: HttpStatus(422),
     UnsupportedImageError: HttpStatus(415),
+    UnsupportedFormError: HttpStatus(415),
+    NameTakenError: HttpStatus(409),
     ImageTooLargeError: HttpStatus(413),
     StyleNotFoundError: HttpStatus(404),
     AuthenticationError: HttpStatus(401, headers=(("WWW-Authenticate", 'Bearer realm="adain"'),)),
