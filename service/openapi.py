@@ -172,7 +172,7 @@ def describe(app: FastAPI) -> dict[str, Any]:
     for form in schemas.values():
         drop_null_from_form(form)
     keys_on = app.state.keys.enabled
-    for path, item in document["paths"].items():
+    for item in document["paths"].values():
         for operation in item.values():
             if str(GUARDED[0]) not in operation["responses"]:
                 operation["security"] = []  # probes and Prometheus: no key, ever
@@ -181,8 +181,6 @@ def describe(app: FastAPI) -> dict[str, Any]:
             for response in operation["responses"].values():
                 use_error_model(response)
                 response.setdefault("headers", {})["X-Request-ID"] = REQUEST_ID
-            if "{" in path:  # path parameters: a 422 cannot happen, any text is an id
-                operation["responses"].pop("422", None)
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
     document["components"]["securitySchemes"] = SECURITY_SCHEMES
@@ -201,10 +199,12 @@ def use_error_model(response: dict[str, Any]) -> None:
 
 
 def drop_null_from_form(form: dict[str, Any]) -> None:
-    """Optional repeatable form fields are `anyOf: [array, null]` in FastAPI's schema, but a form
-    has no null: the field is left out. Described as the array it is when sent."""
+    """A form takes only its own fields. Optional repeatable form fields are `anyOf: [array,
+    null]` in FastAPI's schema, but a form has no null: the field is left out. Described as the
+    array it is when sent."""
     if not form.get("title", "").startswith("Body_"):
         return
+    form["additionalProperties"] = False  # unknown fields are refused (service/forms.py)
     for name, prop in form.get("properties", {}).items():
         options = prop.get("anyOf", [])
         kept = [option for option in options if option.get("type") != "null"]
