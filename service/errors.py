@@ -21,6 +21,7 @@ from service.forms import UnsupportedFormError
 from service.imaging import DecodeBudgetError, ImageTooLargeError, UnsupportedImageError
 from service.limits import BodyTimeoutError
 from service.registry import (
+    AmbiguousNameError,
     NameTakenError,
     RedisUnavailableError,
     StorageFullError,
@@ -49,6 +50,7 @@ HTTP_ERRORS: dict[type[DomainError], HttpStatus] = {
     UnsupportedImageError: HttpStatus(415),
     UnsupportedFormError: HttpStatus(415),
     NameTakenError: HttpStatus(409),
+    AmbiguousNameError: HttpStatus(422),
     ImageTooLargeError: HttpStatus(413),
     StyleNotFoundError: HttpStatus(404),
     AuthenticationError: HttpStatus(401, headers=(("WWW-Authenticate", 'Bearer realm="adain"'),)),

@@ -54,7 +54,7 @@ def check_content_type(request: Request) -> None:
     if media_type and media_type not in FORM_MEDIA_TYPES:
         raise UnsupportedFormError(
             "this endpoint takes multipart/form-data (curl -F field=value -F file=@path), "
-            f"got a {media_type[:MAX_ECHOED_NAME]} body"
+            f"got a body of type {media_type[:MAX_ECHOED_NAME]}"
         )
 
 
