@@ -133,8 +133,9 @@ def style_id(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def new_record(data: bytes, name: str, width: int, height: int, owner: str | None = None
-               ) -> StyleRecord:
+def new_record(
+    data: bytes, name: str, width: int, height: int, owner: str | None = None
+) -> StyleRecord:
     """A record created now; an empty name becomes the id's first 12 digits."""
     id_ = style_id(data)
     created = datetime.now(UTC).isoformat(timespec="microseconds")
@@ -210,7 +211,8 @@ def name_key(name: str) -> str:
 def name_taken(name: str, holder: str) -> NameTakenError:
     return NameTakenError(
         f"name {name[:80]!r} is taken by another style (id {holder[:12]}...): choose another "
-        "name, or use that style", "name",
+        "name, or use that style",
+        "name",
     )
 
 
@@ -287,7 +289,8 @@ class NamedRegistry:
         if own is None and len(set(holders)) > 1:
             raise AmbiguousNameError(
                 f"{len(set(holders))} styles of other owners are named {reference[:80]!r}: "
-                "use the id of the one you mean (GET /styles)", "style_id",
+                "use the id of the one you mean (GET /styles)",
+                "style_id",
             )
         chosen = own or (holders[0] if holders else None)
         return None if chosen is None else await self.get(chosen)
@@ -562,7 +565,8 @@ class RedisRegistry(NamedRegistry):
             raw = await self.client.hgetall(self.name_prefix + name_key(name))
         claims = {
             (slot.decode() if isinstance(slot, bytes) else slot): claim
-            for slot, value in raw.items() if (claim := self.parse_claim(value)) is not None
+            for slot, value in raw.items()
+            if (claim := self.parse_claim(value)) is not None
         }
         own = claims.get(owner or "")
         return (own[0] if own else None), [claim[0] for claim in claims.values()]

@@ -22,21 +22,27 @@ FULL_SETUP = os.environ.get("ADAIN_TEST_SETUP") == "1"
 
 
 def git(*arguments: str, cwd: Path = REPO) -> str:
-    return subprocess.run(["git", *arguments], cwd=cwd, check=True, capture_output=True,
-                          text=True).stdout
+    return subprocess.run(
+        ["git", *arguments], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout
 
 
 def test_what_the_service_writes_is_ignored_by_git() -> None:
-    written = ["data/styles/0123.json", "data/styles/names/ab/cd", "data/jobs/j1/record.json",
-               ".venv/bin/python"]
+    written = [
+        "data/styles/0123.json",
+        "data/styles/names/ab/cd",
+        "data/jobs/j1/record.json",
+        ".venv/bin/python",
+    ]
     ignored = git("check-ignore", "--no-index", *written).split()
     assert ignored == written
 
 
 def dry_run(target: str) -> list[list[str]]:
     """The commands `make target` would run, split into words."""
-    output = subprocess.run(["make", "-n", target], cwd=REPO, check=True, capture_output=True,
-                            text=True).stdout
+    output = subprocess.run(
+        ["make", "-n", target], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout
     return [shlex.split(line) for line in output.splitlines() if line.strip()]
 
 
@@ -79,14 +85,22 @@ def test_setup_installs_into_the_checkouts_venv(tmp_path: Path) -> None:
     system_adain = shutil.which("adain")
     before = Path(system_adain).read_text() if system_adain else None
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "VENV")}
-    subprocess.run(["bash", "scripts/setup.sh"], cwd=checkout, env=env, check=True,
-                   timeout=SETUP_TIMEOUT_S)
+    subprocess.run(
+        ["bash", "scripts/setup.sh"], cwd=checkout, env=env, check=True, timeout=SETUP_TIMEOUT_S
+    )
 
     python = checkout / ".venv" / "bin" / "python"
     where = subprocess.run(
-        [str(python), "-c", "import sys, torch, fastapi, service.main; "
-         "print(sys.prefix); print(torch.__file__); print(service.main.__file__)"],
-        cwd=tmp_path, check=True, capture_output=True, text=True,
+        [
+            str(python),
+            "-c",
+            "import sys, torch, fastapi, service.main; "
+            "print(sys.prefix); print(torch.__file__); print(service.main.__file__)",
+        ],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.split()
     venv = (checkout / ".venv").resolve()
     assert Path(where[0]).resolve() == venv
@@ -94,8 +108,12 @@ def test_setup_installs_into_the_checkouts_venv(tmp_path: Path) -> None:
     # has nothing else to find them in.
     assert Path(where[1]).resolve().is_relative_to(venv), where[1]
     assert Path(where[2]).resolve().is_relative_to(checkout.resolve()), where[2]
-    helped = subprocess.run([str(checkout / ".venv" / "bin" / "adain"), "--help"],
-                            capture_output=True, text=True, timeout=120)
+    helped = subprocess.run(
+        [str(checkout / ".venv" / "bin" / "adain"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert helped.returncode == 0, helped.stderr
     # The system's `adain` still belongs to whoever installed it.
     after = Path(system_adain).read_text() if system_adain else None

@@ -55,8 +55,13 @@ class Style(BaseModel):
 
     @classmethod
     def of(cls, record: StyleRecord) -> Style:
-        return cls(id=record.id, name=record.name, width=record.width, height=record.height,
-                   created=record.created)
+        return cls(
+            id=record.id,
+            name=record.name,
+            width=record.width,
+            height=record.height,
+            created=record.created,
+        )
 
 
 class StyleList(BaseModel):
@@ -96,10 +101,14 @@ def checked_name(name: str | None) -> str | None:
     return label
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses={
-    200: {"model": Style, "description": "The same image was registered before: that style."},
-    **REGISTER_STYLE_ERRORS,
-})
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        200: {"model": Style, "description": "The same image was registered before: that style."},
+        **REGISTER_STYLE_ERRORS,
+    },
+)
 async def register_style(
     file: Annotated[UploadFile, File(description="PNG, JPEG or WebP style image")],
     caller: AdminDep,
@@ -107,11 +116,17 @@ async def register_style(
     registry: RegistryDep,
     limits: LimitsDep,
     response: Response,
-    name: Annotated[str | None, Form(description=(
-        "A name to use instead of the id (in `style_id`, `/styles/{name}`): unique per owner, "
-        f"compared ignoring case, up to {MAX_NAME_LENGTH} characters, no `/` or control "
-        "characters. Default: the file name (with the id's first digits added when taken)."
-    ))] = None,
+    name: Annotated[
+        str | None,
+        Form(
+            description=(
+                "A name to use instead of the id (in `style_id`, `/styles/{name}`): unique "
+                f"per owner, compared ignoring case, up to {MAX_NAME_LENGTH} characters, no "
+                "`/` or control characters. Default: the file name (with the id's first "
+                "digits added when taken)."
+            )
+        ),
+    ] = None,
 ) -> Style:
     """Register a style. Its id is the sha256 of the bytes: registering the same file again
     returns the existing style (200) instead of a new one (201)."""
@@ -153,10 +168,12 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
 async def list_styles(
     caller: UserDep,
     registry: RegistryDep,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE,
-                                description="Styles per page.")] = DEFAULT_PAGE_SIZE,
-    cursor: Annotated[str | None, Query(
-        max_length=200, description="The previous page's `next_cursor`.")] = None,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_PAGE_SIZE, description="Styles per page.")
+    ] = DEFAULT_PAGE_SIZE,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="The previous page's `next_cursor`.")
+    ] = None,
 ) -> StyleList:
     """The registered styles, oldest first, one page at a time."""
     records = await registry.list()
@@ -165,8 +182,10 @@ async def list_styles(
         records = [r for r in records if (r.created, r.id) > after]
     page = records[:limit]
     more = len(records) > limit
-    return StyleList(styles=[Style.of(record) for record in page],
-                     next_cursor=encode_cursor(page[-1]) if more else None)
+    return StyleList(
+        styles=[Style.of(record) for record in page],
+        next_cursor=encode_cursor(page[-1]) if more else None,
+    )
 
 
 @router.get("/{style_id}", responses=STYLE_RESPONSES)
@@ -196,10 +215,15 @@ async def get_style_image(
     caller: UserDep,
     registry: RegistryDep,
     stylizer: StylizerDep,
-    size: Annotated[int | None, Query(
-        ge=MIN_THUMBNAIL, le=MAX_THUMBNAIL,
-        description="A thumbnail: a JPEG whose longer side is at most `size` pixels. "
-        "Default: the image as registered.")] = None,
+    size: Annotated[
+        int | None,
+        Query(
+            ge=MIN_THUMBNAIL,
+            le=MAX_THUMBNAIL,
+            description="A thumbnail: a JPEG whose longer side is at most `size` pixels. "
+            "Default: the image as registered.",
+        ),
+    ] = None,
 ) -> Response:
     """A style's image (by id or name), as registered or as a thumbnail."""
     record = await find_style(registry, style_id, caller)
@@ -223,8 +247,7 @@ async def get_style_image(
     return Response(small, media_type="image/jpeg", headers=headers)
 
 
-@router.delete("/{style_id}", status_code=status.HTTP_204_NO_CONTENT,
-               responses=STYLE_RESPONSES)
+@router.delete("/{style_id}", status_code=status.HTTP_204_NO_CONTENT, responses=STYLE_RESPONSES)
 async def delete_style(style_id: str, caller: AdminDep, registry: RegistryDep) -> Response:
     """Delete a style by its id or its name."""
     record = await find_style(registry, style_id, caller)

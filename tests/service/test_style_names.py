@@ -24,16 +24,27 @@ def image(seed: int, size: tuple[int, int] = (30, 24)) -> bytes:
     return encode(random_image(*size, seed=8200 + seed))
 
 
-def register(url: str, data: bytes, name: str | None = None, file_name: str = "s.png",
-             headers: dict[str, str] | None = None) -> httpx.Response:
+def register(
+    url: str,
+    data: bytes,
+    name: str | None = None,
+    file_name: str = "s.png",
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
     form = {"name": name} if name is not None else {}
-    return httpx.post(f"{url}/styles", data=form, files={"file": (file_name, data)},
-                      headers=headers, timeout=30)
+    return httpx.post(
+        f"{url}/styles", data=form, files={"file": (file_name, data)}, headers=headers, timeout=30
+    )
 
 
 def stylize(url: str, reference: str, headers: dict[str, str] | None = None) -> httpx.Response:
-    return httpx.post(f"{url}/stylize", data={**SMALL, "style_id": reference}, headers=headers,
-                      files={"content": ("c.png", CONTENT)}, timeout=60)
+    return httpx.post(
+        f"{url}/stylize",
+        data={**SMALL, "style_id": reference},
+        headers=headers,
+        files={"content": ("c.png", CONTENT)},
+        timeout=60,
+    )
 
 
 def key(value: str) -> dict[str, str]:
@@ -41,11 +52,15 @@ def key(value: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def fresh(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-          ) -> Iterator[RunningServer]:
+def fresh(
+    server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
     """A server whose registry only this module fills (its list is known exactly)."""
-    env = {**server_env, "ADAIN_STYLES_DIR": str(tmp_path_factory.mktemp("named")),
-           "ADAIN_WARMUP": "false"}
+    env = {
+        **server_env,
+        "ADAIN_STYLES_DIR": str(tmp_path_factory.mktemp("named")),
+        "ADAIN_WARMUP": "false",
+    }
     with running_server(env) as running:
         yield running
 
@@ -90,9 +105,9 @@ def test_names_in_redis(server_env: dict[str, str], redis_server: str) -> None:
 def assert_one_wins_a_name(urls: list[str], name: str, clients: int = 12) -> None:
     """Different files claiming one name at once: one 201, the others 409."""
     with ThreadPoolExecutor(clients) as pool:
-        responses = list(pool.map(
-            lambda i: register(urls[i % len(urls)], image(100 + i), name), range(clients)
-        ))
+        responses = list(
+            pool.map(lambda i: register(urls[i % len(urls)], image(100 + i), name), range(clients))
+        )
     statuses = sorted(response.status_code for response in responses)
     assert statuses == [201] + [409] * (clients - 1), statuses
     winner = next(r.json() for r in responses if r.status_code == 201)
@@ -103,12 +118,15 @@ def test_one_of_concurrent_registrations_gets_a_name(fresh: RunningServer) -> No
     assert_one_wins_a_name([fresh.url], "contested")
 
 
-@pytest.mark.parametrize(("name", "problem"), [
-    ("a/b", "'/'"),
-    ("ab\x07c", "control characters"),
-    ("f" * 64, "64 hex digits"),
-    ("x" * 201, "the limit is 200"),
-])
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("a/b", "'/'"),
+        ("ab\x07c", "control characters"),
+        ("f" * 64, "64 hex digits"),
+        ("x" * 201, "the limit is 200"),
+    ],
+)
 def test_invalid_names_are_refused(fresh: RunningServer, name: str, problem: str) -> None:
     answer = register(fresh.url, image(4), name)
     assert answer.status_code == 422, answer.text
@@ -124,10 +142,14 @@ def test_a_name_taken_from_the_file_name_gives_way(fresh: RunningServer) -> None
     assert stylize(fresh.url, second["name"]).status_code == 200
 
 
-def test_names_are_per_owner_when_keys_are_on(server_env: dict[str, str],
-                                              tmp_path: Path) -> None:
-    env = {**server_env, "ADAIN_STYLES_DIR": str(tmp_path), "ADAIN_WARMUP": "false",
-           "ADAIN_API_KEYS": USER, "ADAIN_ADMIN_KEYS": f"{ADMIN_A},{ADMIN_B}"}
+def test_names_are_per_owner_when_keys_are_on(server_env: dict[str, str], tmp_path: Path) -> None:
+    env = {
+        **server_env,
+        "ADAIN_STYLES_DIR": str(tmp_path),
+        "ADAIN_WARMUP": "false",
+        "ADAIN_API_KEYS": USER,
+        "ADAIN_ADMIN_KEYS": f"{ADMIN_A},{ADMIN_B}",
+    }
     with running_server(env) as server:
         mine = register(server.url, image(7), "wave", headers=key(ADMIN_A))
         theirs = register(server.url, image(8), "wave", headers=key(ADMIN_B))
@@ -142,8 +164,10 @@ def test_names_are_per_owner_when_keys_are_on(server_env: dict[str, str],
         deleted = httpx.delete(f"{server.url}/styles/wave", headers=key(ADMIN_B))
         assert deleted.status_code == 204
         assert stylize(server.url, "wave", headers=key(USER)).status_code == 200
-        assert httpx.get(f"{server.url}/styles/wave", headers=key(USER)).json()["id"] == (
-            mine.json()["id"])
+        assert (
+            httpx.get(f"{server.url}/styles/wave", headers=key(USER)).json()["id"]
+            == (mine.json()["id"])
+        )
         # Names are no way around the keys: unauthenticated, a name is 401 like an id.
         assert httpx.get(f"{server.url}/styles/wave").status_code == 401
 
@@ -162,8 +186,11 @@ def test_the_image_and_its_thumbnail(fresh: RunningServer) -> None:
     assert "immutable" not in thumb.headers["cache-control"]  # a name can move to another
     with Image.open(io.BytesIO(thumb.content)) as small:
         assert small.size == (30, 20)  # longer side 30, the aspect ratio kept
-    again = httpx.get(f"{fresh.url}/styles/big-one/image", params={"size": 30},
-                      headers={"If-None-Match": thumb.headers["etag"]})
+    again = httpx.get(
+        f"{fresh.url}/styles/big-one/image",
+        params={"size": 30},
+        headers={"If-None-Match": thumb.headers["etag"]},
+    )
     assert again.status_code == 304
 
     too_small = httpx.get(f"{fresh.url}/styles/big-one/image", params={"size": 4})
@@ -176,17 +203,18 @@ def test_the_list_comes_in_pages(server_env: dict[str, str], tmp_path: Path) -> 
     env = {**server_env, "ADAIN_STYLES_DIR": str(tmp_path), "ADAIN_WARMUP": "false"}
     with running_server(env) as server:
         with ThreadPoolExecutor(4) as pool:
-            registered = list(pool.map(
-                lambda i: register(server.url, image(300 + i, (16, 16)), f"s{i}").json(),
-                range(105),
-            ))
+            registered = list(
+                pool.map(
+                    lambda i: register(server.url, image(300 + i, (16, 16)), f"s{i}").json(),
+                    range(105),
+                )
+            )
         first = httpx.get(f"{server.url}/styles").json()
         assert len(first["styles"]) == 100  # the default page size
         assert first["next_cursor"]
         rest = httpx.get(f"{server.url}/styles", params={"cursor": first["next_cursor"]}).json()
         assert len(rest["styles"]) == 5 and rest["next_cursor"] is None
-        assert {s["id"] for s in first["styles"] + rest["styles"]} == {
-            s["id"] for s in registered}
+        assert {s["id"] for s in first["styles"] + rest["styles"]} == {s["id"] for s in registered}
 
         pages, cursor = [], None
         while True:
@@ -199,8 +227,11 @@ def test_the_list_comes_in_pages(server_env: dict[str, str], tmp_path: Path) -> 
         assert [len(p) for p in pages] == [40, 40, 25]
         assert [s for p in pages for s in p] == first["styles"] + rest["styles"]  # oldest first
 
-        for params, field in (({"cursor": "not-a-cursor"}, "cursor"), ({"limit": 0}, "limit"),
-                              ({"limit": 100_000}, "limit")):
+        for params, field in (
+            ({"cursor": "not-a-cursor"}, "cursor"),
+            ({"limit": 0}, "limit"),
+            ({"limit": 100_000}, "limit"),
+        ):
             refused = httpx.get(f"{server.url}/styles", params=params)
             assert refused.status_code == 422, refused.text
             assert refused.json()["field"] == field
