@@ -17,10 +17,13 @@ from starlette.exceptions import HTTPException
 
 from models.errors import DomainError, InvalidInputError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
+from service.forms import UnsupportedFormError
 from service.imaging import DecodeBudgetError, ImageTooLargeError, UnsupportedImageError
 from service.jobs.store import JobNotDoneError, JobNotFoundError
 from service.limits import BodyTimeoutError
 from service.registry import (
+    AmbiguousNameError,
+    NameTakenError,
     RedisUnavailableError,
     StorageFullError,
     StorageUnavailableError,
@@ -47,6 +50,9 @@ class HttpStatus:
 HTTP_ERRORS: dict[type[DomainError], HttpStatus] = {
     InvalidInputError: HttpStatus(422),
     UnsupportedImageError: HttpStatus(415),
+    UnsupportedFormError: HttpStatus(415),
+    NameTakenError: HttpStatus(409),
+    AmbiguousNameError: HttpStatus(422),
     ImageTooLargeError: HttpStatus(413),
     StyleNotFoundError: HttpStatus(404),
     UnsupportedVideoError: HttpStatus(415),

@@ -62,13 +62,15 @@ ERROR_MEANINGS: dict[int, str] = {
          "(`Authorization: Bearer <key>` or `X-API-Key: <key>`).",
     403: "The key may not do this (an admin key is needed: ADAIN_ADMIN_KEYS), or the browser's "
          "Origin is not allowed.",
-    404: "No style with that id.",
+    404: "No style with that id or name.",
     408: "The request body did not arrive in full within ADAIN_BODY_TIMEOUT_S; the connection "
          "is closed.",
     413: "The request body is larger than ADAIN_MAX_UPLOAD_BYTES, or an image has more pixels "
          "than ADAIN_MAX_IMAGE_PIXELS (checked from its header, before decoding).",
-    415: "An upload is not a PNG, JPEG or WebP image, or could not be decoded.",
-    422: "A field is missing, malformed or out of range (`field` names it).",
+    409: "Another style of the same owner has this name.",
+    415: "An upload is not a PNG, JPEG or WebP image, or could not be decoded; or the body is "
+         "not multipart/form-data.",
+    422: "A field is missing, unknown, malformed or out of range (`field` names it).",
     429: "Too many requests from this key or address: retry after Retry-After seconds.",
     500: "An unexpected error; it is logged with the request id.",
     503: "Temporarily unavailable (queue full, too many uploads being decoded, shutting down, "
@@ -118,9 +120,17 @@ STYLIZE_RESPONSES: Responses = {
     },
     **error_responses(400, 404, 408, 413, 415, 422, 503, *GUARDED),
 }
-REGISTER_STYLE_ERRORS = error_responses(400, 408, 413, 415, 422, 503, 507, *GUARDED)
-LIST_STYLES_RESPONSES = error_responses(503, *GUARDED)
-STYLE_RESPONSES = error_responses(404, 503, *GUARDED)
+REGISTER_STYLE_ERRORS = error_responses(400, 408, 409, 413, 415, 422, 503, 507, *GUARDED)
+LIST_STYLES_RESPONSES = error_responses(422, 503, *GUARDED)
+STYLE_RESPONSES = error_responses(404, 422, 503, *GUARDED)
+STYLE_IMAGE_RESPONSES: Responses = {
+    200: {
+        "description": "The registered image as uploaded, or (with `size`) a JPEG thumbnail.",
+        "content": {media_type: {"schema": {**BINARY, "contentMediaType": media_type}}
+                    for media_type in ("image/png", "image/jpeg", "image/webp")},
+    },
+    **STYLE_RESPONSES,
+}
 READYZ_RESPONSES: Responses = {
     200: {"model": Readiness, "description": "Ready to serve."},
     503: {"model": ErrorBody, "description": "Still loading or warming up, or Redis is "
@@ -162,7 +172,7 @@ def describe(app: FastAPI) -> dict[str, Any]:
     for form in schemas.values():
         drop_null_from_form(form)
     keys_on = app.state.keys.enabled
-    for path, item in document["paths"].items():
+    for item in document["paths"].values():
         for operation in item.values():
             if str(GUARDED[0]) not in operation["responses"]:
                 operation["security"] = []  # probes and Prometheus: no key, ever
@@ -171,8 +181,6 @@ def describe(app: FastAPI) -> dict[str, Any]:
             for response in operation["responses"].values():
                 use_error_model(response)
                 response.setdefault("headers", {})["X-Request-ID"] = REQUEST_ID
-            if "{" in path:  # path parameters: a 422 cannot happen, any text is an id
-                operation["responses"].pop("422", None)
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
     document["components"]["securitySchemes"] = SECURITY_SCHEMES
@@ -191,10 +199,12 @@ def use_error_model(response: dict[str, Any]) -> None:
 
 
 def drop_null_from_form(form: dict[str, Any]) -> None:
-    """Optional repeatable form fields are `anyOf: [array, null]` in FastAPI's schema, but a form
-    has no null: the field is left out. Described as the array it is when sent."""
+    """A form takes only its own fields. Optional repeatable form fields are `anyOf: [array,
+    null]` in FastAPI's schema, but a form has no null: the field is left out. Described as the
+    array it is when sent."""
     if not form.get("title", "").startswith("Body_"):
         return
+    form["additionalProperties"] = False  # unknown fields are refused (service/forms.py)
     for name, prop in form.get("properties", {}).items():
         options = prop.get("anyOf", [])
         kept = [option for option in options if option.get("type") != "null"]

@@ -216,7 +216,7 @@ async def submit_job(
     normalised = check_counts(
         len(style or []) + len(style_id or []), len(mask or []), parse_mix_weights(weights or [])
     )
-    styles = await read_styles(style, style_id, registry)
+    styles = await read_styles(style, style_id, registry, caller)
     masks = [await m.read() for m in mask or []]
     runner, settings = services.jobs, services.settings
     job_id, inputs = await run_in_threadpool(runner.store.new_folder)

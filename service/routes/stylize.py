@@ -10,10 +10,12 @@ from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
 from models.model import parse_mix_weights
 from service.deps import RegistryDep, StylizerDep
+from service.forms import FormFieldsDep
 from service.imaging import OutputFormat
 from service.openapi import STYLIZE_RESPONSES
 from service.registry import StyleNotFoundError, StyleRegistry
-from service.security import UserDep
+from service.routes.styles import find_style
+from service.security import Caller, UserDep
 from service.stylizer import StyleInput, StylizeRequest, check_counts
 
 router = APIRouter(tags=["stylize"])
@@ -24,16 +26,12 @@ T = TypeVar("T")
 
 
 async def read_styles(style: list[UploadFile] | None, style_id: list[str] | None,
-                      registry: StyleRegistry) -> list[StyleInput]:
-    """The uploaded style files, then the registered styles, in the order sent (POST /stylize,
-    POST /jobs); an unknown id is a 404 naming `style_id`."""
+                      registry: StyleRegistry, caller: Caller) -> list[StyleInput]:
+    """The uploaded style files, then the registered styles (by id or name), in the order sent
+    (POST /stylize, POST /jobs); an unknown one is a 404 naming `style_id`."""
     styles = [StyleInput(await f.read(), f"style[{i}]") for i, f in enumerate(style or [])]
-    for index, id_ in enumerate(style_id or []):
-        data = await registry.image(id_)
-        if data is None:
-            raise StyleNotFoundError(
-                f"style_id[{index}]: no style with id {id_[:80]!r}", "style_id"
-            )
+    for index, reference in enumerate(style_id or []):
+        data = await registered_image(registry, reference, caller, f"style_id[{index}]")
         styles.append(StyleInput(data, f"style_id[{index}]"))
     return styles
 
@@ -60,17 +58,33 @@ async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) ->
     return None if task.cancelled() else task.result()
 
 
+async def registered_image(registry: StyleRegistry, reference: str, caller: Caller,
+                           field: str) -> bytes:
+    """The image of the style an id or name refers to; a 404 naming `field`'s index."""
+    try:
+        record = await find_style(registry, reference, caller)
+        data = await registry.image(record.id)
+    except StyleNotFoundError as error:
+        raise StyleNotFoundError(f"{field}: {error.detail}", "style_id") from None
+    if data is None:  # deleted in between
+        raise StyleNotFoundError(f"{field}: no style with id or name {reference[:80]!r}",
+                                 "style_id")
+    return data
+
+
 @router.post("/stylize", response_class=Response, responses=STYLIZE_RESPONSES)
 async def stylize(
     request: Request,
     caller: UserDep,
+    known_fields: FormFieldsDep,
     stylizer: StylizerDep,
     registry: RegistryDep,
     content: Annotated[UploadFile, File(description="Content image: PNG, JPEG or WebP.")],
     style: Annotated[list[UploadFile] | None, File(
         description="Style images (repeatable). They come first, in the order sent.")] = None,
     style_id: Annotated[list[str] | None, Form(
-        description="Ids of registered styles (repeatable), after the style files.")] = None,
+        description="Ids or names of registered styles (repeatable), after the style files."
+    )] = None,
     alpha: Annotated[float, Form(ge=0.0, le=1.0,
                                  description="Content-style trade-off.")] = 1.0,
     weights: Annotated[list[str] | None, Form(
@@ -98,7 +112,7 @@ async def stylize(
     normalised_weights = check_counts(
         len(style or []) + len(style_id or []), len(mask or []), parse_mix_weights(weights or [])
     )
-    styles = await read_styles(style, style_id, registry)
+    styles = await read_styles(style, style_id, registry, caller)
     checked = StylizeRequest(
         content=await content.read(),
         styles=tuple(styles),

@@ -14,9 +14,12 @@ import service.main  # noqa: F401  (imports every module that defines a domain e
 from models.errors import DomainError, InvalidInputError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
 from service.errors import HTTP_ERRORS, install_error_handlers
+from service.forms import UnsupportedFormError
 from service.imaging import DecodeBudgetError, ImageTooLargeError, UnsupportedImageError
 from service.limits import BodyTimeoutError
 from service.registry import (
+    AmbiguousNameError,
+    NameTakenError,
     RedisUnavailableError,
     StorageFullError,
     StorageUnavailableError,
@@ -45,6 +48,12 @@ CASES: list[tuple[DomainError, int, str | None]] = [
     (ImageTooLargeError("style[0]: too many pixels; the limit is 200000 pixels "
                         "(ADAIN_MAX_IMAGE_PIXELS)", "style[0]"), 413, None),
     (StyleNotFoundError("style_id[0]: no style with id 'abc'", "style_id"), 404, None),
+    (NameTakenError("name 'candy' is taken by another style (id 0123456789ab...): choose "
+                    "another name, or use that style", "name"), 409, None),
+    (AmbiguousNameError("2 styles of other owners are named 'wave': use the id of the one you "
+                        "mean (GET /styles)", "style_id"), 422, None),
+    (UnsupportedFormError("this endpoint takes multipart/form-data (curl -F field=value -F "
+                          "file=@path), got a body of type application/json"), 415, None),
     (EngineBusyError("server busy: 2 jobs queued (ADAIN_QUEUE_SIZE=2); retry shortly"), 503, "1"),
     (DecodeBudgetError("content: server busy decoding other uploads (900000 of 1000000 "
                        "pixels, ADAIN_DECODE_PIXEL_BUDGET); retry shortly", "content"), 503, "1"),

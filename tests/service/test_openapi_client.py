@@ -299,3 +299,19 @@ def test_submit_poll_and_download_a_video_job(generated: Generated) -> None:
     assert isinstance(missing.parsed, generated.models.ErrorBody)
     assert missing.parsed.field == "job_id"
     assert generated.call("jobs", "delete_job", job_id=job.id).status_code == 204
+
+
+def test_pages_of_the_list_and_a_thumbnail(generated: Generated) -> None:
+    for seed in (35, 36):
+        body = generated.models.BodyRegisterStyle(
+            file=generated.file(encode(random_image(40, 20, seed=seed))))
+        assert generated.call("styles", "register_style", body=body).status_code in (200, 201)
+    first = generated.call("styles", "list_styles", limit=1).parsed
+    assert len(first.styles) == 1 and isinstance(first.next_cursor, str)
+    second = generated.call("styles", "list_styles", limit=1, cursor=first.next_cursor).parsed
+    assert len(second.styles) == 1 and second.styles[0].id != first.styles[0].id
+
+    thumb = generated.call("styles", "get_style_image", style_id=first.styles[0].name, size=16)
+    assert thumb.status_code == 200, thumb.content
+    with Image.open(thumb.parsed.payload) as image:
+        assert image.format == "JPEG" and max(image.size) == 16
