@@ -141,7 +141,7 @@ def is_expected(exc: Exception) -> bool:
     """Errors that are the input's fault, not the program's: told without a traceback."""
     from models.errors import DomainError
 
-    return isinstance(exc, DomainError | ValueError) and not isinstance(exc, TypeError)
+    return isinstance(exc, DomainError | ValueError)
 
 
 def unexpected(exc: Exception) -> ClickException:
