@@ -4,18 +4,28 @@ The real server's answers to real bad requests are in test_errors.py and test_ho
 
 from __future__ import annotations
 
+import ast
 import asyncio
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
-import service.main  # noqa: F401  (imports every module that defines a domain error)
+from devkit import REPO
 from models.errors import DomainError, InvalidInputError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
-from service.errors import HTTP_ERRORS, install_error_handlers
+from service.errors import (
+    HTTP_ERRORS,
+    MalformedRequestError,
+    MethodNotAllowedError,
+    NotReadyError,
+    RouteNotFoundError,
+    UnexpectedError,
+    install_error_handlers,
+)
 from service.imaging import DecodeBudgetError, ImageTooLargeError, UnsupportedImageError
-from service.limits import BodyTimeoutError
+from service.limits import BodyTimeoutError, BodyTooLargeError
+from service.main import create_app  # imports every module that defines a domain error
 from service.registry import (
     RedisUnavailableError,
     StorageFullError,
@@ -28,6 +38,7 @@ from service.security import (
     PermissionDeniedError,
     RateLimitedError,
 )
+from service.settings import Settings
 
 # (error, status, Retry-After): the messages and fields are those the code raises.
 CASES: list[tuple[DomainError, int, str | None]] = [
@@ -38,6 +49,13 @@ CASES: list[tuple[DomainError, int, str | None]] = [
      403, None),
     (BodyTimeoutError("the request body did not arrive within 60 s (ADAIN_BODY_TIMEOUT_S)"),
      408, None),
+    (BodyTooLargeError("request body larger than the limit of 1048576 bytes "
+                       "(ADAIN_MAX_UPLOAD_BYTES)"), 413, None),
+    (MalformedRequestError("There was an error parsing the body"), 400, None),
+    (RouteNotFoundError("Not Found"), 404, None),
+    (MethodNotAllowedError("Method Not Allowed", ["POST", "GET"]), 405, None),
+    (UnexpectedError("internal server error"), 500, None),
+    (NotReadyError("the networks are still loading or warming up"), 503, "1"),
     (RateLimitedError("more than 3 requests in a minute (ADAIN_RATE_LIMIT)", 17), 429, "17"),
     (InvalidInputError("got 9 styles; send 1 to 8 (style files and style_ids together)",
                        "style"), 422, None),
@@ -94,11 +112,57 @@ def test_each_domain_error_has_its_status_body_and_retry_after(
     assert response.headers.get("retry-after") == retry_after
     if status == 401:
         assert response.headers["www-authenticate"].startswith("Bearer")
-    if status == 408:  # the rest of the body is not read: the connection cannot be reused
+    if status in (408, 413) and error.field is None:  # the rest of the body is not read
         assert response.headers["connection"] == "close"
+    if status == 405:
+        assert response.headers["allow"] == "GET, POST"
 
 
 def test_every_domain_error_class_is_in_the_table() -> None:
     """A new error class without a status would be a 500: the table lists them all."""
     assert all_subclasses(DomainError) == set(HTTP_ERRORS)
     assert {type(error) for error, _, _ in CASES} == set(HTTP_ERRORS)
+
+
+def test_no_module_but_service_errors_builds_an_error_body() -> None:
+    """Every error body and status comes from the table: no other module builds a JSON answer
+    (JSONResponse, `error_response`, a dict with a `detail` key)."""
+    offenders = set()
+    for path in (REPO / "service").rglob("*.py"):
+        if path == REPO / "service" / "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = node.id if isinstance(node, ast.Name) else getattr(node, "attr", None)
+            keys = node.keys if isinstance(node, ast.Dict) else []
+            if name in ("JSONResponse", "error_response") or any(
+                isinstance(key, ast.Constant) and key.value == "detail" for key in keys
+            ):
+                offenders.add(f"{path.relative_to(REPO)}:{node.lineno}")  # type: ignore[attr-defined]
+    assert not offenders
+
+
+def test_the_documented_error_statuses_come_from_the_table() -> None:
+    """Each error status in /openapi.json is a table status, described by the meanings of the
+    table's classes with that status."""
+    app = create_app(Settings(warmup=False))
+    meanings = {entry.status_code: set() for entry in HTTP_ERRORS.values()}
+    for entry in HTTP_ERRORS.values():
+        meanings[entry.status_code].add(entry.meaning)
+    documented = 0
+    for item in app.openapi()["paths"].values():
+        for operation in item.values():
+            for status, response in operation["responses"].items():
+                if int(status) < 400:
+                    continue
+                documented += 1
+                described = response["description"]
+                assert int(status) in meanings, status
+                assert any(meaning in described for meaning in meanings[int(status)])
+                leftover = described
+                for meaning in meanings[int(status)]:
+                    leftover = leftover.replace(meaning, "")
+                assert not leftover.strip(), (status, leftover)
+                retries = any(e.retry_after_s for e in HTTP_ERRORS.values()
+                              if e.status_code == int(status) and e.meaning in described)
+                assert ("Retry-After" in response.get("headers", {})) == retries
+    assert documented > 10
