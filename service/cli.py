@@ -8,10 +8,8 @@ so that `adain --help` and `adain <command> --help` answer without loading them.
 
 from __future__ import annotations
 
-import signal
 from enum import StrEnum
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -204,9 +202,7 @@ def serve(
         help="decoder.pth (env ADAIN_DECODER_PATH; default embedded).")] = None,
 ) -> None:
     """Start the HTTP service. Options override the ADAIN_* environment variables (see README)."""
-    import uvicorn
-
-    from service.main import create_app
+    from service.server import serve
     from service.settings import Settings
 
     given = {
@@ -215,19 +211,7 @@ def serve(
         "compile": compile_.value if compile_ else None, "encoder_path": encoder,
         "decoder_path": decoder,
     }
-    settings = Settings(**{name: value for name, value in given.items() if value is not None})
-    # uvicorn re-raises SIGTERM once its graceful shutdown is done; handled here, the process
-    # then exits 0, which is what service managers expect of a clean stop.
-    signal.signal(signal.SIGTERM, exit_cleanly)
-    # log_config=None: create_app installs the JSON logging; uvicorn must not replace it.
-    # limit_concurrency: connections and requests past ADAIN_MAX_CONNECTIONS get 503 at once.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
-                limit_concurrency=settings.max_connections,
-                timeout_keep_alive=settings.keep_alive_s)
-
-
-def exit_cleanly(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(0)
+    serve(Settings(**{name: value for name, value in given.items() if value is not None}))
 
 
 @app.command("train")

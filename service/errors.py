@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,6 +20,7 @@ from starlette.exceptions import HTTPException
 
 from models.errors import DomainError, InvalidInputError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
+from service.hardening import HostNotAllowedError
 from service.imaging import DecodeBudgetError, ImageTooLargeError, UnsupportedImageError
 from service.limits import BodyTimeoutError, BodyTooLargeError
 from service.registry import (
@@ -37,6 +39,14 @@ from service.security import (
 
 class MalformedRequestError(DomainError):
     """The request could not be parsed: a broken multipart body (400)."""
+
+
+class RequestLineTooLongError(DomainError):
+    """The request line (method, path, query) is longer than ADAIN_MAX_REQUEST_LINE_BYTES."""
+
+
+class HeadersTooLargeError(DomainError):
+    """The request's headers are larger than ADAIN_MAX_HEADER_BYTES (431)."""
 
 
 class MethodNotAllowedError(DomainError):
@@ -89,6 +99,21 @@ HTTP_ERRORS: dict[type[DomainError], HttpStatus] = {
         "The request body is larger than ADAIN_MAX_UPLOAD_BYTES; the connection is closed.",
         headers=CLOSE,
     ),
+    HostNotAllowedError: HttpStatus(
+        400,
+        "The Host header is missing, repeated, or not a name the server answers to "
+        "(ADAIN_ALLOWED_HOSTS).",
+    ),
+    RequestLineTooLongError: HttpStatus(
+        414,
+        "The request line is longer than ADAIN_MAX_REQUEST_LINE_BYTES; the connection is closed.",
+        headers=CLOSE,
+    ),
+    HeadersTooLargeError: HttpStatus(
+        431,
+        "The request's headers are larger than ADAIN_MAX_HEADER_BYTES; the connection is closed.",
+        headers=CLOSE,
+    ),
     StyleNotFoundError: HttpStatus(404, "No style with that id."),
     RouteNotFoundError: HttpStatus(404, "No such path."),
     MethodNotAllowedError: HttpStatus(
@@ -138,10 +163,17 @@ def statuses(*classes: type[DomainError]) -> list[HttpStatus]:
     return [HTTP_ERRORS[cls] for cls in classes or HTTP_ERRORS]
 
 
+# An error's detail may quote the client's input: never more than this many characters of it.
+MAX_DETAIL_CHARS = 500
+
+
 def error_response(
     status_code: int, detail: str, field: str | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    return JSONResponse({"detail": detail, "field": field}, status_code, headers=headers)
+    if len(detail) > MAX_DETAIL_CHARS:
+        detail = detail[: MAX_DETAIL_CHARS - 3] + "..."
+    body = {"detail": detail, "field": field[:MAX_DETAIL_CHARS] if field else field}
+    return JSONResponse(body, status_code, headers=headers)
 
 
 def http_status(error: DomainError) -> HttpStatus:
@@ -161,6 +193,16 @@ def domain_error_response(error: DomainError) -> JSONResponse:
         headers["Retry-After"] = str(retry_after)
     headers.update(getattr(error, "response_headers", {}))
     return error_response(status.status_code, error.detail, error.field, headers or None)
+
+
+def raw_error_response(error: DomainError) -> bytes:
+    """The whole HTTP/1.1 response for `error`, for the connection layer (`service.server`),
+    which answers before there is a request for the app."""
+    response = domain_error_response(error)
+    phrase = HTTPStatus(response.status_code).phrase
+    lines = [f"HTTP/1.1 {response.status_code} {phrase}".encode()]
+    lines += [name + b": " + value for name, value in response.raw_headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + bytes(response.body)
 
 
 def unexpected_error_response() -> JSONResponse:

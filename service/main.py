@@ -27,12 +27,13 @@ from service.cache import MemoryStatsCache, RedisStatsCache, StatsCache, encoder
 from service.deps import Services
 from service.engine import Engine, StylizeJob
 from service.errors import install_error_handlers
+from service.hardening import AllowedHosts, HostGuard, SecurityHeaders
 from service.imaging import ImageLimits, PixelBudget
 from service.limits import BodySizeLimit
 from service.logs import RequestContext, configure_logging
 from service.openapi import install_openapi, operation_id
 from service.registry import DiskRegistry, RedisRegistry, StyleRegistry
-from service.routes import ops, page, styles, stylize
+from service.routes import docs, ops, page, styles, stylize
 from service.routes.page import STATIC_DIR
 from service.security import Keys, OriginGuard, RateLimiter
 from service.settings import Settings
@@ -160,15 +161,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Real-time arbitrary style transfer (AdaIN, Huang & Belongie 2017)",
         lifespan=lifespan,
         generate_unique_id_function=operation_id,
+        # /docs is served locally (routes/docs.py); no redirect echoes the client's Host.
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
+        # Text fields are small; the count caps what a flood of them costs to parse.
+        form_limits={"max_part_size": settings.max_field_bytes, "max_fields": 100,
+                     "max_files": 32},
     )
     app.state.settings = settings
     app.state.keys = Keys(settings.user_keys, settings.admin_key_list)
     install_error_handlers(app)
     install_openapi(app)
-    # Each middleware added wraps the ones before: RequestContext, CORS, OriginGuard, body.
+    # Each middleware added wraps the ones before: RequestContext, security headers, Host,
+    # CORS, OriginGuard, body.
+    hosts = AllowedHosts(settings.allowed_host_list)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
                        timeout_s=settings.body_timeout_s)
-    app.add_middleware(OriginGuard, allowed=settings.cors_origin_list)
+    app.add_middleware(OriginGuard, allowed=settings.cors_origin_list, hosts=hosts)
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,
@@ -178,9 +188,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=list(EXPOSED_HEADERS),
             max_age=600,
         )
+    app.add_middleware(HostGuard, allowed=hosts)
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(RequestContext)  # added last: outermost, so it sees every response
-    for module in (stylize, styles, ops, page):
+    for module in (stylize, styles, ops, page, docs):
         app.include_router(module.router)
+    app.mount(docs.ASSETS_PATH, docs.docs_assets(), name="docs-assets")
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -7,6 +7,7 @@ from collections.abc import Coroutine
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from starlette.concurrency import run_in_threadpool
 
 from models.errors import InvalidInputError
 from service.deps import RegistryDep, StylizerDep
@@ -14,7 +15,7 @@ from service.imaging import OutputFormat
 from service.openapi import STYLIZE_RESPONSES
 from service.registry import StyleNotFoundError
 from service.security import UserDep
-from service.stylizer import StyleInput, StylizeRequest, check_counts
+from service.stylizer import MAX_STYLES, StyleInput, StylizeRequest, check_counts
 
 router = APIRouter(tags=["stylize"])
 
@@ -24,14 +25,22 @@ T = TypeVar("T")
 
 
 def parse_mix_weights(values: list[str]) -> list[float] | None:
-    """Repeated `weights` fields, or one comma-separated field, or both: one float per style."""
+    """Repeated `weights` fields, or one comma-separated field, or both: one float per style.
+    The count is checked before any number is parsed, and the error quotes 80 characters."""
     parts = [part.strip() for value in values for part in value.split(",") if part.strip()]
     if not parts:
         return None
+    if len(parts) > MAX_STYLES:
+        raise InvalidInputError(
+            f"weights: got {len(parts)} weights; send one per style (at most {MAX_STYLES})",
+            "weights",
+        )
     try:
         return [float(part) for part in parts]
     except ValueError:
-        raise InvalidInputError(f"weights: expected numbers, got {values!r}", "weights") from None
+        raise InvalidInputError(
+            f"weights: expected numbers, got {','.join(values)[:80]!r}", "weights"
+        ) from None
 
 
 async def disconnected(request: Request) -> None:
@@ -86,8 +95,10 @@ async def stylize(
     """Stylize `content` with the styles: uploaded `style` files first in the order sent, then
     the registered `style_id`s in the order sent; `weights` and `mask` follow that order."""
     # Counts first: reading 1000 registered style ids before refusing them costs memory.
+    # Off the event loop: parsing is bounded (ADAIN_MAX_FIELD_BYTES, 100 fields) but not free.
+    mix_weights = await run_in_threadpool(parse_mix_weights, weights or [])
     normalised_weights = check_counts(
-        len(style or []) + len(style_id or []), len(mask or []), parse_mix_weights(weights or [])
+        len(style or []) + len(style_id or []), len(mask or []), mix_weights
     )
     styles = [StyleInput(await f.read(), f"style[{i}]") for i, f in enumerate(style or [])]
     for index, id_ in enumerate(style_id or []):

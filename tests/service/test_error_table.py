@@ -16,13 +16,16 @@ from models.errors import DomainError, InvalidInputError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
 from service.errors import (
     HTTP_ERRORS,
+    HeadersTooLargeError,
     MalformedRequestError,
     MethodNotAllowedError,
     NotReadyError,
+    RequestLineTooLongError,
     RouteNotFoundError,
     UnexpectedError,
     install_error_handlers,
 )
+from service.hardening import HostNotAllowedError
 from service.imaging import DecodeBudgetError, ImageTooLargeError, UnsupportedImageError
 from service.limits import BodyTimeoutError, BodyTooLargeError
 from service.main import create_app  # imports every module that defines a domain error
@@ -55,6 +58,11 @@ CASES: list[tuple[DomainError, int, str | None]] = [
     (RouteNotFoundError("Not Found"), 404, None),
     (MethodNotAllowedError("Method Not Allowed", ["POST", "GET"]), 405, None),
     (UnexpectedError("internal server error"), 500, None),
+    (HostNotAllowedError("2 Host headers; send one"), 400, None),
+    (RequestLineTooLongError("the request line is longer than 8192 bytes "
+                             "(ADAIN_MAX_REQUEST_LINE_BYTES)"), 414, None),
+    (HeadersTooLargeError("the request's headers are larger than 32768 bytes "
+                          "(ADAIN_MAX_HEADER_BYTES)"), 431, None),
     (NotReadyError("the networks are still loading or warming up"), 503, "1"),
     (RateLimitedError("more than 3 requests in a minute (ADAIN_RATE_LIMIT)", 17), 429, "17"),
     (InvalidInputError("got 9 styles; send 1 to 8 (style files and style_ids together)",
@@ -112,7 +120,7 @@ def test_each_domain_error_has_its_status_body_and_retry_after(
     assert response.headers.get("retry-after") == retry_after
     if status == 401:
         assert response.headers["www-authenticate"].startswith("Bearer")
-    if status in (408, 413) and error.field is None:  # the rest of the body is not read
+    if status in (408, 413, 414, 431) and error.field is None:  # the rest is not read
         assert response.headers["connection"] == "close"
     if status == 405:
         assert response.headers["allow"] == "GET, POST"
