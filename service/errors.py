@@ -233,12 +233,20 @@ FRAMEWORK_ERRORS: dict[int, type[DomainError]] = {
 }
 
 
+# The multipart parser's limits, named by the setting that sets them.
+FORM_LIMIT_SETTINGS = {"Part exceeded maximum size": "ADAIN_MAX_FIELD_BYTES"}
+
+
 async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
+    detail = str(exc.detail)
     cls = FRAMEWORK_ERRORS.get(exc.status_code)
     if cls is None:  # a status no route raises; kept as Starlette chose it
-        return error_response(exc.status_code, str(exc.detail), None, exc.headers)
-    return domain_error_response(cls(str(exc.detail)))
+        return error_response(exc.status_code, detail, None, exc.headers)
+    for start, setting in FORM_LIMIT_SETTINGS.items():
+        if detail.startswith(start):
+            detail = f"{detail.rstrip('.')} per text field ({setting})"
+    return domain_error_response(cls(detail))
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -165,9 +165,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         redirect_slashes=False,
-        # Text fields are small; the count caps what a flood of them costs to parse.
-        form_limits={"max_part_size": settings.max_field_bytes, "max_fields": 100,
-                     "max_files": 32},
+        # Text fields are small: one past the limit is refused as it streams in (400).
+        form_limits={"max_part_size": settings.max_field_bytes},
     )
     app.state.settings = settings
     app.state.keys = Keys(settings.user_keys, settings.admin_key_list)

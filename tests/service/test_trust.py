@@ -294,6 +294,7 @@ def test_weights_errors_quote_little(trust_server: RunningServer, weights: str) 
 def test_a_text_field_over_the_limit_is_refused(trust_server: RunningServer) -> None:
     response = stylize(trust_server, data={"style_id": "a" * (17 * 1024)})
     assert response.status_code == 400
+    assert "ADAIN_MAX_FIELD_BYTES" in response.json()["detail"]
     assert len(response.content) < 1000
 
 
