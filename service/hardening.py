@@ -19,11 +19,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from models.errors import DomainError
 
 # Scripts, styles and pictures from this origin only (the docs' assets are served locally);
-# `blob:`/`data:` pictures: the page's previews and results, the docs' inline icons.
+# `blob:`/`data:` pictures: the page's previews and results, the docs' inline icons; `blob:`
+# media: videos the page made or received.
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
-    "frame-ancestors 'none'"
+    "media-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
 )
 SECURITY_HEADERS = (
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
