@@ -172,7 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keys = Keys(settings.user_keys, settings.admin_key_list)
     install_error_handlers(app)
     install_openapi(app)
-    # Each middleware added wraps the ones before: RequestContext, security headers, Host,
+    # Each middleware added wraps the ones before: security headers, RequestContext, Host,
     # CORS, OriginGuard, body.
     hosts = AllowedHosts(settings.allowed_host_list)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
@@ -188,8 +188,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_age=600,
         )
     app.add_middleware(HostGuard, allowed=hosts)
-    app.add_middleware(SecurityHeaders)
-    app.add_middleware(RequestContext)  # added last: outermost, so it sees every response
+    app.add_middleware(RequestContext)  # sees every response, errors of the middleware too
+    app.add_middleware(SecurityHeaders)  # outermost: on those errors as well
     for module in (stylize, styles, ops, page, docs):
         app.include_router(module.router)
     app.mount(docs.ASSETS_PATH, docs.docs_assets(), name="docs-assets")

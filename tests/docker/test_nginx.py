@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 import httpx
 
 from devkit.server import free_port
+from service.errors import domain_error_response
 from service.limits import BodySizeLimit
 from service.settings import Settings
 from tests.docker.deployfiles import (
@@ -34,15 +34,10 @@ def nginx_test(config: str, folder: Path) -> subprocess.CompletedProcess[str]:
 
 
 def service_413_body() -> dict[str, object]:
-    """What the service itself answers to a too large body (its ASGI middleware, run for real)."""
-    messages: list[dict[str, object]] = []
-
-    async def collect(message: dict[str, object]) -> None:
-        messages.append(message)
-
+    """What the service itself answers to a too large body: its middleware's error, through the
+    error table."""
     limit = BodySizeLimit(app=None, max_bytes=Settings().max_upload_bytes)  # type: ignore[arg-type]
-    asyncio.run(limit.refuse(collect))
-    return json.loads(messages[-1]["body"])  # type: ignore[arg-type]
+    return json.loads(bytes(domain_error_response(limit.too_large()).body))
 
 
 @needs_nginx

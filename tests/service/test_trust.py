@@ -312,15 +312,22 @@ def test_the_docs_load_nothing_from_other_origins(trust_server: RunningServer) -
     assert "SwaggerUIBundle" in httpx.get(f"{trust_server.url}/docs/start.js").text
 
 
-@pytest.mark.parametrize("path", ["/", "/docs", "/healthz", "/static/app.js"])
+@pytest.mark.parametrize("path", ["/", "/docs", "/healthz", "/static/app.js", "/nowhere"])
 def test_pages_cannot_be_framed_or_sniffed(trust_server: RunningServer, path: str) -> None:
-    response = httpx.get(f"{trust_server.url}{path}")
-    assert response.status_code == 200
+    response = httpx.get(f"{trust_server.url}{path}", headers={"Host": "localhost"})
+    assert response.status_code == (404 if path == "/nowhere" else 200)
     policy = response.headers["content-security-policy"]
     assert "frame-ancestors 'none'" in policy
     assert "script-src 'self'" in policy and "unsafe-inline" not in policy
     assert response.headers["x-frame-options"] == "DENY"
     assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_the_middlewares_errors_carry_the_headers_too(trust_server: RunningServer) -> None:
+    refused = httpx.get(f"{trust_server.url}/healthz", headers={"Host": REBIND})
+    assert refused.status_code == 400
+    assert refused.headers["x-content-type-options"] == "nosniff"
+    assert "x-request-id" in refused.headers
 
 
 CHROMIUM = Path("/usr/bin/chromium")
