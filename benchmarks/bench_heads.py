@@ -28,8 +28,15 @@ from devkit.server import free_port, stop, wait_until_ready
 
 SERVERS = {
     "adain serve (capped)": [sys.executable, "-m", "service.server"],
-    "plain uvicorn": [sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory",
-                      "--host", "127.0.0.1"],
+    "plain uvicorn": [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "service.main:create_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+    ],
 }
 
 
@@ -62,12 +69,20 @@ def flood(port: int, megabytes: int) -> tuple[int, bytes, socket.socket]:
 def measure(name: str, command: list[str], megabytes: int) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ADAIN_")}
-    env |= {"ADAIN_HOST": "127.0.0.1", "ADAIN_PORT": str(port), "ADAIN_DEVICE": "cpu",
-            "ADAIN_WARMUP": "false"}
+    env |= {
+        "ADAIN_HOST": "127.0.0.1",
+        "ADAIN_PORT": str(port),
+        "ADAIN_DEVICE": "cpu",
+        "ADAIN_WARMUP": "false",
+    }
     with tempfile.NamedTemporaryFile(suffix=".log", delete=False) as log:
-        process = subprocess.Popen([*command, "--port", str(port)] if "uvicorn" in command
-                                   else command, cwd=REPO, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [*command, "--port", str(port)] if "uvicorn" in command else command,
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_until_ready(f"http://127.0.0.1:{port}", process, 300, Path(log.name), ready=False)
         before = rss_mb(process.pid)
@@ -91,9 +106,11 @@ def measure(name: str, command: list[str], megabytes: int) -> None:
         prober.join()
         connection.close()
         status = answer.split(b" ", 2)[1].decode() if answer else "none yet"
-        print(f"{name:>22}: sent {sent / 2**20:7.1f} MiB, answer {status}, "
-              f"RSS +{grown:6.1f} MB with the connection open, /healthz slowest "
-              f"{slowest[0] * 1000:6.1f} ms")
+        print(
+            f"{name:>22}: sent {sent / 2**20:7.1f} MiB, answer {status}, "
+            f"RSS +{grown:6.1f} MB with the connection open, /healthz slowest "
+            f"{slowest[0] * 1000:6.1f} ms"
+        )
     finally:
         stop(process)
 

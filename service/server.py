@@ -51,9 +51,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
         if len(self.url) > self.max_request_line_bytes:
-            self.refuse(RequestLineTooLongError(
-                f"the request line is longer than {self.max_request_line_bytes} bytes "
-                "(ADAIN_MAX_REQUEST_LINE_BYTES)"))
+            self.refuse(
+                RequestLineTooLongError(
+                    f"the request line is longer than {self.max_request_line_bytes} bytes "
+                    "(ADAIN_MAX_REQUEST_LINE_BYTES)"
+                )
+            )
 
     def on_header(self, name: bytes, value: bytes) -> None:
         super().on_header(name, value)
@@ -77,9 +80,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def check_head(self, size: int) -> None:
         if size > self.max_head_bytes:
-            self.refuse(HeadersTooLargeError(
-                f"the request's headers are larger than {self.max_head_bytes} bytes "
-                "(ADAIN_MAX_HEADER_BYTES)"))
+            self.refuse(
+                HeadersTooLargeError(
+                    f"the request's headers are larger than {self.max_head_bytes} bytes "
+                    "(ADAIN_MAX_HEADER_BYTES)"
+                )
+            )
 
     def refuse(self, error: DomainError) -> None:
         self.refusal = error
@@ -97,10 +103,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
 
 def bounded_protocol(settings: Settings) -> type[BoundedHttpToolsProtocol]:
-    return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {
-        "max_request_line_bytes": settings.max_request_line_bytes,
-        "max_head_bytes": settings.max_header_bytes,
-    })
+    return type(
+        "BoundedHttpToolsProtocol",
+        (BoundedHttpToolsProtocol,),
+        {
+            "max_request_line_bytes": settings.max_request_line_bytes,
+            "max_head_bytes": settings.max_header_bytes,
+        },
+    )
 
 
 def uvicorn_config(settings: Settings) -> uvicorn.Config:

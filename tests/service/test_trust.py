@@ -38,18 +38,24 @@ REBIND = "rebind.attacker.example"
 
 
 @pytest.fixture(scope="module")
-def trust_server(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-                 ) -> Iterator[RunningServer]:
+def trust_server(
+    server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
     env = {**server_env, **LIMITS, "ADAIN_STYLES_DIR": str(tmp_path_factory.mktemp("trust"))}
     with running_server(env) as running:
         yield running
 
 
-def stylize(server: RunningServer, files: list[tuple[str, tuple[str, bytes]]] | None = None,
-            data: dict[str, str] | None = None, **kwargs: object) -> httpx.Response:
+def stylize(
+    server: RunningServer,
+    files: list[tuple[str, tuple[str, bytes]]] | None = None,
+    data: dict[str, str] | None = None,
+    **kwargs: object,
+) -> httpx.Response:
     files = files or [("content", ("c.png", CONTENT)), ("style", ("s.png", STYLE))]
-    return httpx.post(f"{server.url}/stylize", files=files, data={**SMALL, **(data or {})},
-                      timeout=120, **kwargs)  # type: ignore[arg-type]
+    return httpx.post(
+        f"{server.url}/stylize", files=files, data={**SMALL, **(data or {})}, timeout=120, **kwargs
+    )  # type: ignore[arg-type]
 
 
 def rss_mb(pid: int) -> float:
@@ -112,8 +118,9 @@ def flood(port: int, start: bytes, filler: bytes, most_bytes: int) -> tuple[byte
 
 def test_a_huge_header_is_431_without_reading_the_rest(trust_server: RunningServer) -> None:
     before = rss_mb(trust_server.process.pid)
-    answer, sent = flood(trust_server.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                         b"X-Flood: ", b"a", 64 * MIB)
+    answer, sent = flood(
+        trust_server.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Flood: ", b"a", 64 * MIB
+    )
     assert status_of(answer) == 431
     assert b"ADAIN_MAX_HEADER_BYTES" in answer and b"application/json" in answer
     assert sent < 4 * MIB  # answered at the limit, not after the 64 MiB the client had
@@ -146,11 +153,14 @@ def test_many_small_headers_add_up_to_431(trust_server: RunningServer) -> None:
 def test_a_rebound_host_name_is_refused(trust_server: RunningServer) -> None:
     """A page at http://rebind.attacker.example whose name now resolves to 127.0.0.1: Host
     and Origin are both the attacker's; keys are off."""
-    headers = {"Host": f"{REBIND}:{trust_server.port}",
-               "Origin": f"http://{REBIND}:{trust_server.port}"}
+    headers = {
+        "Host": f"{REBIND}:{trust_server.port}",
+        "Origin": f"http://{REBIND}:{trust_server.port}",
+    }
     styles_before = httpx.get(f"{trust_server.url}/styles").json()
-    registered = httpx.post(f"{trust_server.url}/styles", headers=headers,
-                            files={"file": ("s.png", STYLE)})
+    registered = httpx.post(
+        f"{trust_server.url}/styles", headers=headers, files={"file": ("s.png", STYLE)}
+    )
     assert registered.status_code == 400
     assert registered.json()["detail"].endswith("(ADAIN_ALLOWED_HOSTS lists the names it does)")
     read = httpx.get(f"{trust_server.url}/styles", headers={"Host": REBIND})
@@ -160,8 +170,9 @@ def test_a_rebound_host_name_is_refused(trust_server: RunningServer) -> None:
 
 @pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "LOCALHOST.", "[::1]"])
 def test_local_names_and_addresses_are_served(trust_server: RunningServer, host: str) -> None:
-    response = httpx.get(f"{trust_server.url}/healthz",
-                         headers={"Host": f"{host}:{trust_server.port}"})
+    response = httpx.get(
+        f"{trust_server.url}/healthz", headers={"Host": f"{host}:{trust_server.port}"}
+    )
     assert response.status_code == 200
 
 
@@ -169,18 +180,28 @@ def test_the_origin_must_be_an_allowed_host(trust_server: RunningServer) -> None
     """Even a request whose Host passed (an IP address) is refused when its Origin is the
     attacker's name; the server's own pages pass."""
     own = f"http://127.0.0.1:{trust_server.port}"
-    refused = httpx.post(f"{trust_server.url}/styles", headers={"Origin": f"http://{REBIND}"},
-                         files={"file": ("s.png", STYLE)})
+    refused = httpx.post(
+        f"{trust_server.url}/styles",
+        headers={"Origin": f"http://{REBIND}"},
+        files={"file": ("s.png", STYLE)},
+    )
     assert refused.status_code == 403
-    same = httpx.post(f"{trust_server.url}/styles", headers={"Origin": own},
-                      files={"file": ("s.png", encode(random_image(40, 40, seed=2403)))})
+    same = httpx.post(
+        f"{trust_server.url}/styles",
+        headers={"Origin": own},
+        files={"file": ("s.png", encode(random_image(40, 40, seed=2403)))},
+    )
     assert same.status_code in (200, 201)
 
 
 def test_allowed_hosts_is_a_setting(server_env: dict[str, str]) -> None:
-    env = {**server_env, "ADAIN_ALLOWED_HOSTS": "adain.example.com, *.svc.example",
-           "ADAIN_WARMUP": "false"}
+    env = {
+        **server_env,
+        "ADAIN_ALLOWED_HOSTS": "adain.example.com, *.svc.example",
+        "ADAIN_WARMUP": "false",
+    }
     with running_server(env) as server:
+
         def status(host: str) -> int:
             return httpx.get(f"{server.url}/healthz", headers={"Host": host}).status_code
 
@@ -206,9 +227,16 @@ def test_broken_exif_means_no_orientation(trust_server: RunningServer, fmt: str)
     content = with_broken_exif(random_image(64, 48, seed=2404), fmt)
     style = with_broken_exif(random_image(48, 48, seed=2405), fmt)
     mask = with_broken_exif(Image.new("L", (64, 48), 255), fmt)
-    response = stylize(trust_server, [
-        ("content", ("c", content)), ("style", ("s", style)), ("style", ("t", STYLE)),
-        ("mask", ("m", mask))], {"content_size": "0"})
+    response = stylize(
+        trust_server,
+        [
+            ("content", ("c", content)),
+            ("style", ("s", style)),
+            ("style", ("t", STYLE)),
+            ("mask", ("m", mask)),
+        ],
+        {"content_size": "0"},
+    )
     assert response.status_code == 200, response.text
     assert Image.open(io.BytesIO(response.content)).size == (64, 48)  # not rotated
     registered = httpx.post(f"{trust_server.url}/styles", files={"file": ("s", style)})
@@ -222,8 +250,9 @@ def test_broken_exif_means_no_orientation(trust_server: RunningServer, fmt: str)
 def batches_run(server: RunningServer) -> float:
     """Network passes so far, styles' statistics and stylizing together."""
     text = httpx.get(f"{server.url}/metrics").text
-    return sum(map(float, re.findall(r"^adain_inference_seconds_count\{.*\} (\S+)$", text,
-                                     re.MULTILINE)))
+    return sum(
+        map(float, re.findall(r"^adain_inference_seconds_count\{.*\} (\S+)$", text, re.MULTILINE))
+    )
 
 
 @pytest.mark.parametrize(("fmt", "width"), [("webp", 16400), ("jpeg", 65600)])
@@ -232,8 +261,11 @@ def test_an_output_past_the_encoders_limit_is_422_before_any_work(
 ) -> None:
     wide = encode(Image.new("RGB", (width, 16), (90, 120, 200)))
     before = batches_run(trust_server)
-    response = stylize(trust_server, [("content", ("c.png", wide)), ("style", ("s.png", STYLE))],
-                       {"content_size": "0", "format": fmt})
+    response = stylize(
+        trust_server,
+        [("content", ("c.png", wide)), ("style", ("s.png", STYLE))],
+        {"content_size": "0", "format": fmt},
+    )
     assert response.status_code == 422, response.text
     assert response.json()["field"] == "format"
     assert str(ENCODER_MAX_SIDE[fmt]) in response.json()["detail"]
@@ -340,15 +372,18 @@ def test_the_docs_render_offline_under_the_policy(trust_server: RunningServer) -
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM),
-                                             args=["--headless", "--no-sandbox"])
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox"]
+        )
         try:
             page = browser.new_page()
             foreign: list[str] = []
             problems: list[str] = []
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.route(re.compile(r"^(?!http://127\.0\.0\.1)"),
-                       lambda route: (foreign.append(route.request.url), route.abort()))
+            page.route(
+                re.compile(r"^(?!http://127\.0\.0\.1)"),
+                lambda route: (foreign.append(route.request.url), route.abort()),
+            )
             page.goto(f"{trust_server.url}/docs")
             page.get_by_text("/stylize").first.wait_for(timeout=20000)
             assert page.locator(".opblock").count() >= 5
@@ -387,9 +422,10 @@ def test_an_mpo_photo_is_served_as_its_first_picture(trust_server: RunningServer
 
 
 def over_the_limit(server: RunningServer, requests: int) -> list[int]:
-    return [httpx.get(f"{server.url}/styles",
-                      headers={"X-Forwarded-For": f"203.0.113.{i}"}).status_code
-            for i in range(requests)]
+    return [
+        httpx.get(f"{server.url}/styles", headers={"X-Forwarded-For": f"203.0.113.{i}"}).status_code
+        for i in range(requests)
+    ]
 
 
 def test_x_forwarded_for_does_not_move_the_rate_limit(server_env: dict[str, str]) -> None:
@@ -399,8 +435,12 @@ def test_x_forwarded_for_does_not_move_the_rate_limit(server_env: dict[str, str]
 
 
 def test_the_named_proxies_forwarded_for_is_the_client(server_env: dict[str, str]) -> None:
-    env = {**server_env, "ADAIN_RATE_LIMIT": "3", "ADAIN_WARMUP": "false",
-           "ADAIN_FORWARDED_ALLOW_IPS": "127.0.0.1"}
+    env = {
+        **server_env,
+        "ADAIN_RATE_LIMIT": "3",
+        "ADAIN_WARMUP": "false",
+        "ADAIN_FORWARDED_ALLOW_IPS": "127.0.0.1",
+    }
     with running_server(env, ready=False) as server:
         assert over_the_limit(server, 6) == [200] * 6  # six clients behind the proxy
 
@@ -409,21 +449,27 @@ def test_the_named_proxies_forwarded_for_is_the_client(server_env: dict[str, str
 
 
 def test_no_redirect_echoes_the_host(trust_server: RunningServer) -> None:
-    response = httpx.get(f"{trust_server.url}/healthz/",
-                         headers={"Host": f"localhost:{trust_server.port}"})
+    response = httpx.get(
+        f"{trust_server.url}/healthz/", headers={"Host": f"localhost:{trust_server.port}"}
+    )
     assert response.status_code == 404
     assert "location" not in response.headers
-    assert httpx.get(f"{trust_server.url}/healthz/",
-                     headers={"Host": "evil.example"}).status_code == 400
+    assert (
+        httpx.get(f"{trust_server.url}/healthz/", headers={"Host": "evil.example"}).status_code
+        == 400
+    )
 
 
-@pytest.mark.parametrize(("head", "status"), [
-    (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n", 400),
-    (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: 127.0.0.1\r\n\r\n", 400),
-    (b"GET /healthz HTTP/1.1\r\n\r\n", 400),
-    (b"GET /healthz HTTP/1.0\r\n\r\n", 200),
-    (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 200),
-])
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n", 400),
+        (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: 127.0.0.1\r\n\r\n", 400),
+        (b"GET /healthz HTTP/1.1\r\n\r\n", 400),
+        (b"GET /healthz HTTP/1.0\r\n\r\n", 200),
+        (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 200),
+    ],
+)
 def test_one_host_header(trust_server: RunningServer, head: bytes, status: int) -> None:
     answer = raw_request(trust_server.port, head)
     assert status_of(answer) == status, answer[:300]
