@@ -22,6 +22,7 @@ from models.errors import DomainError, InvalidInputError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
 from service.hardening import HostNotAllowedError
 from service.imaging import DecodeBudgetError, ImageTooLargeError, UnsupportedImageError
+from service.jobs.store import JobNotDoneError, JobNotFoundError
 from service.limits import BodyTimeoutError, BodyTooLargeError
 from service.registry import (
     RedisUnavailableError,
@@ -35,6 +36,7 @@ from service.security import (
     PermissionDeniedError,
     RateLimitedError,
 )
+from service.video import UnsupportedVideoError, VideoTooLargeError
 
 
 class MalformedRequestError(DomainError):
@@ -55,6 +57,14 @@ class MethodNotAllowedError(DomainError):
     def __init__(self, detail: str, allow: Iterable[str]) -> None:
         super().__init__(detail)
         self.response_headers = {"Allow": ", ".join(sorted(allow))}
+
+
+class RangeNotSatisfiableError(DomainError):
+    """A Range header the file cannot answer (416); `Content-Range` gives the file's size."""
+
+    def __init__(self, detail: str, size: int) -> None:
+        super().__init__(detail)
+        self.response_headers = {"Content-Range": f"bytes */{size}"}
 
 
 class RouteNotFoundError(DomainError):
@@ -115,6 +125,19 @@ HTTP_ERRORS: dict[type[DomainError], HttpStatus] = {
         headers=CLOSE,
     ),
     StyleNotFoundError: HttpStatus(404, "No style with that id."),
+    UnsupportedVideoError: HttpStatus(
+        415, "An upload is not a video the server can decode (container, codec)."
+    ),
+    VideoTooLargeError: HttpStatus(
+        413, "A video over the limits on its size, frames or duration (`detail` names the setting)."
+    ),
+    JobNotFoundError: HttpStatus(404, "No job with that id, or the job of another API key."),
+    JobNotDoneError: HttpStatus(
+        409,
+        "The job has no result: still queued or running, failed or canceled "
+        "(`GET /jobs/{id}` says which).",
+    ),
+    RangeNotSatisfiableError: HttpStatus(416, "The Range is not one the file can answer."),
     RouteNotFoundError: HttpStatus(404, "No such path."),
     MethodNotAllowedError: HttpStatus(
         405, "The path does not take this method: `Allow` lists those it does."

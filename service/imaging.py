@@ -174,7 +174,7 @@ def drop_unreadable_exif(image: Image.Image) -> None:
 
 
 def unsupported(field: str, found: str | None = None) -> UnsupportedImageError:
-    what = f"a {found} image" if found else "not an image Pillow can read"
+    what = f"a {found} image" if found else "not a readable image"
     return UnsupportedImageError(f"{field}: {what}; send PNG, JPEG or WebP", field)
 
 

@@ -32,23 +32,28 @@ class BodySizeLimit:
     cannot hold the connection longer than a stalled one.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 60.0) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 60.0,
+                 per_path: dict[str, tuple[int, str]] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+        # path -> (its own limit, the setting's name): video uploads are larger than images.
+        self.per_path = per_path or {}
 
-    def too_large(self) -> BodyTooLargeError:
-        return BodyTooLargeError(
-            f"request body larger than the limit of {self.max_bytes} bytes (ADAIN_MAX_UPLOAD_BYTES)"
-        )
+    def too_large(self, max_bytes: int | None = None, setting: str = "ADAIN_MAX_UPLOAD_BYTES"
+                  ) -> BodyTooLargeError:
+        limit = self.max_bytes if max_bytes is None else max_bytes
+        return BodyTooLargeError(f"request body larger than the limit of {limit} bytes ({setting})")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes, setting = self.per_path.get(scope["path"], (self.max_bytes,
+                                                               "ADAIN_MAX_UPLOAD_BYTES"))
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            raise self.too_large()
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            raise self.too_large(max_bytes, setting)
 
         received = 0
         failure: DomainError | None = None  # the body was too large or too slow
@@ -71,8 +76,8 @@ class BodySizeLimit:
             body_complete = not message.get("more_body", False)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    failure = self.too_large()
+                if received > max_bytes:
+                    failure = self.too_large(max_bytes, setting)
                     raise failure
             return message
 

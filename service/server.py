@@ -11,6 +11,7 @@ counts the bytes of each request's head as they arrive and answers 414 (request 
 from __future__ import annotations
 
 import signal
+import socket
 from types import FrameType
 
 import uvicorn
@@ -136,12 +137,13 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
     )
 
 
-def serve(settings: Settings) -> None:
-    """Serve until SIGTERM or Ctrl-C, then drain the requests in flight and exit 0."""
+def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> None:
+    """Serve (on `sockets` when the caller bound them) until SIGTERM or Ctrl-C, then drain the
+    requests in flight and exit 0."""
     # uvicorn re-raises SIGTERM once its graceful shutdown is done; handled here, the process
     # then exits 0, which is what service managers expect of a clean stop.
     signal.signal(signal.SIGTERM, exit_cleanly)
-    uvicorn.Server(uvicorn_config(settings)).run()
+    uvicorn.Server(uvicorn_config(settings)).run(sockets=sockets)
 
 
 def exit_cleanly(signum: int, frame: FrameType | None) -> None:

@@ -9,11 +9,11 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from models.errors import InvalidInputError
+from models.model import parse_mix_weights
 from service.deps import RegistryDep, StylizerDep
 from service.imaging import OutputFormat
 from service.openapi import STYLIZE_RESPONSES
-from service.registry import StyleNotFoundError
+from service.registry import StyleNotFoundError, StyleRegistry
 from service.security import UserDep
 from service.stylizer import MAX_STYLES, StyleInput, StylizeRequest, check_counts
 
@@ -24,23 +24,19 @@ CLIENT_CLOSED_REQUEST = 499
 T = TypeVar("T")
 
 
-def parse_mix_weights(values: list[str]) -> list[float] | None:
-    """Repeated `weights` fields, or one comma-separated field, or both: one float per style.
-    The count is checked before any number is parsed, and the error quotes 80 characters."""
-    parts = [part.strip() for value in values for part in value.split(",") if part.strip()]
-    if not parts:
-        return None
-    if len(parts) > MAX_STYLES:
-        raise InvalidInputError(
-            f"weights: got {len(parts)} weights; send one per style (at most {MAX_STYLES})",
-            "weights",
-        )
-    try:
-        return [float(part) for part in parts]
-    except ValueError:
-        raise InvalidInputError(
-            f"weights: expected numbers, got {','.join(values)[:80]!r}", "weights"
-        ) from None
+async def read_styles(style: list[UploadFile] | None, style_id: list[str] | None,
+                      registry: StyleRegistry) -> list[StyleInput]:
+    """The uploaded style files, then the registered styles, in the order sent (POST /stylize,
+    POST /jobs); an unknown id is a 404 naming `style_id`."""
+    styles = [StyleInput(await f.read(), f"style[{i}]") for i, f in enumerate(style or [])]
+    for index, id_ in enumerate(style_id or []):
+        data = await registry.image(id_)
+        if data is None:
+            raise StyleNotFoundError(
+                f"style_id[{index}]: no style with id {id_[:80]!r}", "style_id"
+            )
+        styles.append(StyleInput(data, f"style_id[{index}]"))
+    return styles
 
 
 async def disconnected(request: Request) -> None:
@@ -91,23 +87,20 @@ async def stylize(
     output_format: Annotated[OutputFormat, Form(alias="format", description="Output format."
                                                 )] = OutputFormat.png,
     quality: Annotated[int, Form(ge=1, le=100, description="JPEG/WebP quality.")] = 90,
+    model: Annotated[str | None, Form(
+        description="full or lite, among the models the service loaded (ADAIN_MODELS); "
+        "default ADAIN_MODEL. The answer names it in X-Adain-Model.")] = None,
 ) -> Response:
     """Stylize `content` with the styles: uploaded `style` files first in the order sent, then
     the registered `style_id`s in the order sent; `weights` and `mask` follow that order."""
-    # Counts first: reading 1000 registered style ids before refusing them costs memory.
-    # Off the event loop: parsing is bounded (ADAIN_MAX_FIELD_BYTES, 100 fields) but not free.
-    mix_weights = await run_in_threadpool(parse_mix_weights, weights or [])
+    # Counts and the model first: reading 1000 registered style ids before refusing them
+    # costs memory. Weights off the event loop: bounded (ADAIN_MAX_FIELD_BYTES) but not free.
+    chosen_model = stylizer.check_model(model)
+    mix_weights = await run_in_threadpool(parse_mix_weights, weights or [], MAX_STYLES)
     normalised_weights = check_counts(
         len(style or []) + len(style_id or []), len(mask or []), mix_weights
     )
-    styles = [StyleInput(await f.read(), f"style[{i}]") for i, f in enumerate(style or [])]
-    for index, id_ in enumerate(style_id or []):
-        data = await registry.image(id_)
-        if data is None:
-            raise StyleNotFoundError(
-                f"style_id[{index}]: no style with id {id_[:80]!r}", "style_id"
-            )
-        styles.append(StyleInput(data, f"style_id[{index}]"))
+    styles = await read_styles(style, style_id, registry)
     checked = StylizeRequest(
         content=await content.read(),
         styles=tuple(styles),
@@ -120,6 +113,7 @@ async def stylize(
         crop=crop,
         output_format=output_format,
         quality=quality,
+        model=chosen_model,
     )
     result = await unless_disconnected(request, stylizer.stylize(checked))
     if result is None:
@@ -132,6 +126,7 @@ async def stylize(
             "X-Inference-Time-Ms": f"{total_ms:.1f}",
             "X-Style-Cache": ",".join(result.cache),
             "X-Batch-Size": str(result.batch_size),
+            "X-Adain-Model": result.model,
             "Server-Timing": f"styles;dur={result.styles_ms:.1f}, "
                              f"stylize;dur={result.stylize_ms:.1f}",
         },

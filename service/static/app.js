@@ -261,6 +261,18 @@ async function stylize(event) {
     showError(missing);
     return;
   }
+  if (isVideoFile(content)) { // static/video.js: a job instead of one request
+    $("stylize").disabled = true;
+    try {
+      await submitVideo(content, styles);
+    } catch (error) {
+      setStatus("");
+      showError(error.message);
+    } finally {
+      $("stylize").disabled = false;
+    }
+    return;
+  }
 
   const form = new FormData();
   form.append("content", content);

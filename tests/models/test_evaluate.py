@@ -12,14 +12,15 @@ from PIL import Image
 from torch import Tensor
 from typer.testing import CliRunner
 
+from cli.app import app
 from devkit import reference_port as port
 from devkit.images import random_image
 from models import evaluate, images
 from models.data import is_held_out
 from models.evaluate import Losses, PairResult
 from models.model import StyleTransfer
+from models.pipeline import Pipeline
 from models.weights import load_model
-from service.cli import app
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +39,9 @@ def taps(net: StyleTransfer, batch: Tensor) -> list[Tensor]:
 
 def test_losses_are_the_paper_measures(net: StyleTransfer) -> None:
     content, style = image(40, 32, seed=1), image(32, 40, seed=2)
-    output, stylized, baseline = evaluate.evaluate_pair(net, content, style)
+    output, stylized, baseline = evaluate.evaluate_pair(Pipeline(net), content, style)
     with torch.inference_mode():
-        assert torch.equal(output, net.stylize(content, [style]))
+        assert torch.equal(output, Pipeline(net).stylize(content, [style]))
     # Written out with the port's formulas: t = AdaIN(f(c), f(s)); MSEs of means and stds.
     content_taps, style_taps, output_taps = (taps(net, x) for x in (content, style, output))
     target = port.adain(content_taps[-1], style_taps[-1])
@@ -66,7 +67,7 @@ def test_losses_are_the_paper_measures(net: StyleTransfer) -> None:
 
 def test_the_content_image_as_output_gives_the_baseline(net: StyleTransfer) -> None:
     content, style = image(40, 32, seed=3), image(24, 24, seed=4)
-    _, _, baseline = evaluate.evaluate_pair(net, content, style)
+    _, _, baseline = evaluate.evaluate_pair(Pipeline(net), content, style)
     (measured,) = evaluate.measure(net, content, style, content)
     assert measured.content == pytest.approx(baseline.content, rel=1e-5)
     assert measured.style == pytest.approx(baseline.style, rel=1e-5)
@@ -158,7 +159,8 @@ def test_eval_command_end_to_end(tmp_path: Path, reference_weights: tuple[Path, 
     net = load_model(*reference_weights)
     first = pairs[0]
     _, stylized, baseline = evaluate.evaluate_pair(
-        net, images.load(contents / first["content"], 32), images.load(styles / first["style"], 32)
+        Pipeline(net), images.load(contents / first["content"], 32),
+        images.load(styles / first["style"], 32),
     )
     assert first["output"]["content"] == pytest.approx(stylized.content, rel=1e-5)
     assert first["output"]["style"] == pytest.approx(stylized.style, rel=1e-5)
