@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from models.errors import DomainError, InvalidInputError
+from models.errors import DomainError, InvalidInputError, error_body
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
 from service.hardening import HostNotAllowedError
 from service.imaging import DecodeBudgetError, ImageTooLargeError, UnsupportedImageError
@@ -195,7 +195,7 @@ def error_response(
 ) -> JSONResponse:
     if len(detail) > MAX_DETAIL_CHARS:
         detail = detail[: MAX_DETAIL_CHARS - 3] + "..."
-    body = {"detail": detail, "field": field[:MAX_DETAIL_CHARS] if field else field}
+    body = error_body(detail, field[:MAX_DETAIL_CHARS] if field else field)
     return JSONResponse(body, status_code, headers=headers)
 
 

@@ -20,6 +20,7 @@ from service.errors import (
     MalformedRequestError,
     MethodNotAllowedError,
     NotReadyError,
+    RangeNotSatisfiableError,
     RequestLineTooLongError,
     RouteNotFoundError,
     UnexpectedError,
@@ -27,6 +28,7 @@ from service.errors import (
 )
 from service.hardening import HostNotAllowedError
 from service.imaging import DecodeBudgetError, ImageTooLargeError, UnsupportedImageError
+from service.jobs.store import JobNotDoneError, JobNotFoundError
 from service.limits import BodyTimeoutError, BodyTooLargeError
 from service.main import create_app  # imports every module that defines a domain error
 from service.registry import (
@@ -42,6 +44,7 @@ from service.security import (
     RateLimitedError,
 )
 from service.settings import Settings
+from service.video import UnsupportedVideoError, VideoTooLargeError
 
 # (error, status, Retry-After): the messages and fields are those the code raises.
 CASES: list[tuple[DomainError, int, str | None]] = [
@@ -58,6 +61,14 @@ CASES: list[tuple[DomainError, int, str | None]] = [
     (RouteNotFoundError("Not Found"), 404, None),
     (MethodNotAllowedError("Method Not Allowed", ["POST", "GET"]), 405, None),
     (UnexpectedError("internal server error"), 500, None),
+    (UnsupportedVideoError("video: not a video FFmpeg can read", "video"), 415, None),
+    (VideoTooLargeError("video: 9000 frames; the limit is 3000 (ADAIN_MAX_VIDEO_FRAMES)",
+                        "video"), 413, None),
+    (JobNotFoundError("job_id: no job with id 'abc'", "job_id"), 404, None),
+    (JobNotDoneError("job_id: job abc is running; the result is there once it has succeeded",
+                     "job_id"), 409, None),
+    (RangeNotSatisfiableError("Range 'bytes=9-' does not fit the file of 4 bytes", 4), 416,
+     None),
     (HostNotAllowedError("2 Host headers; send one"), 400, None),
     (RequestLineTooLongError("the request line is longer than 8192 bytes "
                              "(ADAIN_MAX_REQUEST_LINE_BYTES)"), 414, None),
@@ -124,6 +135,8 @@ def test_each_domain_error_has_its_status_body_and_retry_after(
         assert response.headers["connection"] == "close"
     if status == 405:
         assert response.headers["allow"] == "GET, POST"
+    if status == 416:
+        assert response.headers["content-range"] == "bytes */4"
 
 
 def test_every_domain_error_class_is_in_the_table() -> None:
@@ -134,7 +147,7 @@ def test_every_domain_error_class_is_in_the_table() -> None:
 
 def test_no_module_but_service_errors_builds_an_error_body() -> None:
     """Every error body and status comes from the table: no other module builds a JSON answer
-    (JSONResponse, `error_response`, a dict with a `detail` key)."""
+    (JSONResponse, `error_response`, a dict with `detail` and `field` keys)."""
     offenders = set()
     for path in (REPO / "service").rglob("*.py"):
         if path == REPO / "service" / "errors.py":
@@ -142,9 +155,8 @@ def test_no_module_but_service_errors_builds_an_error_body() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             name = node.id if isinstance(node, ast.Name) else getattr(node, "attr", None)
             keys = node.keys if isinstance(node, ast.Dict) else []
-            if name in ("JSONResponse", "error_response") or any(
-                isinstance(key, ast.Constant) and key.value == "detail" for key in keys
-            ):
+            names = {key.value for key in keys if isinstance(key, ast.Constant)}
+            if name in ("JSONResponse", "error_response") or {"detail", "field"} <= names:
                 offenders.add(f"{path.relative_to(REPO)}:{node.lineno}")  # type: ignore[attr-defined]
     assert not offenders
 
