@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import errno
-import signal
 import socket
 from pathlib import Path
-from types import FrameType
 from typing import Annotated
 
 import typer
@@ -49,9 +47,7 @@ def serve(
     ] = None,
 ) -> None:
     """Start the HTTP service. Options override the ADAIN_* environment variables (see README)."""
-    import uvicorn
-
-    from service.main import create_app
+    from service.server import serve as serve_app
     from service.settings import Settings
 
     given = {
@@ -67,20 +63,8 @@ def serve(
     settings = Settings(**{name: value for name, value in given.items() if value is not None})
     # Bound before the networks load: a taken port is said at once, in one line.
     listening = bind(settings.host, settings.port)
-    # uvicorn re-raises SIGTERM once its graceful shutdown is done; handled here, the process
-    # then exits 0, which is what service managers expect of a clean stop.
-    signal.signal(signal.SIGTERM, exit_cleanly)
-    # log_config=None: create_app installs the JSON logging; uvicorn must not replace it.
-    # limit_concurrency: connections and requests past ADAIN_MAX_CONNECTIONS get 503 at once.
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        limit_concurrency=settings.max_connections,
-        timeout_keep_alive=settings.keep_alive_s,
-    )
-    uvicorn.Server(config).run(sockets=[listening])
+    # uvicorn with the service's options (request-head limits, forwarded headers, connections).
+    serve_app(settings, sockets=[listening])
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -100,7 +84,3 @@ def bind(host: str, port: int) -> socket.socket:
         raise InputError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     listening.set_inheritable(True)
     return listening
-
-
-def exit_cleanly(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(0)

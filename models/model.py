@@ -160,17 +160,23 @@ def coral(source: Tensor, target: Tensor) -> Tensor:
 # --- the paper's user controls -------------------------------------------------------------
 
 
-def parse_mix_weights(values: Sequence[str]) -> list[float] | None:
+def parse_mix_weights(values: Sequence[str], max_count: int | None = None) -> list[float] | None:
     """Style-mix weights as typed: repeated values, comma-separated ones ('1,2,1'), or both;
-    None when there are none. The command's `--weights` and the form's `weights` both."""
+    None when there are none. The command's `--weights` and the form's `weights` both.
+    More than `max_count` are refused before any is parsed; an error quotes 80 characters."""
     parts = [part.strip() for value in values for part in value.split(",") if part.strip()]
     if not parts:
         return None
+    if max_count is not None and len(parts) > max_count:
+        raise InvalidInputError(
+            f"weights: got {len(parts)} weights; send one per style (at most {max_count})",
+            "weights",
+        )
     try:
         return [float(part) for part in parts]
     except ValueError:
         raise InvalidInputError(
-            f"weights: expected numbers separated by commas, got {', '.join(values)!r}",
+            f"weights: expected numbers separated by commas, got {', '.join(values)[:80]!r}",
             "weights",
         ) from None
 

@@ -34,6 +34,7 @@ from service.cache import (
 from service.deps import Services
 from service.engine import Engine, StylizeJob
 from service.errors import install_error_handlers
+from service.hardening import AllowedHosts, HostGuard, SecurityHeaders
 from service.imaging import ImageLimits, PixelBudget
 from service.jobs.local import LocalRunner
 from service.jobs.run import JobSettings
@@ -42,7 +43,7 @@ from service.limits import BodySizeLimit
 from service.logs import RequestContext, configure_logging
 from service.openapi import install_openapi, operation_id
 from service.registry import DiskRegistry, RedisRegistry, StyleRegistry
-from service.routes import jobs, ops, page, styles, stylize
+from service.routes import docs, jobs, ops, page, styles, stylize
 from service.routes.page import STATIC_DIR
 from service.security import Keys, OriginGuard, RateLimiter
 from service.settings import Settings
@@ -194,16 +195,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Real-time arbitrary style transfer (AdaIN, Huang & Belongie 2017)",
         lifespan=lifespan,
         generate_unique_id_function=operation_id,
+        # /docs is served locally (routes/docs.py); no redirect echoes the client's Host.
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
+        # Text fields are small: one past the limit is refused as it streams in (400).
+        form_limits={"max_part_size": settings.max_field_bytes},
     )
     app.state.settings = settings
     app.state.keys = Keys(settings.user_keys, settings.admin_key_list)
     install_error_handlers(app)
     install_openapi(app)
-    # Each middleware added wraps the ones before: RequestContext, CORS, OriginGuard, body.
+    # Each middleware added wraps the ones before: security headers, RequestContext, Host,
+    # CORS, OriginGuard, body.
+    hosts = AllowedHosts(settings.allowed_host_list)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
                        timeout_s=settings.body_timeout_s,
                        per_path={"/jobs": (settings.max_video_bytes, "ADAIN_MAX_VIDEO_BYTES")})
-    app.add_middleware(OriginGuard, allowed=settings.cors_origin_list)
+    app.add_middleware(OriginGuard, allowed=settings.cors_origin_list, hosts=hosts)
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,
@@ -213,9 +222,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=list(EXPOSED_HEADERS),
             max_age=600,
         )
-    app.add_middleware(RequestContext)  # added last: outermost, so it sees every response
-    for module in (stylize, styles, jobs, ops, page):
+    app.add_middleware(HostGuard, allowed=hosts)
+    app.add_middleware(RequestContext)  # sees every response, errors of the middleware too
+    app.add_middleware(SecurityHeaders)  # outermost: on those errors as well
+    for module in (stylize, styles, jobs, ops, page, docs):
         app.include_router(module.router)
+    app.mount(docs.ASSETS_PATH, docs.docs_assets(), name="docs-assets")
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -94,6 +94,17 @@ class Settings(BaseSettings):
         description="uvicorn limit_concurrency: more concurrent connections and requests get 503",
     )
     keep_alive_s: int = Field(5, ge=1, description="uvicorn timeout_keep_alive: idle connections")
+    # Each request's head, counted as it arrives (service/server.py): 414 / 431 past them.
+    max_request_line_bytes: int = Field(8 * 1024, ge=256, description="method, path and query")
+    max_header_bytes: int = Field(32 * 1024, ge=1024, description="request line and headers")
+    # Text form fields (weights, style_id, name...); files are bounded by max_upload_bytes.
+    max_field_bytes: int = Field(16 * 1024, ge=64, description="per text form field")
+
+    # Host names the server answers to (docs/security.md): IP addresses always; `*` any name.
+    allowed_hosts: str = Field("localhost", description="the DNS names clients use for it")
+    # Proxies whose X-Forwarded-For / -Proto are believed (uvicorn forwarded_allow_ips):
+    # addresses or networks, `*` any; empty: none, the peer's address is the client's.
+    forwarded_allow_ips: str = Field("", description="proxies trusted for X-Forwarded-*")
 
     # Video jobs (docs/video.md): state, inputs and results on disk, shared by the service and
     # any worker that mounts the folder.
@@ -186,6 +197,14 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [origin.rstrip("/") for origin in split_list(self.cors_origins)]
+
+    @property
+    def allowed_host_list(self) -> list[str]:
+        return [host.lower() for host in split_list(self.allowed_hosts)]
+
+    @property
+    def forwarded_allow_ip_list(self) -> list[str]:
+        return split_list(self.forwarded_allow_ips)
 
     @field_validator("tile_size")
     @classmethod

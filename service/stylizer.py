@@ -27,6 +27,7 @@ from service.imaging import (
     ImageLimits,
     OutputFormat,
     PixelBudget,
+    check_encodable,
     check_prepared_size,
     encode_image,
     header_pixels,
@@ -89,11 +90,14 @@ def check_counts(n_styles: int, n_masks: int, weights: list[float] | None) -> Te
     return normalise_mix_weights(weights, n_styles)
 
 
-def prepare_content(data: bytes, size: int, crop: bool, limits: ImageLimits
-                    ) -> tuple[Tensor, tuple[int, int]]:
-    """The content tensor and the upright size (width, height) of the uploaded image."""
+def prepare_content(data: bytes, size: int, crop: bool, output_format: OutputFormat,
+                    limits: ImageLimits) -> tuple[Tensor, tuple[int, int]]:
+    """The content tensor and the upright size (width, height) of the uploaded image; refuses
+    an output the format cannot encode before any network runs."""
     upright = images.to_rgb(open_image(data, "content", limits))
     check_prepared_size(upright.size, size, crop, "content_size", limits)
+    height, width = images.prepared_size(*upright.size, size, crop)
+    check_encodable(width, height, output_format.value)
     return images.rgb_to_tensor(upright, size, crop), upright.size
 
 
@@ -146,7 +150,8 @@ class Stylizer:
         model = self.check_model(request.model)
         content, upright_size = await self.decode_budget.decode(
             header_pixels(request.content), "content",
-            prepare_content, request.content, request.content_size, request.crop, self.limits,
+            prepare_content, request.content, request.content_size, request.crop,
+            request.output_format, self.limits,
         )
         grid = (content.shape[-2], content.shape[-1])
         masks = None

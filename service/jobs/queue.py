@@ -23,6 +23,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import TimeLimit
 from torch import Tensor
 
+from models.errors import error_body
 from models.model import StyleMix
 from service import metrics
 from service.engine import Engine
@@ -226,7 +227,7 @@ def job_handlers(
 
     def give_up(job_id: str, reason: str) -> None:
         def fail(record: JobRecord) -> None:
-            record.status, record.error = JobStatus.failed, {"detail": reason, "field": None}
+            record.status, record.error = JobStatus.failed, error_body(reason, None)
 
         if store.get(job_id) is None:
             return

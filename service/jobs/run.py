@@ -23,7 +23,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from models.errors import DomainError
+from models.errors import DomainError, error_body
 from models.model import Masks, StyleMix
 from models.pipeline import Pipeline
 from service.imaging import ImageLimits
@@ -247,7 +247,7 @@ def _run_claimed(
 
 def _fail(store: JobStore, job_id: str, detail: str, field: str | None) -> JobRecord:
     def fail(r: JobRecord) -> None:
-        r.status, r.error = JobStatus.failed, {"detail": detail, "field": field}
+        r.status, r.error = JobStatus.failed, error_body(detail, field)
 
     record = store.update(job_id, fail)
     store.remove_work(job_id)

@@ -23,21 +23,33 @@ from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from models.model import parse_mix_weights
 from service.deps import RegistryDep, ServicesDep
-from service.errors import error_response
+from service.errors import RangeNotSatisfiableError
 from service.jobs.store import JobNotDoneError, JobNotFoundError, JobRecord, JobStatus, JobStore
 from service.jobs.submit import create_job
-from service.openapi import BINARY, ErrorBody, Responses, error_responses, header
+from service.openapi import (
+    BINARY,
+    GUARDED,
+    STORE,
+    UPLOAD,
+    ErrorBody,
+    Responses,
+    error_responses,
+    header,
+)
+from service.registry import StyleNotFoundError
 from service.routes.stylize import read_styles
 from service.security import (
     AuthenticationError,
     Caller,
+    PermissionDeniedError,
+    RateLimitedError,
     Role,
     UserDep,
     authenticate,
     client_address,
 )
-from service.stylizer import check_counts
-from service.video import VideoLimits
+from service.stylizer import MAX_STYLES, check_counts
+from service.video import UnsupportedVideoError, VideoLimits, VideoTooLargeError
 
 router = APIRouter(tags=["jobs"])
 
@@ -98,28 +110,6 @@ async def visible_job(job_id: str, caller: Caller, store: JobStore) -> JobRecord
     return record
 
 
-JOB_ERROR_MEANINGS = {
-    404: "No style with a `style_id`.",
-    413: "The request body is larger than ADAIN_MAX_VIDEO_BYTES, the video has more frames, "
-    "seconds or pixels per frame than ADAIN_MAX_VIDEO_FRAMES / _DURATION_S / _FRAME_PIXELS, "
-    "or an image more pixels than ADAIN_MAX_IMAGE_PIXELS.",
-    415: "The video is not one FFmpeg can read, has no video stream or is truncated (`field`: "
-    "`video`), or a style or mask is not a PNG, JPEG or WebP image.",
-}
-
-
-def job_errors(*statuses: int) -> Responses:
-    """`error_responses` with what the statuses mean for a video submission."""
-    responses = error_responses(*statuses)
-    for status, meaning in JOB_ERROR_MEANINGS.items():
-        if status in responses:
-            responses[status]["description"] = meaning
-    return responses
-
-
-JOB_NOT_FOUND: Responses = {
-    404: {"model": ErrorBody, "description": "No job with that id, or the job of another API key."}
-}
 SUBMIT_RESPONSES: Responses = {
     202: {
         "description": "Accepted: the job is queued.",
@@ -127,9 +117,12 @@ SUBMIT_RESPONSES: Responses = {
             "Location": header("`/jobs/{id}`: where to follow the job.", {"type": "string"})
         },
     },
-    **job_errors(400, 404, 408, 413, 415, 422, 503, 401, 403, 429),
+    **error_responses(
+        *UPLOAD, UnsupportedVideoError, VideoTooLargeError, StyleNotFoundError, *STORE, *GUARDED
+    ),
 }
-VIEW_ERRORS: Responses = {**error_responses(401, 429), **JOB_NOT_FOUND}
+VIEWING = (AuthenticationError, RateLimitedError, JobNotFoundError)
+VIEW_ERRORS: Responses = error_responses(*VIEWING)
 RESULT_RESPONSES: Responses = {
     200: {
         "description": "The stylized video (MP4, H.264). Range requests are answered with 206.",
@@ -141,13 +134,7 @@ RESULT_RESPONSES: Responses = {
         "content": {"video/mp4": {"schema": {**BINARY, "contentMediaType": "video/mp4"}}},
         "headers": {"Content-Range": header("The range sent.", {"type": "string"})},
     },
-    409: {
-        "model": ErrorBody,
-        "description": "The job has no result: still queued or running, "
-        "failed or canceled (`GET /jobs/{id}` says which).",
-    },
-    416: {"model": ErrorBody, "description": "The Range is not one the file can answer."},
-    **VIEW_ERRORS,
+    **error_responses(*VIEWING, JobNotDoneError, RangeNotSatisfiableError),
 }
 EVENTS_RESPONSES: Responses = {
     200: {
@@ -214,7 +201,8 @@ async def submit_job(
     """Stylize a video as a job: 202 at once with its id and `Location`; the frames keep the
     video's count, rate, timing and audio. Style fields as for /stylize."""
     normalised = check_counts(
-        len(style or []) + len(style_id or []), len(mask or []), parse_mix_weights(weights or [])
+        len(style or []) + len(style_id or []), len(mask or []),
+        parse_mix_weights(weights or [], MAX_STYLES),
     )
     styles = await read_styles(style, style_id, registry, caller)
     masks = [await m.read() for m in mask or []]
@@ -252,7 +240,8 @@ async def submit_job(
     return JobState(**record.public())
 
 
-@router.get("/jobs", response_model=JobList, responses=error_responses(401, 429))
+@router.get("/jobs", response_model=JobList,
+            responses=error_responses(AuthenticationError, RateLimitedError))
 async def list_jobs(caller: ViewerDep, store: StoreDep) -> JobList:
     """The caller's jobs (with an admin key, or keys off: every job), oldest first."""
     records = await run_in_threadpool(store.jobs)
@@ -315,12 +304,9 @@ async def job_result(job_id: str, request: Request, caller: ViewerDep, store: St
             # Starlette's own parser, so that what it would refuse in plain text gets JSON.
             FileResponse._parse_range_header(requested, size)
         except (MalformedRangeHeader, RangeNotSatisfiable):
-            return error_response(
-                416,
-                f"Range {requested[:80]!r} does not fit the file of {size} bytes",
-                None,
-                {"Content-Range": f"bytes */{size}"},
-            )
+            raise RangeNotSatisfiableError(
+                f"Range {requested[:80]!r} does not fit the file of {size} bytes", size
+            ) from None
     return FileResponse(
         path,
         media_type="video/mp4",
@@ -333,7 +319,7 @@ async def job_result(job_id: str, request: Request, caller: ViewerDep, store: St
     "/jobs/{job_id}",
     status_code=204,
     response_class=Response,
-    responses={**VIEW_ERRORS, 403: error_responses(403)[403]},
+    responses=error_responses(*VIEWING, PermissionDeniedError),
 )
 async def delete_job(job_id: str, caller: ViewerDep, services: ServicesDep) -> Response:
     """A queued or running job: canceled (its partial output removed within a second or two;

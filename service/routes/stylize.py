@@ -7,6 +7,7 @@ from collections.abc import Coroutine
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from starlette.concurrency import run_in_threadpool
 
 from models.model import parse_mix_weights
 from service.deps import RegistryDep, StylizerDep
@@ -16,7 +17,7 @@ from service.openapi import STYLIZE_RESPONSES
 from service.registry import StyleNotFoundError, StyleRegistry
 from service.routes.styles import find_style
 from service.security import Caller, UserDep
-from service.stylizer import StyleInput, StylizeRequest, check_counts
+from service.stylizer import MAX_STYLES, StyleInput, StylizeRequest, check_counts
 
 router = APIRouter(tags=["stylize"])
 
@@ -107,10 +108,11 @@ async def stylize(
     """Stylize `content` with the styles: uploaded `style` files first in the order sent, then
     the registered `style_id`s in the order sent; `weights` and `mask` follow that order."""
     # Counts and the model first: reading 1000 registered style ids before refusing them
-    # costs memory.
+    # costs memory. Weights off the event loop: bounded (ADAIN_MAX_FIELD_BYTES) but not free.
     chosen_model = stylizer.check_model(model)
+    mix_weights = await run_in_threadpool(parse_mix_weights, weights or [], MAX_STYLES)
     normalised_weights = check_counts(
-        len(style or []) + len(style_id or []), len(mask or []), parse_mix_weights(weights or [])
+        len(style or []) + len(style_id or []), len(mask or []), mix_weights
     )
     styles = await read_styles(style, style_id, registry, caller)
     checked = StylizeRequest(

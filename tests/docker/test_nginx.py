@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import socket
@@ -12,6 +11,7 @@ from pathlib import Path
 import httpx
 
 from devkit.server import free_port
+from service.errors import domain_error_response
 from service.limits import BodySizeLimit
 from service.settings import Settings
 from tests.docker.deployfiles import (
@@ -37,15 +37,10 @@ def nginx_test(config: str, folder: Path) -> subprocess.CompletedProcess[str]:
 def service_413_body(
     max_bytes: int = Settings().max_upload_bytes, setting: str = "ADAIN_MAX_UPLOAD_BYTES"
 ) -> dict[str, object]:
-    """What the service itself answers to a too large body (its ASGI middleware, run for real)."""
-    messages: list[dict[str, object]] = []
-
-    async def collect(message: dict[str, object]) -> None:
-        messages.append(message)
-
+    """What the service itself answers to a too large body: its middleware's error, through the
+    error table."""
     limit = BodySizeLimit(app=None, max_bytes=max_bytes)  # type: ignore[arg-type]
-    asyncio.run(limit.refuse(collect, max_bytes, setting))
-    return json.loads(messages[-1]["body"])  # type: ignore[arg-type]
+    return json.loads(bytes(domain_error_response(limit.too_large(max_bytes, setting)).body))
 
 
 def video_413_body() -> dict[str, object]:
