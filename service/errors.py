@@ -14,11 +14,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope, Send
 
 from models.errors import DomainError, InvalidInputError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
 from service.imaging import DecodeBudgetError, ImageTooLargeError, UnsupportedImageError
 from service.limits import BodyTimeoutError
+from service.live import LiveBusyError, LiveIdleError
 from service.registry import (
     RedisUnavailableError,
     StorageFullError,
@@ -59,7 +61,11 @@ HTTP_ERRORS: dict[type[DomainError], HttpStatus] = {
     RedisUnavailableError: HttpStatus(503, retry_after_s=2),
     StorageUnavailableError: HttpStatus(503, retry_after_s=10),
     StorageFullError: HttpStatus(507, retry_after_s=60),
+    LiveIdleError: HttpStatus(408),
+    LiveBusyError: HttpStatus(503, retry_after_s=5),
 }
+# A WebSocket closed for an error (the live feed): close code 4000 + the error's HTTP status.
+WEBSOCKET_CLOSE_BASE = 4000
 
 
 def error_response(
@@ -84,6 +90,30 @@ def domain_error_response(error: DomainError) -> JSONResponse:
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
     return error_response(status.status_code, error.detail, error.field, headers or None)
+
+
+def websocket_error(error: DomainError) -> tuple[dict[str, object], int]:
+    """A domain error on a WebSocket: its JSON message (the HTTP error body with the status and
+    the retry hint) and the close code for when the stream ends with it."""
+    status = http_status(error)
+    message: dict[str, object] = {
+        "detail": error.detail,
+        "field": error.field,
+        "status": status.status_code,
+    }
+    retry_after = getattr(error, "retry_after_s", None) or status.retry_after_s
+    if retry_after is not None:
+        message["retry_after_s"] = retry_after
+    return message, WEBSOCKET_CLOSE_BASE + status.status_code
+
+
+async def refuse_handshake(scope: Scope, receive: Receive, send: Send, error: DomainError) -> None:
+    """Answers a WebSocket handshake with the error's HTTP status and JSON body (the ASGI
+    denial response; uvicorn has it), or refuses it with a bare 403 where the server has not."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await domain_error_response(error)(scope, receive, send)
+    else:
+        await send({"type": "websocket.close", "code": websocket_error(error)[1]})
 
 
 async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse:

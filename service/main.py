@@ -29,10 +29,11 @@ from service.engine import Engine, StylizeJob
 from service.errors import install_error_handlers
 from service.imaging import ImageLimits, PixelBudget
 from service.limits import BodySizeLimit
+from service.live import LiveSessions
 from service.logs import RequestContext, configure_logging
 from service.openapi import install_openapi, operation_id
 from service.registry import DiskRegistry, RedisRegistry, StyleRegistry
-from service.routes import ops, page, styles, stylize
+from service.routes import live, ops, page, styles, stylize
 from service.routes.page import STATIC_DIR
 from service.security import Keys, OriginGuard, RateLimiter
 from service.settings import Settings
@@ -163,6 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.keys = Keys(settings.user_keys, settings.admin_key_list)
+    app.state.live_sessions = LiveSessions(settings.live_max_sessions)
     install_error_handlers(app)
     install_openapi(app)
     # Each middleware added wraps the ones before: RequestContext, CORS, OriginGuard, body.
@@ -179,7 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_age=600,
         )
     app.add_middleware(RequestContext)  # added last: outermost, so it sees every response
-    for module in (stylize, styles, ops, page):
+    for module in (stylize, styles, ops, page, live):
         app.include_router(module.router)
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

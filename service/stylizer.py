@@ -150,7 +150,8 @@ class Stylizer:
         stats, cache_results, styles_ms = [], [], 0.0
         for style in request.styles:
             style_stats, result, ms = await self.style_statistics(
-                style, request, content if request.preserve_color else None
+                style, request.style_size, request.crop,
+                content if request.preserve_color else None,
             )
             stats.append(style_stats)
             cache_results.append(result)
@@ -172,21 +173,22 @@ class Stylizer:
         )
 
     async def style_statistics(
-        self, style: StyleInput, request: StylizeRequest, recolour_to: Tensor | None
+        self, style: StyleInput, size: int, crop: bool, recolour_to: Tensor | None = None
     ) -> tuple[StyleStats, str, float]:
-        """(statistics, "hit" | "miss" | "bypass", network ms). Colour preservation recolours
-        the style to each content, so those statistics are neither looked up nor stored."""
+        """(statistics, "hit" | "miss" | "bypass", network ms) of the style prepared at `size`
+        (and `crop`). Colour preservation recolours the style to each content, so those
+        statistics are neither looked up nor stored."""
         key = None
         if recolour_to is None:
             digest = hashlib.sha256(style.data).hexdigest()
-            key = stats_key(digest, request.style_size, request.crop, self.encoder_fingerprint)
+            key = stats_key(digest, size, crop, self.encoder_fingerprint)
             cached = await self.cache.get(key)
             if cached is not None:
                 metrics.STYLE_CACHE.labels("hit").inc()
                 return cached, "hit", 0.0
         tensor = await self.decode_budget.decode(
             header_pixels(style.data), style.field,
-            prepare_style, style, request.style_size, request.crop, self.limits,
+            prepare_style, style, size, crop, self.limits,
         )
         computed = await self.engine.style_statistics(tensor, recolour_to)
         if key is not None:
