@@ -1,8 +1,8 @@
 """A client of the live feed (WebSocket /live) for tests and benchmarks, on `websockets`' sync API.
 
-    with live_stream(server.url, {"style_id": style, "size": 256}) as stream:
-        stream.send_frame(jpeg_bytes)
-        header, image = stream.result()      # {"frame": 0, "dropped": 0, ...}, JPEG bytes
+with live_stream(server.url, {"style_id": style, "size": 256}) as stream:
+    stream.send_frame(jpeg_bytes)
+    header, image = stream.result()      # {"frame": 0, "dropped": 0, ...}, JPEG bytes
 """
 
 from __future__ import annotations
@@ -59,8 +59,13 @@ def live_connection(
 ) -> Iterator[ClientConnection]:
     """The open WebSocket (no message sent yet). No compression: frames are JPEGs already."""
     with connect(
-        live_url(http_url), origin=origin, additional_headers=headers, compression=None,
-        max_size=64 * 1024 * 1024, open_timeout=30, proxy=None,
+        live_url(http_url),
+        origin=origin,
+        additional_headers=headers,
+        compression=None,
+        max_size=64 * 1024 * 1024,
+        open_timeout=30,
+        proxy=None,
     ) as connection:
         yield connection
 

@@ -57,8 +57,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("service.live")
 
-# The style's statistics are taken at /stylize's default style_size, so both share the cache.
-STYLE_SIZE = 512
 # A settings message is a few fields; a longer text is refused unread.
 MAX_TEXT_BYTES = 4096
 # Errors after which the stream cannot go on: it is closed after their message.
@@ -83,6 +81,8 @@ class LiveConfig(BaseModel):
     style_id: str = Field(min_length=1, max_length=200, description="a registered style")
     alpha: float = Field(1.0, ge=0.0, le=1.0, description="content-style trade-off")
     size: int = Field(256, ge=16, description="shorter side the frames are stylized at")
+    # /stylize's default, so that both share the style statistics' cache.
+    style_size: int = Field(512, ge=0, description="the style's shorter side; 0 keeps it")
     stabilize: bool = Field(True, description="temporal stabilisation (previous frames only)")
     format: Literal["jpeg", "webp"] = "jpeg"
     quality: int = Field(80, ge=1, le=100, description="JPEG/WebP quality of the frames sent")
@@ -324,7 +324,10 @@ class LiveSession:
     async def prepare(self, config: LiveConfig, current: Style | None) -> Style:
         """The mix for `config`: the style's statistics from the cache or the engine. The
         stabiliser starts again: its previous output is of the old settings."""
-        if current is not None and current.config.style_id == config.style_id:
+        if current is not None and (current.config.style_id, current.config.style_size) == (
+            config.style_id,
+            config.style_size,
+        ):
             mean, std = current.mix.mean, current.mix.std
         else:
             data = await self.registry.image(config.style_id)
@@ -333,7 +336,7 @@ class LiveSession:
                     f"style_id: no style with id {config.style_id[:80]!r}", "style_id"
                 )
             stats, _, _ = await self.stylizer.style_statistics(
-                StyleInput(data, "style_id"), STYLE_SIZE, False
+                StyleInput(data, "style_id"), config.style_size, False
             )
             mean, std = stats.mean, stats.std
         return Style(config, StyleMix(mean, std, torch.ones(1), alpha=config.alpha))
