@@ -1,0 +1,254 @@
+"""Clips with exactly known motion, made from still photos, for measuring temporal stability.
+
+Each frame is rendered from a photo held at `SUPERSAMPLE` times the frame's resolution: every
+output pixel averages SUPERSAMPLE x SUPERSAMPLE bilinear samples of it (antialiased, so a
+sub-pixel pan is a true sub-pixel pan and not a jump every few frames). The motion is a map from
+frame pixels to "world" points (the photo's plane), so the true flow between two frames is known
+in closed form, as are the pixels that cannot be matched (they leave the frame or are uncovered
+by a moving layer).
+
+Conventions, shared with `models.video_metrics` and `models.video`: pixel centres at integer
+coordinates (x right, y down); `flows[t]` (2, H, W) is the backward flow of frame t + 1: its
+pixel p shows what frame t shows at p + flows[t](p) (channel 0 = x, 1 = y); `valid[t]` (1, H, W)
+marks the pixels of frame t + 1 that have such a visible match in frame t.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from models.images import prepare
+
+SUPERSAMPLE = 4
+DATASETS = Path("/work/shared/datasets")
+
+# A motion: frame index t and frame pixel coordinates (x, y) -> world coordinates (x, y).
+Motion = Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class Clip:
+    name: str
+    frames: Tensor  # (T, 3, H, W) in [0, 1]
+    flows: Tensor  # (T - 1, 2, H, W): backward flow of frame t + 1 into frame t, pixels
+    valid: Tensor  # (T - 1, 1, H, W) bool: pixels of frame t + 1 visible in frame t
+
+
+def content_photos() -> list[Path]:
+    return sorted((DATASETS / "content" / "train").glob("*.jpg"))
+
+
+def style_images() -> list[Path]:
+    return sorted((DATASETS / "style" / "train").glob("*.jpg"))
+
+
+def load_photo(path: Path, short_side: int) -> Tensor:
+    """(3, H, W) in [0, 1], the shorter side resized to `short_side`."""
+    with Image.open(path) as image:
+        return prepare(image, short_side)[0]
+
+
+def _pixel_grid(height: int, width: int) -> tuple[Tensor, Tensor]:
+    """Coordinates of the SUPERSAMPLE^2 sub-samples of every pixel, (H*S, W*S) each."""
+    offsets = (torch.arange(SUPERSAMPLE) + 0.5) / SUPERSAMPLE - 0.5
+    ys = (torch.arange(height)[:, None] + offsets[None]).reshape(-1)
+    xs = (torch.arange(width)[:, None] + offsets[None]).reshape(-1)
+    return torch.meshgrid(xs, ys, indexing="xy")
+
+
+def _sample(image: Tensor, world_x: Tensor, world_y: Tensor, scale: float) -> Tensor:
+    """Bilinear samples of `image` (C, H', W') at world points, the image being `scale` times the
+    world's resolution (world point (x, y) = image pixel (scale * (x + 0.5) - 0.5, ...))."""
+    height, width = image.shape[-2:]
+    px, py = scale * (world_x + 0.5) - 0.5, scale * (world_y + 0.5) - 0.5
+    grid = torch.stack([2 * px / (width - 1) - 1, 2 * py / (height - 1) - 1], dim=-1)
+    return F.grid_sample(
+        image[None], grid[None], mode="bilinear", padding_mode="border", align_corners=True
+    )[0]
+
+
+def _box_down(image: Tensor) -> Tensor:
+    return F.avg_pool2d(image[None], SUPERSAMPLE)[0]
+
+
+def render(
+    photo: Tensor,
+    motion: Motion,
+    frames: int,
+    size: tuple[int, int],
+    layer: tuple[Tensor, Motion, float] | None = None,
+    name: str = "clip",
+) -> Clip:
+    """A clip of `frames` frames of size (H, W) showing `photo` under `motion`, optionally with a
+    moving disc cut from another photo over it: layer = (photo, its motion, radius in px); the
+    layer's motion maps frame pixels to the layer photo's own world coordinates, its disc is
+    centred on that world's origin."""
+    height, width = size
+    source, scale = _prepared_source(photo, height, width)
+    sub_x, sub_y = _pixel_grid(height, width)
+    pix_y, pix_x = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32),
+        torch.arange(width, dtype=torch.float32),
+        indexing="ij",
+    )
+    if layer is not None:
+        layer_source, _ = _prepared_source(layer[0], height, width)
+        middle_x = (layer_source.shape[-1] / SUPERSAMPLE - 1) / 2
+        middle_y = (layer_source.shape[-2] / SUPERSAMPLE - 1) / 2
+    rendered, coverage = [], []
+    for t in range(frames):
+        wx, wy = motion(t, sub_x, sub_y)
+        image = _sample(source, wx, wy, scale)
+        if layer is not None:
+            _, layer_motion, radius = layer
+            lx, ly = layer_motion(t, sub_x, sub_y)
+            inside = ((lx**2 + ly**2) <= radius**2).float()[None]
+            picture = _sample(layer_source, lx + middle_x, ly + middle_y, SUPERSAMPLE)
+            image = inside * picture + (1 - inside) * image
+            coverage.append(_box_down(inside))
+        rendered.append(_box_down(image).clamp(0, 1))
+    flows, valid = [], []
+    for t in range(frames - 1):
+        flow, ok = _flow(motion, t, pix_x, pix_y, height, width)
+        if layer is not None:
+            layer_flow, layer_ok = _flow(layer[1], t, pix_x, pix_y, height, width)
+            # Only pixels wholly in one layer in both frames have a single true motion.
+            now_fg, now_bg = coverage[t + 1][0] >= 1 - 1e-6, coverage[t + 1][0] <= 1e-6
+            fg_src = _warp_mask(coverage[t], pix_x + layer_flow[0], pix_y + layer_flow[1])
+            bg_src = _warp_mask(coverage[t], pix_x + flow[0], pix_y + flow[1])
+            flow = torch.where(now_fg[None], layer_flow, flow)
+            ok = (now_fg & layer_ok & (fg_src >= 1 - 1e-3)) | (now_bg & ok & (bg_src <= 1e-3))
+        flows.append(flow)
+        valid.append(ok[None])
+    return Clip(name, torch.stack(rendered), torch.stack(flows), torch.stack(valid))
+
+
+def _prepared_source(photo: Tensor, height: int, width: int) -> tuple[Tensor, float]:
+    """The photo resampled so that one world pixel (the photo's pixel at frame scale: the photo
+    resized to cover the frame with its shorter side 1.5x the frame's longer side) spans
+    SUPERSAMPLE source pixels; returns it and the scale source px / world px."""
+    world_short = 1.5 * max(height, width)
+    factor = SUPERSAMPLE * world_short / min(photo.shape[-2:])
+    big = F.interpolate(
+        photo[None], scale_factor=factor, mode="bicubic", align_corners=False, antialias=factor < 1
+    )[0].clamp(0, 1)
+    return big, SUPERSAMPLE
+
+
+def _flow(
+    motion: Motion, t: int, pix_x: Tensor, pix_y: Tensor, height: int, width: int
+) -> tuple[Tensor, Tensor]:
+    """Backward flow of frame t + 1 into frame t under `motion` (an invertible affine map per
+    frame, inverted numerically from three points), and whether the match lies inside frame t."""
+    wx, wy = motion(t + 1, pix_x, pix_y)
+    inverse = _affine_inverse(motion, t)
+    px, py = inverse(wx, wy)
+    inside = (px >= 0) & (px <= width - 1) & (py >= 0) & (py <= height - 1)
+    return torch.stack([px - pix_x, py - pix_y]), inside
+
+
+def _affine_inverse(motion: Motion, t: int) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    base = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    other = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    wx, wy = motion(t, base, other)
+    origin = torch.stack([wx[0], wy[0]])
+    matrix = torch.stack(
+        [torch.stack([wx[1], wy[1]]) - origin, torch.stack([wx[2], wy[2]]) - origin], dim=1
+    )  # columns: d/dx, d/dy
+    inv = torch.linalg.inv(matrix)
+
+    def apply(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        dx, dy = x.double() - origin[0], y.double() - origin[1]
+        return (
+            (inv[0, 0] * dx + inv[0, 1] * dy).float(),
+            (inv[1, 0] * dx + inv[1, 1] * dy).float(),
+        )
+
+    return apply
+
+
+def _warp_mask(mask: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """Max of a (1, H, W) coverage over the 2x2 neighbours of (x, y): any layer nearby counts."""
+    height, width = mask.shape[-2:]
+    pooled = F.max_pool2d(mask[None], 3, stride=1, padding=1)[0]
+    grid = torch.stack([2 * x / (width - 1) - 1, 2 * y / (height - 1) - 1], dim=-1)
+    return F.grid_sample(
+        pooled[None], grid[None], mode="nearest", padding_mode="border", align_corners=True
+    )[0, 0]
+
+
+# --- the motions ---------------------------------------------------------------------------
+
+
+def pan(velocity: tuple[float, float], start: tuple[float, float] = (0.0, 0.0)) -> Motion:
+    """The camera moves `velocity` px per frame (the scene moves the opposite way)."""
+
+    def motion(t: int, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        return x + start[0] + velocity[0] * t, y + start[1] + velocity[1] * t
+
+    return motion
+
+
+def zoom(
+    rate: float,
+    centre: tuple[float, float],
+    start: tuple[float, float] = (0.0, 0.0),
+    velocity: tuple[float, float] = (0.0, 0.0),
+) -> Motion:
+    """Zoom in by `rate` per frame about the frame point `centre`, with an optional pan."""
+
+    def motion(t: int, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        scale = rate**-t
+        return (
+            centre[0] + (x - centre[0]) * scale + start[0] + velocity[0] * t,
+            centre[1] + (y - centre[1]) * scale + start[1] + velocity[1] * t,
+        )
+
+    return motion
+
+
+def moving_disc(start: tuple[float, float], velocity: tuple[float, float]) -> Motion:
+    """A layer whose centre is at frame point start + velocity * t (world origin = its centre)."""
+
+    def motion(t: int, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        return x - start[0] - velocity[0] * t, y - start[1] - velocity[1] * t
+
+    return motion
+
+
+# --- the standard set ------------------------------------------------------------------------
+
+
+def standard_clips(
+    size: int = 256, frames: int = 24, photos: list[Path] | None = None
+) -> list[Clip]:
+    """Sub-pixel pans (slow, diagonal, the issue's 3 px), a zoom, and a disc moving over a
+    slowly panning photo (occlusions), at size x size px, from the dataset's content photos."""
+    paths = photos or content_photos()
+    first, second, third = (load_photo(paths[i % len(paths)], 2 * size) for i in (3, 17, 42))
+    offset = (0.1 * size, 0.1 * size)
+    centre = ((size - 1) / 2, (size - 1) / 2)
+    shape = (size, size)
+    return [
+        render(first, pan((0.75, 0.25), offset), frames, shape, name="pan_0.75px"),
+        render(second, pan((2.5, 1.25), offset), frames, shape, name="pan_2.5px_diagonal"),
+        render(third, pan((3.0, 0.0), offset), frames, shape, name="pan_3px"),
+        render(
+            first, zoom(1.012, centre, (0.2 * size, 0.2 * size)), frames, shape, name="zoom_1.2%"
+        ),
+        render(
+            second,
+            pan((0.5, 0.0), offset),
+            frames,
+            shape,
+            name="disc_over_pan",
+            layer=(third, moving_disc((0.3 * size, 0.4 * size), (2.25, 1.0)), 0.2 * size),
+        ),
+    ]
