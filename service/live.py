@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -39,6 +39,7 @@ from torch import Tensor
 from models import images
 from models.errors import DomainError, InvalidInputError
 from models.model import StyleMix
+from models.video import Stabilizer
 from service.engine import EngineClosedError, StylizeJob
 from service.imaging import (
     ImageLimits,
@@ -51,9 +52,6 @@ from service.imaging import (
 )
 from service.registry import StyleNotFoundError, StyleRegistry
 from service.stylizer import StyleInput, Stylizer
-
-if TYPE_CHECKING:
-    from models.video import Stabilizer
 
 log = logging.getLogger("service.live")
 
@@ -172,8 +170,7 @@ class Style:
 
     config: LiveConfig
     mix: StyleMix
-    stabilizer: Stabilizer | None = None
-    frame_shape: tuple[int, ...] | None = None  # the stabiliser's frames' shape
+    stabilizer: Stabilizer | None = None  # made at the first frame; it restarts at a new size
     network_ms: float = 0.0  # the engine's time for the frame being stabilised
 
 
@@ -385,11 +382,8 @@ class LiveSession:
     async def stabilized(self, style: Style, content: Tensor) -> tuple[Tensor, float]:
         """The stabiliser's output for `content`, in a thread: it calls the network through
         the engine (on this loop) and computes its flow and blending itself."""
-        from models.video import Stabilizer
-
-        if style.stabilizer is None or style.frame_shape != tuple(content.shape):
+        if style.stabilizer is None:
             style.stabilizer = Stabilizer(self.engine_stylize(style))
-            style.frame_shape = tuple(content.shape)
         style.network_ms = 0.0
         output = await run_in_threadpool(style.stabilizer, content)
         return output, style.network_ms

@@ -179,6 +179,39 @@ def test_settings_change_mid_stream(server: RunningServer, style_ids: tuple[str,
         assert min(errors, key=errors.get) == name, (name, errors)
 
 
+def panning_frames(count: int) -> list[bytes]:
+    """Crops of one picture moving 3 px to the right per frame: known motion."""
+    scene = random_image(FRAME_SIZE[0] + 3 * count, FRAME_SIZE[1], seed=SEED_BASE + 45)
+    return [
+        encode(
+            scene.crop((3 * (count - i), 0, 3 * (count - i) + FRAME_SIZE[0], FRAME_SIZE[1])), "PNG"
+        )
+        for i in range(count)
+    ]
+
+
+def test_the_stabiliser_is_on_by_default_and_uses_the_previous_frames(
+    server: RunningServer, style_ids: tuple[str, str]
+) -> None:
+    clip = panning_frames(4)
+    outputs = {}
+    for stabilize in (True, False):
+        first = {"style_id": style_ids[0], "size": SIZE, "style_size": 0}
+        if not stabilize:
+            first["stabilize"] = False
+        with live_stream(server.url, first) as stream:
+            assert stream.ready["settings"]["stabilize"] is stabilize
+            outputs[stabilize] = []
+            for data in clip:  # closed loop: each frame is processed
+                stream.send_frame(data)
+                header, image = stream.result()
+                assert header["dropped"] == 0
+                outputs[stabilize].append(pixels(image))
+    assert all(image.shape == (SIZE, SIZE * 3 // 2, 3) for image in outputs[True])
+    # Later frames blend in the previous output moved along the flow.
+    assert np.abs(outputs[True][-1] - outputs[False][-1]).mean() > 0.005
+
+
 def test_a_frame_that_does_not_decode_gets_an_error_and_the_stream_goes_on(
     server: RunningServer, style_ids: tuple[str, str]
 ) -> None:
