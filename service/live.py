@@ -23,6 +23,7 @@ each into its JSON message and close code.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import time
@@ -40,7 +41,8 @@ from models import images
 from models.errors import DomainError, InvalidInputError
 from models.model import StyleMix
 from models.video import Stabilizer
-from service.engine import EngineClosedError, StylizeJob
+from service import metrics
+from service.engine import EngineClosedError, StylizeJob, Timed
 from service.imaging import (
     ImageLimits,
     ImageTooLargeError,
@@ -118,9 +120,11 @@ class LiveSessions:
                 "(ADAIN_LIVE_MAX_SESSIONS); retry later"
             )
         self.open += 1
+        metrics.LIVE_STREAMS.set(self.open)
 
     def release(self) -> None:
         self.open -= 1
+        metrics.LIVE_STREAMS.set(self.open)
 
 
 def parse_config(text: str, current: LiveConfig | None, max_size: int) -> LiveConfig:
@@ -172,6 +176,8 @@ class Style:
     mix: StyleMix
     stabilizer: Stabilizer | None = None  # made at the first frame; it restarts at a new size
     network_ms: float = 0.0  # the engine's time for the frame being stabilised
+    # The stabiliser thread's engine job: cancelled (dropped from the queue) if the stream ends.
+    pending: concurrent.futures.Future[Timed[Tensor]] | None = None
 
 
 Describe = Callable[[DomainError], tuple[dict[str, object], int]]
@@ -288,6 +294,7 @@ class LiveSession:
                     return
                 if self.waiting is not None:
                     self.dropped += 1
+                    metrics.LIVE_FRAMES.labels("dropped").inc()
                 self.waiting = Frame(index, data, time.perf_counter())
             self.wake.set()
 
@@ -304,6 +311,7 @@ class LiveSession:
                 try:
                     await self.process(frame)
                 except DomainError as error:
+                    metrics.LIVE_FRAMES.labels("failed").inc()
                     await self.fail(
                         error, isinstance(error, FATAL_FRAME_ERRORS), {"failed_frame": frame.index}
                     )
@@ -378,6 +386,7 @@ class LiveSession:
             if not self.closed:
                 await self.socket.send_json(header)
                 await self.socket.send_bytes(encoded)
+        metrics.LIVE_FRAMES.labels("stylized").inc()
 
     async def stabilized(self, style: Style, content: Tensor) -> tuple[Tensor, float]:
         """The stabiliser's output for `content`, in a thread: it calls the network through
@@ -385,7 +394,12 @@ class LiveSession:
         if style.stabilizer is None:
             style.stabilizer = Stabilizer(self.engine_stylize(style))
         style.network_ms = 0.0
-        output = await run_in_threadpool(style.stabilizer, content)
+        try:
+            output = await run_in_threadpool(style.stabilizer, content)
+        except asyncio.CancelledError:
+            if style.pending is not None:
+                style.pending.cancel()  # the thread then stops waiting for it
+            raise
         return output, style.network_ms
 
     def engine_stylize(self, style: Style) -> Callable[[Tensor], Tensor]:
@@ -395,9 +409,8 @@ class LiveSession:
 
         def stylize(frame: Tensor) -> Tensor:
             job = StylizeJob(frame, style.mix)
-            result = asyncio.run_coroutine_threadsafe(engine.stylize(job), loop).result(
-                ENGINE_WAIT_S
-            )
+            style.pending = asyncio.run_coroutine_threadsafe(engine.stylize(job), loop)
+            result = style.pending.result(ENGINE_WAIT_S)
             style.network_ms += result.compute_ms
             return result.value
 

@@ -141,6 +141,15 @@ def test_the_newest_frame_is_kept_and_the_late_ones_dropped(
     assert indices == sorted(indices) and indices[0] == 0
     assert len(processed) < sent  # dropped, not queued
     assert processed[-1]["dropped"] == sent - len(processed)
+    exported = httpx.get(server.url + "/metrics", timeout=30).text
+    counts = {
+        outcome: float(line.rsplit(" ", 1)[1])
+        for line in exported.splitlines()
+        for outcome in ("dropped", "stylized")
+        if line.startswith(f'adain_live_frames_total{{outcome="{outcome}"}}')
+    }
+    assert counts["dropped"] >= sent - len(processed)
+    assert counts["stylized"] >= len(processed)
 
 
 def test_settings_change_mid_stream(server: RunningServer, style_ids: tuple[str, str]) -> None:
