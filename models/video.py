@@ -48,12 +48,22 @@ class StabilizerConfig:
     # |f + b|^2 > consistency * (|f|^2 + |b|^2) + consistency_floor (px^2).
     consistency: float = 0.01
     consistency_floor: float = 0.5
+    # Detail kept from the new stylization: the blend acts on the frames' low-pass part
+    # (Gaussian of this sigma, px) and the finer detail comes from the new stylization alone,
+    # so repeated resampling and slightly misaligned strokes cannot wash it out (0: blend all).
+    detail_sigma: float = 1.0
+    # Weight of the propagated previous output in that finer detail (lower than `blend`: each
+    # resampling softens detail, and a short memory keeps it from accumulating).
+    detail_blend: float = 0.0
     # Resampling of the previous output along the flow: "bicubic" keeps strokes sharper than
     # "bilinear", which blurs a little more every frame it is repeated.
     resample: str = "bicubic"
     # OpenCV DIS preset: "ultrafast", "fast" or "medium".
     flow_preset: str = "medium"
 
+
+# The live feed's form: the cheapest flow (frames must keep up with the camera).
+LIVE = StabilizerConfig(flow_preset="ultrafast")
 
 _PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
@@ -140,7 +150,16 @@ class Stabilizer:
                 self.previous_output, flow.to(stylized.device), mode=self.config.resample
             ).clamp(0, 1)
             weight = self.config.blend * reliable.to(stylized.device, stylized.dtype)
-            output = weight * warped + (1 - weight) * stylized
+            if self.config.detail_sigma > 0:
+                smooth = gaussian_blur(stylized, self.config.detail_sigma)
+                warped_smooth = gaussian_blur(warped, self.config.detail_sigma)
+                coarse = weight * warped_smooth + (1 - weight) * smooth
+                detail_weight = weight * (self.config.detail_blend / self.config.blend)
+                detail = detail_weight * (warped - warped_smooth) + (1 - detail_weight) * (
+                    stylized - smooth)
+                output = (coarse + detail).clamp(0, 1)
+            else:
+                output = weight * warped + (1 - weight) * stylized
         self.previous_grey, self.previous_output = grey, output
         self.frames += 1
         return output
@@ -179,3 +198,17 @@ def global_motion(flow: Tensor, reliable: Tensor) -> Tensor:
     if mask.sum() < 16:
         return torch.zeros(2, dtype=torch.float64)
     return torch.stack([flow[0, 0][mask].median(), flow[0, 1][mask].median()]).double()
+
+
+def gaussian_blur(image: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of (N, C, H, W), reflect-padded (3 sigma each side)."""
+    radius = max(1, int(3 * sigma + 0.5))
+    taps = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    channels = image.shape[1]
+    padded = F.pad(image, (radius, radius, radius, radius), mode="reflect")
+    horizontal = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1),
+                          groups=channels)
+    return F.conv2d(horizontal, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1),
+                    groups=channels)

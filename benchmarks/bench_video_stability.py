@@ -1,0 +1,127 @@
+"""Temporal stability of video: the stabiliser (`models.video`) against the same frames stylized
+one by one, on clips with exactly known motion (`devkit.clips`: sub-pixel pans, a zoom, a disc
+moving over a panning photo), with the embedded default networks at the service's precision.
+
+Per clip and style: warping error ratio (Lai et al. 2018, true motion, occluded pixels and an
+8 px border left out), sharpness ratio (variance of the Laplacian), and the change of the mean
+ln style and ln content losses (`models.evaluate`) against per-frame. Targets (issue 19):
+error <= 0.30x at sharpness >= 0.85x, losses within +0.10; the live form (issue 21, 256 px):
+error <= 0.50x at sharpness >= 0.85x.
+
+    nice -n 19 python3 -m benchmarks.bench_video_stability [--size 256] [--frames 24] [--styles 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from benchmarks.common import machine
+from devkit.clips import Clip, load_photo, standard_clips, style_images
+from models.acceleration import pick_dtype
+from models.evaluate import ln_loss, measure
+from models.model import StyleMix, StyleTransfer
+from models.video import LIVE, Stabilizer, StabilizerConfig
+from models.video_metrics import sharpness, warping_error
+from models.weights import load_model
+
+# Styles picked for their different strokes: fine lines, broad patches, a flat graphic one.
+STYLE_NAMES = ("adain__goeritz", "adain__la_muse", "adain__mondrian", "adain__brushstrokes")
+
+
+@dataclass(frozen=True)
+class Row:
+    clip: str
+    style: str
+    error_ratio: float
+    sharpness_ratio: float
+    style_delta: float
+    content_delta: float
+
+
+def mean_ln_losses(net: StyleTransfer, clip: Clip, style: Tensor, outputs: Tensor
+                   ) -> tuple[float, float]:
+    """Mean over frames of ln style loss and ln content loss of the outputs."""
+    styles, contents = [], []
+    for frame, output in zip(clip.frames, outputs, strict=True):
+        (losses,) = measure(net, frame[None], style, output[None])
+        styles.append(ln_loss(losses.style))
+        contents.append(ln_loss(losses.content))
+    return sum(styles) / len(styles), sum(contents) / len(contents)
+
+
+def compare(net: StyleTransfer, clip: Clip, style: Tensor, name: str,
+            configs: dict[str, StabilizerConfig]) -> list[Row]:
+    mean, std = net.style_statistics(style)
+    mix = StyleMix(mean=mean, std=std, weights=torch.ones(1))
+
+    def stylize(frame: Tensor) -> Tensor:
+        return net.stylize_batch(frame, [mix])
+
+    with torch.inference_mode():
+        per_frame = torch.cat([stylize(frame[None]) for frame in clip.frames])
+    base_error = warping_error(per_frame, clip.flows, clip.valid)
+    base_sharpness = sharpness(per_frame)
+    base_style, base_content = mean_ln_losses(net, clip, style, per_frame)
+    rows = []
+    for label, config in configs.items():
+        stabilizer = Stabilizer(stylize, config)
+        outputs = torch.cat([stabilizer(frame[None]) for frame in clip.frames])
+        style_ln, content_ln = mean_ln_losses(net, clip, style, outputs)
+        rows.append(Row(
+            clip=f"{clip.name} [{label}]",
+            style=name,
+            error_ratio=warping_error(outputs, clip.flows, clip.valid) / base_error,
+            sharpness_ratio=sharpness(outputs) / base_sharpness,
+            style_delta=style_ln - base_style,
+            content_delta=content_ln - base_content,
+        ))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=256, help="frame side, px")
+    parser.add_argument("--frames", type=int, default=24)
+    parser.add_argument("--styles", type=int, default=3, help="how many of STYLE_NAMES")
+    parser.add_argument("--clips", default="", help="comma-separated clip names (default all)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    net = load_model(dtype=pick_dtype("auto", "cpu"))
+    print(machine())
+    print(f"embedded default, {net.dtype}, {args.size} px, {args.frames} frames per clip")
+    clips = standard_clips(args.size, args.frames)
+    wanted = set(filter(None, args.clips.split(",")))
+    by_name = {path.stem: path for path in style_images()}
+    configs = {"default": StabilizerConfig(), "live": LIVE}
+    print(f"{'clip [config]':34s} {'style':22s} {'error':>7s} {'sharp':>7s} "
+          f"{'d ln style':>10s} {'d ln content':>12s}")
+    rows: list[Row] = []
+    for clip in clips:
+        if wanted and clip.name not in wanted:
+            continue
+        for name in STYLE_NAMES[: args.styles]:
+            started = time.perf_counter()
+            style = load_photo(by_name[name], args.size)[None]
+            for row in compare(net, clip, style, name, configs):
+                rows.append(row)
+                print(f"{row.clip:34s} {row.style:22s} {row.error_ratio:7.3f} "
+                      f"{row.sharpness_ratio:7.3f} {row.style_delta:+10.3f} "
+                      f"{row.content_delta:+12.3f}  ({time.perf_counter() - started:.0f} s)",
+                      flush=True)
+    for label in configs:
+        chosen = [row for row in rows if row.clip.endswith(f"[{label}]")]
+        if chosen:
+            print(f"worst [{label}]: error {max(r.error_ratio for r in chosen):.3f}x, sharpness "
+                  f"{min(r.sharpness_ratio for r in chosen):.3f}x, ln style "
+                  f"{max(r.style_delta for r in chosen):+.3f}, ln content "
+                  f"{max(r.content_delta for r in chosen):+.3f}")
+
+
+if __name__ == "__main__":
+    main()
