@@ -40,7 +40,7 @@ from torch import Tensor
 from models import images
 from models.errors import DomainError, InvalidInputError
 from models.model import StyleMix
-from models.video import Stabilizer
+from models.video import LIVE, Stabilizer
 from service import metrics
 from service.engine import EngineClosedError, StylizeJob, Timed
 from service.imaging import (
@@ -392,7 +392,7 @@ class LiveSession:
         """The stabiliser's output for `content`, in a thread: it calls the network through
         the engine (on this loop) and computes its flow and blending itself."""
         if style.stabilizer is None:
-            style.stabilizer = Stabilizer(self.engine_stylize(style))
+            style.stabilizer = Stabilizer(self.engine_stylize(style), LIVE)
         style.network_ms = 0.0
         try:
             output = await run_in_threadpool(style.stabilizer, content)
