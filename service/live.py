@@ -225,8 +225,8 @@ class LiveSession:
                     task.cancel()
                 await asyncio.gather(reader, worker, return_exceptions=True)
                 for task in (reader, worker):
-                    if not task.cancelled() and task.exception() is not None:
-                        raise task.exception()  # type: ignore[misc]
+                    if not task.cancelled() and (error := task.exception()) is not None:
+                        raise error
         except WebSocketDisconnect:
             pass
         except Exception:
