@@ -61,7 +61,7 @@ HTTP_ERRORS: dict[type[DomainError], HttpStatus] = {
     RedisUnavailableError: HttpStatus(503, retry_after_s=2),
     StorageUnavailableError: HttpStatus(503, retry_after_s=10),
     StorageFullError: HttpStatus(507, retry_after_s=60),
-    LiveIdleError: HttpStatus(408),
+    LiveIdleError: HttpStatus(408, headers=(("Connection", "close"),)),
     LiveBusyError: HttpStatus(503, retry_after_s=5),
 }
 # A WebSocket closed for an error (the live feed): close code 4000 + the error's HTTP status.

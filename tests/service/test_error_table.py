@@ -13,9 +13,10 @@ from fastapi import FastAPI
 import service.main  # noqa: F401  (imports every module that defines a domain error)
 from models.errors import DomainError, InvalidInputError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
-from service.errors import HTTP_ERRORS, install_error_handlers
+from service.errors import HTTP_ERRORS, install_error_handlers, websocket_error
 from service.imaging import DecodeBudgetError, ImageTooLargeError, UnsupportedImageError
 from service.limits import BodyTimeoutError
+from service.live import LiveBusyError, LiveIdleError
 from service.registry import (
     RedisUnavailableError,
     StorageFullError,
@@ -57,6 +58,10 @@ CASES: list[tuple[DomainError, int, str | None]] = [
                              "(ADAIN_STYLES_DIR); retry later"), 503, "10"),
     (StorageFullError("the style registry cannot store the style: its disk is full "
                       "(ADAIN_STYLES_DIR)"), 507, "60"),
+    (LiveIdleError("no message for 30 s (ADAIN_LIVE_IDLE_TIMEOUT_S); the stream is closed"),
+     408, None),
+    (LiveBusyError("4 live streams are open, the limit of this server "
+                   "(ADAIN_LIVE_MAX_SESSIONS); retry later"), 503, "5"),
 ]
 
 
@@ -102,3 +107,18 @@ def test_every_domain_error_class_is_in_the_table() -> None:
     """A new error class without a status would be a 500: the table lists them all."""
     assert all_subclasses(DomainError) == set(HTTP_ERRORS)
     assert {type(error) for error, _, _ in CASES} == set(HTTP_ERRORS)
+
+
+@pytest.mark.parametrize(("error", "status", "retry_after"), CASES,
+                         ids=[type(case[0]).__name__ for case in CASES])
+def test_each_domain_error_on_a_websocket(
+    error: DomainError, status: int, retry_after: str | None
+) -> None:
+    """The live feed's error message: the HTTP body, the status and the retry hint; the
+    close code 4000 + the status."""
+    message, close_code = websocket_error(error)
+    expected: dict[str, object] = {"detail": error.detail, "field": error.field, "status": status}
+    if retry_after is not None:
+        expected["retry_after_s"] = int(retry_after)
+    assert message == expected
+    assert close_code == 4000 + status
