@@ -152,6 +152,35 @@ def test_the_newest_frame_is_kept_and_the_late_ones_dropped(
     assert counts["stylized"] >= len(processed)
 
 
+def queue_depth(url: str) -> float:
+    exported = httpx.get(url + "/metrics", timeout=30).text
+    line = next(line for line in exported.splitlines() if line.startswith("adain_queue_depth "))
+    return float(line.split()[1])
+
+
+def test_a_flooding_stream_holds_one_place_in_the_engine_queue(
+    server: RunningServer, style_ids: tuple[str, str]
+) -> None:
+    """Frames sent far faster than the network keeps up never queue in the engine, so
+    /stylize and jobs keep their turn: the queue holds at most this stream's one frame."""
+    depths = []
+    with live_stream(server.url, settings(style_ids[0])) as stream:
+        for index in range(30):
+            stream.send_frame(frame(80 + index % 5))
+            if index % 5 == 4:
+                depths.append(queue_depth(server.url))
+        while stream.result()[0]["frame"] != 29:
+            pass
+    assert max(depths) <= 1, depths
+    answer = httpx.post(
+        server.url + "/stylize",
+        files={"content": ("frame.jpg", frame(90), "image/jpeg")},
+        data={"style_id": style_ids[0], "content_size": str(SIZE), "style_size": "0"},
+        timeout=60,
+    )
+    assert answer.status_code == 200
+
+
 def test_settings_change_mid_stream(server: RunningServer, style_ids: tuple[str, str]) -> None:
     content = frame(40)
     with live_stream(server.url, settings(style_ids[0])) as stream:
