@@ -257,7 +257,12 @@ function sendFrames() {
     const index = live.nextIndex++;
     live.inFlight += 1;
     live.canvas.toBlob((blob) => {
-      if (live.socket !== socket || socket.readyState !== WebSocket.OPEN || !blob) return;
+      if (live.socket !== socket || socket.readyState !== WebSocket.OPEN) return;
+      if (!blob) { // nothing to send: the place is free for the next picture
+        live.inFlight -= 1;
+        setTimeout(sendFrames, 50);
+        return;
+      }
       live.sentAt.set(index, performance.now());
       socket.send(blob);
     }, "image/jpeg", LIVE_QUALITY);
