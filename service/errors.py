@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope, Send
 
 from models.errors import DomainError, InvalidInputError, error_body
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
@@ -25,6 +26,7 @@ from service.hardening import HostNotAllowedError
 from service.imaging import DecodeBudgetError, ImageTooLargeError, UnsupportedImageError
 from service.jobs.store import JobNotDoneError, JobNotFoundError
 from service.limits import BodyTimeoutError, BodyTooLargeError
+from service.live import LiveBusyError, LiveIdleError
 from service.registry import (
     AmbiguousNameError,
     NameTakenError,
@@ -186,7 +188,16 @@ HTTP_ERRORS: dict[type[DomainError], HttpStatus] = {
     StorageFullError: HttpStatus(
         507, "The style storage (disk or Redis) is full; nothing stored was lost.", retry_after_s=60
     ),
+    LiveIdleError: HttpStatus(
+        408, "A live stream sent nothing for ADAIN_LIVE_IDLE_TIMEOUT_S; it is closed.",
+        headers=CLOSE,
+    ),
+    LiveBusyError: HttpStatus(
+        503, "ADAIN_LIVE_MAX_SESSIONS live streams are open.", retry_after_s=5
+    ),
 }
+# A WebSocket closed for an error (the live feed): close code 4000 + the error's HTTP status.
+WEBSOCKET_CLOSE_BASE = 4000
 
 
 def statuses(*classes: type[DomainError]) -> list[HttpStatus]:
@@ -238,6 +249,30 @@ def raw_error_response(error: DomainError) -> bytes:
 
 def unexpected_error_response() -> JSONResponse:
     return domain_error_response(UnexpectedError("internal server error"))
+
+
+def websocket_error(error: DomainError) -> tuple[dict[str, object], int]:
+    """A domain error on a WebSocket: its JSON message (the HTTP error body with the status and
+    the retry hint) and the close code for when the stream ends with it."""
+    status = http_status(error)
+    message: dict[str, object] = {
+        "detail": error.detail,
+        "field": error.field,
+        "status": status.status_code,
+    }
+    retry_after = getattr(error, "retry_after_s", None) or status.retry_after_s
+    if retry_after is not None:
+        message["retry_after_s"] = retry_after
+    return message, WEBSOCKET_CLOSE_BASE + status.status_code
+
+
+async def refuse_handshake(scope: Scope, receive: Receive, send: Send, error: DomainError) -> None:
+    """Answers a WebSocket handshake with the error's HTTP status and JSON body (the ASGI
+    denial response; uvicorn has it), or refuses it with a bare 403 where the server has not."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await domain_error_response(error)(scope, receive, send)
+    else:
+        await send({"type": "websocket.close", "code": websocket_error(error)[1]})
 
 
 async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.errors import DomainError
 from service import metrics
-from service.errors import domain_error_response, unexpected_error_response
+from service.errors import domain_error_response, refuse_handshake, unexpected_error_response
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 access_log = logging.getLogger("service.access")
@@ -61,6 +61,12 @@ class RequestContext:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            try:
+                await self.app(scope, receive, send)
+            except DomainError as error:  # OriginGuard's, before the handshake is accepted
+                await refuse_handshake(scope, receive, send, error)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -40,10 +40,11 @@ from service.jobs.local import LocalRunner
 from service.jobs.run import JobSettings
 from service.jobs.store import JobStore
 from service.limits import BodySizeLimit
+from service.live import LiveSessions
 from service.logs import RequestContext, configure_logging
 from service.openapi import install_openapi, operation_id
 from service.registry import DiskRegistry, RedisRegistry, StyleRegistry
-from service.routes import docs, jobs, ops, page, styles, stylize
+from service.routes import docs, jobs, live, ops, page, styles, stylize
 from service.routes.page import STATIC_DIR
 from service.security import Keys, OriginGuard, RateLimiter
 from service.settings import Settings
@@ -204,6 +205,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.keys = Keys(settings.user_keys, settings.admin_key_list)
+    app.state.live_sessions = LiveSessions(settings.live_max_sessions)
     install_error_handlers(app)
     install_openapi(app)
     # Each middleware added wraps the ones before: security headers, RequestContext, Host,
@@ -225,7 +227,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(HostGuard, allowed=hosts)
     app.add_middleware(RequestContext)  # sees every response, errors of the middleware too
     app.add_middleware(SecurityHeaders)  # outermost: on those errors as well
-    for module in (stylize, styles, jobs, ops, page, docs):
+    for module in (stylize, styles, jobs, live, ops, page, docs):
         app.include_router(module.router)
     app.mount(docs.ASSETS_PATH, docs.docs_assets(), name="docs-assets")
     if STATIC_DIR.is_dir():

@@ -28,6 +28,13 @@ JOBS_DROPPED = Counter(
     "adain_jobs_dropped", "Queued inference jobs skipped because their caller had gone"
 )
 
+LIVE_STREAMS = Gauge("adain_live_streams", "Open live streams (WebSocket /live)")
+LIVE_FRAMES = Counter(
+    "adain_live_frames_total",
+    "Live frames by outcome: stylized, dropped (late), failed",
+    ["outcome"],
+)
+
 
 def record_batch(kind: str, size: int, seconds: float) -> None:
     INFERENCE_SECONDS.labels(kind).observe(seconds)

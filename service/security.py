@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from models.errors import DomainError
@@ -92,7 +93,7 @@ class Keys:
         return role
 
 
-def presented_key(request: Request) -> str | None:
+def presented_key(request: HTTPConnection) -> str | None:
     """`Authorization: Bearer <key>` or `X-API-Key: <key>`."""
     scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
@@ -100,18 +101,21 @@ def presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key", "").strip() or None
 
 
-def client_address(request: Request) -> str:
+def client_address(request: HTTPConnection) -> str:
     return f"address:{request.client.host if request.client else 'unknown'}"
 
 
-def authenticate(request: Request) -> Caller:
+def authenticate(request: HTTPConnection, given_key: str | None = None) -> Caller:
+    """The caller of a request or WebSocket; `given_key`: one not sent in a header (a live
+    stream's first message: browsers cannot set WebSocket headers)."""
     keys: Keys = request.app.state.keys
     if not keys.enabled:
         return Caller(Role.admin, client_address(request))
-    key = presented_key(request)
+    key = given_key or presented_key(request)
     if key is None:
         raise AuthenticationError(
-            "an API key is needed: send `Authorization: Bearer <key>` or `X-API-Key: <key>`"
+            "an API key is needed: send `Authorization: Bearer <key>` or `X-API-Key: <key>` "
+            "(or `key` in a live stream's first message)"
         )
     role = keys.role_of(key)
     if role is None:
@@ -173,10 +177,10 @@ class RateLimiter:
         return self.counts[identity]
 
 
-async def admit(request: Request, role: Role) -> Caller:
+async def admit(request: HTTPConnection, role: Role, given_key: str | None = None) -> Caller:
     limiter: RateLimiter = request.app.state.services.rate_limiter
     try:
-        caller = authenticate(request)
+        caller = authenticate(request, given_key)
     except AuthenticationError:
         # Refused requests count too, per address: guessing keys is rate limited as well.
         await limiter.check(client_address(request))
@@ -214,11 +218,12 @@ def origin_of(url: str) -> tuple[str, str, int | None] | None:
 
 
 class OriginGuard:
-    """Pure ASGI middleware: a POST, PUT, PATCH or DELETE whose `Origin` is neither the server's
-    own (the scheme and Host of the request, an allowed host: ADAIN_ALLOWED_HOSTS) nor one of
-    ADAIN_CORS_ORIGINS is refused with 403, before its body is read. Requests without Origin
-    (curl, SDKs, servers) pass: browsers send it on every cross-origin request, so another
-    site's page cannot leave it out."""
+    """Pure ASGI middleware: a POST, PUT, PATCH or DELETE, or a WebSocket handshake, whose
+    `Origin` is neither the server's own (the scheme and Host of the request, an allowed host:
+    ADAIN_ALLOWED_HOSTS) nor one of ADAIN_CORS_ORIGINS is refused with 403, before its body is
+    read or the socket accepted. Requests without Origin (curl, SDKs, servers) pass: browsers
+    send it on every cross-origin request and WebSocket, so another site's page cannot leave it
+    out."""
 
     def __init__(self, app: ASGIApp, allowed: list[str], hosts: AllowedHosts) -> None:
         self.app = app
@@ -226,12 +231,16 @@ class OriginGuard:
         self.hosts = hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] in STATE_CHANGING:
+        if scope["type"] == "websocket" or (
+            scope["type"] == "http" and scope["method"] in STATE_CHANGING
+        ):
             headers = dict(scope["headers"])
             origin = headers.get(b"origin")
             if origin is not None:
                 host = headers.get(b"host", b"").decode("latin-1")
-                own = origin_of(f"{scope['scheme']}://{host}")
+                # A WebSocket's own page is at http(s):// on the same host.
+                scheme = {"ws": "http", "wss": "https"}.get(scope["scheme"], scope["scheme"])
+                own = origin_of(f"{scheme}://{host}")
                 given = origin_of(origin.decode("latin-1"))
                 same_origin = given == own and given is not None and self.hosts.allows(given[1])
                 if given is None or (not same_origin and given not in self.allowed):

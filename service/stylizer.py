@@ -164,7 +164,8 @@ class Stylizer:
         stats, cache_results, styles_ms = [], [], 0.0
         for style in request.styles:
             style_stats, result, ms = await self.style_statistics(
-                style, request, content if request.preserve_color else None, model
+                style, request.style_size, request.crop,
+                content if request.preserve_color else None, model,
             )
             stats.append(style_stats)
             cache_results.append(result)
@@ -186,23 +187,25 @@ class Stylizer:
         )
 
     async def style_statistics(
-        self, style: StyleInput, request: StylizeRequest, recolour_to: Tensor | None,
-        model: str,
+        self, style: StyleInput, size: int, crop: bool, recolour_to: Tensor | None = None,
+        model: str | None = None,
     ) -> tuple[StyleStats, str, float]:
-        """(statistics, "hit" | "miss" | "bypass", network ms) of `model`'s encoder. Colour
-        preservation recolours the style to each content, so those statistics are neither
-        looked up nor stored."""
+        """(statistics, "hit" | "miss" | "bypass", network ms) of the style prepared at `size`
+        (and `crop`) through `model`'s encoder (default: the service's). Colour preservation
+        recolours the style to each content, so those statistics are neither looked up nor
+        stored."""
+        model = model or self.engine.default_model
         key = None
         if recolour_to is None:
             digest = hashlib.sha256(style.data).hexdigest()
-            key = stats_key(digest, request.style_size, request.crop, self.fingerprints[model])
+            key = stats_key(digest, size, crop, self.fingerprints[model])
             cached = await self.cache.get(key)
             if cached is not None:
                 metrics.STYLE_CACHE.labels("hit").inc()
                 return cached, "hit", 0.0
         tensor = await self.decode_budget.decode(
             header_pixels(style.data), style.field,
-            prepare_style, style, request.style_size, request.crop, self.limits,
+            prepare_style, style, size, crop, self.limits,
         )
         computed = await self.engine.style_statistics(tensor, recolour_to, model)
         if key is not None:

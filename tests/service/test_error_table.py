@@ -25,12 +25,14 @@ from service.errors import (
     RouteNotFoundError,
     UnexpectedError,
     install_error_handlers,
+    websocket_error,
 )
 from service.forms import UnsupportedFormError
 from service.hardening import HostNotAllowedError
 from service.imaging import DecodeBudgetError, ImageTooLargeError, UnsupportedImageError
 from service.jobs.store import JobNotDoneError, JobNotFoundError
 from service.limits import BodyTimeoutError, BodyTooLargeError
+from service.live import LiveBusyError, LiveIdleError
 from service.main import create_app  # imports every module that defines a domain error
 from service.registry import (
     AmbiguousNameError,
@@ -103,6 +105,10 @@ CASES: list[tuple[DomainError, int, str | None]] = [
                              "(ADAIN_STYLES_DIR); retry later"), 503, "10"),
     (StorageFullError("the style registry cannot store the style: its disk is full "
                       "(ADAIN_STYLES_DIR)"), 507, "60"),
+    (LiveIdleError("no message for 30 s (ADAIN_LIVE_IDLE_TIMEOUT_S); the stream is closed"),
+     408, None),
+    (LiveBusyError("4 live streams are open, the limit of this server "
+                   "(ADAIN_LIVE_MAX_SESSIONS); retry later"), 503, "5"),
 ]
 
 
@@ -195,3 +201,18 @@ def test_the_documented_error_statuses_come_from_the_table() -> None:
                               if e.status_code == int(status) and e.meaning in described)
                 assert ("Retry-After" in response.get("headers", {})) == retries
     assert documented > 10
+
+
+@pytest.mark.parametrize(("error", "status", "retry_after"), CASES,
+                         ids=[type(case[0]).__name__ for case in CASES])
+def test_each_domain_error_on_a_websocket(
+    error: DomainError, status: int, retry_after: str | None
+) -> None:
+    """The live feed's error message: the HTTP body, the status and the retry hint; the
+    close code 4000 + the status."""
+    message, close_code = websocket_error(error)
+    expected: dict[str, object] = {"detail": error.detail, "field": error.field, "status": status}
+    if retry_after is not None:
+        expected["retry_after_s"] = int(retry_after)
+    assert message == expected
+    assert close_code == 4000 + status

@@ -1,0 +1,454 @@
+"""The live camera feed: one WebSocket session's protocol, without the handshake (docs/live.md).
+
+The route (`service.routes.live`) checks the handshake (Origin, the session cap, a key in the
+headers), accepts, and hands the socket to `LiveSession.run`:
+
+- the first text message is the JSON settings (`LiveConfig`); the answer is `{"ready": true,
+  "settings": ...}` or an error message and a close code;
+- each binary message is one frame. The session keeps only the newest frame that has not been
+  started: a frame arriving while one is being stylized replaces the waiting one, which is
+  dropped and counted. So latency stays at most about two frame times however fast the client
+  sends, and no queue builds up.
+- for each frame it finishes it sends `{"frame": N, "dropped": D, ...timings}` and then the
+  stylized frame as one binary message;
+- a later text message changes the settings (only the fields it names).
+
+Frames go through the same engine as POST /stylize and the jobs, one at a time per session, so
+a live stream holds at most one place in the engine's queue: it shares the device as one more
+client does, never by flooding it. Decoding, the stabiliser and encoding run in threads, off
+the event loop. Failures are domain errors; `describe` (service.errors.websocket_error) turns
+each into its JSON message and close code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from torch import Tensor
+
+from models import images
+from models.errors import DomainError, InvalidInputError
+from models.model import StyleMix
+from models.video import LIVE, Stabilizer
+from service import metrics
+from service.engine import EngineClosedError, StylizeJob, Timed
+from service.imaging import (
+    ImageLimits,
+    ImageTooLargeError,
+    OutputFormat,
+    check_prepared_size,
+    encode_image,
+    header_pixels,
+    open_image,
+)
+from service.registry import StyleNotFoundError, StyleRegistry
+from service.stylizer import StyleInput, Stylizer
+
+log = logging.getLogger("service.live")
+
+# A settings message is a few fields; a longer text is refused unread.
+MAX_TEXT_BYTES = 4096
+# Errors after which the stream cannot go on: it is closed after their message.
+FATAL_FRAME_ERRORS = (ImageTooLargeError, EngineClosedError)
+# How long the stabiliser's thread waits for the engine before it gives up on a frame.
+ENGINE_WAIT_S = 120.0
+
+
+class LiveBusyError(DomainError):
+    """ADAIN_LIVE_MAX_SESSIONS streams are open: the handshake is refused, retry later (503)."""
+
+
+class LiveIdleError(DomainError):
+    """No message for ADAIN_LIVE_IDLE_TIMEOUT_S: the stream is closed (408)."""
+
+
+class LiveConfig(BaseModel):
+    """A live stream's settings: the first message sets them, later ones change some."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    style_id: str = Field(min_length=1, max_length=200, description="a registered style")
+    alpha: float = Field(1.0, ge=0.0, le=1.0, description="content-style trade-off")
+    size: int = Field(256, ge=16, description="shorter side the frames are stylized at")
+    # /stylize's default, so that both share the style statistics' cache.
+    style_size: int = Field(512, ge=0, description="the style's shorter side; 0 keeps it")
+    stabilize: bool = Field(True, description="temporal stabilisation (previous frames only)")
+    format: Literal["jpeg", "webp"] = "jpeg"
+    quality: int = Field(80, ge=1, le=100, description="JPEG/WebP quality of the frames sent")
+    key: str | None = Field(
+        None,
+        max_length=500,
+        repr=False,
+        description="API key (browsers cannot set WebSocket headers)",
+    )
+
+    def public(self) -> dict[str, object]:
+        """The settings as the server answers them: never the key."""
+        return self.model_dump(exclude={"key"})
+
+
+@dataclass(frozen=True)
+class LiveLimits:
+    max_frame_bytes: int
+    max_size: int  # the largest `size`
+    idle_timeout_s: float
+    images: ImageLimits  # max_image_pixels: the live frame limit; max_output_pixels: after resizing
+
+
+class LiveSessions:
+    """How many live streams this process has open; past `limit` the handshake is refused."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+    def take(self) -> None:
+        if self.open >= self.limit:
+            raise LiveBusyError(
+                f"{self.open} live streams are open, the limit of this server "
+                "(ADAIN_LIVE_MAX_SESSIONS); retry later"
+            )
+        self.open += 1
+        metrics.LIVE_STREAMS.set(self.open)
+
+    def release(self) -> None:
+        self.open -= 1
+        metrics.LIVE_STREAMS.set(self.open)
+
+
+def parse_config(text: str, current: LiveConfig | None, max_size: int) -> LiveConfig:
+    """The settings a text message asks for: all of them in the first message, a change of
+    some (merged into `current`) later. Errors name the field."""
+    if len(text.encode()) > MAX_TEXT_BYTES:
+        raise InvalidInputError(f"settings message over {MAX_TEXT_BYTES} bytes", "settings")
+    try:
+        given = json.loads(text)
+    except ValueError:
+        raise InvalidInputError("text messages must be JSON settings", "settings") from None
+    if not isinstance(given, dict):
+        raise InvalidInputError("the settings must be a JSON object", "settings")
+    merged = {**(current.model_dump() if current else {}), **given}
+    try:
+        config = LiveConfig.model_validate(merged)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else "settings"
+        shown = repr(error.get("input"))[:80] if field != "key" else "the key"
+        raise InvalidInputError(f"{field}: {error['msg']} (got {shown})", field) from None
+    if config.size > max_size:
+        raise InvalidInputError(
+            f"size: {config.size} is over this server's limit of {max_size} (ADAIN_LIVE_MAX_SIZE)",
+            "size",
+        )
+    return config
+
+
+def decode_frame(data: bytes, size: int, limits: ImageLimits) -> Tensor:
+    """(1, 3, H, W) in [0, 1] with the shorter side `size`, from one JPEG, WebP or PNG frame."""
+    upright = images.to_rgb(open_image(data, "frame", limits))
+    check_prepared_size(upright.size, size, False, "size", limits)
+    return images.rgb_to_tensor(upright, size)
+
+
+@dataclass
+class Frame:
+    index: int  # counts the client's frames from 0
+    data: bytes
+    received: float  # time.perf_counter() when it arrived
+
+
+@dataclass
+class Style:
+    """The settings in force and what they make: the mix for the engine, the stabiliser."""
+
+    config: LiveConfig
+    mix: StyleMix
+    stabilizer: Stabilizer | None = None  # made at the first frame; it restarts at a new size
+    network_ms: float = 0.0  # the engine's time for the frame being stabilised
+    # The stabiliser thread's engine job: cancelled (dropped from the queue) if the stream ends.
+    pending: concurrent.futures.Future[Timed[Tensor]] | None = None
+
+
+Describe = Callable[[DomainError], tuple[dict[str, object], int]]
+
+
+class LiveSession:
+    def __init__(
+        self,
+        socket: WebSocket,
+        stylizer: Stylizer,
+        registry: StyleRegistry,
+        limits: LiveLimits,
+        describe: Describe,
+        authorize: Callable[[str | None], Awaitable[object]] | None = None,
+    ) -> None:
+        """`authorize(key)`: raises unless the first message's key may stream; None when the
+        handshake's headers already carried a valid key (or keys are off)."""
+        self.socket = socket
+        self.stylizer = stylizer
+        self.registry = registry
+        self.limits = limits
+        self.describe = describe
+        self.authorize = authorize
+        self.style: Style | None = None
+        self.waiting: Frame | None = None  # the newest frame not started yet
+        self.settings_changes: list[str] = []
+        self.received = 0  # binary messages so far: the next frame's index
+        self.dropped = 0
+        self.wake = asyncio.Event()
+        self.send_lock = asyncio.Lock()  # a result's JSON and its image stay together
+        self.closed = False
+
+    async def run(self) -> None:
+        try:
+            if not await self.start():
+                return
+            reader = asyncio.create_task(self.read())
+            worker = asyncio.create_task(self.work())
+            try:
+                await asyncio.wait({reader, worker}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                # The client has gone or the stream is closed: a frame in the engine's queue
+                # is dropped there (its caller is cancelled), not computed for no one.
+                for task in (reader, worker):
+                    task.cancel()
+                await asyncio.gather(reader, worker, return_exceptions=True)
+                for task in (reader, worker):
+                    if not task.cancelled() and (error := task.exception()) is not None:
+                        raise error
+        except WebSocketDisconnect:
+            pass
+        except Exception:
+            log.exception("live stream failed")
+            await self.close(
+                1011, {"detail": "internal server error", "field": None, "status": 500}
+            )
+
+    # --- messages from the client -----------------------------------------------------------
+
+    async def receive(self) -> dict[str, object]:
+        try:
+            message = await asyncio.wait_for(self.socket.receive(), self.limits.idle_timeout_s)
+        except TimeoutError:
+            raise LiveIdleError(
+                f"no message for {self.limits.idle_timeout_s:g} s (ADAIN_LIVE_IDLE_TIMEOUT_S); "
+                "the stream is closed"
+            ) from None
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(int(message.get("code", 1000)))
+        return message
+
+    async def start(self) -> bool:
+        """The first message: the settings (and the key). False when the stream was closed."""
+        try:
+            message = await self.receive()
+            text = message.get("text")
+            if not isinstance(text, str):
+                raise InvalidInputError(
+                    "the first message must be the JSON settings (text), not a frame", "settings"
+                )
+            config = parse_config(text, None, self.limits.max_size)
+            if self.authorize is not None:
+                await self.authorize(config.key)
+            self.style = await self.prepare(config, None)
+        except DomainError as error:
+            await self.fail(error, fatal=True)
+            return False
+        await self.send_json({"ready": True, "settings": config.public()})
+        return True
+
+    async def read(self) -> None:
+        """Reads every message as it arrives, so that the newest frame is always known."""
+        while not self.closed:
+            try:
+                message = await self.receive()
+            except LiveIdleError as error:
+                await self.fail(error, fatal=True)
+                return
+            data = message.get("bytes")
+            if data is None:
+                self.settings_changes.append(str(message.get("text") or ""))
+            else:
+                index = self.received
+                self.received += 1
+                if len(data) > self.limits.max_frame_bytes:
+                    await self.fail(
+                        ImageTooLargeError(
+                            f"frame {index}: {len(data)} bytes; the limit is "
+                            f"{self.limits.max_frame_bytes} (ADAIN_LIVE_MAX_FRAME_BYTES)",
+                            "frame",
+                        ),
+                        fatal=True,
+                    )
+                    return
+                if self.waiting is not None:
+                    self.dropped += 1
+                    metrics.LIVE_FRAMES.labels("dropped").inc()
+                self.waiting = Frame(index, data, time.perf_counter())
+            self.wake.set()
+
+    # --- the work ---------------------------------------------------------------------------
+
+    async def work(self) -> None:
+        while not self.closed:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.settings_changes:
+                await self.change_settings(self.settings_changes.pop(0))
+            frame, self.waiting = self.waiting, None
+            if frame is not None:
+                try:
+                    await self.process(frame)
+                except DomainError as error:
+                    metrics.LIVE_FRAMES.labels("failed").inc()
+                    await self.fail(
+                        error, isinstance(error, FATAL_FRAME_ERRORS), {"failed_frame": frame.index}
+                    )
+
+    async def change_settings(self, text: str) -> None:
+        assert self.style is not None
+        try:
+            config = parse_config(text, self.style.config, self.limits.max_size)
+            self.style = await self.prepare(config, self.style)
+        except DomainError as error:
+            await self.fail(error, fatal=False)  # the previous settings stay
+            return
+        await self.send_json({"ready": True, "settings": config.public()})
+
+    async def prepare(self, config: LiveConfig, current: Style | None) -> Style:
+        """The mix for `config`: the style's statistics from the cache or the engine. The
+        stabiliser starts again: its previous output is of the old settings."""
+        if current is not None and (current.config.style_id, current.config.style_size) == (
+            config.style_id,
+            config.style_size,
+        ):
+            mean, std = current.mix.mean, current.mix.std
+        else:
+            record = await self.registry.find(config.style_id, None)
+            data = None if record is None else await self.registry.image(record.id)
+            if data is None:
+                raise StyleNotFoundError(
+                    f"style_id: no style with id or name {config.style_id[:80]!r}", "style_id"
+                )
+            stats, _, _ = await self.stylizer.style_statistics(
+                StyleInput(data, "style_id"), config.style_size, False
+            )
+            mean, std = stats.mean, stats.std
+        return Style(config, StyleMix(mean, std, torch.ones(1), alpha=config.alpha))
+
+    async def process(self, frame: Frame) -> None:
+        assert self.style is not None
+        style = self.style
+        started = time.perf_counter()
+        content = await self.stylizer.decode_budget.decode(
+            header_pixels(frame.data),
+            "frame",
+            decode_frame,
+            frame.data,
+            style.config.size,
+            self.limits.images,
+        )
+        decoded = time.perf_counter()
+        if style.config.stabilize:
+            stylized, network_ms = await self.stabilized(style, content)
+        else:
+            result = await self.stylizer.engine.stylize(StylizeJob(content, style.mix))
+            stylized, network_ms = result.value, result.compute_ms
+        done = time.perf_counter()
+        output_format = OutputFormat(style.config.format)
+        encoded = await run_in_threadpool(
+            encode_image, stylized, output_format, style.config.quality
+        )
+        finished = time.perf_counter()
+        header = {
+            "frame": frame.index,
+            "dropped": self.dropped,
+            "width": stylized.shape[-1],
+            "height": stylized.shape[-2],
+            "wait_ms": ms(frame.received, started),  # waiting for the previous frame
+            "decode_ms": ms(started, decoded),
+            "network_ms": round(network_ms, 1),  # the engine's time for this frame's batch
+            "stylize_ms": ms(decoded, done),  # queue + network + stabiliser
+            "encode_ms": ms(done, finished),
+            "server_ms": ms(frame.received, finished),  # arrival to sending
+        }
+        async with self.send_lock:
+            if not self.closed:
+                await self.socket.send_json(header)
+                await self.socket.send_bytes(encoded)
+        metrics.LIVE_FRAMES.labels("stylized").inc()
+
+    async def stabilized(self, style: Style, content: Tensor) -> tuple[Tensor, float]:
+        """The stabiliser's output for `content`, in a thread: it calls the network through
+        the engine (on this loop) and computes its flow and blending itself."""
+        if style.stabilizer is None:
+            style.stabilizer = Stabilizer(self.engine_stylize(style), LIVE)
+        style.network_ms = 0.0
+        try:
+            output = await run_in_threadpool(style.stabilizer, content)
+        except asyncio.CancelledError:
+            if style.pending is not None:
+                style.pending.cancel()  # the thread then stops waiting for it
+            raise
+        return output, style.network_ms
+
+    def engine_stylize(self, style: Style) -> Callable[[Tensor], Tensor]:
+        """stylize(frame) for the stabiliser's thread: one engine job on this event loop."""
+        loop = asyncio.get_running_loop()
+        engine = self.stylizer.engine
+
+        def stylize(frame: Tensor) -> Tensor:
+            job = StylizeJob(frame, style.mix)
+            style.pending = asyncio.run_coroutine_threadsafe(engine.stylize(job), loop)
+            result = style.pending.result(ENGINE_WAIT_S)
+            style.network_ms += result.compute_ms
+            return result.value
+
+        return stylize
+
+    # --- messages to the client -------------------------------------------------------------
+
+    async def send_json(self, message: dict[str, object]) -> None:
+        async with self.send_lock:
+            if not self.closed:
+                await self.socket.send_json(message)
+
+    async def fail(
+        self, error: DomainError, fatal: bool, extra: dict[str, object] | None = None
+    ) -> None:
+        """The error's message; then, when the stream cannot go on, the close."""
+        message, code = self.describe(error)
+        message.update(extra or {})
+        if fatal:
+            await self.close(code, message)
+        else:
+            await self.send_json(message)
+
+    async def close(self, code: int, message: dict[str, object]) -> None:
+        async with self.send_lock:
+            if self.closed or self.socket.application_state != WebSocketState.CONNECTED:
+                return
+            self.closed = True
+            self.wake.set()
+            try:
+                await self.socket.send_json(message)
+                # A close reason has at most 123 bytes.
+                reason = str(message.get("detail", "")).encode()[:120].decode(errors="ignore")
+                await self.socket.close(code, reason)
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                pass  # the client has gone already
+
+
+def ms(start: float, end: float) -> float:
+    return round((end - start) * 1000, 1)

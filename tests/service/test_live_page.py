@@ -1,0 +1,201 @@
+"""The page's Live mode in real headless Chromium with a fake camera fed from a file: the
+stylized frames (not the camera's) come back through WebSocket /live and the counters move;
+with API keys on too."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from devkit.images import encode, random_image
+from devkit.server import RunningServer
+from tests.service.conftest import ADMIN_KEY, USER_KEYS, KeyedServer
+from tests.service.test_page import CHROMIUM, CHROMIUM_FLAGS
+
+CAMERA_SIZE = (320, 240)
+CAMERA_FRAMES = 10
+SEED_BASE = 8300
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
+
+
+def camera_picture() -> Image.Image:
+    return random_image(*CAMERA_SIZE, seed=SEED_BASE)
+
+
+def write_y4m(path: Path, picture: Image.Image, frames: int) -> None:
+    """A Y4M clip (4:2:0, full-range BT.601 as JPEG) showing `picture` in every frame."""
+    width, height = picture.size
+    ycbcr = np.asarray(picture.convert("YCbCr"))
+    y = ycbcr[..., 0]
+    chroma = [
+        np.asarray(
+            Image.fromarray(ycbcr[..., c]).resize((width // 2, height // 2), Image.Resampling.BOX)
+        )
+        for c in (1, 2)
+    ]
+    with path.open("wb") as clip:
+        clip.write(f"YUV4MPEG2 W{width} H{height} F10:1 Ip A1:1 C420jpeg\n".encode())
+        for _ in range(frames):
+            clip.write(b"FRAME\n" + y.tobytes() + chroma[0].tobytes() + chroma[1].tobytes())
+
+
+@pytest.fixture(scope="module")
+def camera_browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    clip = tmp_path_factory.mktemp("camera") / "camera.y4m"
+    write_y4m(clip, camera_picture(), CAMERA_FRAMES)
+    flags = [
+        *CHROMIUM_FLAGS,
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-video-capture={clip}",
+    ]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=flags)
+        yield browser
+        browser.close()
+
+
+def register(url: str, seed: int, headers: dict[str, str] | None = None) -> str:
+    image = encode(random_image(64, 64, seed=SEED_BASE + seed))
+    answer = httpx.post(
+        url + "/styles",
+        files={"file": (f"live-page-{seed}.png", image, "image/png")},
+        headers=headers,
+        timeout=60,
+    )
+    assert answer.status_code in (200, 201), answer.text
+    return answer.json()["id"]
+
+
+def shown_pixels(page: Page) -> np.ndarray:
+    """The stylized picture the page shows, as the browser decoded it."""
+    data_url = page.locator("#live-output").evaluate("""image => {
+        const canvas = document.createElement("canvas");
+        canvas.width = image.naturalWidth; canvas.height = image.naturalHeight;
+        canvas.getContext("2d").drawImage(image, 0, 0);
+        return canvas.toDataURL("image/png");
+    }""")
+    data = base64.b64decode(data_url.split(",", 1)[1])
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.float64) / 255
+
+
+def counter(page: Page, element_id: str) -> float:
+    return float(page.locator(f"#{element_id}").inner_text())
+
+
+def stylized_over_http(
+    url: str,
+    style_id: str,
+    size: tuple[int, int],
+    alpha: float,
+    headers: dict[str, str] | None = None,
+) -> np.ndarray:
+    """POST /stylize of the camera's picture at the size the page showed."""
+    camera = camera_picture().resize(size, Image.Resampling.BILINEAR)
+    answer = httpx.post(
+        url + "/stylize",
+        files={"content": ("camera.png", encode(camera), "image/png")},
+        data={"style_id": style_id, "content_size": "0", "style_size": "0", "alpha": str(alpha)},
+        headers=headers,
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    with Image.open(io.BytesIO(answer.content)) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.float64) / 255
+
+
+def run_live(page: Page, style_name: str) -> None:
+    page.get_by_role("button", name="Live", exact=True).click()
+    page.get_by_label("Live style", exact=True).select_option(label=style_name)
+    page.get_by_label("Live size").select_option("128")  # quick passes of the test networks
+    page.get_by_label("Live style scale").select_option("0")  # within the test server's limits
+    page.get_by_label("Steady (no flicker)").uncheck()  # one frame is then exactly one pass
+    page.get_by_role("button", name="Start camera").click()
+    page.wait_for_function(
+        "['Live.', 'Stopped.'].includes(document.getElementById('live-status').textContent)",
+        timeout=60_000,
+    )
+    status = page.locator("#live-status").inner_text()
+    assert status == "Live.", page.locator("#live-error").inner_text()
+    wait_for_frames(page, 3)
+
+
+def wait_for_frames(page: Page, more: int) -> None:
+    """Until the page has shown `more` frames more than now."""
+    target = counter(page, "live-frames") + more
+    page.wait_for_function(
+        f"Number(document.getElementById('live-frames').textContent) >= {target}",
+        timeout=120_000,
+    )
+
+
+def check_stylized(
+    page: Page, url: str, style_id: str, headers: dict[str, str] | None = None
+) -> None:
+    """The page shows the camera's picture stylized at alpha 1 (as POST /stylize makes it up
+    to JPEG), not the camera's own picture; after the slider goes to 0, the alpha 0 one."""
+    shown = shown_pixels(page)
+    height, width = shown.shape[:2]
+    assert min(height, width) == 128
+    camera = np.asarray(camera_picture().resize((width, height)), dtype=np.float64) / 255
+    full, none = (
+        stylized_over_http(url, style_id, (width, height), alpha, headers) for alpha in (1.0, 0.0)
+    )
+    errors = [np.abs(shown - other).mean() for other in (full, none, camera)]
+    assert errors[0] < 0.06 and errors[0] < min(errors[1:]), errors
+
+    page.get_by_label("Live style strength").fill("0")
+    expect(page.locator("#live-alpha-value")).to_have_text("0.00")
+    wait_for_frames(page, 3)
+    shown = shown_pixels(page)
+    errors = [np.abs(shown - other).mean() for other in (none, full)]
+    assert errors[0] < errors[1], errors
+
+
+def test_live_mode_shows_the_stylized_camera_and_counts(
+    camera_browser: Browser, server: RunningServer
+) -> None:
+    style_id = register(server.url, 1)
+    name = "live-page-1"
+    context = camera_browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(server.url + "/")
+    run_live(page, name)
+    expect(page.get_by_label("Content photo")).to_be_hidden()  # the image form gives way
+    wait_for_frames(page, 3)
+    assert counter(page, "live-fps") > 0
+    assert counter(page, "live-latency") > 0
+    check_stylized(page, server.url, style_id)
+
+    page.get_by_role("button", name="Stop", exact=True).click()
+    expect(page.locator("#live-status")).to_have_text("Stopped.")
+    stopped_at = counter(page, "live-frames")
+    page.wait_for_timeout(1000)
+    assert counter(page, "live-frames") == stopped_at
+    expect(page.locator("#live-error")).to_be_hidden()
+    context.close()
+
+
+def test_live_mode_with_api_keys(camera_browser: Browser, keyed_server: KeyedServer) -> None:
+    admin = {"X-API-Key": ADMIN_KEY}
+    style_id = register(keyed_server.url, 2, admin)
+    context = camera_browser.new_context()
+    page = context.new_page()
+    page.goto(keyed_server.url + "/")
+    # The key form, as a user fills it after the page's first 401.
+    page.get_by_label("API key").fill(USER_KEYS[0])
+    page.locator("#key-panel").evaluate("panel => { panel.hidden = false; }")
+    page.get_by_role("button", name="Use key").click()
+    run_live(page, "live-page-2")
+    check_stylized(page, keyed_server.url, style_id, {"X-API-Key": USER_KEYS[0]})
+    context.close()
