@@ -26,7 +26,7 @@ from service.hardening import HostNotAllowedError
 from service.imaging import DecodeBudgetError, ImageTooLargeError, UnsupportedImageError
 from service.jobs.store import JobNotDoneError, JobNotFoundError
 from service.limits import BodyTimeoutError, BodyTooLargeError
-from service.live import LiveBusyError, LiveIdleError
+from service.live import LiveBusyError, LiveFailedError, LiveIdleError
 from service.registry import (
     AmbiguousNameError,
     NameTakenError,
@@ -192,6 +192,7 @@ HTTP_ERRORS: dict[type[DomainError], HttpStatus] = {
         408, "A live stream sent nothing for ADAIN_LIVE_IDLE_TIMEOUT_S; it is closed.",
         headers=CLOSE,
     ),
+    LiveFailedError: HttpStatus(500, "A live stream broke on an unexpected error; it is logged."),
     LiveBusyError: HttpStatus(
         503, "ADAIN_LIVE_MAX_SESSIONS live streams are open.", retry_after_s=5
     ),

@@ -69,6 +69,10 @@ class LiveBusyError(DomainError):
     """ADAIN_LIVE_MAX_SESSIONS streams are open: the handshake is refused, retry later (503)."""
 
 
+class LiveFailedError(DomainError):
+    """A bug broke the stream (500, logged): the client may open another."""
+
+
 class LiveIdleError(DomainError):
     """No message for ADAIN_LIVE_IDLE_TIMEOUT_S: the stream is closed (408)."""
 
@@ -231,9 +235,7 @@ class LiveSession:
             pass
         except Exception:
             log.exception("live stream failed")
-            await self.close(
-                1011, {"detail": "internal server error", "field": None, "status": 500}
-            )
+            await self.fail(LiveFailedError("internal server error"), fatal=True)
 
     # --- messages from the client -----------------------------------------------------------
 

@@ -226,10 +226,12 @@ def describe(app: FastAPI) -> dict[str, Any]:
 
 
 def use_error_model(response: dict[str, Any]) -> None:
-    """FastAPI's default 422 model, replaced by ours (that is what the handlers send)."""
+    """FastAPI's default 422 (model and description), replaced by ours and the table's meaning
+    (that is what the handlers send)."""
     json_body = response.get("content", {}).get("application/json", {})
     if json_body.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
         json_body["schema"] = {"$ref": f"#/components/schemas/{ErrorBody.__name__}"}
+        response["description"] = HTTP_ERRORS[InvalidInputError].meaning
 
 
 def drop_null_from_form(form: dict[str, Any]) -> None:

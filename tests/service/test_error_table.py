@@ -32,7 +32,7 @@ from service.hardening import HostNotAllowedError
 from service.imaging import DecodeBudgetError, ImageTooLargeError, UnsupportedImageError
 from service.jobs.store import JobNotDoneError, JobNotFoundError
 from service.limits import BodyTimeoutError, BodyTooLargeError
-from service.live import LiveBusyError, LiveIdleError
+from service.live import LiveBusyError, LiveFailedError, LiveIdleError
 from service.main import create_app  # imports every module that defines a domain error
 from service.registry import (
     AmbiguousNameError,
@@ -105,6 +105,7 @@ CASES: list[tuple[DomainError, int, str | None]] = [
                              "(ADAIN_STYLES_DIR); retry later"), 503, "10"),
     (StorageFullError("the style registry cannot store the style: its disk is full "
                       "(ADAIN_STYLES_DIR)"), 507, "60"),
+    (LiveFailedError("internal server error"), 500, None),
     (LiveIdleError("no message for 30 s (ADAIN_LIVE_IDLE_TIMEOUT_S); the stream is closed"),
      408, None),
     (LiveBusyError("4 live streams are open, the limit of this server "
