@@ -1,14 +1,23 @@
-# The two set-up commands of the README: each installs what it needs on a fresh machine first.
+# The two set-up commands of the README: each installs what it needs on a fresh machine first,
+# into the checkout's own virtual environment (scripts/setup.sh), and runs from it.
 .PHONY: serve test lint
+
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+# The tests start the venv's tools by name (adain, openapi-python-client, hadolint, ...).
+export VENV
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(BIN):$(PATH)
 
 serve:
 	bash scripts/setup.sh
-	adain serve
+	$(BIN)/adain serve
 
 test:
 	bash scripts/setup.sh --test
-	ruff check .
-	python3 -m pytest -q
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
 
 lint:
-	ruff check . && ruff format --check .
+	bash scripts/setup.sh --test
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -22,9 +22,10 @@ import torch
 from torch import Tensor
 
 from benchmarks.common import machine, network_weights
-from models.acceleration import DTYPES, compile_networks
-from models.model import StyleMix, StyleTransfer
-from models.weights import load_model
+from models.acceleration import DTYPES
+from models.config import PipelineConfig
+from models.model import StyleMix
+from models.pipeline import Pipeline, build_pipeline
 
 
 def synchronize(device: torch.device) -> None:
@@ -46,17 +47,13 @@ def seconds_per_call(run: Callable[[], Tensor], device: torch.device, repeats: i
     return statistics.median(times)
 
 
-def stylizer(net: StyleTransfer, compiled: bool, device: torch.device
-             ) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-    """The engine's batch pass, `StyleTransfer.stylize_batch`: encode, AdaIN to the style
-    statistics, decode. `compiled` compiles the networks in place as the service does (for the
-    rest of `net`'s use)."""
-    if compiled:
-        compile_networks(net, "on", device)
+def stylizer(pipeline: Pipeline) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """The engine's batch pass, `Pipeline.stylize_batch`: encode, AdaIN to the style
+    statistics, decode."""
 
     def run(content: Tensor, mean: Tensor, std: Tensor) -> Tensor:
         mix = StyleMix(mean, std, torch.ones(1))
-        return net.stylize_batch(content, [mix] * len(content))
+        return pipeline.stylize_batch(content, [mix] * len(content))
 
     return run
 
@@ -86,19 +83,23 @@ def main() -> None:
             content = torch.rand(batch, 3, size, size, device=device)
             baseline: float | None = None
             for precision in args.precisions:
-                net = load_model(encoder, decoder, device, DTYPES[precision])
-                with torch.inference_mode():
-                    mean, std = net.style_statistics(torch.rand(1, 3, size, size, device=device))
                 for compiled in ([False] if args.no_compile else [False, True]):
-                    run = stylizer(net, compiled, device)
+                    # Compiled as the service compiles (`build_pipeline`, ADAIN_COMPILE=on).
+                    pipeline = build_pipeline(PipelineConfig(
+                        device.type, precision, "on" if compiled else "off",
+                        encoder_path=encoder, decoder_path=decoder))
                     with torch.inference_mode():
-                        seconds = seconds_per_call(partial(run, content, mean, std), device,
-                                                   args.repeats)
+                        mean, std = pipeline.style_statistics(
+                            torch.rand(1, 3, size, size, device=device))
+                    with torch.inference_mode():
+                        seconds = seconds_per_call(
+                            partial(stylizer(pipeline), content, mean, std), device,
+                            args.repeats)
                     baseline = baseline or seconds
                     print(f"{size:>5} {batch:>5} {precision:>9} "
                           f"{'compiled' if compiled else 'eager':>8} {seconds * 1000:>10.1f} "
                           f"{batch / seconds:>9.1f} {baseline / seconds:>13.2f}x")
-                del net
+                    del pipeline
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
 

@@ -24,15 +24,18 @@ from pathlib import Path
 
 import httpx
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torch import Tensor
 
 from benchmarks.common import machine
 from devkit import REPO
 from devkit.images import random_image
 from devkit.server import running_server
 from models import images, tiling
-from models.model import StyleMix, calc_mean_std
-from models.weights import load_model
+from models.config import DEFAULT_TILE_SIZE, PipelineConfig
+from models.model import StyleMix, StyleTransfer, calc_mean_std
+from models.pipeline import build_pipeline, style_statistics, stylize_batch
 
 SIZES = {"4k": (3840, 2160), "8k": (7680, 4320)}
 PHOTO = Path("/work/shared/datasets/content/train/adain__avril.jpg")
@@ -60,6 +63,16 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(1 / mse)
 
 
+def thumbnail_statistics(net: StyleTransfer, image: Tensor, side: int) -> tuple[Tensor, Tensor]:
+    """URST's statistics (Chen et al., AAAI 2022): those of the image shrunk (area-averaged) to
+    `side` on its longer side."""
+    height, width = image.shape[-2:]
+    scale = side / max(height, width)
+    size = (max(round(height * scale), 9), max(round(width * scale), 9))
+    thumbnail = F.interpolate(image.float(), size=size, mode="bilinear", antialias=True)
+    return calc_mean_std(net.encode(thumbnail).float())
+
+
 def timed(work: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
     start = time.perf_counter()
     result = work()
@@ -67,21 +80,19 @@ def timed(work: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
 
 
 def accuracy(side: int, tile: int, out_dir: Path) -> None:
-    net = load_model(None, None, "cpu")
+    net = build_pipeline(PipelineConfig(device="cpu", precision="fp32")).net
     content = images.prepare(picture(PHOTO, (side, side), seed=1))
     style = images.prepare(picture(STYLE, (512, 512), seed=2))
     with torch.inference_mode():
-        mean, std = net.style_statistics(style)
+        mean, std = style_statistics(net, style)
         mix = StyleMix(mean, std, torch.ones(1))
-        net.tile_size = 0
-        untiled, untiled_s = timed(lambda: net.stylize_batch(content, [mix]))
+        untiled, untiled_s = timed(lambda: stylize_batch(net, content, [mix], tile_size=0))
         exact = net.encode(content).float()
         exact_stats = calc_mean_std(exact)
         del exact
-        net.tile_size = tile
-        tiled, tiled_s = timed(lambda: net.stylize_batch(content, [mix]))
+        tiled, tiled_s = timed(lambda: stylize_batch(net, content, [mix], tile_size=tile))
         accumulated = tiling.accumulated_statistics(net, content, tile)
-        thumb = tiling.thumbnail_statistics(net, content, THUMBNAIL_SIDE)
+        thumb = thumbnail_statistics(net, content, THUMBNAIL_SIDE)
         thumbed, thumb_s = timed(lambda: tiling.stylize_tiled(net, content, mix, tile, thumb))
     print(
         f"\naccuracy at {side} x {side}, fp32, tiles of {tile} px (+{tiling.MARGIN} px "
@@ -142,7 +153,7 @@ def memory(label: str, size: tuple[int, int], work: Path, via: set[str]) -> None
         f"{content.stat().st_size / 1e6:.1f} MB JPEG, PNG output"
     )
     if "cli" in via:
-        command = [sys.executable, "-m", "service.cli", "stylize", str(content), str(style)]
+        command = [sys.executable, "-m", "cli", "stylize", str(content), str(style)]
         output = ["-o", str(work / f"out_{label}.png"), "--content-size", "0", "--device", "cpu"]
         seconds, peak = peak_of_child(command + output)
         print(f"  adain stylize   {seconds:7.1f} s  peak RSS {peak:5.2f} GB")
@@ -178,7 +189,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="4k,8k", help="of " + ", ".join(SIZES) + " or WxH")
     parser.add_argument("--accuracy-side", type=int, default=2048)
-    parser.add_argument("--tile", type=int, default=1024, help="tile side of the accuracy test")
+    parser.add_argument("--tile", type=int, default=DEFAULT_TILE_SIZE,
+                        help="tile side of the accuracy test")
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--via", default="cli,http", help="adain stylize (cli), HTTP or both")
     parser.add_argument("--images", type=Path, default=REPO / "docs" / "images")

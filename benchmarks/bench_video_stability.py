@@ -43,8 +43,9 @@ class Row:
     content_delta: float
 
 
-def mean_ln_losses(net: StyleTransfer, clip: Clip, style: Tensor, outputs: Tensor
-                   ) -> tuple[float, float]:
+def mean_ln_losses(
+    net: StyleTransfer, clip: Clip, style: Tensor, outputs: Tensor
+) -> tuple[float, float]:
     """Mean over frames of ln style loss and ln content loss of the outputs."""
     styles, contents = [], []
     for frame, output in zip(clip.frames, outputs, strict=True):
@@ -54,8 +55,9 @@ def mean_ln_losses(net: StyleTransfer, clip: Clip, style: Tensor, outputs: Tenso
     return sum(styles) / len(styles), sum(contents) / len(contents)
 
 
-def compare(net: StyleTransfer, clip: Clip, style: Tensor, name: str,
-            configs: dict[str, StabilizerConfig]) -> list[Row]:
+def compare(
+    net: StyleTransfer, clip: Clip, style: Tensor, name: str, configs: dict[str, StabilizerConfig]
+) -> list[Row]:
     mean, std = net.style_statistics(style)
     mix = StyleMix(mean=mean, std=std, weights=torch.ones(1))
 
@@ -72,14 +74,16 @@ def compare(net: StyleTransfer, clip: Clip, style: Tensor, name: str,
         stabilizer = Stabilizer(stylize, config)
         outputs = torch.cat([stabilizer(frame[None]) for frame in clip.frames])
         style_ln, content_ln = mean_ln_losses(net, clip, style, outputs)
-        rows.append(Row(
-            clip=f"{clip.name} [{label}]",
-            style=name,
-            error_ratio=warping_error(outputs, clip.flows, clip.valid) / base_error,
-            sharpness_ratio=sharpness(outputs) / base_sharpness,
-            style_delta=style_ln - base_style,
-            content_delta=content_ln - base_content,
-        ))
+        rows.append(
+            Row(
+                clip=f"{clip.name} [{label}]",
+                style=name,
+                error_ratio=warping_error(outputs, clip.flows, clip.valid) / base_error,
+                sharpness_ratio=sharpness(outputs) / base_sharpness,
+                style_delta=style_ln - base_style,
+                content_delta=content_ln - base_content,
+            )
+        )
     return rows
 
 
@@ -99,8 +103,10 @@ def main() -> None:
     wanted = set(filter(None, args.clips.split(",")))
     by_name = {path.stem: path for path in style_images()}
     configs = {"default": StabilizerConfig(), "live": LIVE}
-    print(f"{'clip [config]':34s} {'style':22s} {'error':>7s} {'sharp':>7s} "
-          f"{'d ln style':>10s} {'d ln content':>12s}")
+    print(
+        f"{'clip [config]':34s} {'style':22s} {'error':>7s} {'sharp':>7s} "
+        f"{'d ln style':>10s} {'d ln content':>12s}"
+    )
     rows: list[Row] = []
     for clip in clips:
         if wanted and clip.name not in wanted:
@@ -110,17 +116,21 @@ def main() -> None:
             style = load_photo(by_name[name], args.size)[None]
             for row in compare(net, clip, style, name, configs):
                 rows.append(row)
-                print(f"{row.clip:34s} {row.style:22s} {row.error_ratio:7.3f} "
-                      f"{row.sharpness_ratio:7.3f} {row.style_delta:+10.3f} "
-                      f"{row.content_delta:+12.3f}  ({time.perf_counter() - started:.0f} s)",
-                      flush=True)
+                print(
+                    f"{row.clip:34s} {row.style:22s} {row.error_ratio:7.3f} "
+                    f"{row.sharpness_ratio:7.3f} {row.style_delta:+10.3f} "
+                    f"{row.content_delta:+12.3f}  ({time.perf_counter() - started:.0f} s)",
+                    flush=True,
+                )
     for label in configs:
         chosen = [row for row in rows if row.clip.endswith(f"[{label}]")]
         if chosen:
-            print(f"worst [{label}]: error {max(r.error_ratio for r in chosen):.3f}x, sharpness "
-                  f"{min(r.sharpness_ratio for r in chosen):.3f}x, ln style "
-                  f"{max(r.style_delta for r in chosen):+.3f}, ln content "
-                  f"{max(r.content_delta for r in chosen):+.3f}")
+            print(
+                f"worst [{label}]: error {max(r.error_ratio for r in chosen):.3f}x, sharpness "
+                f"{min(r.sharpness_ratio for r in chosen):.3f}x, ln style "
+                f"{max(r.style_delta for r in chosen):+.3f}, ln content "
+                f"{max(r.content_delta for r in chosen):+.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -25,9 +25,9 @@ from torchvision.utils import save_image
 
 from devkit import reference_port
 from devkit.images import encode, random_image
-from models.acceleration import CompileMode, Precision, compile_networks, pick_dtype
+from models.config import CompileMode, PipelineConfig, Precision
 from models.model import make_decoder, make_encoder
-from models.weights import load_model
+from models.pipeline import build_pipeline
 from service.cache import MemoryStatsCache, encoder_fingerprint
 from service.engine import Engine, cpu_threads
 from service.imaging import ImageLimits, OutputFormat, PixelBudget
@@ -112,18 +112,18 @@ class InProcessService:
               ) -> InProcessService:
         """precision: None = the service's default (ADAIN_PRECISION, auto)."""
         settings = Settings(encoder_path=encoder, decoder_path=decoder, device="cpu")
-        net = load_model(encoder, decoder, "cpu",
-                         pick_dtype(precision or settings.precision, "cpu"))
-        compile_networks(net, compile_mode, "cpu")
-        net.tile_size = settings.tile_size
-        engine = Engine(net, "cpu", max_batch_size=settings.batch_size_for("cpu"),
+        config = settings.pipeline_config()
+        pipeline = build_pipeline(PipelineConfig(
+            config.device, precision or config.precision, compile_mode, config.tile_size,
+            encoder, decoder))
+        engine = Engine(pipeline, "cpu", max_batch_size=settings.batch_size_for("cpu"),
                         max_wait_ms=settings.max_wait_ms, queue_size=settings.queue_size)
         engine.start()
         entries = settings.cache_size if cache_entries is None else cache_entries
         stylizer = Stylizer(
             engine, MemoryStatsCache(entries),
             ImageLimits(settings.max_image_pixels, settings.max_output_pixels),
-            encoder_fingerprint(encoder, net.dtype, torch.device("cpu")),
+            encoder_fingerprint(encoder, pipeline.dtype, torch.device("cpu")),
             PixelBudget(settings.decode_pixel_budget, settings.decode_wait_s),
         )
         return cls(stylizer, engine, asyncio.new_event_loop())

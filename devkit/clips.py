@@ -251,4 +251,12 @@ def standard_clips(
             name="disc_over_pan",
             layer=(third, moving_disc((0.3 * size, 0.4 * size), (2.25, 1.0)), 0.2 * size),
         ),
+        render(
+            first,
+            pan((0.0, 0.0), offset),
+            frames,
+            shape,
+            name="disc_over_still",
+            layer=(second, moving_disc((0.25 * size, 0.3 * size), (3.0, 1.5)), 0.2 * size),
+        ),
     ]

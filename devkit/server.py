@@ -85,12 +85,13 @@ def start_server(
 ) -> RunningServer:
     url = f"http://127.0.0.1:{port}"
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ADAIN_")}
-    command = [sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory",
-               "--host", "127.0.0.1", "--port", str(port)]
+    address = {"ADAIN_HOST": "127.0.0.1", "ADAIN_PORT": str(port)}
+    # What `adain serve` runs: the app under uvicorn with the service's connection limits.
+    command = [sys.executable, "-m", "service.server"]
     with tempfile.NamedTemporaryFile(prefix=f"adain-server-{port}-", suffix=".log",
                                      delete=False) as log_file:
-        process = subprocess.Popen(command, cwd=REPO, env={**clean, **env}, stdout=log_file,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=REPO, env={**clean, **env, **address},
+                                   stdout=log_file, stderr=subprocess.STDOUT)
     server = RunningServer(url, port, process, Path(log_file.name))
     try:
         wait_until_ready(url, process, ready_timeout_s, server.log_path, ready)
@@ -107,7 +108,7 @@ def running_server(
     ready_timeout_s: float = 180,
     ready: bool = True,
 ) -> Iterator[RunningServer]:
-    """`uvicorn service.main:create_app --factory` on 127.0.0.1 with `env` on top of a clean
+    """`python -m service.server` (`adain serve`) on 127.0.0.1 with `env` on top of a clean
     environment (no ADAIN_* inherited), ready (GET /readyz = 200) when this yields; with
     `ready=False` only alive (GET /healthz = 200), for servers that cannot be ready yet.
     Stopped with SIGTERM on exit. Without `port`, a free one (another if it was taken)."""

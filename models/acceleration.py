@@ -1,4 +1,4 @@
-"""How the networks run fast: their precision (fp32, bf16, fp16) and `torch.compile`.
+"""Where and how fast the networks run: the device, their precision and `torch.compile`.
 
 Only the networks' weights and activations take the lower precision; the AdaIN statistics, the
 AdaIN target, CORAL, masks and the alpha blend stay float32 (`models.model`). fp32 is the
@@ -12,10 +12,11 @@ import logging
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+from models.config import CompileMode, Device, Precision
 
 log = logging.getLogger("models.acceleration")
 
@@ -23,15 +24,18 @@ CPUINFO = Path("/proc/cpuinfo")
 # x86 flags of native bf16 arithmetic: AVX512-BF16 (AMD Zen 4+, Intel Cooper Lake+), AMX.
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
-
-# The settings' and the command line's names (as strings there: `adain --help` loads no torch).
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
-CompileMode = Literal["auto", "on", "off"]
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
 }
+
+
+def pick_device(name: Device | str) -> torch.device:
+    """`auto`: CUDA when there is one, else the CPU; or the device named."""
+    if name == Device.auto:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(str(name))
 
 
 def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str] | None:
@@ -59,10 +63,11 @@ def pick_dtype(
     precision: Precision, device: torch.device | str, flags: Iterable[str] | None = None
 ) -> torch.dtype:
     """The networks' dtype. `auto`: fp16 on CUDA (tensor cores; bf16 is not measured there
-    yet), bf16 on CPUs with native bf16 (2.6x faster than fp32 on AVX512-BF16, PSNR ~50 dB),
-    fp32 elsewhere. `flags`: the CPU's feature flags (default: read from /proc/cpuinfo)."""
-    if precision != "auto":
-        return DTYPES[precision]
+    yet), bf16 on CPUs with native bf16 (faster than fp32 there, with a PSNR well above what
+    the eye sees: docs/benchmarks.md), fp32 elsewhere. `flags`: the CPU's feature flags
+    (default: read from /proc/cpuinfo)."""
+    if precision != Precision.auto:
+        return DTYPES[str(precision)]
     device_type = torch.device(device).type
     if device_type == "cuda":
         return torch.float16
@@ -81,9 +86,11 @@ def compiler_found(device: torch.device | str) -> str | None:
 
 
 def wants_compile(mode: CompileMode, device: torch.device | str) -> bool:
-    """`on`, or `auto` on CUDA. `auto` leaves the CPU eager: there compiling gained 1.1-1.2x
-    but took minutes of warm-up (docs/benchmarks.md)."""
-    return mode == "on" or (mode == "auto" and torch.device(device).type == "cuda")
+    """`on`, or `auto` on CUDA. `auto` leaves the CPU eager: there compiling gained little for
+    minutes of warm-up (docs/benchmarks.md)."""
+    return mode == CompileMode.on or (
+        mode == CompileMode.auto and torch.device(device).type == "cuda"
+    )
 
 
 class CompiledOrEager(nn.Module):

@@ -20,3 +20,9 @@ class DomainError(Exception):
 
 class InvalidInputError(DomainError, ValueError):
     """A value the caller can correct: out of range, the wrong count, the wrong size."""
+
+
+def error_body(detail: str, field: str | None) -> dict[str, str | None]:
+    """The one shape of an error a client reads: HTTP answers (`service.errors`) and the error of
+    a failed job alike."""
+    return {"detail": detail, "field": field}

@@ -7,6 +7,9 @@ content image itself as output are the baseline the paper plots beside them. A t
 MSE(relu4_1 of the output, relu4_1 of the content photo), says how much of the photo is left
 whatever t asked for: it compares methods that do not aim at t (other peers' outputs, scored from
 a folder with `read_manifest`).
+
+`run_evaluation` is the whole of `adain eval`: the pairs, the peers, the summary, the sheet, the
+JSON report; the command only parses its options and prints.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,7 +25,10 @@ from PIL import Image, ImageDraw, ImageOps
 from torch import Tensor
 
 from models import images
+from models.data import split
+from models.errors import DomainError
 from models.model import StyleTransfer, adaptive_instance_normalization, content_loss, style_loss
+from models.pipeline import Pipeline
 
 # ln(0) is -inf, which JSON cannot hold; losses this small are zero for every practical purpose.
 LOSS_FLOOR = 1e-12
@@ -78,11 +84,17 @@ def measure(net: StyleTransfer, content: Tensor, style: Tensor, outputs: Tensor)
 
 @torch.inference_mode()
 def evaluate_pair(
-    net: StyleTransfer, content: Tensor, style: Tensor
+    pipeline: Pipeline, content: Tensor, style: Tensor, loss_net: StyleTransfer | None = None
 ) -> tuple[Tensor, Losses, Losses]:
-    """(stylized output, its losses, the baseline's losses) for one pair at alpha = 1."""
-    output = net.stylize(content, [style])
-    stylized, baseline = measure(net, content, style, torch.cat([output, content.float()]))
+    """(stylized output, its losses, the baseline's losses) for one pair at alpha = 1.
+
+    loss_net: the network whose VGG measures the losses when the pipeline's has another
+    encoder (the lite model is measured through the full VGG, as every other method); None:
+    the pipeline's own."""
+    output = pipeline.stylize(content, [style])
+    stylized, baseline = measure(
+        loss_net or pipeline.net, content, style, torch.cat([output, content.float()])
+    )
     return output, stylized, baseline
 
 
@@ -190,3 +202,116 @@ def results_json(
         "pairs": [asdict(result) for result in results],
         "summary": asdict(summary),
     }
+
+
+# --- the whole evaluation -----------------------------------------------------------------------
+
+
+class PeerOutputError(DomainError):
+    """A peer's folder lacks an output for a pair, or has one of another size."""
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """What `run_evaluation` measures: the pairs in order, at one size, and the peers' outputs
+    for them by peer name."""
+
+    pairs: list[tuple[Path, Path]]
+    size: int
+    peers: dict[str, dict[tuple[str, str], Path]] = field(default_factory=dict)
+    peer_folders: dict[str, Path] = field(default_factory=dict)
+    sheet: bool = False
+
+    @classmethod
+    def from_folders(cls, content_dir: Path, style_dir: Path, *, size: int, pairs: int,
+                     held_out: bool, peers: Sequence[Path] = (), sheet: bool = False
+                     ) -> EvaluationPlan:
+        """The first `pairs` (0: all) of `ordered_pairs` over the folders' images (those
+        training holds out, or all); FileNotFoundError for a missing folder or manifest."""
+        contents, styles = split(content_dir, held_out), split(style_dir, held_out)
+        chosen = list(ordered_pairs(contents, styles))[: pairs or None]
+        return cls(chosen, size, {folder.name: read_manifest(folder, size) for folder in peers},
+                   {folder.name: folder for folder in peers}, sheet)
+
+
+@dataclass
+class EvaluationReport:
+    results: list[PairResult]
+    summary: Summary
+    peer_results: dict[str, list[PairResult]]
+    peer_summaries: dict[str, Summary]
+    peer_folders: dict[str, Path]
+    sheet: Image.Image | None
+
+    def summary_line(self) -> str:
+        summary = self.summary
+        return (
+            f"{summary.pairs} pairs. mean ln content loss {summary.mean_ln.content:.3f} "
+            f"(baseline {summary.baseline_mean_ln.content:.3f}), mean ln style loss "
+            f"{summary.mean_ln.style:.3f} (baseline {summary.baseline_mean_ln.style:.3f}); "
+            f"means: content {summary.mean.content:.4f} (baseline "
+            f"{summary.baseline_mean.content:.4f}), style {summary.mean.style:.4f} (baseline "
+            f"{summary.baseline_mean.style:.4f}); style / baseline style "
+            f"{summary.style_ratio:.3f}"
+        )
+
+    def comparison_table(self) -> str:
+        return comparison_table({"this decoder": self.summary, **self.peer_summaries})
+
+    def to_json(self, settings: dict[str, object]) -> dict[str, object]:
+        report = results_json(self.results, self.summary, settings)
+        report["peers"] = {
+            name: results_json(self.peer_results[name], summary,
+                               {"folder": str(self.peer_folders[name])})
+            for name, summary in self.peer_summaries.items()
+        }
+        return report
+
+
+def pair_line(result: PairResult) -> str:
+    output, baseline = result.output, result.baseline
+    return (
+        f"{result.content} x {result.style}: content {output.content:.4f} (vs photo "
+        f"{output.content_vs_content:.4f}) style {output.style:.4f} | baseline content "
+        f"{baseline.content:.4f} style {baseline.style:.4f}"
+    )
+
+
+def run_evaluation(
+    pipeline: Pipeline,
+    plan: EvaluationPlan,
+    on_pair: Callable[[str], None] = lambda _: None,
+    loss_net: StyleTransfer | None = None,
+) -> EvaluationReport:
+    """Every pair of the plan stylized and measured, each peer's output measured beside it;
+    `on_pair` hears one line per pair as it is done. loss_net: see `evaluate_pair`."""
+    loss_net = loss_net or pipeline.net
+    results: list[PairResult] = []
+    peer_results: dict[str, list[PairResult]] = {name: [] for name in plan.peers}
+    rows: list[Image.Image] = []
+    for content_path, style_path in plan.pairs:
+        content = images.load(content_path, plan.size).to(pipeline.device)
+        style = images.load(style_path, plan.size).to(pipeline.device)
+        output, stylized, baseline = evaluate_pair(pipeline, content, style, loss_net)
+        result = PairResult(content_path.name, style_path.name, stylized, baseline)
+        results.append(result)
+        for name, outputs in plan.peers.items():
+            peer_path = outputs.get((content_path.name, style_path.name))
+            if peer_path is None:
+                raise PeerOutputError(f"peer {name} has no output for {result.content} x "
+                                      f"{result.style} at size {plan.size}")
+            peer_output = images.load(peer_path).to(pipeline.device)
+            if peer_output.shape != content.shape:
+                raise PeerOutputError(f"{peer_path} is not the content's size")
+            (peer_losses,) = measure(loss_net, content, style, peer_output)
+            peer_results[name].append(
+                PairResult(result.content, result.style, peer_losses, baseline)
+            )
+        on_pair(pair_line(result))
+        if plan.sheet:
+            rows.append(sheet_row(content, style, output, result))
+    return EvaluationReport(
+        results, summarise(results), peer_results,
+        {name: summarise(found) for name, found in peer_results.items()},
+        plan.peer_folders, contact_sheet(rows) if plan.sheet else None,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,9 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageOps
 from torch import Tensor
+
+from models.errors import InvalidInputError
+from models.model import Masks, check_mask_count, masks_for_styles
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -55,11 +59,6 @@ def prepared_size(width: int, height: int, size: int = 0, crop: bool = False) ->
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
 
 
-def prepare_mask(image: Image.Image, size: tuple[int, int]) -> Tensor:
-    """(H, W) in [0, 1] from a grey/colour mask image, resized to the content's size."""
-    return upright_mask_to_tensor(ImageOps.exif_transpose(image), size)
-
-
 def has_alpha(image: Image.Image) -> bool:
     return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         image.mode == "P" and "transparency" in image.info
@@ -67,7 +66,8 @@ def has_alpha(image: Image.Image) -> bool:
 
 
 def upright_mask_to_tensor(upright: Image.Image, size: tuple[int, int]) -> Tensor:
-    """`prepare_mask` of a mask image whose EXIF orientation is already applied.
+    """(H, W) in [0, 1] from a mask image whose EXIF orientation is already applied, resized
+    to `size` (H, W).
 
     A pixel's coverage is its luminance times its alpha: transparent pixels cover nothing
     whatever their colour, as in the layer a mask is painted on. 16-bit grey reads at its own
@@ -81,7 +81,7 @@ def upright_mask_to_tensor(upright: Image.Image, size: tuple[int, int]) -> Tenso
         luminance = np.asarray(rgba.convert("L"), dtype=np.float32) / 255
         alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255
         coverage = Image.fromarray(luminance * alpha)
-    else:  # 8 bits: kept 8-bit through the resize, as the CLI always has
+    else:  # 8 bits: resized as 8-bit grey, the levels the reference reads
         grey = upright.convert("L")
         if grey.size != (size[1], size[0]):
             grey = grey.resize((size[1], size[0]), Image.Resampling.BILINEAR)
@@ -91,9 +91,44 @@ def upright_mask_to_tensor(upright: Image.Image, size: tuple[int, int]) -> Tenso
     return torch.from_numpy(np.asarray(coverage, dtype=np.float32).copy()).clamp(0, 1)
 
 
+def masks_from_images(
+    uprights: Sequence[Image.Image],
+    n_styles: int,
+    content_size: tuple[int, int],
+    grid: tuple[int, int],
+    fields: Sequence[str],
+) -> Masks:
+    """The one mask constructor, for the command and the service alike.
+
+    uprights: the mask images, EXIF orientation applied; content_size: the content image's
+    upright (width, height) as given, before any resizing; grid: (H, W) of the content tensor.
+    The rules: one mask per style, or one binary mask for exactly two styles (the reference's
+    form); each mask has the content image's size (a mask of another size is refused, not
+    stretched: it would select other regions than the ones drawn); each is read as
+    `upright_mask_to_tensor` reads it, then resized with the content to `grid`.
+    """
+    check_mask_count(len(uprights), n_styles)
+    for upright, field in zip(uprights, fields, strict=True):
+        if upright.size != content_size:
+            raise InvalidInputError(
+                f"{field}: {upright.size[0]} x {upright.size[1]}, but masks must have the "
+                f"content image's size {content_size[0]} x {content_size[1]}", field,
+            )
+    values = [upright_mask_to_tensor(upright, grid) for upright in uprights]
+    return masks_for_styles(values, n_styles)
+
+
 def load(path: Path, size: int = 0, crop: bool = False) -> Tensor:
     with Image.open(path) as image:
         return prepare(image, size, crop)
+
+
+def load_with_size(path: Path, size: int = 0, crop: bool = False
+                   ) -> tuple[Tensor, tuple[int, int]]:
+    """`load`, and the upright (width, height) of the file's image (what masks must match)."""
+    with Image.open(path) as image:
+        rgb = to_rgb(image)
+        return rgb_to_tensor(rgb, size, crop), rgb.size
 
 
 ROWS_PER_CHUNK = 256  # rows converted to 8 bits at a time: a large image has no float copy

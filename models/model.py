@@ -22,9 +22,9 @@ RELU_TAPS: tuple[int, ...] = (3, 10, 17, 30)
 # Every reflection pad needs 2 px: the smallest side that stays >= 2 after three ceil-mode pools.
 MIN_SIDE = 9
 EPS = 1e-5
-# Output pixels per tile side above which `models.tiling` takes over: bounds one tile's
-# activations (their size per tile: docs/benchmarks.md).
-DEFAULT_TILE_SIZE = 1024
+# Pixels per step when CORAL reduces or converts a whole image: a large image is never copied
+# whole in float64.
+PIXELS_PER_CHUNK = 1 << 20
 
 
 def _conv(c_in: int, c_out: int) -> list[nn.Module]:
@@ -109,10 +109,24 @@ def adain_from_stats(content_feat: Tensor, style_mean: Tensor, style_std: Tensor
     return (content_feat - content_mean) / content_std * style_std + style_mean
 
 
+def rgb_moments(image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-channel mean (3, 1), unbiased std (3, 1) and sum over pixels of x x^T (3, 3), in
+    float64, of image (3, H, W), accumulated over chunks of pixels (CORAL's statistics)."""
+    flat = image.reshape(3, -1)
+    s1 = torch.zeros((3, 1), dtype=torch.float64, device=image.device)
+    s2 = torch.zeros((3, 3), dtype=torch.float64, device=image.device)
+    for chunk in flat.split(PIXELS_PER_CHUNK, dim=1):
+        chunk = chunk.double()
+        s1 += chunk.sum(dim=1, keepdim=True)
+        s2 += chunk @ chunk.t()
+    n = flat.shape[1]
+    mean = s1 / n
+    var = (s2.diagonal()[:, None] - n * mean * mean) / max(n - 1, 1)
+    return mean, var.clamp(min=0).sqrt(), s2
+
+
 def _normalised_moments(image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Mean (3, 1), std (3, 1) and, + identity, the covariance of the standardised colours."""
-    from models.tiling import rgb_moments  # tiling builds on this module
-
     mean, std, sums = rgb_moments(image)
     # A flat channel (std 0) would make CORAL divide by zero; EPS leaves real images unchanged.
     std = std.clamp(min=EPS)
@@ -133,8 +147,6 @@ def coral(source: Tensor, target: Tensor) -> Tensor:
     colours before it is encoded. Computed in float64 so that the SVDs are stable, a chunk of
     pixels at a time so that a large image is not copied whole in float64.
     """
-    from models.tiling import PIXELS_PER_CHUNK
-
     src_mean, src_std, src_cov = _normalised_moments(source)
     tgt_mean, tgt_std, tgt_cov = _normalised_moments(target)
     move = _matrix_sqrt(tgt_cov) @ torch.linalg.inv(_matrix_sqrt(src_cov))
@@ -146,6 +158,27 @@ def coral(source: Tensor, target: Tensor) -> Tensor:
 
 
 # --- the paper's user controls -------------------------------------------------------------
+
+
+def parse_mix_weights(values: Sequence[str], max_count: int | None = None) -> list[float] | None:
+    """Style-mix weights as typed: repeated values, comma-separated ones ('1,2,1'), or both;
+    None when there are none. The command's `--weights` and the form's `weights` both.
+    More than `max_count` are refused before any is parsed; an error quotes 80 characters."""
+    parts = [part.strip() for value in values for part in value.split(",") if part.strip()]
+    if not parts:
+        return None
+    if max_count is not None and len(parts) > max_count:
+        raise InvalidInputError(
+            f"weights: got {len(parts)} weights; send one per style (at most {max_count})",
+            "weights",
+        )
+    try:
+        return [float(part) for part in parts]
+    except ValueError:
+        raise InvalidInputError(
+            f"weights: expected numbers separated by commas, got {', '.join(values)[:80]!r}",
+            "weights",
+        ) from None
 
 
 def normalise_mix_weights(mix_weights: Tensor | Sequence[float] | None, n_styles: int) -> Tensor:
@@ -160,7 +193,7 @@ def normalise_mix_weights(mix_weights: Tensor | Sequence[float] | None, n_styles
     w = torch.as_tensor(mix_weights, dtype=torch.float64).cpu()  # checked with one device sync
     if w.shape != (n_styles,):
         raise InvalidInputError(
-            f"weights: expected {n_styles} weights (one per style), got {w.numel()}", "weights"
+            f"weights: expected one weight per style ({n_styles}), got {w.numel()}", "weights"
         )
     if not torch.isfinite(w).all() or (w < 0).any() or w.max() <= 0:
         raise InvalidInputError(
@@ -204,6 +237,24 @@ def masks_from_binary(mask: Tensor) -> Masks:
     return Masks(torch.stack([first, 1 - first]), binary=True)
 
 
+def check_mask_count(n_masks: int, n_styles: int) -> None:
+    """The mask count rule: none, one per style, or one binary mask for exactly two styles."""
+    if n_masks and n_masks != n_styles and not (n_masks == 1 and n_styles == 2):
+        raise InvalidInputError(
+            f"got {n_masks} masks for {n_styles} styles: send one per style, or one binary "
+            "mask for exactly two styles", "mask",
+        )
+
+
+def masks_for_styles(values: Sequence[Tensor], n_styles: int) -> Masks:
+    """`Masks` from mask images (each (H, W) in [0, 1], all one size) for `n_styles` styles:
+    one per style, or one for two styles, which is the reference's binary form."""
+    check_mask_count(len(values), n_styles)
+    if len(values) == 1 and n_styles == 2:
+        return masks_from_binary(values[0])
+    return Masks(torch.stack(list(values)))
+
+
 @dataclass(frozen=True)
 class StyleMix:
     """What one output image takes from its S styles: all the paper's controls for one item.
@@ -226,10 +277,8 @@ class StyleMix:
         # Frozen, so the normalised weights replace the given ones through object.__setattr__.
         object.__setattr__(self, "weights", normalise_mix_weights(self.weights, n_styles))
         if self.masks is not None and self.masks.values.shape[0] != n_styles:
-            raise InvalidInputError(
-                f"got {self.masks.values.shape[0]} masks for {n_styles} styles: send one per "
-                "style, or one binary mask for exactly two styles", "mask",
-            )
+            # `masks_for_styles` has made a binary mask two: any other count is the rule's.
+            check_mask_count(self.masks.values.shape[0], n_styles)
 
 
 def adain_target(
@@ -309,19 +358,25 @@ def check_size(images: Tensor) -> None:
 
 
 class StyleTransfer(nn.Module):
-    """Encoder f (fixed VGG-19 to relu4_1) and decoder g: T(c, s, a) = g((1-a) f(c) + a t)."""
+    """Encoder f (fixed VGG-19 to relu4_1) and decoder g. How they run on an image, whole or in
+    tiles, is `models.pipeline`'s."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, encoder: nn.Sequential | None = None, decoder: nn.Sequential | None = None
+    ) -> None:
+        """The full networks by default; `models.lite` passes its slim ones (same layouts)."""
         super().__init__()
-        self.encoder = make_encoder()
-        self.decoder = make_decoder()
+        self.encoder = encoder if encoder is not None else make_encoder()
+        self.decoder = decoder if decoder is not None else make_decoder()
         self.encoder.requires_grad_(False)
-        # Images with more pixels than tile_size ** 2 go through `models.tiling` (0: never).
-        self.tile_size = DEFAULT_TILE_SIZE
 
     @property
     def dtype(self) -> torch.dtype:
         return next(self.decoder.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.decoder.parameters()).device
 
     def encode(self, images: Tensor) -> Tensor:
         """relu4_1 features of RGB images in [0, 1]."""
@@ -338,64 +393,10 @@ class StyleTransfer(nn.Module):
             taps.append(x)
         return taps
 
-    def style_statistics(self, styles: Tensor) -> tuple[Tensor, Tensor]:
-        """relu4_1 mean and std (float32) of a batch of style images: all AdaIN needs of a style."""
-        from models import tiling  # tiling builds on this module
-
-        if tiling.needs_tiles(styles.shape[-2], styles.shape[-1], self.tile_size):
-            stats = [tiling.accumulated_statistics(self, style, self.tile_size)
-                     for style in styles.split(1)]
-            return torch.cat([m for m, _ in stats]), torch.cat([s for _, s in stats])
-        return calc_mean_std(self.encode(styles).float())
-
     def decode(self, feats: Tensor, size: tuple[int, int]) -> Tensor:
         """Images in [0, 1] cropped to `size`: the decoder returns 8 * ceil(H / 8) per side."""
         out = self.decoder(feats.to(self.dtype))
         return out[..., : size[0], : size[1]].float().clamp(0, 1)
-
-    def stylize_batch(self, contents: Tensor, mixes: Sequence[StyleMix]) -> Tensor:
-        """The one stylize path: contents (N, 3, H, W) in [0, 1], mixes[i] the styles and
-        controls of item i -> (N, 3, H, W). One encoder pass and one decoder pass for the batch;
-        the AdaIN target and the alpha blend per item. `stylize`, the service's engine, the
-        CLI and the evaluation all end here."""
-        if len(mixes) != contents.shape[0]:
-            raise ValueError(f"{contents.shape[0]} contents but {len(mixes)} style mixes")
-        from models import tiling  # tiling builds on this module
-
-        if tiling.needs_tiles(contents.shape[-2], contents.shape[-1], self.tile_size):
-            outs = [tiling.stylize_tiled(self, content, mix, self.tile_size)
-                    for content, mix in zip(contents.split(1), mixes, strict=True)]
-            return outs[0] if len(outs) == 1 else torch.cat(outs)  # no copy of one 8K output
-        feats = self.encode(contents)
-        blended = [
-            blend(feat, adain_target(feat, mix.mean, mix.std, mix.weights, mix.masks), mix.alpha)
-            for feat, mix in zip(feats.split(1), mixes, strict=True)
-        ]
-        return self.decode(torch.cat(blended), (contents.shape[-2], contents.shape[-1]))
-
-    def stylize(
-        self,
-        content: Tensor,
-        styles: list[Tensor],
-        alpha: float = 1.0,
-        mix_weights: Tensor | Sequence[float] | None = None,
-        masks: Masks | Tensor | None = None,
-        preserve_color: bool = False,
-    ) -> Tensor:
-        """Stylize content (1, 3, H, W) with S styles (each (1, 3, H', W'), any size) and every
-        control of the paper: alpha, interpolation weights, masks (`Masks`, or a tensor
-        (S, H, W) of one mask per style), colour preservation."""
-        if preserve_color:
-            styles = [coral(style[0], content[0])[None] for style in styles]
-        stats = [self.style_statistics(style) for style in styles]
-        mix = StyleMix(
-            mean=torch.cat([mean for mean, _ in stats]),
-            std=torch.cat([std for _, std in stats]),
-            weights=normalise_mix_weights(mix_weights, len(styles)),
-            masks=Masks(masks) if isinstance(masks, Tensor) else masks,
-            alpha=alpha,
-        )
-        return self.stylize_batch(content, [mix])
 
 
 # --- the training losses of the reference `net.py` ------------------------------------------

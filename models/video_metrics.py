@@ -64,3 +64,36 @@ def sharpness(frames: Tensor) -> float:
     kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
     laplacian = F.conv2d(luminance(frames), kernel.to(frames.device))
     return laplacian.flatten(1).var(dim=1).mean().item()
+
+
+def lanczos_warp(image: Tensor, flow: Tensor, lobes: int = 3) -> Tensor:
+    """`backward_warp` with a Lanczos kernel (`lobes` lobes, normalised taps, edges clamped):
+    resampling that keeps more of the detail below the Nyquist rate than bicubic does."""
+    batch, channels, height, width = image.shape
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=flow.dtype, device=flow.device),
+        torch.arange(width, dtype=flow.dtype, device=flow.device),
+        indexing="ij",
+    )
+    x, y = xs + flow[:, 0], ys + flow[:, 1]  # (N, H, W)
+    x0, y0 = torch.floor(x), torch.floor(y)
+    taps = range(1 - lobes, lobes + 1)
+
+    def weights(position: Tensor, base: Tensor) -> list[Tensor]:
+        out = []
+        for tap in taps:
+            d = position - (base + tap)
+            out.append(torch.sinc(d) * torch.sinc(d / lobes))
+        total = sum(out)
+        return [w / total for w in out]
+
+    wx, wy = weights(x, x0), weights(y, y0)
+    flat = image.reshape(batch, channels, height * width)
+    result = torch.zeros_like(image)
+    for j, tap_y in enumerate(taps):
+        rows = (y0 + tap_y).clamp(0, height - 1).long() * width
+        for i, tap_x in enumerate(taps):
+            index = rows + (x0 + tap_x).clamp(0, width - 1).long()
+            gathered = flat.gather(2, index.view(batch, 1, -1).expand(-1, channels, -1))
+            result += gathered.view_as(image) * (wx[i] * wy[j])[:, None]
+    return result

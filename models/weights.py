@@ -249,13 +249,6 @@ def _t7_field(fields: object, name: str) -> object:
     return None
 
 
-def pick_device(name: str) -> torch.device:
-    """`auto`: CUDA when there is one, else the CPU; or the device named."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 # --- everything together ----------------------------------------------------------------------
 
 
@@ -264,21 +257,25 @@ def load_model(
     decoder: Path | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    *,
+    untrained_decoder: bool = False,
 ) -> StyleTransfer:
     """The network with the given weights (`None` = the embedded defaults), ready for inference.
 
     It runs channels_last (oneDNN's and cuDNN's faster convolutions, on the CPU too), its
     weights cast to `dtype` (`models.acceleration.pick_dtype`; AdaIN statistics stay float32).
+    `untrained_decoder`: the decoder keeps its fresh initialisation (training from scratch).
     """
     decoder = decoder or DEFAULT_DECODER
-    if not decoder.is_file():
+    if not untrained_decoder and not decoder.is_file():
         raise WeightsError(
             f"{decoder}: no decoder weights there; give the reference port's decoder.pth (or a "
             "state dict in its layout), or leave the decoder unset for the embedded one"
         )
     net = StyleTransfer()
     net.encoder.load_state_dict(load_encoder_state(encoder) if encoder else default_encoder_state())
-    net.decoder.load_state_dict(load_decoder_state(decoder))
+    if not untrained_decoder:
+        net.decoder.load_state_dict(load_decoder_state(decoder))
     net.eval()
     device = torch.device(device)
     return net.to(device, dtype, memory_format=torch.channels_last)

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from service.engine import Engine
 from service.imaging import ImageLimits
+from service.jobs.local import LocalRunner
 from service.registry import StyleRegistry
 from service.security import RateLimiter
 from service.settings import Settings
@@ -27,6 +28,7 @@ class Services:
     limits: ImageLimits
     redis: Redis | None
     rate_limiter: RateLimiter
+    jobs: LocalRunner
     ready: bool = False  # networks loaded and warmed up
 
 

@@ -1,7 +1,7 @@
 """The inference engine: one worker thread owns the networks; callers await asyncio futures.
 
 Jobs wait in a bounded queue (full -> `EngineBusyError`, a 503). Stylize jobs whose content tensors
-have the same shape are batched into one `StyleTransfer.stylize_batch` call: one encoder pass and
+have the same shape are batched into one `Pipeline.stylize_batch` call: one encoder pass and
 one decoder pass for the batch, each item with its own styles and controls. A CUDA out-of-memory
 error splits the batch in halves and retries; a single job that still does not fit fails alone
 with `EngineOutOfMemoryError`. A job whose caller has gone (its awaiting task was cancelled: the
@@ -10,7 +10,7 @@ the queue is free at once.
 
 In-process use (benchmarks, tests), without HTTP:
 
-    engine = Engine(net, max_batch_size=8, max_wait_ms=5, queue_size=32)
+    engine = Engine(pipeline, max_batch_size=8, max_wait_ms=5, queue_size=32)
     engine.start()
     stats = await engine.style_statistics(style)          # style: (1, 3, H, W) in [0, 1]
     mix = StyleMix(stats.value.mean, stats.value.std, torch.ones(1), alpha=1.0)
@@ -27,7 +27,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -35,15 +35,17 @@ import torch
 from torch import Tensor
 
 from models.errors import DomainError
-from models.model import StyleMix, coral
+from models.model import StyleMix
 
 log = logging.getLogger("service.engine")
 
 
 class StyleNetwork(Protocol):
-    """What the engine needs of `models.model.StyleTransfer`."""
+    """What the engine needs of `models.pipeline.Pipeline`."""
 
-    def style_statistics(self, styles: Tensor) -> tuple[Tensor, Tensor]: ...
+    def style_statistics(
+        self, styles: Tensor, recolour_to: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]: ...
 
     def stylize_batch(self, contents: Tensor, mixes: Sequence[StyleMix]) -> Tensor: ...
 
@@ -63,6 +65,7 @@ class StylizeJob:
     kind: ClassVar[str] = "stylize"
     content: Tensor
     mix: StyleMix
+    model: str | None = None  # one of the engine's networks by name; None: its default
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class StatisticsJob:
     kind: ClassVar[str] = "stats"
     style: Tensor
     recolour_to: Tensor | None = None
+    model: str | None = None  # as StylizeJob's: each network has its own statistics
 
 
 Job = StylizeJob | StatisticsJob
@@ -112,10 +116,11 @@ class _Entry(Generic[R]):
     claimed: bool = False
     abandoned: bool = False
 
-    def batch_key(self) -> tuple[int, ...] | None:
-        """Jobs with equal keys can share a batch; None: never batched."""
+    def batch_key(self) -> tuple[object, ...] | None:
+        """Jobs with equal keys can share a batch (the same network, the same shape); None:
+        never batched."""
         if isinstance(self.job, StylizeJob):
-            return tuple(self.job.content.shape)
+            return (self.job.model, *self.job.content.shape)
         return None
 
     def settle(self, outcome: Timed[R] | BaseException) -> None:
@@ -137,9 +142,13 @@ def cpu_threads() -> int:
 
 
 class Engine:
+    """`net`: one network, or several by name (the service's models, `ADAIN_MODELS`): one
+    worker owns them all, so that they never compete for the cores; a job names its network
+    (`StylizeJob.model`), None meaning the first."""
+
     def __init__(
         self,
-        net: StyleNetwork,
+        net: StyleNetwork | Mapping[str, StyleNetwork],
         device: torch.device | str = "cpu",
         *,
         max_batch_size: int = 8,
@@ -149,7 +158,8 @@ class Engine:
         on_depth: Callable[[int], None] | None = None,
         on_drop: Callable[[int], None] | None = None,
     ) -> None:
-        self.net = net
+        self.nets = dict(net) if isinstance(net, Mapping) else {"default": net}
+        self.default_model = next(iter(self.nets))
         self.device = torch.device(device)
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
@@ -180,10 +190,10 @@ class Engine:
     def depth(self) -> int:
         return self._depth
 
-    async def style_statistics(self, style: Tensor, recolour_to: Tensor | None = None
-                               ) -> Timed[StyleStats]:
+    async def style_statistics(self, style: Tensor, recolour_to: Tensor | None = None,
+                               model: str | None = None) -> Timed[StyleStats]:
         """Statistics of one style (1, 3, H, W); see `StatisticsJob`."""
-        return await self._submit(StatisticsJob(style, recolour_to))
+        return await self._submit(StatisticsJob(style, recolour_to, model))
 
     async def stylize(self, job: StylizeJob) -> Timed[Tensor]:
         """The stylized image (1, 3, H, W) in [0, 1], float32 on the CPU."""
@@ -328,16 +338,24 @@ class Engine:
             torch.cat([job.content for job in stylize_jobs]) if len(stylize_jobs) > 1
             else stylize_jobs[0].content
         ).to(self.device)
-        out = self.net.stylize_batch(contents, [job.mix for job in stylize_jobs])
+        net = self.network(stylize_jobs[0].model)
+        out = net.stylize_batch(contents, [job.mix for job in stylize_jobs])
         return [image[None].cpu() for image in out]
+
+    def network(self, model: str | None) -> StyleNetwork:
+        """The network a job names (the route has checked the name: see `models`)."""
+        return self.nets[model or self.default_model]
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.nets)
 
     def _release_memory(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
     def _statistics(self, job: StatisticsJob) -> StyleStats:
-        style = job.style.to(self.device)
-        if job.recolour_to is not None:
-            style = coral(style[0], job.recolour_to.to(self.device)[0])[None]
-        mean, std = self.net.style_statistics(style)
+        recolour_to = None if job.recolour_to is None else job.recolour_to.to(self.device)
+        net = self.network(job.model)
+        mean, std = net.style_statistics(job.style.to(self.device), recolour_to)
         return StyleStats(mean.float().cpu(), std.float().cpu())

@@ -1,14 +1,17 @@
 """The one place failures become HTTP: every error answers JSON `{"detail": ..., "field": ...}`.
 
 The library and the service raise domain errors (`models.errors.DomainError` subclasses: what
-went wrong, which input is at fault); `HTTP_ERRORS` gives each class its status code, and a
-Retry-After for the temporary ones. FastAPI's own validation and routing errors get the same
-shape.
+went wrong, which input is at fault); `HTTP_ERRORS` gives each class its status code, what it
+means (the OpenAPI document's descriptions, `service.openapi`), and a Retry-After for the
+temporary ones. FastAPI's own validation and routing errors get the same shape, built here too:
+no other module writes an error body.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,12 +19,17 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
-from models.errors import DomainError, InvalidInputError
+from models.errors import DomainError, InvalidInputError, error_body
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
+from service.forms import UnsupportedFormError
+from service.hardening import HostNotAllowedError
 from service.imaging import DecodeBudgetError, ImageTooLargeError, UnsupportedImageError
-from service.limits import BodyTimeoutError
+from service.jobs.store import JobNotDoneError, JobNotFoundError
+from service.limits import BodyTimeoutError, BodyTooLargeError
 from service.live import LiveBusyError, LiveIdleError
 from service.registry import (
+    AmbiguousNameError,
+    NameTakenError,
     RedisUnavailableError,
     StorageFullError,
     StorageUnavailableError,
@@ -33,45 +41,181 @@ from service.security import (
     PermissionDeniedError,
     RateLimitedError,
 )
+from service.video import UnsupportedVideoError, VideoTooLargeError
+
+
+class MalformedRequestError(DomainError):
+    """The request could not be parsed: a broken multipart body (400)."""
+
+
+class RequestLineTooLongError(DomainError):
+    """The request line (method, path, query) is longer than ADAIN_MAX_REQUEST_LINE_BYTES."""
+
+
+class HeadersTooLargeError(DomainError):
+    """The request's headers are larger than ADAIN_MAX_HEADER_BYTES (431)."""
+
+
+class MethodNotAllowedError(DomainError):
+    """The path exists, the method does not (405); `allow`: the methods the path has."""
+
+    def __init__(self, detail: str, allow: Iterable[str]) -> None:
+        super().__init__(detail)
+        self.response_headers = {"Allow": ", ".join(sorted(allow))}
+
+
+class RangeNotSatisfiableError(DomainError):
+    """A Range header the file cannot answer (416); `Content-Range` gives the file's size."""
+
+    def __init__(self, detail: str, size: int) -> None:
+        super().__init__(detail)
+        self.response_headers = {"Content-Range": f"bytes */{size}"}
+
+
+class RouteNotFoundError(DomainError):
+    """No route has this path (404)."""
+
+
+class NotReadyError(DomainError):
+    """The networks are still loading or warming up (503 from /readyz)."""
+
+
+class UnexpectedError(DomainError):
+    """A bug: an exception no handler expected (500, logged with the request id)."""
 
 
 @dataclass(frozen=True)
 class HttpStatus:
     status_code: int
+    meaning: str  # for the client: when this status comes, what to do (the OpenAPI document)
     retry_after_s: int | None = None  # a temporary failure: when the client may try again
     headers: tuple[tuple[str, str], ...] = ()
 
 
+CLOSE = (("Connection", "close"),)  # the rest of the request is not read: no reuse
+
 # 4xx: the client's input is at fault; 503 + Retry-After: try again later, the input was fine
 # (a store's fault included: it heals without a restart); 507: the styles' disk is full.
 HTTP_ERRORS: dict[type[DomainError], HttpStatus] = {
-    InvalidInputError: HttpStatus(422),
-    UnsupportedImageError: HttpStatus(415),
-    ImageTooLargeError: HttpStatus(413),
-    StyleNotFoundError: HttpStatus(404),
-    AuthenticationError: HttpStatus(401, headers=(("WWW-Authenticate", 'Bearer realm="adain"'),)),
-    PermissionDeniedError: HttpStatus(403),
-    CrossOriginError: HttpStatus(403),
-    BodyTimeoutError: HttpStatus(408, headers=(("Connection", "close"),)),
-    RateLimitedError: HttpStatus(429, retry_after_s=60),
-    EngineBusyError: HttpStatus(503, retry_after_s=1),
-    DecodeBudgetError: HttpStatus(503, retry_after_s=1),
-    EngineClosedError: HttpStatus(503, retry_after_s=5),
-    EngineOutOfMemoryError: HttpStatus(503, retry_after_s=5),
-    RedisUnavailableError: HttpStatus(503, retry_after_s=2),
-    StorageUnavailableError: HttpStatus(503, retry_after_s=10),
-    StorageFullError: HttpStatus(507, retry_after_s=60),
-    LiveIdleError: HttpStatus(408, headers=(("Connection", "close"),)),
-    LiveBusyError: HttpStatus(503, retry_after_s=5),
+    MalformedRequestError: HttpStatus(400, "The multipart body could not be parsed."),
+    InvalidInputError: HttpStatus(
+        422, "A field is missing, unknown, malformed or out of range (`field` names it)."
+    ),
+    UnsupportedImageError: HttpStatus(
+        415, "An upload is not a PNG, JPEG or WebP image, or could not be decoded."
+    ),
+    UnsupportedFormError: HttpStatus(415, "The body is not multipart/form-data."),
+    ImageTooLargeError: HttpStatus(
+        413,
+        "An image has more pixels than ADAIN_MAX_IMAGE_PIXELS "
+        "(checked from its header, before decoding).",
+    ),
+    BodyTooLargeError: HttpStatus(
+        413,
+        "The request body is larger than ADAIN_MAX_UPLOAD_BYTES; the connection is closed.",
+        headers=CLOSE,
+    ),
+    HostNotAllowedError: HttpStatus(
+        400,
+        "The Host header is missing, repeated, or not a name the server answers to "
+        "(ADAIN_ALLOWED_HOSTS).",
+    ),
+    RequestLineTooLongError: HttpStatus(
+        414,
+        "The request line is longer than ADAIN_MAX_REQUEST_LINE_BYTES; the connection is closed.",
+        headers=CLOSE,
+    ),
+    HeadersTooLargeError: HttpStatus(
+        431,
+        "The request's headers are larger than ADAIN_MAX_HEADER_BYTES; the connection is closed.",
+        headers=CLOSE,
+    ),
+    StyleNotFoundError: HttpStatus(404, "No style with that id or name."),
+    NameTakenError: HttpStatus(409, "Another style of the same owner has this name."),
+    AmbiguousNameError: HttpStatus(
+        422, "Styles of several owners have this name: use the id."
+    ),
+    UnsupportedVideoError: HttpStatus(
+        415, "An upload is not a video the server can decode (container, codec)."
+    ),
+    VideoTooLargeError: HttpStatus(
+        413, "A video over the limits on its size, frames or duration (`detail` names the setting)."
+    ),
+    JobNotFoundError: HttpStatus(404, "No job with that id, or the job of another API key."),
+    JobNotDoneError: HttpStatus(
+        409,
+        "The job has no result: still queued or running, failed or canceled "
+        "(`GET /jobs/{id}` says which).",
+    ),
+    RangeNotSatisfiableError: HttpStatus(416, "The Range is not one the file can answer."),
+    RouteNotFoundError: HttpStatus(404, "No such path."),
+    MethodNotAllowedError: HttpStatus(
+        405, "The path does not take this method: `Allow` lists those it does."
+    ),
+    AuthenticationError: HttpStatus(
+        401,
+        "API keys are on (ADAIN_API_KEYS) and the request carries no valid key "
+        "(`Authorization: Bearer <key>` or `X-API-Key: <key>`).",
+        headers=(("WWW-Authenticate", 'Bearer realm="adain"'),),
+    ),
+    PermissionDeniedError: HttpStatus(
+        403, "The key may not do this (an admin key is needed: ADAIN_ADMIN_KEYS)."
+    ),
+    CrossOriginError: HttpStatus(403, "The browser's Origin is not allowed."),
+    BodyTimeoutError: HttpStatus(
+        408,
+        "The request body did not arrive in full within "
+        "ADAIN_BODY_TIMEOUT_S; the connection is closed.",
+        headers=CLOSE,
+    ),
+    RateLimitedError: HttpStatus(
+        429,
+        "Too many requests from this key or address: retry after Retry-After seconds.",
+        retry_after_s=60,
+    ),
+    UnexpectedError: HttpStatus(500, "An unexpected error; it is logged with the request id."),
+    EngineBusyError: HttpStatus(503, "The queue is full.", retry_after_s=1),
+    DecodeBudgetError: HttpStatus(503, "Too many uploads are being decoded.", retry_after_s=1),
+    EngineClosedError: HttpStatus(503, "The server is shutting down.", retry_after_s=5),
+    EngineOutOfMemoryError: HttpStatus(503, "Out of device memory.", retry_after_s=5),
+    NotReadyError: HttpStatus(
+        503, "The networks are still loading or warming up.", retry_after_s=1
+    ),
+    RedisUnavailableError: HttpStatus(503, "Redis is unreachable.", retry_after_s=2),
+    StorageUnavailableError: HttpStatus(
+        503, "The styles' storage is unavailable.", retry_after_s=10
+    ),
+    StorageFullError: HttpStatus(
+        507, "The style storage (disk or Redis) is full; nothing stored was lost.", retry_after_s=60
+    ),
+    LiveIdleError: HttpStatus(
+        408, "A live stream sent nothing for ADAIN_LIVE_IDLE_TIMEOUT_S; it is closed.",
+        headers=CLOSE,
+    ),
+    LiveBusyError: HttpStatus(
+        503, "ADAIN_LIVE_MAX_SESSIONS live streams are open.", retry_after_s=5
+    ),
 }
 # A WebSocket closed for an error (the live feed): close code 4000 + the error's HTTP status.
 WEBSOCKET_CLOSE_BASE = 4000
 
 
+def statuses(*classes: type[DomainError]) -> list[HttpStatus]:
+    """The table's entries of `classes` (every entry when none are given)."""
+    return [HTTP_ERRORS[cls] for cls in classes or HTTP_ERRORS]
+
+
+# An error's detail may quote the client's input: never more than this many characters of it.
+MAX_DETAIL_CHARS = 500
+
+
 def error_response(
     status_code: int, detail: str, field: str | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    return JSONResponse({"detail": detail, "field": field}, status_code, headers=headers)
+    if len(detail) > MAX_DETAIL_CHARS:
+        detail = detail[: MAX_DETAIL_CHARS - 3] + "..."
+    body = error_body(detail, field[:MAX_DETAIL_CHARS] if field else field)
+    return JSONResponse(body, status_code, headers=headers)
 
 
 def http_status(error: DomainError) -> HttpStatus:
@@ -89,7 +233,22 @@ def domain_error_response(error: DomainError) -> JSONResponse:
     retry_after = getattr(error, "retry_after_s", None) or status.retry_after_s
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
+    headers.update(getattr(error, "response_headers", {}))
     return error_response(status.status_code, error.detail, error.field, headers or None)
+
+
+def raw_error_response(error: DomainError) -> bytes:
+    """The whole HTTP/1.1 response for `error`, for the connection layer (`service.server`),
+    which answers before there is a request for the app."""
+    response = domain_error_response(error)
+    phrase = HTTPStatus(response.status_code).phrase
+    lines = [f"HTTP/1.1 {response.status_code} {phrase}".encode()]
+    lines += [name + b": " + value for name, value in response.raw_headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + bytes(response.body)
+
+
+def unexpected_error_response() -> JSONResponse:
+    return domain_error_response(UnexpectedError("internal server error"))
 
 
 def websocket_error(error: DomainError) -> tuple[dict[str, object], int]:
@@ -133,9 +292,27 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
     return error_response(422, "; ".join(messages), fields[0] if fields else None)
 
 
+# Starlette's own HTTPExceptions: the routing's 404 and 405, the form parser's 400.
+FRAMEWORK_ERRORS: dict[int, type[DomainError]] = {
+    400: MalformedRequestError,
+    404: RouteNotFoundError,
+}
+
+
+# The multipart parser's limits, named by the setting that sets them.
+FORM_LIMIT_SETTINGS = {"Part exceeded maximum size": "ADAIN_MAX_FIELD_BYTES"}
+
+
 async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    return error_response(exc.status_code, str(exc.detail), None, exc.headers)
+    detail = str(exc.detail)
+    cls = FRAMEWORK_ERRORS.get(exc.status_code)
+    if cls is None:  # a status no route raises; kept as Starlette chose it
+        return error_response(exc.status_code, detail, None, exc.headers)
+    for start, setting in FORM_LIMIT_SETTINGS.items():
+        if detail.startswith(start):
+            detail = f"{detail.rstrip('.')} per text field ({setting})"
+    return domain_error_response(cls(detail))
 
 
 def install_error_handlers(app: FastAPI) -> None:

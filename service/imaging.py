@@ -18,7 +18,9 @@ from models import images
 from models.errors import DomainError, InvalidInputError
 from models.model import MIN_SIDE
 
-ACCEPTED_FORMATS = {"PNG", "JPEG", "WEBP"}
+# MPO: the multi-picture JPEGs phones write (previews, depth maps); the first picture is the
+# photo, and Pillow opens on it.
+ACCEPTED_FORMATS = {"PNG", "JPEG", "MPO", "WEBP"}
 
 T = TypeVar("T")
 
@@ -43,6 +45,22 @@ class OutputFormat(StrEnum):
     @property
     def media_type(self) -> str:
         return f"image/{self.value}"
+
+
+# The largest side each encoder can write (libwebp: 14-bit sides; JPEG: 16-bit).
+ENCODER_MAX_SIDE = {"png": 2**31 - 1, "jpeg": 65535, "webp": 16383}
+
+
+def check_encodable(width: int, height: int, format_name: str, field: str = "format") -> None:
+    """Refuses an output the encoder of `format_name` cannot write, before any work is done
+    for it. `format_name` is a key of `ENCODER_MAX_SIDE` (image formats; video containers add
+    their codecs' limits there)."""
+    limit = ENCODER_MAX_SIDE[format_name]
+    if max(width, height) > limit:
+        raise InvalidInputError(
+            f"{field}={format_name} cannot encode a {width} x {height} pixel image: its limit "
+            f"is {limit} pixels a side; choose another format or a smaller content_size", field,
+        )
 
 
 @dataclass(frozen=True)
@@ -141,11 +159,22 @@ def open_image(data: bytes, field: str, limits: ImageLimits) -> Image.Image:
         raise UnsupportedImageError(
             f"{field}: the {image.format} image could not be decoded ({exc})", field
         ) from None
+    drop_unreadable_exif(image)
     return image
 
 
+def drop_unreadable_exif(image: Image.Image) -> None:
+    """An EXIF block that is no TIFF structure (or is otherwise broken) means "no orientation":
+    dropped, so that `ImageOps.exif_transpose` later leaves the picture as it is."""
+    try:
+        image.getexif()
+    except Exception:  # any failure parsing the metadata: Pillow raises several kinds
+        image.info.pop("exif", None)
+        image.getexif().clear()
+
+
 def unsupported(field: str, found: str | None = None) -> UnsupportedImageError:
-    what = f"a {found} image" if found else "not an image Pillow can read"
+    what = f"a {found} image" if found else "not a readable image"
     return UnsupportedImageError(f"{field}: {what}; send PNG, JPEG or WebP", field)
 
 

@@ -335,10 +335,11 @@ class LiveSession:
         ):
             mean, std = current.mix.mean, current.mix.std
         else:
-            data = await self.registry.image(config.style_id)
+            record = await self.registry.find(config.style_id, None)
+            data = None if record is None else await self.registry.image(record.id)
             if data is None:
                 raise StyleNotFoundError(
-                    f"style_id: no style with id {config.style_id[:80]!r}", "style_id"
+                    f"style_id: no style with id or name {config.style_id[:80]!r}", "style_id"
                 )
             stats, _, _ = await self.stylizer.style_statistics(
                 StyleInput(data, "style_id"), config.style_size, False

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.errors import DomainError
 from service import metrics
-from service.errors import domain_error_response, error_response, refuse_handshake
+from service.errors import domain_error_response, refuse_handshake, unexpected_error_response
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 access_log = logging.getLogger("service.access")
@@ -87,8 +87,8 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         except DomainError as error:
-            # Raised by the middleware (OriginGuard, the body timeout), outside the app's
-            # exception handlers: the same table answers.
+            # Raised by the middleware (OriginGuard, the body's size and time limits), outside
+            # the app's exception handlers: the same table answers.
             if status is not None:
                 raise
             await domain_error_response(error)(scope, receive, send_with_id)
@@ -97,7 +97,7 @@ class RequestContext:
             if status is not None:
                 raise
             # Answered here, so the server logs the failure once, with the request id.
-            await error_response(500, "internal server error")(scope, receive, send_with_id)
+            await unexpected_error_response()(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - start
             route = scope.get("route")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -19,21 +20,31 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from models import images
-from models.acceleration import compile_networks, pick_dtype
+from models.config import ModelName
 from models.model import StyleMix
-from models.weights import load_model, pick_device
+from models.pipeline import build_pipeline
 from service import metrics
-from service.cache import MemoryStatsCache, RedisStatsCache, StatsCache, encoder_fingerprint
+from service.cache import (
+    MemoryStatsCache,
+    RedisStatsCache,
+    StatsCache,
+    encoder_fingerprint,
+    lite_fingerprint,
+)
 from service.deps import Services
 from service.engine import Engine, StylizeJob
 from service.errors import install_error_handlers
+from service.hardening import AllowedHosts, HostGuard, SecurityHeaders
 from service.imaging import ImageLimits, PixelBudget
+from service.jobs.local import LocalRunner
+from service.jobs.run import JobSettings
+from service.jobs.store import JobStore
 from service.limits import BodySizeLimit
 from service.live import LiveSessions
 from service.logs import RequestContext, configure_logging
 from service.openapi import install_openapi, operation_id
 from service.registry import DiskRegistry, RedisRegistry, StyleRegistry
-from service.routes import live, ops, page, styles, stylize
+from service.routes import docs, jobs, live, ops, page, styles, stylize
 from service.routes.page import STATIC_DIR
 from service.security import Keys, OriginGuard, RateLimiter
 from service.settings import Settings
@@ -42,12 +53,12 @@ from service.stylizer import Stylizer
 log = logging.getLogger("service.main")
 
 # (width, height) of the warm-up passes. torch.compile's dynamic shapes still compile one graph
-# for small inputs and one for large (a guard on the convolutions' input size near 83 x 83 px):
-# both are paid here, before /readyz turns 200; only images under ~24 px compile later.
+# for small inputs and one for large (a guard on the convolutions' input size, docs/benchmarks.md):
+# both are paid here, before /readyz turns 200; only the tiniest images compile later.
 WARMUP_SIZES = ((128, 96), (64, 48))
 # The response headers other origins' pages may read (CORS).
 EXPOSED_HEADERS = ("X-Style-Cache", "X-Inference-Time-Ms", "X-Batch-Size", "Server-Timing",
-                   "Retry-After", "X-Request-ID")
+                   "Retry-After", "X-Request-ID", "X-Adain-Model")
 # A stalled Redis fails a call within 2 s (503 for the registry, a skipped cache) instead of
 # the client's defaults (5 s timeouts, 10 retries); one retry reconnects a pooled connection
 # that a Redis restart has closed.
@@ -71,15 +82,14 @@ async def start_services(settings: Settings) -> Services:
     start the engine, connect the caches and the registry (an unreachable Redis or styles
     folder does not: /readyz says 503 until Redis answers, the registry 503 until its store
     does)."""
-    device = pick_device(settings.device)
-    net = await asyncio.to_thread(
-        load_model, settings.encoder_path, settings.decoder_path, device,
-        pick_dtype(settings.precision, device),
-    )
-    net.tile_size = settings.tile_size
-    compiled = compile_networks(net, settings.compile, device)
+    pipelines = {
+        model.value: await asyncio.to_thread(build_pipeline, settings.pipeline_config(model))
+        for model in settings.model_list  # the default first: the engine's default
+    }
+    pipeline = pipelines[settings.model.value]
+    device = pipeline.device
     engine = Engine(
-        net, device,
+        pipelines, device,
         max_batch_size=settings.batch_size_for(device.type),
         max_wait_ms=settings.max_wait_ms,
         queue_size=settings.queue_size,
@@ -88,9 +98,14 @@ async def start_services(settings: Settings) -> Services:
         on_drop=metrics.JOBS_DROPPED.inc,
     )
     engine.start()
-    fingerprint = await asyncio.to_thread(
-        encoder_fingerprint, settings.encoder_path, net.dtype, device
-    )
+    fingerprints = {
+        model: await asyncio.to_thread(
+            lite_fingerprint if model == ModelName.lite else encoder_fingerprint,
+            settings.lite_path if model == ModelName.lite else settings.encoder_path,
+            pipelines[model].dtype, device,
+        )
+        for model in pipelines
+    }
     redis: Redis | None = None
     cache: StatsCache
     registry: StyleRegistry
@@ -110,11 +125,28 @@ async def start_services(settings: Settings) -> Services:
         registry = DiskRegistry(settings.styles_dir)
     limits = ImageLimits(settings.max_image_pixels, settings.max_output_pixels)
     budget = PixelBudget(settings.decode_pixel_budget, settings.decode_wait_s)
-    stylizer = Stylizer(engine, cache, limits, fingerprint, budget)
-    log.info("networks loaded", extra={"device": str(device), "dtype": str(net.dtype),
-                                       "compiled": compiled, "redis": bool(redis)})
+    stylizer = Stylizer(engine, cache, limits, fingerprints, budget)
+    log.info("networks loaded", extra={"device": str(device), "dtype": str(pipeline.dtype),
+                                       "compiled": pipeline.compiled, "redis": bool(redis),
+                                       "models": list(pipelines), "default": settings.model})
     rate_limiter = RateLimiter(settings.rate_limit, redis)
-    return Services(settings, engine, stylizer, registry, limits, redis, rate_limiter)
+    return Services(settings, engine, stylizer, registry, limits, redis, rate_limiter,
+                    local_jobs(settings, engine, limits))
+
+
+def local_jobs(settings: Settings, engine: Engine, limits: ImageLimits) -> LocalRunner:
+    """Video jobs in this process, through its engine, their state in ADAIN_JOBS_DIR; with
+    Redis, handed to the workers' queue (docs/jobs.md)."""
+    store = JobStore(settings.jobs_dir, settings.job_ttl_s)
+    job_settings = JobSettings(settings.video_crf, settings.video_preset,
+                               settings.job_checkpoint_s, limits)
+    if settings.redis_url:
+        from service.jobs.queue import QueueRunner
+        from service.jobs.worker import queue_config
+
+        return QueueRunner(store, engine, job_settings, queue_config(settings),
+                           settings.serve_runs_jobs)
+    return LocalRunner(store, engine, job_settings)
 
 
 async def warm_up(services: Services) -> None:
@@ -123,11 +155,11 @@ async def warm_up(services: Services) -> None:
     if services.settings.warmup:
         start = time.perf_counter()
         try:
-            for size in WARMUP_SIZES:
+            for size, model in itertools.product(WARMUP_SIZES, services.engine.models):
                 grey = images.prepare(Image.new("RGB", size, (128, 128, 128)))
-                stats = await services.engine.style_statistics(grey)
+                stats = await services.engine.style_statistics(grey, model=model)
                 mix = StyleMix(stats.value.mean, stats.value.std, torch.ones(1))
-                await services.engine.stylize(StylizeJob(grey, mix))
+                await services.engine.stylize(StylizeJob(grey, mix, model))
         except Exception:
             log.exception("warm-up failed; /readyz stays 503")
             return
@@ -140,10 +172,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     services = await start_services(app.state.settings)
     app.state.services = services
     warming = asyncio.create_task(warm_up(services))
+    await services.jobs.start()
     try:
         yield
     finally:
-        # uvicorn has finished the in-flight requests; the engine finishes its queue.
+        # uvicorn has finished the in-flight requests; jobs stop at a checkpoint between two
+        # frames (taken up again at the next start); the engine finishes its queue.
+        await services.jobs.close()
         await services.engine.close()
         await asyncio.gather(warming, return_exceptions=True)
         if services.redis is not None:
@@ -161,16 +196,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Real-time arbitrary style transfer (AdaIN, Huang & Belongie 2017)",
         lifespan=lifespan,
         generate_unique_id_function=operation_id,
+        # /docs is served locally (routes/docs.py); no redirect echoes the client's Host.
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
+        # Text fields are small: one past the limit is refused as it streams in (400).
+        form_limits={"max_part_size": settings.max_field_bytes},
     )
     app.state.settings = settings
     app.state.keys = Keys(settings.user_keys, settings.admin_key_list)
     app.state.live_sessions = LiveSessions(settings.live_max_sessions)
     install_error_handlers(app)
     install_openapi(app)
-    # Each middleware added wraps the ones before: RequestContext, CORS, OriginGuard, body.
+    # Each middleware added wraps the ones before: security headers, RequestContext, Host,
+    # CORS, OriginGuard, body.
+    hosts = AllowedHosts(settings.allowed_host_list)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
-                       timeout_s=settings.body_timeout_s)
-    app.add_middleware(OriginGuard, allowed=settings.cors_origin_list)
+                       timeout_s=settings.body_timeout_s,
+                       per_path={"/jobs": (settings.max_video_bytes, "ADAIN_MAX_VIDEO_BYTES")})
+    app.add_middleware(OriginGuard, allowed=settings.cors_origin_list, hosts=hosts)
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,
@@ -180,9 +224,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=list(EXPOSED_HEADERS),
             max_age=600,
         )
-    app.add_middleware(RequestContext)  # added last: outermost, so it sees every response
-    for module in (stylize, styles, ops, page, live):
+    app.add_middleware(HostGuard, allowed=hosts)
+    app.add_middleware(RequestContext)  # sees every response, errors of the middleware too
+    app.add_middleware(SecurityHeaders)  # outermost: on those errors as well
+    for module in (stylize, styles, jobs, live, ops, page, docs):
         app.include_router(module.router)
+    app.mount(docs.ASSETS_PATH, docs.docs_assets(), name="docs-assets")
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -4,6 +4,8 @@ and schema checkers (openapi-python-client, schemathesis) read. See docs/api-cli
 What FastAPI's generated document gets here:
 - every error status a route can return, with the one error shape the server sends,
   `{"detail": ..., "field": ...}` (`ErrorBody`), never FastAPI's default `HTTPValidationError`;
+  each route names the error classes it can raise, and their statuses, meanings and headers
+  come from the one table, `service.errors.HTTP_ERRORS`;
 - file parts as `format: binary` as well as `contentMediaType`: OpenAPI 3.0 generators read the
   first, 3.1 tools the second; images in responses binary too; /metrics as text;
 - the response headers (X-Request-ID on every response, Retry-After, the timings of /stylize);
@@ -20,13 +22,43 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
-from service.errors import error_response
-from service.imaging import OutputFormat
+from models.errors import DomainError, InvalidInputError
+from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
+from service.errors import (
+    HTTP_ERRORS,
+    MalformedRequestError,
+    MethodNotAllowedError,
+    NotReadyError,
+    UnexpectedError,
+    domain_error_response,
+)
+from service.forms import UnsupportedFormError
+from service.imaging import (
+    DecodeBudgetError,
+    ImageTooLargeError,
+    OutputFormat,
+    UnsupportedImageError,
+)
+from service.limits import BodyTimeoutError, BodyTooLargeError
+from service.registry import (
+    AmbiguousNameError,
+    NameTakenError,
+    RedisUnavailableError,
+    StorageFullError,
+    StorageUnavailableError,
+    StyleNotFoundError,
+)
+from service.security import (
+    AuthenticationError,
+    CrossOriginError,
+    PermissionDeniedError,
+    RateLimitedError,
+)
 
 Responses = dict[int | str, dict[str, Any]]
 
@@ -56,44 +88,42 @@ REQUEST_ID = header("The request's id: the client's X-Request-ID when it sent a 
                     {"type": "string"})
 RETRY_AFTER = header("Seconds to wait before retrying.", {"type": "integer", "minimum": 0})
 
-ERROR_MEANINGS: dict[int, str] = {
-    400: "The multipart body could not be parsed.",
-    401: "API keys are on (ADAIN_API_KEYS) and the request carries no valid key "
-         "(`Authorization: Bearer <key>` or `X-API-Key: <key>`).",
-    403: "The key may not do this (an admin key is needed: ADAIN_ADMIN_KEYS), or the browser's "
-         "Origin is not allowed.",
-    404: "No style with that id.",
-    408: "The request body did not arrive in full within ADAIN_BODY_TIMEOUT_S; the connection "
-         "is closed.",
-    413: "The request body is larger than ADAIN_MAX_UPLOAD_BYTES, or an image has more pixels "
-         "than ADAIN_MAX_IMAGE_PIXELS (checked from its header, before decoding).",
-    415: "An upload is not a PNG, JPEG or WebP image, or could not be decoded.",
-    422: "A field is missing, malformed or out of range (`field` names it).",
-    429: "Too many requests from this key or address: retry after Retry-After seconds.",
-    500: "An unexpected error; it is logged with the request id.",
-    503: "Temporarily unavailable (queue full, too many uploads being decoded, shutting down, "
-         "out of GPU memory, still loading, Redis unreachable): retry after Retry-After "
-         "seconds.",
-    507: "The style storage (disk or Redis) is full; nothing stored was lost.",
-}
-RETRY_STATUSES = {429, 503, 507}
 WWW_AUTHENTICATE = header("How to authenticate: `Bearer`.", {"type": "string"})
 
-# The statuses of the optional access control (API keys, Origin, rate limits): routes that
-# clients call, not the operations routes that probes and Prometheus call.
-GUARDED = (401, 403, 429)
+# The optional access control (API keys, Origin, rate limits): on the routes that clients call,
+# not the operations routes that probes and Prometheus call.
+GUARDED: tuple[type[DomainError], ...] = (
+    AuthenticationError, PermissionDeniedError, CrossOriginError, RateLimitedError)
+GUARDED_STATUS = HTTP_ERRORS[AuthenticationError].status_code
+# Reading an upload: its framing, size, arrival time and decoding.
+UPLOAD: tuple[type[DomainError], ...] = (
+    MalformedRequestError, BodyTimeoutError, BodyTooLargeError, ImageTooLargeError,
+    UnsupportedImageError, InvalidInputError, DecodeBudgetError)
+ENGINE: tuple[type[DomainError], ...] = (
+    EngineBusyError, EngineClosedError, EngineOutOfMemoryError)
+STORE: tuple[type[DomainError], ...] = (RedisUnavailableError, StorageUnavailableError)
 
 
-def error_responses(*statuses: int) -> Responses:
-    """`responses=` entries: each status with the error model (and Retry-After where a retry is
-    the answer). 500 is added: any route may fail unexpectedly."""
+def error_responses(*errors: type[DomainError]) -> Responses:
+    """`responses=` entries for the error classes a route can raise: each class's status from
+    `HTTP_ERRORS` with the error model, the meanings of the classes sharing it, and its headers
+    (Retry-After where a retry is the answer). `UnexpectedError` (500) is added: any route may
+    fail unexpectedly."""
+    by_status: dict[int, list[type[DomainError]]] = {}
+    for error in dict.fromkeys((*errors, UnexpectedError)):
+        by_status.setdefault(HTTP_ERRORS[error].status_code, []).append(error)
     responses: Responses = {}
-    for status in sorted({*statuses, 500}):
-        response: dict[str, Any] = {"model": ErrorBody, "description": ERROR_MEANINGS[status]}
-        if status in RETRY_STATUSES:
-            response["headers"] = {"Retry-After": RETRY_AFTER}
-        if status == 401:
-            response["headers"] = {"WWW-Authenticate": WWW_AUTHENTICATE}
+    for status in sorted(by_status):
+        entries = [HTTP_ERRORS[error] for error in by_status[status]]
+        response: dict[str, Any] = {
+            "model": ErrorBody, "description": " ".join(entry.meaning for entry in entries)}
+        headers: dict[str, Any] = {}
+        if any(entry.retry_after_s is not None for entry in entries):
+            headers["Retry-After"] = RETRY_AFTER
+        if any(name == "WWW-Authenticate" for entry in entries for name, _ in entry.headers):
+            headers["WWW-Authenticate"] = WWW_AUTHENTICATE
+        if headers:
+            response["headers"] = headers
         responses[status] = response
     return responses
 
@@ -116,15 +146,29 @@ STYLIZE_RESPONSES: Responses = {
                                     {"type": "string"}),
         },
     },
-    **error_responses(400, 404, 408, 413, 415, 422, 503, *GUARDED),
+    **error_responses(
+        *UPLOAD, UnsupportedFormError, StyleNotFoundError, AmbiguousNameError, *ENGINE, *STORE,
+        *GUARDED,
+    ),
 }
-REGISTER_STYLE_ERRORS = error_responses(400, 408, 413, 415, 422, 503, 507, *GUARDED)
-LIST_STYLES_RESPONSES = error_responses(503, *GUARDED)
-STYLE_RESPONSES = error_responses(404, 503, *GUARDED)
+REGISTER_STYLE_ERRORS = error_responses(
+    *UPLOAD, UnsupportedFormError, NameTakenError, *ENGINE, *STORE, StorageFullError, *GUARDED
+)
+LIST_STYLES_RESPONSES = error_responses(InvalidInputError, *STORE, *GUARDED)
+STYLE_RESPONSES = error_responses(
+    StyleNotFoundError, AmbiguousNameError, InvalidInputError, *STORE, *GUARDED
+)
+STYLE_IMAGE_RESPONSES: Responses = {
+    200: {
+        "description": "The registered image as uploaded, or (with `size`) a JPEG thumbnail.",
+        "content": {media_type: {"schema": {**BINARY, "contentMediaType": media_type}}
+                    for media_type in ("image/png", "image/jpeg", "image/webp")},
+    },
+    **STYLE_RESPONSES,
+}
 READYZ_RESPONSES: Responses = {
     200: {"model": Readiness, "description": "Ready to serve."},
-    503: {"model": ErrorBody, "description": "Still loading or warming up, or Redis is "
-          "unreachable.", "headers": {"Retry-After": RETRY_AFTER}},
+    **error_responses(NotReadyError, RedisUnavailableError),
 }
 METRICS_RESPONSES: Responses = {
     200: {"description": "Prometheus text exposition format.",
@@ -162,17 +206,15 @@ def describe(app: FastAPI) -> dict[str, Any]:
     for form in schemas.values():
         drop_null_from_form(form)
     keys_on = app.state.keys.enabled
-    for path, item in document["paths"].items():
+    for item in document["paths"].values():
         for operation in item.values():
-            if str(GUARDED[0]) not in operation["responses"]:
+            if str(GUARDED_STATUS) not in operation["responses"]:
                 operation["security"] = []  # probes and Prometheus: no key, ever
             elif keys_on:
                 operation["security"] = REQUIRED_KEY
             for response in operation["responses"].values():
                 use_error_model(response)
                 response.setdefault("headers", {})["X-Request-ID"] = REQUEST_ID
-            if "{" in path:  # path parameters: a 422 cannot happen, any text is an id
-                operation["responses"].pop("422", None)
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
     document["components"]["securitySchemes"] = SECURITY_SCHEMES
@@ -191,10 +233,12 @@ def use_error_model(response: dict[str, Any]) -> None:
 
 
 def drop_null_from_form(form: dict[str, Any]) -> None:
-    """Optional repeatable form fields are `anyOf: [array, null]` in FastAPI's schema, but a form
-    has no null: the field is left out. Described as the array it is when sent."""
+    """A form takes only its own fields. Optional repeatable form fields are `anyOf: [array,
+    null]` in FastAPI's schema, but a form has no null: the field is left out. Described as the
+    array it is when sent."""
     if not form.get("title", "").startswith("Body_"):
         return
+    form["additionalProperties"] = False  # unknown fields are refused (service/forms.py)
     for name, prop in form.get("properties", {}).items():
         options = prop.get("anyOf", [])
         kept = [option for option in options if option.get("type") != "null"]
@@ -225,16 +269,14 @@ def documented_methods(document: dict[str, Any], path: str) -> set[str] | None:
     return None
 
 
-async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+async def method_not_allowed(request: Request, exc: Exception) -> Response:
     """405 whose `Allow` lists every documented method of the path. (Starlette's lists those of
     the first route matching the path: GET /styles and POST /styles are two routes, and
     OPTIONS /styles would answer `Allow: POST`.)"""
     assert isinstance(exc, HTTPException)
-    headers = dict(exc.headers or {})
     methods = documented_methods(request.app.openapi(), request.scope["path"])
-    if methods:
-        headers["Allow"] = ", ".join(sorted(methods))
-    return error_response(405, str(exc.detail), None, headers)
+    allow = methods or (exc.headers or {}).get("Allow", "").split(", ")
+    return domain_error_response(MethodNotAllowedError(str(exc.detail), allow))
 
 
 def install_openapi(app: FastAPI) -> None:

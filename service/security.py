@@ -26,6 +26,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from models.errors import DomainError
+from service.hardening import AllowedHosts
 
 log = logging.getLogger("service.security")
 
@@ -218,14 +219,16 @@ def origin_of(url: str) -> tuple[str, str, int | None] | None:
 
 class OriginGuard:
     """Pure ASGI middleware: a POST, PUT, PATCH or DELETE, or a WebSocket handshake, whose
-    `Origin` is neither the server's own (the scheme and Host of the request) nor one of
-    ADAIN_CORS_ORIGINS is refused with 403, before its body is read or the socket accepted.
-    Requests without Origin (curl, SDKs, servers) pass: browsers send it on every
-    cross-origin request and WebSocket, so another site's page cannot leave it out."""
+    `Origin` is neither the server's own (the scheme and Host of the request, an allowed host:
+    ADAIN_ALLOWED_HOSTS) nor one of ADAIN_CORS_ORIGINS is refused with 403, before its body is
+    read or the socket accepted. Requests without Origin (curl, SDKs, servers) pass: browsers
+    send it on every cross-origin request and WebSocket, so another site's page cannot leave it
+    out."""
 
-    def __init__(self, app: ASGIApp, allowed: list[str]) -> None:
+    def __init__(self, app: ASGIApp, allowed: list[str], hosts: AllowedHosts) -> None:
         self.app = app
         self.allowed = {origin for origin in map(origin_of, allowed) if origin is not None}
+        self.hosts = hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" or (
@@ -239,7 +242,8 @@ class OriginGuard:
                 scheme = {"ws": "http", "wss": "https"}.get(scope["scheme"], scope["scheme"])
                 own = origin_of(f"{scheme}://{host}")
                 given = origin_of(origin.decode("latin-1"))
-                if given is None or (given != own and given not in self.allowed):
+                same_origin = given == own and given is not None and self.hosts.allows(given[1])
+                if given is None or (not same_origin and given not in self.allowed):
                     raise CrossOriginError(
                         f"requests from the page at {origin.decode('latin-1')[:100]!r} are not "
                         "allowed (ADAIN_CORS_ORIGINS lists the other origins that are)"

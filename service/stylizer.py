@@ -9,6 +9,7 @@ domain errors (`models.errors`); `service.errors` turns them into HTTP answers.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,7 @@ from torch import Tensor
 
 from models import images
 from models.errors import InvalidInputError
-from models.model import Masks, StyleMix, masks_from_binary, normalise_mix_weights
+from models.model import Masks, StyleMix, check_mask_count, normalise_mix_weights
 from service import metrics
 from service.cache import StatsCache, stats_key
 from service.engine import Engine, StyleStats, StylizeJob
@@ -26,6 +27,7 @@ from service.imaging import (
     ImageLimits,
     OutputFormat,
     PixelBudget,
+    check_encodable,
     check_prepared_size,
     encode_image,
     header_pixels,
@@ -62,6 +64,7 @@ class StylizeRequest:
     crop: bool = False
     output_format: OutputFormat = OutputFormat.png
     quality: int = 90
+    model: str | None = None  # a loaded model (`Stylizer.check_model`); None: the default
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class StylizeOutput:
     styles_ms: float  # network time for the styles' statistics (0 when all were cached)
     stylize_ms: float  # network time for the content's batch
     batch_size: int
+    model: str  # the model that answered
 
 
 def check_counts(n_styles: int, n_masks: int, weights: list[float] | None) -> Tensor:
@@ -82,19 +86,18 @@ def check_counts(n_styles: int, n_masks: int, weights: list[float] | None) -> Te
             f"got {n_styles} styles; send 1 to {MAX_STYLES} (style files and style_ids "
             "together)", "style",
         )
-    if n_masks and n_masks != n_styles and not (n_masks == 1 and n_styles == 2):
-        raise InvalidInputError(
-            f"got {n_masks} masks for {n_styles} styles: send one per style, or one binary "
-            "mask for exactly two styles", "mask",
-        )
+    check_mask_count(n_masks, n_styles)
     return normalise_mix_weights(weights, n_styles)
 
 
-def prepare_content(data: bytes, size: int, crop: bool, limits: ImageLimits
-                    ) -> tuple[Tensor, tuple[int, int]]:
-    """The content tensor and the upright size (width, height) of the uploaded image."""
+def prepare_content(data: bytes, size: int, crop: bool, output_format: OutputFormat,
+                    limits: ImageLimits) -> tuple[Tensor, tuple[int, int]]:
+    """The content tensor and the upright size (width, height) of the uploaded image; refuses
+    an output the format cannot encode before any network runs."""
     upright = images.to_rgb(open_image(data, "content", limits))
     check_prepared_size(upright.size, size, crop, "content_size", limits)
+    height, width = images.prepared_size(*upright.size, size, crop)
+    check_encodable(width, height, output_format.value)
     return images.rgb_to_tensor(upright, size, crop), upright.size
 
 
@@ -108,36 +111,47 @@ def prepare_masks(
     masks: tuple[bytes, ...], n_styles: int, content_size: tuple[int, int],
     grid: tuple[int, int], limits: ImageLimits,
 ) -> Masks:
-    """Masks on the content tensor's grid, one per style or the reference's one binary mask for
-    two styles; each upload must have the content's size."""
-    prepared = []
-    for index, data in enumerate(masks):
-        field = f"mask[{index}]"
-        upright = ImageOps.exif_transpose(open_image(data, field, limits))
-        if upright.size != content_size:
-            raise InvalidInputError(
-                f"{field}: {upright.size[0]} x {upright.size[1]}, but masks must have the "
-                f"content image's size {content_size[0]} x {content_size[1]}", field,
-            )
-        prepared.append(images.upright_mask_to_tensor(upright, grid))
-    if len(prepared) == 1 and n_styles == 2:
-        return masks_from_binary(prepared[0])
-    return Masks(torch.stack(prepared))
+    """The uploaded masks decoded, then `models.images.masks_from_images` (its rules)."""
+    fields = [f"mask[{index}]" for index in range(len(masks))]
+    uprights = [ImageOps.exif_transpose(open_image(data, field, limits))
+                for data, field in zip(masks, fields, strict=True)]
+    return images.masks_from_images(uprights, n_styles, content_size, grid, fields)
 
 
 class Stylizer:
+    """`encoder_fingerprint`: what each of the engine's networks' style statistics depend on,
+    by model name (one string: the engine's only network), so that the cache keeps each
+    model's statistics apart."""
+
     def __init__(self, engine: Engine, cache: StatsCache, limits: ImageLimits,
-                 encoder_fingerprint: str, decode_budget: PixelBudget) -> None:
+                 encoder_fingerprint: str | Mapping[str, str], decode_budget: PixelBudget
+                 ) -> None:
         self.engine = engine
         self.cache = cache
         self.limits = limits
-        self.encoder_fingerprint = encoder_fingerprint
+        self.fingerprints = (
+            dict(encoder_fingerprint) if isinstance(encoder_fingerprint, Mapping)
+            else {engine.default_model: encoder_fingerprint}
+        )
         self.decode_budget = decode_budget
 
+    def check_model(self, model: str | None) -> str:
+        """The model a request names (None: the default) if it is loaded here; else a clear
+        error naming the field."""
+        name = model or self.engine.default_model
+        if name not in self.fingerprints:
+            raise InvalidInputError(
+                f"model: {name[:40]!r} is not loaded here; choose one of "
+                f"{', '.join(self.fingerprints)} (ADAIN_MODELS)", "model",
+            )
+        return name
+
     async def stylize(self, request: StylizeRequest) -> StylizeOutput:
+        model = self.check_model(request.model)
         content, upright_size = await self.decode_budget.decode(
             header_pixels(request.content), "content",
-            prepare_content, request.content, request.content_size, request.crop, self.limits,
+            prepare_content, request.content, request.content_size, request.crop,
+            request.output_format, self.limits,
         )
         grid = (content.shape[-2], content.shape[-1])
         masks = None
@@ -151,7 +165,7 @@ class Stylizer:
         for style in request.styles:
             style_stats, result, ms = await self.style_statistics(
                 style, request.style_size, request.crop,
-                content if request.preserve_color else None,
+                content if request.preserve_color else None, model,
             )
             stats.append(style_stats)
             cache_results.append(result)
@@ -163,25 +177,28 @@ class Stylizer:
             masks,
             request.alpha,
         )
-        stylized = await self.engine.stylize(StylizeJob(content, mix))
+        stylized = await self.engine.stylize(StylizeJob(content, mix, model))
         encoded = await run_in_threadpool(
             encode_image, stylized.value, request.output_format, request.quality
         )
         return StylizeOutput(
             encoded, request.output_format.media_type, cache_results, styles_ms,
-            stylized.compute_ms, stylized.batch_size,
+            stylized.compute_ms, stylized.batch_size, model,
         )
 
     async def style_statistics(
-        self, style: StyleInput, size: int, crop: bool, recolour_to: Tensor | None = None
+        self, style: StyleInput, size: int, crop: bool, recolour_to: Tensor | None = None,
+        model: str | None = None,
     ) -> tuple[StyleStats, str, float]:
         """(statistics, "hit" | "miss" | "bypass", network ms) of the style prepared at `size`
-        (and `crop`). Colour preservation recolours the style to each content, so those
-        statistics are neither looked up nor stored."""
+        (and `crop`) through `model`'s encoder (default: the service's). Colour preservation
+        recolours the style to each content, so those statistics are neither looked up nor
+        stored."""
+        model = model or self.engine.default_model
         key = None
         if recolour_to is None:
             digest = hashlib.sha256(style.data).hexdigest()
-            key = stats_key(digest, size, crop, self.encoder_fingerprint)
+            key = stats_key(digest, size, crop, self.fingerprints[model])
             cached = await self.cache.get(key)
             if cached is not None:
                 metrics.STYLE_CACHE.labels("hit").inc()
@@ -190,7 +207,7 @@ class Stylizer:
             header_pixels(style.data), style.field,
             prepare_style, style, size, crop, self.limits,
         )
-        computed = await self.engine.style_statistics(tensor, recolour_to)
+        computed = await self.engine.style_statistics(tensor, recolour_to, model)
         if key is not None:
             await self.cache.put(key, computed.value)
         result = "miss" if key is not None else "bypass"

@@ -9,8 +9,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from service.deps import ServicesDep
-from service.errors import error_response
+from service.errors import NotReadyError
 from service.openapi import METRICS_RESPONSES, READYZ_RESPONSES
+from service.registry import RedisUnavailableError
 
 router = APIRouter(tags=["operations"])
 
@@ -22,16 +23,15 @@ async def healthz() -> dict[str, str | int]:
 
 
 @router.get("/readyz", response_model=None, responses=READYZ_RESPONSES)
-async def readyz(services: ServicesDep) -> dict[str, str] | Response:
+async def readyz(services: ServicesDep) -> dict[str, str]:
     """200 once the networks are loaded and warmed up (and Redis answers, when configured)."""
     if not services.ready:
-        return error_response(503, "the networks are still loading or warming up",
-                              headers={"Retry-After": "1"})
+        raise NotReadyError("the networks are still loading or warming up")
     if services.redis is not None:
         try:
             await services.redis.ping()
         except (RedisError, OSError) as exc:
-            return error_response(503, f"redis unreachable: {exc}", headers={"Retry-After": "1"})
+            raise RedisUnavailableError(f"redis unreachable: {exc}") from None
     return {"status": "ready"}
 
 

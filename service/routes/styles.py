@@ -1,24 +1,47 @@
-"""The style registry: register a style image once, use it by id in POST /stylize."""
+"""The style registry: register a style image once, use it by id or name in POST /stylize."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import base64
+import binascii
+import io
+from dataclasses import replace
 from pathlib import PurePath
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Response, UploadFile, status
-from PIL import ImageOps
-from pydantic import BaseModel
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
+from PIL import Image, ImageOps
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from models import images
 from models.errors import InvalidInputError
-from service.deps import LimitsDep, RegistryDep
-from service.imaging import ImageLimits, open_image
-from service.openapi import LIST_STYLES_RESPONSES, REGISTER_STYLE_ERRORS, STYLE_RESPONSES
-from service.registry import StyleNotFoundError, StyleRecord, new_record
-from service.security import AdminDep, UserDep
+from service.deps import LimitsDep, RegistryDep, StylizerDep
+from service.forms import FormFieldsDep
+from service.imaging import ImageLimits, header_pixels, open_image
+from service.openapi import (
+    LIST_STYLES_RESPONSES,
+    REGISTER_STYLE_ERRORS,
+    STYLE_IMAGE_RESPONSES,
+    STYLE_RESPONSES,
+)
+from service.registry import (
+    MAX_NAME_LENGTH,
+    NameTakenError,
+    StyleNotFoundError,
+    StyleRecord,
+    StyleRegistry,
+    derived_name,
+    name_problem,
+    new_record,
+    style_id,
+)
+from service.security import AdminDep, Caller, UserDep
 
-MAX_NAME_LENGTH = 200
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+MIN_THUMBNAIL, MAX_THUMBNAIL = 16, 1024
+THUMBNAIL_QUALITY = 85
 
 router = APIRouter(prefix="/styles", tags=["styles"])
 
@@ -32,11 +55,34 @@ class Style(BaseModel):
 
     @classmethod
     def of(cls, record: StyleRecord) -> Style:
-        return cls(**asdict(record))
+        return cls(
+            id=record.id,
+            name=record.name,
+            width=record.width,
+            height=record.height,
+            created=record.created,
+        )
 
 
 class StyleList(BaseModel):
     styles: list[Style]
+    next_cursor: str | None = Field(
+        None, description="Pass as `cursor` for the next page; null on the last page."
+    )
+
+
+def owner_of(caller: Caller) -> str | None:
+    """Whose names a request uses: its key's identity; with keys off everyone shares one set
+    (the identity is then the client's address, which is no owner)."""
+    return caller.identity if caller.identity.startswith("key:") else None
+
+
+async def find_style(registry: StyleRegistry, reference: str, caller: Caller) -> StyleRecord:
+    """The style an id or a name refers to, or a 404 naming `style_id`."""
+    record = await registry.find(reference, owner_of(caller))
+    if record is None:
+        raise StyleNotFoundError(f"no style with id or name {reference[:80]!r}", "style_id")
+    return record
 
 
 def upright_size(data: bytes, limits: ImageLimits) -> tuple[int, int]:
@@ -44,50 +90,167 @@ def upright_size(data: bytes, limits: ImageLimits) -> tuple[int, int]:
     return ImageOps.exif_transpose(open_image(data, "file", limits)).size
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses={
-    200: {"model": Style, "description": "The same image was registered before: that style."},
-    **REGISTER_STYLE_ERRORS,
-})
+def checked_name(name: str | None) -> str | None:
+    """The name sent, stripped and checked; None when none was sent."""
+    if name is None or not name.strip():
+        return None
+    label = name.strip()
+    problem = name_problem(label)
+    if problem is not None:
+        raise InvalidInputError(f"name {label[:80]!r} {problem}", "name")
+    return label
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        200: {"model": Style, "description": "The same image was registered before: that style."},
+        **REGISTER_STYLE_ERRORS,
+    },
+)
 async def register_style(
     file: Annotated[UploadFile, File(description="PNG, JPEG or WebP style image")],
     caller: AdminDep,
+    known_fields: FormFieldsDep,
     registry: RegistryDep,
     limits: LimitsDep,
     response: Response,
-    name: Annotated[str | None, Form(description="Display name; default: the file name")] = None,
+    name: Annotated[
+        str | None,
+        Form(
+            description=(
+                "A name to use instead of the id (in `style_id`, `/styles/{name}`): unique "
+                f"per owner, compared ignoring case, up to {MAX_NAME_LENGTH} characters, no "
+                "`/` or control characters. Default: the file name (with the id's first "
+                "digits added when taken)."
+            )
+        ),
+    ] = None,
 ) -> Style:
     """Register a style. Its id is the sha256 of the bytes: registering the same file again
     returns the existing style (200) instead of a new one (201)."""
+    chosen = checked_name(name)
     data = await file.read()
-    label = (name or PurePath(file.filename or "").stem).strip()
-    if len(label) > MAX_NAME_LENGTH:
-        raise InvalidInputError(
-            f"name: {len(label)} characters; the limit is {MAX_NAME_LENGTH}", "name"
-        )
     width, height = await run_in_threadpool(upright_size, data, limits)
-    record = new_record(data, label, width, height)
-    stored, created = await registry.add(record, data)
+    id_ = style_id(data)
+    label = chosen or derived_name(PurePath(file.filename or "").stem, id_)
+    record = new_record(data, label, width, height, owner_of(caller))
+    try:
+        stored, created = await registry.add(record, data)
+    except NameTakenError:
+        if chosen is not None:
+            raise
+        # A file name is no choice of the user's: another style's name is no reason to refuse.
+        unique = f"{label[: MAX_NAME_LENGTH - 9]}-{id_[:8]}"
+        stored, created = await registry.add(replace(record, name=unique), data)
     if not created:
         response.status_code = status.HTTP_200_OK
     return Style.of(stored)
 
 
+def encode_cursor(record: StyleRecord) -> str:
+    return base64.urlsafe_b64encode(f"{record.created} {record.id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    """(created, id) of the last style of the previous page."""
+    try:
+        created, id_ = base64.urlsafe_b64decode(cursor.encode()).decode().split(" ")
+        return created, id_
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidInputError(
+            f"cursor {cursor[:80]!r} is not one this service gave (`next_cursor`)", "cursor"
+        ) from None
+
+
 @router.get("", responses=LIST_STYLES_RESPONSES)
-async def list_styles(caller: UserDep, registry: RegistryDep) -> StyleList:
-    return StyleList(styles=[Style.of(record) for record in await registry.list()])
+async def list_styles(
+    caller: UserDep,
+    registry: RegistryDep,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_PAGE_SIZE, description="Styles per page.")
+    ] = DEFAULT_PAGE_SIZE,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="The previous page's `next_cursor`.")
+    ] = None,
+) -> StyleList:
+    """The registered styles, oldest first, one page at a time."""
+    records = await registry.list()
+    if cursor is not None:
+        after = decode_cursor(cursor)
+        records = [r for r in records if (r.created, r.id) > after]
+    page = records[:limit]
+    more = len(records) > limit
+    return StyleList(
+        styles=[Style.of(record) for record in page],
+        next_cursor=encode_cursor(page[-1]) if more else None,
+    )
 
 
 @router.get("/{style_id}", responses=STYLE_RESPONSES)
 async def get_style(style_id: str, caller: UserDep, registry: RegistryDep) -> Style:
-    record = await registry.get(style_id)
-    if record is None:
-        raise StyleNotFoundError(f"no style with id {style_id!r}", "style_id")
-    return Style.of(record)
+    """A style by its id or its name."""
+    return Style.of(await find_style(registry, style_id, caller))
 
 
-@router.delete("/{style_id}", status_code=status.HTTP_204_NO_CONTENT,
-               responses=STYLE_RESPONSES)
+def thumbnail(data: bytes, size: int, limits: ImageLimits) -> bytes:
+    """The style upright in RGB, its longer side at most `size`, as a JPEG."""
+    upright = images.to_rgb(open_image(data, "style_id", limits))
+    upright.thumbnail((size, size), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    upright.save(buffer, "JPEG", quality=THUMBNAIL_QUALITY)
+    return buffer.getvalue()
+
+
+def media_type_of(data: bytes) -> str:
+    with Image.open(io.BytesIO(data)) as image:  # the header only: checked at registration
+        return Image.MIME.get(image.format or "", "application/octet-stream")
+
+
+@router.get("/{style_id}/image", response_class=Response, responses=STYLE_IMAGE_RESPONSES)
+async def get_style_image(
+    style_id: str,
+    request: Request,
+    caller: UserDep,
+    registry: RegistryDep,
+    stylizer: StylizerDep,
+    size: Annotated[
+        int | None,
+        Query(
+            ge=MIN_THUMBNAIL,
+            le=MAX_THUMBNAIL,
+            description="A thumbnail: a JPEG whose longer side is at most `size` pixels. "
+            "Default: the image as registered.",
+        ),
+    ] = None,
+) -> Response:
+    """A style's image (by id or name), as registered or as a thumbnail."""
+    record = await find_style(registry, style_id, caller)
+    tag = f'"{record.id}-{size or "full"}"'
+    # An id names these bytes forever; a name may be given to another style later.
+    by_id = style_id == record.id
+    headers = {
+        "ETag": tag,
+        "Cache-Control": "private, max-age=31536000, immutable" if by_id else "private, no-cache",
+    }
+    if request.headers.get("if-none-match") == tag:
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    data = await registry.image(record.id)
+    if data is None:  # deleted in between
+        raise StyleNotFoundError(f"no style with id or name {style_id[:80]!r}", "style_id")
+    if size is None:
+        return Response(data, media_type=media_type_of(data), headers=headers)
+    small = await stylizer.decode_budget.decode(
+        header_pixels(data), "style_id", thumbnail, data, size, stylizer.limits
+    )
+    return Response(small, media_type="image/jpeg", headers=headers)
+
+
+@router.delete("/{style_id}", status_code=status.HTTP_204_NO_CONTENT, responses=STYLE_RESPONSES)
 async def delete_style(style_id: str, caller: AdminDep, registry: RegistryDep) -> Response:
-    if not await registry.delete(style_id):
-        raise StyleNotFoundError(f"no style with id {style_id!r}", "style_id")
+    """Delete a style by its id or its name."""
+    record = await find_style(registry, style_id, caller)
+    if not await registry.delete(record.id):
+        raise StyleNotFoundError(f"no style with id or name {style_id[:80]!r}", "style_id")
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -7,14 +7,17 @@ from collections.abc import Coroutine
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from starlette.concurrency import run_in_threadpool
 
-from models.errors import InvalidInputError
+from models.model import parse_mix_weights
 from service.deps import RegistryDep, StylizerDep
+from service.forms import FormFieldsDep
 from service.imaging import OutputFormat
 from service.openapi import STYLIZE_RESPONSES
-from service.registry import StyleNotFoundError
-from service.security import UserDep
-from service.stylizer import StyleInput, StylizeRequest, check_counts
+from service.registry import StyleNotFoundError, StyleRegistry
+from service.routes.styles import find_style
+from service.security import Caller, UserDep
+from service.stylizer import MAX_STYLES, StyleInput, StylizeRequest, check_counts
 
 router = APIRouter(tags=["stylize"])
 
@@ -23,15 +26,15 @@ CLIENT_CLOSED_REQUEST = 499
 T = TypeVar("T")
 
 
-def parse_mix_weights(values: list[str]) -> list[float] | None:
-    """Repeated `weights` fields, or one comma-separated field, or both: one float per style."""
-    parts = [part.strip() for value in values for part in value.split(",") if part.strip()]
-    if not parts:
-        return None
-    try:
-        return [float(part) for part in parts]
-    except ValueError:
-        raise InvalidInputError(f"weights: expected numbers, got {values!r}", "weights") from None
+async def read_styles(style: list[UploadFile] | None, style_id: list[str] | None,
+                      registry: StyleRegistry, caller: Caller) -> list[StyleInput]:
+    """The uploaded style files, then the registered styles (by id or name), in the order sent
+    (POST /stylize, POST /jobs); an unknown one is a 404 naming `style_id`."""
+    styles = [StyleInput(await f.read(), f"style[{i}]") for i, f in enumerate(style or [])]
+    for index, reference in enumerate(style_id or []):
+        data = await registered_image(registry, reference, caller, f"style_id[{index}]")
+        styles.append(StyleInput(data, f"style_id[{index}]"))
+    return styles
 
 
 async def disconnected(request: Request) -> None:
@@ -56,17 +59,33 @@ async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) ->
     return None if task.cancelled() else task.result()
 
 
+async def registered_image(registry: StyleRegistry, reference: str, caller: Caller,
+                           field: str) -> bytes:
+    """The image of the style an id or name refers to; a 404 naming `field`'s index."""
+    try:
+        record = await find_style(registry, reference, caller)
+        data = await registry.image(record.id)
+    except StyleNotFoundError as error:
+        raise StyleNotFoundError(f"{field}: {error.detail}", "style_id") from None
+    if data is None:  # deleted in between
+        raise StyleNotFoundError(f"{field}: no style with id or name {reference[:80]!r}",
+                                 "style_id")
+    return data
+
+
 @router.post("/stylize", response_class=Response, responses=STYLIZE_RESPONSES)
 async def stylize(
     request: Request,
     caller: UserDep,
+    known_fields: FormFieldsDep,
     stylizer: StylizerDep,
     registry: RegistryDep,
     content: Annotated[UploadFile, File(description="Content image: PNG, JPEG or WebP.")],
     style: Annotated[list[UploadFile] | None, File(
         description="Style images (repeatable). They come first, in the order sent.")] = None,
     style_id: Annotated[list[str] | None, Form(
-        description="Ids of registered styles (repeatable), after the style files.")] = None,
+        description="Ids or names of registered styles (repeatable), after the style files."
+    )] = None,
     alpha: Annotated[float, Form(ge=0.0, le=1.0,
                                  description="Content-style trade-off.")] = 1.0,
     weights: Annotated[list[str] | None, Form(
@@ -82,21 +101,20 @@ async def stylize(
     output_format: Annotated[OutputFormat, Form(alias="format", description="Output format."
                                                 )] = OutputFormat.png,
     quality: Annotated[int, Form(ge=1, le=100, description="JPEG/WebP quality.")] = 90,
+    model: Annotated[str | None, Form(
+        description="full or lite, among the models the service loaded (ADAIN_MODELS); "
+        "default ADAIN_MODEL. The answer names it in X-Adain-Model.")] = None,
 ) -> Response:
     """Stylize `content` with the styles: uploaded `style` files first in the order sent, then
     the registered `style_id`s in the order sent; `weights` and `mask` follow that order."""
-    # Counts first: reading 1000 registered style ids before refusing them costs memory.
+    # Counts and the model first: reading 1000 registered style ids before refusing them
+    # costs memory. Weights off the event loop: bounded (ADAIN_MAX_FIELD_BYTES) but not free.
+    chosen_model = stylizer.check_model(model)
+    mix_weights = await run_in_threadpool(parse_mix_weights, weights or [], MAX_STYLES)
     normalised_weights = check_counts(
-        len(style or []) + len(style_id or []), len(mask or []), parse_mix_weights(weights or [])
+        len(style or []) + len(style_id or []), len(mask or []), mix_weights
     )
-    styles = [StyleInput(await f.read(), f"style[{i}]") for i, f in enumerate(style or [])]
-    for index, id_ in enumerate(style_id or []):
-        data = await registry.image(id_)
-        if data is None:
-            raise StyleNotFoundError(
-                f"style_id[{index}]: no style with id {id_[:80]!r}", "style_id"
-            )
-        styles.append(StyleInput(data, f"style_id[{index}]"))
+    styles = await read_styles(style, style_id, registry, caller)
     checked = StylizeRequest(
         content=await content.read(),
         styles=tuple(styles),
@@ -109,6 +127,7 @@ async def stylize(
         crop=crop,
         output_format=output_format,
         quality=quality,
+        model=chosen_model,
     )
     result = await unless_disconnected(request, stylizer.stylize(checked))
     if result is None:
@@ -121,6 +140,7 @@ async def stylize(
             "X-Inference-Time-Ms": f"{total_ms:.1f}",
             "X-Style-Cache": ",".join(result.cache),
             "X-Batch-Size": str(result.batch_size),
+            "X-Adain-Model": result.model,
             "Server-Timing": f"styles;dur={result.styles_ms:.1f}, "
                              f"stylize;dur={result.stylize_ms:.1f}",
         },

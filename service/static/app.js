@@ -11,6 +11,13 @@ const chosenIds = new Map();
 // Object URLs owned by the page, revoked when replaced so long sessions do not leak blobs.
 let contentPreviewUrl = null;
 let resultUrl = null;
+// Registered styles' thumbnails: id -> promise of an object URL (null when it could not load).
+const thumbnails = new Map();
+const THUMBNAIL_PX = 96;
+// What the error on display is about, so that it goes once the form no longer matches it:
+// a local check's message (`missingShown`), or the API field the server named (`errorField`).
+let missingShown = "";
+let errorField = null;
 
 function baseName(fileName) {
   return fileName.replace(/\.[^.]+$/, "") || fileName;
@@ -40,6 +47,7 @@ async function errorMessage(response) {
   }
   const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body);
   markInvalid(body.field);
+  errorField = body.field || null;
   return body.field && !detail.includes(body.field) ? `${body.field}: ${detail}` : detail;
 }
 
@@ -90,9 +98,68 @@ function markInvalid(field) {
 }
 
 function showError(message) {
-  if (!message) markInvalid(null);
+  if (!message) {
+    markInvalid(null);
+    missingShown = "";
+    errorField = null;
+  } else {
+    setStatus(""); // an earlier "Done." or "Saved" no longer describes where things stand
+  }
   $("error").textContent = message;
   $("error").hidden = !message;
+}
+
+function missingInput() {
+  if (!$("content").files[0]) return "Choose a content photo first.";
+  if (!chosenStyles().length) return "Choose at least one style.";
+  return "";
+}
+
+// The fields a change of style choices feeds: an error about any of them is about the styles.
+const STYLE_FIELDS = ["style", "style_id", "weights", "mask"];
+
+// Called when the user changes inputs that feed the API `fields`: an error shown about the
+// form as it was goes once it no longer describes the form as it is.
+function inputsChanged(fields) {
+  if ($("error").hidden) return;
+  const field = (errorField || "").replace(/\[\d+\]$/, "");
+  const outdated = missingShown ? missingInput() !== missingShown : fields.includes(field);
+  if (outdated) showError("");
+}
+
+// A failed request leaves the previous result on screen only dimmed, marked as an earlier one.
+function markResultStale(stale) {
+  $("result").classList.toggle("stale", stale);
+  $("result-stale").hidden = !stale;
+}
+
+function thumbnailUrl(id) {
+  if (!thumbnails.has(id)) {
+    const load = api(`styles/${encodeURIComponent(id)}/image?size=${THUMBNAIL_PX}`)
+      .then((response) => (response.ok ? response.blob() : null))
+      .then((blob) => (blob ? URL.createObjectURL(blob) : null))
+      .catch(() => null);
+    thumbnails.set(id, load);
+  }
+  return thumbnails.get(id);
+}
+
+// A registered style's thumbnail (fetched with the key, so not a plain src); its initial
+// while it loads or if it cannot.
+function registeredThumbnail(style) {
+  const initial = element("span", { class: "thumb initial", "aria-hidden": "true" }, style.name[0] || "?");
+  thumbnailUrl(style.id).then((url) => {
+    if (url && initial.isConnected) initial.replaceWith(element("img", { src: url, alt: "", class: "thumb" }));
+  });
+  return initial;
+}
+
+function forgetThumbnails(keptIds) {
+  for (const [id, load] of thumbnails) {
+    if (keptIds.has(id)) continue;
+    thumbnails.delete(id);
+    load.then((url) => url && URL.revokeObjectURL(url));
+  }
 }
 
 function setStatus(message) {
@@ -130,11 +197,10 @@ function renderChosen() {
   const mixing = styles.length > 1;
   styles.forEach((style, index) => {
     const item = element("li", { class: "chosen" });
-    // Registered styles have no image to show here: their initial keeps the rows aligned.
     item.append(
       style.kind === "file"
         ? element("img", { src: style.key.thumbnailUrl, alt: "", class: "thumb" })
-        : element("span", { class: "thumb initial", "aria-hidden": "true" }, style.name[0] || "?"),
+        : registeredThumbnail({ id: style.key, name: style.name }),
       element("span", { class: "name" }, style.name),
     );
     // Weight and buttons wrap onto their own line together on narrow screens.
@@ -160,6 +226,7 @@ function renderChosen() {
         chosenIds.delete(style.key);
         renderRegistered();
         renderChosen();
+        inputsChanged(STYLE_FIELDS);
       }, "secondary"));
     }
     item.append(controls);
@@ -181,9 +248,11 @@ function renderRegistered() {
       if (checkbox.checked) chosenIds.set(style.id, 1);
       else chosenIds.delete(style.id);
       renderChosen();
+      inputsChanged(STYLE_FIELDS);
     });
     const label = element("label", { for: checkboxId, class: "check" });
-    label.append(checkbox, ` ${style.name} `, element("small", {}, `${style.width}×${style.height}`));
+    label.append(checkbox, registeredThumbnail(style), ` ${style.name} `,
+      element("small", {}, `${style.width}×${style.height}`));
     item.append(label, button("Delete", `Delete registered style ${style.name}`,
       () => deleteRegistered(style), "secondary"));
     list.append(item);
@@ -191,10 +260,20 @@ function renderRegistered() {
   $("registered-empty").hidden = registered.length > 0;
 }
 
+// Every page of GET /styles, oldest first.
 async function loadRegistered() {
-  const response = await api("styles");
-  if (!response.ok) throw new Error(await errorMessage(response));
-  registered = (await response.json()).styles;
+  const styles = [];
+  let cursor = null;
+  do {
+    const query = cursor ? `?cursor=${encodeURIComponent(cursor)}` : "";
+    const response = await api(`styles${query}`);
+    if (!response.ok) throw new Error(await errorMessage(response));
+    const page = await response.json();
+    styles.push(...page.styles);
+    cursor = page.next_cursor;
+  } while (cursor);
+  registered = styles;
+  forgetThumbnails(new Set(registered.map((style) => style.id)));
   for (const id of [...chosenIds.keys()]) {
     if (!registered.some((style) => style.id === id)) chosenIds.delete(id);
   }
@@ -206,6 +285,7 @@ function removeUpload(upload) {
   URL.revokeObjectURL(upload.thumbnailUrl);
   uploads = uploads.filter((other) => other !== upload);
   renderChosen();
+  inputsChanged(STYLE_FIELDS);
 }
 
 // Registering turns the upload into a ticked registered style, so later runs reuse its cached statistics.
@@ -213,8 +293,7 @@ async function registerUpload(upload, saveButton) {
   showError("");
   saveButton.disabled = true;
   const form = new FormData();
-  form.append("file", upload.file);
-  form.append("name", upload.name);
+  form.append("file", upload.file); // named after the file by the server, made unique if taken
   try {
     const response = await api("styles", { method: "POST", body: form });
     if (!response.ok) throw new Error(await errorMessage(response));
@@ -256,9 +335,22 @@ async function stylize(event) {
   showError("");
   const content = $("content").files[0];
   const styles = chosenStyles();
-  const missing = !content ? "Choose a content photo first." : !styles.length ? "Choose at least one style." : "";
+  const missing = missingInput();
   if (missing) {
     showError(missing);
+    missingShown = missing;
+    return;
+  }
+  if (isVideoFile(content)) { // static/video.js: a job instead of one request
+    $("stylize").disabled = true;
+    try {
+      await submitVideo(content, styles);
+    } catch (error) {
+      setStatus("");
+      showError(error.message);
+    } finally {
+      $("stylize").disabled = false;
+    }
     return;
   }
 
@@ -299,10 +391,12 @@ async function stylize(event) {
     $("download").href = resultUrl;
     $("download").download = `${baseName(content.name)}-stylized.${extension}`;
     $("result").hidden = false;
+    markResultStale(false);
     setStatus("Done.");
   } catch (error) {
     setStatus("");
     showError(error.message);
+    markResultStale(!$("result").hidden);
   } finally {
     stylizeButton.disabled = false;
     $("result").removeAttribute("aria-busy");
@@ -316,6 +410,7 @@ function init() {
     contentPreviewUrl = file ? URL.createObjectURL(file) : null;
     $("content-preview").hidden = !file;
     if (file) $("content-preview").src = contentPreviewUrl;
+    inputsChanged(["content", "content_size", "crop"]);
   });
   // A file the browser cannot decode gets no broken-image icon; the server explains the error.
   $("content-preview").addEventListener("error", () => { $("content-preview").hidden = true; });
@@ -325,10 +420,16 @@ function init() {
     }
     $("style-files").value = ""; // so picking the same file again fires `change`
     renderChosen();
+    inputsChanged(STYLE_FIELDS);
   });
   $("alpha").addEventListener("input", () => {
     $("alpha-value").textContent = Number($("alpha").value).toFixed(2);
+    inputsChanged(["alpha"]);
   });
+  for (const [id, field] of [["content-size", "content_size"], ["style-size", "style_size"],
+    ["format", "format"], ["preserve-color", "preserve_color"], ["crop", "crop"]]) {
+    $(id).addEventListener("change", () => inputsChanged([field]));
+  }
   $("stylize-form").addEventListener("submit", stylize);
   $("key-form").addEventListener("submit", useKey);
   renderChosen();

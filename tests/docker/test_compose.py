@@ -181,3 +181,49 @@ def test_api_keys_come_from_compose_secrets_the_service_reads(path: Path, tmp_pa
     assert settings.user_keys == ["key-of-adain_api_keys"]
     assert settings.admin_key_list == ["key-of-adain_admin_keys"]
     assert Path("/run/secrets") == SECRETS_DIR  # where compose mounts them
+
+
+def test_workers_compose_runs_api_and_workers_on_one_queue_and_folder() -> None:
+    """compose.workers.yaml: per profile an API (published) and a worker (`adain worker`, not
+    published), both on the compose Redis (persistent) and the same job folder volume."""
+    from cli.app import app as adain_app
+
+    compose = load_compose("compose.workers.yaml")
+    services = adain_services(compose)
+    jobs_dir = dockerfile_env(dockerfile_instructions())["ADAIN_JOBS_DIR"]
+    commands = typer_commands(adain_app)
+    for profile, device in (("gpu", "cuda"), ("cpu", "cpu")):
+        members = {n: s for n, s in services.items() if s["profiles"] == [profile]}
+        workers = {n: s for n, s in members.items() if s.get("command") == ["adain", "worker"]}
+        apis = {n: s for n, s in members.items() if n not in workers}
+        assert len(workers) == 1 and len(apis) == 1, (profile, sorted(members))
+        (api,), (worker,) = apis.values(), workers.values()
+        assert "worker" in commands
+        assert api["ports"] == ["${ADAIN_HTTP_PORT:-8000}:8000"]
+        assert "ports" not in worker
+        assert api["environment"]["ADAIN_SERVE_RUNS_JOBS"] == "${ADAIN_SERVE_RUNS_JOBS:-false}"
+        for service in (api, worker):
+            environment = service["environment"]
+            assert environment["ADAIN_DEVICE"] == device
+            assert environment["ADAIN_JOBS_DIR"] == jobs_dir
+            assert f"jobs:{jobs_dir}" in service["volumes"]
+            url = urlsplit(environment["ADAIN_REDIS_URL"])
+            assert url.hostname in compose["services"]
+            assert service["depends_on"][url.hostname]["condition"] == "service_healthy"
+            assert bool(gpu_devices(service)) == (profile == "gpu")
+    # Waiting jobs survive a Redis restart; only keys with a TTL (cached statistics) are evicted.
+    redis = compose["services"]["redis"]
+    assert "--appendonly" in redis["command"] and "volatile-lru" in redis["command"]
+
+
+def test_multi_gpu_replicas_share_the_job_folder() -> None:
+    """Every replica may take a job from the queue, so all of them mount the same folder."""
+    jobs_dir = dockerfile_env(dockerfile_instructions())["ADAIN_JOBS_DIR"]
+    for name, service in adain_services(load_compose("compose.multi-gpu.yaml")).items():
+        assert f"jobs:{jobs_dir}" in service["volumes"], name
+
+
+def typer_commands(app: Any) -> set[str]:
+    import typer
+
+    return set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]

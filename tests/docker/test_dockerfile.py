@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import typer
 
+from cli.app import app as adain_app
 from devkit.server import free_port, stop, wait_until_ready
-from service.cli import app as adain_app
 from service.settings import Settings
 from tests.docker.deployfiles import (
     DOCKERFILE,
@@ -57,8 +57,25 @@ def dockerignore_allows(source: str) -> bool:
     return source.rstrip("/") in allowed
 
 
-def test_the_base_image_is_pinned() -> None:
-    image = only("FROM").arguments.split()[0]
+def build_args_before_from() -> dict[str, str]:
+    """`ARG NAME=default` lines ahead of FROM: the only ones FROM can use."""
+    args: dict[str, str] = {}
+    for instruction in dockerfile_instructions():
+        if instruction.keyword == "FROM":
+            break
+        if instruction.keyword == "ARG":
+            name, _, default = instruction.arguments.partition("=")
+            args[name] = default
+    return args
+
+
+def test_the_base_image_is_a_build_arg_whose_default_is_pinned() -> None:
+    """FROM ${BASE_IMAGE}: another base where the real one cannot be pulled
+    (scripts/container-check.sh), the real, pinned one by default."""
+    from_ = only("FROM").arguments.split()[0]
+    assert from_ in ("${BASE_IMAGE}", "$BASE_IMAGE"), from_
+    image = build_args_before_from()["BASE_IMAGE"]
+    assert image.startswith("python:"), image
     tag = image.partition(":")[2]
     assert tag and tag != "latest", f"unpinned base image {image}"
     assert any(character.isdigit() for character in tag)
@@ -104,7 +121,7 @@ def test_the_build_context_wheel_carries_the_weights_and_the_page(tmp_path: Path
     for path in weights:
         assert f"models/weights/{path.name}" in names
     assert "service/static/index.html" in names
-    assert {"models/weights.py", "service/main.py", "service/cli.py"} <= names
+    assert {"models/weights.py", "service/main.py", "cli/app.py", "cli/stylize.py"} <= names
 
 
 def test_hadolint_finds_nothing() -> None:
@@ -138,7 +155,7 @@ def test_exposed_port_env_and_cmd_match_the_service() -> None:
     assert Settings(encoder_path=env["ADAIN_ENCODER_PATH"]).encoder_path is None
 
     command, subcommand = exec_form(only("CMD"))
-    assert PYPROJECT["project"]["scripts"][command] == "service.cli:app"
+    assert PYPROJECT["project"]["scripts"][command] == "cli.app:app"
     assert subcommand in typer.main.get_command(adain_app).commands  # type: ignore[attr-defined]
 
 

@@ -140,3 +140,52 @@ def test_api_keys_come_from_a_secret_not_the_configmap() -> None:
     assert not set(from_secrets) & set(config)
     # No Secret with key values is shipped: it is made with kubectl, outside the repository.
     assert not [kind for kind, _ in k8s_objects() if kind == "Secret"]
+
+
+def test_workers_run_the_same_image_on_the_api_pods_job_folder() -> None:
+    """docker/k8s/worker.yaml: `adain worker` pods on one GPU each, with the API pods' settings,
+    and the job folder on one ReadWriteMany claim that API and worker pods mount at the
+    ConfigMap's ADAIN_JOBS_DIR."""
+    import typer
+
+    from cli.app import app as adain_app
+
+    objects = k8s_objects()
+    worker = objects[("Deployment", "adain-worker")]["spec"]["template"]
+    (container,) = worker["spec"]["containers"]
+    api = api_container()
+    assert container["image"] == api["image"]
+    assert container["command"] == ["adain", "worker"]
+    assert "worker" in typer.main.get_command(adain_app).commands  # type: ignore[attr-defined]
+    assert container["envFrom"] == api["envFrom"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert worker["spec"]["securityContext"]["runAsNonRoot"] is True
+    config = objects[("ConfigMap", api["envFrom"][0]["configMapRef"]["name"])]["data"]
+    jobs_dir = config["ADAIN_JOBS_DIR"]
+    claims = set()
+    for pod, mounted in ((worker, container), (objects[("Deployment", "adain")]["spec"]["template"],
+                                                api)):
+        (mount,) = [m for m in mounted["volumeMounts"] if m["mountPath"] == jobs_dir]
+        (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
+        claims.add(volume["persistentVolumeClaim"]["claimName"])
+    (claim,) = claims
+    assert objects[("PersistentVolumeClaim", claim)]["spec"]["accessModes"] == ["ReadWriteMany"]
+    # Its metrics port is the one the worker is told to serve, and the one Prometheus scrapes.
+    env = {entry["name"]: entry["value"] for entry in container["env"]}
+    (port,) = container["ports"]
+    assert int(env["ADAIN_WORKER_METRICS_PORT"]) == port["containerPort"]
+    assert int(worker["metadata"]["annotations"]["prometheus.io/port"]) == port["containerPort"]
+    assert container["livenessProbe"]["tcpSocket"]["port"] == port["name"]
+
+
+def test_the_worker_hpa_scales_on_the_queue_length_the_service_exports() -> None:
+    objects = k8s_objects()
+    hpa = objects[("HorizontalPodAutoscaler", "adain-worker")]
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", "adain-worker")
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "External"
+    name = metric["external"]["metric"]["name"]
+    exported = {family.name: family.type for family in REGISTRY.collect()}
+    assert exported.get(name) == "gauge"
+    assert metrics.JOB_QUEUE_LENGTH.describe()[0].name == name

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
+import socket
 import subprocess
 from pathlib import Path
 
 import httpx
 
 from devkit.server import free_port
+from service.errors import domain_error_response
 from service.limits import BodySizeLimit
 from service.settings import Settings
 from tests.docker.deployfiles import (
@@ -33,16 +34,24 @@ def nginx_test(config: str, folder: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def service_413_body() -> dict[str, object]:
-    """What the service itself answers to a too large body (its ASGI middleware, run for real)."""
-    messages: list[dict[str, object]] = []
+def service_413_body(
+    max_bytes: int = Settings().max_upload_bytes, setting: str = "ADAIN_MAX_UPLOAD_BYTES"
+) -> dict[str, object]:
+    """What the service itself answers to a too large body: its middleware's error, through the
+    error table."""
+    limit = BodySizeLimit(app=None, max_bytes=max_bytes)  # type: ignore[arg-type]
+    return json.loads(bytes(domain_error_response(limit.too_large(max_bytes, setting)).body))
 
-    async def collect(message: dict[str, object]) -> None:
-        messages.append(message)
 
-    limit = BodySizeLimit(app=None, max_bytes=Settings().max_upload_bytes)  # type: ignore[arg-type]
-    asyncio.run(limit.refuse(collect))
-    return json.loads(messages[-1]["body"])  # type: ignore[arg-type]
+def video_413_body() -> dict[str, object]:
+    return service_413_body(Settings().max_video_bytes, "ADAIN_MAX_VIDEO_BYTES")
+
+
+def location_block(text: str, header: str) -> str:
+    """The directives of `location <header> { ... }` (no nested blocks in this file)."""
+    match = re.search(rf"location {re.escape(header)} \{{(.*?)\}}", text, re.S)
+    assert match, f"docker/nginx.conf has no `location {header}`"
+    return match.group(1)
 
 
 @needs_nginx
@@ -99,3 +108,56 @@ def test_nginx_refuses_too_large_bodies_as_the_service_does(tmp_path: Path) -> N
         # A body at the limit passes nginx and reaches the (absent) replicas: 502, not 413.
         at_limit = httpx.post(f"{url}/stylize", content=too_large[:-1], timeout=60)
         assert at_limit.status_code == 502
+
+
+def test_video_uploads_stream_to_one_replica_up_to_the_video_limit() -> None:
+    uploads = location_block(NGINX_CONF.read_text(), "= /jobs")
+    assert nginx_size_bytes(uploads, "client_max_body_size") == Settings().max_video_bytes
+    # Streamed, not spooled to nginx's disk; never replayed on another replica (a second job).
+    assert re.search(r"^\s*proxy_request_buffering off;", uploads, re.M)
+    retry = re.search(r"^\s*proxy_next_upstream\s+([^;]+);", uploads, re.M)
+    assert retry and "non_idempotent" not in retry.group(1)
+    text = NGINX_CONF.read_text()
+    answer = re.search(r"location @video_too_large \{.*?return 413 '([^']*)';", text, re.S)
+    assert answer and json.loads(answer.group(1)) == video_413_body()
+
+
+def test_progress_events_are_not_buffered_and_outlive_the_heartbeat() -> None:
+    from service.routes.jobs import EVENTS_HEARTBEAT_S
+
+    events = location_block(NGINX_CONF.read_text(), "~ ^/jobs/[^/]+/events$")
+    assert re.search(r"^\s*proxy_buffering off;", events, re.M)
+    timeout = re.search(r"^\s*proxy_read_timeout\s+(\d+)([smh]);", events, re.M)
+    assert timeout
+    seconds = int(timeout.group(1)) * {"s": 1, "m": 60, "h": 3600}[timeout.group(2)]
+    assert seconds > 2 * EVENTS_HEARTBEAT_S
+    # The location matches the route's path.
+    assert re.fullmatch(r"^/jobs/[^/]+/events$", "/jobs/0123abcd/events")
+
+
+@needs_nginx
+def test_nginx_takes_video_sized_uploads_and_refuses_larger_ones(tmp_path: Path) -> None:
+    """Through the real nginx (no replica running): a body over the image limit but under the
+    video limit reaches the replicas (502 here) on /jobs, and is refused on /stylize; a declared
+    body over the video limit gets the service's JSON 413 at once."""
+    port = free_port()
+    config = nginx_config_for([free_port(), free_port()], port)
+    with running_nginx(config, tmp_path, port) as url:
+        body = b"\0" * (Settings().max_upload_bytes + 1)
+        assert httpx.post(f"{url}/jobs", content=body, timeout=60).status_code == 502
+        assert httpx.post(f"{url}/stylize", content=body, timeout=60).status_code == 413
+        too_large = Settings().max_video_bytes + 1
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+            connection.sendall(
+                f"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {too_large}\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n".encode()
+            )
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = connection.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        head, _, payload = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413"), head
+        assert json.loads(payload) == video_413_body()

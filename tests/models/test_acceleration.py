@@ -22,13 +22,15 @@ from models.acceleration import (
     wants_compile,
 )
 from models.model import Masks, StyleTransfer, adain_target, calc_mean_std
+from models.pipeline import Pipeline
 from models.weights import load_model
 from service.main import WARMUP_SIZES
 
 ZEN4 = {"fpu", "sse2", "avx2", "avx512f", "avx512_bf16"}  # AMD EPYC Genoa: AVX512-BF16
 SAPPHIRE_RAPIDS = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
 SKYLAKE = {"fpu", "sse2", "avx2", "avx512f", "avx512bw"}  # AVX-512 without bf16
-# bf16 networks against fp32 on small images of the test weights: measured 54-55 dB.
+# bf16 networks against fp32 on small images of the test weights: what was measured is in
+# docs/benchmarks.md (section f); the bound leaves room for other CPUs.
 MIN_PSNR_DB = 35.0
 
 
@@ -111,7 +113,7 @@ def test_bf16_output_is_close_to_fp32(
         controls = {**controls, "masks": Masks(torch.stack([left, 1 - left]), binary=True)}
     with torch.inference_mode():
         outputs = {
-            dtype: net.stylize(content, styles, **controls)  # type: ignore[arg-type]
+            dtype: Pipeline(net).stylize(content, styles, **controls)  # type: ignore[arg-type]
             for dtype, net in nets.items()
         }
     fp32, bf16 = outputs[torch.float32], outputs[torch.bfloat16]
@@ -125,7 +127,7 @@ def test_statistics_are_computed_in_fp32(nets: dict[torch.dtype, StyleTransfer])
     style = image(40, 32, 4)
     with torch.inference_mode():
         feat = net.encode(style)
-        mean, std = net.style_statistics(style)
+        mean, std = Pipeline(net).style_statistics(style)
         exact_mean, exact_std = calc_mean_std(feat.float())
         bf16_mean, bf16_std = calc_mean_std(feat)
     assert feat.dtype == torch.bfloat16

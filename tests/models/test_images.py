@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from devkit.images import random_image
-from models.images import prepare, prepare_mask, prepared_size
+from models.images import prepare, prepared_size, upright_mask_to_tensor
 
 
 @pytest.mark.parametrize(
@@ -35,7 +35,7 @@ def test_16_bit_masks_read_at_their_level(level: int) -> None:
     mask = png_roundtrip(Image.fromarray(np.full((12, 10), level, dtype=np.uint16)))
     assert mask.mode == "I;16"
     for size in ((12, 10), (6, 5)):
-        coverage = prepare_mask(mask, size)
+        coverage = upright_mask_to_tensor(mask, size)
         assert coverage.shape == size
         torch.testing.assert_close(coverage, torch.full(size, level / 65535), atol=1e-6, rtol=0)
 
@@ -46,11 +46,11 @@ def test_a_mask_alpha_multiplies_its_luminance() -> None:
     rgba[:, :4, 3] = 255  # opaque white: covered
     rgba[:, 4:, 3] = 0  # transparent white: not covered
     rgba[:2, 4:, 3] = 128  # half transparent white
-    coverage = prepare_mask(png_roundtrip(Image.fromarray(rgba)), (8, 8))
+    coverage = upright_mask_to_tensor(png_roundtrip(Image.fromarray(rgba)), (8, 8))
     assert (coverage[:, :4] == 1).all() and (coverage[2:, 4:] == 0).all()
     torch.testing.assert_close(coverage[:2, 4:], torch.full((2, 4), 128 / 255))
     grey_alpha = Image.fromarray(np.full((8, 8), 128, np.uint8)).convert("LA")
     grey_alpha.putalpha(64)
     torch.testing.assert_close(
-        prepare_mask(grey_alpha, (4, 4)), torch.full((4, 4), 128 / 255 * 64 / 255)
+        upright_mask_to_tensor(grey_alpha, (4, 4)), torch.full((4, 4), 128 / 255 * 64 / 255)
     )

@@ -27,6 +27,7 @@ from models.model import (
     normalise_mix_weights,
     style_loss,
 )
+from models.pipeline import Pipeline
 from models.weights import load_model
 
 
@@ -210,9 +211,11 @@ def test_uncovered_masks_give_sane_images(net: StyleTransfer) -> None:
     corner = torch.zeros(2, 64, 96)
     corner[0, :16, :16] = 1
     with torch.inference_mode():
-        plain = net.stylize(content, styles, mix_weights=[1.0, 3.0])
-        black = net.stylize(content, styles, mix_weights=[1.0, 3.0], masks=torch.zeros(2, 64, 96))
-        cornered = net.stylize(content, styles, mix_weights=[1.0, 3.0], masks=corner)
+        plain = Pipeline(net).stylize(content, styles, mix_weights=[1.0, 3.0])
+        black = Pipeline(net).stylize(
+            content, styles, mix_weights=[1.0, 3.0], masks=torch.zeros(2, 64, 96)
+        )
+        cornered = Pipeline(net).stylize(content, styles, mix_weights=[1.0, 3.0], masks=corner)
     torch.testing.assert_close(black, plain, atol=1e-4, rtol=0)
     assert torch.isfinite(cornered).all()
     far = (cornered - plain)[..., 40:, 48:].abs()
@@ -224,10 +227,11 @@ def test_huge_and_tiny_weights_equal_equal_weights(net: StyleTransfer) -> None:
     content = image(40, 32, seed=1)
     styles = [image(32, 32, seed=2), image(40, 24, seed=3)]
     with torch.inference_mode():
-        equal = net.stylize(content, styles, mix_weights=[1.0, 1.0])
+        equal = Pipeline(net).stylize(content, styles, mix_weights=[1.0, 1.0])
         for weights in ([2e38, 2e38], [1e308, 1e308], [1e-300, 1e-300]):
             torch.testing.assert_close(
-                net.stylize(content, styles, mix_weights=weights), equal, atol=1e-6, rtol=0
+                Pipeline(net).stylize(content, styles, mix_weights=weights), equal, atol=1e-6,
+                rtol=0,
             )
 
 
@@ -317,9 +321,9 @@ def test_encode_taps_end_at_the_relu4_1_features(net: StyleTransfer) -> None:
 def test_alpha_zero_reconstructs_the_content_features(net: StyleTransfer) -> None:
     content, style = image(48, 40, seed=1), image(32, 32, seed=2)
     with torch.inference_mode():
-        out = net.stylize(content, [style], alpha=0.0)
+        out = Pipeline(net).stylize(content, [style], alpha=0.0)
         expected = net.decode(net.encode(content), (40, 48))
-        styled = net.stylize(content, [style], alpha=1.0)
+        styled = Pipeline(net).stylize(content, [style], alpha=1.0)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     assert (out - styled).abs().max() > 1e-3  # the style does change the output
 
@@ -327,25 +331,25 @@ def test_alpha_zero_reconstructs_the_content_features(net: StyleTransfer) -> Non
 def test_alpha_blends_content_features_and_target(net: StyleTransfer) -> None:
     content, style = image(40, 40, seed=1), image(32, 48, seed=2)
     with torch.inference_mode():
-        out = net.stylize(content, [style], alpha=0.3)
+        out = Pipeline(net).stylize(content, [style], alpha=0.3)
         content_feat = net.encode(content)
         target = adaptive_instance_normalization(content_feat, net.encode(style))
         expected = net.decode(0.7 * content_feat + 0.3 * target, (40, 40))
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="alpha"):
-        net.stylize(content, [style], alpha=1.5)
+        Pipeline(net).stylize(content, [style], alpha=1.5)
 
 
 def test_interpolation_weights_select_and_normalise(net: StyleTransfer) -> None:
     content = image(40, 32, seed=1)
     first, second = image(32, 32, seed=2), image(40, 24, seed=3)
     with torch.inference_mode():
-        only_first = net.stylize(content, [first])
+        only_first = Pipeline(net).stylize(content, [first])
         weighted = {
-            weights: net.stylize(content, [first, second], mix_weights=list(weights))
+            weights: Pipeline(net).stylize(content, [first, second], mix_weights=list(weights))
             for weights in ((1.0, 0.0), (0.0, 1.0), (2.0, 2.0), (1.0, 1.0))
         }
-        default = net.stylize(content, [first, second])
+        default = Pipeline(net).stylize(content, [first, second])
     torch.testing.assert_close(weighted[(1.0, 0.0)], only_first, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(weighted[(2.0, 2.0)], weighted[(1.0, 1.0)], atol=1e-6, rtol=0)
     torch.testing.assert_close(default, weighted[(1.0, 1.0)], atol=1e-6, rtol=0)
@@ -356,8 +360,10 @@ def test_all_ones_masks_equal_the_unmasked_result(net: StyleTransfer) -> None:
     content = image(48, 40, seed=1)
     styles = [image(32, 32, seed=2), image(24, 40, seed=3)]
     with torch.inference_mode():
-        plain = net.stylize(content, styles, mix_weights=[1.0, 3.0])
-        masked = net.stylize(content, styles, mix_weights=[1.0, 3.0], masks=torch.ones(2, 40, 48))
+        plain = Pipeline(net).stylize(content, styles, mix_weights=[1.0, 3.0])
+        masked = Pipeline(net).stylize(
+            content, styles, mix_weights=[1.0, 3.0], masks=torch.ones(2, 40, 48)
+        )
     torch.testing.assert_close(masked, plain, atol=1e-4, rtol=0)
 
 
@@ -369,7 +375,7 @@ def test_disjoint_masks_use_each_region_statistics(net: StyleTransfer) -> None:
     grid_left[:, :3] = 1
     masks = torch.stack([grid_left, 1 - grid_left])
     with torch.inference_mode():
-        out = net.stylize(content, styles, masks=masks)
+        out = Pipeline(net).stylize(content, styles, masks=masks)
         content_feat = net.encode(content)
         style_feats = [net.encode(style) for style in styles]
         left, right = content_feat[..., :3], content_feat[..., 3:]
@@ -402,8 +408,8 @@ def test_full_resolution_masks_follow_the_regions(net: StyleTransfer) -> None:
     mask = torch.zeros(64, 64)
     mask[:, :32] = 1
     with torch.inference_mode():
-        out = net.stylize(content, styles, masks=masks_from_binary(mask))
-        singles = [net.stylize(content, [style]) for style in styles]
+        out = Pipeline(net).stylize(content, styles, masks=masks_from_binary(mask))
+        singles = [Pipeline(net).stylize(content, [style]) for style in styles]
     left, right = out[..., :8], out[..., -8:]
     assert (left - singles[0][..., :8]).abs().mean() < (left - singles[1][..., :8]).abs().mean()
     assert (right - singles[1][..., -8:]).abs().mean() < (right - singles[0][..., -8:]).abs().mean()
@@ -426,10 +432,12 @@ def test_one_binary_mask_is_the_reference_spatial_control(
     mask = (((rows - 20) ** 2 + (columns - 30) ** 2 < 15**2) | (columns < 5)).float()
     vgg, decoder = port.load_nets(*reference_weights)
     with torch.inference_mode():
-        ours = net.stylize(content, styles, alpha=0.8, masks=masks_from_binary(mask))
+        ours = Pipeline(net).stylize(content, styles, alpha=0.8, masks=masks_from_binary(mask))
         theirs = port.spatial_control(vgg, decoder, content, styles, mask, alpha=0.8)
         # The same two regions given as two soft masks: resized by area, not by the reference.
-        area = net.stylize(content, styles, alpha=0.8, masks=masks_from_binary(mask).values)
+        area = Pipeline(net).stylize(
+            content, styles, alpha=0.8, masks=masks_from_binary(mask).values
+        )
     reference = quantised(theirs[..., :44, :52])
     assert (quantised(ours) - reference).abs().max() <= 1
     assert (quantised(area) - reference).abs().max() > 1
@@ -439,7 +447,7 @@ def test_a_batch_applies_each_item_its_own_mix(net: StyleTransfer) -> None:
     """The one stylize path: a batch with per-item styles, weights, masks and alpha gives each
     item what it gives alone (up to float rounding: a batch may sum in another order)."""
     contents = [image(40, 32, seed=50 + i) for i in range(3)]
-    stats = [net.style_statistics(image(32, 32, seed=60 + i)) for i in range(2)]
+    stats = [Pipeline(net).style_statistics(image(32, 32, seed=60 + i)) for i in range(2)]
     mean, std = torch.cat([m for m, _ in stats]), torch.cat([s for _, s in stats])
     left = torch.zeros(32, 40)
     left[:, :20] = 1
@@ -449,19 +457,22 @@ def test_a_batch_applies_each_item_its_own_mix(net: StyleTransfer) -> None:
         StyleMix(mean, std, torch.ones(2), masks_from_binary(left), alpha=0.9),
     ]
     with torch.inference_mode():
-        batch = net.stylize_batch(torch.cat(contents), mixes)
-        alone = [net.stylize_batch(c, [mix]) for c, mix in zip(contents, mixes, strict=True)]
+        batch = Pipeline(net).stylize_batch(torch.cat(contents), mixes)
+        alone = [
+            Pipeline(net).stylize_batch(c, [mix])
+            for c, mix in zip(contents, mixes, strict=True)
+        ]
     for one, together in zip(alone, batch, strict=True):
         torch.testing.assert_close(together[None], one, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="3 contents but 2"):
-        net.stylize_batch(torch.cat(contents), mixes[:2])
+        Pipeline(net).stylize_batch(torch.cat(contents), mixes[:2])
 
 
 @pytest.mark.parametrize(("width", "height"), [(53, 37), (130, 9), (9, 9), (17, 64)])
 def test_output_has_the_input_size(net: StyleTransfer, width: int, height: int) -> None:
     content, style = image(width, height, seed=4), image(20, 30, seed=5)
     with torch.inference_mode():
-        out = net.stylize(content, [style], masks=torch.ones(1, height, width))
+        out = Pipeline(net).stylize(content, [style], masks=torch.ones(1, height, width))
     assert out.shape == (1, 3, height, width)
     assert out.min() >= 0 and out.max() <= 1
 
@@ -471,16 +482,16 @@ def test_too_small_images_are_refused_clearly(
     net: StyleTransfer, width: int, height: int
 ) -> None:
     with torch.inference_mode(), pytest.raises(ValueError, match=f"at least {MIN_SIDE} px"):
-        net.stylize(torch.rand(1, 3, height, width), [image(16, 16, seed=1)])
+        Pipeline(net).stylize(torch.rand(1, 3, height, width), [image(16, 16, seed=1)])
     with torch.inference_mode(), pytest.raises(ValueError, match=f"at least {MIN_SIDE} px"):
-        net.stylize(image(16, 16, seed=1), [torch.rand(1, 3, height, width)])
+        Pipeline(net).stylize(image(16, 16, seed=1), [torch.rand(1, 3, height, width)])
 
 
 def test_preserve_color_encodes_the_recoloured_style(net: StyleTransfer) -> None:
     content, style = image(40, 40, seed=6), image(32, 32, seed=7)
     with torch.inference_mode():
-        out = net.stylize(content, [style], preserve_color=True)
-        expected = net.stylize(content, [coral(style[0], content[0])[None]])
-        plain = net.stylize(content, [style])
+        out = Pipeline(net).stylize(content, [style], preserve_color=True)
+        expected = Pipeline(net).stylize(content, [coral(style[0], content[0])[None]])
+        plain = Pipeline(net).stylize(content, [style])
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
     assert (out - plain).abs().max() > 1e-3

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ import torch
 from torch import Tensor
 
 from devkit import reference_port as port
-from models import tiling
+from models import model, tiling
 from models.model import (
     Masks,
     StyleMix,
@@ -21,6 +20,7 @@ from models.model import (
     make_encoder,
     masks_from_binary,
 )
+from models.pipeline import Pipeline, stylize_batch
 from models.weights import load_model
 
 # Tiled and untiled passes sum the same products in other orders (float32 convolutions whose
@@ -36,25 +36,19 @@ def net(reference_weights: tuple[Path, Path]) -> StyleTransfer:
 
 
 @pytest.fixture
-def tiled(net: StyleTransfer) -> Iterator[StyleTransfer]:
-    size, net.tile_size = net.tile_size, TILE
-    yield net
-    net.tile_size = size
+def tiled(net: StyleTransfer) -> Pipeline:
+    return Pipeline(net, TILE)
 
 
-def untiled(net: StyleTransfer, content: Tensor, mix: StyleMix) -> Tensor:
-    size, net.tile_size = net.tile_size, 0
-    try:
-        return net.stylize_batch(content, [mix])
-    finally:
-        net.tile_size = size
+def untiled(pipeline: Pipeline, content: Tensor, mix: StyleMix) -> Tensor:
+    return stylize_batch(pipeline.net, content, [mix], tile_size=0)
 
 
 def rand(*shape: int, seed: int) -> Tensor:
     return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
 
 
-def two_styles(net: StyleTransfer, masks: Masks | None, alpha: float) -> StyleMix:
+def two_styles(net: Pipeline, masks: Masks | None, alpha: float) -> StyleMix:
     means, stds = net.style_statistics(
         torch.cat([rand(1, 3, 48, 48, seed=1), rand(1, 3, 48, 48, seed=2)])
     )
@@ -97,7 +91,7 @@ def partial_masks(height: int, width: int) -> Masks:
         (203, 157, "partial masks"),
     ],
 )
-def test_tiled_equals_untiled(tiled: StyleTransfer, height: int, width: int, control: str) -> None:
+def test_tiled_equals_untiled(tiled: Pipeline, height: int, width: int, control: str) -> None:
     content = rand(1, 3, height, width, seed=3)
     masks = {
         "soft masks": Masks(rand(2, height, width, seed=4)),
@@ -113,14 +107,13 @@ def test_tiled_equals_untiled(tiled: StyleTransfer, height: int, width: int, con
     assert (out - content).abs().max() > 0.05  # the styles changed something
 
 
-def test_tiled_colour_preservation_and_styles(tiled: StyleTransfer) -> None:
+def test_tiled_colour_preservation_and_styles(tiled: Pipeline) -> None:
     content, style = rand(1, 3, 150, 190, seed=6), rand(1, 3, 170, 90, seed=7)
     with torch.inference_mode():
         out = tiled.stylize(
             content, [style, content.flip(-1)], 0.8, [2.0, 1.0], preserve_color=True
         )
-        tiled.tile_size = 0
-        expected = tiled.stylize(
+        expected = Pipeline(tiled.net, tile_size=0).stylize(
             content, [style, content.flip(-1)], 0.8, [2.0, 1.0], preserve_color=True
         )
     torch.testing.assert_close(out, expected, atol=TILE_TOLERANCE, rtol=0)
@@ -142,25 +135,16 @@ def test_accumulated_statistics_are_those_of_the_whole_image(net: StyleTransfer)
                 torch.testing.assert_close(got_part, expected_part, atol=1e-5, rtol=1e-5)
 
 
-def test_large_styles_take_tiled_statistics(tiled: StyleTransfer) -> None:
+def test_large_styles_take_tiled_statistics(tiled: Pipeline) -> None:
     styles = torch.cat([rand(1, 3, 130, 150, seed=10), rand(1, 3, 130, 150, seed=11)])
     with torch.inference_mode():
         mean, std = tiled.style_statistics(styles)
-        expected_mean, expected_std = calc_mean_std(tiled.encode(styles).float())
+        expected_mean, expected_std = calc_mean_std(tiled.net.encode(styles).float())
     torch.testing.assert_close(mean, expected_mean, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(std, expected_std, atol=1e-5, rtol=1e-5)
 
 
-def test_thumbnail_statistics_approximate_the_whole_image(net: StyleTransfer) -> None:
-    image = rand(1, 3, 64, 64, seed=12).repeat(1, 1, 4, 4)  # a texture: similar at any scale
-    with torch.inference_mode():
-        mean, _ = tiling.thumbnail_statistics(net, image, 128)
-        exact_mean, _ = calc_mean_std(net.encode(image).float())
-    assert mean.shape == exact_mean.shape
-    assert 0 < (mean - exact_mean).abs().mean() < exact_mean.abs().mean()
-
-
 def test_coral_in_chunks_is_the_reference_coral(monkeypatch: pytest.MonkeyPatch) -> None:
     source, target = rand(3, 37, 41, seed=13), rand(3, 50, 30, seed=14) * 0.5 + 0.2
-    monkeypatch.setattr(tiling, "PIXELS_PER_CHUNK", 100)  # many chunks
+    monkeypatch.setattr(model, "PIXELS_PER_CHUNK", 100)  # many chunks
     torch.testing.assert_close(coral(source, target), port.coral(source, target), atol=1e-5, rtol=0)

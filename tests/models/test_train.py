@@ -20,7 +20,7 @@ from models.weights import read_state
 
 
 def image_folder(folder: Path, count: int, seed: int) -> Path:
-    """`count` training images (none of them in the held-out split)."""
+    """`count` square training images (none of them in the held-out split)."""
     folder.mkdir()
     made, index = 0, 0
     while made < count:
@@ -28,15 +28,17 @@ def image_folder(folder: Path, count: int, seed: int) -> Path:
         index += 1
         if is_held_out(path):
             continue
-        random_image(40, 32, seed=seed * 100 + index).save(path)
+        random_image(32, 32, seed=seed * 100 + index).save(path)
         made += 1
     return folder
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> TrainConfig:
-    # resize == crop and one image per folder: every step sees the same batch, so a falling loss
-    # measures learning, not a luckier crop. The embedded encoder: random ones give ~0 losses.
+    # Square images, resize == crop and one image per folder: the "random" crop is the whole
+    # image, every step sees the same batch, so a falling loss measures learning, not a luckier
+    # crop (with lr 0 the loss stays put). The embedded encoder: random ones give ~0 losses.
+    # The default seed fixes the decoder's initialisation (`test_the_seed_fixes_the_run`).
     return TrainConfig(
         content_dir=image_folder(tmp_path / "content", 1, seed=1),
         style_dir=image_folder(tmp_path / "style", 1, seed=2),
@@ -55,6 +57,15 @@ def total_loss(record: dict[str, float], config: TrainConfig) -> float:
     return config.content_weight * record["content"] + config.style_weight * record["style"]
 
 
+# Each loss's last 3 steps over its first 3 must fall under these ratios. The runs are fixed by
+# the seed; the ratios over seeds 0-3 and the margins these thresholds leave (midway between the
+# worst seed and 1, the ratio without learning) are in docs/training.md.
+PAPER_LOSS_RATIO = {False: 0.83, True: 0.88}  # by bf16 autocast
+IDENTITY_RATIO = 0.94
+CONTENT_PHOTO_RATIO = 0.9
+PIXEL_WARMUP_RATIO = 0.95
+
+
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
 def test_loss_goes_down_and_outputs_are_written(config: TrainConfig, bf16: bool) -> None:
     config.steps, config.bf16 = 12, bf16
@@ -63,10 +74,30 @@ def test_loss_goes_down_and_outputs_are_written(config: TrainConfig, bf16: bool)
     assert [r["step"] for r in records] == list(range(1, 13))
     first = sum(total_loss(r, config) for r in records[:3])
     last = sum(total_loss(r, config) for r in records[-3:])
-    assert last < 0.8 * first, (first, last)
+    assert last < PAPER_LOSS_RATIO[bf16] * first, (first, last)
     assert (config.out_dir / "samples" / "step_0000004.jpg").is_file()
     exported = read_state(config.out_dir / "decoder.safetensors")
     assert exported["1.weight"].shape == (256, 512, 3, 3)
+
+
+def losses_by_step(config: TrainConfig) -> list[float]:
+    """Every logged number but the time, step by step."""
+    return [r[k] for r in read_log(config) for k in sorted(r) if k != "seconds"]
+
+
+def test_the_seed_fixes_the_run(config: TrainConfig, tmp_path: Path) -> None:
+    """The decoder's initialisation and the crops come from `seed`: a run repeats exactly
+    (up to float rounding), so the loss thresholds below are met or missed for good, not by
+    luck; another seed is another run."""
+    config.steps = 3
+    train(config)
+    first = losses_by_step(config)
+    config.out_dir = tmp_path / "again"
+    train(config)
+    assert losses_by_step(config) == pytest.approx(first, rel=1e-5)
+    config.out_dir, config.seed = tmp_path / "other", 1
+    train(config)
+    assert losses_by_step(config) != pytest.approx(first, rel=1e-3)
 
 
 def test_resume_continues_where_the_checkpoint_left_off(config: TrainConfig) -> None:
@@ -108,12 +139,13 @@ def test_pixel_warmup_learns_to_invert_the_encoder(config: TrainConfig) -> None:
     warmup, paper = records[:8], records[8:]
     assert all(set(r) >= {"pixel"} and "style" not in r for r in warmup)
     assert all({"content", "style"} <= set(r) for r in paper)
-    assert sum(r["pixel"] for r in warmup[-2:]) < 0.8 * sum(r["pixel"] for r in warmup[:2])
+    assert sum(r["pixel"] for r in warmup[-2:]) < PIXEL_WARMUP_RATIO * sum(
+        r["pixel"] for r in warmup[:2])
 
 
 def test_sigterm_ends_the_run_after_the_step_with_a_checkpoint(config: TrainConfig) -> None:
     command = [
-        sys.executable, "-m", "service.cli", "train",
+        sys.executable, "-m", "cli", "train",
         "--content-dir", str(config.content_dir), "--style-dir", str(config.style_dir),
         "--out-dir", str(config.out_dir), "--resize", "24", "--crop", "24", "--batch-size", "2",
         "--workers", "0", "--device", "cpu", "--checkpoint-every", "1000", "--steps", "100000",
@@ -154,7 +186,7 @@ def test_identity_term_and_ema_are_trained_logged_and_saved(config: TrainConfig)
     def identity(record: dict[str, float]) -> float:
         return 50.0 * record["identity_pixel"] + record["identity_feature"]
 
-    assert sum(map(identity, records[-3:])) < 0.92 * sum(map(identity, records[:3]))
+    assert sum(map(identity, records[-3:])) < IDENTITY_RATIO * sum(map(identity, records[:3]))
     ema = read_state(config.out_dir / "decoder_ema.safetensors")
     trained = read_state(config.out_dir / "decoder.safetensors")
     # The average lags the trained weights: equal would mean no averaging, or no export of it.
@@ -171,5 +203,4 @@ def test_content_photo_term_is_trained_and_logged(config: TrainConfig) -> None:
     train(config)
     photo = [record["content_photo"] for record in read_log(config)]
     assert len(photo) == 12
-    # The identity test's margin: untrained, the ratio stays within the batches' noise of 1.
-    assert sum(photo[-3:]) < 0.92 * sum(photo[:3]), photo
+    assert sum(photo[-3:]) < CONTENT_PHOTO_RATIO * sum(photo[:3]), photo

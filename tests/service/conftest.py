@@ -29,6 +29,7 @@ def server_env(reference_weights: tuple[Path, Path], tmp_path_factory: pytest.Te
         "ADAIN_ENCODER_PATH": str(encoder),
         "ADAIN_DECODER_PATH": str(decoder),
         "ADAIN_STYLES_DIR": str(tmp_path_factory.mktemp("styles")),
+        "ADAIN_JOBS_DIR": str(tmp_path_factory.mktemp("jobs")),
         "ADAIN_DEVICE": "cpu",
         "ADAIN_PRECISION": "fp32",
     }

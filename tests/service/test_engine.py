@@ -15,7 +15,8 @@ from torch import Tensor
 
 from devkit.images import random_image
 from models import images
-from models.model import StyleMix, StyleTransfer
+from models.model import StyleMix
+from models.pipeline import Pipeline
 from models.weights import load_model
 from service import metrics
 from service.engine import (
@@ -35,11 +36,11 @@ FLOAT_ROUNDING = {"rtol": 1e-4, "atol": 1e-4}
 
 
 @pytest.fixture(scope="module")
-def net(reference_weights: tuple[Path, Path]) -> StyleTransfer:
-    return load_model(*reference_weights)
+def net(reference_weights: tuple[Path, Path]) -> Pipeline:
+    return Pipeline(load_model(*reference_weights))
 
 
-def job_for(net: StyleTransfer, seed: int, size: tuple[int, int] = (40, 32)) -> StylizeJob:
+def job_for(net: Pipeline, seed: int, size: tuple[int, int] = (40, 32)) -> StylizeJob:
     content = images.prepare(random_image(*size, seed=seed))
     style = images.prepare(random_image(32, 32, seed=100 + seed))
     with torch.inference_mode():
@@ -47,13 +48,13 @@ def job_for(net: StyleTransfer, seed: int, size: tuple[int, int] = (40, 32)) -> 
     return StylizeJob(content, StyleMix(mean, std, torch.ones(1), alpha=0.5 + seed / 100))
 
 
-def expected(net: StyleTransfer, job: StylizeJob) -> Tensor:
+def expected(net: Pipeline, job: StylizeJob) -> Tensor:
     """The library's stylize path for this one image alone."""
     with torch.inference_mode():
         return net.stylize_batch(job.content, [job.mix])
 
 
-def assert_result(net: StyleTransfer, job: StylizeJob, result: Timed[Tensor]) -> None:
+def assert_result(net: Pipeline, job: StylizeJob, result: Timed[Tensor]) -> None:
     """The library's result, alone or in a batch, up to float rounding."""
     torch.testing.assert_close(result.value, expected(net, job), **FLOAT_ROUNDING)
 
@@ -62,7 +63,7 @@ class OutOfMemoryOnBatches:
     """The one allowed mock (there is no GPU here): the real network, except that stylizing
     more than `max_batch` images, or an image `oom_height` pixels high, raises CUDA's OOM."""
 
-    def __init__(self, net: StyleTransfer, max_batch: int = 1, oom_height: int | None = None
+    def __init__(self, net: Pipeline, max_batch: int = 1, oom_height: int | None = None
                  ) -> None:
         self.net = net
         self.max_batch = max_batch
@@ -75,8 +76,9 @@ class OutOfMemoryOnBatches:
         self.encoded_batches.append(contents.shape[0])
         return self.net.stylize_batch(contents, mixes)
 
-    def style_statistics(self, styles: Tensor) -> tuple[Tensor, Tensor]:
-        return self.net.style_statistics(styles)
+    def style_statistics(self, styles: Tensor, recolour_to: Tensor | None = None
+                         ) -> tuple[Tensor, Tensor]:
+        return self.net.style_statistics(styles, recolour_to)
 
 
 async def run_all(engine: Engine, jobs: list[StylizeJob]) -> list[object]:
@@ -87,7 +89,7 @@ async def run_all(engine: Engine, jobs: list[StylizeJob]) -> list[object]:
         await engine.close()
 
 
-def test_same_shapes_share_one_batch_with_per_item_controls(net: StyleTransfer) -> None:
+def test_same_shapes_share_one_batch_with_per_item_controls(net: Pipeline) -> None:
     jobs = [job_for(net, seed) for seed in range(4)]
     engine = Engine(net, max_batch_size=8, max_wait_ms=SLOW_WINDOW_MS)
     results = asyncio.run(run_all(engine, jobs))
@@ -98,7 +100,7 @@ def test_same_shapes_share_one_batch_with_per_item_controls(net: StyleTransfer) 
     assert not torch.equal(results[0].value, results[1].value)
 
 
-def test_batches_respect_shape_and_max_batch_size(net: StyleTransfer) -> None:
+def test_batches_respect_shape_and_max_batch_size(net: Pipeline) -> None:
     jobs = [job_for(net, s) for s in range(3)] + [job_for(net, 9, size=(48, 32))]
     engine = Engine(net, max_batch_size=2, max_wait_ms=SLOW_WINDOW_MS)
     results = asyncio.run(run_all(engine, jobs))
@@ -107,7 +109,7 @@ def test_batches_respect_shape_and_max_batch_size(net: StyleTransfer) -> None:
     assert tuple(results[3].value.shape[-2:]) == (32, 48)
 
 
-def test_out_of_memory_splits_the_batch_and_every_job_succeeds(net: StyleTransfer) -> None:
+def test_out_of_memory_splits_the_batch_and_every_job_succeeds(net: Pipeline) -> None:
     jobs = [job_for(net, seed) for seed in range(4)]
     wrapper = OutOfMemoryOnBatches(net, max_batch=1)
     engine = Engine(wrapper, max_batch_size=8, max_wait_ms=SLOW_WINDOW_MS)
@@ -117,7 +119,7 @@ def test_out_of_memory_splits_the_batch_and_every_job_succeeds(net: StyleTransfe
         assert_result(net, job, result)
 
 
-def test_out_of_memory_for_one_image_fails_only_that_request(net: StyleTransfer) -> None:
+def test_out_of_memory_for_one_image_fails_only_that_request(net: Pipeline) -> None:
     jobs = [job_for(net, 0), job_for(net, 1, size=(40, 64)), job_for(net, 2)]
     wrapper = OutOfMemoryOnBatches(net, max_batch=8, oom_height=64)
     engine = Engine(wrapper, max_batch_size=8, max_wait_ms=SLOW_WINDOW_MS)
@@ -136,7 +138,7 @@ def test_out_of_memory_for_one_image_fails_only_that_request(net: StyleTransfer)
     assert_result(net, jobs[0], after)
 
 
-def test_full_queue_refuses_and_close_drains(net: StyleTransfer) -> None:
+def test_full_queue_refuses_and_close_drains(net: Pipeline) -> None:
     jobs = [job_for(net, seed) for seed in range(3)]
     engine = Engine(net, max_batch_size=8, max_wait_ms=SLOW_WINDOW_MS, queue_size=2)
 
@@ -162,7 +164,7 @@ def test_full_queue_refuses_and_close_drains(net: StyleTransfer) -> None:
     assert engine.depth == 0
 
 
-def test_a_queue_of_one_takes_jobs_back_to_back(net: StyleTransfer) -> None:
+def test_a_queue_of_one_takes_jobs_back_to_back(net: Pipeline) -> None:
     """A job is counted done before its caller hears of it: the caller's next job, sent at
     once, finds room in a queue of one (no spurious 503)."""
 
@@ -188,7 +190,7 @@ def test_a_queue_of_one_takes_jobs_back_to_back(net: StyleTransfer) -> None:
     assert engine.depth == 0
 
 
-def test_style_statistics_with_colour_preservation(net: StyleTransfer) -> None:
+def test_style_statistics_with_colour_preservation(net: Pipeline) -> None:
     style = images.prepare(random_image(32, 32, seed=5))
     content = images.prepare(random_image(32, 32, seed=6))
     engine = Engine(net)
@@ -214,7 +216,7 @@ class Gated:
     job is certainly running while the test queues others; records the content widths it
     stylized, which tell the jobs apart."""
 
-    def __init__(self, net: StyleTransfer) -> None:
+    def __init__(self, net: Pipeline) -> None:
         self.net = net
         self.entered = threading.Event()
         self.gate = threading.Event()
@@ -226,15 +228,16 @@ class Gated:
         self.widths += [contents.shape[-1]] * contents.shape[0]
         return self.net.stylize_batch(contents, mixes)
 
-    def style_statistics(self, styles: Tensor) -> tuple[Tensor, Tensor]:
-        return self.net.style_statistics(styles)
+    def style_statistics(self, styles: Tensor, recolour_to: Tensor | None = None
+                         ) -> tuple[Tensor, Tensor]:
+        return self.net.style_statistics(styles, recolour_to)
 
 
 def dropped_total() -> float:
     return REGISTRY.get_sample_value("adain_jobs_dropped_total") or 0.0
 
 
-def test_a_job_whose_caller_has_gone_is_dropped_before_it_is_computed(net: StyleTransfer
+def test_a_job_whose_caller_has_gone_is_dropped_before_it_is_computed(net: Pipeline
                                                                       ) -> None:
     jobs = [job_for(net, seed, size=(40 + 8 * seed, 32)) for seed in range(3)]  # 40, 48, 56
     gated = Gated(net)

@@ -4,20 +4,39 @@ The real server's answers to real bad requests are in test_errors.py and test_ho
 
 from __future__ import annotations
 
+import ast
 import asyncio
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
-import service.main  # noqa: F401  (imports every module that defines a domain error)
+from devkit import REPO
 from models.errors import DomainError, InvalidInputError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
-from service.errors import HTTP_ERRORS, install_error_handlers, websocket_error
+from service.errors import (
+    HTTP_ERRORS,
+    HeadersTooLargeError,
+    MalformedRequestError,
+    MethodNotAllowedError,
+    NotReadyError,
+    RangeNotSatisfiableError,
+    RequestLineTooLongError,
+    RouteNotFoundError,
+    UnexpectedError,
+    install_error_handlers,
+    websocket_error,
+)
+from service.forms import UnsupportedFormError
+from service.hardening import HostNotAllowedError
 from service.imaging import DecodeBudgetError, ImageTooLargeError, UnsupportedImageError
-from service.limits import BodyTimeoutError
+from service.jobs.store import JobNotDoneError, JobNotFoundError
+from service.limits import BodyTimeoutError, BodyTooLargeError
 from service.live import LiveBusyError, LiveIdleError
+from service.main import create_app  # imports every module that defines a domain error
 from service.registry import (
+    AmbiguousNameError,
+    NameTakenError,
     RedisUnavailableError,
     StorageFullError,
     StorageUnavailableError,
@@ -29,6 +48,8 @@ from service.security import (
     PermissionDeniedError,
     RateLimitedError,
 )
+from service.settings import Settings
+from service.video import UnsupportedVideoError, VideoTooLargeError
 
 # (error, status, Retry-After): the messages and fields are those the code raises.
 CASES: list[tuple[DomainError, int, str | None]] = [
@@ -39,6 +60,26 @@ CASES: list[tuple[DomainError, int, str | None]] = [
      403, None),
     (BodyTimeoutError("the request body did not arrive within 60 s (ADAIN_BODY_TIMEOUT_S)"),
      408, None),
+    (BodyTooLargeError("request body larger than the limit of 1048576 bytes "
+                       "(ADAIN_MAX_UPLOAD_BYTES)"), 413, None),
+    (MalformedRequestError("There was an error parsing the body"), 400, None),
+    (RouteNotFoundError("Not Found"), 404, None),
+    (MethodNotAllowedError("Method Not Allowed", ["POST", "GET"]), 405, None),
+    (UnexpectedError("internal server error"), 500, None),
+    (UnsupportedVideoError("video: not a video FFmpeg can read", "video"), 415, None),
+    (VideoTooLargeError("video: 9000 frames; the limit is 3000 (ADAIN_MAX_VIDEO_FRAMES)",
+                        "video"), 413, None),
+    (JobNotFoundError("job_id: no job with id 'abc'", "job_id"), 404, None),
+    (JobNotDoneError("job_id: job abc is running; the result is there once it has succeeded",
+                     "job_id"), 409, None),
+    (RangeNotSatisfiableError("Range 'bytes=9-' does not fit the file of 4 bytes", 4), 416,
+     None),
+    (HostNotAllowedError("2 Host headers; send one"), 400, None),
+    (RequestLineTooLongError("the request line is longer than 8192 bytes "
+                             "(ADAIN_MAX_REQUEST_LINE_BYTES)"), 414, None),
+    (HeadersTooLargeError("the request's headers are larger than 32768 bytes "
+                          "(ADAIN_MAX_HEADER_BYTES)"), 431, None),
+    (NotReadyError("the networks are still loading or warming up"), 503, "1"),
     (RateLimitedError("more than 3 requests in a minute (ADAIN_RATE_LIMIT)", 17), 429, "17"),
     (InvalidInputError("got 9 styles; send 1 to 8 (style files and style_ids together)",
                        "style"), 422, None),
@@ -46,6 +87,12 @@ CASES: list[tuple[DomainError, int, str | None]] = [
     (ImageTooLargeError("style[0]: too many pixels; the limit is 200000 pixels "
                         "(ADAIN_MAX_IMAGE_PIXELS)", "style[0]"), 413, None),
     (StyleNotFoundError("style_id[0]: no style with id 'abc'", "style_id"), 404, None),
+    (NameTakenError("name 'candy' is taken by another style (id 0123456789ab...): choose "
+                    "another name, or use that style", "name"), 409, None),
+    (AmbiguousNameError("2 styles of other owners are named 'wave': use the id of the one you "
+                        "mean (GET /styles)", "style_id"), 422, None),
+    (UnsupportedFormError("this endpoint takes multipart/form-data (curl -F field=value -F "
+                          "file=@path), got a body of type application/json"), 415, None),
     (EngineBusyError("server busy: 2 jobs queued (ADAIN_QUEUE_SIZE=2); retry shortly"), 503, "1"),
     (DecodeBudgetError("content: server busy decoding other uploads (900000 of 1000000 "
                        "pixels, ADAIN_DECODE_PIXEL_BUDGET); retry shortly", "content"), 503, "1"),
@@ -99,14 +146,61 @@ def test_each_domain_error_has_its_status_body_and_retry_after(
     assert response.headers.get("retry-after") == retry_after
     if status == 401:
         assert response.headers["www-authenticate"].startswith("Bearer")
-    if status == 408:  # the rest of the body is not read: the connection cannot be reused
+    if status in (408, 413, 414, 431) and error.field is None:  # the rest is not read
         assert response.headers["connection"] == "close"
+    if status == 405:
+        assert response.headers["allow"] == "GET, POST"
+    if status == 416:
+        assert response.headers["content-range"] == "bytes */4"
 
 
 def test_every_domain_error_class_is_in_the_table() -> None:
     """A new error class without a status would be a 500: the table lists them all."""
     assert all_subclasses(DomainError) == set(HTTP_ERRORS)
     assert {type(error) for error, _, _ in CASES} == set(HTTP_ERRORS)
+
+
+def test_no_module_but_service_errors_builds_an_error_body() -> None:
+    """Every error body and status comes from the table: no other module builds a JSON answer
+    (JSONResponse, `error_response`, a dict with `detail` and `field` keys)."""
+    offenders = set()
+    for path in (REPO / "service").rglob("*.py"):
+        if path == REPO / "service" / "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = node.id if isinstance(node, ast.Name) else getattr(node, "attr", None)
+            keys = node.keys if isinstance(node, ast.Dict) else []
+            names = {key.value for key in keys if isinstance(key, ast.Constant)}
+            if name in ("JSONResponse", "error_response") or {"detail", "field"} <= names:
+                offenders.add(f"{path.relative_to(REPO)}:{node.lineno}")  # type: ignore[attr-defined]
+    assert not offenders
+
+
+def test_the_documented_error_statuses_come_from_the_table() -> None:
+    """Each error status in /openapi.json is a table status, described by the meanings of the
+    table's classes with that status."""
+    app = create_app(Settings(warmup=False))
+    meanings = {entry.status_code: set() for entry in HTTP_ERRORS.values()}
+    for entry in HTTP_ERRORS.values():
+        meanings[entry.status_code].add(entry.meaning)
+    documented = 0
+    for item in app.openapi()["paths"].values():
+        for operation in item.values():
+            for status, response in operation["responses"].items():
+                if int(status) < 400:
+                    continue
+                documented += 1
+                described = response["description"]
+                assert int(status) in meanings, status
+                assert any(meaning in described for meaning in meanings[int(status)])
+                leftover = described
+                for meaning in meanings[int(status)]:
+                    leftover = leftover.replace(meaning, "")
+                assert not leftover.strip(), (status, leftover)
+                retries = any(e.retry_after_s for e in HTTP_ERRORS.values()
+                              if e.status_code == int(status) and e.meaning in described)
+                assert ("Retry-After" in response.get("headers", {})) == retries
+    assert documented > 10
 
 
 @pytest.mark.parametrize(("error", "status", "retry_after"), CASES,

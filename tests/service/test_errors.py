@@ -56,7 +56,7 @@ def still_serving(server: RunningServer) -> None:
     ({"alpha": "-0.1"}, "alpha", ["greater than or equal to 0"]),
     ({"alpha": "nan"}, "alpha", []),
     ({"alpha": "strong"}, "alpha", ["number"]),
-    ({"weights": "1,2"}, "weights", ["1 weights", "got 2"]),
+    ({"weights": "1,2"}, "weights", ["one weight per style (1)", "got 2"]),
     ({"weights": "a"}, "weights", ["numbers"]),
     ({"weights": "-1"}, "weights", ["non-negative"]),
     ({"quality": "0"}, "quality", []),

@@ -216,7 +216,9 @@ def test_a_full_disk_is_507_and_loses_nothing(server_env: dict[str, str], tmp_pa
             assert httpx.get(f"{server.url}/styles").json()["styles"] == [kept]
             assert stylize_id(server.url, kept["id"]).status_code == 200
             assert stylize_upload(server.url, large).status_code == 200
-        # Nothing half-written is left behind: the kept style's two files only.
+        # Nothing half-written is left behind: the kept style's two files and its name only.
         assert sorted(p.name for p in disk.iterdir()) == sorted(
-            [f"{kept['id']}.image", f"{kept['id']}.json"]
+            [f"{kept['id']}.image", f"{kept['id']}.json", "names"]
         )
+        claims = [p for p in (disk / "names").rglob("*") if p.is_file()]
+        assert [claim.read_text() for claim in claims] == [kept["id"]]

@@ -64,7 +64,7 @@ def test_tiled_output_is_the_untiled_cli_output(
         (tmp_path / name).write_bytes(data)
     encoder, decoder = reference_weights
     subprocess.run(
-        [sys.executable, "-m", "service.cli", "stylize", "content.png", "a.png", "b.png",
+        [sys.executable, "-m", "cli", "stylize", "content.png", "a.png", "b.png",
          "-o", "cli.png", "--encoder", str(encoder), "--decoder", str(decoder), "--device",
          "cpu", "--alpha", "0.8", "--weights", "1,3", "--mask", "mask.png",
          "--preserve-color", "--content-size", "0", "--style-size", "0", "--tile-size", "0",

@@ -9,6 +9,7 @@ import io
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,3 +268,50 @@ def test_405_allows_the_documented_methods_of_the_path(server: RunningServer, me
     assert response.status_code == 405
     assert response.headers["allow"] == allowed
     assert response.json()["field"] is None
+
+
+def test_submit_poll_and_download_a_video_job(generated: Generated) -> None:
+    from devkit.videos import make_video
+
+    body = generated.models.BodySubmitJob(
+        video=generated.file(make_video(frames=4, width=48, height=32), "clip.mp4"),
+        style=[generated.file(STYLE_A)], content_size=0, style_size=32, stabilize=False,
+    )
+    submitted = generated.call("jobs", "submit_job", body=body)
+    assert submitted.status_code == 202, submitted.content
+    job = submitted.parsed
+    assert isinstance(job, generated.models.JobState)
+    assert submitted.headers["location"] == f"/jobs/{job.id}"
+    for _ in range(600):
+        state = generated.call("jobs", "get_job", job_id=job.id).parsed
+        if state.status.value in ("succeeded", "failed", "canceled"):
+            break
+        time.sleep(0.1)
+    assert state.status.value == "succeeded", state
+    assert (state.frames_done, state.frames_total, state.progress) == (4, 4, 1.0)
+    listed = generated.call("jobs", "list_jobs").parsed
+    assert job.id in [item.id for item in listed.jobs]
+    downloaded = generated.call("jobs", "job_result", job_id=job.id)
+    assert downloaded.status_code == 200
+    assert downloaded.parsed.payload.read()[4:8] == b"ftyp"  # an MP4
+    missing = generated.call("jobs", "get_job", job_id="0" * 32)
+    assert missing.status_code == 404
+    assert isinstance(missing.parsed, generated.models.ErrorBody)
+    assert missing.parsed.field == "job_id"
+    assert generated.call("jobs", "delete_job", job_id=job.id).status_code == 204
+
+
+def test_pages_of_the_list_and_a_thumbnail(generated: Generated) -> None:
+    for seed in (35, 36):
+        body = generated.models.BodyRegisterStyle(
+            file=generated.file(encode(random_image(40, 20, seed=seed))))
+        assert generated.call("styles", "register_style", body=body).status_code in (200, 201)
+    first = generated.call("styles", "list_styles", limit=1).parsed
+    assert len(first.styles) == 1 and isinstance(first.next_cursor, str)
+    second = generated.call("styles", "list_styles", limit=1, cursor=first.next_cursor).parsed
+    assert len(second.styles) == 1 and second.styles[0].id != first.styles[0].id
+
+    thumb = generated.call("styles", "get_style_image", style_id=first.styles[0].name, size=16)
+    assert thumb.status_code == 200, thumb.content
+    with Image.open(thumb.parsed.payload) as image:
+        assert image.format == "JPEG" and max(image.size) == 16

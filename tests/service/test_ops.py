@@ -83,7 +83,7 @@ def test_serve_full_queue_503_and_graceful_shutdown(
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1",
+            [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1",
              "--port", str(port), "--encoder", str(encoder), "--decoder", str(decoder),
              "--device", "cpu"],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -165,7 +165,7 @@ def adain_serve(env: dict[str, str], log_path: Path) -> Iterator[RunningServer]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ADAIN_")}
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1",
+            [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1",
              "--port", str(port)],
             cwd=REPO, env={**clean, **env}, stdout=log_file, stderr=subprocess.STDOUT,
         )

@@ -146,6 +146,76 @@ def test_missing_inputs_are_explained_without_a_request(page: Page) -> None:
     expect(page.get_by_role("alert")).to_have_text("Choose at least one style.")
 
 
+def test_a_mistake_and_its_correction(page: Page) -> None:
+    """Each message describes the form as it is now: a message about a missing input goes once
+    the input is there; a server's error goes once its field changes; a failed request leaves
+    the earlier result only dimmed, marked as earlier, and no "Done." beside the error."""
+    alert, status, result = page.get_by_role("alert"), page.locator("#status"), page.locator(
+        "#result")
+    stylize = page.get_by_role("button", name="Stylize")
+    stylize.click()
+    expect(alert).to_have_text("Choose a content photo first.")
+    page.get_by_label("Content photo").set_input_files(png_file("photo.png", seed=20))
+    expect(alert).to_be_hidden()
+    stylize.click()
+    expect(alert).to_have_text("Choose at least one style.")
+
+    # A text file as the style: the server says so and the style input is marked.
+    notes = {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"notes, not pixels"}
+    page.get_by_label("Upload style images").set_input_files(notes)
+    expect(alert).to_be_hidden()
+    page.get_by_label("Output size").select_option("0")
+    page.get_by_label("Style scale").select_option("0")
+    stylize.click()
+    expect(alert).to_contain_text("style[0]")
+    expect(page.get_by_label("Upload style images")).to_have_attribute("aria-invalid", "true")
+    expect(result).to_be_hidden()
+    page.get_by_role("button", name="Remove notes").click()
+    expect(alert).to_be_hidden()
+    expect(page.locator("[aria-invalid]")).to_have_count(0)
+
+    page.get_by_label("Upload style images").set_input_files(png_file("painting.png", seed=21))
+    stylize_and_wait(page)
+    expect(status).to_have_text("Done.")
+    expect(result).not_to_have_class("stale")
+    expect(page.locator("#result-stale")).to_be_hidden()
+
+    # A second mistake: the earlier result stays, dimmed and labelled; "Done." goes.
+    page.get_by_label("Content photo").set_input_files(notes)
+    stylize.click()
+    expect(alert).to_contain_text("content")
+    expect(status).to_have_text("")
+    expect(result).to_have_class("stale")
+    expect(page.locator("#result-stale")).to_be_visible()
+    assert float(page.locator("#result-image").evaluate("i => getComputedStyle(i).opacity")) < 1
+
+    page.get_by_label("Content photo").set_input_files(png_file("photo.png", seed=22))
+    expect(alert).to_be_hidden()
+    stylize_and_wait(page)
+    expect(result).not_to_have_class("stale")
+    expect(page.locator("#result-stale")).to_be_hidden()
+    expect(status).to_have_text("Done.")
+
+
+def test_registered_styles_show_thumbnails(page: Page, base_url: str) -> None:
+    style = png_file("thumbnailed.png", seed=23)
+    answer = httpx.post(base_url + "/styles", data={"name": "thumbnailed-7100"},
+                        files={"file": (style["name"], style["buffer"])}, timeout=30)
+    assert answer.status_code in (200, 201), answer.text
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.reload()
+    thumb = page.locator("li.registered", has_text="thumbnailed-7100").locator("img.thumb")
+    expect(thumb).to_be_visible()
+    thumb.evaluate("i => i.decode()")
+    assert thumb.evaluate("i => [i.naturalWidth, i.naturalHeight]") == list(CONTENT_SIZE)
+    assert any("/image?size=" in url for url in requested), requested
+    page.get_by_role("checkbox", name="thumbnailed-7100").check()
+    chosen = page.locator("li.chosen", has_text="thumbnailed-7100").locator("img.thumb")
+    expect(chosen).to_be_visible()
+    httpx.delete(f"{base_url}/styles/thumbnailed-7100", timeout=10)
+
+
 def test_registered_style_mixes_with_an_upload(page: Page, base_url: str) -> None:
     choose_images(page, png_file("photo.png", seed=5), png_file("saved-wave.png", seed=6))
     page.get_by_role("button", name="Save saved-wave to the registered styles").click()

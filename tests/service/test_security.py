@@ -388,7 +388,7 @@ def test_adain_serve_gives_uvicorn_the_connection_cap_and_keep_alive(
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ADAIN_")}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve"],
+            [sys.executable, "-m", "cli", "serve"],
             cwd=REPO,
             env={**clean, **env},
             stdout=log,

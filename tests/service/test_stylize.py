@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from devkit import REPO
+from devkit import reference_port as port
 from devkit.images import encode, random_image
 from devkit.server import RunningServer
 
@@ -78,7 +79,7 @@ def test_output_equals_the_cli_pixel_for_pixel(
     for index, (options, form, masks) in enumerate(cases):
         output = tmp_path / f"cli{index}.png"
         subprocess.run(
-            [sys.executable, "-m", "service.cli", "stylize", "content.png", "a.png", "b.jpg",
+            [sys.executable, "-m", "cli", "stylize", "content.png", "a.png", "b.jpg",
              "-o", str(output), "--encoder", str(encoder), "--decoder", str(decoder),
              "--device", "cpu", "--precision", "fp32", *options],
             # The CLI of this checkout, whatever the installed package points at.
@@ -122,13 +123,30 @@ def test_content_size_and_crop(server: RunningServer, form: dict[str, str],
     assert Image.open(io.BytesIO(response.content)).size == size
 
 
-def test_alpha_style_size_and_preserve_color_change_the_output(server: RunningServer) -> None:
+@pytest.mark.parametrize("change", [
+    {"alpha": "0"}, {"alpha": "0.5"}, {"style_size": "32"}, {"preserve_color": "true"},
+])
+def test_alpha_style_size_and_preserve_color_are_the_reference_test_py(
+    server: RunningServer, reference_weights: tuple[Path, Path], tmp_path: Path,
+    change: dict[str, str],
+) -> None:
+    """Each control against the reference port's `test.py` with the same option (the server
+    runs fp32 on the same test weights): within one 8-bit level; and each changes the output,
+    so that a control ignored by the form could not pass."""
+    (tmp_path / "content.png").write_bytes(CONTENT)
+    (tmp_path / "style.png").write_bytes(STYLE_A)
+    form = {**SMALL, **change}
+    port.run_test_py(
+        *port.load_nets(*reference_weights), tmp_path / "content.png", [tmp_path / "style.png"],
+        tmp_path / "reference.png", alpha=float(form.get("alpha", "1")),
+        preserve_color=form.get("preserve_color") == "true",
+        content_size=int(form["content_size"]), style_size=int(form["style_size"]),
+    )
+    ours = pixels(ok(stylize(server, form, content() + styles(STYLE_A))).content)
+    reference = pixels((tmp_path / "reference.png").read_bytes())[: ours.shape[0], : ours.shape[1]]
+    assert np.abs(ours.astype(int) - reference.astype(int)).max() <= 1
     base = pixels(ok(stylize(server, SMALL, content() + styles(STYLE_A))).content)
-    for change in ({"alpha": "0"}, {"alpha": "0.5"}, {"style_size": "32"},
-                   {"preserve_color": "true"}):
-        changed = pixels(ok(stylize(server, {**SMALL, **change}, content() + styles(STYLE_A)))
-                         .content)
-        assert not np.array_equal(base, changed), change
+    assert np.abs(base.astype(int) - ours.astype(int)).max() > 2, change  # more than rounding
 
 
 def test_weights_and_the_order_of_files_then_ids(server: RunningServer) -> None:

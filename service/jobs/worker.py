@@ -1,0 +1,69 @@
+"""`adain worker`: a process that loads the networks once and runs video jobs from the queue
+(docs/jobs.md). Any number of them, on any host that reaches Redis and the job folder.
+
+SIGTERM or SIGINT stops it cleanly: the job in hand checkpoints at the next frame and goes back
+to the queue at once, for another worker (or this one, restarted) to resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+from models.pipeline import build_pipeline
+from service.imaging import ImageLimits
+from service.jobs.queue import QueueConfig, QueueWorker, job_handlers
+from service.jobs.run import JobSettings, ModelBackend
+from service.jobs.store import JobStore
+from service.logs import configure_logging
+from service.settings import Settings
+
+log = logging.getLogger("service.worker")
+
+
+def queue_config(settings: Settings) -> QueueConfig:
+    return QueueConfig(settings.redis_url, settings.worker_heartbeat_s, settings.job_max_retries)
+
+
+def job_settings(settings: Settings) -> JobSettings:
+    limits = ImageLimits(settings.max_image_pixels, settings.max_output_pixels)
+    return JobSettings(settings.video_crf, settings.video_preset, settings.job_checkpoint_s, limits)
+
+
+def run_worker(settings: Settings) -> None:
+    """Runs until SIGTERM/SIGINT. Raises ValueError without ADAIN_REDIS_URL (nothing to take
+    jobs from)."""
+    if not settings.redis_url:
+        raise ValueError("adain worker needs ADAIN_REDIS_URL: the queue it takes jobs from")
+    configure_logging(settings.log_level)
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        log.info("stopping: the job in hand checkpoints and goes back to the queue")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    pipeline = build_pipeline(settings.pipeline_config())
+    store = JobStore(settings.jobs_dir, settings.job_ttl_s)
+    run, give_up = job_handlers(store, ModelBackend(pipeline), job_settings(settings), stop.is_set)
+    worker = QueueWorker(queue_config(settings), run, give_up)
+    if settings.worker_metrics_port:  # its frames and job durations; the states: the service
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.worker_metrics_port)
+    log.info(
+        "worker ready",
+        extra={
+            "device": str(pipeline.device),
+            "dtype": str(pipeline.net.dtype),
+            "jobs_dir": str(settings.jobs_dir),
+        },
+    )
+    worker.start()
+    stop.wait()
+    worker.stop()
+    log.info("worker stopped")

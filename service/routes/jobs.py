@@ -1,0 +1,333 @@
+"""Video jobs: POST /jobs (a video and /stylize's style fields) -> 202; then GET /jobs/{id} (or
+its server-sent events) for progress, GET /jobs/{id}/result for the MP4, DELETE to cancel.
+
+With API keys on, a job belongs to the key that submitted it: other keys get 404 for it, admin
+keys see every job. Only submissions count against the rate limit (polling does not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import AsyncIterator
+from functools import partial
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
+from fastapi.responses import FileResponse, StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
+
+from models.model import parse_mix_weights
+from service.deps import RegistryDep, ServicesDep
+from service.errors import RangeNotSatisfiableError
+from service.jobs.store import JobNotDoneError, JobNotFoundError, JobRecord, JobStatus, JobStore
+from service.jobs.submit import create_job
+from service.openapi import (
+    BINARY,
+    GUARDED,
+    STORE,
+    UPLOAD,
+    ErrorBody,
+    Responses,
+    error_responses,
+    header,
+)
+from service.registry import StyleNotFoundError
+from service.routes.stylize import read_styles
+from service.security import (
+    AuthenticationError,
+    Caller,
+    PermissionDeniedError,
+    RateLimitedError,
+    Role,
+    UserDep,
+    authenticate,
+    client_address,
+)
+from service.stylizer import MAX_STYLES, check_counts
+from service.video import UnsupportedVideoError, VideoLimits, VideoTooLargeError
+
+router = APIRouter(tags=["jobs"])
+
+EVENTS_POLL_S = 0.2
+EVENTS_HEARTBEAT_S = 15.0
+COPY_CHUNK = 1024 * 1024
+
+
+class JobState(BaseModel):
+    """A video job as GET /jobs/{id} answers it."""
+
+    id: str = Field(description="The job's id (32 hex digits).")
+    status: JobStatus = Field(description="queued -> running -> succeeded, failed or canceled.")
+    progress: float = Field(ge=0, le=1, description="Share of the frames done; never decreases.")
+    frames_done: int = Field(ge=0)
+    frames_total: int = Field(ge=0, description="Frames of the video (exact once succeeded).")
+    error: ErrorBody | None = Field(description="Why it failed; null unless failed.")
+    created: float = Field(description="Unix time of the submission.")
+    expires: float | None = Field(
+        description="Unix time its result and record are removed "
+        "(ADAIN_JOB_TTL_S after it finished); null while active."
+    )
+
+
+class JobList(BaseModel):
+    jobs: list[JobState] = Field(description="The caller's jobs (an admin key: all), oldest first.")
+
+
+async def viewer(request: Request) -> Caller:
+    """The caller, authenticated but not counted against the rate limit: polling a job is not a
+    submission. Refused keys count, per address, as elsewhere."""
+    try:
+        return authenticate(request)
+    except AuthenticationError:
+        await request.app.state.services.rate_limiter.check(client_address(request))
+        raise
+
+
+ViewerDep = Annotated[Caller, Depends(viewer)]
+
+
+def not_found(job_id: str) -> JobNotFoundError:
+    return JobNotFoundError(f"job_id: no job with id {job_id[:80]!r}", "job_id")
+
+
+def job_store(services: ServicesDep) -> JobStore:
+    return services.jobs.store
+
+
+StoreDep = Annotated[JobStore, Depends(job_store)]
+
+
+async def visible_job(job_id: str, caller: Caller, store: JobStore) -> JobRecord:
+    """The job if the caller may see it: its owner's key, or an admin key (keys off: anyone)."""
+    record = await run_in_threadpool(store.get, job_id)
+    if record is None or (caller.role < Role.admin and record.owner != caller.identity):
+        raise not_found(job_id)
+    return record
+
+
+SUBMIT_RESPONSES: Responses = {
+    202: {
+        "description": "Accepted: the job is queued.",
+        "headers": {
+            "Location": header("`/jobs/{id}`: where to follow the job.", {"type": "string"})
+        },
+    },
+    **error_responses(
+        *UPLOAD, UnsupportedVideoError, VideoTooLargeError, StyleNotFoundError, *STORE, *GUARDED
+    ),
+}
+VIEWING = (AuthenticationError, RateLimitedError, JobNotFoundError)
+VIEW_ERRORS: Responses = error_responses(*VIEWING)
+RESULT_RESPONSES: Responses = {
+    200: {
+        "description": "The stylized video (MP4, H.264). Range requests are answered with 206.",
+        "content": {"video/mp4": {"schema": {**BINARY, "contentMediaType": "video/mp4"}}},
+        "headers": {"Accept-Ranges": header("`bytes`.", {"type": "string"})},
+    },
+    206: {
+        "description": "The requested byte range of the video.",
+        "content": {"video/mp4": {"schema": {**BINARY, "contentMediaType": "video/mp4"}}},
+        "headers": {"Content-Range": header("The range sent.", {"type": "string"})},
+    },
+    **error_responses(*VIEWING, JobNotDoneError, RangeNotSatisfiableError),
+}
+EVENTS_RESPONSES: Responses = {
+    200: {
+        "description": "Server-sent events: `data:` the job's JSON (as `GET /jobs/{id}`) each "
+        "time it changes; the last one is the final state.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    **VIEW_ERRORS,
+}
+
+
+async def save_upload(upload: UploadFile, target: Path) -> None:
+    """The upload copied to disk in chunks (a video is not held in memory)."""
+    with target.open("wb") as file:
+        while chunk := await upload.read(COPY_CHUNK):
+            await run_in_threadpool(file.write, chunk)
+
+
+@router.post("/jobs", status_code=202, response_model=JobState, responses=SUBMIT_RESPONSES)
+async def submit_job(
+    response: Response,
+    caller: UserDep,
+    services: ServicesDep,
+    registry: RegistryDep,
+    video: Annotated[UploadFile, File(description="The video: MP4, MOV, WebM, animated GIF, ...")],
+    style: Annotated[
+        list[UploadFile] | None,
+        File(description="Style images (repeatable). They come first, in the order sent."),
+    ] = None,
+    style_id: Annotated[
+        list[str] | None,
+        Form(description="Ids of registered styles (repeatable), after the style files."),
+    ] = None,
+    alpha: Annotated[float, Form(ge=0.0, le=1.0, description="Content-style trade-off.")] = 1.0,
+    weights: Annotated[
+        list[str] | None, Form(description="One weight per style: repeated fields or '1,2,1'.")
+    ] = None,
+    mask: Annotated[
+        list[UploadFile] | None,
+        File(
+            description="One mask per style, or one binary mask for two styles (white = first), "
+            "the video's (upright) frame size; the same for every frame."
+        ),
+    ] = None,
+    preserve_color: Annotated[bool, Form(description="Keep the content's colours.")] = False,
+    content_size: Annotated[
+        int,
+        Form(
+            ge=0,
+            description="Shorter side of the output frames; "
+            "0 keeps it. Odd sides lose a row or column.",
+        ),
+    ] = 512,
+    style_size: Annotated[int, Form(ge=0, description="Shorter side; 0 keeps it.")] = 512,
+    crop: Annotated[bool, Form(description="Centre-crop to a square of the size.")] = False,
+    stabilize: Annotated[
+        bool,
+        Form(
+            description="Temporal stabilisation (no flicker); false: "
+            "each frame on its own, as /stylize."
+        ),
+    ] = True,
+) -> JobState:
+    """Stylize a video as a job: 202 at once with its id and `Location`; the frames keep the
+    video's count, rate, timing and audio. Style fields as for /stylize."""
+    normalised = check_counts(
+        len(style or []) + len(style_id or []), len(mask or []),
+        parse_mix_weights(weights or [], MAX_STYLES),
+    )
+    styles = await read_styles(style, style_id, registry, caller)
+    masks = [await m.read() for m in mask or []]
+    runner, settings = services.jobs, services.settings
+    job_id, inputs = await run_in_threadpool(runner.store.new_folder)
+    try:
+        await save_upload(video, inputs / "video")
+    except BaseException:
+        await run_in_threadpool(shutil.rmtree, runner.store.folder(job_id), True)
+        raise
+    video_limits = VideoLimits(
+        settings.max_video_frames, settings.max_video_duration_s, settings.max_video_frame_pixels
+    )
+    record = await run_in_threadpool(
+        partial(
+            create_job,
+            runner.store,
+            job_id,
+            caller.identity,
+            styles,
+            masks,
+            weights=normalised.tolist(),
+            alpha=alpha,
+            preserve_color=preserve_color,
+            content_size=content_size,
+            style_size=style_size,
+            crop=crop,
+            stabilize=stabilize,
+            video_limits=video_limits,
+            limits=services.limits,
+        )
+    )
+    runner.submit(job_id)
+    response.headers["Location"] = f"/jobs/{job_id}"
+    return JobState(**record.public())
+
+
+@router.get("/jobs", response_model=JobList,
+            responses=error_responses(AuthenticationError, RateLimitedError))
+async def list_jobs(caller: ViewerDep, store: StoreDep) -> JobList:
+    """The caller's jobs (with an admin key, or keys off: every job), oldest first."""
+    records = await run_in_threadpool(store.jobs)
+    mine = [r for r in records if caller.role >= Role.admin or r.owner == caller.identity]
+    return JobList(jobs=[JobState(**r.public()) for r in mine])
+
+
+@router.get("/jobs/{job_id}", response_model=JobState, responses=VIEW_ERRORS)
+async def get_job(job_id: str, caller: ViewerDep, store: StoreDep) -> JobState:
+    """The job's status and progress."""
+    return JobState(**(await visible_job(job_id, caller, store)).public())
+
+
+@router.get("/jobs/{job_id}/events", response_class=StreamingResponse, responses=EVENTS_RESPONSES)
+async def job_events(
+    job_id: str, request: Request, caller: ViewerDep, store: StoreDep
+) -> StreamingResponse:
+    """Server-sent events of the job's state, as it changes, ending with the final state."""
+    first = await visible_job(job_id, caller, store)
+
+    async def events() -> AsyncIterator[str]:
+        record: JobRecord | None = first
+        sent, quiet = None, 0.0
+        while record is not None:
+            state = json.dumps(record.public())
+            if state != sent:
+                yield f"data: {state}\n\n"
+                sent, quiet = state, 0.0
+            if record.status.finished or await request.is_disconnected():
+                return
+            if quiet >= EVENTS_HEARTBEAT_S:  # a comment keeps proxies from closing the stream
+                yield ": keep-alive\n\n"
+                quiet = 0.0
+            await asyncio.sleep(EVENTS_POLL_S)
+            quiet += EVENTS_POLL_S
+            record = await run_in_threadpool(store.get, job_id)
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get("/jobs/{job_id}/result", response_class=FileResponse, responses=RESULT_RESPONSES)
+async def job_result(job_id: str, request: Request, caller: ViewerDep, store: StoreDep) -> Response:
+    """The stylized video once the job succeeded (409 before); Range requests for seeking."""
+    record = await visible_job(job_id, caller, store)
+    path = store.results.path(job_id) if record.status is JobStatus.succeeded else None
+    if path is None:
+        raise JobNotDoneError(
+            f"job_id: job {job_id} is {record.status.value}; the result is "
+            "there once it has succeeded",
+            "job_id",
+        )
+    requested = request.headers.get("range")
+    if requested is not None:
+        size = path.stat().st_size
+        try:
+            # Starlette's own parser, so that what it would refuse in plain text gets JSON.
+            FileResponse._parse_range_header(requested, size)
+        except (MalformedRangeHeader, RangeNotSatisfiable):
+            raise RangeNotSatisfiableError(
+                f"Range {requested[:80]!r} does not fit the file of {size} bytes", size
+            ) from None
+    return FileResponse(
+        path,
+        media_type="video/mp4",
+        filename=f"stylized-{job_id[:8]}.mp4",
+        content_disposition_type="inline",
+    )
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    status_code=204,
+    response_class=Response,
+    responses=error_responses(*VIEWING, PermissionDeniedError),
+)
+async def delete_job(job_id: str, caller: ViewerDep, services: ServicesDep) -> Response:
+    """A queued or running job: canceled (its partial output removed within a second or two;
+    `GET /jobs/{id}` says `canceled` until it expires). A finished job: removed with its result."""
+    store = services.jobs.store
+    record = await visible_job(job_id, caller, store)
+    if record.status.finished:
+        await run_in_threadpool(store.delete, job_id)
+    else:
+        await services.jobs.cancel(job_id)
+    return Response(status_code=204)

@@ -1,0 +1,196 @@
+"""`run_job` in-process, as a worker or the command runs it: resuming from a checkpoint gives
+the uninterrupted job's frames, the command's function writes the video, expiry cleans up."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from devkit.images import encode, psnr, random_image
+from devkit.videos import decode_frames, make_video
+from models.pipeline import Pipeline
+from models.weights import load_model
+from service.imaging import ImageLimits
+from service.jobs.run import JobSettings, ModelBackend, run_job
+from service.jobs.store import JobStatus, JobStore
+from service.jobs.submit import create_job, stylize_video_file
+from service.stylizer import StyleInput
+from service.video import VideoLimits, describe_output
+
+STYLE = encode(random_image(48, 48, seed=1911))
+SETTINGS = JobSettings(
+    crf=18, preset="veryfast", checkpoint_s=0.0, limits=ImageLimits(10**7, 10**6)
+)
+LIMITS = VideoLimits(100, 60, 10**6)
+
+
+@pytest.fixture(scope="module")
+def net(reference_weights: tuple[Path, Path]) -> Pipeline:
+    return Pipeline(load_model(*reference_weights))
+
+
+def new_job(store: JobStore, clip: bytes, stabilize: bool = True) -> str:
+    job_id, inputs = store.new_folder()
+    (inputs / "video").write_bytes(clip)
+    create_job(
+        store,
+        job_id,
+        "me",
+        [StyleInput(STYLE, "style[0]")],
+        [],
+        weights=[1.0],
+        alpha=1.0,
+        preserve_color=False,
+        content_size=0,
+        style_size=48,
+        crop=False,
+        stabilize=stabilize,
+        video_limits=LIMITS,
+        limits=SETTINGS.limits,
+    )
+    return job_id
+
+
+def test_a_resumed_job_gives_the_uninterrupted_frames(net: Pipeline, tmp_path: Path) -> None:
+    """Stopped after 5 of 12 frames and run again: the stabiliser's state came back from the
+    checkpoint, so every frame equals the one-go job's (up to H.264's rounding)."""
+    clip = make_video(frames=12, width=64, height=48)
+    whole = JobStore(tmp_path / "whole", 60)
+    whole_id = new_job(whole, clip)
+    assert run_job(whole_id, whole, ModelBackend(net), SETTINGS).status is JobStatus.succeeded
+
+    split = JobStore(tmp_path / "split", 60)
+    split_id = new_job(split, clip)
+    calls = iter(range(100))
+    interrupted = run_job(
+        split_id, split, ModelBackend(net), SETTINGS, should_stop=lambda: next(calls) == 5
+    )
+    assert interrupted is None
+    record = split.get(split_id)
+    assert record is not None
+    assert (record.status, record.frames_done) == (JobStatus.running, 5)
+    checkpoint = split.load_checkpoint(split_id)
+    assert checkpoint is not None and checkpoint.frames_done == 5
+    assert checkpoint.stabilizer is not None and "previous_output" in checkpoint.stabilizer
+    final = run_job(split_id, split, ModelBackend(net), SETTINGS)
+    assert final is not None and final.status is JobStatus.succeeded
+    assert not split.work(split_id).exists()
+
+    one = decode_frames(whole.results.path(whole_id).read_bytes())
+    other = decode_frames(split.results.path(split_id).read_bytes())
+    assert len(one) == len(other) == 12
+    assert min(psnr(a / 255, b / 255) for a, b in zip(one, other, strict=True)) > 40
+    # Without the state (a fresh stabiliser at frame 5) frame 6 would differ: the check can fail.
+    plain = JobStore(tmp_path / "plain", 60)
+    plain_id = new_job(plain, clip, stabilize=False)
+    run_job(plain_id, plain, ModelBackend(net), SETTINGS)
+    unstabilized = decode_frames(plain.results.path(plain_id).read_bytes())
+    assert (
+        psnr(one[6] / 255, unstabilized[6] / 255)
+        < min(psnr(a / 255, b / 255) for a, b in zip(one, other, strict=True)) - 3
+    )
+
+
+def test_the_commands_function_writes_the_video_with_progress(
+    net: Pipeline, tmp_path: Path
+) -> None:
+    clip, style, output = tmp_path / "clip.webm", tmp_path / "style.png", tmp_path / "out.mp4"
+    clip.write_bytes(make_video(frames=7, width=80, height=60, container="webm"))
+    style.write_bytes(STYLE)
+    seen: list[tuple[int, int]] = []
+    record = stylize_video_file(
+        net,
+        clip,
+        [style],
+        output,
+        weights=[1.0],
+        content_size=0,
+        style_size=48,
+        settings=SETTINGS,
+        on_progress=lambda done, total: seen.append((done, total)),
+    )
+    assert record.frames_done == 7
+    described = describe_output(output)
+    assert (described["frames"], described["width"], described["height"]) == (7, 80, 60)
+    assert described["audio_codec"] == "aac"
+    assert seen[-1] == (7, 7)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
+def test_expired_jobs_and_orphans_are_cleaned_up(net: Pipeline, tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs", ttl_s=30)
+    job_id = new_job(store, make_video(frames=2, width=32, height=32, audio=False), stabilize=False)
+    record = run_job(job_id, store, ModelBackend(net), SETTINGS)
+    assert record is not None and record.expires is not None
+    assert abs(record.expires - time.time() - 30) < 5
+    orphan, _ = store.new_folder()  # a crash between the upload and the record
+    assert store.cleanup(now=record.expires - 1, orphan_age_s=3600) == []
+    assert store.results.path(job_id) is not None
+    removed = store.cleanup(now=record.expires + 1, orphan_age_s=0)
+    assert sorted(removed) == sorted([job_id, orphan])
+    assert not store.folder(job_id).exists() and not store.folder(orphan).exists()
+
+
+def test_a_job_canceled_before_it_runs_leaves_nothing(net: Pipeline, tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs", ttl_s=30)
+    job_id = new_job(store, make_video(frames=3, width=32, height=32))
+
+    def cancel(record: object) -> None:
+        record.status = JobStatus.canceled  # type: ignore[attr-defined]
+
+    store.update(job_id, cancel)
+    record = run_job(job_id, store, ModelBackend(net), SETTINGS)
+    assert record is not None and record.status is JobStatus.canceled
+    assert not store.inputs(job_id).exists()
+    assert store.results.path(job_id) is None
+
+
+def test_adain_stylize_takes_a_video(reference_weights: tuple[Path, Path], tmp_path: Path) -> None:
+    """`adain stylize clip.mov style.png -o out.mp4`: the command's hook, with a progress bar;
+    a bad video is a one-line error."""
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    clip, style, output = tmp_path / "clip.mov", tmp_path / "style.png", tmp_path / "out.mp4"
+    clip.write_bytes(make_video(frames=5, width=64, height=48, container="mov"))
+    style.write_bytes(STYLE)
+    encoder, decoder = reference_weights
+    common = [
+        "--encoder",
+        str(encoder),
+        "--decoder",
+        str(decoder),
+        "--precision",
+        "fp32",
+        "--content-size",
+        "0",
+        "--style-size",
+        "48",
+    ]
+    done = CliRunner().invoke(app, ["stylize", str(clip), str(style), "-o", str(output), *common])
+    assert done.exit_code == 0, done.output
+    assert "wrote 5 frames" in done.output
+    assert "frame" in done.output  # the progress bar
+    assert describe_output(output)["frames"] == 5
+
+    clip.write_bytes(b"not a video")
+    failed = CliRunner().invoke(app, ["stylize", str(clip), str(style), "-o", str(output), *common])
+    assert failed.exit_code == 1
+    assert "video" in failed.output and "Traceback" not in failed.output
+
+
+def test_a_job_another_process_runs_is_left_alone(net: Pipeline, tmp_path: Path) -> None:
+    """The claim is a lock the system releases with its process: held (as by a replica or a
+    worker running the job), run_job leaves the job; released (that process died), it runs."""
+    store = JobStore(tmp_path / "jobs", ttl_s=30)
+    job_id = new_job(store, make_video(frames=2, width=32, height=32, audio=False), stabilize=False)
+    with store.claim(job_id) as claimed:
+        assert claimed
+        assert run_job(job_id, store, ModelBackend(net), SETTINGS) is None
+        record = store.get(job_id)
+        assert record is not None and record.status is JobStatus.queued
+    record = run_job(job_id, store, ModelBackend(net), SETTINGS)
+    assert record is not None and record.status is JobStatus.succeeded
