@@ -15,7 +15,7 @@ const LIVE_MARKUP = `
       <input id="live-style-file" type="file" accept="image/*">
     </div>
     <div class="field">
-      <label for="live-alpha">Live style strength α <output id="live-alpha-value" for="live-alpha">1.00</output></label>
+      <label for="live-alpha">Strength of the live style α <output id="live-alpha-value" for="live-alpha">1.00</output></label>
       <input id="live-alpha" type="range" min="0" max="1" step="0.05" value="1">
     </div>
     <div class="row">
@@ -29,7 +29,7 @@ const LIVE_MARKUP = `
         </select>
       </div>
       <div class="field">
-        <label for="live-style-size">Live style scale</label>
+        <label for="live-style-size">Scale of the live style</label>
         <select id="live-style-size">
           <option value="0">Original</option>
           <option value="256">256 px</option>

@@ -118,7 +118,8 @@ def run_live(page: Page, style_name: str) -> None:
     page.get_by_role("button", name="Live", exact=True).click()
     page.get_by_label("Live style", exact=True).select_option(label=style_name)
     page.get_by_label("Live size").select_option("128")  # quick passes of the test networks
-    page.get_by_label("Live style scale").select_option("0")  # within the test server's limits
+    # The style at its own size: within the test server's pixel limits.
+    page.get_by_label("Scale of the live style").select_option("0")
     page.get_by_label("Steady (no flicker)").uncheck()  # one frame is then exactly one pass
     page.get_by_role("button", name="Start camera").click()
     page.wait_for_function(
@@ -154,7 +155,7 @@ def check_stylized(
     errors = [np.abs(shown - other).mean() for other in (full, none, camera)]
     assert errors[0] < 0.06 and errors[0] < min(errors[1:]), errors
 
-    page.get_by_label("Live style strength").fill("0")
+    page.get_by_label("Strength of the live style").fill("0")
     expect(page.locator("#live-alpha-value")).to_have_text("0.00")
     wait_for_frames(page, 3)
     shown = shown_pixels(page)
