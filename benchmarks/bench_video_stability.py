@@ -22,12 +22,12 @@ from torch import Tensor
 
 from benchmarks.common import machine
 from devkit.clips import Clip, load_photo, standard_clips, style_images
-from models.acceleration import pick_dtype
+from models.config import Device, PipelineConfig
 from models.evaluate import ln_loss, measure
-from models.model import StyleMix, StyleTransfer
+from models.model import StyleMix
+from models.pipeline import Pipeline, build_pipeline
 from models.video import LIVE, Stabilizer, StabilizerConfig
 from models.video_metrics import sharpness, warping_error
-from models.weights import load_model
 
 # Styles picked for their different strokes: fine lines, broad patches, a flat graphic one.
 STYLE_NAMES = ("adain__goeritz", "adain__la_muse", "adain__mondrian", "adain__brushstrokes")
@@ -44,19 +44,19 @@ class Row:
 
 
 def mean_ln_losses(
-    net: StyleTransfer, clip: Clip, style: Tensor, outputs: Tensor
+    net: Pipeline, clip: Clip, style: Tensor, outputs: Tensor
 ) -> tuple[float, float]:
     """Mean over frames of ln style loss and ln content loss of the outputs."""
     styles, contents = [], []
     for frame, output in zip(clip.frames, outputs, strict=True):
-        (losses,) = measure(net, frame[None], style, output[None])
+        (losses,) = measure(net.net, frame[None], style, output[None])
         styles.append(ln_loss(losses.style))
         contents.append(ln_loss(losses.content))
     return sum(styles) / len(styles), sum(contents) / len(contents)
 
 
 def compare(
-    net: StyleTransfer, clip: Clip, style: Tensor, name: str, configs: dict[str, StabilizerConfig]
+    net: Pipeline, clip: Clip, style: Tensor, name: str, configs: dict[str, StabilizerConfig]
 ) -> list[Row]:
     mean, std = net.style_statistics(style)
     mix = StyleMix(mean=mean, std=std, weights=torch.ones(1))
@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    net = load_model(dtype=pick_dtype("auto", "cpu"))
+    net = build_pipeline(PipelineConfig(Device.cpu))
     print(machine())
     print(f"embedded default, {net.dtype}, {args.size} px, {args.frames} frames per clip")
     clips = standard_clips(args.size, args.frames)

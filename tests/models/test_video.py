@@ -14,10 +14,11 @@ from PIL import Image
 from torch import Tensor
 
 from devkit.clips import Clip, moving_disc, pan, render
-from models.model import StyleMix, StyleTransfer
+from models.config import Device, PipelineConfig, Precision
+from models.model import StyleMix
+from models.pipeline import Pipeline, build_pipeline
 from models.video import STRIDE, Stabilizer, StabilizerConfig, stylize_on_phase
 from models.video_metrics import sharpness, warping_error
-from models.weights import load_model
 
 SIZE = 96
 FRAMES = 8
@@ -33,12 +34,12 @@ def texture(size: int, seed: int) -> Tensor:
 
 
 @pytest.fixture(scope="module")
-def net() -> StyleTransfer:
-    return load_model()
+def net() -> Pipeline:
+    return build_pipeline(PipelineConfig(Device.cpu, Precision.fp32))
 
 
 @pytest.fixture(scope="module")
-def stylize(net: StyleTransfer):
+def stylize(net: Pipeline):
     mean, std = net.style_statistics(texture(128, seed=7)[None])
     mix = StyleMix(mean=mean, std=std, weights=torch.ones(1))
     return lambda frame: net.stylize_batch(frame, [mix])
