@@ -93,24 +93,23 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--styles", type=int, default=3, help="how many of STYLE_NAMES")
     parser.add_argument("--clips", default="", help="comma-separated clip names (default all)")
+    parser.add_argument("--configs", default="default,live", help="default and/or live")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     net = build_pipeline(PipelineConfig(Device.cpu))
     print(machine())
     print(f"embedded default, {net.dtype}, {args.size} px, {args.frames} frames per clip")
-    clips = standard_clips(args.size, args.frames)
-    wanted = set(filter(None, args.clips.split(",")))
+    clips = standard_clips(args.size, args.frames, names=list(filter(None, args.clips.split(","))))
     by_name = {path.stem: path for path in style_images()}
-    configs = {"default": StabilizerConfig(), "live": LIVE}
+    known = {"default": StabilizerConfig(), "live": LIVE}
+    configs = {name: known[name] for name in args.configs.split(",")}
     print(
         f"{'clip [config]':34s} {'style':22s} {'error':>7s} {'sharp':>7s} "
         f"{'d ln style':>10s} {'d ln content':>12s}"
     )
     rows: list[Row] = []
     for clip in clips:
-        if wanted and clip.name not in wanted:
-            continue
         for name in STYLE_NAMES[: args.styles]:
             started = time.perf_counter()
             style = load_photo(by_name[name], args.size)[None]

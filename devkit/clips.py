@@ -15,7 +15,7 @@ marks the pixels of frame t + 1 that have such a visible match in frame t.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -227,36 +227,43 @@ def moving_disc(start: tuple[float, float], velocity: tuple[float, float]) -> Mo
 
 
 def standard_clips(
-    size: int = 256, frames: int = 24, photos: list[Path] | None = None
+    size: int = 256,
+    frames: int = 24,
+    photos: list[Path] | None = None,
+    names: Sequence[str] = (),
 ) -> list[Clip]:
-    """Sub-pixel pans (slow, diagonal, the issue's 3 px), a zoom, and a disc moving over a
-    slowly panning photo (occlusions), at size x size px, from the dataset's content photos."""
+    """Sub-pixel pans (slow, diagonal, the issue's 3 px), a zoom, a disc moving over a slowly
+    panning photo and one over a still photo (occlusions), at size x size px, from the
+    dataset's content photos; `names`: only those (in that order)."""
     paths = photos or content_photos()
     first, second, third = (load_photo(paths[i % len(paths)], 2 * size) for i in (3, 17, 42))
     offset = (0.1 * size, 0.1 * size)
     centre = ((size - 1) / 2, (size - 1) / 2)
     shape = (size, size)
-    return [
-        render(first, pan((0.75, 0.25), offset), frames, shape, name="pan_0.75px"),
-        render(second, pan((2.5, 1.25), offset), frames, shape, name="pan_2.5px_diagonal"),
-        render(third, pan((3.0, 0.0), offset), frames, shape, name="pan_3px"),
-        render(
-            first, zoom(1.012, centre, (0.2 * size, 0.2 * size)), frames, shape, name="zoom_1.2%"
+    makers: dict[str, Callable[[str], Clip]] = {
+        "pan_0.75px": lambda n: render(first, pan((0.75, 0.25), offset), frames, shape, name=n),
+        "pan_2.5px_diagonal": lambda n: render(
+            second, pan((2.5, 1.25), offset), frames, shape, name=n
         ),
-        render(
+        "pan_3px": lambda n: render(third, pan((3.0, 0.0), offset), frames, shape, name=n),
+        "zoom_1.2%": lambda n: render(
+            first, zoom(1.012, centre, (0.2 * size, 0.2 * size)), frames, shape, name=n
+        ),
+        "disc_over_pan": lambda n: render(
             second,
             pan((0.5, 0.0), offset),
             frames,
             shape,
-            name="disc_over_pan",
+            name=n,
             layer=(third, moving_disc((0.3 * size, 0.4 * size), (2.25, 1.0)), 0.2 * size),
         ),
-        render(
+        "disc_over_still": lambda n: render(
             first,
             pan((0.0, 0.0), offset),
             frames,
             shape,
-            name="disc_over_still",
+            name=n,
             layer=(second, moving_disc((0.25 * size, 0.3 * size), (3.0, 1.5)), 0.2 * size),
         ),
-    ]
+    }
+    return [makers[name](name) for name in (names or makers)]
