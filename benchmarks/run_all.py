@@ -17,6 +17,7 @@ QUICK = {
     "bench_http": ["--repeats", "3", "--rounds", "1", "--images", "8"],
     "bench_gpu": ["--repeats", "5"],
     "bench_precision": ["--repeats", "2", "--sizes", "512"],
+    "bench_lite": ["--repeats", "2", "--sizes", "512"],
 }
 
 
@@ -29,7 +30,7 @@ def main() -> None:
     except PermissionError:
         print("(not allowed to raise the priority: running at normal priority)")
     failed = []
-    for name in ("bench_engine", "bench_http", "bench_gpu", "bench_precision"):
+    for name in QUICK:
         print(f"\n===== benchmarks.{name} =====", flush=True)
         extra = QUICK[name] if args.quick else []
         if subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *extra]).returncode:
