@@ -18,6 +18,7 @@ QUICK = {
     "bench_gpu": ["--repeats", "5"],
     "bench_precision": ["--repeats", "2", "--sizes", "512"],
     "bench_video": ["--frames", "3", "--rounds", "1", "--requests", "6"],
+    "bench_lite": ["--repeats", "2", "--sizes", "512"],
 }
 
 
@@ -30,7 +31,7 @@ def main() -> None:
     except PermissionError:
         print("(not allowed to raise the priority: running at normal priority)")
     failed = []
-    for name in ("bench_engine", "bench_http", "bench_gpu", "bench_precision", "bench_video"):
+    for name in QUICK:
         print(f"\n===== benchmarks.{name} =====", flush=True)
         extra = QUICK[name] if args.quick else []
         if subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *extra]).returncode:
