@@ -6,7 +6,7 @@
 
 Clips: a panning photo-like picture made here (devkit/videos.py), a few frames each.
 
-    nice -n 19 python3 -m benchmarks.bench_video [--frames 8] [--requests 12]
+    nice -n 19 python3 -m benchmarks.bench_video [--frames 4] [--rounds 2] [--requests 8]
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 from PIL import Image
@@ -76,52 +75,63 @@ def p95(values: list[float]) -> float:
     return statistics.quantiles(values, n=20, method="inclusive")[-1]
 
 
+def start_job(server: RunningServer, clip: bytes, style: bytes) -> str:
+    """A job to run behind the latency measurements, started and at work."""
+    response = httpx.post(
+        f"{server.url}/jobs", timeout=600,
+        files=[("video", ("clip.mp4", clip)), ("style", ("s.jpg", style))],
+        data={"content_size": "0", "style_size": "512"})
+    response.raise_for_status()
+    job_id = response.json()["id"]
+    while httpx.get(f"{server.url}/jobs/{job_id}", timeout=60).json()["frames_done"] < 1:
+        time.sleep(0.05)
+    return job_id
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=8, help="frames per clip")
-    parser.add_argument("--requests", type=int, default=12, help="/stylize calls per latency run")
+    parser.add_argument("--frames", type=int, default=4, help="frames per clip")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds (variants alternate)")
+    parser.add_argument("--requests", type=int, default=8, help="/stylize calls per latency run")
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     args = parser.parse_args()
     print(machine())
     style = photo(512, seed=2)
-    results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as jobs_dir, running_server(
             {"ADAIN_DEVICE": "cpu", "ADAIN_JOBS_DIR": str(Path(jobs_dir)),
              "ADAIN_STYLES_DIR": str(Path(jobs_dir) / "styles")}, ready_timeout_s=600) as server:
         per_frame_loop(server, [photo(256, seed=3)], style)  # the style's statistics cached
-        for name, (width, height) in SIZES.items():
+        for name in args.sizes:
+            width, height = SIZES[name]
             clip = make_video(frames=args.frames, width=width, height=height, rate=30)
             frames = [encode(Image.fromarray(frame)) for frame in decode_frames(clip)]
-            loop_s = per_frame_loop(server, frames, style)
-            plain_s = run_job(server, clip, style, stabilize=False)
-            stable_s = run_job(server, clip, style, stabilize=True)
-            fps = {label: args.frames / seconds for label, seconds in
-                   (("loop", loop_s), ("job", plain_s), ("job stabilised", stable_s))}
-            results[name] = fps
-            print(f"{name} ({width} x {height}, {args.frames} frames): per-frame /stylize loop "
-                  f"{fps['loop']:.2f} fps; job {fps['job']:.2f} fps "
+            seconds: dict[str, list[float]] = {"loop": [], "job": [], "job stabilised": []}
+            for _ in range(args.rounds):  # alternating, so the machine's noise hits all alike
+                seconds["loop"].append(per_frame_loop(server, frames, style))
+                seconds["job"].append(run_job(server, clip, style, stabilize=False))
+                seconds["job stabilised"].append(run_job(server, clip, style, stabilize=True))
+            fps = {label: args.frames / statistics.median(values)
+                   for label, values in seconds.items()}
+            print(f"{name} ({width} x {height}, {args.frames} frames, median of {args.rounds}): "
+                  f"per-frame /stylize loop {fps['loop']:.3f} fps; job {fps['job']:.3f} fps "
                   f"({fps['job'] / fps['loop']:.2f}x the loop); stabilised job "
-                  f"{fps['job stabilised']:.2f} fps ({fps['job stabilised'] / fps['loop']:.2f}x)",
+                  f"{fps['job stabilised']:.3f} fps ({fps['job stabilised'] / fps['loop']:.2f}x)",
                   flush=True)
 
         image = photo(256, seed=4)
         latencies(server, 2, image, style)  # warm
-        idle = latencies(server, args.requests, image, style)
-        long_clip = make_video(frames=args.frames * 6, width=854, height=480, rate=30)
-        response = httpx.post(
-            f"{server.url}/jobs", timeout=600,
-            files=[("video", ("clip.mp4", long_clip)), ("style", ("s.jpg", style))],
-            data={"content_size": "0", "style_size": "512"})
-        response.raise_for_status()
-        job_id = response.json()["id"]
-        while httpx.get(f"{server.url}/jobs/{job_id}").json()["frames_done"] < 1:
-            time.sleep(0.05)
-        busy = latencies(server, args.requests, image, style)
-        state = httpx.get(f"{server.url}/jobs/{job_id}").json()
-        httpx.delete(f"{server.url}/jobs/{job_id}")
+        long_clip = make_video(frames=200, width=854, height=480, rate=30)
+        idle: list[float] = []
+        busy: list[float] = []
+        for _ in range(args.rounds):
+            idle += latencies(server, args.requests, image, style)
+            job_id = start_job(server, long_clip, style)
+            busy += latencies(server, args.requests, image, style)
+            httpx.delete(f"{server.url}/jobs/{job_id}", timeout=60)
         print(f"/stylize 256 px latency p95: idle {p95(idle) * 1000:.0f} ms, while a 480p job "
-              f"runs {p95(busy) * 1000:.0f} ms ({p95(busy) / p95(idle):.2f}x; the job was "
-              f"{state['status']} at frame {state['frames_done']} of {state['frames_total']} "
-              "when the last request returned)")
+              f"runs {p95(busy) * 1000:.0f} ms ({p95(busy) / p95(idle):.2f}x); medians "
+              f"{statistics.median(idle) * 1000:.0f} / {statistics.median(busy) * 1000:.0f} ms",
+              flush=True)
 
 
 if __name__ == "__main__":

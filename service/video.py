@@ -27,6 +27,7 @@ from pathlib import Path
 import av
 import av.error
 import numpy as np
+from av.video.reformatter import ColorRange, Colorspace
 from PIL import Image
 from torch import Tensor
 
@@ -35,6 +36,7 @@ from models.errors import DomainError, InvalidInputError
 from models.model import MIN_SIDE
 
 FIELD = "video"
+BT709 = 1  # ITU-T H.273 code of BT.709 primaries and transfer
 # Audio codecs an MP4 carries that every player plays: copied as they are; others -> AAC.
 COPIED_AUDIO = {"aac", "mp3"}
 AAC_BIT_RATE = 192_000
@@ -269,10 +271,17 @@ class SegmentWriter:
         self.stream.pix_fmt = "yuv420p"
         self.stream.codec_context.time_base = time_base
         self.stream.options = {"crf": str(crf), "preset": preset, "x264-params": "bframes=0"}
+        # Converted and tagged as BT.709, limited range: players assume BT.709 for HD and would
+        # shift the colours of untagged BT.601 (swscale's default) frames.
+        context = self.stream.codec_context
+        context.colorspace, context.color_range = Colorspace.ITU709, ColorRange.MPEG
+        context.color_primaries = context.color_trc = BT709
         self.frames = 0
 
     def write(self, rgb: np.ndarray, pts: int) -> None:
-        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+            format="yuv420p", dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG
+        )
         frame.pts = pts
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
