@@ -61,7 +61,7 @@ class StabilizerConfig:
     detail_sigma: float = 1.0
     # Weight of the propagated previous output in that finer detail (lower than `blend`: each
     # resampling softens detail, and a short memory keeps it from accumulating).
-    detail_blend: float = 0.3
+    detail_blend: float = 0.15
     # Resampling of the previous output along the flow: "lanczos" (Lanczos-3) keeps strokes
     # sharper than "bicubic", and far sharper than "bilinear", as it is repeated every frame.
     resample: str = "lanczos"
