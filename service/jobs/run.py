@@ -336,6 +336,7 @@ def _stylize_frames(
         progress.report(done)
         if should_stop():
             close_segment()
+            progress.report(done, force=True)  # the record says what the checkpoint kept
             raise JobInterrupted
         content = frame_tensor(frame, params.content_size, params.crop)
         if step is None:
