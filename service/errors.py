@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 from models.errors import DomainError, InvalidInputError, error_body
+from models.evaluate import PeerOutputError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
 from service.forms import UnsupportedFormError
 from service.hardening import HostNotAllowedError
@@ -105,6 +106,9 @@ HTTP_ERRORS: dict[type[DomainError], HttpStatus] = {
         415, "An upload is not a PNG, JPEG or WebP image, or could not be decoded."
     ),
     UnsupportedFormError: HttpStatus(415, "The body is not multipart/form-data."),
+    PeerOutputError: HttpStatus(
+        422, "Another method's outputs do not match the evaluated pairs (`adain eval --peer`)."
+    ),
     ImageTooLargeError: HttpStatus(
         413,
         "An image has more pixels than ADAIN_MAX_IMAGE_PIXELS "

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from devkit import REPO
 from models.errors import DomainError, InvalidInputError
+from models.evaluate import PeerOutputError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
 from service.errors import (
     HTTP_ERRORS,
@@ -105,6 +106,7 @@ CASES: list[tuple[DomainError, int, str | None]] = [
                              "(ADAIN_STYLES_DIR); retry later"), 503, "10"),
     (StorageFullError("the style registry cannot store the style: its disk is full "
                       "(ADAIN_STYLES_DIR)"), 507, "60"),
+    (PeerOutputError("peer microast has no output for a.jpg x b.jpg"), 422, None),
     (LiveFailedError("internal server error"), 500, None),
     (LiveIdleError("no message for 30 s (ADAIN_LIVE_IDLE_TIMEOUT_S); the stream is closed"),
      408, None),
