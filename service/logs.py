@@ -41,6 +41,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+# The formats `websockets` logs a received / sent frame with.
+WEBSOCKET_FRAME_LOGS = ("< %s", "> %s")
+
+
 def configure_logging(level: str) -> None:
     """JSON lines on stderr for our loggers and uvicorn's (its access log is replaced by ours)."""
     handler = logging.StreamHandler(sys.stderr)
@@ -52,6 +56,9 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    # The WebSocket library logs every frame at debug (through uvicorn's logger), the live
+    # feed's message with its key too: frames never reach the log, whatever the level.
+    handler.addFilter(lambda record: record.msg not in WEBSOCKET_FRAME_LOGS)
 
 
 class RequestContext:

@@ -41,7 +41,8 @@ def test_what_the_service_writes_is_ignored_by_git() -> None:
 def dry_run(target: str) -> list[list[str]]:
     """The commands `make target` would run, split into words."""
     output = subprocess.run(
-        ["make", "-n", target], cwd=REPO, check=True, capture_output=True, text=True
+        ["make", "--no-print-directory", "-n", target],
+        cwd=REPO, check=True, capture_output=True, text=True,
     ).stdout
     return [shlex.split(line) for line in output.splitlines() if line.strip()]
 
