@@ -288,7 +288,7 @@ def test_the_page_asks_for_a_key_after_a_401_and_sends_it(browser: Browser,
     page.get_by_label("API key").fill(USER_KEYS[0])
     page.get_by_role("button", name="Use key").click()
     expect(page.locator("#key-panel")).to_be_hidden()
-    expect(page.locator("#registered-empty")).to_be_visible()  # the list loaded
+    expect_registered_listed(page, keyed_server)  # the list loaded
     assert page.evaluate("sessionStorage.getItem('adain-api-key')") == USER_KEYS[0]
     assert page.evaluate("localStorage.getItem('adain-api-key')") is None
 
@@ -304,6 +304,17 @@ def test_the_page_asks_for_a_key_after_a_401_and_sends_it(browser: Browser,
     context.close()
 
 
+def expect_registered_listed(page: Page, keyed_server: KeyedServer) -> None:
+    """The page lists the registry as the server holds it: other tests share the keyed server,
+    so it may hold styles (then one item each), or none (then the empty hint)."""
+    listed = httpx.get(f"{keyed_server.url}/styles", params={"limit": 1000},
+                       headers={"X-API-Key": ADMIN_KEY}).json()["styles"]
+    if listed:
+        expect(page.locator("#registered-list li")).to_have_count(len(listed))
+    else:
+        expect(page.locator("#registered-empty")).to_be_visible()
+
+
 def test_a_remembered_key_is_kept_for_the_next_visit(browser: Browser,
                                                     keyed_server: KeyedServer) -> None:
     context = browser.new_context()
@@ -316,14 +327,7 @@ def test_a_remembered_key_is_kept_for_the_next_visit(browser: Browser,
     # A new tab of the same browser: no question asked.
     again = context.new_page()
     again.goto(keyed_server.url + "/")
-    # The registry answered the remembered key: the page lists what the server holds (other
-    # tests share this server, so it may hold styles).
-    listed = httpx.get(f"{keyed_server.url}/styles", params={"limit": 1000},
-                       headers={"X-API-Key": ADMIN_KEY}).json()["styles"]
-    if listed:
-        expect(again.locator("#registered-list li")).to_have_count(len(listed))
-    else:
-        expect(again.locator("#registered-empty")).to_be_visible()
+    expect_registered_listed(again, keyed_server)  # the registry answered the remembered key
     expect(again.locator("#key-panel")).to_be_hidden()
     assert again.evaluate("localStorage.getItem('adain-api-key')") == ADMIN_KEY
     context.close()
