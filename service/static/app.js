@@ -175,6 +175,20 @@ function chosenStyles() {
   return [...fromFiles, ...fromRegistry];
 }
 
+// The style fields /stylize and /jobs share: the styles, their weights and the controls.
+function appendStyleFields(form, styles) {
+  for (const style of styles) {
+    if (style.kind === "file") form.append("style", style.key.file);
+    else form.append("style_id", style.key);
+  }
+  if (styles.length > 1) for (const style of styles) form.append("weights", weightOf(style));
+  form.append("alpha", $("alpha").value);
+  form.append("preserve_color", String($("preserve-color").checked));
+  form.append("crop", String($("crop").checked));
+  form.append("content_size", $("content-size").value);
+  form.append("style_size", $("style-size").value);
+}
+
 function weightOf(style) {
   return style.kind === "file" ? style.key.weight : chosenIds.get(style.key);
 }
@@ -356,16 +370,7 @@ async function stylize(event) {
 
   const form = new FormData();
   form.append("content", content);
-  for (const style of styles) {
-    if (style.kind === "file") form.append("style", style.key.file);
-    else form.append("style_id", style.key);
-  }
-  if (styles.length > 1) for (const style of styles) form.append("weights", weightOf(style));
-  form.append("alpha", $("alpha").value);
-  form.append("preserve_color", String($("preserve-color").checked));
-  form.append("crop", String($("crop").checked));
-  form.append("content_size", $("content-size").value);
-  form.append("style_size", $("style-size").value);
+  appendStyleFields(form, styles);
   form.append("format", $("format").value);
 
   const stylizeButton = $("stylize");

@@ -27,16 +27,7 @@ function showJob(state) {
 async function submitVideo(file, styles) {
   const form = new FormData();
   form.append("video", file);
-  for (const style of styles) {
-    if (style.kind === "file") form.append("style", style.key.file);
-    else form.append("style_id", style.key);
-  }
-  if (styles.length > 1) for (const style of styles) form.append("weights", weightOf(style));
-  form.append("alpha", $("alpha").value);
-  form.append("preserve_color", String($("preserve-color").checked));
-  form.append("crop", String($("crop").checked));
-  form.append("content_size", $("content-size").value);
-  form.append("style_size", $("style-size").value);
+  appendStyleFields(form, styles);
   form.append("stabilize", String($("stabilize").checked));
 
   setStatus("Uploading the video…");
