@@ -150,6 +150,7 @@ def stylize(
 
     from models import images
     from models.config import PipelineConfig
+    from models.errors import DomainError
     from models.model import parse_mix_weights
     from models.pipeline import build_pipeline
 
@@ -158,44 +159,35 @@ def stylize(
     except ValueError as exc:
         raise usage_error(str(exc), "--tile-size") from None
     weights = parse_mix_weights([mix_weights] if mix_weights else [])
-    from service.jobs.submit import VIDEO_SUFFIXES, stylize_video_command
+    from service.jobs.submit import VIDEO_SUFFIXES, stylize_video_file
 
+    config = PipelineConfig(
+        device, precision, tile_size=tile_size, encoder_path=encoder, decoder_path=decoder,
+        model=model,
+    )
     if content.suffix.lower() in VIDEO_SUFFIXES:  # a video, MP4 out: the video job's function
-        pipeline = build_pipeline(
-            PipelineConfig(
-                device, precision, tile_size=tile_size, encoder_path=encoder, decoder_path=decoder
-            )
-        )
-        frames = stylize_video_command(
-            pipeline,
-            content,
-            styles,
-            output,
-            weights,
-            mask or [],
-            alpha,
-            preserve_color,
-            content_size,
-            style_size,
-            crop,
-            stabilize,
-            InputError,
-        )
+        pipeline = build_pipeline(config)
+        with tqdm(total=0, unit="frame", desc="stylize", leave=True) as bar:
+
+            def progress(done: int, total: int) -> None:
+                bar.total = max(total, done)
+                bar.update(done - bar.n)
+
+            try:
+                record = stylize_video_file(
+                    pipeline, content, styles, output, weights=weights, masks=mask or [],
+                    alpha=alpha, preserve_color=preserve_color, content_size=content_size,
+                    style_size=style_size, crop=crop, stabilize=stabilize, on_progress=progress,
+                )
+            except DomainError as exc:
+                raise InputError(exc.detail) from exc
+        frames = record.frames_done
         typer.echo(f"wrote {frames} frames to {output}")
         return
     contents, style_files = expand([content]), expand(styles)
     separate = content.is_dir() or any(s.is_dir() for s in styles)
     check_output(output, separate)
-    pipeline = build_pipeline(
-        PipelineConfig(
-            device,
-            precision,
-            tile_size=tile_size,
-            encoder_path=encoder,
-            decoder_path=decoder,
-            model=model,
-        )
-    )
+    pipeline = build_pipeline(config)
     groups = [[s] for s in style_files] if separate else [style_files]
     jobs = list(itertools.product(contents, groups))
     style_cache: dict[Path, torch.Tensor] = {}
