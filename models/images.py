@@ -134,13 +134,20 @@ def load_with_size(path: Path, size: int = 0, crop: bool = False
 ROWS_PER_CHUNK = 256  # rows converted to 8 bits at a time: a large image has no float copy
 
 
-def to_pil(image: Tensor) -> Image.Image:
-    """(1, 3, H, W) or (3, H, W) in [0, 1] -> 8-bit RGB, rounded as torchvision's save_image."""
+def to_uint8(image: Tensor) -> Tensor:
+    """(1, 3, H, W) or (3, H, W) in [0, 1] -> (H, W, 3) uint8 on the CPU, rounded as
+    torchvision's save_image."""
     planes = image.reshape(-1, *image.shape[-2:])
     pixels = torch.empty((*planes.shape[-2:], planes.shape[0]), dtype=torch.uint8)
     for start in range(0, planes.shape[-2], ROWS_PER_CHUNK):
         rows = planes[:, start : start + ROWS_PER_CHUNK].mul(255).add_(0.5).clamp_(0, 255)
         pixels[start : start + ROWS_PER_CHUNK] = rows.to(torch.uint8).permute(1, 2, 0).cpu()
+    return pixels
+
+
+def to_pil(image: Tensor) -> Image.Image:
+    """(1, 3, H, W) or (3, H, W) in [0, 1] -> 8-bit RGB, rounded as torchvision's save_image."""
+    pixels = to_uint8(image)
     # Pillow reads the tensor's memory instead of copying it (fromarray would copy).
     return Image.frombuffer("RGB", (pixels.shape[1], pixels.shape[0]), pixels.numpy(), "raw",
                             "RGB", 0, 1)

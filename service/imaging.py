@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import io
+import struct
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
+import numpy as np
+from isal import isal_zlib
 from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 from torch import Tensor
@@ -206,10 +210,48 @@ def check_prepared_size(
 
 
 def encode_image(result: Tensor, output_format: OutputFormat, quality: int) -> bytes:
-    buffer = io.BytesIO()
-    picture = images.to_pil(result)
     if output_format is OutputFormat.png:
-        picture.save(buffer, format="PNG")
-    else:
-        picture.save(buffer, format=output_format.value.upper(), quality=quality)
+        return encode_png(images.to_uint8(result).numpy())
+    buffer = io.BytesIO()
+    images.to_pil(result).save(buffer, format=output_format.value.upper(), quality=quality)
     return buffer.getvalue()
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_AVERAGE_FILTER = 3
+PNG_ROWS_PER_CHUNK = 256  # rows filtered at a time: an 8K image has no full-size int16 copy
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """(H, W, 3) uint8 -> PNG bytes, fast: every row takes PNG's Average filter (one numpy pass
+    instead of Pillow's per-row trial of the five filters), deflated by ISA-L at level 1.
+    Lossless as any PNG; the file a little larger than Pillow's (docs/benchmarks.md)."""
+    height, width, channels = pixels.shape
+    rows = pixels.reshape(height, width * channels)
+    compressor = isal_zlib.compressobj(1)
+    parts = []
+    for start in range(0, height, PNG_ROWS_PER_CHUNK):
+        x = rows[start : start + PNG_ROWS_PER_CHUNK].astype(np.int16)
+        left = np.zeros_like(x)
+        left[:, channels:] = x[:, :-channels]
+        above = np.empty_like(x)
+        above[1:] = x[:-1]
+        above[0] = rows[start - 1] if start else 0
+        filtered = np.empty((x.shape[0], x.shape[1] + 1), np.uint8)
+        filtered[:, 0] = PNG_AVERAGE_FILTER
+        filtered[:, 1:] = x - ((left + above) >> 1)  # modulo 256, as the filter is defined
+        parts.append(compressor.compress(filtered.tobytes()))
+    parts.append(compressor.flush())
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"".join(
+        [
+            PNG_SIGNATURE,
+            png_chunk(b"IHDR", header),
+            png_chunk(b"IDAT", b"".join(parts)),
+            png_chunk(b"IEND", b""),
+        ]
+    )

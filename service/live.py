@@ -88,6 +88,12 @@ class LiveConfig(BaseModel):
     # /stylize's default, so that both share the style statistics' cache.
     style_size: int = Field(512, ge=0, description="the style's shorter side; 0 keeps it")
     stabilize: bool = Field(True, description="temporal stabilisation (previous frames only)")
+    model: str | None = Field(
+        None,
+        max_length=40,
+        description="full or lite, among the models the service loaded (ADAIN_MODELS); "
+        "default ADAIN_MODEL",
+    )
     format: Literal["jpeg", "webp"] = "jpeg"
     quality: int = Field(80, ge=1, le=100, description="JPEG/WebP quality of the frames sent")
     key: str | None = Field(
@@ -97,9 +103,9 @@ class LiveConfig(BaseModel):
         description="API key (browsers cannot set WebSocket headers)",
     )
 
-    def public(self) -> dict[str, object]:
-        """The settings as the server answers them: never the key."""
-        return self.model_dump(exclude={"key"})
+    def public(self, model: str) -> dict[str, object]:
+        """The settings as the server answers them: never the key; the model that answers."""
+        return self.model_dump(exclude={"key"}) | {"model": model}
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,7 @@ class Style:
 
     config: LiveConfig
     mix: StyleMix
+    model: str  # the network `config.model` names (None there: the service's default)
     stabilizer: Stabilizer | None = None  # made at the first frame; it restarts at a new size
     network_ms: float = 0.0  # the engine's time for the frame being stabilised
     # The stabiliser thread's engine job: cancelled (dropped from the queue) if the stream ends.
@@ -267,7 +274,7 @@ class LiveSession:
         except DomainError as error:
             await self.fail(error, fatal=True)
             return False
-        await self.send_json({"ready": True, "settings": config.public()})
+        await self.send_json({"ready": True, "settings": config.public(self.style.model)})
         return True
 
     async def read(self) -> None:
@@ -326,15 +333,17 @@ class LiveSession:
         except DomainError as error:
             await self.fail(error, fatal=False)  # the previous settings stay
             return
-        await self.send_json({"ready": True, "settings": config.public()})
+        await self.send_json({"ready": True, "settings": config.public(self.style.model)})
 
     async def prepare(self, config: LiveConfig, current: Style | None) -> Style:
         """The mix for `config`: the style's statistics from the cache or the engine. The
         stabiliser starts again: its previous output is of the old settings."""
-        if current is not None and (current.config.style_id, current.config.style_size) == (
-            config.style_id,
-            config.style_size,
-        ):
+        model = self.stylizer.check_model(config.model)
+        if current is not None and (
+            current.config.style_id,
+            current.config.style_size,
+            current.model,
+        ) == (config.style_id, config.style_size, model):
             mean, std = current.mix.mean, current.mix.std
         else:
             record = await self.registry.find(config.style_id, None)
@@ -344,10 +353,10 @@ class LiveSession:
                     f"style_id: no style with id or name {config.style_id[:80]!r}", "style_id"
                 )
             stats, _, _ = await self.stylizer.style_statistics(
-                StyleInput(data, "style_id"), config.style_size, False
+                StyleInput(data, "style_id"), config.style_size, False, model=model
             )
             mean, std = stats.mean, stats.std
-        return Style(config, StyleMix(mean, std, torch.ones(1), alpha=config.alpha))
+        return Style(config, StyleMix(mean, std, torch.ones(1), alpha=config.alpha), model)
 
     async def process(self, frame: Frame) -> None:
         assert self.style is not None
@@ -365,7 +374,7 @@ class LiveSession:
         if style.config.stabilize:
             stylized, network_ms = await self.stabilized(style, content)
         else:
-            result = await self.stylizer.engine.stylize(StylizeJob(content, style.mix))
+            result = await self.stylizer.engine.stylize(StylizeJob(content, style.mix, style.model))
             stylized, network_ms = result.value, result.compute_ms
         done = time.perf_counter()
         output_format = OutputFormat(style.config.format)
@@ -375,6 +384,7 @@ class LiveSession:
         finished = time.perf_counter()
         header = {
             "frame": frame.index,
+            "model": style.model,
             "dropped": self.dropped,
             "width": stylized.shape[-1],
             "height": stylized.shape[-2],
@@ -411,7 +421,7 @@ class LiveSession:
         engine = self.stylizer.engine
 
         def stylize(frame: Tensor) -> Tensor:
-            job = StylizeJob(frame, style.mix)
+            job = StylizeJob(frame, style.mix, style.model)
             style.pending = asyncio.run_coroutine_threadsafe(engine.stylize(job), loop)
             result = style.pending.result(ENGINE_WAIT_S)
             style.network_ms += result.compute_ms

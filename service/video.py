@@ -249,7 +249,7 @@ def frame_tensor(frame: Frame, content_size: int, crop: bool) -> Tensor:
 
 def tensor_to_rgb(result: Tensor) -> np.ndarray:
     """(1, 3, H, W) in [0, 1] -> (H, W, 3) uint8, rounded as images are."""
-    return np.asarray(images.to_pil(result))
+    return images.to_uint8(result).numpy()
 
 
 class SegmentWriter:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from models.model import StyleMix
 from service.engine import Engine, EngineBusyError, EngineClosedError, StylizeJob, Timed
-from service.jobs.run import JobInterrupted, JobSettings, run_job
+from service.jobs.run import JobInterrupted, JobSettings, check_loaded, run_job
 from service.jobs.store import JobStatus, JobStore
 
 log = logging.getLogger("service.jobs")
@@ -44,12 +44,16 @@ class EngineBackend:
             except EngineClosedError:
                 raise JobInterrupted from None
 
-    def style_statistics(self, style: Tensor, recolour_to: Tensor | None) -> tuple[Tensor, Tensor]:
-        stats = self._call(lambda: self.engine.style_statistics(style, recolour_to))
+    def style_statistics(
+        self, style: Tensor, recolour_to: Tensor | None, model: str | None
+    ) -> tuple[Tensor, Tensor]:
+        check_loaded(model, self.engine.models)
+        stats = self._call(lambda: self.engine.style_statistics(style, recolour_to, model))
         return stats.mean, stats.std
 
-    def stylize(self, content: Tensor, mix: StyleMix) -> Tensor:
-        return self._call(lambda: self.engine.stylize(StylizeJob(content, mix)))
+    def stylize(self, content: Tensor, mix: StyleMix, model: str | None) -> Tensor:
+        check_loaded(model, self.engine.models)
+        return self._call(lambda: self.engine.stylize(StylizeJob(content, mix, model)))
 
 
 class LocalRunner:

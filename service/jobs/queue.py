@@ -198,11 +198,13 @@ class CountingBackend:
     def __init__(self, backend: FrameBackend) -> None:
         self.backend = backend
 
-    def style_statistics(self, style: Tensor, recolour_to: Tensor | None) -> tuple[Tensor, Tensor]:
-        return self.backend.style_statistics(style, recolour_to)
+    def style_statistics(
+        self, style: Tensor, recolour_to: Tensor | None, model: str | None
+    ) -> tuple[Tensor, Tensor]:
+        return self.backend.style_statistics(style, recolour_to, model)
 
-    def stylize(self, content: Tensor, mix: StyleMix) -> Tensor:
-        result = self.backend.stylize(content, mix)
+    def stylize(self, content: Tensor, mix: StyleMix, model: str | None) -> Tensor:
+        result = self.backend.stylize(content, mix, model)
         metrics.JOB_FRAMES.inc()
         return result
 

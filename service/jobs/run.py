@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -23,7 +23,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from models.errors import DomainError, error_body
+from models.errors import DomainError, InvalidInputError, error_body
 from models.model import Masks, StyleMix
 from models.pipeline import Pipeline
 from service.imaging import ImageLimits
@@ -37,35 +37,59 @@ PROGRESS_EVERY_S = 0.25  # at most this often a progress report rewrites the rec
 
 
 class FrameBackend(Protocol):
-    """The networks, for one frame at a time."""
+    """The networks, for one frame at a time. `model`: one of the backend's networks by name
+    (`JobParams.model`), None for its default; an unknown name is an `InvalidInputError`."""
 
-    def style_statistics(self, style: Tensor, recolour_to: Tensor | None) -> tuple[Tensor, Tensor]:
+    def style_statistics(
+        self, style: Tensor, recolour_to: Tensor | None, model: str | None
+    ) -> tuple[Tensor, Tensor]:
         """relu4_1 (mean, std) (1, C, 1, 1) of a style (1, 3, H, W), recoloured first (CORAL)
         to `recolour_to`'s colours when given."""
         ...
 
-    def stylize(self, content: Tensor, mix: StyleMix) -> Tensor:
+    def stylize(self, content: Tensor, mix: StyleMix, model: str | None) -> Tensor:
         """(1, 3, H, W) in [0, 1] -> stylized (1, 3, H, W) in [0, 1]."""
         ...
 
 
+def check_loaded(model: str | None, loaded: list[str]) -> None:
+    """A job's model must be one the process running it loaded: a job submitted to a service
+    with other ADAIN_MODELS (or resumed after a change) fails naming the field."""
+    if model is not None and model not in loaded:
+        raise InvalidInputError(
+            f"model: {model[:40]!r} is not loaded by the process running the job; it has "
+            f"{', '.join(loaded)} (ADAIN_MODELS)",
+            "model",
+        )
+
+
 class ModelBackend:
-    """A `FrameBackend` on a `models.pipeline.Pipeline` of this process (command, worker)."""
+    """A `FrameBackend` on pipelines of this process (command, worker), by model name, the
+    first the default."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.pipeline = pipeline
+    def __init__(self, pipelines: Mapping[str, Pipeline]) -> None:
+        self.pipelines = dict(pipelines)
+        self.default = next(iter(self.pipelines))
 
-    def style_statistics(self, style: Tensor, recolour_to: Tensor | None) -> tuple[Tensor, Tensor]:
-        device = self.pipeline.device
+    def pipeline(self, model: str | None) -> Pipeline:
+        check_loaded(model, list(self.pipelines))
+        return self.pipelines[model or self.default]
+
+    def style_statistics(
+        self, style: Tensor, recolour_to: Tensor | None, model: str | None
+    ) -> tuple[Tensor, Tensor]:
+        pipeline = self.pipeline(model)
         with torch.inference_mode():
-            mean, std = self.pipeline.style_statistics(
-                style.to(device), None if recolour_to is None else recolour_to.to(device)
+            mean, std = pipeline.style_statistics(
+                style.to(pipeline.device),
+                None if recolour_to is None else recolour_to.to(pipeline.device),
             )
         return mean.float().cpu(), std.float().cpu()
 
-    def stylize(self, content: Tensor, mix: StyleMix) -> Tensor:
+    def stylize(self, content: Tensor, mix: StyleMix, model: str | None) -> Tensor:
+        pipeline = self.pipeline(model)
         with torch.inference_mode():
-            return self.pipeline.stylize_batch(content.to(self.pipeline.device), [mix]).cpu()
+            return pipeline.stylize_batch(content.to(pipeline.device), [mix]).cpu()
 
 
 @dataclass(frozen=True)
@@ -86,6 +110,7 @@ class JobParams:
     time_base: str  # Fraction as text: of the input's timestamps, kept by the output
     upright_size: list[int]  # (width, height) of the frames after rotation: the masks' size
     audio: str | None = None
+    model: str | None = None  # a network the runner loaded (ADAIN_MODELS); None: its default
 
 
 @dataclass(frozen=True)
@@ -169,8 +194,10 @@ def _mix_maker(
         )
 
     if params.preserve_color:
-        return lambda content: mix_of([backend.style_statistics(s, content) for s in styles])
-    fixed = mix_of([backend.style_statistics(s, None) for s in styles])
+        return lambda content: mix_of(
+            [backend.style_statistics(s, content, params.model) for s in styles]
+        )
+    fixed = mix_of([backend.style_statistics(s, None, params.model) for s in styles])
     return lambda content: fixed
 
 
@@ -266,11 +293,12 @@ def _frame_step(
     """content frame -> output frame: the stabiliser around the per-frame stylize, or that
     alone with `stabilize=false`."""
     mix_for = _mix_maker(record, inputs, backend, grid, settings)
+    params = JobParams(**record.params)
 
     def stylize(content: Tensor) -> Tensor:
-        return backend.stylize(content, mix_for(content))
+        return backend.stylize(content, mix_for(content), params.model)
 
-    if not JobParams(**record.params).stabilize:
+    if not params.stabilize:
         return stylize
     from models.video import Stabilizer  # imported only by stabilised jobs
 

@@ -71,6 +71,7 @@ class JobRecord:
             "progress": round(self.progress, 4),
             "frames_done": self.frames_done,
             "frames_total": self.frames_total,
+            "model": self.params.get("model"),
             "error": self.error,
             "created": self.created,
             "expires": self.expires,

@@ -11,9 +11,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from models.errors import DomainError
-from models.pipeline import Pipeline
 from service.imaging import ImageLimits
-from service.jobs.run import JobParams, JobSettings, ModelBackend, run_job
+from service.jobs.run import FrameBackend, JobParams, JobSettings, run_job
 from service.jobs.store import JobRecord, JobStatus, JobStore
 from service.stylizer import StyleInput, check_counts, prepare_masks, prepare_style
 from service.video import VideoInfo, VideoLimits, check_output_size, output_size, probe
@@ -64,6 +63,7 @@ def create_job(
     stabilize: bool,
     video_limits: VideoLimits,
     limits: ImageLimits,
+    model: str | None = None,
 ) -> JobRecord:
     """The job whose video is already at `store.inputs(job_id) / "video"` (`new_folder`),
     queued; on any refusal its folder is removed: nothing of a refused upload is kept."""
@@ -90,6 +90,7 @@ def create_job(
             time_base=str(info.time_base),
             upright_size=[info.width, info.height],
             audio=info.audio_codec,
+            model=model,
         )
         return store.create(job_id, owner, asdict(params), info.frames)
     except BaseException:
@@ -98,7 +99,7 @@ def create_job(
 
 
 def stylize_video_file(
-    pipeline: Pipeline,
+    backend: FrameBackend,
     video: Path,
     styles: Sequence[Path],
     output: Path,
@@ -115,7 +116,7 @@ def stylize_video_file(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> JobRecord:
     """`adain stylize clip.mp4 style.jpg -o out.mp4`: the job, in this process, on
-    `pipeline`, in a throw-away store. Raises the job's error."""
+    `backend`'s default network, in a throw-away store. Raises the job's error."""
     normalised = check_counts(len(styles), len(masks), weights).tolist()
     limits = settings.limits
     unlimited = VideoLimits(
@@ -142,7 +143,7 @@ def stylize_video_file(
             video_limits=unlimited,
             limits=limits,
         )
-        final = run_job(job_id, store, ModelBackend(pipeline), settings, on_progress=on_progress)
+        final = run_job(job_id, store, backend, settings, on_progress=on_progress)
         assert final is not None  # never interrupted: nothing asks it to stop
         if final.status is not JobStatus.succeeded:
             error = final.error or {}

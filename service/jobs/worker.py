@@ -47,9 +47,14 @@ def run_worker(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
 
-    pipeline = build_pipeline(settings.pipeline_config())
+    # The service's models (ADAIN_MODELS), so that any job it accepted runs here too.
+    pipelines = {
+        model.value: build_pipeline(settings.pipeline_config(model))
+        for model in settings.model_list
+    }
+    pipeline = pipelines[settings.model.value]
     store = JobStore(settings.jobs_dir, settings.job_ttl_s)
-    run, give_up = job_handlers(store, ModelBackend(pipeline), job_settings(settings), stop.is_set)
+    run, give_up = job_handlers(store, ModelBackend(pipelines), job_settings(settings), stop.is_set)
     worker = QueueWorker(queue_config(settings), run, give_up)
     if settings.worker_metrics_port:  # its frames and job durations; the states: the service
         from prometheus_client import start_http_server
@@ -60,6 +65,7 @@ def run_worker(settings: Settings) -> None:
         extra={
             "device": str(pipeline.device),
             "dtype": str(pipeline.net.dtype),
+            "models": list(pipelines),
             "jobs_dir": str(settings.jobs_dir),
         },
     )

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from models.model import parse_mix_weights
-from service.deps import RegistryDep, ServicesDep
+from service.deps import RegistryDep, ServicesDep, StylizerDep
 from service.errors import RangeNotSatisfiableError
 from service.jobs.store import JobNotDoneError, JobNotFoundError, JobRecord, JobStatus, JobStore
 from service.jobs.submit import create_job
@@ -66,6 +66,9 @@ class JobState(BaseModel):
     progress: float = Field(ge=0, le=1, description="Share of the frames done; never decreases.")
     frames_done: int = Field(ge=0)
     frames_total: int = Field(ge=0, description="Frames of the video (exact once succeeded).")
+    model: str | None = Field(
+        None, description="The network stylizing it: full or lite (the `model` asked for)."
+    )
     error: ErrorBody | None = Field(description="Why it failed; null unless failed.")
     created: float = Field(description="Unix time of the submission.")
     expires: float | None = Field(
@@ -159,6 +162,7 @@ async def submit_job(
     caller: UserDep,
     services: ServicesDep,
     registry: RegistryDep,
+    stylizer: StylizerDep,
     video: Annotated[UploadFile, File(description="The video: MP4, MOV, WebM, animated GIF, ...")],
     style: Annotated[
         list[UploadFile] | None,
@@ -197,9 +201,17 @@ async def submit_job(
             "each frame on its own, as /stylize."
         ),
     ] = True,
+    model: Annotated[
+        str | None,
+        Form(
+            description="full or lite, among the models the service loaded (ADAIN_MODELS); "
+            "default ADAIN_MODEL. The job's JSON names it."
+        ),
+    ] = None,
 ) -> JobState:
     """Stylize a video as a job: 202 at once with its id and `Location`; the frames keep the
     video's count, rate, timing and audio. Style fields as for /stylize."""
+    chosen_model = stylizer.check_model(model)
     normalised = check_counts(
         len(style or []) + len(style_id or []), len(mask or []),
         parse_mix_weights(weights or [], MAX_STYLES),
@@ -233,6 +245,7 @@ async def submit_job(
             stabilize=stabilize,
             video_limits=video_limits,
             limits=services.limits,
+            model=chosen_model,
         )
     )
     runner.submit(job_id)

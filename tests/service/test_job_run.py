@@ -7,16 +7,19 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from devkit.images import encode, psnr, random_image
 from devkit.videos import decode_frames, make_video
-from models.pipeline import Pipeline
+from models.config import ModelName, PipelineConfig, Precision
+from models.model import StyleMix
+from models.pipeline import Pipeline, build_pipeline
 from models.weights import load_model
 from service.imaging import ImageLimits
 from service.jobs.run import JobSettings, ModelBackend, run_job
 from service.jobs.store import JobStatus, JobStore
 from service.jobs.submit import create_job, stylize_video_file
-from service.stylizer import StyleInput
+from service.stylizer import StyleInput, prepare_style
 from service.video import VideoLimits, describe_output
 
 STYLE = encode(random_image(48, 48, seed=1911))
@@ -31,7 +34,7 @@ def net(reference_weights: tuple[Path, Path]) -> Pipeline:
     return Pipeline(load_model(*reference_weights))
 
 
-def new_job(store: JobStore, clip: bytes, stabilize: bool = True) -> str:
+def new_job(store: JobStore, clip: bytes, stabilize: bool = True, model: str | None = None) -> str:
     job_id, inputs = store.new_folder()
     (inputs / "video").write_bytes(clip)
     create_job(
@@ -49,6 +52,7 @@ def new_job(store: JobStore, clip: bytes, stabilize: bool = True) -> str:
         stabilize=stabilize,
         video_limits=LIMITS,
         limits=SETTINGS.limits,
+        model=model,
     )
     return job_id
 
@@ -59,13 +63,14 @@ def test_a_resumed_job_gives_the_uninterrupted_frames(net: Pipeline, tmp_path: P
     clip = make_video(frames=12, width=64, height=48)
     whole = JobStore(tmp_path / "whole", 60)
     whole_id = new_job(whole, clip)
-    assert run_job(whole_id, whole, ModelBackend(net), SETTINGS).status is JobStatus.succeeded
+    backend = ModelBackend({"full": net})
+    assert run_job(whole_id, whole, backend, SETTINGS).status is JobStatus.succeeded
 
     split = JobStore(tmp_path / "split", 60)
     split_id = new_job(split, clip)
     calls = iter(range(100))
     interrupted = run_job(
-        split_id, split, ModelBackend(net), SETTINGS, should_stop=lambda: next(calls) == 5
+        split_id, split, ModelBackend({"full": net}), SETTINGS, should_stop=lambda: next(calls) == 5
     )
     assert interrupted is None
     record = split.get(split_id)
@@ -74,7 +79,7 @@ def test_a_resumed_job_gives_the_uninterrupted_frames(net: Pipeline, tmp_path: P
     checkpoint = split.load_checkpoint(split_id)
     assert checkpoint is not None and checkpoint.frames_done == 5
     assert checkpoint.stabilizer is not None and "previous_output" in checkpoint.stabilizer
-    final = run_job(split_id, split, ModelBackend(net), SETTINGS)
+    final = run_job(split_id, split, ModelBackend({"full": net}), SETTINGS)
     assert final is not None and final.status is JobStatus.succeeded
     assert not split.work(split_id).exists()
 
@@ -85,7 +90,7 @@ def test_a_resumed_job_gives_the_uninterrupted_frames(net: Pipeline, tmp_path: P
     # Without the state (a fresh stabiliser at frame 5) frame 6 would differ: the check can fail.
     plain = JobStore(tmp_path / "plain", 60)
     plain_id = new_job(plain, clip, stabilize=False)
-    run_job(plain_id, plain, ModelBackend(net), SETTINGS)
+    run_job(plain_id, plain, ModelBackend({"full": net}), SETTINGS)
     unstabilized = decode_frames(plain.results.path(plain_id).read_bytes())
     assert (
         psnr(one[6] / 255, unstabilized[6] / 255)
@@ -101,7 +106,7 @@ def test_the_commands_function_writes_the_video_with_progress(
     style.write_bytes(STYLE)
     seen: list[tuple[int, int]] = []
     record = stylize_video_file(
-        net,
+        ModelBackend({"full": net}),
         clip,
         [style],
         output,
@@ -122,7 +127,7 @@ def test_the_commands_function_writes_the_video_with_progress(
 def test_expired_jobs_and_orphans_are_cleaned_up(net: Pipeline, tmp_path: Path) -> None:
     store = JobStore(tmp_path / "jobs", ttl_s=30)
     job_id = new_job(store, make_video(frames=2, width=32, height=32, audio=False), stabilize=False)
-    record = run_job(job_id, store, ModelBackend(net), SETTINGS)
+    record = run_job(job_id, store, ModelBackend({"full": net}), SETTINGS)
     assert record is not None and record.expires is not None
     assert abs(record.expires - time.time() - 30) < 5
     orphan, _ = store.new_folder()  # a crash between the upload and the record
@@ -141,7 +146,7 @@ def test_a_job_canceled_before_it_runs_leaves_nothing(net: Pipeline, tmp_path: P
         record.status = JobStatus.canceled  # type: ignore[attr-defined]
 
     store.update(job_id, cancel)
-    record = run_job(job_id, store, ModelBackend(net), SETTINGS)
+    record = run_job(job_id, store, ModelBackend({"full": net}), SETTINGS)
     assert record is not None and record.status is JobStatus.canceled
     assert not store.inputs(job_id).exists()
     assert store.results.path(job_id) is None
@@ -189,8 +194,40 @@ def test_a_job_another_process_runs_is_left_alone(net: Pipeline, tmp_path: Path)
     job_id = new_job(store, make_video(frames=2, width=32, height=32, audio=False), stabilize=False)
     with store.claim(job_id) as claimed:
         assert claimed
-        assert run_job(job_id, store, ModelBackend(net), SETTINGS) is None
+        assert run_job(job_id, store, ModelBackend({"full": net}), SETTINGS) is None
         record = store.get(job_id)
         assert record is not None and record.status is JobStatus.queued
-    record = run_job(job_id, store, ModelBackend(net), SETTINGS)
+    record = run_job(job_id, store, ModelBackend({"full": net}), SETTINGS)
     assert record is not None and record.status is JobStatus.succeeded
+
+
+def test_a_job_runs_on_the_model_it_names(net: Pipeline, tmp_path: Path) -> None:
+    """`model` picks the backend's network: a lite job's frames are the lite network's (not
+    the default's); a model the running process did not load fails the job naming `model`."""
+    lite = build_pipeline(PipelineConfig(precision=Precision.fp32, model=ModelName.lite))
+    backend = ModelBackend({"full": net, "lite": lite})
+    clip = make_video(frames=2, width=64, height=48, audio=False)
+    store = JobStore(tmp_path / "jobs", ttl_s=30)
+    outputs = {}
+    for model in ("full", "lite"):
+        job_id = new_job(store, clip, stabilize=False, model=model)
+        record = run_job(job_id, store, backend, SETTINGS)
+        assert record is not None and record.status is JobStatus.succeeded
+        assert record.public()["model"] == model
+        outputs[model] = decode_frames(store.results.path(job_id).read_bytes())[0] / 255
+
+    frame = torch.from_numpy(decode_frames(clip)[0] / 255).permute(2, 0, 1)[None].float()
+    mix = StyleMix(
+        *ModelBackend({"lite": lite}).style_statistics(
+            prepare_style(StyleInput(STYLE, "style"), 48, False, SETTINGS.limits), None, None
+        ),
+        torch.ones(1),
+    )
+    expected = lite.stylize_batch(frame, [mix])[0].permute(1, 2, 0).numpy()
+    assert psnr(outputs["lite"], expected) > 30  # H.264 of both the input and the output
+    assert psnr(outputs["lite"], outputs["full"]) < psnr(outputs["lite"], expected) - 10
+
+    missing = new_job(store, clip, stabilize=False, model="lite")
+    failed = run_job(missing, store, ModelBackend({"full": net}), SETTINGS)
+    assert failed is not None and failed.status is JobStatus.failed
+    assert failed.error is not None and failed.error["field"] == "model"

@@ -104,10 +104,11 @@ def test_frames_come_back_stylized_as_post_stylize_makes_them(
             "stabilize": False,
             "format": "jpeg",
             "quality": 80,
+            "model": "full",  # the service's default (ADAIN_MODEL)
         }
         stream.send_frame(content)
         header, image = stream.result()
-    assert header["frame"] == 0 and header["dropped"] == 0
+    assert header["frame"] == 0 and header["dropped"] == 0 and header["model"] == "full"
     for timing in ("decode_ms", "network_ms", "encode_ms", "server_ms"):
         assert header[timing] >= 0
     assert image[:2] == b"\xff\xd8"  # JPEG

@@ -1,9 +1,11 @@
 """Choosing the model: ADAIN_MODEL the default, the `model` field among the loaded models
-(ADAIN_MODELS), style statistics cached per model, X-Adain-Model naming the one that answered."""
+(ADAIN_MODELS) on /stylize, /jobs and the live settings, style statistics cached per model,
+the answer naming the one that answered (X-Adain-Model, the job's JSON, the live frames)."""
 
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -11,8 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from devkit.images import encode, random_image
+from devkit.images import encode, psnr, random_image
+from devkit.live import live_stream
 from devkit.server import RunningServer, running_server
+from devkit.videos import decode_frames, make_video
 from models.config import ModelName
 from service.settings import Settings
 
@@ -83,3 +87,88 @@ def test_the_settings_load_the_default_first_and_refuse_a_default_not_loaded() -
         Settings(models="lite")
     with pytest.raises(ValueError, match="ADAIN_MODELS"):
         Settings(models="full,tiny")
+
+
+def submit_job(server: RunningServer, clip: bytes, **form: str) -> httpx.Response:
+    return httpx.post(
+        f"{server.url}/jobs",
+        files=[("video", ("clip.mp4", clip)), ("style", ("s.png", STYLE))],
+        data={"content_size": "0", "style_size": "0", "stabilize": "false", **form},
+        timeout=120,
+    )
+
+
+def finished_job(server: RunningServer, job_id: str) -> dict[str, object]:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        state = httpx.get(f"{server.url}/jobs/{job_id}", timeout=10).json()
+        if state["status"] in ("succeeded", "failed", "canceled"):
+            return state
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} not finished")
+
+
+def test_a_job_runs_on_the_model_it_names(lite_server: RunningServer) -> None:
+    """Each job's frames come from the model its `model` field names (the default: ADAIN_MODEL),
+    as /stylize's would; the job's JSON says which; an unknown one is refused at submission."""
+    clip = make_video(frames=2, width=48, height=40, audio=False)
+    first = decode_frames(clip)[0]
+    frame = encode(Image.fromarray(first), "PNG")
+    frames = {}
+    for model in (None, "full"):
+        answer = submit_job(lite_server, clip, **({"model": model} if model else {}))
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["model"] == (model or "lite")
+        state = finished_job(lite_server, answer.json()["id"])
+        assert state["status"] == "succeeded" and state["model"] == (model or "lite")
+        video = httpx.get(f"{lite_server.url}/jobs/{state['id']}/result", timeout=30).content
+        frames[model or "lite"] = decode_frames(video)[0]
+
+    def image_of(model: str) -> np.ndarray:
+        files = [("content", ("c.png", frame)), ("style", ("s.png", STYLE))]
+        answer = httpx.post(
+            f"{lite_server.url}/stylize",
+            files=files,
+            data={"content_size": "0", "style_size": "0", "model": model},
+            timeout=120,
+        )
+        return pixels(answer)
+
+    for model, video_frame in frames.items():
+        own = psnr(video_frame / 255, image_of(model) / 255)
+        other = psnr(video_frame / 255, image_of("full" if model == "lite" else "lite") / 255)
+        assert own > 30 and own > other + 6, (model, own, other)
+
+    refused = submit_job(lite_server, clip, model="medium")
+    assert refused.status_code == 422 and refused.json()["field"] == "model"
+
+
+def test_a_live_stream_runs_on_the_model_its_settings_name(lite_server: RunningServer) -> None:
+    style = httpx.post(
+        f"{lite_server.url}/styles", files={"file": ("s.png", STYLE, "image/png")}, timeout=60
+    ).json()["id"]
+    camera = encode(random_image(48, 40, seed=3), "JPEG")
+    config = {"style_id": style, "size": 40, "style_size": 0, "stabilize": False}
+    with live_stream(lite_server.url, config) as stream:
+        assert stream.ready["settings"]["model"] == "lite"  # type: ignore[index]
+        stream.send_frame(camera)
+        lite_header, lite_image = stream.result()
+        stream.send_settings({"model": "full"})
+        assert stream.message()["settings"]["model"] == "full"  # type: ignore[index]
+        stream.send_frame(camera)
+        full_header, full_image = stream.result()
+        stream.send_settings({"model": "medium"})
+        refused = stream.message()
+        assert refused["field"] == "model"
+        stream.send_frame(camera)  # the previous settings stay
+        kept_header, _ = stream.result()
+    assert (lite_header["model"], full_header["model"], kept_header["model"]) == (
+        "lite",
+        "full",
+        "full",
+    )
+    lite_pixels, full_pixels = (
+        np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=float)
+        for data in (lite_image, full_image)
+    )
+    assert np.abs(lite_pixels - full_pixels).mean() > 5
