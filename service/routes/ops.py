@@ -1,4 +1,4 @@
-"""Operations: liveness, readiness, Prometheus metrics."""
+"""Operations: liveness, readiness, the models loaded, Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
 from service.deps import ServicesDep
@@ -33,6 +34,18 @@ async def readyz(services: ServicesDep) -> dict[str, str]:
         except (RedisError, OSError) as exc:
             raise RedisUnavailableError(f"redis unreachable: {exc}") from None
     return {"status": "ready"}
+
+
+class LoadedModels(BaseModel):
+    models: list[str] = Field(description="The networks loaded (ADAIN_MODELS): full and/or lite.")
+    default: str = Field(description="The one a request naming no `model` gets (ADAIN_MODEL).")
+
+
+@router.get("/models", response_model=LoadedModels)
+async def loaded_models(services: ServicesDep) -> LoadedModels:
+    """The models the `model` field of /stylize, /jobs and the live settings may name."""
+    engine = services.engine
+    return LoadedModels(models=engine.models, default=engine.default_model)
 
 
 @router.get("/metrics", response_class=Response, responses=METRICS_RESPONSES)

@@ -34,7 +34,7 @@ function element(tag, attributes = {}, text = "") {
 const FIELD_INPUTS = {
   content: "content", style: "style-files", style_id: "registered", alpha: "alpha",
   weights: "chosen-list", preserve_color: "preserve-color", crop: "crop",
-  content_size: "content-size", style_size: "style-size", format: "format",
+  content_size: "content-size", style_size: "style-size", format: "format", model: "model",
 };
 
 // Every API error is JSON {detail: "text", field: "name" or null}; anything else is a proxy's page.
@@ -88,6 +88,7 @@ function useKey(event) {
   $("key-panel").hidden = true;
   showError("");
   loadRegistered().catch((error) => showError(`Could not load the registered styles: ${error.message}`));
+  loadModels().catch((error) => showError(`Could not load the models: ${error.message}`));
 }
 
 function markInvalid(field) {
@@ -187,6 +188,20 @@ function appendStyleFields(form, styles) {
   form.append("crop", String($("crop").checked));
   form.append("content_size", $("content-size").value);
   form.append("style_size", $("style-size").value);
+  if ($("model").value) form.append("model", $("model").value);
+}
+
+// What each model is for, as the choice shows it (GET /models lists the loaded ones).
+const MODEL_LABELS = { full: "Full: best quality", lite: "Lite: fast, for laptops and live" };
+
+async function loadModels() {
+  const response = await api("models");
+  if (!response.ok) throw new Error(await errorMessage(response));
+  const loaded = await response.json();
+  const select = $("model");
+  select.replaceChildren(...loaded.models.map((name) => element("option", { value: name }, MODEL_LABELS[name] || name)));
+  select.value = loaded.default;
+  $("model-field").hidden = loaded.models.length < 2;
 }
 
 function weightOf(style) {
@@ -390,6 +405,8 @@ async function stylize(event) {
     const cache = cacheSummary(response.headers.get("X-Style-Cache"), styles);
     const parts = [`${image.naturalWidth}×${image.naturalHeight}`];
     if (milliseconds !== null) parts.push(`${Math.round(Number(milliseconds))} ms`);
+    const model = response.headers.get("X-Adain-Model");
+    if (model) parts.push(`model: ${model}`);
     if (cache) parts.push(`style cache: ${cache}`);
     $("result-info").textContent = parts.join(" · ");
     const extension = $("format").value === "jpeg" ? "jpg" : $("format").value;
@@ -432,13 +449,14 @@ function init() {
     inputsChanged(["alpha"]);
   });
   for (const [id, field] of [["content-size", "content_size"], ["style-size", "style_size"],
-    ["format", "format"], ["preserve-color", "preserve_color"], ["crop", "crop"]]) {
+    ["format", "format"], ["preserve-color", "preserve_color"], ["crop", "crop"], ["model", "model"]]) {
     $(id).addEventListener("change", () => inputsChanged([field]));
   }
   $("stylize-form").addEventListener("submit", stylize);
   $("key-form").addEventListener("submit", useKey);
   renderChosen();
   loadRegistered().catch((error) => showError(`Could not load the registered styles: ${error.message}`));
+  loadModels().catch((error) => showError(`Could not load the models: ${error.message}`));
 }
 
 init();

@@ -136,6 +136,7 @@ function liveSettings() {
     style_size: Number($("live-style-size").value),
     stabilize: $("live-stabilize").checked,
     format: "jpeg",
+    ...($("model").value ? { model: $("model").value } : {}),
   };
 }
 
@@ -319,6 +320,7 @@ function initLive() {
   $("live-size").addEventListener("change", () => changeLiveSettings({ size: Number($("live-size").value) }));
   $("live-style-size").addEventListener("change", () => changeLiveSettings({ style_size: Number($("live-style-size").value) }));
   $("live-stabilize").addEventListener("change", () => changeLiveSettings({ stabilize: $("live-stabilize").checked }));
+  $("model").addEventListener("change", () => changeLiveSettings({ model: $("model").value }));
 }
 
 initLive();

@@ -63,6 +63,11 @@ def test_the_default_and_the_model_field_choose_and_the_answer_says_which(
     assert np.abs(pixels(full).astype(int) - pixels(lite).astype(int)).mean() > 5
 
 
+def test_the_loaded_models_are_listed(lite_server: RunningServer) -> None:
+    listed = httpx.get(f"{lite_server.url}/models", timeout=10).json()
+    assert listed == {"models": ["lite", "full"], "default": "lite"}
+
+
 def test_style_statistics_are_cached_per_model(lite_server: RunningServer) -> None:
     style = encode(random_image(40, 40, seed=99), "PNG")  # seen by no other test
     caches = [

@@ -111,6 +111,22 @@ def test_stylize_shows_result_timing_cache_and_download(page: Page, base_url: st
     assert all(url.startswith((base_url, "blob:")) for url in requested), requested
 
 
+def test_the_model_choice_lists_the_loaded_models_and_is_sent(page: Page) -> None:
+    """Both models loaded (the default): the choice shows them, the default selected; the lite
+    one chosen, the answer is the lite model's and the info line says so."""
+    choice = page.get_by_label("Model", exact=True)
+    expect(choice).to_be_visible()
+    expect(choice).to_have_value("full")
+    assert choice.locator("option").evaluate_all("nodes => nodes.map(n => n.value)") == [
+        "full",
+        "lite",
+    ]
+    choose_images(page, png_file("model.png", 30), png_file("model-style.png", 31))
+    assert "model: full" in stylize_and_wait(page)
+    choice.select_option("lite")
+    assert "model: lite" in stylize_and_wait(page)
+
+
 def test_server_error_is_shown(page: Page, base_url: str) -> None:
     not_an_image = b"these are notes, not pixels"
     style = png_file("painting.png", seed=3)
