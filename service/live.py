@@ -53,6 +53,7 @@ from service.imaging import (
     open_image,
 )
 from service.registry import StyleNotFoundError, StyleRegistry
+from service.security import Caller
 from service.stylizer import StyleInput, Stylizer
 
 log = logging.getLogger("service.live")
@@ -202,7 +203,8 @@ class LiveSession:
         registry: StyleRegistry,
         limits: LiveLimits,
         describe: Describe,
-        authorize: Callable[[str | None], Awaitable[object]] | None = None,
+        caller: Caller | None = None,
+        authorize: Callable[[str | None], Awaitable[Caller]] | None = None,
     ) -> None:
         """`authorize(key)`: raises unless the first message's key may stream; None when the
         handshake's headers already carried a valid key (or keys are off)."""
@@ -212,6 +214,7 @@ class LiveSession:
         self.limits = limits
         self.describe = describe
         self.authorize = authorize
+        self.caller = caller  # whose style names the stream uses; set by `authorize` otherwise
         self.style: Style | None = None
         self.waiting: Frame | None = None  # the newest frame not started yet
         self.settings_changes: list[str] = []
@@ -269,7 +272,7 @@ class LiveSession:
                 )
             config = parse_config(text, None, self.limits.max_size)
             if self.authorize is not None:
-                await self.authorize(config.key)
+                self.caller = await self.authorize(config.key)
             self.style = await self.prepare(config, None)
         except DomainError as error:
             await self.fail(error, fatal=True)
@@ -346,7 +349,8 @@ class LiveSession:
         ) == (config.style_id, config.style_size, model):
             mean, std = current.mix.mean, current.mix.std
         else:
-            record = await self.registry.find(config.style_id, None)
+            owner = None if self.caller is None else self.caller.owner
+            record = await self.registry.find(config.style_id, owner)
             data = None if record is None else await self.registry.image(record.id)
             if data is None:
                 raise StyleNotFoundError(

@@ -66,6 +66,12 @@ class Caller:
     # Whom the rate limit counts: a digest of the key, or the client's address. Never the key.
     identity: str
 
+    @property
+    def owner(self) -> str | None:
+        """Whose style names a request uses: its key's identity; with keys off everyone shares
+        one set (the identity is then the client's address, which is no owner)."""
+        return self.identity if self.identity.startswith("key:") else None
+
 
 def digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()

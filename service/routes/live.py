@@ -37,9 +37,10 @@ async def live(websocket: WebSocket) -> None:
     keys: Keys = websocket.app.state.keys
     # Browsers cannot set headers on a WebSocket: their key comes in the first message.
     key_in_message = keys.enabled and presented_key(websocket) is None
+    caller = None
     try:
         if not key_in_message:
-            await admit(websocket, Role.user)
+            caller = await admit(websocket, Role.user)
         sessions.take()
     except DomainError as error:
         await refuse_handshake(websocket.scope, websocket.receive, websocket.send, error)
@@ -52,6 +53,7 @@ async def live(websocket: WebSocket) -> None:
             services.registry,
             live_limits(services),
             websocket_error,
+            caller=caller,
             authorize=(lambda key: admit(websocket, Role.user, key)) if key_in_message else None,
         )
         await session.run()

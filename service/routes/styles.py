@@ -71,15 +71,9 @@ class StyleList(BaseModel):
     )
 
 
-def owner_of(caller: Caller) -> str | None:
-    """Whose names a request uses: its key's identity; with keys off everyone shares one set
-    (the identity is then the client's address, which is no owner)."""
-    return caller.identity if caller.identity.startswith("key:") else None
-
-
 async def find_style(registry: StyleRegistry, reference: str, caller: Caller) -> StyleRecord:
     """The style an id or a name refers to, or a 404 naming `style_id`."""
-    record = await registry.find(reference, owner_of(caller))
+    record = await registry.find(reference, caller.owner)
     if record is None:
         raise StyleNotFoundError(f"no style with id or name {reference[:80]!r}", "style_id")
     return record
@@ -135,7 +129,7 @@ async def register_style(
     width, height = await run_in_threadpool(upright_size, data, limits)
     id_ = style_id(data)
     label = chosen or derived_name(PurePath(file.filename or "").stem, id_)
-    record = new_record(data, label, width, height, owner_of(caller))
+    record = new_record(data, label, width, height, caller.owner)
     try:
         stored, created = await registry.add(record, data)
     except NameTakenError:

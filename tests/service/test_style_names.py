@@ -4,6 +4,7 @@ thumbnails, and the paginated list."""
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 
 from devkit.images import encode, random_image
+from devkit.live import live_connection, live_stream
 from devkit.server import RunningServer, running_server
 
 CONTENT = encode(random_image(40, 32, seed=8201))
@@ -161,6 +163,17 @@ def test_names_are_per_owner_when_keys_are_on(server_env: dict[str, str], tmp_pa
         # A user owns no styles: two owners' "wave" is ambiguous, one owner's is not.
         ambiguous = stylize(server.url, "wave", headers=key(USER))
         assert ambiguous.status_code == 422 and ambiguous.json()["field"] == "style_id"
+        # The live feed looks names up as its caller, whether the key came in the handshake's
+        # headers or in the first message.
+        settings = {"style_id": "wave", "size": 32, "style_size": 0, "stabilize": False}
+        with live_stream(server.url, {**settings, "key": ADMIN_A}) as stream:
+            assert stream.ready["settings"]["style_id"] == "wave"  # type: ignore[index]
+        with live_stream(server.url, settings, headers=key(ADMIN_B)) as stream:
+            assert stream.ready["settings"]["style_id"] == "wave"  # type: ignore[index]
+        with live_connection(server.url, headers=key(USER)) as connection:
+            connection.send(json.dumps(settings))
+            refused = json.loads(connection.recv(30))
+        assert refused["field"] == "style_id" and "other owners" in refused["detail"]
         deleted = httpx.delete(f"{server.url}/styles/wave", headers=key(ADMIN_B))
         assert deleted.status_code == 204
         assert stylize(server.url, "wave", headers=key(USER)).status_code == 200
