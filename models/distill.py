@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models import evaluate, images
+from models.acceleration import cpu_flags, native_bf16
 from models.data import RandomCrops, infinite_batches, split
 from models.lite import (
     DECODER_SOURCES,
@@ -86,7 +87,9 @@ class DistillConfig:
     eval_size: int = 256
     workers: int = 1
     threads: int = 1
-    bf16: bool = True  # autocast; CPUs with AVX512-BF16 or AMX, and GPUs
+    # bf16 autocast; None: where it is native (GPUs, CPUs with AVX512-BF16 or AMX). Elsewhere
+    # the CPU emulates it, many times slower than fp32 (LITE_MODEL_CARD.md).
+    bf16: bool | None = None
     device: str = "cpu"
     seed: int = 0
 
@@ -157,6 +160,11 @@ class Distiller:
     def __init__(self, config: DistillConfig) -> None:
         self.config = config
         self.device = torch.device(config.device)
+        self.bf16 = (
+            (self.device.type == "cuda" or native_bf16(cpu_flags()))
+            if config.bf16 is None
+            else config.bf16
+        )
         self.teacher = load_model(config.teacher_encoder, config.teacher_decoder, self.device)
         self.teacher.requires_grad_(False)
         self.student = make_lite(config.widths).to(self.device, memory_format=torch.channels_last)
@@ -276,7 +284,7 @@ class Distiller:
             "style": config.style_weight,
             "teacher_pixel": config.teacher_pixel_weight,
         }
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.bf16)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
         with autocast:
             losses = self.losses(content, style)
             loss = sum(weights[name] * value for name, value in losses.items())
@@ -373,7 +381,7 @@ def main() -> None:
         default = field.default
         if field.name == "widths":
             parser.add_argument("--widths", type=int, nargs=3, default=list(default))
-        elif isinstance(default, bool):
+        elif isinstance(default, bool) or field.name == "bf16":
             parser.add_argument(
                 f"--{field.name.replace('_', '-')}",
                 action=argparse.BooleanOptionalAction,
