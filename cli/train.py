@@ -164,6 +164,15 @@ def eval_command(
         ),
     ] = None,
     model: ModelOption = ModelName.full,
+    lite_weights: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="With --model lite: the lite weights to score (a distillation run's "
+            "lite_ema.safetensors or a snapshot); default the embedded ones.",
+        ),
+    ] = None,
 ) -> None:
     """Score the decoder with the paper's content and style losses on content x style pairs.
 
@@ -193,7 +202,7 @@ def eval_command(
     except FileNotFoundError as exc:
         raise InputError(str(exc)) from exc
     full = PipelineConfig(device, precision, encoder_path=encoder, decoder_path=decoder)
-    pipeline = build_pipeline(replace(full, model=model))
+    pipeline = build_pipeline(replace(full, model=model, lite_path=lite_weights))
     loss_net = build_pipeline(full).net if model is not ModelName.full else None
     report = evaluate.run_evaluation(pipeline, plan, on_pair=typer.echo, loss_net=loss_net)
     typer.echo(report.summary_line())
@@ -211,6 +220,7 @@ def eval_command(
             "encoder": str(encoder) if encoder else "embedded",
             "decoder": str(decoder) if decoder else "embedded",
             "model": model.value,
+            "lite_weights": str(lite_weights) if lite_weights else "embedded",
         }
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report.to_json(settings), indent=2))

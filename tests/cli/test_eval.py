@@ -149,3 +149,40 @@ def test_eval_scores_a_peer_folder_on_the_same_pairs(
     (peer / "manifest.json").write_text(json.dumps({"32": entries[:1]}))
     result = CliRunner().invoke(app, [*arguments, "--peer", str(peer)])
     assert result.exit_code == 1 and "has no output for" in result.stderr
+
+
+def test_eval_scores_the_lite_weights_it_is_given(
+    tmp_path: Path, reference_weights: tuple[Path, Path]
+) -> None:
+    """`--model lite --lite-weights FILE` scores that file (a training run's), not the embedded
+    lite weights; the report names it."""
+    from models.lite import load_lite, save_lite
+
+    contents, styles = tmp_path / "content", tmp_path / "style"
+    contents.mkdir()
+    styles.mkdir()
+    random_image(40, 32, seed=1).save(contents / held_out_names("photo", 1)[0])
+    random_image(32, 32, seed=2).save(styles / held_out_names("painting", 1)[0])
+    other = load_lite()
+    for parameter in other.decoder.parameters():
+        parameter.data.mul_(0.5)
+    weights = tmp_path / "lite_ema.safetensors"
+    save_lite(other, weights)
+
+    def style_loss(*extra: str) -> tuple[float, dict[str, object]]:
+        report = tmp_path / f"eval{len(extra)}.json"
+        result = CliRunner().invoke(app, [
+            "eval", "--content-dir", str(contents), "--style-dir", str(styles),
+            "--encoder", str(reference_weights[0]), "--decoder", str(reference_weights[1]),
+            "--size", "32", "--pairs", "1", "--device", "cpu", "--model", "lite",
+            "--json", str(report), *extra,
+        ])
+        assert result.exit_code == 0, result.output
+        data = json.loads(report.read_text())
+        return data["pairs"][0]["output"]["style"], data["settings"]
+
+    embedded, embedded_settings = style_loss()
+    given, given_settings = style_loss("--lite-weights", str(weights))
+    assert embedded_settings["lite_weights"] == "embedded"
+    assert given_settings["lite_weights"] == str(weights)
+    assert given != pytest.approx(embedded, rel=1e-3)
