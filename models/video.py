@@ -52,6 +52,8 @@ LINEAR_NOISE_PX = 0.25
 # While the tracked linear part moves no frame corner by more than this (px), the frame is
 # placed by an integer shift (the rounding of the translation errs by up to 0.5 px already).
 INTEGER_TOLERANCE_PX = 0.5
+# A renewed reference starts at this share of the range, on the side opposite the motion.
+RENEWED_SHARE = 0.9
 
 
 @dataclass(frozen=True)
@@ -286,21 +288,23 @@ class Stabilizer:
         return closer & reliable
 
     def _renew_reference(self, size: tuple[int, int]) -> None:
-        """Past the scale or angle range the reference is renewed on the mirrored side (the
-        inverse linear part), so that a steady zoom or rotation sweeps the whole range; the
-        frame's centre keeps its place on the grid."""
+        """Past the scale or angle range the reference is renewed on the mirrored side (minus
+        the scale and angle, a little inside the range so that a zoom turning back does not
+        renew it again at once): a steady zoom or rotation sweeps the whole range. The frame's
+        centre keeps its place on the grid."""
         linear = self.camera[:, :2]
-        scale = math.sqrt(abs(float(torch.linalg.det(linear))))
+        log_scale = 0.5 * math.log(abs(float(torch.linalg.det(linear))))
         angle = math.atan2(float(linear[1, 0]), float(linear[0, 0]))
-        if (
-            abs(math.log(scale)) <= self.config.align_scale_range
-            and abs(angle) <= self.config.align_angle_range
-        ):
+        scale_range, angle_range = self.config.align_scale_range, self.config.align_angle_range
+        if abs(log_scale) <= scale_range and abs(angle) <= angle_range:
             return
+        log_scale = -max(-RENEWED_SHARE * scale_range, min(RENEWED_SHARE * scale_range, log_scale))
+        angle = -max(-RENEWED_SHARE * angle_range, min(RENEWED_SHARE * angle_range, angle))
+        cos, sin = math.exp(log_scale) * math.cos(angle), math.exp(log_scale) * math.sin(angle)
+        renewed = torch.tensor([[cos, -sin], [sin, cos]], dtype=torch.float64)
         centre = _centre(size)
-        mirrored = torch.linalg.inv(linear)
-        offset = self.camera @ torch.cat([centre, torch.ones(1, dtype=torch.float64)])
-        self.camera = torch.cat([mirrored, (offset - mirrored @ centre)[:, None]], dim=1)
+        offset = linear @ centre + self.camera[:, 2]  # where the centre is now
+        self.camera = torch.cat([renewed, (offset - renewed @ centre)[:, None]], dim=1)
 
     def _placement(self, size: tuple[int, int]) -> Placement:
         """Where the frame goes on the network's input so that the scene falls on the

@@ -206,6 +206,24 @@ def test_similarity_alignment_keeps_the_grid_on_a_zooming_or_turning_scene(motio
     assert errors[True] < 0.6 * errors[False], errors
 
 
+def test_the_reference_is_renewed_on_the_mirrored_side_of_the_scale_range() -> None:
+    # A steady 1.5% zoom passes a 3% range within 3 frames: the tracked scale must stay within
+    # it (strokes are drawn at the reference's scale), crossing from one side to the other.
+    clip = render(
+        texture(2 * SIZE, seed=3),
+        zoom(1.015, ((SIZE - 1) / 2, (SIZE - 1) / 2), (24.0, 24.0)),
+        FRAMES,
+        (SIZE, SIZE),
+    )
+    stabilizer = Stabilizer(block_network, StabilizerConfig(blend=0, align_scale_range=0.03))
+    log_scales = []
+    for frame in clip.frames:
+        stabilizer(frame[None])
+        log_scales.append(0.5 * math.log(float(torch.linalg.det(stabilizer.camera[:, :2]))))
+    assert max(abs(value) for value in log_scales) <= 0.03
+    assert min(log_scales) < -0.01 and max(log_scales) > 0.01, log_scales
+
+
 def mask_network(canvas: Tensor, placement: Placement, masks: Masks) -> Tensor:
     """A fake stylization that draws the first mask as it reaches the network (at the
     canvas's resolution)."""
