@@ -1,6 +1,7 @@
 """Temporal stability of video: the stabiliser (`models.video`) against the same frames stylized
-one by one, on clips with exactly known motion (`devkit.clips`: sub-pixel pans, a zoom, a disc
-moving over a panning photo), with the embedded default networks at the service's precision.
+one by one, on clips with exactly known motion (`devkit.clips`: sub-pixel pans, a zoom in and out, a
+rotation, a disc moving over a panning photo), with the embedded default networks at the
+service's precision.
 
 Per clip and style: warping error ratio (Lai et al. 2018, true motion, occluded pixels and an
 8 px border left out), sharpness ratio (variance of the Laplacian), and the change of the mean
@@ -26,7 +27,7 @@ from models.config import Device, PipelineConfig
 from models.evaluate import ln_loss, measure
 from models.model import StyleMix
 from models.pipeline import Pipeline, build_pipeline
-from models.video import LIVE, Stabilizer, StabilizerConfig
+from models.video import LIVE, Placement, Stabilizer, StabilizerConfig
 from models.video_metrics import sharpness, warping_error
 
 # Styles picked for their different strokes: fine lines, broad patches, a flat graphic one.
@@ -61,11 +62,11 @@ def compare(
     mean, std = net.style_statistics(style)
     mix = StyleMix(mean=mean, std=std, weights=torch.ones(1))
 
-    def stylize(frame: Tensor) -> Tensor:
+    def stylize(frame: Tensor, placement: Placement) -> Tensor:
         return net.stylize_batch(frame, [mix])
 
     with torch.inference_mode():
-        per_frame = torch.cat([stylize(frame[None]) for frame in clip.frames])
+        per_frame = torch.cat([net.stylize_batch(frame[None], [mix]) for frame in clip.frames])
     base_error = warping_error(per_frame, clip.flows, clip.valid)
     base_sharpness = sharpness(per_frame)
     base_style, base_content = mean_ln_losses(net, clip, style, per_frame)
@@ -93,7 +94,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--styles", type=int, default=3, help="how many of STYLE_NAMES")
     parser.add_argument("--clips", default="", help="comma-separated clip names (default all)")
-    parser.add_argument("--configs", default="default,live", help="default and/or live")
+    parser.add_argument(
+        "--configs", default="default,live", help="default, live and/or translation"
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -102,7 +105,13 @@ def main() -> None:
     print(f"embedded default, {net.dtype}, {args.size} px, {args.frames} frames per clip")
     clips = standard_clips(args.size, args.frames, names=list(filter(None, args.clips.split(","))))
     by_name = {path.stem: path for path in style_images()}
-    known = {"default": StabilizerConfig(), "live": LIVE}
+    # translation: the grid aligned by whole-pixel shifts only (the stabiliser before issue 19's
+    # zoom work), to compare with.
+    known = {
+        "default": StabilizerConfig(),
+        "live": LIVE,
+        "translation": StabilizerConfig(align_similarity=False),
+    }
     configs = {name: known[name] for name in args.configs.split(",")}
     print(
         f"{'clip [config]':34s} {'style':22s} {'error':>7s} {'sharp':>7s} "

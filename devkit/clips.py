@@ -15,6 +15,7 @@ marks the pixels of frame t + 1 that have such a visible match in frame t.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,6 +215,22 @@ def zoom(
     return motion
 
 
+def rotate(
+    angle: float, centre: tuple[float, float], start: tuple[float, float] = (0.0, 0.0)
+) -> Motion:
+    """The camera turns by `angle` radians per frame about the frame point `centre`."""
+
+    def motion(t: int, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        cos, sin = math.cos(angle * t), math.sin(angle * t)
+        dx, dy = x - centre[0], y - centre[1]
+        return (
+            centre[0] + cos * dx - sin * dy + start[0],
+            centre[1] + sin * dx + cos * dy + start[1],
+        )
+
+    return motion
+
+
 def moving_disc(start: tuple[float, float], velocity: tuple[float, float]) -> Motion:
     """A layer whose centre is at frame point start + velocity * t (world origin = its centre)."""
 
@@ -232,9 +249,9 @@ def standard_clips(
     photos: list[Path] | None = None,
     names: Sequence[str] = (),
 ) -> list[Clip]:
-    """Sub-pixel pans (slow, diagonal, the issue's 3 px), a zoom, a disc moving over a slowly
-    panning photo and one over a still photo (occlusions), at size x size px, from the
-    dataset's content photos; `names`: only those (in that order)."""
+    """Sub-pixel pans (slow, diagonal, the issue's 3 px), a zoom in, a zoom out, a rotation, a
+    disc moving over a slowly panning photo and one over a still photo (occlusions), at size x
+    size px, from the dataset's content photos; `names`: only those (in that order)."""
     paths = photos or content_photos()
     first, second, third = (load_photo(paths[i % len(paths)], 2 * size) for i in (3, 17, 42))
     offset = (0.1 * size, 0.1 * size)
@@ -248,6 +265,16 @@ def standard_clips(
         "pan_3px": lambda n: render(third, pan((3.0, 0.0), offset), frames, shape, name=n),
         "zoom_1.2%": lambda n: render(
             first, zoom(1.012, centre, (0.2 * size, 0.2 * size)), frames, shape, name=n
+        ),
+        "zoom_out_1%": lambda n: render(
+            third, zoom(1 / 1.01, centre, (0.2 * size, 0.2 * size)), frames, shape, name=n
+        ),
+        "rotate_0.5deg": lambda n: render(
+            second,
+            rotate(math.radians(0.5), centre, (0.25 * size, 0.25 * size)),
+            frames,
+            shape,
+            name=n,
         ),
         "disc_over_pan": lambda n: render(
             second,

@@ -5,22 +5,28 @@ pools and the decoder's upsamplings have a stride of 8, so when the scene moves 
 of 8 px the network sees it on another phase of its grid and draws the strokes elsewhere. Two
 measures, both using only the frames seen so far:
 
-1. Grid alignment. The scene's global motion since the first frame is tracked (the median of
-   the optical flow), and each frame is padded so that the scene falls on the same phase of the
-   stride-8 grid as in the first frame, then cropped back: an integer shift, no resampling, so
-   nothing is blurred, and the network draws the same strokes at the same scene points.
+1. Grid alignment. The camera's motion since a reference frame is tracked (a similarity fitted
+   to the optical flow), and each frame is placed on the network's input so that the scene
+   falls on the same points of the stride-8 grid as in the reference, then the output is taken
+   back. While the motion is a translation this is an integer shift (reflect padding, then a
+   crop): no resampling, nothing is blurred. Under a zoom or a rotation the frame is resampled
+   (Lanczos-3) into the reference's grid and the output back; the reference is renewed when
+   its scale or angle drifts too far, since strokes drawn at another scale and magnified back
+   lose sharpness.
 2. Propagation. The previous output, moved along the optical flow (OpenCV's DIS on the input
    frames), is blended into the new stylization where the flow is reliable (forward-backward
    consistent, Sundaram et al. 2010 / Ruder et al. 2016), and the new stylization is taken as
    it is where the scene was occluded or the flow fails. Since aligned stylizations already
    agree, the blend removes the remaining jitter without averaging strokes that disagree.
 
-`Stabilizer` takes a frame -> stylized frame callable, so every image control (alpha,
-interpolation, colour preservation, masks) works unchanged: the caller closes over them.
+`Stabilizer` takes a (network input, `Placement`) -> stylized callable, so every image control
+(alpha, interpolation, colour preservation) works unchanged: the caller closes over them; a
+static mask follows the frame with `placed_masks`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,22 +36,38 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.video_metrics import backward_warp, lanczos_warp, luminance
+from models.model import Masks
+from models.video_metrics import backward_warp, lanczos_sample, lanczos_warp, luminance
 
 STRIDE = 8  # the networks' total stride: 3 pools in the encoder, 3 upsamplings in the decoder
 
-Stylize = Callable[[Tensor], Tensor]
-# A second motion layer: reliable pixels moving this far (px per frame) from the dominant
+# A second motion layer: reliable pixels moving this far (px per frame) from the camera's
 # motion, covering at least this share of the frame.
 SECOND_LAYER_APART = 1.0
 SECOND_LAYER_SHARE = 0.02
+# A fitted frame-to-frame similarity whose linear part moves no frame corner by more than this
+# (px) is taken as a translation: flow noise must not turn a pan into a resampled zoom (DIS's
+# noise on the clips of devkit/clips.py stays well below it; slower zooms stay translations).
+LINEAR_NOISE_PX = 0.25
+# While the tracked linear part moves no frame corner by more than this (px), the frame is
+# placed by an integer shift (the rounding of the translation errs by up to 0.5 px already).
+INTEGER_TOLERANCE_PX = 0.5
+# A renewed reference starts at this share of the range, on the side opposite the motion.
+RENEWED_SHARE = 0.9
 
 
 @dataclass(frozen=True)
 class StabilizerConfig:
     enabled: bool = True
-    # Align the stride-8 grid to the scene's global motion (integer shifts of the input).
+    # Align the stride-8 grid to the camera's motion (integer shifts of the input, or a
+    # resampling under a zoom or a rotation).
     align_grid: bool = True
+    # Follow the camera's zoom and rotation too (a similarity), not only its translation.
+    align_similarity: bool = True
+    # The reference grid is renewed when the tracked motion's |ln scale| or |angle| (radians)
+    # passes these: the strokes are drawn at the reference's scale and magnified back.
+    align_scale_range: float = 0.05
+    align_angle_range: float = 0.1
     # Motions aligned: 1 the dominant one (camera), 2 also a second one (a moving object, for
     # which the frame is stylized a second time on that object's phase).
     motion_layers: int = 2
@@ -69,15 +91,85 @@ class StabilizerConfig:
     flow_preset: str = "medium"
 
 
-# The live feed's form: the cheapest flow and one stylization per frame (frames must keep up
-# with the camera).
-LIVE = StabilizerConfig(flow_preset="ultrafast", motion_layers=1)
+# The live feed's form: the cheapest flow, one stylization per frame and no resampling of the
+# frame (a zoom's two Lanczos passes cost more than the propagation's), as frames must keep up
+# with the camera.
+LIVE = StabilizerConfig(flow_preset="ultrafast", motion_layers=1, align_similarity=False)
 
 _PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
     "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
 }
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a frame lies on the network's input (the canvas): canvas pixel (x, y) shows the
+    frame's point `to_frame` @ (x, y, 1). `integer`: a whole-pixel shift (the canvas is the
+    frame reflect-padded, its pixels unresampled); otherwise the frame is resampled."""
+
+    frame_size: tuple[int, int]  # (H, W)
+    size: tuple[int, int]  # the canvas's (H, W)
+    to_frame: Tensor  # (2, 3) float64
+    integer: bool
+
+    @staticmethod
+    def shift(frame_size: tuple[int, int], phase: tuple[int, int] = (0, 0)) -> Placement:
+        """The frame at offset phase = (x, y) in [0, 8) of the network's grid: reflect padding
+        of `phase` before and 8 - phase after (always 8 px more per axis, so the network's input
+        size does not change between frames)."""
+        height, width = frame_size
+        ox, oy = phase
+        to_frame = torch.tensor([[1.0, 0.0, -ox], [0.0, 1.0, -oy]], dtype=torch.float64)
+        return Placement(frame_size, (height + STRIDE, width + STRIDE), to_frame, True)
+
+    @staticmethod
+    def identity(frame_size: tuple[int, int]) -> Placement:
+        """The frame as it is (no stabiliser, or a caller outside it)."""
+        to_frame = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+        return Placement(frame_size, frame_size, to_frame, True)
+
+    def place(self, image: Tensor, mode: str = "lanczos") -> Tensor:
+        """A map of the frame's pixels (N, C, H, W) -> the same on the canvas; `mode`: lanczos,
+        bilinear or nearest (masks) where it is resampled. Outside the frame it is mirrored."""
+        height, width = self.frame_size
+        if self.integer:
+            ox, oy = int(-self.to_frame[0, 2]), int(-self.to_frame[1, 2])
+            pads = (ox, self.size[1] - width - ox, oy, self.size[0] - height - oy)
+            return F.pad(image, pads, mode="reflect") if any(pads) else image
+        x, y = _affine_grid(self.to_frame, self.size, image.device)
+        x, y = _mirror(x, width), _mirror(y, height)
+        batch = image.shape[0]
+        if mode == "lanczos":
+            return lanczos_sample(image, x.expand(batch, -1, -1), y.expand(batch, -1, -1)).clamp(
+                0, 1
+            )
+        grid = torch.stack([2 * x / max(width - 1, 1) - 1, 2 * y / max(height - 1, 1) - 1], -1)
+        return F.grid_sample(image, grid.expand(batch, -1, -1, -1), mode=mode, align_corners=True)
+
+    def back(self, canvas: Tensor) -> Tensor:
+        """The network's output on the canvas (N, C, h, w) -> on the frame's pixels."""
+        height, width = self.frame_size
+        if self.integer:
+            ox, oy = int(-self.to_frame[0, 2]), int(-self.to_frame[1, 2])
+            return canvas[..., oy : oy + height, ox : ox + width]
+        x, y = _affine_grid(_invert(self.to_frame), self.frame_size, canvas.device)
+        batch = canvas.shape[0]
+        return lanczos_sample(canvas, x.expand(batch, -1, -1), y.expand(batch, -1, -1)).clamp(0, 1)
+
+
+# stylize(network input (1, 3, h, w) in [0, 1], where the frame lies on it) -> stylized
+# (1, 3, h, w) in [0, 1].
+Stylize = Callable[[Tensor, Placement], Tensor]
+
+
+def placed_masks(masks: Masks, placement: Placement) -> Masks:
+    """Static masks drawn on the frame, moved with it onto the network's input: they stay on
+    the pixels they were drawn on, whatever the stabiliser's alignment."""
+    values = masks.on_grid(placement.frame_size)  # each mask's own resizing rule
+    mode = "nearest" if masks.binary else "bilinear"
+    return Masks(placement.place(values, mode)[:, 0].clamp(0, 1), masks.binary)
 
 
 def grey_uint8(frame: Tensor) -> np.ndarray:
@@ -109,22 +201,12 @@ class FlowEstimator:
         return back, reliable & inside[None, None]
 
 
-def stylize_on_phase(stylize: Stylize, frame: Tensor, phase: tuple[int, int]) -> Tensor:
-    """Stylize `frame` placed at offset phase = (x, y) in [0, 8) of the network's grid: reflect
-    padding of `phase` before and 8 - phase after (always 8 px more per side in all, so the
-    network's input size does not change between frames), the output cropped back."""
-    ox, oy = phase
-    height, width = frame.shape[-2:]
-    padded = F.pad(frame, (ox, STRIDE - ox, oy, STRIDE - oy), mode="reflect")
-    return stylize(padded)[..., oy : oy + height, ox : ox + width]
-
-
 class Stabilizer:
     """Causal: uses only previous frames, so video jobs and the live feed share it."""
 
     def __init__(self, stylize: Stylize, config: StabilizerConfig = StabilizerConfig()) -> None:
-        # stylize: one content frame (1, 3, H, W) float in [0, 1] -> stylized (1, 3, H, W) in
-        # [0, 1] (the caller closes over style statistics, alpha, masks, colour preservation).
+        # stylize: see `Stylize`; the caller closes over style statistics, alpha, colour
+        # preservation, and moves its masks with `placed_masks`.
         self.stylize = stylize
         self.config = config
         self.flow = FlowEstimator(config)
@@ -134,17 +216,20 @@ class Stabilizer:
         """Forget the previous frames (a new clip, a cut)."""
         self.previous_grey: np.ndarray | None = None
         self.previous_output: Tensor | None = None
-        # Displacement (x, y), px, of the dominant motion (row 0) and of a second moving layer
-        # (row 1) since they were first seen: where the grid is aligned for each.
-        self.displacement = torch.zeros(2, 2, dtype=torch.float64)
+        # The camera: the map (2, 3) from the current frame's pixels to the reference's, where
+        # the grid is aligned.
+        self.camera = _IDENTITY.clone()
+        # Displacement (x, y), px, of a second moving layer since it was first seen.
+        self.layer_displacement = torch.zeros(2, dtype=torch.float64)
         self.second_layer = False
         self.frames = 0
 
     @torch.inference_mode()
     def __call__(self, frame: Tensor) -> Tensor:
         """(1, 3, H, W) in [0, 1] -> stylized (1, 3, H, W) in [0, 1]."""
+        size = (frame.shape[-2], frame.shape[-1])
         if not self.config.enabled:
-            return self.stylize(frame)
+            return self.stylize(frame, Placement.identity(size))
         grey = grey_uint8(frame)
         if self.previous_grey is not None and self.previous_grey.shape != grey.shape:
             self.reset()  # a new size is a new clip
@@ -175,48 +260,97 @@ class Stabilizer:
         return output
 
     def _track(self, flow: Tensor, reliable: Tensor) -> Tensor | None:
-        """Follow the dominant motion and, with two layers, a second one; returns the second
-        layer's pixels (1, 1, H, W) bool, or None when there is no second motion."""
-        dominant = median_motion(flow, reliable)
-        self.displacement[0] -= dominant
+        """Follow the camera and, with two layers, a second motion; returns the second layer's
+        pixels (1, 1, H, W) bool, or None when there is no second motion."""
+        size = (flow.shape[-2], flow.shape[-1])
+        if self.config.align_similarity:
+            motion = fit_similarity(flow, reliable)
+            if _corner_shift(motion[:, :2], size) < LINEAR_NOISE_PX:
+                motion = _translation(median_motion(flow, reliable))
+        else:
+            motion = _translation(median_motion(flow, reliable))
+        previous_camera = self.camera
+        self.camera = _compose(self.camera, motion)
+        self._renew_reference(size)
         if self.config.motion_layers < 2:
             return None
-        distance = (flow - dominant.float().view(1, 2, 1, 1)).norm(dim=1, keepdim=True)
+        distance = (flow - _affine_flow(motion, size)).norm(dim=1, keepdim=True)
         apart = reliable & (distance > SECOND_LAYER_APART)
         if apart.float().mean() < SECOND_LAYER_SHARE:
             self.second_layer = False
             return None
         second = median_motion(flow, apart)
         if not self.second_layer:  # a new layer starts on the phase the frame had there
-            self.displacement[1] = self.displacement[0] + dominant
+            self.layer_displacement = -_centre_translation(previous_camera, size)
             self.second_layer = True
-        self.displacement[1] -= second
+        self.layer_displacement -= second
         closer = (flow - second.float().view(1, 2, 1, 1)).norm(dim=1, keepdim=True) < distance
         return closer & reliable
 
-    def _phase(self, row: int) -> tuple[int, int]:
-        shift = torch.round(self.displacement[row]).long()
-        return int(-shift[0]) % STRIDE, int(-shift[1]) % STRIDE
+    def _renew_reference(self, size: tuple[int, int]) -> None:
+        """Past the scale or angle range the reference is renewed on the mirrored side (minus
+        the scale and angle, a little inside the range so that a zoom turning back does not
+        renew it again at once): a steady zoom or rotation sweeps the whole range. The frame's
+        centre keeps its place on the grid."""
+        linear = self.camera[:, :2]
+        log_scale = 0.5 * math.log(abs(float(torch.linalg.det(linear))))
+        angle = math.atan2(float(linear[1, 0]), float(linear[0, 0]))
+        scale_range, angle_range = self.config.align_scale_range, self.config.align_angle_range
+        if abs(log_scale) <= scale_range and abs(angle) <= angle_range:
+            return
+        log_scale = -max(-RENEWED_SHARE * scale_range, min(RENEWED_SHARE * scale_range, log_scale))
+        angle = -max(-RENEWED_SHARE * angle_range, min(RENEWED_SHARE * angle_range, angle))
+        cos, sin = math.exp(log_scale) * math.cos(angle), math.exp(log_scale) * math.sin(angle)
+        renewed = torch.tensor([[cos, -sin], [sin, cos]], dtype=torch.float64)
+        centre = _centre(size)
+        offset = linear @ centre + self.camera[:, 2]  # where the centre is now
+        self.camera = torch.cat([renewed, (offset - renewed @ centre)[:, None]], dim=1)
+
+    def _placement(self, size: tuple[int, int]) -> Placement:
+        """Where the frame goes on the network's input so that the scene falls on the
+        reference's grid: a whole-pixel shift while the camera's linear part is close enough to
+        the identity, a resampling into the reference's grid otherwise."""
+        if _corner_shift(self.camera[:, :2], size) < INTEGER_TOLERANCE_PX:
+            return Placement.shift(size, _phase(-_centre_translation(self.camera, size)))
+        height, width = size
+        corners = torch.tensor(
+            [[0, 0, 1], [width - 1, 0, 1], [0, height - 1, 1], [width - 1, height - 1, 1]],
+            dtype=torch.float64,
+        )
+        footprint = corners @ self.camera.T  # the frame's corners in the reference
+        # The canvas's origin on a multiple of the stride (the reference's grid), 3 px around
+        # the frame's footprint for the Lanczos taps of the way back.
+        low = torch.floor((footprint.min(0).values - 3) / STRIDE) * STRIDE
+        high = torch.ceil(footprint.max(0).values + 3)
+        canvas = (int(high[1] - low[1]) + 1, int(high[0] - low[0]) + 1)
+        to_canvas = self.camera - torch.cat(
+            [torch.zeros(2, 2, dtype=torch.float64), low[:, None]], 1
+        )
+        return Placement(size, canvas, _invert(to_canvas), False)
 
     def _stylize(self, frame: Tensor, layer: Tensor | None) -> Tensor:
-        if not self.config.align_grid:
-            return self.stylize(frame)
-        stylized = stylize_on_phase(self.stylize, frame, self._phase(0))
-        if layer is None or self._phase(1) == self._phase(0):
+        size = (frame.shape[-2], frame.shape[-1])
+        placement = self._placement(size) if self.config.align_grid else Placement.identity(size)
+        stylized = placement.back(self.stylize(placement.place(frame), placement))
+        if layer is None:
             return stylized
-        second = stylize_on_phase(self.stylize, frame, self._phase(1))
-        return torch.where(layer.to(stylized.device), second, stylized)
+        second = Placement.shift(size, _phase(self.layer_displacement))
+        if placement.integer and torch.equal(second.to_frame, placement.to_frame):
+            return stylized
+        restyled = second.back(self.stylize(second.place(frame), second))
+        return torch.where(layer.to(stylized.device), restyled, stylized)
 
     def state_dict(self) -> dict[str, Tensor]:
         """Enough to resume after the last frame: the previous input (as DIS saw it), the
-        previous output, the tracked displacement and the frame count."""
+        previous output, the tracked camera and layer, and the frame count."""
         if self.previous_grey is None or self.previous_output is None:
             return {"frames": torch.tensor(self.frames)}
         return {
             "frames": torch.tensor(self.frames),
             "previous_grey": torch.from_numpy(self.previous_grey.copy()),
             "previous_output": self.previous_output.detach().cpu().clone(),
-            "displacement": self.displacement.clone(),
+            "camera": self.camera.clone(),
+            "layer_displacement": self.layer_displacement.clone(),
             "second_layer": torch.tensor(self.second_layer),
         }
 
@@ -226,8 +360,124 @@ class Stabilizer:
         if "previous_output" in state:
             self.previous_grey = state["previous_grey"].numpy().copy()
             self.previous_output = state["previous_output"].clone()
-            self.displacement = state["displacement"].clone().double()
             self.second_layer = bool(state["second_layer"])
+            if "camera" in state:
+                self.camera = state["camera"].clone().double()
+                self.layer_displacement = state["layer_displacement"].clone().double()
+            else:  # a checkpoint of the translation-only stabiliser: rows camera, layer
+                displacement = state["displacement"].double()
+                self.camera = _translation(-displacement[0])
+                self.layer_displacement = displacement[1].clone()
+
+
+_IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+
+
+def _phase(displacement: Tensor) -> tuple[int, int]:
+    """The grid phase (x, y) in [0, 8) that puts a scene moved by `displacement` back."""
+    shift = torch.round(displacement).long()
+    return int(-shift[0]) % STRIDE, int(-shift[1]) % STRIDE
+
+
+def _centre(size: tuple[int, int]) -> Tensor:
+    return torch.tensor([(size[1] - 1) / 2, (size[0] - 1) / 2], dtype=torch.float64)
+
+
+def _centre_translation(affine: Tensor, size: tuple[int, int]) -> Tensor:
+    """How far `affine` moves the frame's centre (x, y)."""
+    centre = _centre(size)
+    return affine[:, :2] @ centre + affine[:, 2] - centre
+
+
+def _corner_shift(linear: Tensor, size: tuple[int, int]) -> float:
+    """The most a linear part (2, 2) about the frame's centre moves a frame corner, px."""
+    half = _centre(size)
+    corners = torch.stack([half, half * torch.tensor([1.0, -1.0], dtype=torch.float64)])
+    deviation = linear - torch.eye(2, dtype=torch.float64)
+    return float((corners @ deviation.T).norm(dim=1).max())
+
+
+def _translation(shift: Tensor) -> Tensor:
+    return torch.cat([torch.eye(2, dtype=torch.float64), shift.double()[:, None]], dim=1)
+
+
+def _compose(outer: Tensor, inner: Tensor) -> Tensor:
+    """The affine map (2, 3) p -> outer(inner(p))."""
+    return torch.cat(
+        [outer[:, :2] @ inner[:, :2], (outer[:, :2] @ inner[:, 2] + outer[:, 2])[:, None]], 1
+    )
+
+
+def _invert(affine: Tensor) -> Tensor:
+    inverse = torch.linalg.inv(affine[:, :2])
+    return torch.cat([inverse, (-inverse @ affine[:, 2])[:, None]], dim=1)
+
+
+def _affine_grid(
+    affine: Tensor, size: tuple[int, int], device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Where `affine` sends the pixels of a (H, W) grid: x, y, each (H, W) float32."""
+    height, width = size
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=torch.float64),
+        torch.arange(width, dtype=torch.float64),
+        indexing="ij",
+    )
+    x = affine[0, 0] * xs + affine[0, 1] * ys + affine[0, 2]
+    y = affine[1, 0] * xs + affine[1, 1] * ys + affine[1, 2]
+    return x.float().to(device), y.float().to(device)
+
+
+def _mirror(coordinate: Tensor, length: int) -> Tensor:
+    """Coordinates outside [0, length - 1] mirrored back (as reflect padding does)."""
+    last = max(length - 1, 1)
+    folded = torch.remainder(coordinate, 2 * last)
+    return torch.where(folded > last, 2 * last - folded, folded)
+
+
+def _affine_flow(affine: Tensor, size: tuple[int, int]) -> Tensor:
+    """The backward flow (1, 2, H, W) of a frame-to-previous-frame map."""
+    x, y = _affine_grid(affine, size, torch.device("cpu"))
+    xs, ys = _affine_grid(_IDENTITY, size, torch.device("cpu"))
+    return torch.stack([x - xs, y - ys])[None]
+
+
+def fit_similarity(flow: Tensor, reliable: Tensor, step: int = 4) -> Tensor:
+    """The similarity (2, 3) float64 (scale, rotation, translation) from the current frame's
+    pixels to the previous frame's that best explains the backward flow (1, 2, H, W) on the
+    reliable pixels (every `step`-th row and column): least squares, refitted twice without
+    the pixels it explains worst (a moving object), so the camera's motion is what it finds.
+    Too few reliable pixels: the identity."""
+    height, width = flow.shape[-2:]
+    mask = reliable[0, 0, ::step, ::step].reshape(-1)
+    if mask.sum() < 16:
+        return _IDENTITY.clone()
+    centre = _centre((height, width))
+    ys, xs = torch.meshgrid(
+        torch.arange(0, height, step, dtype=torch.float64),
+        torch.arange(0, width, step, dtype=torch.float64),
+        indexing="ij",
+    )
+    px, py = xs.reshape(-1) - centre[0], ys.reshape(-1) - centre[1]
+    qx = px + flow[0, 0, ::step, ::step].reshape(-1).double()
+    qy = py + flow[0, 1, ::step, ::step].reshape(-1).double()
+    ones, zeros = torch.ones_like(px), torch.zeros_like(px)
+    # q = [[a, -b], [b, a]] p + t: unknowns (a, b, tx, ty).
+    rows = torch.cat(
+        [torch.stack([px, -py, ones, zeros], 1), torch.stack([py, px, zeros, ones], 1)]
+    )
+    targets = torch.cat([qx, qy])
+    inliers = mask
+    for _ in range(3):
+        keep = torch.cat([inliers, inliers])
+        a, b, tx, ty = torch.linalg.lstsq(rows[keep], targets[keep, None]).solution[:, 0]
+        residual = torch.hypot(a * px - b * py + tx - qx, b * px + a * py + ty - qy)
+        limit = max(0.5, 3 * float(residual[inliers].median()))
+        inliers = mask & (residual <= limit)
+        if inliers.sum() < 16:
+            break
+    linear = torch.stack([torch.stack([a, -b]), torch.stack([b, a])])
+    return torch.cat([linear, (torch.stack([tx, ty]) + centre - linear @ centre)[:, None]], dim=1)
 
 
 def median_motion(flow: Tensor, reliable: Tensor) -> Tensor:

@@ -69,13 +69,19 @@ def sharpness(frames: Tensor) -> float:
 def lanczos_warp(image: Tensor, flow: Tensor, lobes: int = 3) -> Tensor:
     """`backward_warp` with a Lanczos kernel (`lobes` lobes, normalised taps, edges clamped):
     resampling that keeps more of the detail below the Nyquist rate than bicubic does."""
-    batch, channels, height, width = image.shape
+    height, width = image.shape[-2:]
     ys, xs = torch.meshgrid(
         torch.arange(height, dtype=flow.dtype, device=flow.device),
         torch.arange(width, dtype=flow.dtype, device=flow.device),
         indexing="ij",
     )
-    x, y = xs + flow[:, 0], ys + flow[:, 1]  # (N, H, W)
+    return lanczos_sample(image, xs + flow[:, 0], ys + flow[:, 1], lobes)
+
+
+def lanczos_sample(image: Tensor, x: Tensor, y: Tensor, lobes: int = 3) -> Tensor:
+    """image (N, C, H, W) sampled at the points (x, y), each (N, H', W') in pixels, with a
+    Lanczos kernel (`lobes` lobes, normalised taps, edges clamped) -> (N, C, H', W')."""
+    batch, channels, height, width = image.shape
     x0, y0 = torch.floor(x), torch.floor(y)
     taps = range(1 - lobes, lobes + 1)
 
@@ -89,11 +95,12 @@ def lanczos_warp(image: Tensor, flow: Tensor, lobes: int = 3) -> Tensor:
 
     wx, wy = weights(x, x0), weights(y, y0)
     flat = image.reshape(batch, channels, height * width)
-    result = torch.zeros_like(image)
+    shape = (batch, channels, *x.shape[-2:])
+    result = image.new_zeros(shape)
     for j, tap_y in enumerate(taps):
         rows = (y0 + tap_y).clamp(0, height - 1).long() * width
         for i, tap_x in enumerate(taps):
             index = rows + (x0 + tap_x).clamp(0, width - 1).long()
             gathered = flat.gather(2, index.view(batch, 1, -1).expand(-1, channels, -1))
-            result += gathered.view_as(image) * (wx[i] * wy[j])[:, None]
+            result += gathered.view(shape) * (wx[i] * wy[j])[:, None]
     return result

@@ -40,7 +40,7 @@ from torch import Tensor
 from models import images
 from models.errors import DomainError, InvalidInputError
 from models.model import StyleMix
-from models.video import LIVE, Stabilizer
+from models.video import LIVE, Placement, Stabilizer
 from service import metrics
 from service.engine import EngineClosedError, StylizeJob, Timed
 from service.imaging import (
@@ -419,12 +419,13 @@ class LiveSession:
             raise
         return output, style.network_ms
 
-    def engine_stylize(self, style: Style) -> Callable[[Tensor], Tensor]:
-        """stylize(frame) for the stabiliser's thread: one engine job on this event loop."""
+    def engine_stylize(self, style: Style) -> Callable[[Tensor, Placement], Tensor]:
+        """stylize(frame, placement) for the stabiliser's thread: one engine job on this event
+        loop (no masks here, so the placement changes nothing)."""
         loop = asyncio.get_running_loop()
         engine = self.stylizer.engine
 
-        def stylize(frame: Tensor) -> Tensor:
+        def stylize(frame: Tensor, placement: Placement) -> Tensor:
             job = StylizeJob(frame, style.mix, style.model)
             style.pending = asyncio.run_coroutine_threadsafe(engine.stylize(job), loop)
             result = style.pending.result(ENGINE_WAIT_S)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
@@ -294,13 +294,15 @@ def _frame_step(
     alone with `stabilize=false`."""
     mix_for = _mix_maker(record, inputs, backend, grid, settings)
     params = JobParams(**record.params)
-
-    def stylize(content: Tensor) -> Tensor:
-        return backend.stylize(content, mix_for(content), params.model)
-
     if not params.stabilize:
-        return stylize
-    from models.video import Stabilizer  # imported only by stabilised jobs
+        return lambda content: backend.stylize(content, mix_for(content), params.model)
+    from models.video import Placement, Stabilizer, placed_masks  # only for stabilised jobs
+
+    def stylize(content: Tensor, placement: Placement) -> Tensor:
+        mix = mix_for(content)
+        if mix.masks is not None:  # the masks go where the stabiliser puts the frame
+            mix = replace(mix, masks=placed_masks(mix.masks, placement))
+        return backend.stylize(content, mix, params.model)
 
     stabilizer = Stabilizer(stylize)
     if state is not None:

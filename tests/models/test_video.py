@@ -1,23 +1,35 @@
-"""The video stabiliser on a short synthetic clip with known motion, with the embedded networks.
+"""The video stabiliser on short synthetic clips with known motion.
 
-A textured picture panning by a sub-stride 2.5 x 1.25 px per frame: per-frame stylization
-flickers there (the strokes jump with the network's stride-8 grid), and the stabiliser must
-remove most of it without blurring.
+A textured picture panning by a sub-stride 2.5 x 1.25 px per frame, with the embedded networks:
+per-frame stylization flickers there (the strokes jump with the network's stride-8 grid), and
+the stabiliser must remove most of it without blurring. A zoom and a rotation with a cheap fake
+network that has the same stride-8 grid (block means): the similarity alignment must keep the
+grid on the scene. Static masks must stay on the frame's pixels whatever the alignment.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from devkit.clips import Clip, moving_disc, pan, render
+from devkit.clips import Clip, moving_disc, pan, render, rotate, zoom
 from models.config import Device, PipelineConfig, Precision
-from models.model import StyleMix
+from models.model import Masks, StyleMix
 from models.pipeline import Pipeline, build_pipeline
-from models.video import STRIDE, Stabilizer, StabilizerConfig, stylize_on_phase
+from models.video import (
+    STRIDE,
+    Placement,
+    Stabilizer,
+    StabilizerConfig,
+    fit_similarity,
+    placed_masks,
+)
 from models.video_metrics import sharpness, warping_error
 
 SIZE = 96
@@ -42,7 +54,7 @@ def net() -> Pipeline:
 def stylize(net: Pipeline):
     mean, std = net.style_statistics(texture(128, seed=7)[None])
     mix = StyleMix(mean=mean, std=std, weights=torch.ones(1))
-    return lambda frame: net.stylize_batch(frame, [mix])
+    return lambda frame, placement: net.stylize_batch(frame, [mix])
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +69,9 @@ def run(stabilizer: Stabilizer, frames: Tensor) -> Tensor:
 @pytest.fixture(scope="module")
 def per_frame(stylize, clip: Clip) -> Tensor:
     with torch.inference_mode():
-        return torch.cat([stylize(frame[None]) for frame in clip.frames])
+        return torch.cat(
+            [stylize(frame[None], Placement.identity((SIZE, SIZE))) for frame in clip.frames]
+        )
 
 
 def test_the_clip_maker_gives_the_true_motion(clip: Clip) -> None:
@@ -105,9 +119,150 @@ def test_resuming_from_the_state_gives_the_same_frames(stylize, clip) -> None:
     torch.testing.assert_close(torch.cat([head, tail]), expected, rtol=0, atol=1e-6)
 
 
-def test_the_phase_shift_is_an_exact_integer_shift(stylize) -> None:
+def test_the_phase_shift_is_an_exact_integer_shift() -> None:
     # Padding by (phase, 8 - phase) and cropping back leaves the frame's pixels where they were:
     # with an identity "stylization" the frame comes back bit for bit.
     frame = texture(SIZE, seed=11)[None]
     for phase in [(0, 0), (3, 5), (STRIDE - 1, 1)]:
-        torch.testing.assert_close(stylize_on_phase(lambda x: x, frame, phase), frame)
+        placement = Placement.shift((SIZE, SIZE), phase)
+        canvas = placement.place(frame)
+        assert canvas.shape[-2:] == (SIZE + STRIDE, SIZE + STRIDE)
+        torch.testing.assert_close(placement.back(canvas), frame, rtol=0, atol=0)
+
+
+def similarity(scale: float, angle: float, shift: tuple[float, float]) -> Tensor:
+    """(2, 3) about the centre of a SIZE x SIZE frame."""
+    centre = torch.full((2,), (SIZE - 1) / 2, dtype=torch.float64)
+    cos, sin = scale * math.cos(angle), scale * math.sin(angle)
+    linear = torch.tensor([[cos, -sin], [sin, cos]], dtype=torch.float64)
+    offset = centre + torch.tensor(shift, dtype=torch.float64) - linear @ centre
+    return torch.cat([linear, offset[:, None]], dim=1)
+
+
+def flow_of(affine: Tensor) -> Tensor:
+    ys, xs = torch.meshgrid(
+        torch.arange(SIZE, dtype=torch.float64),
+        torch.arange(SIZE, dtype=torch.float64),
+        indexing="ij",
+    )
+    x = affine[0, 0] * xs + affine[0, 1] * ys + affine[0, 2]
+    y = affine[1, 0] * xs + affine[1, 1] * ys + affine[1, 2]
+    return torch.stack([x - xs, y - ys]).float()[None]
+
+
+@pytest.mark.parametrize(
+    ("scale", "angle", "shift"), [(1.012, 0.0, (0.3, -0.2)), (0.99, 0.01, (1.5, 0.5))]
+)
+def test_the_similarity_fit_recovers_the_camera_despite_a_moving_object(
+    scale: float, angle: float, shift: tuple[float, float]
+) -> None:
+    truth = similarity(scale, angle, shift)
+    flow = flow_of(truth)
+    flow[..., 20:50, 30:60] += torch.tensor([4.0, -3.0]).view(1, 2, 1, 1)  # an object: 10%
+    reliable = torch.ones(1, 1, SIZE, SIZE, dtype=torch.bool)
+    reliable[..., :5, :] = False  # unreliable pixels are not used: make them wrong
+    flow[..., :5, :] = 20.0
+    torch.testing.assert_close(fit_similarity(flow, reliable), truth, rtol=0, atol=2e-3)
+
+
+def test_a_resampled_placement_comes_back_close_to_the_frame() -> None:
+    frame = texture(SIZE, seed=11)[None]
+    to_frame = similarity(0.97, 0.05, (-6.3, -5.7))  # canvas -> frame: a zoom and a turn
+    placement = Placement((SIZE, SIZE), (SIZE + 16, SIZE + 16), to_frame, False)
+    back = placement.back(placement.place(frame))
+    inner = (slice(None), slice(None), slice(8, -8), slice(8, -8))
+    assert (back - frame)[inner].abs().mean() < 0.02
+
+
+def block_network(canvas: Tensor, placement: Placement) -> Tensor:
+    """A fake stylization with the networks' stride-8 grid: half the frame, half its 8 x 8
+    block means (the blocks on the canvas's grid), so it changes when the grid moves."""
+    height, width = canvas.shape[-2:]
+    padded = F.pad(canvas, (0, -width % STRIDE, 0, -height % STRIDE), mode="replicate")
+    blocks = F.interpolate(F.avg_pool2d(padded, STRIDE), scale_factor=STRIDE, mode="nearest")
+    return 0.5 * canvas + 0.5 * blocks[..., :height, :width]
+
+
+@pytest.mark.parametrize(
+    "motion",
+    [
+        zoom(1.015, ((SIZE - 1) / 2, (SIZE - 1) / 2), (24.0, 24.0)),
+        zoom(1 / 1.015, ((SIZE - 1) / 2, (SIZE - 1) / 2), (24.0, 24.0)),
+        rotate(0.015, ((SIZE - 1) / 2, (SIZE - 1) / 2), (24.0, 24.0)),
+    ],
+    ids=["zoom_in", "zoom_out", "rotation"],
+)
+def test_similarity_alignment_keeps_the_grid_on_a_zooming_or_turning_scene(motion) -> None:
+    clip = render(texture(2 * SIZE, seed=3), motion, FRAMES, (SIZE, SIZE))
+    # No propagation and no renewal of the reference: only the alignment of the fresh
+    # stylizations is compared.
+    errors = {}
+    for similarity_on in (False, True):
+        config = StabilizerConfig(
+            blend=0, align_similarity=similarity_on, align_scale_range=1, align_angle_range=1
+        )
+        outputs = run(Stabilizer(block_network, config), clip.frames)
+        errors[similarity_on] = warping_error(outputs, clip.flows, clip.valid)
+    assert errors[True] < 0.6 * errors[False], errors
+
+
+def test_the_reference_is_renewed_on_the_mirrored_side_of_the_scale_range() -> None:
+    # A steady 1.5% zoom passes a 3% range within 3 frames: the tracked scale must stay within
+    # it (strokes are drawn at the reference's scale), crossing from one side to the other.
+    clip = render(
+        texture(2 * SIZE, seed=3),
+        zoom(1.015, ((SIZE - 1) / 2, (SIZE - 1) / 2), (24.0, 24.0)),
+        FRAMES,
+        (SIZE, SIZE),
+    )
+    stabilizer = Stabilizer(block_network, StabilizerConfig(blend=0, align_scale_range=0.03))
+    log_scales = []
+    for frame in clip.frames:
+        stabilizer(frame[None])
+        log_scales.append(0.5 * math.log(float(torch.linalg.det(stabilizer.camera[:, :2]))))
+    assert max(abs(value) for value in log_scales) <= 0.03
+    assert min(log_scales) < -0.01 and max(log_scales) > 0.01, log_scales
+
+
+def mask_network(canvas: Tensor, placement: Placement, masks: Masks) -> Tensor:
+    """A fake stylization that draws the first mask as it reaches the network (at the
+    canvas's resolution)."""
+    placed = placed_masks(masks, placement)
+    return placed.on_grid(canvas.shape[-2:])[:1].expand(1, 3, -1, -1)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+@pytest.mark.parametrize(
+    "motion",
+    [pan((2.5, 1.25), (8.0, 8.0)), zoom(1.015, ((SIZE - 1) / 2, (SIZE - 1) / 2), (24.0, 24.0))],
+    ids=["pan", "zoom"],
+)
+def test_a_static_mask_stays_on_the_frames_pixels(motion, binary: bool) -> None:
+    # A half/half mask: whatever shift or resampling puts the frame on the network's grid, the
+    # mask must reach the network in the same place, so the output's boundary stays at x = 40.
+    clip = render(texture(2 * SIZE, seed=3), motion, FRAMES, (SIZE, SIZE))
+    left = torch.zeros(SIZE, SIZE)
+    left[:, :40] = 1
+    masks = Masks(torch.stack([left, 1 - left]), binary=binary)
+    stabilizer = Stabilizer(
+        lambda canvas, placement: mask_network(canvas, placement, masks), StabilizerConfig(blend=0)
+    )
+    for frame in clip.frames:
+        drawn = stabilizer(frame[None])[0, 0]
+        assert (drawn - left).abs().mean() < 0.01
+        assert (drawn[:, :39] > 0.9).all() and (drawn[:, 41:] < 0.1).all()
+
+
+def test_a_checkpoint_of_the_translation_only_stabiliser_still_resumes(stylize, clip) -> None:
+    # Checkpoints written before the similarity alignment held the camera as a displacement.
+    first = Stabilizer(stylize)
+    run(first, clip.frames[:4])
+    state = first.state_dict()
+    assert torch.equal(state["camera"][:, :2], torch.eye(2, dtype=torch.float64))  # a pan
+    old = {key: state[key] for key in ("frames", "previous_grey", "previous_output")}
+    old["second_layer"] = state["second_layer"]
+    old["displacement"] = torch.stack([-state["camera"][:, 2], state["layer_displacement"]])
+    resumed = Stabilizer(stylize)
+    resumed.load_state_dict(old)
+    expected = run(first, clip.frames[4:])
+    torch.testing.assert_close(run(resumed, clip.frames[4:]), expected, rtol=0, atol=1e-6)
