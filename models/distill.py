@@ -40,6 +40,7 @@ from models.lite import (
     fit_conv,
     init_from,
     lite_state,
+    load_lite,
     make_lite,
     outputs_of,
     save_lite,
@@ -67,6 +68,9 @@ class DistillConfig:
     # The full model taught from: None = the embedded one (or the reference port's files).
     teacher_encoder: Path | None = None
     teacher_decoder: Path | None = None
+    # Start from these lite weights (a committed model) instead of the head start; the
+    # embeddings are fitted to them. Ignored when the run resumes from its checkpoint.
+    init_weights: Path | None = None
     widths: tuple[int, int, int] = LITE_WIDTHS
     steps: int = 100_000
     encoder_steps: int = 0  # phase 1: the embedding loss alone
@@ -190,8 +194,24 @@ class Distiller:
         if self.checkpoint_path.is_file():
             self.resume()
         else:
-            init_from_teacher(self.student, self.embeds, self.teacher, self.init_batch())
+            if config.init_weights is None:
+                init_from_teacher(self.student, self.embeds, self.teacher, self.init_batch())
+            else:
+                self.init_from_weights(config.init_weights)
             self.ema.module.load_state_dict(self.trained.state_dict())
+
+    @torch.no_grad()
+    def init_from_weights(self, path: Path) -> None:
+        """The student from a lite model's file, the embeddings fitted to its features."""
+        saved = load_lite(path, self.device)  # other widths than the run's: a size mismatch
+        self.student.encoder.load_state_dict(saved.encoder.state_dict())
+        self.student.decoder.load_state_dict(saved.decoder.state_dict())
+        batch = self.init_batch()
+        lite_taps = self.student.encode_taps(batch)
+        for embed, lite, full in zip(
+            self.embeds, lite_taps, self.teacher.encode_taps(batch)[1:], strict=True
+        ):
+            fit_embedding(embed, lite, full)
 
     def init_batch(self) -> Tensor:
         """4 training contents then 4 training styles, centre crops at the training's resize."""
@@ -388,7 +408,8 @@ def main() -> None:
                 default=default,
             )
         else:
-            kind = Path if field.name.endswith(("_dir", "_encoder", "_decoder")) else type(default)
+            paths = ("_dir", "_encoder", "_decoder", "_weights")
+            kind = Path if field.name.endswith(paths) else type(default)
             required = field.name in ("content_dir", "style_dir")
             parser.add_argument(
                 f"--{field.name.replace('_', '-')}",

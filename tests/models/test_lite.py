@@ -297,3 +297,29 @@ def test_distillation_starts_from_a_fit_and_resumes(distill_config: DistillConfi
     resumed = Distiller(distill_config)
     assert resumed.step == 3
     assert resumed.run() == 5
+
+
+def test_distillation_can_start_from_committed_weights(distill_config: DistillConfig) -> None:
+    """--init-weights continues a model (the checkpoint of its run lost): the student and its
+    EMA are the file's weights, the embeddings fitted to them."""
+    first = Distiller(distill_config)
+    first.run()
+    weights = distill_config.out_dir / "lite_ema.safetensors"
+    saved = load_lite(weights)
+    distill_config.out_dir = distill_config.out_dir.parent / "continued"
+    distill_config.init_weights = weights
+    continued = Distiller(distill_config)
+    assert continued.step == 0
+    for mine, theirs in zip(
+        continued.ema_model().state_dict().values(), saved.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(mine, theirs)
+    batch = continued.init_batch()
+    with torch.no_grad():
+        taps = continued.teacher.encode_taps(batch)[1:]
+        lite_taps = continued.student.encode_taps(batch)
+        fitted = embedding_loss(continued.embeds, lite_taps, taps)
+        for layer in continued.embeds:
+            layer.reset_parameters()
+        unfitted = embedding_loss(continued.embeds, lite_taps, taps)
+    assert fitted < 0.5 * unfitted
