@@ -8,15 +8,17 @@ measures, both using only the frames seen so far:
 1. Grid alignment. The camera's motion since a reference frame is tracked (a similarity fitted
    to the optical flow), and each frame is placed on the network's input so that the scene
    falls on the same points of the stride-8 grid as in the reference, then the output is taken
-   back. While the motion is a translation this is an integer shift (reflect padding, then a
-   crop): no resampling, nothing is blurred. Under a zoom or a rotation the frame is resampled
-   (Lanczos-3) into the reference's grid and the output back; the reference is renewed when
+   back. While the motion is a whole-pixel translation this is an integer shift (reflect
+   padding, then a crop): no resampling. Under a sub-pixel translation, a zoom or a rotation
+   the frame is resampled (Lanczos-3) into the reference's grid and the output back, so the
+   scene lies on the reference's grid to a fraction of a pixel; the reference is renewed when
    its scale or angle drifts too far, since strokes drawn at another scale and magnified back
    lose sharpness.
 2. Propagation. The previous output, moved along the optical flow (OpenCV's DIS on the input
    frames), is blended into the new stylization where the flow is reliable (forward-backward
    consistent, Sundaram et al. 2010 / Ruder et al. 2016), and the new stylization is taken as
-   it is where the scene was occluded or the flow fails. Since aligned stylizations already
+   it is where the scene was occluded or the flow fails, and trusted less near the frame's
+   border (where the network sees reflected content). Since aligned stylizations already
    agree, the blend removes the remaining jitter without averaging strokes that disagree.
 
 `Stabilizer` takes a (network input, `Placement`) -> stylized callable, so every image control
@@ -54,6 +56,8 @@ LINEAR_NOISE_PX = 0.25
 INTEGER_TOLERANCE_PX = 0.5
 # A renewed reference starts at this share of the range, on the side opposite the motion.
 RENEWED_SHARE = 0.9
+# A translation's fractional part below this (px, per axis) is placed by a whole-pixel shift.
+SUBPIXEL_TOLERANCE_PX = 0.1
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,11 @@ class StabilizerConfig:
     align_grid: bool = True
     # Follow the camera's zoom and rotation too (a similarity), not only its translation.
     align_similarity: bool = True
+    # Follow the fractional part of the camera's translation too (Lanczos resampling of the
+    # frame into the reference's grid and of the output back), not only whole pixels: a
+    # whole-pixel shift leaves the scene up to 0.5 px off the grid, enough for the strokes to
+    # move, and the propagation then has to average them away (the style loss rises).
+    align_subpixel: bool = True
     # The reference grid is renewed when the tracked motion's |ln scale| or |angle| (radians)
     # passes these: the strokes are drawn at the reference's scale and magnified back.
     align_scale_range: float = 0.05
@@ -73,6 +82,10 @@ class StabilizerConfig:
     motion_layers: int = 2
     # Weight of the propagated previous output where the flow is reliable (0: per-frame).
     blend: float = 0.8
+    # Near the frame's border the network sees reflected content and draws other strokes; the
+    # previous output is trusted in proportion to its distance from the border up to this
+    # (px), so those strokes are not carried into the frame as the camera moves (0: off).
+    border_trust_px: int = 32
     # Forward-backward check (Sundaram et al.): a pixel is occluded when
     # |f + b|^2 > consistency * (|f|^2 + |b|^2) + consistency_floor (px^2).
     consistency: float = 0.01
@@ -94,7 +107,9 @@ class StabilizerConfig:
 # The live feed's form: the cheapest flow, one stylization per frame and no resampling of the
 # frame (a zoom's two Lanczos passes cost more than the propagation's), as frames must keep up
 # with the camera.
-LIVE = StabilizerConfig(flow_preset="ultrafast", motion_layers=1, align_similarity=False)
+LIVE = StabilizerConfig(
+    flow_preset="ultrafast", motion_layers=1, align_similarity=False, align_subpixel=False
+)
 
 _PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
@@ -244,6 +259,9 @@ class Stabilizer:
         if flow is not None and self.previous_output is not None and self.config.blend > 0:
             warped = warp(self.previous_output, flow.to(stylized.device), self.config.resample)
             weight = self.config.blend * reliable.to(stylized.device, stylized.dtype)
+            if self.config.border_trust_px > 0:
+                trust = border_trust(size, self.config.border_trust_px).to(stylized.device)
+                weight = weight * backward_warp(trust, flow.to(stylized.device))
             if self.config.detail_sigma > 0:
                 smooth = gaussian_blur(stylized, self.config.detail_sigma)
                 warped_smooth = gaussian_blur(warped, self.config.detail_sigma)
@@ -308,10 +326,13 @@ class Stabilizer:
 
     def _placement(self, size: tuple[int, int]) -> Placement:
         """Where the frame goes on the network's input so that the scene falls on the
-        reference's grid: a whole-pixel shift while the camera's linear part is close enough to
-        the identity, a resampling into the reference's grid otherwise."""
-        if _corner_shift(self.camera[:, :2], size) < INTEGER_TOLERANCE_PX:
-            return Placement.shift(size, _phase(-_centre_translation(self.camera, size)))
+        reference's grid: a whole-pixel shift while the camera is close enough to a whole-pixel
+        translation, a resampling into the reference's grid otherwise."""
+        shift = -_centre_translation(self.camera, size)
+        fraction = float((shift - torch.round(shift)).abs().max())
+        whole = not self.config.align_subpixel or fraction < SUBPIXEL_TOLERANCE_PX
+        if whole and _corner_shift(self.camera[:, :2], size) < INTEGER_TOLERANCE_PX:
+            return Placement.shift(size, _phase(shift))
         height, width = size
         corners = torch.tensor(
             [[0, 0, 1], [width - 1, 0, 1], [0, height - 1, 1], [width - 1, height - 1, 1]],
@@ -493,6 +514,16 @@ def warp(image: Tensor, flow: Tensor, resample: str) -> Tensor:
     if resample == "lanczos":
         return lanczos_warp(image, flow).clamp(0, 1)
     return backward_warp(image, flow, mode=resample).clamp(0, 1)
+
+
+def border_trust(size: tuple[int, int], reach: int) -> Tensor:
+    """(1, 1, H, W): 1 from `reach` px inside the frame, falling linearly to 1 / reach on
+    its outermost pixels."""
+    height, width = size
+    ys, xs = torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32)
+    from_y = torch.minimum(ys, height - 1 - ys)[:, None]
+    from_x = torch.minimum(xs, width - 1 - xs)[None]
+    return ((torch.minimum(from_y, from_x) + 1) / reach).clamp(max=1)[None, None]
 
 
 def gaussian_blur(image: Tensor, sigma: float) -> Tensor:

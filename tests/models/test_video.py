@@ -206,6 +206,36 @@ def test_similarity_alignment_keeps_the_grid_on_a_zooming_or_turning_scene(motio
     assert errors[True] < 0.6 * errors[False], errors
 
 
+def test_subpixel_alignment_keeps_the_grid_on_a_slow_pan() -> None:
+    # 0.75 px per frame: a whole-pixel shift leaves the scene up to 0.5 px off the grid, the
+    # resampling into the reference's grid does not (no propagation: the alignment alone).
+    clip = render(texture(2 * SIZE, seed=3), pan((0.75, 0.4), (8.0, 8.0)), FRAMES, (SIZE, SIZE))
+    errors = {}
+    for subpixel in (False, True):
+        config = StabilizerConfig(blend=0, align_subpixel=subpixel)
+        outputs = run(Stabilizer(block_network, config), clip.frames)
+        errors[subpixel] = warping_error(outputs, clip.flows, clip.valid)
+    assert errors[True] < 0.6 * errors[False], errors
+
+
+def test_the_border_is_not_carried_into_the_frame() -> None:
+    # A fake network that marks the canvas's outer 4 px: panning, the marks drawn at the
+    # entering border must not be propagated inwards (trusted by their distance from it).
+    def marking(canvas: Tensor, placement: Placement) -> Tensor:
+        marked = canvas.clone()
+        marked[..., :, :4] = 1.0
+        marked[..., :, -4:] = 1.0
+        return marked
+
+    clip = render(texture(2 * SIZE, seed=3), pan((-3.0, 0.0), (40.0, 8.0)), FRAMES, (SIZE, SIZE))
+    inside = {}
+    for reach in (0, 32):
+        config = StabilizerConfig(border_trust_px=reach, align_grid=False)
+        outputs = run(Stabilizer(marking, config), clip.frames)
+        inside[reach] = (outputs - clip.frames).abs()[..., 8:24].mean().item()
+    assert inside[32] < 0.5 * inside[0], inside
+
+
 def test_the_reference_is_renewed_on_the_mirrored_side_of_the_scale_range() -> None:
     # A steady 1.5% zoom passes a 3% range within 3 frames: the tracked scale must stay within
     # it (strokes are drawn at the reference's scale), crossing from one side to the other.
