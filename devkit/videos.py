@@ -15,6 +15,7 @@ import av
 import numpy as np
 
 from devkit.images import random_image
+from service.video import SegmentWriter
 
 # container -> (video codec, audio codec, pixel format)
 FORMATS = {
@@ -124,6 +125,22 @@ def make_audio_only(seconds: float = 0.5) -> bytes:
         for packet in [*sound.encode(frame), *sound.encode(None)]:
             out.mux(packet)
     return buffer.getvalue()
+
+
+def coded_as_result(
+    frames: list[np.ndarray], crf: int = 18, preset: str = "medium"
+) -> list[np.ndarray]:
+    """(H, W, 3) uint8 frames after the job's own encoder (4:2:0, the CRF, its look-ahead,
+    which codes a frame after those that follow it): what a result of exactly these pixels
+    decodes to, so a test compares like with like."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "frames.mp4"
+        size = frames[0].shape[:2]
+        writer = SegmentWriter(path, size, Fraction(1, 12), Fraction(12), crf, preset)
+        for index, rgb in enumerate(frames):
+            writer.write(rgb, index)
+        writer.close()
+        return decode_frames(path.read_bytes())
 
 
 def decode_frames(data: bytes) -> list[np.ndarray]:
