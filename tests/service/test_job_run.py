@@ -223,13 +223,13 @@ def test_a_job_runs_on_the_model_it_names(net: Pipeline, tmp_path: Path) -> None
         ),
         torch.ones(1),
     )
-    expected = []
+    coded: list[np.ndarray] = []
     for frame in decode_frames(clip):
         content = torch.from_numpy(frame / 255).permute(2, 0, 1)[None].float()
         stylized = tensor_to_rgb(lite.stylize_batch(content, [mix]))
         # checkpoint_s=0: each frame is a segment of its own, coded alone
-        expected += coded_as_result([stylized], SETTINGS.crf, SETTINGS.preset)
-    expected = np.stack(expected) / 255
+        coded += coded_as_result([stylized], SETTINGS.crf, SETTINGS.preset)
+    expected = np.stack(coded) / 255
     assert psnr(outputs["lite"], expected) > 40
     assert psnr(outputs["lite"], outputs["full"]) < psnr(outputs["lite"], expected) - 10
 
