@@ -58,6 +58,9 @@ INTEGER_TOLERANCE_PX = 0.5
 RENEWED_SHARE = 0.9
 # A translation's fractional part below this (px, per axis) is placed by a whole-pixel shift.
 SUBPIXEL_TOLERANCE_PX = 0.1
+# Local variance (of [0, 1] pixel values) under which contrast_preserving_mix leaves a mix as
+# it is: flat regions have no strokes to fade.
+CONTRAST_FLOOR = 1e-5
 
 
 @dataclass(frozen=True)
@@ -73,10 +76,16 @@ class StabilizerConfig:
     # whole-pixel shift leaves the scene up to 0.5 px off the grid, enough for the strokes to
     # move, and the propagation then has to average them away (the style loss rises).
     align_subpixel: bool = True
-    # The reference grid is renewed when the tracked motion's |ln scale| or |angle| (radians)
-    # passes these: the strokes are drawn at the reference's scale and magnified back.
-    align_scale_range: float = 0.05
-    align_angle_range: float = 0.1
+    # The reference grid is renewed when the tracked motion passes these: the strokes are drawn
+    # at the reference's scale and angle and turn with the scene, and each renewal draws them
+    # afresh (as much flicker as a frame of per-frame stylization, or a blend of two stroke
+    # patterns). Scale (ln) asymmetric: strokes magnified back lose sharpness and thicken
+    # sooner than minified ones get finer, so a zoom sweeps from minified to magnified.
+    align_magnify_range: float = 0.03
+    align_minify_range: float = 0.1
+    # Angle (radians): strokes of oriented styles (brush strokes) turned by a few degrees change
+    # the style's statistics.
+    align_angle_range: float = 0.05
     # Motions aligned: 1 the dominant one (camera), 2 also a second one (a moving object, for
     # which the frame is stylized a second time on that object's phase).
     motion_layers: int = 2
@@ -97,6 +106,11 @@ class StabilizerConfig:
     # Weight of the propagated previous output in that finer detail (lower than `blend`: each
     # resampling softens detail, and a short memory keeps it from accumulating).
     detail_blend: float = 0.15
+    # Two stroke patterns that do not line up lose contrast when mixed (their variances add with
+    # the squared weights): the strokes fade and double, and the style loss rises. The mixed
+    # low-pass band gets back the contrast its parts had, measured in a Gaussian window of this
+    # sigma (px); where the parts agree nothing changes (0: a plain linear mix).
+    contrast_window: float = 3.0
     # Resampling of the previous output along the flow: "lanczos" (Lanczos-3) keeps strokes
     # sharper than "bicubic", and far sharper than "bilinear", as it is repeated every frame.
     resample: str = "lanczos"
@@ -262,17 +276,7 @@ class Stabilizer:
             if self.config.border_trust_px > 0:
                 trust = border_trust(size, self.config.border_trust_px).to(stylized.device)
                 weight = weight * backward_warp(trust, flow.to(stylized.device))
-            if self.config.detail_sigma > 0:
-                smooth = gaussian_blur(stylized, self.config.detail_sigma)
-                warped_smooth = gaussian_blur(warped, self.config.detail_sigma)
-                coarse = weight * warped_smooth + (1 - weight) * smooth
-                detail_weight = weight * (self.config.detail_blend / self.config.blend)
-                detail = detail_weight * (warped - warped_smooth) + (1 - detail_weight) * (
-                    stylized - smooth
-                )
-                output = (coarse + detail).clamp(0, 1)
-            else:
-                output = weight * warped + (1 - weight) * stylized
+            output = propagate(stylized, warped, weight, self.config)
         self.previous_grey, self.previous_output = grey, output
         self.frames += 1
         return output
@@ -306,18 +310,21 @@ class Stabilizer:
         return closer & reliable
 
     def _renew_reference(self, size: tuple[int, int]) -> None:
-        """Past the scale or angle range the reference is renewed on the mirrored side (minus
-        the scale and angle, a little inside the range so that a zoom turning back does not
-        renew it again at once): a steady zoom or rotation sweeps the whole range. The frame's
-        centre keeps its place on the grid."""
+        """Past the scale or angle range the reference is renewed on the mirrored side (the
+        same share of the range on the other side, a little inside it so that a zoom turning
+        back does not renew it again at once): a steady zoom or rotation sweeps the whole
+        range. The frame's centre keeps its place on the grid."""
         linear = self.camera[:, :2]
+        # ln scale < 0: the frame is shrunk into the reference, the strokes magnified back.
         log_scale = 0.5 * math.log(abs(float(torch.linalg.det(linear))))
         angle = math.atan2(float(linear[1, 0]), float(linear[0, 0]))
-        scale_range, angle_range = self.config.align_scale_range, self.config.align_angle_range
-        if abs(log_scale) <= scale_range and abs(angle) <= angle_range:
+        magnify, minify = self.config.align_magnify_range, self.config.align_minify_range
+        angle_range = self.config.align_angle_range
+        if -magnify <= log_scale <= minify and abs(angle) <= angle_range:
             return
-        log_scale = -max(-RENEWED_SHARE * scale_range, min(RENEWED_SHARE * scale_range, log_scale))
-        angle = -max(-RENEWED_SHARE * angle_range, min(RENEWED_SHARE * angle_range, angle))
+        side, other = (magnify, minify) if log_scale < 0 else (minify, magnify)
+        log_scale = -_mirrored_share(log_scale, side) * other
+        angle = -_mirrored_share(angle, angle_range) * angle_range
         cos, sin = math.exp(log_scale) * math.cos(angle), math.exp(log_scale) * math.sin(angle)
         renewed = torch.tensor([[cos, -sin], [sin, cos]], dtype=torch.float64)
         centre = _centre(size)
@@ -392,6 +399,12 @@ class Stabilizer:
 
 
 _IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+
+
+def _mirrored_share(value: float, side: float) -> float:
+    """Where `value` lies on its side of a range, as a share of the side, at most
+    RENEWED_SHARE either way."""
+    return max(-RENEWED_SHARE, min(RENEWED_SHARE, value / side))
 
 
 def _phase(displacement: Tensor) -> tuple[int, int]:
@@ -514,6 +527,44 @@ def warp(image: Tensor, flow: Tensor, resample: str) -> Tensor:
     if resample == "lanczos":
         return lanczos_warp(image, flow).clamp(0, 1)
     return backward_warp(image, flow, mode=resample).clamp(0, 1)
+
+
+def propagate(stylized: Tensor, warped: Tensor, weight: Tensor, config: StabilizerConfig) -> Tensor:
+    """The new stylization with the propagated previous output blended in by `weight` (N, 1, H,
+    W): on the low-pass band with the weight as it is (keeping its contrast), on the finer
+    detail with `detail_blend / blend` of it."""
+    if config.detail_sigma <= 0:
+        return weight * warped + (1 - weight) * stylized
+    smooth = gaussian_blur(stylized, config.detail_sigma)
+    warped_smooth = gaussian_blur(warped, config.detail_sigma)
+    if config.contrast_window > 0:
+        coarse = contrast_preserving_mix(warped_smooth, smooth, weight, config.contrast_window)
+    else:
+        coarse = weight * warped_smooth + (1 - weight) * smooth
+    detail_weight = weight * (config.detail_blend / config.blend)
+    detail = detail_weight * (warped - warped_smooth) + (1 - detail_weight) * (stylized - smooth)
+    return (coarse + detail).clamp(0, 1)
+
+
+def contrast_preserving_mix(first: Tensor, second: Tensor, weight: Tensor, sigma: float) -> Tensor:
+    """weight * first + (1 - weight) * second, its deviation from the local mean scaled so that
+    its local variance is the weighted mean of the parts' (Heitz and Neyret 2018's
+    variance-preserving blend, with the parts' local covariance): 1 where the parts agree,
+    up to 2 where they are unrelated. Local moments in a Gaussian window of `sigma` px."""
+    mean_first, mean_second = gaussian_blur(first, sigma), gaussian_blur(second, sigma)
+    var_first = (gaussian_blur(first * first, sigma) - mean_first**2).clamp(min=0)
+    var_second = (gaussian_blur(second * second, sigma) - mean_second**2).clamp(min=0)
+    covariance = gaussian_blur(first * second, sigma) - mean_first * mean_second
+    mixed_var = (
+        weight**2 * var_first
+        + (1 - weight) ** 2 * var_second
+        + 2 * weight * (1 - weight) * covariance
+    )
+    wanted_var = weight * var_first + (1 - weight) * var_second
+    # The floor keeps flat regions (both variances ~0) from being amplified by noise.
+    gain = torch.sqrt((wanted_var + CONTRAST_FLOOR) / (mixed_var + CONTRAST_FLOOR)).clamp(1, 2)
+    mean = weight * mean_first + (1 - weight) * mean_second
+    return mean + (weight * first + (1 - weight) * second - mean) * gain
 
 
 def border_trust(size: tuple[int, int], reach: int) -> Tensor:

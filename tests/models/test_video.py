@@ -27,7 +27,9 @@ from models.video import (
     Placement,
     Stabilizer,
     StabilizerConfig,
+    contrast_preserving_mix,
     fit_similarity,
+    gaussian_blur,
     placed_masks,
 )
 from models.video_metrics import sharpness, warping_error
@@ -199,7 +201,11 @@ def test_similarity_alignment_keeps_the_grid_on_a_zooming_or_turning_scene(motio
     errors = {}
     for similarity_on in (False, True):
         config = StabilizerConfig(
-            blend=0, align_similarity=similarity_on, align_scale_range=1, align_angle_range=1
+            blend=0,
+            align_similarity=similarity_on,
+            align_magnify_range=1,
+            align_minify_range=1,
+            align_angle_range=1,
         )
         outputs = run(Stabilizer(block_network, config), clip.frames)
         errors[similarity_on] = warping_error(outputs, clip.flows, clip.valid)
@@ -236,22 +242,59 @@ def test_the_border_is_not_carried_into_the_frame() -> None:
     assert inside[32] < 0.5 * inside[0], inside
 
 
-def test_the_reference_is_renewed_on_the_mirrored_side_of_the_scale_range() -> None:
-    # A steady 1.5% zoom passes a 3% range within 3 frames: the tracked scale must stay within
-    # it (strokes are drawn at the reference's scale), crossing from one side to the other.
+@pytest.mark.parametrize("rate", [1.015, 1 / 1.015], ids=["zoom_in", "zoom_out"])
+def test_the_reference_is_renewed_on_the_mirrored_side_of_the_scale_range(rate: float) -> None:
+    # A steady 1.5% zoom passes a 2% (magnified) / 4% (minified) range within a few frames: the
+    # tracked scale must stay within it (strokes are drawn at the reference's scale), crossing
+    # from one side to the other, each side to its own bound.
     clip = render(
         texture(2 * SIZE, seed=3),
-        zoom(1.015, ((SIZE - 1) / 2, (SIZE - 1) / 2), (24.0, 24.0)),
-        FRAMES,
+        zoom(rate, ((SIZE - 1) / 2, (SIZE - 1) / 2), (24.0, 24.0)),
+        2 * FRAMES,
         (SIZE, SIZE),
     )
-    stabilizer = Stabilizer(block_network, StabilizerConfig(blend=0, align_scale_range=0.03))
+    config = StabilizerConfig(blend=0, align_magnify_range=0.02, align_minify_range=0.04)
+    stabilizer = Stabilizer(block_network, config)
     log_scales = []
     for frame in clip.frames:
         stabilizer(frame[None])
         log_scales.append(0.5 * math.log(float(torch.linalg.det(stabilizer.camera[:, :2]))))
-    assert max(abs(value) for value in log_scales) <= 0.03
-    assert min(log_scales) < -0.01 and max(log_scales) > 0.01, log_scales
+    assert -0.02 <= min(log_scales) < -0.01, log_scales
+    assert 0.03 < max(log_scales) <= 0.04, log_scales
+
+
+def test_the_reference_is_renewed_within_the_angle_range() -> None:
+    clip = render(
+        texture(2 * SIZE, seed=3),
+        rotate(0.015, ((SIZE - 1) / 2, (SIZE - 1) / 2), (24.0, 24.0)),
+        2 * FRAMES,
+        (SIZE, SIZE),
+    )
+    stabilizer = Stabilizer(block_network, StabilizerConfig(blend=0, align_angle_range=0.04))
+    angles = []
+    for frame in clip.frames:
+        stabilizer(frame[None])
+        angles.append(math.atan2(float(stabilizer.camera[1, 0]), float(stabilizer.camera[0, 0])))
+    assert max(abs(angle) for angle in angles) <= 0.04, angles
+    assert min(angles) < -0.02 and max(angles) > 0.02, angles
+
+
+def test_a_mix_of_unrelated_patterns_keeps_their_contrast() -> None:
+    # Two unrelated stroke patterns mixed half and half lose about half their variance; the
+    # contrast-preserving mix keeps it, and leaves a mix of a pattern with itself as it is.
+    generator = torch.Generator().manual_seed(0)
+    first, second = (
+        gaussian_blur(torch.rand(1, 3, 64, 64, generator=generator), 1.0) for _ in range(2)
+    )
+    weight = torch.full((1, 1, 64, 64), 0.5)
+    inner = (..., slice(8, -8), slice(8, -8))
+    plain = (0.5 * first + 0.5 * second)[inner].var().item()
+    kept = contrast_preserving_mix(first, second, weight, 3.0)[inner].var().item()
+    own = first[inner].var().item()
+    assert plain < 0.65 * own, (plain, own)
+    assert 0.85 * own < kept < 1.15 * own, (kept, own)
+    same = contrast_preserving_mix(first, first, weight, 3.0)
+    torch.testing.assert_close(same, first, rtol=0, atol=1e-5)
 
 
 def mask_network(canvas: Tensor, placement: Placement, masks: Masks) -> Tensor:
