@@ -111,6 +111,11 @@ class StabilizerConfig:
     # low-pass band gets back the contrast its parts had, measured in a Gaussian window of this
     # sigma (px); where the parts agree nothing changes (0: a plain linear mix).
     contrast_window: float = 3.0
+    # A renewed reference draws the strokes afresh, unrelated to those shown: the new pattern
+    # is propagated alone from then on, and what was shown fades out over these frames (its
+    # share of each, mixed keeping the contrast). Blending it into the new pattern instead
+    # would leave doubled strokes for as many frames as the blend's memory lasts (about ten).
+    renewal_fade: tuple[float, ...] = (0.67, 0.33)
     # Resampling of the previous output along the flow: "lanczos" (Lanczos-3) keeps strokes
     # sharper than "bicubic", and far sharper than "bilinear", as it is repeated every frame.
     resample: str = "lanczos"
@@ -245,6 +250,14 @@ class Stabilizer:
         """Forget the previous frames (a new clip, a cut)."""
         self.previous_grey: np.ndarray | None = None
         self.previous_output: Tensor | None = None
+        # What is propagated: the output of the current reference's strokes (the output itself
+        # but while a renewal fades the old strokes out).
+        self.stream: Tensor | None = None
+        # The output shown when the reference was renewed, moved along with the scene, with
+        # where it is still valid (1, 1, H, W), while it fades out; and how far it has faded.
+        self.fading: Tensor | None = None
+        self.fading_weight: Tensor | None = None
+        self.fade_step = 0
         # The camera: the map (2, 3) from the current frame's pixels to the reference's, where
         # the grid is aligned.
         self.camera = _IDENTITY.clone()
@@ -263,27 +276,43 @@ class Stabilizer:
         if self.previous_grey is not None and self.previous_grey.shape != grey.shape:
             self.reset()  # a new size is a new clip
         flow = reliable = None
-        layer = None
+        layer, renewed = None, False
         if self.previous_grey is not None:
             flow, reliable = self.flow.backward(grey, self.previous_grey)
             if self.config.align_grid:
-                layer = self._track(flow, reliable)
+                layer, renewed = self._track(flow, reliable)
         stylized = self._stylize(frame, layer)
-        output = stylized
-        if flow is not None and self.previous_output is not None and self.config.blend > 0:
-            warped = warp(self.previous_output, flow.to(stylized.device), self.config.resample)
-            weight = self.config.blend * reliable.to(stylized.device, stylized.dtype)
+        stream = stylized
+        if flow is not None and self.stream is not None and self.config.blend > 0:
+            flow = flow.to(stylized.device)
+            valid = reliable.to(stylized.device, stylized.dtype)
             if self.config.border_trust_px > 0:
                 trust = border_trust(size, self.config.border_trust_px).to(stylized.device)
-                weight = weight * backward_warp(trust, flow.to(stylized.device))
-            output = propagate(stylized, warped, weight, self.config)
-        self.previous_grey, self.previous_output = grey, output
+                valid = valid * backward_warp(trust, flow)
+            if renewed and self.config.renewal_fade:
+                self.fading = warp(self.previous_output, flow, self.config.resample)
+                self.fading_weight, self.fade_step = valid, 0
+            else:
+                warped = warp(self.stream, flow, self.config.resample)
+                stream = propagate(stylized, warped, self.config.blend * valid, self.config)
+                if self.fading is not None:
+                    self.fading = warp(self.fading, flow, self.config.resample)
+                    self.fading_weight = backward_warp(self.fading_weight, flow) * valid
+                    self.fade_step += 1
+        output = stream
+        if self.fading is not None and self.fade_step < len(self.config.renewal_fade):
+            share = self.config.renewal_fade[self.fade_step] * self.fading_weight
+            output = mix(self.fading, stream, share, self.config).clamp(0, 1)
+        else:
+            self.fading = self.fading_weight = None
+        self.previous_grey, self.stream, self.previous_output = grey, stream, output
         self.frames += 1
         return output
 
-    def _track(self, flow: Tensor, reliable: Tensor) -> Tensor | None:
+    def _track(self, flow: Tensor, reliable: Tensor) -> tuple[Tensor | None, bool]:
         """Follow the camera and, with two layers, a second motion; returns the second layer's
-        pixels (1, 1, H, W) bool, or None when there is no second motion."""
+        pixels (1, 1, H, W) bool, or None when there is no second motion, and whether the
+        reference was renewed."""
         size = (flow.shape[-2], flow.shape[-1])
         if self.config.align_similarity:
             motion = fit_similarity(flow, reliable)
@@ -293,23 +322,23 @@ class Stabilizer:
             motion = _translation(median_motion(flow, reliable))
         previous_camera = self.camera
         self.camera = _compose(self.camera, motion)
-        self._renew_reference(size)
+        renewed = self._renew_reference(size)
         if self.config.motion_layers < 2:
-            return None
+            return None, renewed
         distance = (flow - _affine_flow(motion, size)).norm(dim=1, keepdim=True)
         apart = reliable & (distance > SECOND_LAYER_APART)
         if apart.float().mean() < SECOND_LAYER_SHARE:
             self.second_layer = False
-            return None
+            return None, renewed
         second = median_motion(flow, apart)
         if not self.second_layer:  # a new layer starts on the phase the frame had there
             self.layer_displacement = -_centre_translation(previous_camera, size)
             self.second_layer = True
         self.layer_displacement -= second
         closer = (flow - second.float().view(1, 2, 1, 1)).norm(dim=1, keepdim=True) < distance
-        return closer & reliable
+        return closer & reliable, renewed
 
-    def _renew_reference(self, size: tuple[int, int]) -> None:
+    def _renew_reference(self, size: tuple[int, int]) -> bool:
         """Past the scale or angle range the reference is renewed on the mirrored side (the
         same share of the range on the other side, a little inside it so that a zoom turning
         back does not renew it again at once): a steady zoom or rotation sweeps the whole
@@ -321,7 +350,7 @@ class Stabilizer:
         magnify, minify = self.config.align_magnify_range, self.config.align_minify_range
         angle_range = self.config.align_angle_range
         if -magnify <= log_scale <= minify and abs(angle) <= angle_range:
-            return
+            return False
         side, other = (magnify, minify) if log_scale < 0 else (minify, magnify)
         log_scale = -_mirrored_share(log_scale, side) * other
         angle = -_mirrored_share(angle, angle_range) * angle_range
@@ -330,6 +359,7 @@ class Stabilizer:
         centre = _centre(size)
         offset = linear @ centre + self.camera[:, 2]  # where the centre is now
         self.camera = torch.cat([renewed, (offset - renewed @ centre)[:, None]], dim=1)
+        return True
 
     def _placement(self, size: tuple[int, int]) -> Placement:
         """Where the frame goes on the network's input so that the scene falls on the
@@ -370,17 +400,24 @@ class Stabilizer:
 
     def state_dict(self) -> dict[str, Tensor]:
         """Enough to resume after the last frame: the previous input (as DIS saw it), the
-        previous output, the tracked camera and layer, and the frame count."""
-        if self.previous_grey is None or self.previous_output is None:
+        previous output and what is propagated, the tracked camera and layer, a renewal's
+        fading strokes, and the frame count."""
+        if self.previous_grey is None or self.previous_output is None or self.stream is None:
             return {"frames": torch.tensor(self.frames)}
-        return {
+        state = {
             "frames": torch.tensor(self.frames),
             "previous_grey": torch.from_numpy(self.previous_grey.copy()),
             "previous_output": self.previous_output.detach().cpu().clone(),
+            "stream": self.stream.detach().cpu().clone(),
             "camera": self.camera.clone(),
             "layer_displacement": self.layer_displacement.clone(),
             "second_layer": torch.tensor(self.second_layer),
         }
+        if self.fading is not None and self.fading_weight is not None:
+            state["fading"] = self.fading.detach().cpu().clone()
+            state["fading_weight"] = self.fading_weight.detach().cpu().clone()
+            state["fade_step"] = torch.tensor(self.fade_step)
+        return state
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         self.reset()
@@ -388,6 +425,8 @@ class Stabilizer:
         if "previous_output" in state:
             self.previous_grey = state["previous_grey"].numpy().copy()
             self.previous_output = state["previous_output"].clone()
+            # Checkpoints from before the renewal's fade propagated the output itself.
+            self.stream = state.get("stream", self.previous_output).clone()
             self.second_layer = bool(state["second_layer"])
             if "camera" in state:
                 self.camera = state["camera"].clone().double()
@@ -396,6 +435,10 @@ class Stabilizer:
                 displacement = state["displacement"].double()
                 self.camera = _translation(-displacement[0])
                 self.layer_displacement = displacement[1].clone()
+        if "fading" in state:
+            self.fading = state["fading"].clone()
+            self.fading_weight = state["fading_weight"].clone()
+            self.fade_step = int(state["fade_step"])
 
 
 _IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
@@ -537,13 +580,17 @@ def propagate(stylized: Tensor, warped: Tensor, weight: Tensor, config: Stabiliz
         return weight * warped + (1 - weight) * stylized
     smooth = gaussian_blur(stylized, config.detail_sigma)
     warped_smooth = gaussian_blur(warped, config.detail_sigma)
-    if config.contrast_window > 0:
-        coarse = contrast_preserving_mix(warped_smooth, smooth, weight, config.contrast_window)
-    else:
-        coarse = weight * warped_smooth + (1 - weight) * smooth
+    coarse = mix(warped_smooth, smooth, weight, config)
     detail_weight = weight * (config.detail_blend / config.blend)
     detail = detail_weight * (warped - warped_smooth) + (1 - detail_weight) * (stylized - smooth)
     return (coarse + detail).clamp(0, 1)
+
+
+def mix(first: Tensor, second: Tensor, weight: Tensor, config: StabilizerConfig) -> Tensor:
+    """weight * first + (1 - weight) * second, keeping the contrast (`contrast_window`)."""
+    if config.contrast_window > 0:
+        return contrast_preserving_mix(first, second, weight, config.contrast_window)
+    return weight * first + (1 - weight) * second
 
 
 def contrast_preserving_mix(first: Tensor, second: Tensor, weight: Tensor, sigma: float) -> Tensor:

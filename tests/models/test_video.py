@@ -279,6 +279,39 @@ def test_the_reference_is_renewed_within_the_angle_range() -> None:
     assert min(angles) < -0.02 and max(angles) > 0.02, angles
 
 
+def test_a_renewal_fades_the_old_strokes_out_and_resumes_mid_fade() -> None:
+    # A 1.5% zoom renews a 2% range every few frames: on a renewal the old output fades out
+    # over the configured frames, while the new strokes propagate alone; a stabiliser resumed
+    # from its state in the middle of a fade gives the same frames.
+    clip = render(
+        texture(2 * SIZE, seed=3),
+        zoom(1.015, ((SIZE - 1) / 2, (SIZE - 1) / 2), (24.0, 24.0)),
+        FRAMES,
+        (SIZE, SIZE),
+    )
+    config = StabilizerConfig(align_magnify_range=0.02, align_minify_range=0.02)
+    straight = Stabilizer(block_network, config)
+    fading_at = []
+    expected = []
+    for index, frame in enumerate(clip.frames):
+        expected.append(straight(frame[None]))
+        if straight.fading is not None:
+            fading_at.append(index)
+            assert not torch.equal(straight.previous_output, straight.stream)
+        else:
+            assert torch.equal(straight.previous_output, straight.stream)
+    # Every fade lasts as many frames as renewal_fade has shares.
+    assert len(fading_at) >= 2 and len(fading_at) % len(config.renewal_fade) == 0, fading_at
+    middle = fading_at[0] + 1
+    first = Stabilizer(block_network, config)
+    run(first, clip.frames[:middle])
+    assert first.fading is not None
+    resumed = Stabilizer(block_network, config)
+    resumed.load_state_dict({key: value.clone() for key, value in first.state_dict().items()})
+    tail = run(resumed, clip.frames[middle:])
+    torch.testing.assert_close(tail, torch.cat(expected[middle:]), rtol=0, atol=1e-6)
+
+
 def test_a_mix_of_unrelated_patterns_keeps_their_contrast() -> None:
     # Two unrelated stroke patterns mixed half and half lose about half their variance; the
     # contrast-preserving mix keeps it, and leaves a mix of a pattern with itself as it is.
