@@ -10,6 +10,7 @@ error <= 0.30x at sharpness >= 0.85x, losses within +0.10; the live form (issue 
 error <= 0.50x at sharpness >= 0.85x.
 
     nice -n 19 python3 -m benchmarks.bench_video_stability [--size 256] [--frames 24] [--styles 3]
+        [--style-names adain__sketch,...] [--clips zoom_1.2%,...]
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="frame side, px")
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--styles", type=int, default=3, help="how many of STYLE_NAMES")
+    parser.add_argument(
+        "--style-names", default="", help="comma-separated style file stems instead of STYLE_NAMES"
+    )
     parser.add_argument("--clips", default="", help="comma-separated clip names (default all)")
     parser.add_argument(
         "--configs", default="default,live", help="default, live and/or translation"
@@ -119,7 +123,8 @@ def main() -> None:
     )
     rows: list[Row] = []
     for clip in clips:
-        for name in STYLE_NAMES[: args.styles]:
+        names = list(filter(None, args.style_names.split(","))) or STYLE_NAMES[: args.styles]
+        for name in names:
             started = time.perf_counter()
             style = load_photo(by_name[name], args.size)[None]
             for row in compare(net, clip, style, name, configs):

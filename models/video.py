@@ -115,7 +115,7 @@ class StabilizerConfig:
     # is propagated alone from then on, and what was shown fades out over these frames (its
     # share of each, mixed keeping the contrast). Blending it into the new pattern instead
     # would leave doubled strokes for as many frames as the blend's memory lasts (about ten).
-    renewal_fade: tuple[float, ...] = (0.67, 0.33)
+    renewal_fade: tuple[float, ...] = (0.85, 0.5)
     # Resampling of the previous output along the flow: "lanczos" (Lanczos-3) keeps strokes
     # sharper than "bicubic", and far sharper than "bilinear", as it is repeated every frame.
     resample: str = "lanczos"
