@@ -19,7 +19,11 @@ measures, both using only the frames seen so far:
    consistent, Sundaram et al. 2010 / Ruder et al. 2016), and the new stylization is taken as
    it is where the scene was occluded or the flow fails, and trusted less near the frame's
    border (where the network sees reflected content). Since aligned stylizations already
-   agree, the blend removes the remaining jitter without averaging strokes that disagree.
+   agree, the blend removes the remaining jitter without averaging strokes that disagree;
+   where they do not quite agree the mix keeps the local contrast (a variance-preserving
+   blend), so the strokes neither fade nor double. A renewed reference draws all strokes
+   afresh: the new ones are then propagated alone and the output shown before fades out over
+   a couple of frames, instead of lingering in the blend's memory.
 
 `Stabilizer` takes a (network input, `Placement`) -> stylized callable, so every image control
 (alpha, interpolation, colour preservation) works unchanged: the caller closes over them; a
