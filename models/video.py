@@ -600,8 +600,9 @@ def mix(first: Tensor, second: Tensor, weight: Tensor, config: StabilizerConfig)
 def contrast_preserving_mix(first: Tensor, second: Tensor, weight: Tensor, sigma: float) -> Tensor:
     """weight * first + (1 - weight) * second, its deviation from the local mean scaled so that
     its local variance is the weighted mean of the parts' (Heitz and Neyret 2018's
-    variance-preserving blend, with the parts' local covariance): 1 where the parts agree,
-    up to 2 where they are unrelated. Local moments in a Gaussian window of `sigma` px."""
+    variance-preserving blend, with the parts' local covariance): the gain is 1 where the
+    parts agree, up to 2 where they are unrelated. Local moments in a Gaussian window of
+    `sigma` px."""
     mean_first, mean_second = gaussian_blur(first, sigma), gaussian_blur(second, sigma)
     var_first = (gaussian_blur(first * first, sigma) - mean_first**2).clamp(min=0)
     var_second = (gaussian_blur(second * second, sigma) - mean_second**2).clamp(min=0)
@@ -629,8 +630,11 @@ def border_trust(size: tuple[int, int], reach: int) -> Tensor:
 
 
 def gaussian_blur(image: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of (N, C, H, W), reflect-padded (3 sigma each side)."""
-    radius = max(1, int(3 * sigma + 0.5))
+    """Separable Gaussian blur of (N, C, H, W), reflect-padded (3 sigma each side, less on an
+    image too small for that: reflection needs fewer pixels of padding than of image)."""
+    radius = min(max(1, int(3 * sigma + 0.5)), min(image.shape[-2:]) - 1)
+    if radius < 1:
+        return image
     taps = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
     kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
     kernel = kernel / kernel.sum()

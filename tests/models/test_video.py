@@ -330,6 +330,14 @@ def test_a_mix_of_unrelated_patterns_keeps_their_contrast() -> None:
     torch.testing.assert_close(same, first, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("side", [1, 2, 5])
+def test_the_blur_takes_frames_smaller_than_its_window(side: int) -> None:
+    image = torch.rand(1, 3, side, side + 3)
+    blurred = gaussian_blur(image, 3.0)
+    assert blurred.shape == image.shape
+    assert blurred.std() <= image.std()
+
+
 def mask_network(canvas: Tensor, placement: Placement, masks: Masks) -> Tensor:
     """A fake stylization that draws the first mask as it reaches the network (at the
     canvas's resolution)."""
