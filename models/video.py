@@ -23,7 +23,8 @@ measures, both using only the frames seen so far:
    where they do not quite agree the mix keeps the local contrast (a variance-preserving
    blend), so the strokes neither fade nor double. A renewed reference draws all strokes
    afresh: the new ones are then propagated alone and the output shown before fades out over
-   a couple of frames, instead of lingering in the blend's memory.
+   a couple of frames, instead of lingering in the blend's memory. A frame that mostly does not
+   match the previous one (a cut) starts afresh.
 
 `Stabilizer` takes a (network input, `Placement`) -> stylized callable, so every image control
 (alpha, interpolation, colour preservation) works unchanged: the caller closes over them; a
@@ -120,6 +121,12 @@ class StabilizerConfig:
     # share of each, mixed keeping the contrast). Blending it into the new pattern instead
     # would leave doubled strokes for as many frames as the blend's memory lasts (about ten).
     renewal_fade: tuple[float, ...] = (0.85, 0.5)
+    # A cut: when less than this share of a frame's pixels match the previous frame reliably,
+    # a new shot starts and the previous frames are forgotten. Otherwise the old shot's strokes
+    # would be blended in wherever the flow matches by chance, and the motion fitted to that
+    # flow would turn or zoom the new shot's grid. Every camera motion of devkit/clips.py, up
+    # to 40 px per frame at 256 px, keeps a share far above it (0: never).
+    cut_share: float = 0.25
     # Resampling of the previous output along the flow: "lanczos" (Lanczos-3) keeps strokes
     # sharper than "bicubic", and far sharper than "bilinear", as it is repeated every frame.
     resample: str = "lanczos"
@@ -283,7 +290,10 @@ class Stabilizer:
         layer, renewed = None, False
         if self.previous_grey is not None:
             flow, reliable = self.flow.backward(grey, self.previous_grey)
-            if self.config.align_grid:
+            if reliable.float().mean() < self.config.cut_share:
+                self.reset()  # a new shot, stylized as a first frame
+                flow = reliable = None
+            elif self.config.align_grid:
                 layer, renewed = self._track(flow, reliable)
         stylized = self._stylize(frame, layer)
         stream = stylized
@@ -405,7 +415,7 @@ class Stabilizer:
     def state_dict(self) -> dict[str, Tensor]:
         """Enough to resume after the last frame: the previous input (as DIS saw it), the
         previous output and what is propagated, the tracked camera and layer, a renewal's
-        fading strokes, and the frame count."""
+        fading strokes, and the count of the shot's frames."""
         if self.previous_grey is None or self.previous_output is None or self.stream is None:
             return {"frames": torch.tensor(self.frames)}
         state = {
