@@ -124,8 +124,9 @@ class StabilizerConfig:
     # A cut: when less than this share of a frame's pixels match the previous frame reliably,
     # a new shot starts and the previous frames are forgotten. Otherwise the old shot's strokes
     # would be blended in wherever the flow matches by chance, and the motion fitted to that
-    # flow would turn or zoom the new shot's grid. Every camera motion of devkit/clips.py, up
-    # to 40 px per frame at 256 px, keeps a share far above it (0: never).
+    # flow would turn or zoom the new shot's grid. Even fast camera motion keeps a share far
+    # above it (benchmarks/bench_video_cuts.py); a false cut costs one frame of flicker
+    # (0: never).
     cut_share: float = 0.25
     # Resampling of the previous output along the flow: "lanczos" (Lanczos-3) keeps strokes
     # sharper than "bicubic", and far sharper than "bilinear", as it is repeated every frame.
