@@ -83,6 +83,13 @@ def queue_depth(server: RunningServer) -> float:
     return float(match.group(1))
 
 
+def wait_for_queue_depth(server: RunningServer, depth: int, what: str) -> None:
+    deadline = time.monotonic() + 60
+    while queue_depth(server) < depth:
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
 def test_excess_requests_get_503_and_accepted_ones_the_right_image(
     small_queue_server: RunningServer,
 ) -> None:
@@ -145,17 +152,14 @@ def test_a_client_that_leaves_before_its_turn_is_dropped(
     dropped_before = metric(server, "adain_jobs_dropped_total")
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(stylize, server, large)
-        deadline = time.monotonic() + 60
-        while queue_depth(server) < 1:  # the large image is being stylized
-            assert time.monotonic() < deadline, "the first request never reached the engine"
-            time.sleep(0.01)
+        # The large image is being stylized, then the second job waits behind it.
+        wait_for_queue_depth(server, 1, "the first request never reached the engine")
         leaving = send_and_leave_open(server, CONTENTS[1])
-        while queue_depth(server) < 2:  # the second job waits behind it
-            assert time.monotonic() < deadline, "the second request never reached the engine"
-            time.sleep(0.01)
+        wait_for_queue_depth(server, 2, "the second request never reached the engine")
         leaving.close()
+        deadline = time.monotonic() + 120
         while metric(server, "adain_jobs_dropped_total") < dropped_before + 1:
-            assert time.monotonic() < deadline + 120, "the abandoned job was not dropped"
+            assert time.monotonic() < deadline, "the abandoned job was not dropped"
             time.sleep(0.05)
         assert slow.result(timeout=120).status_code == 200
     assert metric(server, "adain_jobs_dropped_total") == dropped_before + 1
@@ -186,13 +190,6 @@ def adain_serve(env: dict[str, str], log_path: Path) -> Iterator[RunningServer]:
             yield RunningServer(url, port, process, log_path)
         finally:
             stop(process)
-
-
-def wait_for_queue_depth(server: RunningServer, depth: int, what: str) -> None:
-    deadline = time.monotonic() + 60
-    while queue_depth(server) < depth:
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
 
 
 def test_sigterm_under_load_finishes_accepted_requests(
