@@ -29,6 +29,9 @@ LITE_TAPS: tuple[int, ...] = (3, 8, 13)
 # -> the full encoder's, decoder conv index -> the full decoder's (None: its output image).
 ENCODER_SOURCES: dict[int, int] = {2: 9, 4: 12, 7: 16, 9: 25, 12: 29}
 DECODER_SOURCES: dict[int, int | None] = {0: 1, 3: 5, 5: 11, 7: 14, 10: 21, 12: None}
+# How every conv pads; part of the style statistics' cache key (`service.cache`), since the
+# statistics change with it.
+LITE_PADDING = "reflect"
 
 
 class PadToEven(nn.Module):
@@ -41,8 +44,9 @@ class PadToEven(nn.Module):
 
 
 def _conv(c_in: int, c_out: int, relu: bool = True) -> list[nn.Module]:
-    # Zero padding inside the conv: oneDNN pads for free, a reflection pad is a copy per layer.
-    conv = nn.Conv2d(c_in, c_out, (3, 3), padding=1)
+    # Reflection padding, as the full networks': zero padding made every border look like an
+    # edge to each conv, which drew a line along the output's borders (LITE_MODEL_CARD.md).
+    conv = nn.Conv2d(c_in, c_out, (3, 3), padding=1, padding_mode=LITE_PADDING)
     return [conv, nn.ReLU(inplace=True)] if relu else [conv]
 
 

