@@ -129,10 +129,8 @@ def steps_from_the_border(out: Tensor, rows: int = 12) -> Tensor:
 def test_the_borders_look_like_the_interior(lite: Pipeline, content_kind: str) -> None:
     """No line along the borders: the steps between the outermost rows are no larger than the
     steps further in (the zero padding of the convs drew one, twice as contrasted)."""
-    if content_kind == "flat":
-        content = torch.full((1, 3, 96, 128), 0.5)
-    else:
-        content = image(128, 96, seed=3)
+    flat = torch.full((1, 3, 96, 128), 0.5)
+    content = flat if content_kind == "flat" else image(128, 96, seed=3)
     with torch.inference_mode():
         out = lite.stylize(content, [image(64, 64, seed=7)])
     steps = steps_from_the_border(out)
