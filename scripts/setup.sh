@@ -9,12 +9,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${VENV:-.venv}"
 
+# A line before each step, so that minutes of installing are not minutes of silence.
+say() { printf 'setup: %s\n' "$*"; }
+
 apt_install() {
   local missing=()
   for package in "$@"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
   done
   ((${#missing[@]})) || return 0
+  say "installing the system packages ${missing[*]} (apt-get)"
   local sudo=""
   [[ $(id -u) -ne 0 ]] && sudo="sudo"
   $sudo apt-get update -qq
@@ -30,6 +34,9 @@ fi
 if [[ ! -x "$venv/bin/python" ]]; then
   # Debian's python3 makes virtual environments only with python3-venv (ensurepip).
   python3 -c "import ensurepip" 2>/dev/null || apt_install python3-venv
+  say "creating the virtual environment $venv"
   python3 -m venv "$venv"
 fi
+say "installing adain-serve's Python packages into $venv (a few minutes the first time: torch is large)"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$extras"
+say "done"

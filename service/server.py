@@ -137,13 +137,34 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
     )
 
 
+class AnnouncingServer(uvicorn.Server):
+    """uvicorn's server that says on stdout, once it listens, the address to open."""
+
+    def __init__(self, config: uvicorn.Config, address: str) -> None:
+        super().__init__(config)
+        self.address = address
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            print(f"adain-serve on {self.address} (open it in a browser)", flush=True)
+
+
+def page_address(host: str, port: int) -> str:
+    """The page's URL on this machine: a wildcard address is opened as the loopback one."""
+    local = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://[{local}]:{port}/" if ":" in local else f"http://{local}:{port}/"
+
+
 def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> None:
     """Serve (on `sockets` when the caller bound them) until SIGTERM or Ctrl-C, then drain the
     requests in flight and exit 0."""
     # uvicorn re-raises SIGTERM once its graceful shutdown is done; handled here, the process
     # then exits 0, which is what service managers expect of a clean stop.
     signal.signal(signal.SIGTERM, exit_cleanly)
-    uvicorn.Server(uvicorn_config(settings)).run(sockets=sockets)
+    port = sockets[0].getsockname()[1] if sockets else settings.port
+    server = AnnouncingServer(uvicorn_config(settings), page_address(settings.host, port))
+    server.run(sockets=sockets)
 
 
 def exit_cleanly(signum: int, frame: FrameType | None) -> None:
