@@ -29,7 +29,10 @@ def test_setup_says_what_it_installs() -> None:
     venv = Path(sys.executable).parent.parent
     result = subprocess.run(
         ["bash", "scripts/setup.sh"],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "VENV": str(venv)},
     )
     assert result.returncode == 0, result.stderr
@@ -68,9 +71,23 @@ def test_serve_prints_the_address_to_open_once_it_listens(
         "OMP_NUM_THREADS": "1",
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--device", "cpu"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
         lines = stdout_lines(process)
@@ -103,3 +120,15 @@ def test_serve_prints_the_address_to_open_once_it_listens(
 )
 def test_a_wildcard_address_is_opened_on_the_loopback(host: str, address: str) -> None:
     assert page_address(host, 8000) == address
+
+
+def test_the_readme_says_what_to_open_and_lists_live() -> None:
+    """The first screen says what to open after `make serve`; the API table and the
+    documentation list name the live feed."""
+    readme = (REPO / "README.md").read_text()
+    set_up = readme.split("## Set-up", 1)[1].split("\n## ", 1)[0]
+    assert "make serve" in set_up and "open **http://127.0.0.1:8000/**" in set_up
+    api_table = readme.split("## HTTP API", 1)[1].split("\n## ", 1)[0]
+    assert "| WebSocket `/live` |" in api_table
+    documentation = readme.split("## Documentation", 1)[1]
+    assert "- [docs/live.md](docs/live.md)" in documentation
