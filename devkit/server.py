@@ -86,6 +86,8 @@ def start_server(
     url = f"http://127.0.0.1:{port}"
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ADAIN_")}
     address = {"ADAIN_HOST": "127.0.0.1", "ADAIN_PORT": str(port)}
+    # Without the preset gallery unless `env` asks for it: tests count the styles they register.
+    env = {"ADAIN_PRESETS": "false", **env}
     # What `adain serve` runs: the app under uvicorn with the service's connection limits.
     command = [sys.executable, "-m", "service.server"]
     with tempfile.NamedTemporaryFile(prefix=f"adain-server-{port}-", suffix=".log",

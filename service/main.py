@@ -34,6 +34,7 @@ from service.cache import (
 from service.deps import Services
 from service.engine import Engine, StylizeJob
 from service.errors import install_error_handlers
+from service.gallery import register_presets
 from service.hardening import AllowedHosts, HostGuard, SecurityHeaders
 from service.imaging import ImageLimits, PixelBudget
 from service.jobs.local import LocalRunner
@@ -171,6 +172,8 @@ async def warm_up(services: Services) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     services = await start_services(app.state.settings)
     app.state.services = services
+    if app.state.settings.presets:
+        await register_presets(services.registry)
     warming = asyncio.create_task(warm_up(services))
     await services.jobs.start()
     try:

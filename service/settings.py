@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     cache_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="style statistics lifetime in Redis")
     styles_dir: Path = Path("data/styles")
     redis_url: str = ""
+    presets: bool = Field(True, description="register the preset gallery's public-domain "
+                          "styles at start-up (service/gallery.py)")
 
     # Access control (docs/security.md). Comma-separated lists; empty = off.
     api_keys: str = Field("", description="keys that may stylize and read the registry", repr=False)
