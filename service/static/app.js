@@ -8,9 +8,12 @@ let uploads = [];
 let registered = [];
 // Ticked registered styles: id -> weight.
 const chosenIds = new Map();
+// Mask files, in the order sent: { file, name }.
+let masks = [];
 // Object URLs owned by the page, revoked when replaced so long sessions do not leak blobs.
 let contentPreviewUrl = null;
 let resultUrl = null;
+let beforeUrl = null; // the content of the result on display, for the before / after view
 // Registered styles' thumbnails: id -> promise of an object URL (null when it could not load).
 const thumbnails = new Map();
 const THUMBNAIL_PX = 96;
@@ -35,6 +38,7 @@ const FIELD_INPUTS = {
   content: "content", style: "style-files", style_id: "registered", alpha: "alpha",
   weights: "chosen-list", preserve_color: "preserve-color", crop: "crop",
   content_size: "content-size", style_size: "style-size", format: "format", model: "model",
+  mask: "mask-files",
 };
 
 // Every API error is JSON {detail: "text", field: "name" or null}; anything else is a proxy's page.
@@ -189,6 +193,7 @@ function appendStyleFields(form, styles) {
   form.append("content_size", $("content-size").value);
   form.append("style_size", $("style-size").value);
   if ($("model").value) form.append("model", $("model").value);
+  for (const mask of masks) form.append("mask", mask.file);
 }
 
 // What each model is for, as the choice shows it (GET /models lists the loaded ones).
@@ -213,11 +218,23 @@ function setWeight(style, weight) {
   else chosenIds.set(style.key, weight);
 }
 
-function button(text, ariaLabel, onClick, variant = "") {
+function button(text, ariaLabel, onClick, variant = "", title = "") {
   const node = element("button", { type: "button", class: `small ${variant}`, "aria-label": ariaLabel }, text);
+  if (title) node.title = title;
   node.addEventListener("click", () => onClick(node));
   return node;
 }
+
+// A style's name that wraps only between its parts ("adain__la_muse" after an underscore or a
+// hyphen), never inside a word.
+function nameNode(name) {
+  const node = element("span", { class: "name" });
+  for (const part of name.split(/(?<=[_\-.])/)) node.append(part, element("wbr"));
+  return node;
+}
+
+const SAVE_TITLE = "Register this style on the server: it joins the gallery above, and later "
+  + "runs (and the Live mode) use it without uploading it again.";
 
 function renderChosen() {
   const list = $("chosen-list");
@@ -230,7 +247,7 @@ function renderChosen() {
       style.kind === "file"
         ? element("img", { src: style.key.thumbnailUrl, alt: "", class: "thumb" })
         : registeredThumbnail({ id: style.key, name: style.name }),
-      element("span", { class: "name" }, style.name),
+      nameNode(style.name),
     );
     // Weight and buttons wrap onto their own line together on narrow screens.
     const controls = element("span", { class: "controls" });
@@ -246,8 +263,8 @@ function renderChosen() {
     }
     if (style.kind === "file") {
       controls.append(
-        button("Save", `Save ${style.name} to the registered styles`,
-          (node) => registerUpload(style.key, node)),
+        button("Save to gallery", `Save ${style.name} to the registered styles`,
+          (node) => registerUpload(style.key, node), "", SAVE_TITLE),
         button("Remove", `Remove ${style.name}`, () => removeUpload(style.key), "secondary"),
       );
     } else {
@@ -279,11 +296,13 @@ function renderRegistered() {
       renderChosen();
       inputsChanged(STYLE_FIELDS);
     });
-    const label = element("label", { for: checkboxId, class: "check" });
-    label.append(checkbox, registeredThumbnail(style), ` ${style.name} `,
+    const label = element("label", { for: checkboxId, class: "tile" });
+    const caption = element("span", { class: "caption" });
+    caption.append(checkbox, nameNode(style.name));
+    label.append(registeredThumbnail(style), caption,
       element("small", {}, `${style.width}×${style.height}`));
-    item.append(label, button("Delete", `Delete registered style ${style.name}`,
-      () => deleteRegistered(style), "secondary"));
+    item.append(label, button("×", `Delete registered style ${style.name}`,
+      () => deleteRegistered(style), "secondary delete", "Delete this style from the server"));
     list.append(item);
   }
   $("registered-empty").hidden = registered.length > 0;
@@ -308,6 +327,33 @@ async function loadRegistered() {
   }
   renderRegistered();
   renderChosen();
+}
+
+function renderMasks() {
+  $("mask-list").replaceChildren(...masks.map((mask, index) => {
+    const item = element("li", { class: "chosen" });
+    item.append(element("span", { class: "name" }, `Mask ${index + 1}: ${mask.name}`),
+      button("Remove", `Remove mask ${mask.name}`, () => {
+        masks = masks.filter((other) => other !== mask);
+        renderMasks();
+        inputsChanged(["mask"]);
+      }, "secondary"));
+    return item;
+  }));
+}
+
+// The before / after view: the content photo over the result, shown left of the split.
+function setSplit(percent) {
+  $("compare").style.setProperty("--split", `${percent}%`);
+  $("compare-value").textContent = `${percent}% before`;
+}
+
+function showBefore(content) {
+  if (beforeUrl) URL.revokeObjectURL(beforeUrl);
+  beforeUrl = URL.createObjectURL(content);
+  $("before-image").src = beforeUrl;
+  $("before-image").hidden = false;
+  $("compare-field").hidden = false;
 }
 
 function removeUpload(upload) {
@@ -409,6 +455,8 @@ async function stylize(event) {
     if (model) parts.push(`model: ${model}`);
     if (cache) parts.push(`style cache: ${cache}`);
     $("result-info").textContent = parts.join(" · ");
+    showBefore(content);
+    $("video-job").hidden = true; // the newest result is this image
     const extension = $("format").value === "jpeg" ? "jpg" : $("format").value;
     $("download").href = resultUrl;
     $("download").download = `${baseName(content.name)}-stylized.${extension}`;
@@ -430,9 +478,26 @@ function init() {
     const file = $("content").files[0];
     if (contentPreviewUrl) URL.revokeObjectURL(contentPreviewUrl);
     contentPreviewUrl = file ? URL.createObjectURL(file) : null;
-    $("content-preview").hidden = !file;
-    if (file) $("content-preview").src = contentPreviewUrl;
+    const moving = Boolean(file) && isVideoFile(file); // static/video.js
+    $("content-preview").hidden = !file || moving;
+    $("content-video").hidden = !moving;
+    if (moving) $("content-video").src = contentPreviewUrl;
+    else if (file) $("content-preview").src = contentPreviewUrl;
+    if (!moving) $("content-video").removeAttribute("src");
     inputsChanged(["content", "content_size", "crop"]);
+  });
+  $("content-video").addEventListener("error", () => { $("content-video").hidden = true; });
+  $("mask-files").addEventListener("change", () => {
+    for (const file of $("mask-files").files) masks.push({ file, name: file.name });
+    $("mask-files").value = "";
+    renderMasks();
+    inputsChanged(["mask"]);
+  });
+  $("compare-split").addEventListener("input", () => setSplit($("compare-split").value));
+  // A content the browser cannot show: no before / after, the result alone.
+  $("before-image").addEventListener("error", () => {
+    $("before-image").hidden = true;
+    $("compare-field").hidden = true;
   });
   // A file the browser cannot decode gets no broken-image icon; the server explains the error.
   $("content-preview").addEventListener("error", () => { $("content-preview").hidden = true; });
@@ -454,6 +519,7 @@ function init() {
   }
   $("stylize-form").addEventListener("submit", stylize);
   $("key-form").addEventListener("submit", useKey);
+  setSplit($("compare-split").value);
   renderChosen();
   loadRegistered().catch((error) => showError(`Could not load the registered styles: ${error.message}`));
   loadModels().catch((error) => showError(`Could not load the models: ${error.message}`));

@@ -5,59 +5,67 @@
 
 const LIVE_MARKUP = `
   <h2 id="live-heading">Live camera</h2>
-  <div class="live-controls">
-    <div class="field">
-      <label for="live-style">Live style</label>
-      <select id="live-style"></select>
-    </div>
-    <div class="field">
-      <label for="live-style-file">Upload a style for live</label>
-      <input id="live-style-file" type="file" accept="image/*">
-    </div>
-    <div class="field">
-      <label for="live-alpha">Strength of the live style α <output id="live-alpha-value" for="live-alpha">1.00</output></label>
-      <input id="live-alpha" type="range" min="0" max="1" step="0.05" value="1">
-    </div>
-    <div class="row">
+  <div class="live-layout">
+    <div class="live-controls">
       <div class="field">
-        <label for="live-size">Live size</label>
-        <select id="live-size">
-          <option value="128">128 px</option>
-          <option value="256" selected>256 px</option>
-          <option value="384">384 px</option>
-          <option value="512">512 px</option>
-        </select>
+        <label for="live-style">Live style</label>
+        <select id="live-style"></select>
       </div>
       <div class="field">
-        <label for="live-style-size">Scale of the live style</label>
-        <select id="live-style-size">
-          <option value="0">Original</option>
-          <option value="256">256 px</option>
-          <option value="512" selected>512 px</option>
-        </select>
+        <label for="live-style-file">Upload a style for live</label>
+        <input id="live-style-file" type="file" accept="image/*">
+      </div>
+      <div class="field">
+        <label for="live-alpha">Strength of the live style α <output id="live-alpha-value" for="live-alpha">1.00</output></label>
+        <input id="live-alpha" type="range" min="0" max="1" step="0.05" value="1">
+      </div>
+      <div class="row">
+        <div class="field">
+          <label for="live-model">Live model</label>
+          <select id="live-model"></select>
+        </div>
+        <div class="field">
+          <label for="live-size">Live size</label>
+          <select id="live-size">
+            <option value="128">128 px</option>
+            <option value="256" selected>256 px</option>
+            <option value="384">384 px</option>
+            <option value="512">512 px</option>
+          </select>
+        </div>
+        <div class="field">
+          <label for="live-style-size">Scale of the live style</label>
+          <select id="live-style-size">
+            <option value="0">Original</option>
+            <option value="256">256 px</option>
+            <option value="512" selected>512 px</option>
+          </select>
+        </div>
       </div>
       <label class="check"><input id="live-stabilize" type="checkbox" checked> Steady (no flicker)</label>
+      <div class="row">
+        <button id="live-start" type="button">Start camera</button>
+        <button id="live-stop" type="button" class="secondary" disabled>Stop</button>
+      </div>
+      <p id="live-status" role="status" aria-live="polite"></p>
+      <p id="live-error" class="error" role="alert" hidden></p>
+      <figure>
+        <video id="live-camera" muted playsinline></video>
+        <figcaption>Camera</figcaption>
+      </figure>
     </div>
-    <div class="row">
-      <button id="live-start" type="button">Start camera</button>
-      <button id="live-stop" type="button" class="secondary" disabled>Stop</button>
-    </div>
-  </div>
-  <p id="live-status" role="status" aria-live="polite"></p>
-  <p id="live-error" class="error" role="alert" hidden></p>
-  <div class="live-views">
-    <figure>
-      <img id="live-output" alt="Stylized camera picture">
+    <figure id="live-output-figure">
       <figcaption>
         <span id="live-fps">0.0</span> frames/s ·
         latency <span id="live-latency">–</span> ms ·
         <span id="live-frames">0</span> frames ·
-        <span id="live-dropped">0</span> dropped
+        <span id="live-dropped">0</span> dropped ·
+        model <span id="live-answering">–</span>
       </figcaption>
-    </figure>
-    <figure>
-      <video id="live-camera" muted playsinline></video>
-      <figcaption>Camera</figcaption>
+      <div class="live-stage">
+        <p id="live-placeholder">Start the camera: its stylized picture appears here.</p>
+        <img id="live-output" alt="Stylized camera picture" hidden>
+      </div>
     </figure>
   </div>`;
 
@@ -77,8 +85,33 @@ const live = {
   resultTimes: [], // performance.now() of the recent results, for frames/s
   frames: 0,
   ready: false,
+  starting: false, // from Start's click until the stream is open or given up
+  hasStyles: false,
   canvas: document.createElement("canvas"),
 };
+
+// One stream at a time: Start is enabled only while none runs or starts (and a style exists).
+function liveButtons() {
+  const running = Boolean(live.starting || live.socket || live.stream);
+  $("live-start").disabled = running || !live.hasStyles;
+  $("live-stop").disabled = !running;
+}
+
+// What each model is for, as app.js's MODEL_LABELS; live prefers the fast one.
+async function loadLiveModels() {
+  const response = await api("models");
+  if (!response.ok) throw new Error(await errorMessage(response));
+  const loaded = await response.json();
+  const select = $("live-model");
+  const current = select.value;
+  select.replaceChildren(...loaded.models.map((name) => element("option", { value: name }, MODEL_LABELS[name] || name)));
+  if (loaded.models.includes(current)) select.value = current;
+  else select.value = loaded.models.includes("lite") ? "lite" : loaded.default;
+}
+
+function showAnsweringModel(model) {
+  if (model) $("live-answering").textContent = model;
+}
 
 function liveError(message) {
   $("live-error").textContent = message;
@@ -103,7 +136,8 @@ async function loadLiveStyles(selectId = null) {
   const current = selectId || select.value;
   select.replaceChildren(...styles.map((style) => element("option", { value: style.id }, style.name)));
   if (styles.some((style) => style.id === current)) select.value = current;
-  $("live-start").disabled = !styles.length && !live.socket;
+  live.hasStyles = styles.length > 0;
+  liveButtons();
   if (!styles.length) liveStatus("Upload a style to start.");
 }
 
@@ -136,7 +170,7 @@ function liveSettings() {
     style_size: Number($("live-style-size").value),
     stabilize: $("live-stabilize").checked,
     format: "jpeg",
-    ...($("model").value ? { model: $("model").value } : {}),
+    ...($("live-model").value ? { model: $("live-model").value } : {}),
   };
 }
 
@@ -145,6 +179,7 @@ function changeLiveSettings(change) {
 }
 
 async function startLive() {
+  if (live.starting || live.socket || live.stream) return; // one stream at a time
   liveError("");
   if (!$("live-style").value) {
     liveError("Choose or upload a style first.");
@@ -154,11 +189,13 @@ async function startLive() {
     liveError("This browser gives no camera to this page (it needs https or localhost).");
     return;
   }
-  $("live-start").disabled = true;
+  live.starting = true;
+  liveButtons();
   try {
     live.stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: false });
   } catch (error) {
-    $("live-start").disabled = false;
+    live.starting = false;
+    liveButtons();
     liveError(`No camera: ${error.message}`);
     return;
   }
@@ -166,10 +203,11 @@ async function startLive() {
   video.srcObject = live.stream;
   await video.play();
   Object.assign(live, { sentAt: new Map(), nextIndex: 0, inFlight: 0, header: null, resultTimes: [], frames: 0, ready: false });
-  $("live-stop").disabled = false;
   liveStatus("Connecting…");
   const socket = new WebSocket(liveUrl());
   live.socket = socket;
+  live.starting = false;
+  liveButtons();
   socket.binaryType = "blob";
   let opened = false;
   let lastError = null;
@@ -186,6 +224,7 @@ async function startLive() {
     const message = JSON.parse(event.data);
     if (message.ready) {
       live.ready = true;
+      showAnsweringModel(message.settings && message.settings.model);
       liveStatus("Live.");
       sendFrames();
     } else if ("frame" in message) {
@@ -232,6 +271,9 @@ function showLiveFrame(blob) {
   if (live.shownUrl) URL.revokeObjectURL(live.shownUrl);
   live.shownUrl = URL.createObjectURL(blob);
   $("live-output").src = live.shownUrl;
+  $("live-output").hidden = false;
+  $("live-placeholder").hidden = true;
+  showAnsweringModel(header.model);
   live.frames += 1;
   live.resultTimes.push(now);
   while (live.resultTimes.length && now - live.resultTimes[0] > 2000) live.resultTimes.shift();
@@ -279,8 +321,7 @@ function stopLive(closeSocket = true) {
   if (live.stream) for (const track of live.stream.getTracks()) track.stop();
   live.stream = null;
   $("live-camera").srcObject = null;
-  $("live-stop").disabled = true;
-  $("live-start").disabled = false;
+  liveButtons();
   liveStatus("Stopped.");
 }
 
@@ -291,6 +332,7 @@ function setMode(mode) {
   $("mode-live").setAttribute("aria-pressed", String(liveMode));
   if (liveMode) {
     loadLiveStyles().catch((error) => liveError(`Could not load the registered styles: ${error.message}`));
+    loadLiveModels().catch((error) => liveError(`Could not load the models: ${error.message}`));
   } else if (live.socket || live.stream) {
     stopLive();
   }
@@ -320,7 +362,7 @@ function initLive() {
   $("live-size").addEventListener("change", () => changeLiveSettings({ size: Number($("live-size").value) }));
   $("live-style-size").addEventListener("change", () => changeLiveSettings({ style_size: Number($("live-style-size").value) }));
   $("live-stabilize").addEventListener("change", () => changeLiveSettings({ stabilize: $("live-stabilize").checked }));
-  $("model").addEventListener("change", () => changeLiveSettings({ model: $("model").value }));
+  $("live-model").addEventListener("change", () => changeLiveSettings({ model: $("live-model").value }));
 }
 
 initLive();

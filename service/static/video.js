@@ -37,6 +37,9 @@ async function submitVideo(file, styles) {
   video.job = { id: job.id, name: baseName(file.name) };
   $("video-result").hidden = true;
   $("video-job").hidden = false;
+  // The newest result is this video's: an earlier image (and its "failed" note) gives way.
+  $("result").hidden = true;
+  markResultStale(false);
   showJob(job);
   setStatus("Stylizing the video…");
   await follow(job.id);

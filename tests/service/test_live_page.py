@@ -101,12 +101,14 @@ def stylized_over_http(
     alpha: float,
     headers: dict[str, str] | None = None,
 ) -> np.ndarray:
-    """POST /stylize of the camera's picture at the size the page showed."""
+    """POST /stylize of the camera's picture at the size the page showed, by the model live
+    mode chooses (the lite one, both being loaded)."""
     camera = camera_picture().resize(size, Image.Resampling.BILINEAR)
     answer = httpx.post(
         url + "/stylize",
         files={"content": ("camera.png", encode(camera), "image/png")},
-        data={"style_id": style_id, "content_size": "0", "style_size": "0", "alpha": str(alpha)},
+        data={"style_id": style_id, "content_size": "0", "style_size": "0", "alpha": str(alpha),
+              "model": "lite"},
         headers=headers,
         timeout=60,
     )
@@ -117,6 +119,8 @@ def stylized_over_http(
 
 def run_live(page: Page, style_name: str) -> None:
     page.get_by_role("button", name="Live", exact=True).click()
+    expect(page.get_by_label("Live style", exact=True).locator("option", has_text=style_name)
+           ).to_have_count(1)
     page.get_by_label("Live style", exact=True).select_option(label=style_name)
     page.get_by_label("Live size").select_option("128")  # quick passes of the test networks
     # The style at its own size: within the test server's pixel limits.
@@ -205,4 +209,84 @@ def test_live_mode_with_api_keys(camera_browser: Browser, keyed_server: KeyedSer
     page.get_by_role("button", name="Use key").click()
     run_live(page, "live-page-2")
     check_stylized(page, keyed_server.url, style_id, {"X-API-Key": USER_KEYS[0]})
+    context.close()
+
+
+def test_live_mode_has_its_own_model_choice_the_fast_one_first(
+    camera_browser: Browser, server: RunningServer
+) -> None:
+    """Both models loaded: live chooses lite (the Image tab keeps its own choice, full) and
+    says which model answers; another choice mid-stream is the one that answers then."""
+    register(server.url, 3)
+    context = camera_browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(server.url + "/")
+    expect(page.get_by_label("Model", exact=True)).to_have_value("full")
+    page.get_by_role("button", name="Live", exact=True).click()
+    choice = page.get_by_label("Live model")
+    expect(choice).to_have_value("lite")
+    assert choice.locator("option").evaluate_all("nodes => nodes.map(n => n.value)") == [
+        "full", "lite"]
+    run_live(page, "live-page-3")
+    expect(page.locator("#live-answering")).to_have_text("lite")
+    choice.select_option("full")
+    wait_until(page, "document.getElementById('live-answering').textContent === 'full'", 120)
+    page.get_by_role("button", name="Image", exact=True).click()
+    expect(page.get_by_label("Model", exact=True)).to_have_value("full")
+    context.close()
+
+
+def test_start_cannot_open_a_second_stream(
+    camera_browser: Browser, server: RunningServer, tmp_path: Path
+) -> None:
+    """While a stream runs, Start stays disabled, also after a style is uploaded mid-stream;
+    clicking it anyway opens no second WebSocket. After Stop it starts again."""
+    register(server.url, 4)
+    context = camera_browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    sockets: list[str] = []
+    page.on("websocket", lambda socket: sockets.append(socket.url))
+    page.goto(server.url + "/")
+    run_live(page, "live-page-4")
+    start = page.get_by_role("button", name="Start camera")
+    expect(start).to_be_disabled()
+    style = encode(random_image(48, 48, seed=SEED_BASE + 5))
+    page.get_by_label("Upload a style for live").set_input_files(
+        {"name": "mid-stream.png", "mimeType": "image/png", "buffer": style})
+    expect(page.locator("#live-status")).to_have_text("Style “mid-stream” ready.")
+    expect(start).to_be_disabled()
+    start.click(force=True)
+    start.evaluate("button => button.click()")  # a script's click on the disabled button
+    wait_for_frames(page, 2)
+    assert len(sockets) == 1, sockets
+
+    page.get_by_role("button", name="Stop", exact=True).click()
+    expect(start).to_be_enabled()
+    start.click()
+    wait_until(page, "document.getElementById('live-status').textContent === 'Live.'", 60)
+    assert len(sockets) == 2
+    context.close()
+
+
+def test_before_starting_no_broken_picture_and_the_counters_stay_in_view(
+    camera_browser: Browser, server: RunningServer
+) -> None:
+    """Before Start: a placeholder, not the picture's alt text. Running at 1280 x 900: the
+    frames/s line is above the fold, the picture not blown up to the page's width."""
+    register(server.url, 6)
+    context = camera_browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(server.url + "/")
+    page.get_by_role("button", name="Live", exact=True).click()
+    expect(page.locator("#live-output")).to_be_hidden()
+    expect(page.locator("#live-placeholder")).to_be_visible()
+    run_live(page, "live-page-6")
+    expect(page.locator("#live-output")).to_be_visible()
+    expect(page.locator("#live-placeholder")).to_be_hidden()
+    page.evaluate("window.scrollTo(0, 0)")
+    fps = page.locator("#live-fps").bounding_box()
+    picture = page.locator("#live-output").bounding_box()
+    assert fps is not None and picture is not None
+    assert fps["y"] + fps["height"] <= 900, fps
+    assert picture["width"] <= 0.55 * 1280, picture
     context.close()

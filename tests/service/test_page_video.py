@@ -67,3 +67,47 @@ def test_a_refused_video_is_explained(page: Page) -> None:
     page.get_by_role("button", name="Stylize").click()
     expect(page.get_by_role("alert")).to_contain_text("video: not a video file")
     assert page.locator("#video-job").is_hidden()
+
+
+def test_after_a_video_the_failed_note_goes_and_the_video_sits_beside_the_form(
+    page: Page,
+) -> None:
+    """An image result, then a failed request (the image marked as earlier), then a video job
+    that succeeds: the note about the failure goes with the earlier image, and the video
+    appears where results appear, beside the form, above the fold at 1280 x 900."""
+    page.get_by_label("Content photo or video").set_input_files(png_file("first.png", 92))
+    page.get_by_label("Upload style images").set_input_files([png_file("style.png", 93)])
+    page.get_by_label("Output size").select_option("0")
+    page.get_by_label("Style scale").select_option("0")
+    page.get_by_role("button", name="Stylize").click()
+    expect(page.locator("#status")).to_have_text("Done.")
+    notes = {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"notes, not pixels"}
+    page.get_by_label("Content photo or video").set_input_files(notes)
+    page.get_by_role("button", name="Stylize").click()
+    expect(page.locator("#result-stale")).to_be_visible()
+
+    page.get_by_label("Content photo or video").set_input_files(video_file(frames=4))
+    page.get_by_label("Videos: steady strokes").uncheck()
+    page.get_by_role("button", name="Stylize").click()
+    expect(page.locator("#video-result")).to_be_visible(timeout=120_000)
+    expect(page.locator("#result-stale")).to_be_hidden()
+    expect(page.locator("#result")).to_be_hidden()
+    expect(page.get_by_role("alert")).to_be_hidden()
+    page.evaluate("window.scrollTo(0, 0)")
+    panel = page.locator("#video-job").bounding_box()
+    form = page.locator("#stylize-form").bounding_box()
+    assert panel is not None and form is not None
+    assert panel["x"] >= form["x"] + form["width"], (panel, form)
+    assert panel["y"] < 900 / 2, panel
+
+
+def test_a_chosen_video_is_previewed(page: Page) -> None:
+    page.get_by_label("Content photo or video").set_input_files(video_file(frames=4))
+    preview = page.get_by_label("Preview of the content video")
+    expect(preview).to_be_visible()
+    assert (preview.get_attribute("src") or "").startswith("blob:")
+    expect(page.get_by_alt_text("Preview of the content photo")).to_be_hidden()
+    # A photo again: its picture instead.
+    page.get_by_label("Content photo or video").set_input_files(png_file("photo.png", 94))
+    expect(page.get_by_alt_text("Preview of the content photo")).to_be_visible()
+    expect(preview).to_be_hidden()
