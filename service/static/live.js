@@ -19,11 +19,11 @@ const LIVE_MARKUP = `
         <label for="live-alpha">Strength of the live style α <output id="live-alpha-value" for="live-alpha">1.00</output></label>
         <input id="live-alpha" type="range" min="0" max="1" step="0.05" value="1">
       </div>
+      <div class="field">
+        <label for="live-model">Live model</label>
+        <select id="live-model"></select>
+      </div>
       <div class="row">
-        <div class="field">
-          <label for="live-model">Live model</label>
-          <select id="live-model"></select>
-        </div>
         <div class="field">
           <label for="live-size">Live size</label>
           <select id="live-size">

@@ -128,6 +128,10 @@ def test_the_readme_says_what_to_open_and_lists_live() -> None:
     readme = (REPO / "README.md").read_text()
     set_up = readme.split("## Set-up", 1)[1].split("\n## ", 1)[0]
     assert "make serve" in set_up and "open **http://127.0.0.1:8000/**" in set_up
+    for mode in ("image", "video", "live"):  # the page's screenshots (devkit/screenshots.py)
+        link = f"docs/images/page-{mode}.jpg"
+        assert f"]({link})" in set_up
+        assert (REPO / link).stat().st_size < 300 * 1024
     api_table = readme.split("## HTTP API", 1)[1].split("\n## ", 1)[0]
     assert "| WebSocket `/live` |" in api_table
     documentation = readme.split("## Documentation", 1)[1]

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from devkit.camera import write_y4m
 from devkit.images import encode, random_image
 from devkit.server import RunningServer
 from tests.service.conftest import ADMIN_KEY, USER_KEYS, KeyedServer
@@ -30,23 +31,6 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's ch
 
 def camera_picture() -> Image.Image:
     return random_image(*CAMERA_SIZE, seed=SEED_BASE)
-
-
-def write_y4m(path: Path, picture: Image.Image, frames: int) -> None:
-    """A Y4M clip (4:2:0, full-range BT.601 as JPEG) showing `picture` in every frame."""
-    width, height = picture.size
-    ycbcr = np.asarray(picture.convert("YCbCr"))
-    y = ycbcr[..., 0]
-    chroma = [
-        np.asarray(
-            Image.fromarray(ycbcr[..., c]).resize((width // 2, height // 2), Image.Resampling.BOX)
-        )
-        for c in (1, 2)
-    ]
-    with path.open("wb") as clip:
-        clip.write(f"YUV4MPEG2 W{width} H{height} F10:1 Ip A1:1 C420jpeg\n".encode())
-        for _ in range(frames):
-            clip.write(b"FRAME\n" + y.tobytes() + chroma[0].tobytes() + chroma[1].tobytes())
 
 
 @pytest.fixture(scope="module")

@@ -55,8 +55,9 @@ def shown_result(page: Page) -> np.ndarray:
         return np.asarray(image.convert("RGB"), dtype=np.float64) / 255
 
 
-def test_a_first_visit_has_a_gallery_to_try(browser: Browser, gallery_server: RunningServer
-                                            ) -> None:
+def test_a_first_visit_has_a_gallery_to_try(
+    browser: Browser, gallery_server: RunningServer
+) -> None:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.goto(gallery_server.url + "/")
@@ -103,11 +104,17 @@ def test_the_result_has_a_before_after_view(page: Page) -> None:
 def test_masks_are_sent(page: Page, base_url: str) -> None:
     """One white mask for two styles: the first style everywhere (the API's binary form), so
     the page shows what /stylize makes of the first style alone, not the two mixed."""
-    content, first, second = (png_file("masked.png", 43), png_file("first.png", 44),
-                              png_file("second.png", 45))
+    content, first, second = (
+        png_file("masked.png", 43),
+        png_file("first.png", 44),
+        png_file("second.png", 45),
+    )
     choose_images(page, content, first, second)
-    white: FilePayload = {"name": "white.png", "mimeType": "image/png",
-                          "buffer": encode(Image.new("L", CONTENT_SIZE, 255))}
+    white: FilePayload = {
+        "name": "white.png",
+        "mimeType": "image/png",
+        "buffer": encode(Image.new("L", CONTENT_SIZE, 255)),
+    }
     page.get_by_label("Masks (optional)").set_input_files(white)
     expect(page.locator("#mask-list li")).to_have_text(["Mask 1: white.pngRemove"])
     stylize_and_wait(page)
@@ -116,8 +123,10 @@ def test_masks_are_sent(page: Page, base_url: str) -> None:
     def over_http(*styles: FilePayload) -> np.ndarray:
         answer = httpx.post(
             base_url + "/stylize",
-            files=[("content", (content["name"], content["buffer"], "image/png")),
-                   *[("style", (s["name"], s["buffer"], "image/png")) for s in styles]],
+            files=[
+                ("content", (content["name"], content["buffer"], "image/png")),
+                *[("style", (s["name"], s["buffer"], "image/png")) for s in styles],
+            ],
             data={"content_size": "0", "style_size": "0"},
             timeout=60,
         )
@@ -137,21 +146,25 @@ LONG_NAMES = ("adain__la_muse", "contrast_of_forms-by_willi", "picasso_seated_nu
 
 
 @pytest.mark.parametrize("width", [1280, 360])
-def test_style_names_wrap_between_words_only(browser: Browser, base_url: str,
-                                             width: int) -> None:
+def test_style_names_wrap_between_words_only(browser: Browser, base_url: str, width: int) -> None:
     """Long names in the gallery and the chosen list: no word of them is split over two
     lines, wherever they wrap."""
     for seed, name in enumerate(LONG_NAMES[:1]):
         style = png_file(f"{name}.png", 50 + seed)
-        answer = httpx.post(base_url + "/styles", data={"name": name},
-                            files={"file": (style["name"], style["buffer"])}, timeout=30)
+        answer = httpx.post(
+            base_url + "/styles",
+            data={"name": name},
+            files={"file": (style["name"], style["buffer"])},
+            timeout=30,
+        )
         assert answer.status_code in (200, 201), answer.text
     context = browser.new_context(viewport={"width": width, "height": 900})
     page = context.new_page()
     page.goto(base_url + "/")
     page.get_by_role("checkbox", name=LONG_NAMES[0]).check()
     page.get_by_label("Upload style images").set_input_files(
-        [png_file(f"{name}.png", 60 + seed) for seed, name in enumerate(LONG_NAMES[1:])])
+        [png_file(f"{name}.png", 60 + seed) for seed, name in enumerate(LONG_NAMES[1:])]
+    )
     expect(page.get_by_label(f"Weight for {LONG_NAMES[1]}")).to_be_visible()
     split_words = page.evaluate("""() => {
         const split = [];
