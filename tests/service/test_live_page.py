@@ -4,7 +4,6 @@ with API keys on too."""
 
 from __future__ import annotations
 
-import base64
 import io
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from devkit.camera import write_y4m
 from devkit.images import encode, random_image
 from devkit.server import RunningServer
 from tests.service.conftest import ADMIN_KEY, USER_KEYS, KeyedServer
-from tests.service.test_page import CHROMIUM, CHROMIUM_FLAGS
+from tests.service.test_page import CHROMIUM, CHROMIUM_FLAGS, decoded_pixels
 
 CAMERA_SIZE = (320, 240)
 CAMERA_FRAMES = 10
@@ -63,15 +62,7 @@ def register(url: str, seed: int, headers: dict[str, str] | None = None) -> str:
 
 def shown_pixels(page: Page) -> np.ndarray:
     """The stylized picture the page shows, as the browser decoded it."""
-    data_url = page.locator("#live-output").evaluate("""image => {
-        const canvas = document.createElement("canvas");
-        canvas.width = image.naturalWidth; canvas.height = image.naturalHeight;
-        canvas.getContext("2d").drawImage(image, 0, 0);
-        return canvas.toDataURL("image/png");
-    }""")
-    data = base64.b64decode(data_url.split(",", 1)[1])
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.float64) / 255
+    return decoded_pixels(page.locator("#live-output"))
 
 
 def counter(page: Page, element_id: str) -> float:

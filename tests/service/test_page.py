@@ -3,7 +3,9 @@ on, and from the pages of other sites (origins)."""
 
 from __future__ import annotations
 
+import base64
 import http.server
+import io
 import threading
 import time
 from collections.abc import Iterator
@@ -11,9 +13,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, FilePayload, Page, expect, sync_playwright
+from playwright.sync_api import Browser, FilePayload, Locator, Page, expect, sync_playwright
 
 from devkit.images import encode, random_image
 from devkit.server import RunningServer, free_port
@@ -76,6 +79,18 @@ def stylize_and_wait(page: Page) -> str:
     page.get_by_role("button", name="Stylize").click()
     expect(page.locator("#result-info")).to_contain_text("ms")
     return page.locator("#result-info").inner_text()
+
+
+def decoded_pixels(image: Locator) -> np.ndarray:
+    """The picture an <img> shows, as the browser decoded it: (height, width, 3) in [0, 1]."""
+    data_url = image.evaluate("""image => {
+        const canvas = document.createElement("canvas");
+        canvas.width = image.naturalWidth; canvas.height = image.naturalHeight;
+        canvas.getContext("2d").drawImage(image, 0, 0);
+        return canvas.toDataURL("image/png");
+    }""")
+    with Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))) as decoded:
+        return np.asarray(decoded.convert("RGB"), dtype=np.float64) / 255
 
 
 def natural_size(page: Page) -> tuple[int, int]:

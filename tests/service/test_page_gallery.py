@@ -4,9 +4,7 @@ the Save button explained."""
 
 from __future__ import annotations
 
-import base64
 import io
-from collections.abc import Iterator
 
 import httpx
 import numpy as np
@@ -15,44 +13,25 @@ from PIL import Image
 from playwright.sync_api import Browser, FilePayload, Page, expect
 
 from devkit.images import encode
-from devkit.server import RunningServer, running_server
+from devkit.server import RunningServer
 from service.gallery import PRESET_NAMES
+from tests.service.test_gallery import gallery_server
 from tests.service.test_page import (
     CONTENT_SIZE,
     browser,
     choose_images,
+    decoded_pixels,
     page,
     png_file,
     pytestmark,
     stylize_and_wait,
 )
 
-__all__ = ["browser", "page", "pytestmark"]  # the fixtures and the skip, shared with test_page
-
-
-@pytest.fixture(scope="module")
-def gallery_server(
-    server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningServer]:
-    env = {
-        **server_env,
-        "ADAIN_STYLES_DIR": str(tmp_path_factory.mktemp("page-gallery-styles")),
-        "ADAIN_PRESETS": "true",
-    }
-    with running_server(env) as running:
-        yield running
+__all__ = ["browser", "gallery_server", "page", "pytestmark"]  # fixtures and the skip, shared
 
 
 def shown_result(page: Page) -> np.ndarray:
-    """The result image as the browser decoded it."""
-    data_url = page.locator("#result-image").evaluate("""image => {
-        const canvas = document.createElement("canvas");
-        canvas.width = image.naturalWidth; canvas.height = image.naturalHeight;
-        canvas.getContext("2d").drawImage(image, 0, 0);
-        return canvas.toDataURL("image/png");
-    }""")
-    with Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.float64) / 255
+    return decoded_pixels(page.locator("#result-image"))
 
 
 def test_a_first_visit_has_a_gallery_to_try(
