@@ -63,6 +63,7 @@ def test_the_result_has_a_before_after_view(page: Page) -> None:
     expect(split).to_be_visible()
     box = page.locator("#result-image").bounding_box()
     assert box is not None
+    assert box["width"] >= 250  # a 64 px result is shown scaled up to 16rem, not a stamp
     left = (box["x"] + 0.1 * box["width"], box["y"] + box["height"] / 2)
     right = (box["x"] + 0.9 * box["width"], box["y"] + box["height"] / 2)
     shown_at = "([x, y]) => document.elementFromPoint(x, y).id"
