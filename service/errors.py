@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
+from media.video import UnsupportedVideoError, VideoTooLargeError
 from models.errors import DomainError, InvalidInputError, error_body
 from models.evaluate import PeerOutputError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
@@ -42,7 +43,6 @@ from service.security import (
     PermissionDeniedError,
     RateLimitedError,
 )
-from service.video import UnsupportedVideoError, VideoTooLargeError
 
 
 class MalformedRequestError(DomainError):

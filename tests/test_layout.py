@@ -1,5 +1,6 @@
 """Who may import whom, read from the source: the installed packages never import the helpers
-or the tests, `models/` no web or command-line stack, `service/` not the command, nothing
+or the tests, `models/` no web or command-line stack, `media/` (between the two) neither and
+not `service/`, `models/` not `media/`, `service/` not the command, nothing
 imports `tests/`, and no module of the project imports itself back through others (lazy
 imports inside functions count: a cycle hidden in a function body is still a cycle)."""
 
@@ -18,6 +19,19 @@ FORBIDDEN = {
         "tests",
         "devkit",
         "benchmarks",
+        "media",
+        "service",
+        "cli",
+        "fastapi",
+        "starlette",
+        "uvicorn",
+        "typer",
+        "click",
+    },
+    "media": {
+        "tests",
+        "devkit",
+        "benchmarks",
         "service",
         "cli",
         "fastapi",
@@ -31,7 +45,7 @@ FORBIDDEN = {
     "benchmarks": {"tests"},
     "devkit": {"tests", "benchmarks"},
 }
-PACKAGES = ("models", "service", "cli", "benchmarks", "devkit")
+PACKAGES = ("models", "media", "service", "cli", "benchmarks", "devkit")
 
 
 def imported_modules(path: Path) -> set[str]:

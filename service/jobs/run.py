@@ -23,13 +23,13 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from media.video import Segment, SegmentWriter, finalize, frame_tensor, read_frames, tensor_to_rgb
 from models.errors import DomainError, InvalidInputError, error_body
 from models.model import Masks, StyleMix
 from models.pipeline import Pipeline
 from service.imaging import ImageLimits
 from service.jobs.store import Checkpoint, JobRecord, JobStatus, JobStore
 from service.stylizer import StyleInput, prepare_masks, prepare_style
-from service.video import Segment, SegmentWriter, finalize, frame_tensor, read_frames, tensor_to_rgb
 
 log = logging.getLogger("service.jobs")
 

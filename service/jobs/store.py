@@ -83,7 +83,7 @@ class Checkpoint:
     """Frames done so far: the closed segments and the stabiliser's state after the last."""
 
     frames_done: int
-    segments: list[dict[str, Any]]  # {"file", "first_pts", "frames"} (`service.video.Segment`)
+    segments: list[dict[str, Any]]  # {"file", "first_pts", "frames"} (`media.video.Segment`)
     stabilizer: dict[str, torch.Tensor] | None
 
 

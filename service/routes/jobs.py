@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
+from media.video import UnsupportedVideoError, VideoLimits, VideoTooLargeError
 from models.model import parse_mix_weights
 from service.deps import RegistryDep, ServicesDep, StylizerDep
 from service.errors import RangeNotSatisfiableError
@@ -49,7 +50,6 @@ from service.security import (
     client_address,
 )
 from service.stylizer import MAX_STYLES, check_counts
-from service.video import UnsupportedVideoError, VideoLimits, VideoTooLargeError
 
 router = APIRouter(tags=["jobs"])
 

@@ -12,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from devkit import REPO
+from media.video import UnsupportedVideoError, VideoTooLargeError
 from models.errors import DomainError, InvalidInputError
 from models.evaluate import PeerOutputError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
@@ -50,7 +51,6 @@ from service.security import (
     RateLimitedError,
 )
 from service.settings import Settings
-from service.video import UnsupportedVideoError, VideoTooLargeError
 
 # (error, status, Retry-After): the messages and fields are those the code raises.
 CASES: list[tuple[DomainError, int, str | None]] = [

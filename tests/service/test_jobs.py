@@ -21,7 +21,7 @@ from PIL import Image
 from devkit.images import encode, psnr, random_image
 from devkit.server import RunningServer, running_server
 from devkit.videos import decode_frames, faststart, make_audio_only, make_video, truncated
-from service.video import describe_output
+from media.video import describe_output
 
 USER_A, USER_B, USER_C = "jobs-user-a-0123456789", "jobs-user-b-0123456789", "jobs-user-c-01234"
 ADMIN = "jobs-admin-0123456789"
