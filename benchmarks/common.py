@@ -25,14 +25,15 @@ from torchvision.utils import save_image
 
 from devkit import reference_port
 from devkit.images import encode, random_image
+from media.imaging import ImageLimits, OutputFormat, StyleInput
 from models.config import CompileMode, PipelineConfig, Precision
 from models.model import make_decoder, make_encoder
 from models.pipeline import build_pipeline
 from service.cache import MemoryStatsCache, encoder_fingerprint
 from service.engine import Engine, cpu_threads
-from service.imaging import ImageLimits, OutputFormat, PixelBudget
+from service.imaging import PixelBudget
 from service.settings import Settings
-from service.stylizer import StyleInput, Stylizer, StylizeRequest
+from service.stylizer import Stylizer, StylizeRequest
 
 # Both pipelines with the threads the service's engine uses: the engine sets them in its own
 # worker thread, the reference loop runs in this one.

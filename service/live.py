@@ -37,24 +37,25 @@ from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from torch import Tensor
 
+from media.imaging import (
+    ImageLimits,
+    ImageTooLargeError,
+    OutputFormat,
+    StyleInput,
+    check_prepared_size,
+    encode_image,
+    header_pixels,
+    open_image,
+)
 from models import images
 from models.errors import DomainError, InvalidInputError
 from models.model import StyleMix
 from models.video import LIVE, Placement, Stabilizer
 from service import metrics
 from service.engine import EngineClosedError, StylizeJob, Timed
-from service.imaging import (
-    ImageLimits,
-    ImageTooLargeError,
-    OutputFormat,
-    check_prepared_size,
-    encode_image,
-    header_pixels,
-    open_image,
-)
 from service.registry import StyleNotFoundError, StyleRegistry
 from service.security import Caller
-from service.stylizer import StyleInput, Stylizer
+from service.stylizer import Stylizer
 
 log = logging.getLogger("service.live")
 

@@ -19,6 +19,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
+from media.imaging import ImageLimits
 from models import images
 from models.config import ModelName
 from models.model import StyleMix
@@ -35,7 +36,7 @@ from service.deps import Services
 from service.engine import Engine, StylizeJob
 from service.errors import install_error_handlers
 from service.hardening import AllowedHosts, HostGuard, SecurityHeaders
-from service.imaging import ImageLimits, PixelBudget
+from service.imaging import PixelBudget
 from service.jobs.local import LocalRunner
 from service.jobs.run import JobSettings
 from service.jobs.store import JobStore

@@ -1,9 +1,10 @@
 """POST /stylize without the HTTP: image decoding, the style cache, the engine.
 
 The route checks the form once (`check_counts`, the form's own constraints) and hands over a
-`StylizeRequest`, which this module trusts. Preprocessing is `models.images` (the functions
-`adain stylize` uses), so the service returns the CLI's pixels for the same inputs. Failures are
-domain errors (`models.errors`); `service.errors` turns them into HTTP answers.
+`StylizeRequest`, which this module trusts. Decoding and preprocessing are `media.imaging` (what
+video jobs and live mode use, on `models.images`: the functions `adain stylize` uses), so the
+service returns the CLI's pixels for the same inputs. Failures are domain errors
+(`models.errors`); `service.errors` turns them into HTTP answers.
 """
 
 from __future__ import annotations
@@ -13,36 +14,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from PIL import ImageOps
 from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
-from models import images
+from media.imaging import (
+    ImageLimits,
+    OutputFormat,
+    StyleInput,
+    encode_image,
+    header_pixels,
+    prepare_content,
+    prepare_masks,
+    prepare_style,
+)
 from models.errors import InvalidInputError
-from models.model import Masks, StyleMix, check_mask_count, normalise_mix_weights
+from models.model import StyleMix
 from service import metrics
 from service.cache import StatsCache, stats_key
 from service.engine import Engine, StyleStats, StylizeJob
-from service.imaging import (
-    ImageLimits,
-    OutputFormat,
-    PixelBudget,
-    check_encodable,
-    check_prepared_size,
-    encode_image,
-    header_pixels,
-    open_image,
-)
-
-MAX_STYLES = 8
-
-
-@dataclass(frozen=True)
-class StyleInput:
-    """The bytes of one style image and the form field they came from (for error messages)."""
-
-    data: bytes
-    field: str
+from service.imaging import PixelBudget
 
 
 @dataclass(frozen=True)
@@ -78,59 +68,25 @@ class StylizeOutput:
     model: str  # the model that answered
 
 
-def check_counts(n_styles: int, n_masks: int, weights: list[float] | None) -> Tensor:
-    """Refuses 0 or more than 8 styles, a mask count that fits no form, a weights count that
-    is not one per style; returns the normalised weights. Cheap: run it before reading uploads."""
-    if not 1 <= n_styles <= MAX_STYLES:
-        raise InvalidInputError(
-            f"got {n_styles} styles; send 1 to {MAX_STYLES} (style files and style_ids "
-            "together)", "style",
-        )
-    check_mask_count(n_masks, n_styles)
-    return normalise_mix_weights(weights, n_styles)
-
-
-def prepare_content(data: bytes, size: int, crop: bool, output_format: OutputFormat,
-                    limits: ImageLimits) -> tuple[Tensor, tuple[int, int]]:
-    """The content tensor and the upright size (width, height) of the uploaded image; refuses
-    an output the format cannot encode before any network runs."""
-    upright = images.to_rgb(open_image(data, "content", limits))
-    check_prepared_size(upright.size, size, crop, "content_size", limits)
-    height, width = images.prepared_size(*upright.size, size, crop)
-    check_encodable(width, height, output_format.value)
-    return images.rgb_to_tensor(upright, size, crop), upright.size
-
-
-def prepare_style(style: StyleInput, size: int, crop: bool, limits: ImageLimits) -> Tensor:
-    upright = images.to_rgb(open_image(style.data, style.field, limits))
-    check_prepared_size(upright.size, size, crop, "style_size", limits)
-    return images.rgb_to_tensor(upright, size, crop)
-
-
-def prepare_masks(
-    masks: tuple[bytes, ...], n_styles: int, content_size: tuple[int, int],
-    grid: tuple[int, int], limits: ImageLimits,
-) -> Masks:
-    """The uploaded masks decoded, then `models.images.masks_from_images` (its rules)."""
-    fields = [f"mask[{index}]" for index in range(len(masks))]
-    uprights = [ImageOps.exif_transpose(open_image(data, field, limits))
-                for data, field in zip(masks, fields, strict=True)]
-    return images.masks_from_images(uprights, n_styles, content_size, grid, fields)
-
-
 class Stylizer:
     """`encoder_fingerprint`: what each of the engine's networks' style statistics depend on,
     by model name (one string: the engine's only network), so that the cache keeps each
     model's statistics apart."""
 
-    def __init__(self, engine: Engine, cache: StatsCache, limits: ImageLimits,
-                 encoder_fingerprint: str | Mapping[str, str], decode_budget: PixelBudget
-                 ) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        cache: StatsCache,
+        limits: ImageLimits,
+        encoder_fingerprint: str | Mapping[str, str],
+        decode_budget: PixelBudget,
+    ) -> None:
         self.engine = engine
         self.cache = cache
         self.limits = limits
         self.fingerprints = (
-            dict(encoder_fingerprint) if isinstance(encoder_fingerprint, Mapping)
+            dict(encoder_fingerprint)
+            if isinstance(encoder_fingerprint, Mapping)
             else {engine.default_model: encoder_fingerprint}
         )
         self.decode_budget = decode_budget
@@ -142,30 +98,44 @@ class Stylizer:
         if name not in self.fingerprints:
             raise InvalidInputError(
                 f"model: {name[:40]!r} is not loaded here; choose one of "
-                f"{', '.join(self.fingerprints)} (ADAIN_MODELS)", "model",
+                f"{', '.join(self.fingerprints)} (ADAIN_MODELS)",
+                "model",
             )
         return name
 
     async def stylize(self, request: StylizeRequest) -> StylizeOutput:
         model = self.check_model(request.model)
         content, upright_size = await self.decode_budget.decode(
-            header_pixels(request.content), "content",
-            prepare_content, request.content, request.content_size, request.crop,
-            request.output_format, self.limits,
+            header_pixels(request.content),
+            "content",
+            prepare_content,
+            request.content,
+            request.content_size,
+            request.crop,
+            request.output_format,
+            self.limits,
         )
         grid = (content.shape[-2], content.shape[-1])
         masks = None
         if request.masks:
             masks = await self.decode_budget.decode(
-                sum(map(header_pixels, request.masks)), "mask",
-                prepare_masks, request.masks, len(request.styles), upright_size, grid,
+                sum(map(header_pixels, request.masks)),
+                "mask",
+                prepare_masks,
+                request.masks,
+                len(request.styles),
+                upright_size,
+                grid,
                 self.limits,
             )
         stats, cache_results, styles_ms = [], [], 0.0
         for style in request.styles:
             style_stats, result, ms = await self.style_statistics(
-                style, request.style_size, request.crop,
-                content if request.preserve_color else None, model,
+                style,
+                request.style_size,
+                request.crop,
+                content if request.preserve_color else None,
+                model,
             )
             stats.append(style_stats)
             cache_results.append(result)
@@ -182,12 +152,21 @@ class Stylizer:
             encode_image, stylized.value, request.output_format, request.quality
         )
         return StylizeOutput(
-            encoded, request.output_format.media_type, cache_results, styles_ms,
-            stylized.compute_ms, stylized.batch_size, model,
+            encoded,
+            request.output_format.media_type,
+            cache_results,
+            styles_ms,
+            stylized.compute_ms,
+            stylized.batch_size,
+            model,
         )
 
     async def style_statistics(
-        self, style: StyleInput, size: int, crop: bool, recolour_to: Tensor | None = None,
+        self,
+        style: StyleInput,
+        size: int,
+        crop: bool,
+        recolour_to: Tensor | None = None,
         model: str | None = None,
     ) -> tuple[StyleStats, str, float]:
         """(statistics, "hit" | "miss" | "bypass", network ms) of the style prepared at `size`
@@ -204,8 +183,13 @@ class Stylizer:
                 metrics.STYLE_CACHE.labels("hit").inc()
                 return cached, "hit", 0.0
         tensor = await self.decode_budget.decode(
-            header_pixels(style.data), style.field,
-            prepare_style, style, size, crop, self.limits,
+            header_pixels(style.data),
+            style.field,
+            prepare_style,
+            style,
+            size,
+            crop,
+            self.limits,
         )
         computed = await self.engine.style_statistics(tensor, recolour_to, model)
         if key is not None:

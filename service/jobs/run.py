@@ -23,13 +23,12 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from media.imaging import ImageLimits, StyleInput, prepare_masks, prepare_style
 from media.video import Segment, SegmentWriter, finalize, frame_tensor, read_frames, tensor_to_rgb
 from models.errors import DomainError, InvalidInputError, error_body
 from models.model import Masks, StyleMix
 from models.pipeline import Pipeline
-from service.imaging import ImageLimits
 from service.jobs.store import Checkpoint, JobRecord, JobStatus, JobStore
-from service.stylizer import StyleInput, prepare_masks, prepare_style
 
 log = logging.getLogger("service.jobs")
 

@@ -10,12 +10,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from media.imaging import ImageLimits, StyleInput, check_counts, prepare_masks, prepare_style
 from media.video import VideoInfo, VideoLimits, check_output_size, output_size, probe
 from models.errors import DomainError
-from service.imaging import ImageLimits
 from service.jobs.run import FrameBackend, JobParams, JobSettings, run_job
 from service.jobs.store import JobRecord, JobStatus, JobStore
-from service.stylizer import StyleInput, check_counts, prepare_masks, prepare_style
 
 # Suffixes the command takes as videos (anything else is an image for `adain stylize`).
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".webm", ".mkv", ".gif", ".avi", ".3gp"})

@@ -12,8 +12,8 @@ import signal
 import threading
 from types import FrameType
 
+from media.imaging import ImageLimits
 from models.pipeline import build_pipeline
-from service.imaging import ImageLimits
 from service.jobs.queue import QueueConfig, QueueWorker, job_handlers
 from service.jobs.run import JobSettings, ModelBackend
 from service.jobs.store import JobStore

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
+from media.imaging import MAX_STYLES, check_counts
 from media.video import UnsupportedVideoError, VideoLimits, VideoTooLargeError
 from models.model import parse_mix_weights
 from service.deps import RegistryDep, ServicesDep, StylizerDep
@@ -49,7 +50,6 @@ from service.security import (
     authenticate,
     client_address,
 )
-from service.stylizer import MAX_STYLES, check_counts
 
 router = APIRouter(tags=["jobs"])
 

@@ -14,11 +14,11 @@ from PIL import Image, ImageOps
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from media.imaging import ImageLimits, header_pixels, open_image
 from models import images
 from models.errors import InvalidInputError
 from service.deps import LimitsDep, RegistryDep, StylizerDep
 from service.forms import FormFieldsDep
-from service.imaging import ImageLimits, header_pixels, open_image
 from service.openapi import (
     LIST_STYLES_RESPONSES,
     REGISTER_STYLE_ERRORS,

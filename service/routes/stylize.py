@@ -9,15 +9,15 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from media.imaging import MAX_STYLES, OutputFormat, StyleInput, check_counts
 from models.model import parse_mix_weights
 from service.deps import RegistryDep, StylizerDep
 from service.forms import FormFieldsDep
-from service.imaging import OutputFormat
 from service.openapi import STYLIZE_RESPONSES
 from service.registry import StyleNotFoundError, StyleRegistry
 from service.routes.styles import find_style
 from service.security import Caller, UserDep
-from service.stylizer import MAX_STYLES, StyleInput, StylizeRequest, check_counts
+from service.stylizer import StylizeRequest
 
 router = APIRouter(tags=["stylize"])
 

@@ -12,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from devkit import REPO
+from media.imaging import ImageTooLargeError, UnsupportedImageError
 from media.video import UnsupportedVideoError, VideoTooLargeError
 from models.errors import DomainError, InvalidInputError
 from models.evaluate import PeerOutputError
@@ -31,7 +32,7 @@ from service.errors import (
 )
 from service.forms import UnsupportedFormError
 from service.hardening import HostNotAllowedError
-from service.imaging import DecodeBudgetError, ImageTooLargeError, UnsupportedImageError
+from service.imaging import DecodeBudgetError
 from service.jobs.store import JobNotDoneError, JobNotFoundError
 from service.limits import BodyTimeoutError, BodyTooLargeError
 from service.live import LiveBusyError, LiveFailedError, LiveIdleError

@@ -15,13 +15,8 @@ import pytest
 from PIL import Image
 
 from devkit.images import encode, random_image
-from service.imaging import (
-    PNG_ROWS_PER_CHUNK,
-    DecodeBudgetError,
-    PixelBudget,
-    encode_png,
-    header_pixels,
-)
+from media.imaging import PNG_ROWS_PER_CHUNK, encode_png, header_pixels
+from service.imaging import DecodeBudgetError, PixelBudget
 
 
 @pytest.mark.parametrize(

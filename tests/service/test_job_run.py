@@ -12,16 +12,15 @@ import torch
 
 from devkit.images import encode, psnr, random_image
 from devkit.videos import coded_as_result, decode_frames, make_video
+from media.imaging import ImageLimits, StyleInput, prepare_style
 from media.video import VideoLimits, describe_output, tensor_to_rgb
 from models.config import ModelName, PipelineConfig, Precision
 from models.model import StyleMix
 from models.pipeline import Pipeline, build_pipeline
 from models.weights import load_model
-from service.imaging import ImageLimits
 from service.jobs.run import JobSettings, ModelBackend, run_job
 from service.jobs.store import JobStatus, JobStore
 from service.jobs.submit import create_job, stylize_video_file
-from service.stylizer import StyleInput, prepare_style
 
 STYLE = encode(random_image(48, 48, seed=1911))
 SETTINGS = JobSettings(
