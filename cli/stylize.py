@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,6 +17,7 @@ from cli.common import (
     ModelOption,
     PrecisionOption,
     usage_error,
+    without_field_prefix,
 )
 from models.config import (
     DEFAULT_TILE_SIZE,
@@ -28,7 +31,17 @@ from models.config import (
 if TYPE_CHECKING:
     import torch
 
+    from models.config import PipelineConfig
     from models.model import Masks
+
+
+# What the command's inputs may be, as its errors say.
+READABLE_IMAGE = "not a readable image (PNG, JPEG, WebP, ...)"
+READABLE_CONTENT = "not a readable image or video (PNG, JPEG, WebP, ...; MP4, WebM, MOV, GIF, ...)"
+# The shorter side of images without --content-size / --style-size (the service's default too).
+DEFAULT_IMAGE_SIZE = 512
+# The shorter side a video keeps at most without --content-size (`media.clip.own_size`).
+OWN_SIZE_LIMIT = 1080
 
 
 def register(app: typer.Typer) -> None:
@@ -54,7 +67,8 @@ def read_image(
     try:
         return images.load_with_size(path, size, crop)
     except UnidentifiedImageError as exc:
-        raise InputError(f"{argument} {path}: not a readable image (PNG, JPEG, WebP, ...)") from exc
+        what = READABLE_CONTENT if argument == "CONTENT" else READABLE_IMAGE
+        raise InputError(f"{argument} {path}: {what}") from exc
     except OSError as exc:
         raise InputError(f"{argument} {path}: could not be read ({exc.strerror or exc})") from exc
 
@@ -73,7 +87,7 @@ def read_masks(
             with Image.open(path) as image:
                 uprights.append(ImageOps.exif_transpose(image))
         except UnidentifiedImageError as exc:
-            raise InputError(f"--mask {path}: not a readable image (PNG, JPEG, WebP, ...)") from exc
+            raise InputError(f"--mask {path}: {READABLE_IMAGE}") from exc
     return images.masks_from_images(
         uprights, n_styles, content_size, grid, [f"--mask {path}" for path in paths]
     )
@@ -92,6 +106,78 @@ def check_output(output: Path, separate: bool) -> None:
             "--output",
         )
     output.parent.mkdir(parents=True, exist_ok=True)
+
+
+def check_video_output(output: Path) -> None:
+    """A video comes out as an MP4: the output's name must say so."""
+    from media.clip import VIDEO_OUTPUT_SUFFIXES
+
+    if output.suffix.lower() not in VIDEO_OUTPUT_SUFFIXES:
+        raise usage_error(
+            f"{str(output)!r} is no video file name: a video comes out as MP4, end it with .mp4",
+            "--output",
+        )
+
+
+@contextmanager
+def naming_content(content: Path) -> Iterator[None]:
+    """An error of the video (`media.video`'s field "video") as the CONTENT argument's."""
+    from models.errors import DomainError
+
+    try:
+        yield
+    except DomainError as exc:
+        if exc.field != "video":
+            raise
+        detail = without_field_prefix(exc.detail, "video")
+        raise InputError(f"CONTENT {content}: {detail}") from exc
+
+
+def stylize_video(
+    content: Path,
+    styles: list[Path],
+    output: Path,
+    config: PipelineConfig,
+    *,
+    weights: list[float] | None,
+    masks: list[Path],
+    alpha: float,
+    preserve_color: bool,
+    content_size: int | None,
+    style_size: int,
+    crop: bool,
+    stabilize: bool,
+) -> int:
+    """The video through `media.clip`: every input checked, then the network loaded and a
+    progress bar shown; an error of the video names the CONTENT argument."""
+    from tqdm import tqdm
+
+    from media.clip import ModelBackend, open_clip, stylize_clip
+    from models.pipeline import build_pipeline
+
+    with naming_content(content):
+        clip = open_clip(
+            content,
+            styles,
+            weights=weights,
+            masks=masks,
+            alpha=alpha,
+            preserve_color=preserve_color,
+            content_size=content_size,
+            style_size=style_size,
+            crop=crop,
+            stabilize=stabilize,
+        )
+    backend = ModelBackend({config.model.value: build_pipeline(config)})
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tqdm(total=clip.frames, unit="frame", desc="stylize") as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = max(total, done)
+            bar.update(done - bar.n)
+
+        with naming_content(content):  # a frame past the probe may not decode
+            return stylize_clip(clip, backend, output, on_progress=progress)
 
 
 def stylize(
@@ -118,8 +204,17 @@ def stylize(
         ),
     ] = None,
     preserve_color: Annotated[bool, typer.Option(help="Keep the content's colours.")] = False,
-    content_size: Annotated[int, typer.Option(min=0, help="Shorter side; 0 keeps it.")] = 512,
-    style_size: Annotated[int, typer.Option(min=0, help="Shorter side; 0 keeps it.")] = 512,
+    content_size: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help=f"Shorter side; 0 keeps it. Default: {DEFAULT_IMAGE_SIZE} for images; a video "
+            f"keeps its size, its shorter side at most {OWN_SIZE_LIMIT}.",
+        ),
+    ] = None,
+    style_size: Annotated[
+        int, typer.Option(min=0, help="Shorter side; 0 keeps it.")
+    ] = DEFAULT_IMAGE_SIZE,
     crop: Annotated[bool, typer.Option(help="Centre-crop to a square of the size.")] = False,
     stabilize: Annotated[bool, typer.Option(help="Videos: temporal stabilisation.")] = True,
     encoder: EncoderOption = None,
@@ -143,49 +238,51 @@ def stylize(
     --mask); a folder among the inputs stylizes every content with every style separately, into
     the folder OUTPUT.
     """
-    import itertools
-
-    import torch
-    from tqdm import tqdm
-
-    from models import images
-    from models.config import PipelineConfig
-    from models.errors import DomainError
-    from models.model import parse_mix_weights
-    from models.pipeline import build_pipeline
+    import media  # noqa: F401 (before torch: OMP_WAIT_POLICY)
 
     try:
         check_tile_size(tile_size)
     except ValueError as exc:
         raise usage_error(str(exc), "--tile-size") from None
-    weights = parse_mix_weights([mix_weights] if mix_weights else [])
-    from service.jobs.run import ModelBackend
-    from service.jobs.submit import VIDEO_SUFFIXES, stylize_video_file
+    import itertools
 
+    import torch
+    from tqdm import tqdm
+
+    from media.clip import is_video_file
+    from models import images
+    from models.config import PipelineConfig
+    from models.model import parse_mix_weights
+    from models.pipeline import build_pipeline
+
+    weights = parse_mix_weights([mix_weights] if mix_weights else [])
     config = PipelineConfig(
-        device, precision, tile_size=tile_size, encoder_path=encoder, decoder_path=decoder,
+        device,
+        precision,
+        tile_size=tile_size,
+        encoder_path=encoder,
+        decoder_path=decoder,
         model=model,
     )
-    if content.suffix.lower() in VIDEO_SUFFIXES:  # a video, MP4 out: the video job's function
-        pipeline = build_pipeline(config)
-        with tqdm(total=0, unit="frame", desc="stylize", leave=True) as bar:
-
-            def progress(done: int, total: int) -> None:
-                bar.total = max(total, done)
-                bar.update(done - bar.n)
-
-            try:
-                record = stylize_video_file(
-                    ModelBackend({model.value: pipeline}), content, styles, output,
-                    weights=weights, masks=mask or [],
-                    alpha=alpha, preserve_color=preserve_color, content_size=content_size,
-                    style_size=style_size, crop=crop, stabilize=stabilize, on_progress=progress,
-                )
-            except DomainError as exc:
-                raise InputError(exc.detail) from exc
-        frames = record.frames_done
+    if is_video_file(content):
+        check_video_output(output)
+        frames = stylize_video(
+            content,
+            styles,
+            output,
+            config,
+            weights=weights,
+            masks=mask or [],
+            alpha=alpha,
+            preserve_color=preserve_color,
+            content_size=content_size,
+            style_size=style_size,
+            crop=crop,
+            stabilize=stabilize,
+        )
         typer.echo(f"wrote {frames} frames to {output}")
         return
+    content_size = DEFAULT_IMAGE_SIZE if content_size is None else content_size
     contents, style_files = expand([content]), expand(styles)
     separate = content.is_dir() or any(s.is_dir() for s in styles)
     check_output(output, separate)

@@ -19,7 +19,6 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
-from media.imaging import ImageLimits
 from models import images
 from models.config import ModelName
 from models.model import StyleMix
@@ -38,7 +37,6 @@ from service.errors import install_error_handlers
 from service.hardening import AllowedHosts, HostGuard, SecurityHeaders
 from service.imaging import PixelBudget
 from service.jobs.local import LocalRunner
-from service.jobs.run import JobSettings
 from service.jobs.store import JobStore
 from service.limits import BodySizeLimit
 from service.live import LiveSessions
@@ -124,7 +122,7 @@ async def start_services(settings: Settings) -> Services:
     else:
         cache = MemoryStatsCache(settings.cache_size)
         registry = DiskRegistry(settings.styles_dir)
-    limits = ImageLimits(settings.max_image_pixels, settings.max_output_pixels)
+    limits = settings.image_limits()
     budget = PixelBudget(settings.decode_pixel_budget, settings.decode_wait_s)
     stylizer = Stylizer(engine, cache, limits, fingerprints, budget)
     log.info("networks loaded", extra={"device": str(device), "dtype": str(pipeline.dtype),
@@ -132,15 +130,14 @@ async def start_services(settings: Settings) -> Services:
                                        "models": list(pipelines), "default": settings.model})
     rate_limiter = RateLimiter(settings.rate_limit, redis)
     return Services(settings, engine, stylizer, registry, limits, redis, rate_limiter,
-                    local_jobs(settings, engine, limits))
+                    local_jobs(settings, engine))
 
 
-def local_jobs(settings: Settings, engine: Engine, limits: ImageLimits) -> LocalRunner:
+def local_jobs(settings: Settings, engine: Engine) -> LocalRunner:
     """Video jobs in this process, through its engine, their state in ADAIN_JOBS_DIR; with
     Redis, handed to the workers' queue (docs/jobs.md)."""
     store = JobStore(settings.jobs_dir, settings.job_ttl_s)
-    job_settings = JobSettings(settings.video_crf, settings.video_preset,
-                               settings.job_checkpoint_s, limits)
+    job_settings = settings.clip_settings()
     if settings.redis_url:
         from service.jobs.queue import QueueRunner
         from service.jobs.worker import queue_config

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from media.imaging import ImageLimits
 from models.config import (
     DEFAULT_TILE_SIZE,
     FEATURE_STRIDE,
@@ -23,6 +24,9 @@ MIB = 1024 * 1024
 # Where Docker and Kubernetes mount secrets: a file named like the setting
 # (/run/secrets/adain_api_keys) sets it when the environment does not.
 SECRETS_DIR = Path("/run/secrets")
+
+if TYPE_CHECKING:
+    from media.clip import ClipSettings
 
 
 class Settings(BaseSettings):
@@ -185,6 +189,17 @@ class Settings(BaseSettings):
             self.decoder_path,
             model or self.model,
             self.lite_path,
+        )
+
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(self.max_image_pixels, self.max_output_pixels)
+
+    def clip_settings(self) -> ClipSettings:
+        """How the service's and the workers' video jobs encode and checkpoint."""
+        from media.clip import ClipSettings  # torch: not for `adain --help`
+
+        return ClipSettings(
+            self.video_crf, self.video_preset, self.job_checkpoint_s, self.image_limits()
         )
 
     @property

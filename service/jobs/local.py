@@ -16,9 +16,10 @@ from typing import Any, TypeVar
 
 from torch import Tensor
 
+from media.clip import ClipSettings, check_loaded
 from models.model import StyleMix
 from service.engine import Engine, EngineBusyError, EngineClosedError, StylizeJob, Timed
-from service.jobs.run import JobInterrupted, JobSettings, check_loaded, run_job
+from service.jobs.run import JobInterrupted, run_job
 from service.jobs.store import JobStatus, JobStore
 
 log = logging.getLogger("service.jobs")
@@ -58,7 +59,7 @@ class EngineBackend:
 
 class LocalRunner:
     def __init__(
-        self, store: JobStore, engine: Engine, settings: JobSettings, concurrency: int = 1
+        self, store: JobStore, engine: Engine, settings: ClipSettings, concurrency: int = 1
     ) -> None:
         self.store = store
         self.engine = engine

@@ -23,12 +23,13 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import TimeLimit
 from torch import Tensor
 
+from media.clip import ClipSettings, FrameBackend
 from models.errors import error_body
 from models.model import StyleMix
 from service import metrics
 from service.engine import Engine
 from service.jobs.local import EngineBackend, LocalRunner
-from service.jobs.run import FrameBackend, JobSettings, run_job
+from service.jobs.run import run_job
 from service.jobs.store import JobRecord, JobStatus, JobStore
 from service.registry import RedisUnavailableError
 
@@ -210,7 +211,7 @@ class CountingBackend:
 
 
 def job_handlers(
-    store: JobStore, backend: FrameBackend, settings: JobSettings, should_stop: Callable[[], bool]
+    store: JobStore, backend: FrameBackend, settings: ClipSettings, should_stop: Callable[[], bool]
 ) -> tuple[JobFunction, GiveUp]:
     """What a queue worker runs: `run_job` on this process's backend, the same function as the
     one-machine runner's; and how it records a job it gives up."""
@@ -270,7 +271,7 @@ class QueueRunner(LocalRunner):
         self,
         store: JobStore,
         engine: Engine,
-        settings: JobSettings,
+        settings: ClipSettings,
         config: QueueConfig,
         runs_jobs: bool,
     ) -> None:

@@ -12,18 +12,19 @@ import torch
 
 from devkit.images import encode, psnr, random_image
 from devkit.videos import coded_as_result, decode_frames, make_video
+from media.clip import ClipSettings, ModelBackend, open_clip, stylize_clip
 from media.imaging import ImageLimits, StyleInput, prepare_style
 from media.video import VideoLimits, describe_output, tensor_to_rgb
 from models.config import ModelName, PipelineConfig, Precision
 from models.model import StyleMix
 from models.pipeline import Pipeline, build_pipeline
 from models.weights import load_model
-from service.jobs.run import JobSettings, ModelBackend, run_job
+from service.jobs.run import run_job
 from service.jobs.store import JobStatus, JobStore
-from service.jobs.submit import create_job, stylize_video_file
+from service.jobs.submit import create_job
 
 STYLE = encode(random_image(48, 48, seed=1911))
-SETTINGS = JobSettings(
+SETTINGS = ClipSettings(
     crf=18, preset="veryfast", checkpoint_s=0.0, limits=ImageLimits(10**7, 10**6)
 )
 LIMITS = VideoLimits(100, 60, 10**6)
@@ -105,18 +106,15 @@ def test_the_commands_function_writes_the_video_with_progress(
     clip.write_bytes(make_video(frames=7, width=80, height=60, container="webm"))
     style.write_bytes(STYLE)
     seen: list[tuple[int, int]] = []
-    record = stylize_video_file(
+    checked = open_clip(clip, [style], weights=[1.0], content_size=0, style_size=48)
+    frames = stylize_clip(
+        checked,
         ModelBackend({"full": net}),
-        clip,
-        [style],
         output,
-        weights=[1.0],
-        content_size=0,
-        style_size=48,
-        settings=SETTINGS,
+        SETTINGS,
         on_progress=lambda done, total: seen.append((done, total)),
     )
-    assert record.frames_done == 7
+    assert frames == 7
     described = describe_output(output)
     assert (described["frames"], described["width"], described["height"]) == (7, 80, 60)
     assert described["audio_codec"] == "aac"
