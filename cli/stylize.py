@@ -19,6 +19,7 @@ from cli.common import (
     usage_error,
     without_field_prefix,
 )
+from media.defaults import DEFAULT_SIZE, MAX_STYLES, OWN_SIZE_LIMIT
 from models.config import (
     DEFAULT_TILE_SIZE,
     FEATURE_STRIDE,
@@ -31,6 +32,7 @@ from models.config import (
 if TYPE_CHECKING:
     import torch
 
+    from media.controls import StyleControls
     from models.config import PipelineConfig
     from models.model import Masks
 
@@ -38,10 +40,6 @@ if TYPE_CHECKING:
 # What the command's inputs may be, as its errors say.
 READABLE_IMAGE = "not a readable image (PNG, JPEG, WebP, ...)"
 READABLE_CONTENT = "not a readable image or video (PNG, JPEG, WebP, ...; MP4, WebM, MOV, GIF, ...)"
-# The shorter side of images without --content-size / --style-size (the service's default too).
-DEFAULT_IMAGE_SIZE = 512
-# The shorter side a video keeps at most without --content-size (`media.clip.own_size`).
-OWN_SIZE_LIMIT = 1080
 
 
 def register(app: typer.Typer) -> None:
@@ -138,18 +136,15 @@ def stylize_video(
     styles: list[Path],
     output: Path,
     config: PipelineConfig,
-    *,
-    weights: list[float] | None,
     masks: list[Path],
-    alpha: float,
-    preserve_color: bool,
-    content_size: int | None,
-    style_size: int,
-    crop: bool,
+    controls: StyleControls,
+    *,
+    own_size: bool,
     stabilize: bool,
 ) -> int:
     """The video through `media.clip`: every input checked, then the network loaded and a
-    progress bar shown; an error of the video names the CONTENT argument."""
+    progress bar shown; an error of the video names the CONTENT argument. `own_size`: the
+    video keeps its size (no --content-size)."""
     from tqdm import tqdm
 
     from media.clip import ModelBackend, open_clip, stylize_clip
@@ -157,16 +152,7 @@ def stylize_video(
 
     with naming_content(content):
         clip = open_clip(
-            content,
-            styles,
-            weights=weights,
-            masks=masks,
-            alpha=alpha,
-            preserve_color=preserve_color,
-            content_size=content_size,
-            style_size=style_size,
-            crop=crop,
-            stabilize=stabilize,
+            content, styles, masks, controls, own_size_unless_asked=own_size, stabilize=stabilize
         )
     backend = ModelBackend({config.model.value: build_pipeline(config)})
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -191,7 +177,7 @@ def stylize(
             help="Output file (its folder is created), or a folder when an input is a folder.",
         ),
     ],
-    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Content-style trade-off.")] = 1.0,
+    alpha: Annotated[float, typer.Option(help="Content-style trade-off, 0 to 1.")] = 1.0,
     mix_weights: Annotated[
         str | None,
         typer.Option("--weights", help="Interpolation weights, one per style, e.g. 1,2,1."),
@@ -207,14 +193,11 @@ def stylize(
     content_size: Annotated[
         int | None,
         typer.Option(
-            min=0,
-            help=f"Shorter side; 0 keeps it. Default: {DEFAULT_IMAGE_SIZE} for images; a video "
+            help=f"Shorter side; 0 keeps it. Default: {DEFAULT_SIZE} for images; a video "
             f"keeps its size, its shorter side at most {OWN_SIZE_LIMIT}.",
         ),
     ] = None,
-    style_size: Annotated[
-        int, typer.Option(min=0, help="Shorter side; 0 keeps it.")
-    ] = DEFAULT_IMAGE_SIZE,
+    style_size: Annotated[int, typer.Option(help="Shorter side; 0 keeps it.")] = DEFAULT_SIZE,
     crop: Annotated[bool, typer.Option(help="Centre-crop to a square of the size.")] = False,
     stabilize: Annotated[bool, typer.Option(help="Videos: temporal stabilisation.")] = True,
     encoder: EncoderOption = None,
@@ -250,12 +233,28 @@ def stylize(
     from tqdm import tqdm
 
     from media.clip import is_video_file
+    from media.controls import check_controls
     from models import images
     from models.config import PipelineConfig
     from models.model import parse_mix_weights
     from models.pipeline import build_pipeline
 
     weights = parse_mix_weights([mix_weights] if mix_weights else [])
+    video = is_video_file(content)
+
+    def controls_for(n_styles: int) -> StyleControls:
+        return check_controls(
+            styles=n_styles,
+            masks=len(mask or []),
+            weights=weights,
+            alpha=alpha,
+            preserve_color=preserve_color,
+            content_size=(0 if video else DEFAULT_SIZE) if content_size is None else content_size,
+            style_size=style_size,
+            crop=crop,
+            max_styles=MAX_STYLES if video else None,
+        )
+
     config = PipelineConfig(
         device,
         precision,
@@ -264,41 +263,42 @@ def stylize(
         decoder_path=decoder,
         model=model,
     )
-    if is_video_file(content):
+    if video:
         check_video_output(output)
+        controls = controls_for(len(styles))
+        own_size = content_size is None
         frames = stylize_video(
             content,
             styles,
             output,
             config,
-            weights=weights,
-            masks=mask or [],
-            alpha=alpha,
-            preserve_color=preserve_color,
-            content_size=content_size,
-            style_size=style_size,
-            crop=crop,
+            mask or [],
+            controls,
+            own_size=own_size,
             stabilize=stabilize,
         )
         typer.echo(f"wrote {frames} frames to {output}")
         return
-    content_size = DEFAULT_IMAGE_SIZE if content_size is None else content_size
     contents, style_files = expand([content]), expand(styles)
     separate = content.is_dir() or any(s.is_dir() for s in styles)
     check_output(output, separate)
-    pipeline = build_pipeline(config)
     groups = [[s] for s in style_files] if separate else [style_files]
+    controls = controls_for(len(groups[0])) if groups else None
+    pipeline = build_pipeline(config)
     jobs = list(itertools.product(contents, groups))
     style_cache: dict[Path, torch.Tensor] = {}
     with torch.inference_mode():
         for content_path, group in tqdm(jobs, disable=len(jobs) == 1, desc="stylize"):
-            content_image, upright_size = read_image(content_path, "CONTENT", content_size, crop)
+            assert controls is not None  # there are jobs: there are groups
+            content_image, upright_size = read_image(
+                content_path, "CONTENT", controls.content_size, controls.crop
+            )
             content_image = content_image.to(pipeline.device)
             for path in group:
                 if path not in style_cache:
-                    style_cache[path] = read_image(path, "STYLES", style_size, crop)[0].to(
-                        pipeline.device
-                    )
+                    style_cache[path] = read_image(
+                        path, "STYLES", controls.style_size, controls.crop
+                    )[0].to(pipeline.device)
             masks = None
             if mask:
                 grid = (content_image.shape[-2], content_image.shape[-1])
@@ -306,10 +306,10 @@ def stylize(
             result = pipeline.stylize(
                 content_image,
                 [style_cache[path] for path in group],
-                alpha,
-                weights,
+                controls.alpha,
+                controls.weights,
                 masks,
-                preserve_color,
+                controls.preserve_color,
             )
             name = f"{content_path.stem}_stylized_{group[0].stem}.png"
             images.to_pil(result).save(output / name if separate else output)

@@ -16,13 +16,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from media.imaging import ImageLimits, StyleInput, check_counts, prepare_masks, prepare_style
+from media.controls import StyleControls, check_controls
+from media.defaults import OWN_SIZE_LIMIT
+from media.imaging import ImageLimits, StyleInput, prepare_masks, prepare_style
 from media.video import (
     Segment,
     SegmentWriter,
@@ -38,7 +40,7 @@ from media.video import (
     tensor_to_rgb,
 )
 from models import images
-from models.errors import DomainError, InvalidInputError
+from models.errors import DomainError
 from models.model import Masks, StyleMix
 from models.pipeline import Pipeline
 
@@ -47,13 +49,14 @@ from models.pipeline import Pipeline
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".webm", ".mkv", ".gif", ".avi", ".3gp"})
 # What the command writes a video as: an MP4.
 VIDEO_OUTPUT_SUFFIXES = frozenset({".mp4", ".m4v"})
-# The shorter side a video keeps at most when the command is given no --content-size.
-OWN_SIZE_LIMIT = 1080
 
 
 class FrameBackend(Protocol):
-    """The networks, for one frame at a time. `model`: one of the backend's networks by name
-    (`ClipParams.model`), None for its default; an unknown name is an `InvalidInputError`."""
+    """The networks, for one frame at a time. `model`: one of `models` (the default first),
+    as `StyleControls.model` names it once checked."""
+
+    @property
+    def models(self) -> list[str]: ...
 
     def style_statistics(
         self, style: Tensor, recolour_to: Tensor | None, model: str | None
@@ -67,28 +70,19 @@ class FrameBackend(Protocol):
         ...
 
 
-def check_loaded(model: str | None, loaded: list[str]) -> None:
-    """A job's model must be one the process running it loaded: a job submitted to a service
-    with other ADAIN_MODELS (or resumed after a change) fails naming the field."""
-    if model is not None and model not in loaded:
-        raise InvalidInputError(
-            f"model: {model[:40]!r} is not loaded by the process running the job; it has "
-            f"{', '.join(loaded)} (ADAIN_MODELS)",
-            "model",
-        )
-
-
 class ModelBackend:
     """A `FrameBackend` on pipelines of this process (command, worker), by model name, the
     first the default."""
 
     def __init__(self, pipelines: Mapping[str, Pipeline]) -> None:
         self.pipelines = dict(pipelines)
-        self.default = next(iter(self.pipelines))
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.pipelines)
 
     def pipeline(self, model: str | None) -> Pipeline:
-        check_loaded(model, list(self.pipelines))
-        return self.pipelines[model or self.default]
+        return self.pipelines[model or self.models[0]]
 
     def style_statistics(
         self, style: Tensor, recolour_to: Tensor | None, model: str | None
@@ -109,23 +103,63 @@ class ModelBackend:
 
 @dataclass(frozen=True)
 class ClipParams:
-    """What a clip is stylized with (a job stores it in its record): /stylize's controls,
-    `stabilize`, and what `check_clip` learnt of the video."""
+    """What a clip is stylized with: the checked controls, `stabilize`, and what `check_clip`
+    learnt of the video. A job stores it in its record (`record`) and reads it back checked
+    again (`from_record`): a record is an entry point too."""
 
+    controls: StyleControls
     style_fields: list[str]  # the form field (or path) of each style, for error messages
-    masks: int
-    weights: list[float]  # normalised, one per style
-    alpha: float
-    preserve_color: bool
-    content_size: int
-    style_size: int
-    crop: bool
     stabilize: bool
     rate: str  # Fraction as text: the average frame rate
     time_base: str  # Fraction as text: of the input's timestamps, kept by the output
     upright_size: list[int]  # (width, height) of the frames after rotation: the masks' size
     audio: str | None = None
-    model: str | None = None  # a network the runner loaded (ADAIN_MODELS); None: its default
+
+    def record(self) -> dict[str, Any]:
+        """As job records store it (flat, the controls among the video's fields)."""
+        controls = self.controls
+        return {
+            "style_fields": self.style_fields,
+            "masks": controls.masks,
+            "weights": list(controls.weights),
+            "alpha": controls.alpha,
+            "preserve_color": controls.preserve_color,
+            "content_size": controls.content_size,
+            "style_size": controls.style_size,
+            "crop": controls.crop,
+            "stabilize": self.stabilize,
+            "rate": self.rate,
+            "time_base": self.time_base,
+            "upright_size": self.upright_size,
+            "audio": self.audio,
+            "model": controls.model,
+        }
+
+    @classmethod
+    def from_record(cls, params: Mapping[str, Any], models: Sequence[str]) -> ClipParams:
+        """A stored job's parameters, its controls checked against the `models` the running
+        process loaded (the default first)."""
+        controls = check_controls(
+            styles=len(params["style_fields"]),
+            masks=params["masks"],
+            weights=params["weights"],
+            models=models,
+            alpha=params["alpha"],
+            preserve_color=params["preserve_color"],
+            content_size=params["content_size"],
+            style_size=params["style_size"],
+            crop=params["crop"],
+            model=params.get("model"),
+        )
+        return cls(
+            controls,
+            list(params["style_fields"]),
+            params["stabilize"],
+            params["rate"],
+            params["time_base"],
+            list(params["upright_size"]),
+            params.get("audio"),
+        )
 
 
 @dataclass(frozen=True)
@@ -185,9 +219,10 @@ def styles_for(
 ) -> ClipStyles:
     """`decode_styles` for the clip `params` describe."""
     width, height = params.upright_size
-    grid = even_size(*images.prepared_size(width, height, params.content_size, params.crop))
+    controls = params.controls
+    grid = even_size(*images.prepared_size(width, height, controls.content_size, controls.crop))
     return decode_styles(
-        styles, masks, (width, height), grid, params.style_size, params.crop, limits
+        styles, masks, (width, height), grid, controls.style_size, controls.crop, limits
     )
 
 
@@ -195,62 +230,42 @@ def check_clip(
     video: Path,
     styles: Sequence[StyleInput],
     masks: Sequence[bytes],
-    content_size: int,
-    style_size: int,
-    crop: bool,
+    controls: StyleControls,
     video_limits: VideoLimits,
     limits: ImageLimits,
 ) -> tuple[VideoInfo, ClipStyles]:
     """The video (`probe`), its output size, each style and each mask, checked by decoding
     them: everything the run will read."""
     info = probe(video, video_limits)
-    return info, check_inputs(info, styles, masks, content_size, style_size, crop, limits)
+    return info, check_inputs(info, styles, masks, controls, limits)
 
 
 def check_inputs(
     info: VideoInfo,
     styles: Sequence[StyleInput],
     masks: Sequence[bytes],
-    content_size: int,
-    style_size: int,
-    crop: bool,
+    controls: StyleControls,
     limits: ImageLimits,
 ) -> ClipStyles:
     """The output size of the probed video, and its styles and masks decoded."""
-    check_output_size(info, content_size, crop, limits.max_output_pixels)
-    grid = output_size(info, content_size, crop)
-    return decode_styles(styles, masks, (info.width, info.height), grid, style_size, crop, limits)
+    size, crop = controls.content_size, controls.crop
+    check_output_size(info, size, crop, limits.max_output_pixels)
+    grid = output_size(info, size, crop)
+    upright = (info.width, info.height)
+    return decode_styles(styles, masks, upright, grid, controls.style_size, crop, limits)
 
 
 def clip_params(
-    info: VideoInfo,
-    styles: Sequence[StyleInput],
-    n_masks: int,
-    *,
-    weights: list[float],
-    alpha: float,
-    preserve_color: bool,
-    content_size: int,
-    style_size: int,
-    crop: bool,
-    stabilize: bool,
-    model: str | None = None,
+    info: VideoInfo, styles: Sequence[StyleInput], controls: StyleControls, stabilize: bool
 ) -> ClipParams:
     return ClipParams(
+        controls=controls,
         style_fields=[style.field for style in styles],
-        masks=n_masks,
-        weights=weights,
-        alpha=alpha,
-        preserve_color=preserve_color,
-        content_size=content_size,
-        style_size=style_size,
-        crop=crop,
         stabilize=stabilize,
         rate=str(info.rate),
         time_base=str(info.time_base),
         upright_size=[info.width, info.height],
         audio=info.audio_codec,
-        model=model,
     )
 
 
@@ -259,7 +274,8 @@ def _mix_maker(
 ) -> Callable[[Tensor], StyleMix]:
     """content frame -> its StyleMix. Without colour preservation the styles' statistics are
     computed once; with it each style is recoloured to each frame, as /stylize does per image."""
-    weights = torch.tensor(params.weights)
+    controls = params.controls
+    weights, model = controls.weight_tensor, controls.model
 
     def mix_of(stats: list[tuple[Tensor, Tensor]]) -> StyleMix:
         return StyleMix(
@@ -267,14 +283,14 @@ def _mix_maker(
             torch.cat([s for _, s in stats]),
             weights,
             styles.masks,
-            params.alpha,
+            controls.alpha,
         )
 
-    if params.preserve_color:
+    if controls.preserve_color:
         return lambda content: mix_of(
-            [backend.style_statistics(s, content, params.model) for s in styles.styles]
+            [backend.style_statistics(s, content, model) for s in styles.styles]
         )
-    fixed = mix_of([backend.style_statistics(s, None, params.model) for s in styles.styles])
+    fixed = mix_of([backend.style_statistics(s, None, model) for s in styles.styles])
     return lambda content: fixed
 
 
@@ -288,14 +304,14 @@ def _frame_step(
     alone with `stabilize=false`."""
     mix_for = _mix_maker(params, styles, backend)
     if not params.stabilize:
-        return lambda content: backend.stylize(content, mix_for(content), params.model)
+        return lambda content: backend.stylize(content, mix_for(content), params.controls.model)
     from models.video import Placement, Stabilizer, placed_masks  # only for stabilised clips
 
     def stylize(content: Tensor, placement: Placement) -> Tensor:
         mix = mix_for(content)
         if mix.masks is not None:  # the masks go where the stabiliser puts the frame
             mix = replace(mix, masks=placed_masks(mix.masks, placement))
-        return backend.stylize(content, mix, params.model)
+        return backend.stylize(content, mix, params.controls.model)
 
     stabilizer = Stabilizer(stylize)
     if state is not None:
@@ -347,7 +363,7 @@ def stylize_frames(
         on_frame(done)
         if should_stop():
             raise ClipStopped(close_segment())
-        content = frame_tensor(frame, params.content_size, params.crop)
+        content = frame_tensor(frame, params.controls.content_size, params.controls.crop)
         if step is None:
             step = _frame_step(params, styles, backend, state.stabilizer)
         result = step(content)
@@ -410,41 +426,26 @@ class Clip:
 def open_clip(
     video: Path,
     styles: Sequence[Path],
+    masks: Sequence[Path],
+    controls: StyleControls,
     *,
-    weights: list[float] | None,
-    masks: Sequence[Path] = (),
-    alpha: float = 1.0,
-    preserve_color: bool = False,
-    content_size: int | None = None,
-    style_size: int = 512,
-    crop: bool = False,
+    own_size_unless_asked: bool = False,
     stabilize: bool = True,
     limits: ImageLimits = ClipSettings().limits,
 ) -> Clip:
     """The command's clip: the video, its styles and masks read and checked, without a limit
-    on the video's length. `content_size` None keeps the video's size (`own_size`)."""
-    normalised = check_counts(len(styles), len(masks), weights).tolist()
+    on the video's length. `own_size_unless_asked`: the video keeps its size (`own_size`)
+    instead of `controls.content_size`."""
     unlimited = VideoLimits(
         max_frames=10**9, max_duration_s=float("inf"), max_frame_pixels=limits.max_image_pixels
     )
     info = probe(video, unlimited)
-    size = own_size(info) if content_size is None else content_size
+    if own_size_unless_asked:
+        controls = controls.model_copy(update={"content_size": own_size(info)})
     inputs = [StyleInput(path.read_bytes(), f"STYLES {path}") for path in styles]
     mask_data = [path.read_bytes() for path in masks]
-    decoded = check_inputs(info, inputs, mask_data, size, style_size, crop, limits)
-    params = clip_params(
-        info,
-        inputs,
-        len(mask_data),
-        weights=normalised,
-        alpha=alpha,
-        preserve_color=preserve_color,
-        content_size=size,
-        style_size=style_size,
-        crop=crop,
-        stabilize=stabilize,
-    )
-    return Clip(video, params, decoded, info.frames)
+    decoded = check_inputs(info, inputs, mask_data, controls, limits)
+    return Clip(video, clip_params(info, inputs, controls, stabilize), decoded, info.frames)
 
 
 def stylize_clip(

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from models import images
 from models.errors import DomainError, InvalidInputError
-from models.model import MIN_SIDE, Masks, check_mask_count, normalise_mix_weights
+from models.model import MIN_SIDE, Masks
 
 # MPO: the multi-picture JPEGs phones write (previews, depth maps); the first picture is the
 # photo, and Pillow opens on it.
@@ -156,27 +156,12 @@ def check_prepared_size(
         )
 
 
-MAX_STYLES = 8
-
-
 @dataclass(frozen=True)
 class StyleInput:
     """The bytes of one style image and the form field they came from (for error messages)."""
 
     data: bytes
     field: str
-
-
-def check_counts(n_styles: int, n_masks: int, weights: list[float] | None) -> Tensor:
-    """Refuses 0 or more than 8 styles, a mask count that fits no form, a weights count that
-    is not one per style; returns the normalised weights. Cheap: run it before reading uploads."""
-    if not 1 <= n_styles <= MAX_STYLES:
-        raise InvalidInputError(
-            f"got {n_styles} styles; send 1 to {MAX_STYLES} (style files and style_ids together)",
-            "style",
-        )
-    check_mask_count(n_masks, n_styles)
-    return normalise_mix_weights(weights, n_styles)
 
 
 def prepare_content(

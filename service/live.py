@@ -37,6 +37,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from torch import Tensor
 
+from media.controls import check_controls, invalid
+from media.defaults import DEFAULT_SIZE
 from media.imaging import (
     ImageLimits,
     ImageTooLargeError,
@@ -85,10 +87,11 @@ class LiveConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     style_id: str = Field(min_length=1, max_length=200, description="a registered style")
-    alpha: float = Field(1.0, ge=0.0, le=1.0, description="content-style trade-off")
+    # alpha and style_size are checked with every entry point's controls (`parse_config`).
+    alpha: float = Field(1.0, description="content-style trade-off")
     size: int = Field(256, ge=16, description="shorter side the frames are stylized at")
     # /stylize's default, so that both share the style statistics' cache.
-    style_size: int = Field(512, ge=0, description="the style's shorter side; 0 keeps it")
+    style_size: int = Field(DEFAULT_SIZE, description="the style's shorter side; 0 keeps it")
     stabilize: bool = Field(True, description="temporal stabilisation (previous frames only)")
     model: str | None = Field(
         None,
@@ -154,10 +157,8 @@ def parse_config(text: str, current: LiveConfig | None, max_size: int) -> LiveCo
     try:
         config = LiveConfig.model_validate(merged)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        field = str(error["loc"][0]) if error["loc"] else "settings"
-        shown = repr(error.get("input"))[:80] if field != "key" else "the key"
-        raise InvalidInputError(f"{field}: {error['msg']} (got {shown})", field) from None
+        raise invalid(exc, secrets=("key",)) from None
+    check_controls(styles=1, alpha=config.alpha, style_size=config.style_size)
     if config.size > max_size:
         raise InvalidInputError(
             f"size: {config.size} is over this server's limit of {max_size} (ADAIN_LIVE_MAX_SIZE)",

@@ -148,13 +148,16 @@ class Settings(BaseSettings):
     # The live camera feed (WebSocket /live, docs/live.md). A frame is one WebSocket message:
     # uvicorn refuses messages over its ws_max_size (16 MiB by default) before the app sees them.
     live_max_sessions: int = Field(4, ge=0, description="live streams at once; more -> refused")
-    live_idle_timeout_s: float = Field(30.0, gt=0, description="a live stream without messages "
-                                       "for this long is closed")
-    live_max_frame_bytes: int = Field(4 * MIB, ge=1, le=16 * MIB,
-                                      description="one live frame's encoded size")
+    live_idle_timeout_s: float = Field(
+        30.0, gt=0, description="a live stream without messages for this long is closed"
+    )
+    live_max_frame_bytes: int = Field(
+        4 * MIB, ge=1, le=16 * MIB, description="one live frame's encoded size"
+    )
     live_max_frame_pixels: int = Field(3840 * 2160, ge=1, description="one live frame's pixels")
-    live_max_size: int = Field(1024, ge=16, description="largest `size` (shorter side) a live "
-                               "stream may ask for")
+    live_max_size: int = Field(
+        1024, ge=16, description="largest `size` (shorter side) a live stream may ask for"
+    )
 
     log_level: str = "info"
     warmup: bool = True

@@ -17,6 +17,7 @@ import torch
 from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
+from media.controls import StyleControls, check_model
 from media.imaging import (
     ImageLimits,
     OutputFormat,
@@ -27,7 +28,6 @@ from media.imaging import (
     prepare_masks,
     prepare_style,
 )
-from models.errors import InvalidInputError
 from models.model import StyleMix
 from service import metrics
 from service.cache import StatsCache, stats_key
@@ -39,22 +39,17 @@ from service.imaging import PixelBudget
 class StylizeRequest:
     """A POST /stylize form, parsed and checked once at the edge: the stylizer trusts it.
 
-    styles: uploaded files first, then registered styles, in the order sent; weights: one per
-    style, normalised (`check_counts`); masks: none, one per style, or one for two styles.
+    styles: uploaded files first, then registered styles, in the order sent; controls: the
+    paper's controls (`media.controls.check_controls`), one weight per style; masks: the
+    files `controls.masks` counts.
     """
 
     content: bytes
     styles: tuple[StyleInput, ...]
-    weights: Tensor
+    controls: StyleControls
     masks: tuple[bytes, ...] = ()
-    alpha: float = 1.0
-    preserve_color: bool = False
-    content_size: int = 512
-    style_size: int = 512
-    crop: bool = False
     output_format: OutputFormat = OutputFormat.png
     quality: int = 90
-    model: str | None = None  # a loaded model (`Stylizer.check_model`); None: the default
 
 
 @dataclass(frozen=True)
@@ -91,27 +86,27 @@ class Stylizer:
         )
         self.decode_budget = decode_budget
 
+    @property
+    def models(self) -> list[str]:
+        """The loaded models, the default first."""
+        default = self.engine.default_model
+        return [default, *(name for name in self.fingerprints if name != default)]
+
     def check_model(self, model: str | None) -> str:
         """The model a request names (None: the default) if it is loaded here; else a clear
-        error naming the field."""
-        name = model or self.engine.default_model
-        if name not in self.fingerprints:
-            raise InvalidInputError(
-                f"model: {name[:40]!r} is not loaded here; choose one of "
-                f"{', '.join(self.fingerprints)} (ADAIN_MODELS)",
-                "model",
-            )
-        return name
+        error naming the field (`media.controls.check_model`)."""
+        return check_model(model, self.models)
 
     async def stylize(self, request: StylizeRequest) -> StylizeOutput:
-        model = self.check_model(request.model)
+        controls = request.controls
+        model = controls.model or self.engine.default_model  # checked at the edge
         content, upright_size = await self.decode_budget.decode(
             header_pixels(request.content),
             "content",
             prepare_content,
             request.content,
-            request.content_size,
-            request.crop,
+            controls.content_size,
+            controls.crop,
             request.output_format,
             self.limits,
         )
@@ -132,9 +127,9 @@ class Stylizer:
         for style in request.styles:
             style_stats, result, ms = await self.style_statistics(
                 style,
-                request.style_size,
-                request.crop,
-                content if request.preserve_color else None,
+                controls.style_size,
+                controls.crop,
+                content if controls.preserve_color else None,
                 model,
             )
             stats.append(style_stats)
@@ -143,9 +138,9 @@ class Stylizer:
         mix = StyleMix(
             torch.cat([s.mean for s in stats]),
             torch.cat([s.std for s in stats]),
-            request.weights,
+            controls.weight_tensor,
             masks,
-            request.alpha,
+            controls.alpha,
         )
         stylized = await self.engine.stylize(StylizeJob(content, mix, model))
         encoded = await run_in_threadpool(

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from torch import Tensor
 
-from media.clip import ClipSettings, check_loaded
+from media.clip import ClipSettings
 from models.model import StyleMix
 from service.engine import Engine, EngineBusyError, EngineClosedError, StylizeJob, Timed
 from service.jobs.run import JobInterrupted, run_job
@@ -45,15 +45,17 @@ class EngineBackend:
             except EngineClosedError:
                 raise JobInterrupted from None
 
+    @property
+    def models(self) -> list[str]:
+        return self.engine.models
+
     def style_statistics(
         self, style: Tensor, recolour_to: Tensor | None, model: str | None
     ) -> tuple[Tensor, Tensor]:
-        check_loaded(model, self.engine.models)
         stats = self._call(lambda: self.engine.style_statistics(style, recolour_to, model))
         return stats.mean, stats.std
 
     def stylize(self, content: Tensor, mix: StyleMix, model: str | None) -> Tensor:
-        check_loaded(model, self.engine.models)
         return self._call(lambda: self.engine.stylize(StylizeJob(content, mix, model)))
 
 

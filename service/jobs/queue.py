@@ -199,6 +199,10 @@ class CountingBackend:
     def __init__(self, backend: FrameBackend) -> None:
         self.backend = backend
 
+    @property
+    def models(self) -> list[str]:
+        return self.backend.models
+
     def style_statistics(
         self, style: Tensor, recolour_to: Tensor | None, model: str | None
     ) -> tuple[Tensor, Tensor]:

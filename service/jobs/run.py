@@ -166,7 +166,7 @@ def _stylize_frames(
 ) -> int:
     """Stylizes the frames after the last checkpoint and joins all into the result; returns
     the number of frames."""
-    job_id, params = record.id, ClipParams(**record.params)
+    job_id, params = record.id, ClipParams.from_record(record.params, backend.models)
     inputs, work = store.inputs(job_id), store.work(job_id)
     work.mkdir(exist_ok=True)
     checkpoint = store.load_checkpoint(job_id) or Checkpoint(0, [], None)
@@ -181,7 +181,7 @@ def _stylize_frames(
             StyleInput((inputs / f"style-{i}").read_bytes(), f)
             for i, f in enumerate(params.style_fields)
         ],
-        [(inputs / f"mask-{i}").read_bytes() for i in range(params.masks)],
+        [(inputs / f"mask-{i}").read_bytes() for i in range(params.controls.masks)],
         settings.limits,
     )
 

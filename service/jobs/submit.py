@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict
 
 from media.clip import check_clip, clip_params
+from media.controls import StyleControls
 from media.imaging import ImageLimits, StyleInput
 from media.video import VideoLimits
 from service.jobs.store import JobRecord, JobStore
@@ -20,43 +20,23 @@ def create_job(
     owner: str,
     styles: Sequence[StyleInput],
     masks: Sequence[bytes],
+    controls: StyleControls,
     *,
-    weights: list[float],
-    alpha: float,
-    preserve_color: bool,
-    content_size: int,
-    style_size: int,
-    crop: bool,
     stabilize: bool,
     video_limits: VideoLimits,
     limits: ImageLimits,
-    model: str | None = None,
 ) -> JobRecord:
     """The job whose video is already at `store.inputs(job_id) / "video"` (`new_folder`),
     queued; on any refusal its folder is removed: nothing of a refused upload is kept."""
     inputs = store.inputs(job_id)
     try:
-        info, _ = check_clip(
-            inputs / "video", styles, masks, content_size, style_size, crop, video_limits, limits
-        )
+        info, _ = check_clip(inputs / "video", styles, masks, controls, video_limits, limits)
         for index, style in enumerate(styles):
             (inputs / f"style-{index}").write_bytes(style.data)
         for index, mask in enumerate(masks):
             (inputs / f"mask-{index}").write_bytes(mask)
-        params = clip_params(
-            info,
-            styles,
-            len(masks),
-            weights=weights,
-            alpha=alpha,
-            preserve_color=preserve_color,
-            content_size=content_size,
-            style_size=style_size,
-            crop=crop,
-            stabilize=stabilize,
-            model=model,
-        )
-        return store.create(job_id, owner, asdict(params), info.frames)
+        params = clip_params(info, styles, controls, stabilize)
+        return store.create(job_id, owner, params.record(), info.frames)
     except BaseException:
         shutil.rmtree(store.folder(job_id), ignore_errors=True)
         raise

@@ -9,7 +9,9 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from media.imaging import MAX_STYLES, OutputFormat, StyleInput, check_counts
+from media.controls import bounds, check_controls
+from media.defaults import DEFAULT_SIZE, MAX_STYLES
+from media.imaging import OutputFormat, StyleInput
 from models.model import parse_mix_weights
 from service.deps import RegistryDep, StylizerDep
 from service.forms import FormFieldsDep
@@ -86,8 +88,8 @@ async def stylize(
     style_id: Annotated[list[str] | None, Form(
         description="Ids or names of registered styles (repeatable), after the style files."
     )] = None,
-    alpha: Annotated[float, Form(ge=0.0, le=1.0,
-                                 description="Content-style trade-off.")] = 1.0,
+    alpha: Annotated[float, Form(description="Content-style trade-off.",
+                                 json_schema_extra=bounds("alpha"))] = 1.0,
     weights: Annotated[list[str] | None, Form(
         description="One weight per style: repeated fields or '1,2,1'.")] = None,
     mask: Annotated[list[UploadFile] | None, File(
@@ -95,8 +97,10 @@ async def stylize(
         "the content image's size. Coverage: luminance x alpha (16-bit: value / 65535); "
         "pixels no mask covers take the unmasked mix.")] = None,
     preserve_color: Annotated[bool, Form(description="Keep the content's colours.")] = False,
-    content_size: Annotated[int, Form(ge=0, description="Shorter side; 0 keeps it.")] = 512,
-    style_size: Annotated[int, Form(ge=0, description="Shorter side; 0 keeps it.")] = 512,
+    content_size: Annotated[int, Form(description="Shorter side; 0 keeps it.",
+                                      json_schema_extra=bounds("content_size"))] = DEFAULT_SIZE,
+    style_size: Annotated[int, Form(description="Shorter side; 0 keeps it.",
+                                    json_schema_extra=bounds("style_size"))] = DEFAULT_SIZE,
     crop: Annotated[bool, Form(description="Centre-crop to a square of the size.")] = False,
     output_format: Annotated[OutputFormat, Form(alias="format", description="Output format."
                                                 )] = OutputFormat.png,
@@ -109,25 +113,27 @@ async def stylize(
     the registered `style_id`s in the order sent; `weights` and `mask` follow that order."""
     # Counts and the model first: reading 1000 registered style ids before refusing them
     # costs memory. Weights off the event loop: bounded (ADAIN_MAX_FIELD_BYTES) but not free.
-    chosen_model = stylizer.check_model(model)
     mix_weights = await run_in_threadpool(parse_mix_weights, weights or [], MAX_STYLES)
-    normalised_weights = check_counts(
-        len(style or []) + len(style_id or []), len(mask or []), mix_weights
-    )
-    styles = await read_styles(style, style_id, registry, caller)
-    checked = StylizeRequest(
-        content=await content.read(),
-        styles=tuple(styles),
-        weights=normalised_weights,
-        masks=tuple([await m.read() for m in mask or []]),
+    controls = check_controls(
+        styles=len(style or []) + len(style_id or []),
+        masks=len(mask or []),
+        weights=mix_weights,
+        models=stylizer.models,
         alpha=alpha,
         preserve_color=preserve_color,
         content_size=content_size,
         style_size=style_size,
         crop=crop,
+        model=model,
+    )
+    styles = await read_styles(style, style_id, registry, caller)
+    checked = StylizeRequest(
+        content=await content.read(),
+        styles=tuple(styles),
+        controls=controls,
+        masks=tuple([await m.read() for m in mask or []]),
         output_format=output_format,
         quality=quality,
-        model=chosen_model,
     )
     result = await unless_disconnected(request, stylizer.stylize(checked))
     if result is None:

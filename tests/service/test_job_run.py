@@ -13,6 +13,7 @@ import torch
 from devkit.images import encode, psnr, random_image
 from devkit.videos import coded_as_result, decode_frames, make_video
 from media.clip import ClipSettings, ModelBackend, open_clip, stylize_clip
+from media.controls import check_controls
 from media.imaging import ImageLimits, StyleInput, prepare_style
 from media.video import VideoLimits, describe_output, tensor_to_rgb
 from models.config import ModelName, PipelineConfig, Precision
@@ -44,16 +45,10 @@ def new_job(store: JobStore, clip: bytes, stabilize: bool = True, model: str | N
         "me",
         [StyleInput(STYLE, "style[0]")],
         [],
-        weights=[1.0],
-        alpha=1.0,
-        preserve_color=False,
-        content_size=0,
-        style_size=48,
-        crop=False,
+        check_controls(styles=1, content_size=0, style_size=48, model=model),
         stabilize=stabilize,
         video_limits=LIMITS,
         limits=SETTINGS.limits,
-        model=model,
     )
     return job_id
 
@@ -106,7 +101,8 @@ def test_the_commands_function_writes_the_video_with_progress(
     clip.write_bytes(make_video(frames=7, width=80, height=60, container="webm"))
     style.write_bytes(STYLE)
     seen: list[tuple[int, int]] = []
-    checked = open_clip(clip, [style], weights=[1.0], content_size=0, style_size=48)
+    controls = check_controls(styles=1, weights=[1.0], content_size=0, style_size=48)
+    checked = open_clip(clip, [style], [], controls)
     frames = stylize_clip(
         checked,
         ModelBackend({"full": net}),
