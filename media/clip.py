@@ -23,7 +23,14 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from media.controls import StyleControls, check_controls
-from media.defaults import OWN_SIZE_LIMIT
+from media.defaults import (
+    CHECKPOINT_S,
+    MAX_IMAGE_PIXELS,
+    MAX_OUTPUT_PIXELS,
+    OWN_SIZE_LIMIT,
+    VIDEO_CRF,
+    VIDEO_PRESET,
+)
 from media.imaging import ImageLimits, StyleInput, prepare_masks, prepare_style
 from media.video import (
     Segment,
@@ -164,10 +171,15 @@ class ClipParams:
 
 @dataclass(frozen=True)
 class ClipSettings:
-    crf: int = 18
-    preset: str = "medium"
-    checkpoint_s: float = 10.0  # work lost at most to a kill; each checkpoint starts a new GOP
-    limits: ImageLimits = field(default_factory=lambda: ImageLimits(36_000_000, 7680 * 4320))
+    """The service builds it from its settings (`Settings.clip_settings`); the command takes
+    these defaults, which are the settings' defaults too (`media.defaults`)."""
+
+    crf: int = VIDEO_CRF
+    preset: str = VIDEO_PRESET
+    checkpoint_s: float = CHECKPOINT_S  # work lost at most to a kill; each starts a new GOP
+    limits: ImageLimits = field(
+        default_factory=lambda: ImageLimits(MAX_IMAGE_PIXELS, MAX_OUTPUT_PIXELS)
+    )
 
 
 @dataclass(frozen=True)

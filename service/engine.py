@@ -37,6 +37,11 @@ from torch import Tensor
 from models.errors import DomainError
 from models.model import StyleMix
 
+# The defaults of ADAIN_MAX_BATCH_SIZE (on CUDA; 1 on CPU), ADAIN_MAX_WAIT_MS, ADAIN_QUEUE_SIZE.
+CUDA_BATCH_SIZE = 8
+MAX_WAIT_MS = 5.0
+QUEUE_SIZE = 32
+
 log = logging.getLogger("service.engine")
 
 
@@ -151,9 +156,9 @@ class Engine:
         net: StyleNetwork | Mapping[str, StyleNetwork],
         device: torch.device | str = "cpu",
         *,
-        max_batch_size: int = 8,
-        max_wait_ms: float = 5.0,
-        queue_size: int = 32,
+        max_batch_size: int = CUDA_BATCH_SIZE,
+        max_wait_ms: float = MAX_WAIT_MS,
+        queue_size: int = QUEUE_SIZE,
         on_batch: Callable[[str, int, float], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
         on_drop: Callable[[int], None] | None = None,

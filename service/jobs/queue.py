@@ -50,9 +50,11 @@ METRICS_EVERY_S = 5.0
 
 @dataclass(frozen=True)
 class QueueConfig:
+    """Built from the settings (`service.jobs.worker.queue_config`)."""
+
     redis_url: str
-    heartbeat_s: float = 60.0  # a worker silent this long is dead: its message is requeued
-    max_retries: int = 2  # restarts after an unexpected error or a dead worker
+    heartbeat_s: float  # a worker silent this long is dead: its message is requeued
+    max_retries: int  # restarts after an unexpected error or a dead worker
     min_backoff_s: float = 1.0
 
 
