@@ -24,7 +24,6 @@ from dramatiq.middleware import TimeLimit
 from torch import Tensor
 
 from media.clip import ClipSettings, FrameBackend
-from models.errors import error_body
 from models.model import StyleMix
 from service import metrics
 from service.engine import Engine
@@ -235,13 +234,9 @@ def job_handlers(
         observe_finished(record)
 
     def give_up(job_id: str, reason: str) -> None:
-        def fail(record: JobRecord) -> None:
-            record.status, record.error = JobStatus.failed, error_body(reason, None)
-
         if store.get(job_id) is None:
             return
-        observe_finished(store.update(job_id, fail))
-        store.remove_work(job_id)
+        observe_finished(store.fail(job_id, reason, None))
         log.warning("job given up", extra={"job": job_id, "detail": reason})
 
     return run, give_up

@@ -29,7 +29,7 @@ from media.clip import (
 )
 from media.imaging import StyleInput
 from media.video import Segment
-from models.errors import DomainError, error_body
+from models.errors import DomainError
 from service.jobs.store import Checkpoint, JobRecord, JobStatus, JobStore
 
 log = logging.getLogger("service.jobs")
@@ -147,13 +147,8 @@ def _run_claimed(
 
 
 def _fail(store: JobStore, job_id: str, detail: str, field: str | None) -> JobRecord:
-    def fail(r: JobRecord) -> None:
-        r.status, r.error = JobStatus.failed, error_body(detail, field)
-
-    record = store.update(job_id, fail)
-    store.remove_work(job_id)
     log.warning("job failed", extra={"job": job_id, "detail": detail})
-    return record
+    return store.fail(job_id, detail, field)
 
 
 def _stylize_frames(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import secrets
@@ -26,7 +27,8 @@ from typing import Any, Protocol
 
 import torch
 
-from models.errors import DomainError
+from models.errors import DomainError, error_body
+from service.files import is_hex_id, write_atomically
 
 
 class JobStatus(StrEnum):
@@ -115,18 +117,9 @@ class FolderResultStore:
         self._file(job_id).unlink(missing_ok=True)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Readers see the old file or the new one, never half of one, even after a SIGKILL."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(partial, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(partial, path)
-
-
 def valid_id(job_id: str) -> bool:
-    return len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)
+    """A job's id: 32 hex digits."""
+    return is_hex_id(job_id, 32)
 
 
 class JobStore:
@@ -224,6 +217,16 @@ class JobStore:
             self._write(record)
             return record
 
+    def fail(self, job_id: str, detail: str, field: str | None) -> JobRecord:
+        """The job failed (its error as the API answers errors); its work and inputs removed."""
+
+        def failed(record: JobRecord) -> None:
+            record.status, record.error = JobStatus.failed, error_body(detail, field)
+
+        record = self.update(job_id, failed)
+        self.remove_work(job_id)
+        return record
+
     def jobs(self) -> list[JobRecord]:
         """Every job, oldest first."""
         records = [self.get(path.name) for path in self.root.iterdir() if valid_id(path.name)]
@@ -232,12 +235,9 @@ class JobStore:
     # --- checkpoints and files --------------------------------------------------------------
 
     def save_checkpoint(self, job_id: str, checkpoint: Checkpoint) -> None:
-        path = self.work(job_id) / "checkpoint.pt"
-        partial = path.with_name(".checkpoint.pt.partial")
-        torch.save(asdict(checkpoint), partial)
-        with open(partial, "rb+") as file:
-            os.fsync(file.fileno())
-        os.replace(partial, path)
+        serialized = io.BytesIO()
+        torch.save(asdict(checkpoint), serialized)
+        write_atomically(self.work(job_id) / "checkpoint.pt", serialized.getvalue())
 
     def load_checkpoint(self, job_id: str) -> Checkpoint | None:
         path = self.work(job_id) / "checkpoint.pt"
