@@ -43,9 +43,9 @@ class PixelBudget:
             self.free += share
             self._released.set()
             if not task.cancelled():
-                task.exception()  # a cancelled caller no longer hears of it: marked as seen
+                task.exception()  # a canceled caller no longer hears of it: marked as seen
 
-        # A cancelled request stops waiting, but its decode runs on in its thread and keeps its
+        # A canceled request stops waiting, but its decode runs on in its thread and keeps its
         # memory until it ends: the share goes back then, not when the caller leaves.
         thread.add_done_callback(finished)
         return await asyncio.shield(thread)

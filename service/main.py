@@ -32,7 +32,7 @@ from service.cache import (
     lite_fingerprint,
 )
 from service.deps import Services
-from service.engine import Engine, StylizeJob
+from service.engine import Engine, StylizeItem
 from service.errors import install_error_handlers
 from service.hardening import AllowedHosts, HostGuard, SecurityHeaders
 from service.imaging import PixelBudget
@@ -94,7 +94,7 @@ async def start_services(settings: Settings) -> Services:
         queue_size=settings.queue_size,
         on_batch=metrics.record_batch,
         on_depth=metrics.QUEUE_DEPTH.set,
-        on_drop=metrics.JOBS_DROPPED.inc,
+        on_drop=metrics.ITEMS_DROPPED.inc,
     )
     engine.start()
     fingerprints = {
@@ -157,7 +157,7 @@ async def warm_up(services: Services) -> None:
                 grey = images.prepare(Image.new("RGB", size, (128, 128, 128)))
                 stats = await services.engine.style_statistics(grey, model=model)
                 mix = StyleMix(stats.value.mean, stats.value.std, torch.ones(1))
-                await services.engine.stylize(StylizeJob(grey, mix, model))
+                await services.engine.stylize(StylizeItem(grey, mix, model))
         except Exception:
             log.exception("warm-up failed; /readyz stays 503")
             return

@@ -1,6 +1,6 @@
 """POST /stylize without the HTTP: image decoding, the style cache, the engine.
 
-The route checks the form once (`check_counts`, the form's own constraints) and hands over a
+The route checks the form once (`media.controls.check_controls`) and hands over a
 `StylizeRequest`, which this module trusts. Decoding and preprocessing are `media.imaging` (what
 video jobs and live mode use, on `models.images`: the functions `adain stylize` uses), so the
 service returns the CLI's pixels for the same inputs. Failures are domain errors
@@ -31,7 +31,7 @@ from media.imaging import (
 from models.model import StyleMix
 from service import metrics
 from service.cache import StatsCache, stats_key
-from service.engine import Engine, StyleStats, StylizeJob
+from service.engine import Engine, StyleStats, StylizeItem
 from service.imaging import PixelBudget
 
 
@@ -142,7 +142,7 @@ class Stylizer:
             masks,
             controls.alpha,
         )
-        stylized = await self.engine.stylize(StylizeJob(content, mix, model))
+        stylized = await self.engine.stylize(StylizeItem(content, mix, model))
         encoded = await run_in_threadpool(
             encode_image, stylized.value, request.output_format, request.quality
         )

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from media.clip import ClipSettings
 from models.model import StyleMix
-from service.engine import Engine, EngineBusyError, EngineClosedError, StylizeJob, Timed
+from service.engine import Engine, EngineBusyError, EngineClosedError, StylizeItem, Timed
 from service.jobs.run import JobInterrupted, run_job
 from service.jobs.store import JobStatus, JobStore
 
@@ -29,7 +29,7 @@ BUSY_RETRY_S = 0.05  # the engine's queue is full of image requests: they go fir
 
 
 class EngineBackend:
-    """`FrameBackend` for a job thread: each call is a job on the service's engine, awaited on
+    """`FrameBackend` for a job thread: each call is an item on the service's engine, awaited on
     the service's event loop."""
 
     def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
@@ -56,7 +56,7 @@ class EngineBackend:
         return stats.mean, stats.std
 
     def stylize(self, content: Tensor, mix: StyleMix, model: str | None) -> Tensor:
-        return self._call(lambda: self.engine.stylize(StylizeJob(content, mix, model)))
+        return self._call(lambda: self.engine.stylize(StylizeItem(content, mix, model)))
 
 
 class LocalRunner:

@@ -47,7 +47,7 @@ async def disconnected(request: Request) -> None:
 
 
 async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
-    """`work`'s result, or None when the client goes away first: `work` is cancelled then, and
+    """`work`'s result, or None when the client goes away first: `work` is canceled then, and
     with it the engine jobs it awaits, which are dropped instead of computed for no one."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(disconnected(request))
@@ -55,7 +55,7 @@ async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) ->
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
-        if not task.done():  # the client has gone, or this request was cancelled itself
+        if not task.done():  # the client has gone, or this request was canceled itself
             task.cancel()
             await asyncio.wait({task})
     return None if task.cancelled() else task.result()
