@@ -55,7 +55,7 @@ from models.model import StyleMix
 from models.video import LIVE, Placement, Stabilizer
 from service import metrics
 from service.engine import EngineClosedError, StylizeItem, Timed
-from service.registry import StyleNotFoundError, StyleRegistry
+from service.registry import StyleRegistry, style_image
 from service.security import Caller
 from service.stylizer import Stylizer
 
@@ -358,12 +358,7 @@ class LiveSession:
             mean, std = current.mix.mean, current.mix.std
         else:
             owner = None if self.caller is None else self.caller.owner
-            record = await self.registry.find(config.style_id, owner)
-            data = None if record is None else await self.registry.image(record.id)
-            if data is None:
-                raise StyleNotFoundError(
-                    f"style_id: no style with id or name {config.style_id[:80]!r}", "style_id"
-                )
+            data = await style_image(self.registry, config.style_id, owner, "style_id")
             stats, _, _ = await self.stylizer.style_statistics(
                 StyleInput(data, "style_id"), config.style_size, False, model=model
             )

@@ -279,6 +279,32 @@ class NamedRegistry:
         return True
 
 
+
+async def find_style(registry: StyleRegistry, reference: str, owner: str | None) -> StyleRecord:
+    """The style an id or a name refers to (the owner's name first), or a 404 naming
+    `style_id`. The one look-up of /styles, /stylize, /jobs and live mode."""
+    record = await registry.find(reference, owner)
+    if record is None:
+        raise StyleNotFoundError(f"no style with id or name {reference[:80]!r}", "style_id")
+    return record
+
+
+async def style_image(
+    registry: StyleRegistry, reference: str, owner: str | None, field: str
+) -> bytes:
+    """The image of the style an id or name refers to; a 404 whose message names `field`
+    (`style_id[2]`, say)."""
+    try:
+        record = await find_style(registry, reference, owner)
+        data = await registry.image(record.id)
+    except StyleNotFoundError as error:
+        raise StyleNotFoundError(f"{field}: {error.detail}", "style_id") from None
+    if data is None:  # deleted in between
+        raise StyleNotFoundError(
+            f"{field}: no style with id or name {reference[:80]!r}", "style_id"
+        )
+    return data
+
 def digest_of(text: str) -> str:
     """A file name for any text (names and owners may hold any character)."""
     return hashlib.sha256(text.encode()).hexdigest()[:32]

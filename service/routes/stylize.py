@@ -16,8 +16,7 @@ from models.model import parse_mix_weights
 from service.deps import RegistryDep, StylizerDep
 from service.forms import FormFieldsDep
 from service.openapi import STYLIZE_RESPONSES
-from service.registry import StyleNotFoundError, StyleRegistry
-from service.routes.styles import find_style
+from service.registry import StyleRegistry, style_image
 from service.security import Caller, UserDep
 from service.stylizer import StylizeRequest
 
@@ -34,7 +33,7 @@ async def read_styles(style: list[UploadFile] | None, style_id: list[str] | None
     (POST /stylize, POST /jobs); an unknown one is a 404 naming `style_id`."""
     styles = [StyleInput(await f.read(), f"style[{i}]") for i, f in enumerate(style or [])]
     for index, reference in enumerate(style_id or []):
-        data = await registered_image(registry, reference, caller, f"style_id[{index}]")
+        data = await style_image(registry, reference, caller.owner, f"style_id[{index}]")
         styles.append(StyleInput(data, f"style_id[{index}]"))
     return styles
 
@@ -59,20 +58,6 @@ async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) ->
             task.cancel()
             await asyncio.wait({task})
     return None if task.cancelled() else task.result()
-
-
-async def registered_image(registry: StyleRegistry, reference: str, caller: Caller,
-                           field: str) -> bytes:
-    """The image of the style an id or name refers to; a 404 naming `field`'s index."""
-    try:
-        record = await find_style(registry, reference, caller)
-        data = await registry.image(record.id)
-    except StyleNotFoundError as error:
-        raise StyleNotFoundError(f"{field}: {error.detail}", "style_id") from None
-    if data is None:  # deleted in between
-        raise StyleNotFoundError(f"{field}: no style with id or name {reference[:80]!r}",
-                                 "style_id")
-    return data
 
 
 @router.post("/stylize", response_class=Response, responses=STYLIZE_RESPONSES)
