@@ -38,7 +38,6 @@ from media.video import (
     VideoInfo,
     VideoLimits,
     check_output_size,
-    even_size,
     finalize,
     frame_tensor,
     output_size,
@@ -46,7 +45,6 @@ from media.video import (
     read_frames,
     tensor_to_rgb,
 )
-from models import images
 from models.errors import DomainError
 from models.model import Masks, StyleMix
 from models.pipeline import Pipeline
@@ -226,16 +224,25 @@ def decode_styles(
     return ClipStyles(prepared, decoded)
 
 
-def styles_for(
-    params: ClipParams, styles: Sequence[StyleInput], masks: Sequence[bytes], limits: ImageLimits
-) -> ClipStyles:
-    """`decode_styles` for the clip `params` describe."""
-    width, height = params.upright_size
-    controls = params.controls
-    grid = even_size(*images.prepared_size(width, height, controls.content_size, controls.crop))
-    return decode_styles(
-        styles, masks, (width, height), grid, controls.style_size, controls.crop, limits
+def save_styles(styles: ClipStyles, path: Path) -> None:
+    """The decoded styles and masks in a file (a job's, at submission), exactly: a style's
+    pixels as the 8-bit values it was decoded from, the masks as they are."""
+    masks = styles.masks
+    torch.save(
+        {
+            "styles": [style.mul(255).round_().to(torch.uint8) for style in styles.styles],
+            "masks": None if masks is None else masks.values,
+            "binary": masks is not None and masks.binary,
+        },
+        path,
     )
+
+
+def load_styles(path: Path) -> ClipStyles:
+    """What `save_styles` wrote: the job's styles, not decoded a second time."""
+    saved = torch.load(path, weights_only=True)
+    masks = None if saved["masks"] is None else Masks(saved["masks"], saved["binary"])
+    return ClipStyles([style.float().div_(255) for style in saved["styles"]], masks)
 
 
 def check_clip(

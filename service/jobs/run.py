@@ -24,13 +24,12 @@ from media.clip import (
     ClipStopped,
     FrameBackend,
     join,
-    styles_for,
+    load_styles,
     stylize_frames,
 )
-from media.imaging import StyleInput
 from media.video import Segment
 from models.errors import DomainError
-from service.jobs.store import Checkpoint, JobRecord, JobStatus, JobStore
+from service.jobs.store import STYLES_FILE, Checkpoint, JobRecord, JobStatus, JobStore
 
 log = logging.getLogger("service.jobs")
 
@@ -170,15 +169,9 @@ def _stylize_frames(
     for stale in work.iterdir():  # the segment that was open when the process died
         if stale.name not in kept:
             stale.unlink()
-    styles = styles_for(
-        params,
-        [
-            StyleInput((inputs / f"style-{i}").read_bytes(), f)
-            for i, f in enumerate(params.style_fields)
-        ],
-        [(inputs / f"mask-{i}").read_bytes() for i in range(params.controls.masks)],
-        settings.limits,
-    )
+    if not (inputs / STYLES_FILE).is_file():  # a job an older version stored undecoded
+        raise DomainError("the job was stored by an older version of the service: submit it again")
+    styles = load_styles(inputs / STYLES_FILE)  # decoded once, when the job was submitted
 
     def save(state: ClipState) -> None:
         store.save_checkpoint(

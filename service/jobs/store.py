@@ -4,7 +4,7 @@ jobs; updates of a record are read-modify-write under a file lock, so a cancel f
 a progress report from the job cannot overwrite each other.
 
     <root>/<id>/job.json            the record (`JobRecord`), replaced atomically
-    <root>/<id>/inputs/             the uploaded video, styles and masks
+    <root>/<id>/inputs/             the uploaded video; the styles and masks, decoded
     <root>/<id>/work/               segments and checkpoint of a job in progress
     <root>/<id>/result.mp4          the result (`FolderResultStore`)
 """
@@ -29,6 +29,8 @@ import torch
 
 from models.errors import DomainError, error_body
 from service.files import is_hex_id, write_atomically
+
+STYLES_FILE = "styles.pt"  # in a job's inputs: its styles and masks as `check_clip` decoded them
 
 
 class JobStatus(StrEnum):

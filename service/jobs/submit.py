@@ -7,11 +7,11 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 
-from media.clip import check_clip, clip_params
+from media.clip import check_clip, clip_params, save_styles
 from media.controls import StyleControls
 from media.imaging import ImageLimits, StyleInput
 from media.video import VideoLimits
-from service.jobs.store import JobRecord, JobStore
+from service.jobs.store import STYLES_FILE, JobRecord, JobStore
 
 
 def create_job(
@@ -30,11 +30,8 @@ def create_job(
     queued; on any refusal its folder is removed: nothing of a refused upload is kept."""
     inputs = store.inputs(job_id)
     try:
-        info, _ = check_clip(inputs / "video", styles, masks, controls, video_limits, limits)
-        for index, style in enumerate(styles):
-            (inputs / f"style-{index}").write_bytes(style.data)
-        for index, mask in enumerate(masks):
-            (inputs / f"mask-{index}").write_bytes(mask)
+        info, decoded = check_clip(inputs / "video", styles, masks, controls, video_limits, limits)
+        save_styles(decoded, inputs / STYLES_FILE)  # decoded once: the job reads them back
         params = clip_params(info, styles, controls, stabilize)
         return store.create(job_id, owner, params.record(), info.frames)
     except BaseException:

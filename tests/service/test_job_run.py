@@ -12,16 +12,24 @@ import torch
 
 from devkit.images import encode, psnr, random_image
 from devkit.videos import coded_as_result, decode_frames, make_video
-from media.clip import ClipSettings, ModelBackend, open_clip, stylize_clip
+from media.clip import (
+    ClipSettings,
+    ClipStyles,
+    ModelBackend,
+    load_styles,
+    open_clip,
+    save_styles,
+    stylize_clip,
+)
 from media.controls import check_controls
 from media.imaging import ImageLimits, StyleInput, prepare_style
 from media.video import VideoLimits, describe_output, tensor_to_rgb
 from models.config import ModelName, PipelineConfig, Precision
-from models.model import StyleMix
+from models.model import Masks, StyleMix
 from models.pipeline import Pipeline, build_pipeline
 from models.weights import load_model
 from service.jobs.run import run_job
-from service.jobs.store import JobStatus, JobStore
+from service.jobs.store import STYLES_FILE, JobStatus, JobStore
 from service.jobs.submit import create_job
 
 STYLE = encode(random_image(48, 48, seed=1911))
@@ -230,3 +238,22 @@ def test_a_job_runs_on_the_model_it_names(net: Pipeline, tmp_path: Path) -> None
     failed = run_job(missing, store, ModelBackend({"full": net}), SETTINGS)
     assert failed is not None and failed.status is JobStatus.failed
     assert failed.error is not None and failed.error["field"] == "model"
+
+
+def test_a_job_decodes_its_styles_once(tmp_path: Path) -> None:
+    """Submission decodes and checks the styles and masks and stores them decoded; the run
+    reads them back exactly, without the uploaded bytes."""
+    store = JobStore(tmp_path / "jobs", ttl_s=30)
+    job_id = new_job(store, make_video(frames=2, width=32, height=32, audio=False))
+    inputs = store.inputs(job_id)
+    assert sorted(path.name for path in inputs.iterdir()) == [STYLES_FILE, "video"]
+    loaded = load_styles(inputs / STYLES_FILE)
+    expected = prepare_style(StyleInput(STYLE, "style[0]"), 48, False, SETTINGS.limits)
+    assert torch.equal(loaded.styles[0], expected) and loaded.masks is None
+
+    masks = Masks(torch.rand(2, 24, 20), binary=True)
+    save_styles(ClipStyles([expected, expected], masks), tmp_path / "two.pt")
+    again = load_styles(tmp_path / "two.pt")
+    assert again.masks is not None and again.masks.binary
+    assert torch.equal(again.masks.values, masks.values)
+    assert all(torch.equal(style, expected) for style in again.styles)
