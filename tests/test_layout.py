@@ -13,33 +13,24 @@ import pytest
 
 from devkit import REPO
 
+# What no layer under the service imports: the helpers, the layers above, the web and command
+# stacks.
+BELOW_THE_SERVICE = {
+    "tests",
+    "devkit",
+    "benchmarks",
+    "service",
+    "cli",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "typer",
+    "click",
+}
 # folder -> top-level modules it must not import
 FORBIDDEN = {
-    "models": {
-        "tests",
-        "devkit",
-        "benchmarks",
-        "media",
-        "service",
-        "cli",
-        "fastapi",
-        "starlette",
-        "uvicorn",
-        "typer",
-        "click",
-    },
-    "media": {
-        "tests",
-        "devkit",
-        "benchmarks",
-        "service",
-        "cli",
-        "fastapi",
-        "starlette",
-        "uvicorn",
-        "typer",
-        "click",
-    },
+    "models": BELOW_THE_SERVICE | {"media"},
+    "media": BELOW_THE_SERVICE,
     "service": {"tests", "devkit", "benchmarks", "cli", "typer", "click"},
     "cli": {"tests", "devkit", "benchmarks"},
     "benchmarks": {"tests"},
