@@ -43,6 +43,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/src/pyproject
 # weights in models/weights/*.safetensors, the web page in service/static) go to site-packages.
 COPY README.md /src/
 COPY models/ /src/models/
+COPY media/ /src/media/
 COPY service/ /src/service/
 COPY cli/ /src/cli/
 RUN pip install --no-deps /src && rm -rf /src

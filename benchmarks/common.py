@@ -25,14 +25,16 @@ from torchvision.utils import save_image
 
 from devkit import reference_port
 from devkit.images import encode, random_image
+from media.controls import check_controls
+from media.imaging import ImageLimits, OutputFormat, StyleInput
 from models.config import CompileMode, PipelineConfig, Precision
 from models.model import make_decoder, make_encoder
 from models.pipeline import build_pipeline
 from service.cache import MemoryStatsCache, encoder_fingerprint
 from service.engine import Engine, cpu_threads
-from service.imaging import ImageLimits, OutputFormat, PixelBudget
+from service.imaging import PixelBudget
 from service.settings import Settings
-from service.stylizer import StyleInput, Stylizer, StylizeRequest
+from service.stylizer import Stylizer, StylizeRequest
 
 # Both pipelines with the threads the service's engine uses: the engine sets them in its own
 # worker thread, the reference loop runs in this one.
@@ -129,9 +131,9 @@ class InProcessService:
         return cls(stylizer, engine, asyncio.new_event_loop())
 
     def __call__(self, content: bytes, style: bytes, size: int) -> bytes:
+        controls = check_controls(styles=1, content_size=size, style_size=size)
         request = StylizeRequest(
-            content, (StyleInput(style, "style[0]"),), torch.ones(1), content_size=size,
-            style_size=size, output_format=OutputFormat.png,
+            content, (StyleInput(style, "style[0]"),), controls, output_format=OutputFormat.png
         )
         call = self.stylizer.stylize(request)
         return self.loop.run_until_complete(call).image

@@ -15,11 +15,9 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 import typer
-
-# The click that typer bundles and raises (its own module: not the `click` distribution).
-from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 from typer.core import TyperGroup
 
+from cli.click_errors import ClickException, NoArgsIsHelpError, UsageError
 from models.config import Device, ModelName, Precision
 
 USAGE_ERROR = 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,7 +17,9 @@ from cli.common import (
     ModelOption,
     PrecisionOption,
     usage_error,
+    without_field_prefix,
 )
+from media.defaults import DEFAULT_SIZE, MAX_STYLES, OWN_SIZE_LIMIT
 from models.config import (
     DEFAULT_TILE_SIZE,
     FEATURE_STRIDE,
@@ -28,7 +32,14 @@ from models.config import (
 if TYPE_CHECKING:
     import torch
 
+    from media.controls import StyleControls
+    from models.config import PipelineConfig
     from models.model import Masks
+
+
+# What the command's inputs may be, as its errors say.
+READABLE_IMAGE = "not a readable image (PNG, JPEG, WebP, ...)"
+READABLE_CONTENT = "not a readable image or video (PNG, JPEG, WebP, ...; MP4, WebM, MOV, GIF, ...)"
 
 
 def register(app: typer.Typer) -> None:
@@ -54,7 +65,8 @@ def read_image(
     try:
         return images.load_with_size(path, size, crop)
     except UnidentifiedImageError as exc:
-        raise InputError(f"{argument} {path}: not a readable image (PNG, JPEG, WebP, ...)") from exc
+        what = READABLE_CONTENT if argument == "CONTENT" else READABLE_IMAGE
+        raise InputError(f"{argument} {path}: {what}") from exc
     except OSError as exc:
         raise InputError(f"{argument} {path}: could not be read ({exc.strerror or exc})") from exc
 
@@ -73,7 +85,7 @@ def read_masks(
             with Image.open(path) as image:
                 uprights.append(ImageOps.exif_transpose(image))
         except UnidentifiedImageError as exc:
-            raise InputError(f"--mask {path}: not a readable image (PNG, JPEG, WebP, ...)") from exc
+            raise InputError(f"--mask {path}: {READABLE_IMAGE}") from exc
     return images.masks_from_images(
         uprights, n_styles, content_size, grid, [f"--mask {path}" for path in paths]
     )
@@ -94,6 +106,66 @@ def check_output(output: Path, separate: bool) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
 
 
+def check_video_output(output: Path) -> None:
+    """A video comes out as an MP4: the output's name must say so."""
+    from media.clip import VIDEO_OUTPUT_SUFFIXES
+
+    if output.suffix.lower() not in VIDEO_OUTPUT_SUFFIXES:
+        raise usage_error(
+            f"{str(output)!r} is no video file name: a video comes out as MP4, end it with .mp4",
+            "--output",
+        )
+
+
+@contextmanager
+def naming_content(content: Path) -> Iterator[None]:
+    """An error of the video (`media.video`'s field "video") as the CONTENT argument's."""
+    from models.errors import DomainError
+
+    try:
+        yield
+    except DomainError as exc:
+        if exc.field != "video":
+            raise
+        detail = without_field_prefix(exc.detail, "video")
+        raise InputError(f"CONTENT {content}: {detail}") from exc
+
+
+def stylize_video(
+    content: Path,
+    styles: list[Path],
+    output: Path,
+    config: PipelineConfig,
+    masks: list[Path],
+    controls: StyleControls,
+    *,
+    own_size: bool,
+    stabilize: bool,
+) -> int:
+    """The video through `media.clip`: every input checked, then the network loaded and a
+    progress bar shown; an error of the video names the CONTENT argument. `own_size`: the
+    video keeps its size (no --content-size)."""
+    from tqdm import tqdm
+
+    from media.clip import ModelBackend, open_clip, stylize_clip
+    from models.pipeline import build_pipeline
+
+    with naming_content(content):
+        clip = open_clip(
+            content, styles, masks, controls, own_size_unless_asked=own_size, stabilize=stabilize
+        )
+    backend = ModelBackend({config.model.value: build_pipeline(config)})
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tqdm(total=clip.frames, unit="frame", desc="stylize") as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = max(total, done)
+            bar.update(done - bar.n)
+
+        with naming_content(content):  # a frame past the probe may not decode
+            return stylize_clip(clip, backend, output, on_progress=progress)
+
+
 def stylize(
     content: Annotated[Path, typer.Argument(exists=True, help="Content image or folder of them.")],
     styles: Annotated[list[Path], typer.Argument(exists=True, help="Style images or folders.")],
@@ -105,7 +177,7 @@ def stylize(
             help="Output file (its folder is created), or a folder when an input is a folder.",
         ),
     ],
-    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Content-style trade-off.")] = 1.0,
+    alpha: Annotated[float, typer.Option(help="Content-style trade-off, 0 to 1.")] = 1.0,
     mix_weights: Annotated[
         str | None,
         typer.Option("--weights", help="Interpolation weights, one per style, e.g. 1,2,1."),
@@ -118,8 +190,14 @@ def stylize(
         ),
     ] = None,
     preserve_color: Annotated[bool, typer.Option(help="Keep the content's colours.")] = False,
-    content_size: Annotated[int, typer.Option(min=0, help="Shorter side; 0 keeps it.")] = 512,
-    style_size: Annotated[int, typer.Option(min=0, help="Shorter side; 0 keeps it.")] = 512,
+    content_size: Annotated[
+        int | None,
+        typer.Option(
+            help=f"Shorter side; 0 keeps it. Default: {DEFAULT_SIZE} for images; a video "
+            f"keeps its size, its shorter side at most {OWN_SIZE_LIMIT}.",
+        ),
+    ] = None,
+    style_size: Annotated[int, typer.Option(help="Shorter side; 0 keeps it.")] = DEFAULT_SIZE,
     crop: Annotated[bool, typer.Option(help="Centre-crop to a square of the size.")] = False,
     stabilize: Annotated[bool, typer.Option(help="Videos: temporal stabilisation.")] = True,
     encoder: EncoderOption = None,
@@ -143,65 +221,84 @@ def stylize(
     --mask); a folder among the inputs stylizes every content with every style separately, into
     the folder OUTPUT.
     """
-    import itertools
-
-    import torch
-    from tqdm import tqdm
-
-    from models import images
-    from models.config import PipelineConfig
-    from models.errors import DomainError
-    from models.model import parse_mix_weights
-    from models.pipeline import build_pipeline
+    import media  # noqa: F401 (before torch: OMP_WAIT_POLICY)
 
     try:
         check_tile_size(tile_size)
     except ValueError as exc:
         raise usage_error(str(exc), "--tile-size") from None
+    import itertools
+
+    import torch
+    from tqdm import tqdm
+
+    from media.clip import is_video_file
+    from media.controls import check_controls
+    from models import images
+    from models.config import PipelineConfig
+    from models.model import parse_mix_weights
+    from models.pipeline import build_pipeline
+
     weights = parse_mix_weights([mix_weights] if mix_weights else [])
-    from service.jobs.run import ModelBackend
-    from service.jobs.submit import VIDEO_SUFFIXES, stylize_video_file
+    video = is_video_file(content)
+
+    def controls_for(n_styles: int) -> StyleControls:
+        return check_controls(
+            styles=n_styles,
+            masks=len(mask or []),
+            weights=weights,
+            alpha=alpha,
+            preserve_color=preserve_color,
+            content_size=(0 if video else DEFAULT_SIZE) if content_size is None else content_size,
+            style_size=style_size,
+            crop=crop,
+            max_styles=MAX_STYLES if video else None,
+        )
 
     config = PipelineConfig(
-        device, precision, tile_size=tile_size, encoder_path=encoder, decoder_path=decoder,
+        device,
+        precision,
+        tile_size=tile_size,
+        encoder_path=encoder,
+        decoder_path=decoder,
         model=model,
     )
-    if content.suffix.lower() in VIDEO_SUFFIXES:  # a video, MP4 out: the video job's function
-        pipeline = build_pipeline(config)
-        with tqdm(total=0, unit="frame", desc="stylize", leave=True) as bar:
-
-            def progress(done: int, total: int) -> None:
-                bar.total = max(total, done)
-                bar.update(done - bar.n)
-
-            try:
-                record = stylize_video_file(
-                    ModelBackend({model.value: pipeline}), content, styles, output,
-                    weights=weights, masks=mask or [],
-                    alpha=alpha, preserve_color=preserve_color, content_size=content_size,
-                    style_size=style_size, crop=crop, stabilize=stabilize, on_progress=progress,
-                )
-            except DomainError as exc:
-                raise InputError(exc.detail) from exc
-        frames = record.frames_done
+    if video:
+        check_video_output(output)
+        controls = controls_for(len(styles))
+        own_size = content_size is None
+        frames = stylize_video(
+            content,
+            styles,
+            output,
+            config,
+            mask or [],
+            controls,
+            own_size=own_size,
+            stabilize=stabilize,
+        )
         typer.echo(f"wrote {frames} frames to {output}")
         return
     contents, style_files = expand([content]), expand(styles)
     separate = content.is_dir() or any(s.is_dir() for s in styles)
     check_output(output, separate)
-    pipeline = build_pipeline(config)
     groups = [[s] for s in style_files] if separate else [style_files]
+    controls = controls_for(len(groups[0])) if groups else None
+    pipeline = build_pipeline(config)
     jobs = list(itertools.product(contents, groups))
     style_cache: dict[Path, torch.Tensor] = {}
     with torch.inference_mode():
         for content_path, group in tqdm(jobs, disable=len(jobs) == 1, desc="stylize"):
-            content_image, upright_size = read_image(content_path, "CONTENT", content_size, crop)
+            assert controls is not None  # there are jobs: there are groups
+            content_image, upright_size = read_image(
+                content_path, "CONTENT", controls.content_size, controls.crop
+            )
             content_image = content_image.to(pipeline.device)
             for path in group:
                 if path not in style_cache:
-                    style_cache[path] = read_image(path, "STYLES", style_size, crop)[0].to(
-                        pipeline.device
-                    )
+                    style_cache[path] = read_image(
+                        path, "STYLES", controls.style_size, controls.crop
+                    )[0].to(pipeline.device)
             masks = None
             if mask:
                 grid = (content_image.shape[-2], content_image.shape[-1])
@@ -209,10 +306,10 @@ def stylize(
             result = pipeline.stylize(
                 content_image,
                 [style_cache[path] for path in group],
-                alpha,
-                weights,
+                controls.alpha,
+                controls.weights,
                 masks,
-                preserve_color,
+                controls.preserve_color,
             )
             name = f"{content_path.stem}_stylized_{group[0].stem}.png"
             images.to_pil(result).save(output / name if separate else output)

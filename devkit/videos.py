@@ -15,7 +15,7 @@ import av
 import numpy as np
 
 from devkit.images import random_image
-from service.video import SegmentWriter
+from media.video import SegmentWriter
 
 # container -> (video codec, audio codec, pixel format)
 FORMATS = {

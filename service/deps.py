@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 
+from media.imaging import ImageLimits
 from service.engine import Engine
-from service.imaging import ImageLimits
 from service.jobs.local import LocalRunner
 from service.registry import StyleRegistry
 from service.security import RateLimiter

@@ -1,12 +1,13 @@
 """The inference engine: one worker thread owns the networks; callers await asyncio futures.
 
-Jobs wait in a bounded queue (full -> `EngineBusyError`, a 503). Stylize jobs whose content tensors
-have the same shape are batched into one `Pipeline.stylize_batch` call: one encoder pass and
-one decoder pass for the batch, each item with its own styles and controls. A CUDA out-of-memory
-error splits the batch in halves and retries; a single job that still does not fit fails alone
-with `EngineOutOfMemoryError`. A job whose caller has gone (its awaiting task was cancelled: the
-client disconnected, the server gave up on it) is dropped before it is computed, and its place in
-the queue is free at once.
+Work items (one image to stylize, or one style's statistics; not the video jobs of
+`service.jobs`) wait in a bounded queue (full -> `EngineBusyError`, a 503). Stylize items whose
+content tensors have the same shape are batched into one `Pipeline.stylize_batch` call: one
+encoder pass and one decoder pass for the batch, each item with its own styles and controls.
+A CUDA out-of-memory error splits the batch in halves and retries; a single item that still does
+not fit fails alone with `EngineOutOfMemoryError`. An item whose caller has gone (its awaiting
+task was canceled: the client disconnected, the server gave up on it) is dropped before it is
+computed, and its place in the queue is free at once.
 
 In-process use (benchmarks, tests), without HTTP:
 
@@ -14,8 +15,8 @@ In-process use (benchmarks, tests), without HTTP:
     engine.start()
     stats = await engine.style_statistics(style)          # style: (1, 3, H, W) in [0, 1]
     mix = StyleMix(stats.value.mean, stats.value.std, torch.ones(1), alpha=1.0)
-    result = await engine.stylize(StylizeJob(content, mix))
-    await engine.close()                                  # finishes the queued jobs first
+    result = await engine.stylize(StylizeItem(content, mix))
+    await engine.close()                                  # finishes the queued items first
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ from torch import Tensor
 
 from models.errors import DomainError
 from models.model import StyleMix
+
+# The defaults of ADAIN_MAX_BATCH_SIZE (on CUDA; 1 on CPU), ADAIN_MAX_WAIT_MS, ADAIN_QUEUE_SIZE.
+CUDA_BATCH_SIZE = 8
+MAX_WAIT_MS = 5.0
+QUEUE_SIZE = 32
 
 log = logging.getLogger("service.engine")
 
@@ -59,7 +65,7 @@ class StyleStats:
 
 
 @dataclass(frozen=True)
-class StylizeJob:
+class StylizeItem:
     """One output image: content (1, 3, H, W) in [0, 1] and what it takes from its styles."""
 
     kind: ClassVar[str] = "stylize"
@@ -69,24 +75,24 @@ class StylizeJob:
 
 
 @dataclass(frozen=True)
-class StatisticsJob:
+class StatisticsItem:
     """One style's statistics: style (1, 3, H, W) in [0, 1], recoloured to `recolour_to`'s
     colours first (CORAL, for colour preservation) when that is given."""
 
     kind: ClassVar[str] = "stats"
     style: Tensor
     recolour_to: Tensor | None = None
-    model: str | None = None  # as StylizeJob's: each network has its own statistics
+    model: str | None = None  # as StylizeItem's: each network has its own statistics
 
 
-Job = StylizeJob | StatisticsJob
+Item = StylizeItem | StatisticsItem
 R = TypeVar("R")
 
 
 @dataclass(frozen=True)
 class Timed(Generic[R]):
     value: R
-    compute_ms: float  # time the networks spent on the batch this job was part of
+    compute_ms: float  # time the networks spent on the batch this item was part of
     batch_size: int
 
 
@@ -95,32 +101,32 @@ class EngineBusyError(DomainError):
 
 
 class EngineClosedError(DomainError):
-    """The engine is shutting down and takes no new jobs."""
+    """The engine is shutting down and takes no new items."""
 
 
 class EngineOutOfMemoryError(DomainError):
-    """The device ran out of memory for this job even alone."""
+    """The device ran out of memory for this item even alone."""
 
 
 @dataclass(eq=False)
 class _Entry(Generic[R]):
-    """A job in the queue and the future its caller awaits.
+    """An item in the queue and the future its caller awaits.
 
     `claimed` (the worker took it to compute) and `abandoned` (its caller went away first) are
     set under the engine's lock, so that exactly one of them happens.
     """
 
-    job: Job
+    item: Item
     future: asyncio.Future[Timed[R]]
     loop: asyncio.AbstractEventLoop
     claimed: bool = False
     abandoned: bool = False
 
     def batch_key(self) -> tuple[object, ...] | None:
-        """Jobs with equal keys can share a batch (the same network, the same shape); None:
+        """Items with equal keys can share a batch (the same network, the same shape); None:
         never batched."""
-        if isinstance(self.job, StylizeJob):
-            return (self.job.model, *self.job.content.shape)
+        if isinstance(self.item, StylizeItem):
+            return (self.item.model, *self.item.content.shape)
         return None
 
     def settle(self, outcome: Timed[R] | BaseException) -> None:
@@ -130,7 +136,7 @@ class _Entry(Generic[R]):
         self.loop.call_soon_threadsafe(self._unless_gone, settle, outcome)
 
     def _unless_gone(self, settle: Callable[[Any], None], outcome: object) -> None:
-        """On the loop: a caller that went away meanwhile (cancelled) is owed nothing."""
+        """On the loop: a caller that went away meanwhile (canceled) is owed nothing."""
         if not self.future.done():
             settle(outcome)
 
@@ -143,17 +149,17 @@ def cpu_threads() -> int:
 
 class Engine:
     """`net`: one network, or several by name (the service's models, `ADAIN_MODELS`): one
-    worker owns them all, so that they never compete for the cores; a job names its network
-    (`StylizeJob.model`), None meaning the first."""
+    worker owns them all, so that they never compete for the cores; an item names its network
+    (`StylizeItem.model`), None meaning the first."""
 
     def __init__(
         self,
         net: StyleNetwork | Mapping[str, StyleNetwork],
         device: torch.device | str = "cpu",
         *,
-        max_batch_size: int = 8,
-        max_wait_ms: float = 5.0,
-        queue_size: int = 32,
+        max_batch_size: int = CUDA_BATCH_SIZE,
+        max_wait_ms: float = MAX_WAIT_MS,
+        queue_size: int = QUEUE_SIZE,
         on_batch: Callable[[str, int, float], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
         on_drop: Callable[[int], None] | None = None,
@@ -164,10 +170,10 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
         self.queue_size = queue_size
-        self.on_batch = on_batch  # (job kind, batch size, seconds): for metrics
-        self.on_depth = on_depth  # jobs waiting or running: for metrics
-        self.on_drop = on_drop  # jobs dropped because their caller had gone: for metrics
-        # None is the stop signal `close` queues: the jobs before it are served first.
+        self.on_batch = on_batch  # (item kind, batch size, seconds): for metrics
+        self.on_depth = on_depth  # items waiting or running: for metrics
+        self.on_drop = on_drop  # items dropped because their caller had gone: for metrics
+        # None is the stop signal `close` queues: the items before it are served first.
         self._queue: queue.Queue[_Entry[Any] | None] = queue.Queue()
         self._depth = 0
         self._lock = threading.Lock()
@@ -180,7 +186,7 @@ class Engine:
         self._thread.start()
 
     async def close(self) -> None:
-        """Take no new jobs, finish the queued ones, stop the worker."""
+        """Take no new items, finish the queued ones, stop the worker."""
         with self._lock:
             self._closed = True
         self._queue.put(None)
@@ -192,14 +198,14 @@ class Engine:
 
     async def style_statistics(self, style: Tensor, recolour_to: Tensor | None = None,
                                model: str | None = None) -> Timed[StyleStats]:
-        """Statistics of one style (1, 3, H, W); see `StatisticsJob`."""
-        return await self._submit(StatisticsJob(style, recolour_to, model))
+        """Statistics of one style (1, 3, H, W); see `StatisticsItem`."""
+        return await self._submit(StatisticsItem(style, recolour_to, model))
 
-    async def stylize(self, job: StylizeJob) -> Timed[Tensor]:
+    async def stylize(self, item: StylizeItem) -> Timed[Tensor]:
         """The stylized image (1, 3, H, W) in [0, 1], float32 on the CPU."""
-        return await self._submit(job)
+        return await self._submit(item)
 
-    async def _submit(self, job: Job) -> Timed[Any]:
+    async def _submit(self, item: Item) -> Timed[Any]:
         loop = asyncio.get_running_loop()
         with self._lock:
             if self._closed:
@@ -212,13 +218,13 @@ class Engine:
             self._depth += 1
             depth = self._depth
         self._report_depth(depth)
-        entry: _Entry[Any] = _Entry(job, loop.create_future(), loop)
+        entry: _Entry[Any] = _Entry(item, loop.create_future(), loop)
         entry.future.add_done_callback(lambda future: self._abandon(entry, future))
         self._queue.put(entry)
         return await entry.future
 
     def _abandon(self, entry: _Entry[Any], future: asyncio.Future[Timed[Any]]) -> None:
-        """On the loop, when the future is done: a cancelled one that the worker has not taken
+        """On the loop, when the future is done: a canceled one that the worker has not taken
         yet leaves the queue's count now; the worker drops it when it comes to it."""
         if not future.cancelled():
             return
@@ -244,7 +250,7 @@ class Engine:
             while True:
                 first = held.popleft() if held else self._queue.get()
                 if first is None:
-                    if held:  # jobs picked up while batching still get served
+                    if held:  # items picked up while batching still get served
                         self._queue.put(None)
                         continue
                     return
@@ -252,13 +258,13 @@ class Engine:
                 if batch:
                     outcomes = self._execute(batch)
                     # Counted done before the callers hear of it: a caller that sends its next
-                    # job at once finds the queue's room already back.
+                    # item at once finds the queue's room already back.
                     self._finished(len(batch))
                     for entry, outcome in outcomes:
                         entry.settle(outcome)
 
     def _collect(self, first: _Entry[Any], held: deque[_Entry[Any] | None]) -> list[_Entry[Any]]:
-        """`first` plus jobs of the same batch key arriving within max_wait_ms."""
+        """`first` plus items of the same batch key arriving within max_wait_ms."""
         key = first.batch_key()
         if key is None or self.max_batch_size == 1:
             return [first]
@@ -289,8 +295,8 @@ class Engine:
                 entry.claimed = True
         dropped = len(batch) - len(live)
         if dropped:
-            log.info("dropped %d queued job(s): the caller has gone", dropped,
-                     extra={"dropped": dropped, "kind": batch[0].job.kind})
+            log.info("dropped %d queued item(s): the caller has gone", dropped,
+                     extra={"dropped": dropped, "kind": batch[0].item.kind})
             if self.on_drop:
                 self.on_drop(dropped)
         return live
@@ -307,11 +313,11 @@ class Engine:
         """Each entry with its result or its error; nothing is handed to the callers here."""
         start = time.perf_counter()
         try:
-            results = self._compute([entry.job for entry in batch])
+            results = self._compute([entry.item for entry in batch])
         except torch.cuda.OutOfMemoryError:
             self._release_memory()
             if len(batch) == 1:
-                log.warning("out of device memory for one job; it fails alone")
+                log.warning("out of device memory for one item; it fails alone")
                 return [(batch[0], EngineOutOfMemoryError(
                     "out of device memory for the image; retry later or send a smaller "
                     "content_size", "content_size"))]
@@ -319,31 +325,31 @@ class Engine:
             log.warning("out of device memory for a batch of %d; splitting it", len(batch))
             half = len(batch) // 2
             return self._execute(batch[:half]) + self._execute(batch[half:])
-        except Exception as exc:  # one bad job must not stop the worker
+        except Exception as exc:  # one bad item must not stop the worker
             log.exception("inference failed")
             return [(entry, exc) for entry in batch]
         seconds = time.perf_counter() - start
         if self.on_batch:
-            self.on_batch(batch[0].job.kind, len(batch), seconds)
+            self.on_batch(batch[0].item.kind, len(batch), seconds)
         return [(entry, Timed(result, seconds * 1000, len(batch)))
                 for entry, result in zip(batch, results, strict=True)]
 
-    def _compute(self, jobs: list[Job]) -> list[object]:
-        """One result per job: a batch of stylize jobs, or one statistics job."""
-        if isinstance(jobs[0], StatisticsJob):
-            return [self._statistics(jobs[0])]
-        stylize_jobs = [job for job in jobs if isinstance(job, StylizeJob)]
-        # One job (every job on CPU): its own tensor, not a copy (an 8K content is hundreds of MB).
+    def _compute(self, items: list[Item]) -> list[object]:
+        """One result per item: a batch of stylize items, or one statistics item."""
+        if isinstance(items[0], StatisticsItem):
+            return [self._statistics(items[0])]
+        stylize_items = [item for item in items if isinstance(item, StylizeItem)]
+        # One item (every one on CPU): its own tensor, not a copy (an 8K content is hundreds of MB).
         contents = (
-            torch.cat([job.content for job in stylize_jobs]) if len(stylize_jobs) > 1
-            else stylize_jobs[0].content
+            torch.cat([item.content for item in stylize_items]) if len(stylize_items) > 1
+            else stylize_items[0].content
         ).to(self.device)
-        net = self.network(stylize_jobs[0].model)
-        out = net.stylize_batch(contents, [job.mix for job in stylize_jobs])
+        net = self.network(stylize_items[0].model)
+        out = net.stylize_batch(contents, [item.mix for item in stylize_items])
         return [image[None].cpu() for image in out]
 
     def network(self, model: str | None) -> StyleNetwork:
-        """The network a job names (the route has checked the name: see `models`)."""
+        """The network an item names (the route has checked the name: see `models`)."""
         return self.nets[model or self.default_model]
 
     @property
@@ -354,8 +360,8 @@ class Engine:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _statistics(self, job: StatisticsJob) -> StyleStats:
-        recolour_to = None if job.recolour_to is None else job.recolour_to.to(self.device)
-        net = self.network(job.model)
-        mean, std = net.style_statistics(job.style.to(self.device), recolour_to)
+    def _statistics(self, item: StatisticsItem) -> StyleStats:
+        recolour_to = None if item.recolour_to is None else item.recolour_to.to(self.device)
+        net = self.network(item.model)
+        mean, std = net.style_statistics(item.style.to(self.device), recolour_to)
         return StyleStats(mean.float().cpu(), std.float().cpu())

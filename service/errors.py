@@ -19,12 +19,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
+from media.imaging import ImageTooLargeError, UnsupportedImageError
+from media.video import UnsupportedVideoError, VideoTooLargeError
 from models.errors import DomainError, InvalidInputError, error_body
 from models.evaluate import PeerOutputError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
 from service.forms import UnsupportedFormError
 from service.hardening import HostNotAllowedError
-from service.imaging import DecodeBudgetError, ImageTooLargeError, UnsupportedImageError
+from service.imaging import DecodeBudgetError
 from service.jobs.store import JobNotDoneError, JobNotFoundError
 from service.limits import BodyTimeoutError, BodyTooLargeError
 from service.live import LiveBusyError, LiveFailedError, LiveIdleError
@@ -42,7 +44,6 @@ from service.security import (
     PermissionDeniedError,
     RateLimitedError,
 )
-from service.video import UnsupportedVideoError, VideoTooLargeError
 
 
 class MalformedRequestError(DomainError):

@@ -37,24 +37,27 @@ from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from torch import Tensor
 
-from models import images
-from models.errors import DomainError, InvalidInputError
-from models.model import StyleMix
-from models.video import LIVE, Placement, Stabilizer
-from service import metrics
-from service.engine import EngineClosedError, StylizeJob, Timed
-from service.imaging import (
+from media.controls import check_controls, invalid
+from media.defaults import DEFAULT_SIZE
+from media.imaging import (
     ImageLimits,
     ImageTooLargeError,
     OutputFormat,
+    StyleInput,
     check_prepared_size,
     encode_image,
     header_pixels,
     open_image,
 )
-from service.registry import StyleNotFoundError, StyleRegistry
+from models import images
+from models.errors import DomainError, InvalidInputError
+from models.model import StyleMix
+from models.video import LIVE, Placement, Stabilizer
+from service import metrics
+from service.engine import EngineClosedError, StylizeItem, Timed
+from service.registry import StyleRegistry, style_image
 from service.security import Caller
-from service.stylizer import StyleInput, Stylizer
+from service.stylizer import Stylizer
 
 log = logging.getLogger("service.live")
 
@@ -84,10 +87,14 @@ class LiveConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     style_id: str = Field(min_length=1, max_length=200, description="a registered style")
-    alpha: float = Field(1.0, ge=0.0, le=1.0, description="content-style trade-off")
-    size: int = Field(256, ge=16, description="shorter side the frames are stylized at")
+    # alpha and style_size are checked with every entry point's controls (`parse_config`).
+    alpha: float = Field(1.0, description="content-style trade-off")
+    # /stylize's and /jobs' content_size; `size` on the wire, as the clients send it.
+    content_size: int = Field(
+        256, ge=16, alias="size", description="shorter side the frames are stylized at"
+    )
     # /stylize's default, so that both share the style statistics' cache.
-    style_size: int = Field(512, ge=0, description="the style's shorter side; 0 keeps it")
+    style_size: int = Field(DEFAULT_SIZE, description="the style's shorter side; 0 keeps it")
     stabilize: bool = Field(True, description="temporal stabilisation (previous frames only)")
     model: str | None = Field(
         None,
@@ -106,7 +113,7 @@ class LiveConfig(BaseModel):
 
     def public(self, model: str) -> dict[str, object]:
         """The settings as the server answers them: never the key; the model that answers."""
-        return self.model_dump(exclude={"key"}) | {"model": model}
+        return self.model_dump(exclude={"key"}, by_alias=True) | {"model": model}
 
 
 @dataclass(frozen=True)
@@ -149,17 +156,16 @@ def parse_config(text: str, current: LiveConfig | None, max_size: int) -> LiveCo
         raise InvalidInputError("text messages must be JSON settings", "settings") from None
     if not isinstance(given, dict):
         raise InvalidInputError("the settings must be a JSON object", "settings")
-    merged = {**(current.model_dump() if current else {}), **given}
+    merged = {**(current.model_dump(by_alias=True) if current else {}), **given}
     try:
         config = LiveConfig.model_validate(merged)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        field = str(error["loc"][0]) if error["loc"] else "settings"
-        shown = repr(error.get("input"))[:80] if field != "key" else "the key"
-        raise InvalidInputError(f"{field}: {error['msg']} (got {shown})", field) from None
-    if config.size > max_size:
+        raise invalid(exc, secrets=("key",)) from None
+    check_controls(styles=1, alpha=config.alpha, style_size=config.style_size)
+    if config.content_size > max_size:
         raise InvalidInputError(
-            f"size: {config.size} is over this server's limit of {max_size} (ADAIN_LIVE_MAX_SIZE)",
+            f"size: {config.content_size} is over this server's limit of {max_size} "
+            "(ADAIN_LIVE_MAX_SIZE)",
             "size",
         )
     return config
@@ -173,14 +179,16 @@ def decode_frame(data: bytes, size: int, limits: ImageLimits) -> Tensor:
 
 
 @dataclass
-class Frame:
+class ReceivedFrame:
+    """A camera frame as it arrived (`media.video.Frame` is a decoded video frame)."""
+
     index: int  # counts the client's frames from 0
     data: bytes
     received: float  # time.perf_counter() when it arrived
 
 
 @dataclass
-class Style:
+class LiveStyle:
     """The settings in force and what they make: the mix for the engine, the stabiliser."""
 
     config: LiveConfig
@@ -188,7 +196,7 @@ class Style:
     model: str  # the network `config.model` names (None there: the service's default)
     stabilizer: Stabilizer | None = None  # made at the first frame; it restarts at a new size
     network_ms: float = 0.0  # the engine's time for the frame being stabilised
-    # The stabiliser thread's engine job: cancelled (dropped from the queue) if the stream ends.
+    # The stabiliser thread's engine item: canceled (dropped from the queue) if the stream ends.
     pending: concurrent.futures.Future[Timed[Tensor]] | None = None
 
 
@@ -215,8 +223,8 @@ class LiveSession:
         self.describe = describe
         self.authorize = authorize
         self.caller = caller  # whose style names the stream uses; set by `authorize` otherwise
-        self.style: Style | None = None
-        self.waiting: Frame | None = None  # the newest frame not started yet
+        self.style: LiveStyle | None = None
+        self.waiting: ReceivedFrame | None = None  # the newest frame not started yet
         self.settings_changes: list[str] = []
         self.received = 0  # binary messages so far: the next frame's index
         self.dropped = 0
@@ -234,7 +242,7 @@ class LiveSession:
                 await asyncio.wait({reader, worker}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 # The client has gone or the stream is closed: a frame in the engine's queue
-                # is dropped there (its caller is cancelled), not computed for no one.
+                # is dropped there (its caller is canceled), not computed for no one.
                 for task in (reader, worker):
                     task.cancel()
                 await asyncio.gather(reader, worker, return_exceptions=True)
@@ -307,7 +315,7 @@ class LiveSession:
                 if self.waiting is not None:
                     self.dropped += 1
                     metrics.LIVE_FRAMES.labels("dropped").inc()
-                self.waiting = Frame(index, data, time.perf_counter())
+                self.waiting = ReceivedFrame(index, data, time.perf_counter())
             self.wake.set()
 
     # --- the work ---------------------------------------------------------------------------
@@ -338,7 +346,7 @@ class LiveSession:
             return
         await self.send_json({"ready": True, "settings": config.public(self.style.model)})
 
-    async def prepare(self, config: LiveConfig, current: Style | None) -> Style:
+    async def prepare(self, config: LiveConfig, current: LiveStyle | None) -> LiveStyle:
         """The mix for `config`: the style's statistics from the cache or the engine. The
         stabiliser starts again: its previous output is of the old settings."""
         model = self.stylizer.check_model(config.model)
@@ -350,19 +358,14 @@ class LiveSession:
             mean, std = current.mix.mean, current.mix.std
         else:
             owner = None if self.caller is None else self.caller.owner
-            record = await self.registry.find(config.style_id, owner)
-            data = None if record is None else await self.registry.image(record.id)
-            if data is None:
-                raise StyleNotFoundError(
-                    f"style_id: no style with id or name {config.style_id[:80]!r}", "style_id"
-                )
+            data = await style_image(self.registry, config.style_id, owner, "style_id")
             stats, _, _ = await self.stylizer.style_statistics(
                 StyleInput(data, "style_id"), config.style_size, False, model=model
             )
             mean, std = stats.mean, stats.std
-        return Style(config, StyleMix(mean, std, torch.ones(1), alpha=config.alpha), model)
+        return LiveStyle(config, StyleMix(mean, std, torch.ones(1), alpha=config.alpha), model)
 
-    async def process(self, frame: Frame) -> None:
+    async def process(self, frame: ReceivedFrame) -> None:
         assert self.style is not None
         style = self.style
         started = time.perf_counter()
@@ -371,14 +374,15 @@ class LiveSession:
             "frame",
             decode_frame,
             frame.data,
-            style.config.size,
+            style.config.content_size,
             self.limits.images,
         )
         decoded = time.perf_counter()
         if style.config.stabilize:
             stylized, network_ms = await self.stabilized(style, content)
         else:
-            result = await self.stylizer.engine.stylize(StylizeJob(content, style.mix, style.model))
+            item = StylizeItem(content, style.mix, style.model)
+            result = await self.stylizer.engine.stylize(item)
             stylized, network_ms = result.value, result.compute_ms
         done = time.perf_counter()
         output_format = OutputFormat(style.config.format)
@@ -405,7 +409,7 @@ class LiveSession:
                 await self.socket.send_bytes(encoded)
         metrics.LIVE_FRAMES.labels("stylized").inc()
 
-    async def stabilized(self, style: Style, content: Tensor) -> tuple[Tensor, float]:
+    async def stabilized(self, style: LiveStyle, content: Tensor) -> tuple[Tensor, float]:
         """The stabiliser's output for `content`, in a thread: it calls the network through
         the engine (on this loop) and computes its flow and blending itself."""
         if style.stabilizer is None:
@@ -419,15 +423,15 @@ class LiveSession:
             raise
         return output, style.network_ms
 
-    def engine_stylize(self, style: Style) -> Callable[[Tensor, Placement], Tensor]:
-        """stylize(frame, placement) for the stabiliser's thread: one engine job on this event
+    def engine_stylize(self, style: LiveStyle) -> Callable[[Tensor, Placement], Tensor]:
+        """stylize(frame, placement) for the stabiliser's thread: one engine item on this event
         loop (no masks here, so the placement changes nothing)."""
         loop = asyncio.get_running_loop()
         engine = self.stylizer.engine
 
         def stylize(frame: Tensor, placement: Placement) -> Tensor:
-            job = StylizeJob(frame, style.mix, style.model)
-            style.pending = asyncio.run_coroutine_threadsafe(engine.stylize(job), loop)
+            item = StylizeItem(frame, style.mix, style.model)
+            style.pending = asyncio.run_coroutine_threadsafe(engine.stylize(item), loop)
             result = style.pending.result(ENGINE_WAIT_S)
             style.network_ms += result.compute_ms
             return result.value

@@ -32,13 +32,12 @@ from service.cache import (
     lite_fingerprint,
 )
 from service.deps import Services
-from service.engine import Engine, StylizeJob
+from service.engine import Engine, StylizeItem
 from service.errors import install_error_handlers
 from service.gallery import register_presets
 from service.hardening import AllowedHosts, HostGuard, SecurityHeaders
-from service.imaging import ImageLimits, PixelBudget
+from service.imaging import PixelBudget
 from service.jobs.local import LocalRunner
-from service.jobs.run import JobSettings
 from service.jobs.store import JobStore
 from service.limits import BodySizeLimit
 from service.live import LiveSessions
@@ -96,7 +95,7 @@ async def start_services(settings: Settings) -> Services:
         queue_size=settings.queue_size,
         on_batch=metrics.record_batch,
         on_depth=metrics.QUEUE_DEPTH.set,
-        on_drop=metrics.JOBS_DROPPED.inc,
+        on_drop=metrics.ITEMS_DROPPED.inc,
     )
     engine.start()
     fingerprints = {
@@ -124,7 +123,7 @@ async def start_services(settings: Settings) -> Services:
     else:
         cache = MemoryStatsCache(settings.cache_size)
         registry = DiskRegistry(settings.styles_dir)
-    limits = ImageLimits(settings.max_image_pixels, settings.max_output_pixels)
+    limits = settings.image_limits()
     budget = PixelBudget(settings.decode_pixel_budget, settings.decode_wait_s)
     stylizer = Stylizer(engine, cache, limits, fingerprints, budget)
     log.info("networks loaded", extra={"device": str(device), "dtype": str(pipeline.dtype),
@@ -132,15 +131,14 @@ async def start_services(settings: Settings) -> Services:
                                        "models": list(pipelines), "default": settings.model})
     rate_limiter = RateLimiter(settings.rate_limit, redis)
     return Services(settings, engine, stylizer, registry, limits, redis, rate_limiter,
-                    local_jobs(settings, engine, limits))
+                    local_jobs(settings, engine))
 
 
-def local_jobs(settings: Settings, engine: Engine, limits: ImageLimits) -> LocalRunner:
+def local_jobs(settings: Settings, engine: Engine) -> LocalRunner:
     """Video jobs in this process, through its engine, their state in ADAIN_JOBS_DIR; with
     Redis, handed to the workers' queue (docs/jobs.md)."""
     store = JobStore(settings.jobs_dir, settings.job_ttl_s)
-    job_settings = JobSettings(settings.video_crf, settings.video_preset,
-                               settings.job_checkpoint_s, limits)
+    job_settings = settings.clip_settings()
     if settings.redis_url:
         from service.jobs.queue import QueueRunner
         from service.jobs.worker import queue_config
@@ -160,7 +158,7 @@ async def warm_up(services: Services) -> None:
                 grey = images.prepare(Image.new("RGB", size, (128, 128, 128)))
                 stats = await services.engine.style_statistics(grey, model=model)
                 mix = StyleMix(stats.value.mean, stats.value.std, torch.ones(1))
-                await services.engine.stylize(StylizeJob(grey, mix, model))
+                await services.engine.stylize(StylizeItem(grey, mix, model))
         except Exception:
             log.exception("warm-up failed; /readyz stays 503")
             return

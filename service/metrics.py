@@ -11,9 +11,9 @@ REQUEST_SECONDS = Histogram(
     "adain_request_duration_seconds", "HTTP request latency", ["method", "route", "status"],
     buckets=LATENCY_BUCKETS,
 )
-QUEUE_DEPTH = Gauge("adain_queue_depth", "Inference jobs waiting or running")
+QUEUE_DEPTH = Gauge("adain_queue_depth", "Engine work items waiting or running")
 BATCH_SIZE = Histogram(
-    "adain_batch_size", "Stylize jobs per device batch", buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32)
+    "adain_batch_size", "Stylize items per device batch", buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32)
 )
 INFERENCE_SECONDS = Histogram(
     "adain_inference_seconds", "Time on the networks per batch", ["kind"], buckets=LATENCY_BUCKETS
@@ -24,8 +24,9 @@ DEPENDENCY_ERRORS = Counter(
     "Failed calls to a store (redis, styles_dir); the cache is skipped, the registry answers 503",
     ["dependency"],
 )
-JOBS_DROPPED = Counter(
-    "adain_jobs_dropped", "Queued inference jobs skipped because their caller had gone"
+# The metric keeps its published name; "jobs" there are the engine's work items.
+ITEMS_DROPPED = Counter(
+    "adain_jobs_dropped", "Queued engine work items skipped because their caller had gone"
 )
 
 LIVE_STREAMS = Gauge("adain_live_streams", "Open live streams (WebSocket /live)")

@@ -27,6 +27,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
+from media.imaging import ImageTooLargeError, OutputFormat, UnsupportedImageError
 from models.errors import DomainError, InvalidInputError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
 from service.errors import (
@@ -38,12 +39,7 @@ from service.errors import (
     domain_error_response,
 )
 from service.forms import UnsupportedFormError
-from service.imaging import (
-    DecodeBudgetError,
-    ImageTooLargeError,
-    OutputFormat,
-    UnsupportedImageError,
-)
+from service.imaging import DecodeBudgetError
 from service.limits import BodyTimeoutError, BodyTooLargeError
 from service.registry import (
     AmbiguousNameError,

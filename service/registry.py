@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 import unicodedata
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 
 from models.errors import DomainError, InvalidInputError
 from service import metrics
+from service.files import is_hex_id, write_atomically, write_temporary
 
 log = logging.getLogger("service.registry")
 
@@ -143,32 +143,8 @@ def new_record(
 
 
 def valid_id(id_: str) -> bool:
-    """Ids are 64 hex digits; anything else (e.g. '../x') never reaches the file system."""
-    return len(id_) == 64 and all(c in "0123456789abcdef" for c in id_)
-
-
-def write_temporary(folder: Path, prefix: str, data: bytes) -> Path:
-    """A new file in `folder` holding `data`, flushed to the disk."""
-    descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=prefix)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return Path(temporary)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder and rename: readers never see half a file."""
-    temporary = write_temporary(path.parent, f".{path.name}.", data)
-    try:
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    """A style's id: 64 hex digits (its image's SHA-256)."""
+    return is_hex_id(id_, 64)
 
 
 # --- names -----------------------------------------------------------------------------------
@@ -302,6 +278,32 @@ class NamedRegistry:
         await self.release_name(record)
         return True
 
+
+
+async def find_style(registry: StyleRegistry, reference: str, owner: str | None) -> StyleRecord:
+    """The style an id or a name refers to (the owner's name first), or a 404 naming
+    `style_id`. The one look-up of /styles, /stylize, /jobs and live mode."""
+    record = await registry.find(reference, owner)
+    if record is None:
+        raise StyleNotFoundError(f"no style with id or name {reference[:80]!r}", "style_id")
+    return record
+
+
+async def style_image(
+    registry: StyleRegistry, reference: str, owner: str | None, field: str
+) -> bytes:
+    """The image of the style an id or name refers to; a 404 whose message names `field`
+    (`style_id[2]`, say)."""
+    try:
+        record = await find_style(registry, reference, owner)
+        data = await registry.image(record.id)
+    except StyleNotFoundError as error:
+        raise StyleNotFoundError(f"{field}: {error.detail}", "style_id") from None
+    if data is None:  # deleted in between
+        raise StyleNotFoundError(
+            f"{field}: no style with id or name {reference[:80]!r}", "style_id"
+        )
+    return data
 
 def digest_of(text: str) -> str:
     """A file name for any text (names and owners may hold any character)."""

@@ -32,10 +32,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     The URL reaches `on_url` piece by piece as it arrives; a header reaches `on_header` only
     once complete (httptools holds the pieces), so the bytes of an unfinished head are also
-    counted as they arrive (`data_received`)."""
+    counted as they arrive (`data_received`).
 
-    max_request_line_bytes = 8 * 1024
-    max_head_bytes = 32 * 1024
+    It overrides uvicorn's parser callbacks, which are not public API: tests/service/
+    test_server.py fails by name when a uvicorn release changes them."""
+
+    max_request_line_bytes: int  # ADAIN_MAX_REQUEST_LINE_BYTES, set by `bounded_protocol`
+    max_head_bytes: int  # ADAIN_MAX_HEADER_BYTES, set by `bounded_protocol`
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]

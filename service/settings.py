@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from media.defaults import (
+    CHECKPOINT_S,
+    MAX_IMAGE_PIXELS,
+    MAX_OUTPUT_PIXELS,
+    VIDEO_CRF,
+    VIDEO_PRESET,
+)
+from media.imaging import ImageLimits
 from models.config import (
     DEFAULT_TILE_SIZE,
     FEATURE_STRIDE,
@@ -18,11 +26,15 @@ from models.config import (
     Precision,
     check_tile_size,
 )
+from service.engine import CUDA_BATCH_SIZE, MAX_WAIT_MS, QUEUE_SIZE
 
 MIB = 1024 * 1024
 # Where Docker and Kubernetes mount secrets: a file named like the setting
 # (/run/secrets/adain_api_keys) sets it when the environment does not.
 SECRETS_DIR = Path("/run/secrets")
+
+if TYPE_CHECKING:
+    from media.clip import ClipSettings
 
 
 class Settings(BaseSettings):
@@ -53,17 +65,17 @@ class Settings(BaseSettings):
     model: ModelName = Field(ModelName.full, description="the model of requests naming none")
     lite_path: Path | None = None  # None: the embedded lite weights
 
-    # None: 8 on CUDA, 1 on CPU: batches raise GPU throughput but cost CPUs some (bigger working
-    # sets for the caches; figures in docs/benchmarks.md).
+    # None: CUDA_BATCH_SIZE on CUDA, 1 on CPU: batches raise GPU throughput but cost CPUs some
+    # (bigger working sets for the caches; figures in docs/benchmarks.md).
     max_batch_size: int | None = Field(None, ge=1)
-    max_wait_ms: float = Field(5.0, ge=0)
-    queue_size: int = Field(32, ge=1, description="jobs waiting or running; more -> 503")
+    max_wait_ms: float = Field(MAX_WAIT_MS, ge=0)
+    queue_size: int = Field(QUEUE_SIZE, ge=1, description="jobs waiting or running; more -> 503")
 
     max_upload_bytes: int = Field(20 * MIB, ge=1, description="whole request body")
-    max_image_pixels: int = Field(36_000_000, ge=1, description="per upload, from its header")
+    max_image_pixels: int = Field(MAX_IMAGE_PIXELS, ge=1, description="per upload, from its header")
     # 8K (7680 x 4320): above tile_size ** 2 pixels images are stylized in tiles, so memory is
     # bounded by the tile size, not by this count (figures in docs/benchmarks.md).
-    max_output_pixels: int = Field(7680 * 4320, ge=1, description="per image after resizing")
+    max_output_pixels: int = Field(MAX_OUTPUT_PIXELS, ge=1, description="per image after resizing")
     tile_size: int = Field(
         DEFAULT_TILE_SIZE,
         description=f"output pixels per tile side, a multiple of {FEATURE_STRIDE}; larger "
@@ -121,7 +133,7 @@ class Settings(BaseSettings):
     max_video_duration_s: float = Field(600.0, gt=0, description="seconds per video")
     max_video_frame_pixels: int = Field(3840 * 2160, ge=1, description="per input frame")
     video_crf: int = Field(
-        18,
+        VIDEO_CRF,
         ge=0,
         le=51,
         description="H.264 quality of the output (lower: better; 18 is visually lossless)",
@@ -136,9 +148,9 @@ class Settings(BaseSettings):
         "slow",
         "slower",
         "veryslow",
-    ] = "medium"
+    ] = VIDEO_PRESET
     job_checkpoint_s: float = Field(
-        10.0,
+        CHECKPOINT_S,
         gt=0,
         description="seconds of work between checkpoints: at most this is redone after a crash",
     )
@@ -146,13 +158,16 @@ class Settings(BaseSettings):
     # The live camera feed (WebSocket /live, docs/live.md). A frame is one WebSocket message:
     # uvicorn refuses messages over its ws_max_size (16 MiB by default) before the app sees them.
     live_max_sessions: int = Field(4, ge=0, description="live streams at once; more -> refused")
-    live_idle_timeout_s: float = Field(30.0, gt=0, description="a live stream without messages "
-                                       "for this long is closed")
-    live_max_frame_bytes: int = Field(4 * MIB, ge=1, le=16 * MIB,
-                                      description="one live frame's encoded size")
+    live_idle_timeout_s: float = Field(
+        30.0, gt=0, description="a live stream without messages for this long is closed"
+    )
+    live_max_frame_bytes: int = Field(
+        4 * MIB, ge=1, le=16 * MIB, description="one live frame's encoded size"
+    )
     live_max_frame_pixels: int = Field(3840 * 2160, ge=1, description="one live frame's pixels")
-    live_max_size: int = Field(1024, ge=16, description="largest `size` (shorter side) a live "
-                               "stream may ask for")
+    live_max_size: int = Field(
+        1024, ge=16, description="largest `size` (shorter side) a live stream may ask for"
+    )
 
     log_level: str = "info"
     warmup: bool = True
@@ -189,6 +204,17 @@ class Settings(BaseSettings):
             self.lite_path,
         )
 
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(self.max_image_pixels, self.max_output_pixels)
+
+    def clip_settings(self) -> ClipSettings:
+        """How the service's and the workers' video jobs encode and checkpoint."""
+        from media.clip import ClipSettings  # torch: not for `adain --help`
+
+        return ClipSettings(
+            self.video_crf, self.video_preset, self.job_checkpoint_s, self.image_limits()
+        )
+
     @property
     def model_list(self) -> list[ModelName]:
         """The loaded models, the default first (the engine's default network)."""
@@ -196,8 +222,8 @@ class Settings(BaseSettings):
         return [self.model, *(name for name in dict.fromkeys(named) if name != self.model)]
 
     def batch_size_for(self, device_type: str) -> int:
-        """ADAIN_MAX_BATCH_SIZE, or the device's default: 8 on CUDA, 1 on CPU."""
-        return self.max_batch_size or (8 if device_type == "cuda" else 1)
+        """ADAIN_MAX_BATCH_SIZE, or the device's default: CUDA_BATCH_SIZE on CUDA, 1 on CPU."""
+        return self.max_batch_size or (CUDA_BATCH_SIZE if device_type == "cuda" else 1)
 
     @property
     def user_keys(self) -> list[str]:

@@ -1,9 +1,10 @@
 """POST /stylize without the HTTP: image decoding, the style cache, the engine.
 
-The route checks the form once (`check_counts`, the form's own constraints) and hands over a
-`StylizeRequest`, which this module trusts. Preprocessing is `models.images` (the functions
-`adain stylize` uses), so the service returns the CLI's pixels for the same inputs. Failures are
-domain errors (`models.errors`); `service.errors` turns them into HTTP answers.
+The route checks the form once (`media.controls.check_controls`) and hands over a
+`StylizeRequest`, which this module trusts. Decoding and preprocessing are `media.imaging` (what
+video jobs and live mode use, on `models.images`: the functions `adain stylize` uses), so the
+service returns the CLI's pixels for the same inputs. Failures are domain errors
+(`models.errors`); `service.errors` turns them into HTTP answers.
 """
 
 from __future__ import annotations
@@ -13,58 +14,42 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from PIL import ImageOps
 from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
-from models import images
-from models.errors import InvalidInputError
-from models.model import Masks, StyleMix, check_mask_count, normalise_mix_weights
-from service import metrics
-from service.cache import StatsCache, stats_key
-from service.engine import Engine, StyleStats, StylizeJob
-from service.imaging import (
+from media.controls import StyleControls, check_model
+from media.imaging import (
     ImageLimits,
     OutputFormat,
-    PixelBudget,
-    check_encodable,
-    check_prepared_size,
+    StyleInput,
     encode_image,
     header_pixels,
-    open_image,
+    prepare_content,
+    prepare_masks,
+    prepare_style,
 )
-
-MAX_STYLES = 8
-
-
-@dataclass(frozen=True)
-class StyleInput:
-    """The bytes of one style image and the form field they came from (for error messages)."""
-
-    data: bytes
-    field: str
+from models.model import StyleMix
+from service import metrics
+from service.cache import StatsCache, stats_key
+from service.engine import Engine, StyleStats, StylizeItem
+from service.imaging import PixelBudget
 
 
 @dataclass(frozen=True)
 class StylizeRequest:
     """A POST /stylize form, parsed and checked once at the edge: the stylizer trusts it.
 
-    styles: uploaded files first, then registered styles, in the order sent; weights: one per
-    style, normalised (`check_counts`); masks: none, one per style, or one for two styles.
+    styles: uploaded files first, then registered styles, in the order sent; controls: the
+    paper's controls (`media.controls.check_controls`), one weight per style; masks: the
+    files `controls.masks` counts.
     """
 
     content: bytes
     styles: tuple[StyleInput, ...]
-    weights: Tensor
+    controls: StyleControls
     masks: tuple[bytes, ...] = ()
-    alpha: float = 1.0
-    preserve_color: bool = False
-    content_size: int = 512
-    style_size: int = 512
-    crop: bool = False
     output_format: OutputFormat = OutputFormat.png
     quality: int = 90
-    model: str | None = None  # a loaded model (`Stylizer.check_model`); None: the default
 
 
 @dataclass(frozen=True)
@@ -78,94 +63,74 @@ class StylizeOutput:
     model: str  # the model that answered
 
 
-def check_counts(n_styles: int, n_masks: int, weights: list[float] | None) -> Tensor:
-    """Refuses 0 or more than 8 styles, a mask count that fits no form, a weights count that
-    is not one per style; returns the normalised weights. Cheap: run it before reading uploads."""
-    if not 1 <= n_styles <= MAX_STYLES:
-        raise InvalidInputError(
-            f"got {n_styles} styles; send 1 to {MAX_STYLES} (style files and style_ids "
-            "together)", "style",
-        )
-    check_mask_count(n_masks, n_styles)
-    return normalise_mix_weights(weights, n_styles)
-
-
-def prepare_content(data: bytes, size: int, crop: bool, output_format: OutputFormat,
-                    limits: ImageLimits) -> tuple[Tensor, tuple[int, int]]:
-    """The content tensor and the upright size (width, height) of the uploaded image; refuses
-    an output the format cannot encode before any network runs."""
-    upright = images.to_rgb(open_image(data, "content", limits))
-    check_prepared_size(upright.size, size, crop, "content_size", limits)
-    height, width = images.prepared_size(*upright.size, size, crop)
-    check_encodable(width, height, output_format.value)
-    return images.rgb_to_tensor(upright, size, crop), upright.size
-
-
-def prepare_style(style: StyleInput, size: int, crop: bool, limits: ImageLimits) -> Tensor:
-    upright = images.to_rgb(open_image(style.data, style.field, limits))
-    check_prepared_size(upright.size, size, crop, "style_size", limits)
-    return images.rgb_to_tensor(upright, size, crop)
-
-
-def prepare_masks(
-    masks: tuple[bytes, ...], n_styles: int, content_size: tuple[int, int],
-    grid: tuple[int, int], limits: ImageLimits,
-) -> Masks:
-    """The uploaded masks decoded, then `models.images.masks_from_images` (its rules)."""
-    fields = [f"mask[{index}]" for index in range(len(masks))]
-    uprights = [ImageOps.exif_transpose(open_image(data, field, limits))
-                for data, field in zip(masks, fields, strict=True)]
-    return images.masks_from_images(uprights, n_styles, content_size, grid, fields)
-
-
 class Stylizer:
     """`encoder_fingerprint`: what each of the engine's networks' style statistics depend on,
     by model name (one string: the engine's only network), so that the cache keeps each
     model's statistics apart."""
 
-    def __init__(self, engine: Engine, cache: StatsCache, limits: ImageLimits,
-                 encoder_fingerprint: str | Mapping[str, str], decode_budget: PixelBudget
-                 ) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        cache: StatsCache,
+        limits: ImageLimits,
+        encoder_fingerprint: str | Mapping[str, str],
+        decode_budget: PixelBudget,
+    ) -> None:
         self.engine = engine
         self.cache = cache
         self.limits = limits
         self.fingerprints = (
-            dict(encoder_fingerprint) if isinstance(encoder_fingerprint, Mapping)
+            dict(encoder_fingerprint)
+            if isinstance(encoder_fingerprint, Mapping)
             else {engine.default_model: encoder_fingerprint}
         )
         self.decode_budget = decode_budget
 
+    @property
+    def models(self) -> list[str]:
+        """The loaded models, the default first."""
+        default = self.engine.default_model
+        return [default, *(name for name in self.fingerprints if name != default)]
+
     def check_model(self, model: str | None) -> str:
         """The model a request names (None: the default) if it is loaded here; else a clear
-        error naming the field."""
-        name = model or self.engine.default_model
-        if name not in self.fingerprints:
-            raise InvalidInputError(
-                f"model: {name[:40]!r} is not loaded here; choose one of "
-                f"{', '.join(self.fingerprints)} (ADAIN_MODELS)", "model",
-            )
-        return name
+        error naming the field (`media.controls.check_model`)."""
+        return check_model(model, self.models)
 
     async def stylize(self, request: StylizeRequest) -> StylizeOutput:
-        model = self.check_model(request.model)
+        controls = request.controls
+        model = controls.model or self.engine.default_model  # checked at the edge
         content, upright_size = await self.decode_budget.decode(
-            header_pixels(request.content), "content",
-            prepare_content, request.content, request.content_size, request.crop,
-            request.output_format, self.limits,
+            header_pixels(request.content),
+            "content",
+            prepare_content,
+            request.content,
+            controls.content_size,
+            controls.crop,
+            request.output_format,
+            self.limits,
         )
         grid = (content.shape[-2], content.shape[-1])
         masks = None
         if request.masks:
             masks = await self.decode_budget.decode(
-                sum(map(header_pixels, request.masks)), "mask",
-                prepare_masks, request.masks, len(request.styles), upright_size, grid,
+                sum(map(header_pixels, request.masks)),
+                "mask",
+                prepare_masks,
+                request.masks,
+                len(request.styles),
+                upright_size,
+                grid,
                 self.limits,
             )
         stats, cache_results, styles_ms = [], [], 0.0
         for style in request.styles:
             style_stats, result, ms = await self.style_statistics(
-                style, request.style_size, request.crop,
-                content if request.preserve_color else None, model,
+                style,
+                controls.style_size,
+                controls.crop,
+                content if controls.preserve_color else None,
+                model,
             )
             stats.append(style_stats)
             cache_results.append(result)
@@ -173,21 +138,30 @@ class Stylizer:
         mix = StyleMix(
             torch.cat([s.mean for s in stats]),
             torch.cat([s.std for s in stats]),
-            request.weights,
+            controls.weight_tensor,
             masks,
-            request.alpha,
+            controls.alpha,
         )
-        stylized = await self.engine.stylize(StylizeJob(content, mix, model))
+        stylized = await self.engine.stylize(StylizeItem(content, mix, model))
         encoded = await run_in_threadpool(
             encode_image, stylized.value, request.output_format, request.quality
         )
         return StylizeOutput(
-            encoded, request.output_format.media_type, cache_results, styles_ms,
-            stylized.compute_ms, stylized.batch_size, model,
+            encoded,
+            request.output_format.media_type,
+            cache_results,
+            styles_ms,
+            stylized.compute_ms,
+            stylized.batch_size,
+            model,
         )
 
     async def style_statistics(
-        self, style: StyleInput, size: int, crop: bool, recolour_to: Tensor | None = None,
+        self,
+        style: StyleInput,
+        size: int,
+        crop: bool,
+        recolour_to: Tensor | None = None,
         model: str | None = None,
     ) -> tuple[StyleStats, str, float]:
         """(statistics, "hit" | "miss" | "bypass", network ms) of the style prepared at `size`
@@ -204,8 +178,13 @@ class Stylizer:
                 metrics.STYLE_CACHE.labels("hit").inc()
                 return cached, "hit", 0.0
         tensor = await self.decode_budget.decode(
-            header_pixels(style.data), style.field,
-            prepare_style, style, size, crop, self.limits,
+            header_pixels(style.data),
+            style.field,
+            prepare_style,
+            style,
+            size,
+            crop,
+            self.limits,
         )
         computed = await self.engine.style_statistics(tensor, recolour_to, model)
         if key is not None:

@@ -1,5 +1,6 @@
 """Who may import whom, read from the source: the installed packages never import the helpers
-or the tests, `models/` no web or command-line stack, `service/` not the command, nothing
+or the tests, `models/` no web or command-line stack, `media/` (between the two) neither and
+not `service/`, `models/` not `media/`, `service/` not the command, nothing
 imports `tests/`, and no module of the project imports itself back through others (lazy
 imports inside functions count: a cycle hidden in a function body is still a cycle)."""
 
@@ -12,26 +13,30 @@ import pytest
 
 from devkit import REPO
 
+# What no layer under the service imports: the helpers, the layers above, the web and command
+# stacks.
+BELOW_THE_SERVICE = {
+    "tests",
+    "devkit",
+    "benchmarks",
+    "service",
+    "cli",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "typer",
+    "click",
+}
 # folder -> top-level modules it must not import
 FORBIDDEN = {
-    "models": {
-        "tests",
-        "devkit",
-        "benchmarks",
-        "service",
-        "cli",
-        "fastapi",
-        "starlette",
-        "uvicorn",
-        "typer",
-        "click",
-    },
+    "models": BELOW_THE_SERVICE | {"media"},
+    "media": BELOW_THE_SERVICE,
     "service": {"tests", "devkit", "benchmarks", "cli", "typer", "click"},
     "cli": {"tests", "devkit", "benchmarks"},
     "benchmarks": {"tests"},
     "devkit": {"tests", "benchmarks"},
 }
-PACKAGES = ("models", "service", "cli", "benchmarks", "devkit")
+PACKAGES = ("models", "media", "service", "cli", "benchmarks", "devkit")
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -16,9 +16,10 @@ from typing import Any, TypeVar
 
 from torch import Tensor
 
+from media.clip import ClipSettings
 from models.model import StyleMix
-from service.engine import Engine, EngineBusyError, EngineClosedError, StylizeJob, Timed
-from service.jobs.run import JobInterrupted, JobSettings, check_loaded, run_job
+from service.engine import Engine, EngineBusyError, EngineClosedError, StylizeItem, Timed
+from service.jobs.run import JobInterrupted, run_job
 from service.jobs.store import JobStatus, JobStore
 
 log = logging.getLogger("service.jobs")
@@ -28,7 +29,7 @@ BUSY_RETRY_S = 0.05  # the engine's queue is full of image requests: they go fir
 
 
 class EngineBackend:
-    """`FrameBackend` for a job thread: each call is a job on the service's engine, awaited on
+    """`FrameBackend` for a job thread: each call is an item on the service's engine, awaited on
     the service's event loop."""
 
     def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
@@ -44,21 +45,23 @@ class EngineBackend:
             except EngineClosedError:
                 raise JobInterrupted from None
 
+    @property
+    def models(self) -> list[str]:
+        return self.engine.models
+
     def style_statistics(
         self, style: Tensor, recolour_to: Tensor | None, model: str | None
     ) -> tuple[Tensor, Tensor]:
-        check_loaded(model, self.engine.models)
         stats = self._call(lambda: self.engine.style_statistics(style, recolour_to, model))
         return stats.mean, stats.std
 
     def stylize(self, content: Tensor, mix: StyleMix, model: str | None) -> Tensor:
-        check_loaded(model, self.engine.models)
-        return self._call(lambda: self.engine.stylize(StylizeJob(content, mix, model)))
+        return self._call(lambda: self.engine.stylize(StylizeItem(content, mix, model)))
 
 
 class LocalRunner:
     def __init__(
-        self, store: JobStore, engine: Engine, settings: JobSettings, concurrency: int = 1
+        self, store: JobStore, engine: Engine, settings: ClipSettings, concurrency: int = 1
     ) -> None:
         self.store = store
         self.engine = engine

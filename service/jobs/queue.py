@@ -23,12 +23,12 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import TimeLimit
 from torch import Tensor
 
-from models.errors import error_body
+from media.clip import ClipSettings, FrameBackend
 from models.model import StyleMix
 from service import metrics
 from service.engine import Engine
 from service.jobs.local import EngineBackend, LocalRunner
-from service.jobs.run import FrameBackend, JobSettings, run_job
+from service.jobs.run import run_job
 from service.jobs.store import JobRecord, JobStatus, JobStore
 from service.registry import RedisUnavailableError
 
@@ -49,9 +49,11 @@ METRICS_EVERY_S = 5.0
 
 @dataclass(frozen=True)
 class QueueConfig:
+    """Built from the settings (`service.jobs.worker.queue_config`)."""
+
     redis_url: str
-    heartbeat_s: float = 60.0  # a worker silent this long is dead: its message is requeued
-    max_retries: int = 2  # restarts after an unexpected error or a dead worker
+    heartbeat_s: float  # a worker silent this long is dead: its message is requeued
+    max_retries: int  # restarts after an unexpected error or a dead worker
     min_backoff_s: float = 1.0
 
 
@@ -198,6 +200,10 @@ class CountingBackend:
     def __init__(self, backend: FrameBackend) -> None:
         self.backend = backend
 
+    @property
+    def models(self) -> list[str]:
+        return self.backend.models
+
     def style_statistics(
         self, style: Tensor, recolour_to: Tensor | None, model: str | None
     ) -> tuple[Tensor, Tensor]:
@@ -210,7 +216,7 @@ class CountingBackend:
 
 
 def job_handlers(
-    store: JobStore, backend: FrameBackend, settings: JobSettings, should_stop: Callable[[], bool]
+    store: JobStore, backend: FrameBackend, settings: ClipSettings, should_stop: Callable[[], bool]
 ) -> tuple[JobFunction, GiveUp]:
     """What a queue worker runs: `run_job` on this process's backend, the same function as the
     one-machine runner's; and how it records a job it gives up."""
@@ -228,13 +234,9 @@ def job_handlers(
         observe_finished(record)
 
     def give_up(job_id: str, reason: str) -> None:
-        def fail(record: JobRecord) -> None:
-            record.status, record.error = JobStatus.failed, error_body(reason, None)
-
         if store.get(job_id) is None:
             return
-        observe_finished(store.update(job_id, fail))
-        store.remove_work(job_id)
+        observe_finished(store.fail(job_id, reason, None))
         log.warning("job given up", extra={"job": job_id, "detail": reason})
 
     return run, give_up
@@ -270,7 +272,7 @@ class QueueRunner(LocalRunner):
         self,
         store: JobStore,
         engine: Engine,
-        settings: JobSettings,
+        settings: ClipSettings,
         config: QueueConfig,
         runs_jobs: bool,
     ) -> None:

@@ -4,7 +4,7 @@ jobs; updates of a record are read-modify-write under a file lock, so a cancel f
 a progress report from the job cannot overwrite each other.
 
     <root>/<id>/job.json            the record (`JobRecord`), replaced atomically
-    <root>/<id>/inputs/             the uploaded video, styles and masks
+    <root>/<id>/inputs/             the uploaded video; the styles and masks, decoded
     <root>/<id>/work/               segments and checkpoint of a job in progress
     <root>/<id>/result.mp4          the result (`FolderResultStore`)
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import secrets
@@ -26,7 +27,10 @@ from typing import Any, Protocol
 
 import torch
 
-from models.errors import DomainError
+from models.errors import DomainError, error_body
+from service.files import is_hex_id, write_atomically
+
+STYLES_FILE = "styles.pt"  # in a job's inputs: its styles and masks as `check_clip` decoded them
 
 
 class JobStatus(StrEnum):
@@ -83,7 +87,7 @@ class Checkpoint:
     """Frames done so far: the closed segments and the stabiliser's state after the last."""
 
     frames_done: int
-    segments: list[dict[str, Any]]  # {"file", "first_pts", "frames"} (`service.video.Segment`)
+    segments: list[dict[str, Any]]  # {"file", "first_pts", "frames"} (`media.video.Segment`)
     stabilizer: dict[str, torch.Tensor] | None
 
 
@@ -115,18 +119,9 @@ class FolderResultStore:
         self._file(job_id).unlink(missing_ok=True)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Readers see the old file or the new one, never half of one, even after a SIGKILL."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(partial, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(partial, path)
-
-
 def valid_id(job_id: str) -> bool:
-    return len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)
+    """A job's id: 32 hex digits."""
+    return is_hex_id(job_id, 32)
 
 
 class JobStore:
@@ -224,6 +219,16 @@ class JobStore:
             self._write(record)
             return record
 
+    def fail(self, job_id: str, detail: str, field: str | None) -> JobRecord:
+        """The job failed (its error as the API answers errors); its work and inputs removed."""
+
+        def failed(record: JobRecord) -> None:
+            record.status, record.error = JobStatus.failed, error_body(detail, field)
+
+        record = self.update(job_id, failed)
+        self.remove_work(job_id)
+        return record
+
     def jobs(self) -> list[JobRecord]:
         """Every job, oldest first."""
         records = [self.get(path.name) for path in self.root.iterdir() if valid_id(path.name)]
@@ -232,12 +237,9 @@ class JobStore:
     # --- checkpoints and files --------------------------------------------------------------
 
     def save_checkpoint(self, job_id: str, checkpoint: Checkpoint) -> None:
-        path = self.work(job_id) / "checkpoint.pt"
-        partial = path.with_name(".checkpoint.pt.partial")
-        torch.save(asdict(checkpoint), partial)
-        with open(partial, "rb+") as file:
-            os.fsync(file.fileno())
-        os.replace(partial, path)
+        serialized = io.BytesIO()
+        torch.save(asdict(checkpoint), serialized)
+        write_atomically(self.work(job_id) / "checkpoint.pt", serialized.getvalue())
 
     def load_checkpoint(self, job_id: str) -> Checkpoint | None:
         path = self.work(job_id) / "checkpoint.pt"

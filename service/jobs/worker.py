@@ -12,10 +12,9 @@ import signal
 import threading
 from types import FrameType
 
+from media.clip import ModelBackend
 from models.pipeline import build_pipeline
-from service.imaging import ImageLimits
 from service.jobs.queue import QueueConfig, QueueWorker, job_handlers
-from service.jobs.run import JobSettings, ModelBackend
 from service.jobs.store import JobStore
 from service.logs import configure_logging
 from service.settings import Settings
@@ -25,11 +24,6 @@ log = logging.getLogger("service.worker")
 
 def queue_config(settings: Settings) -> QueueConfig:
     return QueueConfig(settings.redis_url, settings.worker_heartbeat_s, settings.job_max_retries)
-
-
-def job_settings(settings: Settings) -> JobSettings:
-    limits = ImageLimits(settings.max_image_pixels, settings.max_output_pixels)
-    return JobSettings(settings.video_crf, settings.video_preset, settings.job_checkpoint_s, limits)
 
 
 def run_worker(settings: Settings) -> None:
@@ -54,7 +48,8 @@ def run_worker(settings: Settings) -> None:
     }
     pipeline = pipelines[settings.model.value]
     store = JobStore(settings.jobs_dir, settings.job_ttl_s)
-    run, give_up = job_handlers(store, ModelBackend(pipelines), job_settings(settings), stop.is_set)
+    backend = ModelBackend(pipelines)
+    run, give_up = job_handlers(store, backend, settings.clip_settings(), stop.is_set)
     worker = QueueWorker(queue_config(settings), run, give_up)
     if settings.worker_metrics_port:  # its frames and job durations; the states: the service
         from prometheus_client import start_http_server

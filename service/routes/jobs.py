@@ -19,8 +19,10 @@ from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFil
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
+from media.controls import bounds, check_controls
+from media.defaults import DEFAULT_SIZE, MAX_STYLES
+from media.video import UnsupportedVideoError, VideoLimits, VideoTooLargeError
 from models.model import parse_mix_weights
 from service.deps import RegistryDep, ServicesDep, StylizerDep
 from service.errors import RangeNotSatisfiableError
@@ -36,6 +38,7 @@ from service.openapi import (
     error_responses,
     header,
 )
+from service.ranges import serves_range
 from service.registry import StyleNotFoundError
 from service.routes.stylize import read_styles
 from service.security import (
@@ -48,8 +51,6 @@ from service.security import (
     authenticate,
     client_address,
 )
-from service.stylizer import MAX_STYLES, check_counts
-from service.video import UnsupportedVideoError, VideoLimits, VideoTooLargeError
 
 router = APIRouter(tags=["jobs"])
 
@@ -172,7 +173,9 @@ async def submit_job(
         list[str] | None,
         Form(description="Ids of registered styles (repeatable), after the style files."),
     ] = None,
-    alpha: Annotated[float, Form(ge=0.0, le=1.0, description="Content-style trade-off.")] = 1.0,
+    alpha: Annotated[
+        float, Form(description="Content-style trade-off.", json_schema_extra=bounds("alpha"))
+    ] = 1.0,
     weights: Annotated[
         list[str] | None, Form(description="One weight per style: repeated fields or '1,2,1'.")
     ] = None,
@@ -187,12 +190,14 @@ async def submit_job(
     content_size: Annotated[
         int,
         Form(
-            ge=0,
             description="Shorter side of the output frames; "
             "0 keeps it. Odd sides lose a row or column.",
+            json_schema_extra=bounds("content_size"),
         ),
-    ] = 512,
-    style_size: Annotated[int, Form(ge=0, description="Shorter side; 0 keeps it.")] = 512,
+    ] = DEFAULT_SIZE,
+    style_size: Annotated[
+        int, Form(description="Shorter side; 0 keeps it.", json_schema_extra=bounds("style_size"))
+    ] = DEFAULT_SIZE,
     crop: Annotated[bool, Form(description="Centre-crop to a square of the size.")] = False,
     stabilize: Annotated[
         bool,
@@ -211,10 +216,17 @@ async def submit_job(
 ) -> JobState:
     """Stylize a video as a job: 202 at once with its id and `Location`; the frames keep the
     video's count, rate, timing and audio. Style fields as for /stylize."""
-    chosen_model = stylizer.check_model(model)
-    normalised = check_counts(
-        len(style or []) + len(style_id or []), len(mask or []),
-        parse_mix_weights(weights or [], MAX_STYLES),
+    controls = check_controls(
+        styles=len(style or []) + len(style_id or []),
+        masks=len(mask or []),
+        weights=parse_mix_weights(weights or [], MAX_STYLES),
+        models=stylizer.models,
+        alpha=alpha,
+        preserve_color=preserve_color,
+        content_size=content_size,
+        style_size=style_size,
+        crop=crop,
+        model=model,
     )
     styles = await read_styles(style, style_id, registry, caller)
     masks = [await m.read() for m in mask or []]
@@ -236,16 +248,10 @@ async def submit_job(
             caller.identity,
             styles,
             masks,
-            weights=normalised.tolist(),
-            alpha=alpha,
-            preserve_color=preserve_color,
-            content_size=content_size,
-            style_size=style_size,
-            crop=crop,
+            controls,
             stabilize=stabilize,
             video_limits=video_limits,
             limits=services.limits,
-            model=chosen_model,
         )
     )
     runner.submit(job_id)
@@ -313,13 +319,10 @@ async def job_result(job_id: str, request: Request, caller: ViewerDep, store: St
     requested = request.headers.get("range")
     if requested is not None:
         size = path.stat().st_size
-        try:
-            # Starlette's own parser, so that what it would refuse in plain text gets JSON.
-            FileResponse._parse_range_header(requested, size)
-        except (MalformedRangeHeader, RangeNotSatisfiable):
+        if not serves_range(requested, size):  # what FileResponse would refuse in plain text
             raise RangeNotSatisfiableError(
                 f"Range {requested[:80]!r} does not fit the file of {size} bytes", size
-            ) from None
+            )
     return FileResponse(
         path,
         media_type="video/mp4",

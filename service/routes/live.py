@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, WebSocket
 
+from media.imaging import ImageLimits
 from models.errors import DomainError
 from service.deps import Services
 from service.errors import refuse_handshake, websocket_error
-from service.imaging import ImageLimits
 from service.live import LiveLimits, LiveSession, LiveSessions
 from service.security import Keys, Role, admit, presented_key
 

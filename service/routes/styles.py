@@ -14,11 +14,11 @@ from PIL import Image, ImageOps
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from media.imaging import ImageLimits, header_pixels, open_image
 from models import images
 from models.errors import InvalidInputError
 from service.deps import LimitsDep, RegistryDep, StylizerDep
 from service.forms import FormFieldsDep
-from service.imaging import ImageLimits, header_pixels, open_image
 from service.openapi import (
     LIST_STYLES_RESPONSES,
     REGISTER_STYLE_ERRORS,
@@ -30,13 +30,13 @@ from service.registry import (
     NameTakenError,
     StyleNotFoundError,
     StyleRecord,
-    StyleRegistry,
     derived_name,
+    find_style,
     name_problem,
     new_record,
     style_id,
 )
-from service.security import AdminDep, Caller, UserDep
+from service.security import AdminDep, UserDep
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -69,14 +69,6 @@ class StyleList(BaseModel):
     next_cursor: str | None = Field(
         None, description="Pass as `cursor` for the next page; null on the last page."
     )
-
-
-async def find_style(registry: StyleRegistry, reference: str, caller: Caller) -> StyleRecord:
-    """The style an id or a name refers to, or a 404 naming `style_id`."""
-    record = await registry.find(reference, caller.owner)
-    if record is None:
-        raise StyleNotFoundError(f"no style with id or name {reference[:80]!r}", "style_id")
-    return record
 
 
 def upright_size(data: bytes, limits: ImageLimits) -> tuple[int, int]:
@@ -185,7 +177,7 @@ async def list_styles(
 @router.get("/{style_id}", responses=STYLE_RESPONSES)
 async def get_style(style_id: str, caller: UserDep, registry: RegistryDep) -> Style:
     """A style by its id or its name."""
-    return Style.of(await find_style(registry, style_id, caller))
+    return Style.of(await find_style(registry, style_id, caller.owner))
 
 
 def thumbnail(data: bytes, size: int, limits: ImageLimits) -> bytes:
@@ -220,7 +212,7 @@ async def get_style_image(
     ] = None,
 ) -> Response:
     """A style's image (by id or name), as registered or as a thumbnail."""
-    record = await find_style(registry, style_id, caller)
+    record = await find_style(registry, style_id, caller.owner)
     tag = f'"{record.id}-{size or "full"}"'
     # An id names these bytes forever; a name may be given to another style later.
     by_id = style_id == record.id
@@ -244,7 +236,7 @@ async def get_style_image(
 @router.delete("/{style_id}", status_code=status.HTTP_204_NO_CONTENT, responses=STYLE_RESPONSES)
 async def delete_style(style_id: str, caller: AdminDep, registry: RegistryDep) -> Response:
     """Delete a style by its id or its name."""
-    record = await find_style(registry, style_id, caller)
+    record = await find_style(registry, style_id, caller.owner)
     if not await registry.delete(record.id):
         raise StyleNotFoundError(f"no style with id or name {style_id[:80]!r}", "style_id")
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -9,15 +9,16 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from media.controls import bounds, check_controls
+from media.defaults import DEFAULT_SIZE, MAX_STYLES
+from media.imaging import OutputFormat, StyleInput
 from models.model import parse_mix_weights
 from service.deps import RegistryDep, StylizerDep
 from service.forms import FormFieldsDep
-from service.imaging import OutputFormat
 from service.openapi import STYLIZE_RESPONSES
-from service.registry import StyleNotFoundError, StyleRegistry
-from service.routes.styles import find_style
+from service.registry import StyleRegistry, style_image
 from service.security import Caller, UserDep
-from service.stylizer import MAX_STYLES, StyleInput, StylizeRequest, check_counts
+from service.stylizer import StylizeRequest
 
 router = APIRouter(tags=["stylize"])
 
@@ -32,7 +33,7 @@ async def read_styles(style: list[UploadFile] | None, style_id: list[str] | None
     (POST /stylize, POST /jobs); an unknown one is a 404 naming `style_id`."""
     styles = [StyleInput(await f.read(), f"style[{i}]") for i, f in enumerate(style or [])]
     for index, reference in enumerate(style_id or []):
-        data = await registered_image(registry, reference, caller, f"style_id[{index}]")
+        data = await style_image(registry, reference, caller.owner, f"style_id[{index}]")
         styles.append(StyleInput(data, f"style_id[{index}]"))
     return styles
 
@@ -45,7 +46,7 @@ async def disconnected(request: Request) -> None:
 
 
 async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
-    """`work`'s result, or None when the client goes away first: `work` is cancelled then, and
+    """`work`'s result, or None when the client goes away first: `work` is canceled then, and
     with it the engine jobs it awaits, which are dropped instead of computed for no one."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(disconnected(request))
@@ -53,24 +54,10 @@ async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) ->
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
-        if not task.done():  # the client has gone, or this request was cancelled itself
+        if not task.done():  # the client has gone, or this request was canceled itself
             task.cancel()
             await asyncio.wait({task})
     return None if task.cancelled() else task.result()
-
-
-async def registered_image(registry: StyleRegistry, reference: str, caller: Caller,
-                           field: str) -> bytes:
-    """The image of the style an id or name refers to; a 404 naming `field`'s index."""
-    try:
-        record = await find_style(registry, reference, caller)
-        data = await registry.image(record.id)
-    except StyleNotFoundError as error:
-        raise StyleNotFoundError(f"{field}: {error.detail}", "style_id") from None
-    if data is None:  # deleted in between
-        raise StyleNotFoundError(f"{field}: no style with id or name {reference[:80]!r}",
-                                 "style_id")
-    return data
 
 
 @router.post("/stylize", response_class=Response, responses=STYLIZE_RESPONSES)
@@ -86,8 +73,8 @@ async def stylize(
     style_id: Annotated[list[str] | None, Form(
         description="Ids or names of registered styles (repeatable), after the style files."
     )] = None,
-    alpha: Annotated[float, Form(ge=0.0, le=1.0,
-                                 description="Content-style trade-off.")] = 1.0,
+    alpha: Annotated[float, Form(description="Content-style trade-off.",
+                                 json_schema_extra=bounds("alpha"))] = 1.0,
     weights: Annotated[list[str] | None, Form(
         description="One weight per style: repeated fields or '1,2,1'.")] = None,
     mask: Annotated[list[UploadFile] | None, File(
@@ -95,8 +82,10 @@ async def stylize(
         "the content image's size. Coverage: luminance x alpha (16-bit: value / 65535); "
         "pixels no mask covers take the unmasked mix.")] = None,
     preserve_color: Annotated[bool, Form(description="Keep the content's colours.")] = False,
-    content_size: Annotated[int, Form(ge=0, description="Shorter side; 0 keeps it.")] = 512,
-    style_size: Annotated[int, Form(ge=0, description="Shorter side; 0 keeps it.")] = 512,
+    content_size: Annotated[int, Form(description="Shorter side; 0 keeps it.",
+                                      json_schema_extra=bounds("content_size"))] = DEFAULT_SIZE,
+    style_size: Annotated[int, Form(description="Shorter side; 0 keeps it.",
+                                    json_schema_extra=bounds("style_size"))] = DEFAULT_SIZE,
     crop: Annotated[bool, Form(description="Centre-crop to a square of the size.")] = False,
     output_format: Annotated[OutputFormat, Form(alias="format", description="Output format."
                                                 )] = OutputFormat.png,
@@ -109,25 +98,27 @@ async def stylize(
     the registered `style_id`s in the order sent; `weights` and `mask` follow that order."""
     # Counts and the model first: reading 1000 registered style ids before refusing them
     # costs memory. Weights off the event loop: bounded (ADAIN_MAX_FIELD_BYTES) but not free.
-    chosen_model = stylizer.check_model(model)
     mix_weights = await run_in_threadpool(parse_mix_weights, weights or [], MAX_STYLES)
-    normalised_weights = check_counts(
-        len(style or []) + len(style_id or []), len(mask or []), mix_weights
-    )
-    styles = await read_styles(style, style_id, registry, caller)
-    checked = StylizeRequest(
-        content=await content.read(),
-        styles=tuple(styles),
-        weights=normalised_weights,
-        masks=tuple([await m.read() for m in mask or []]),
+    controls = check_controls(
+        styles=len(style or []) + len(style_id or []),
+        masks=len(mask or []),
+        weights=mix_weights,
+        models=stylizer.models,
         alpha=alpha,
         preserve_color=preserve_color,
         content_size=content_size,
         style_size=style_size,
         crop=crop,
+        model=model,
+    )
+    styles = await read_styles(style, style_id, registry, caller)
+    checked = StylizeRequest(
+        content=await content.read(),
+        styles=tuple(styles),
+        controls=controls,
+        masks=tuple([await m.read() for m in mask or []]),
         output_format=output_format,
         quality=quality,
-        model=chosen_model,
     )
     result = await unless_disconnected(request, stylizer.stylize(checked))
     if result is None:

@@ -24,7 +24,7 @@ from service.engine import (
     EngineBusyError,
     EngineClosedError,
     EngineOutOfMemoryError,
-    StylizeJob,
+    StylizeItem,
     Timed,
 )
 
@@ -40,21 +40,21 @@ def net(reference_weights: tuple[Path, Path]) -> Pipeline:
     return Pipeline(load_model(*reference_weights))
 
 
-def job_for(net: Pipeline, seed: int, size: tuple[int, int] = (40, 32)) -> StylizeJob:
+def job_for(net: Pipeline, seed: int, size: tuple[int, int] = (40, 32)) -> StylizeItem:
     content = images.prepare(random_image(*size, seed=seed))
     style = images.prepare(random_image(32, 32, seed=100 + seed))
     with torch.inference_mode():
         mean, std = net.style_statistics(style)
-    return StylizeJob(content, StyleMix(mean, std, torch.ones(1), alpha=0.5 + seed / 100))
+    return StylizeItem(content, StyleMix(mean, std, torch.ones(1), alpha=0.5 + seed / 100))
 
 
-def expected(net: Pipeline, job: StylizeJob) -> Tensor:
+def expected(net: Pipeline, job: StylizeItem) -> Tensor:
     """The library's stylize path for this one image alone."""
     with torch.inference_mode():
         return net.stylize_batch(job.content, [job.mix])
 
 
-def assert_result(net: Pipeline, job: StylizeJob, result: Timed[Tensor]) -> None:
+def assert_result(net: Pipeline, job: StylizeItem, result: Timed[Tensor]) -> None:
     """The library's result, alone or in a batch, up to float rounding."""
     torch.testing.assert_close(result.value, expected(net, job), **FLOAT_ROUNDING)
 
@@ -81,7 +81,7 @@ class OutOfMemoryOnBatches:
         return self.net.style_statistics(styles, recolour_to)
 
 
-async def run_all(engine: Engine, jobs: list[StylizeJob]) -> list[object]:
+async def run_all(engine: Engine, jobs: list[StylizeItem]) -> list[object]:
     engine.start()
     try:
         return await asyncio.gather(*(engine.stylize(j) for j in jobs), return_exceptions=True)
@@ -241,7 +241,7 @@ def test_a_job_whose_caller_has_gone_is_dropped_before_it_is_computed(net: Pipel
                                                                       ) -> None:
     jobs = [job_for(net, seed, size=(40 + 8 * seed, 32)) for seed in range(3)]  # 40, 48, 56
     gated = Gated(net)
-    engine = Engine(gated, max_batch_size=1, on_drop=metrics.JOBS_DROPPED.inc)
+    engine = Engine(gated, max_batch_size=1, on_drop=metrics.ITEMS_DROPPED.inc)
     before = dropped_total()
 
     async def scenario() -> tuple[list[object], bool, list[int]]:

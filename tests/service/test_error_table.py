@@ -12,6 +12,8 @@ import pytest
 from fastapi import FastAPI
 
 from devkit import REPO
+from media.imaging import ImageTooLargeError, UnsupportedImageError
+from media.video import UnsupportedVideoError, VideoTooLargeError
 from models.errors import DomainError, InvalidInputError
 from models.evaluate import PeerOutputError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
@@ -30,7 +32,7 @@ from service.errors import (
 )
 from service.forms import UnsupportedFormError
 from service.hardening import HostNotAllowedError
-from service.imaging import DecodeBudgetError, ImageTooLargeError, UnsupportedImageError
+from service.imaging import DecodeBudgetError
 from service.jobs.store import JobNotDoneError, JobNotFoundError
 from service.limits import BodyTimeoutError, BodyTooLargeError
 from service.live import LiveBusyError, LiveFailedError, LiveIdleError
@@ -50,7 +52,6 @@ from service.security import (
     RateLimitedError,
 )
 from service.settings import Settings
-from service.video import UnsupportedVideoError, VideoTooLargeError
 
 # (error, status, Retry-After): the messages and fields are those the code raises.
 CASES: list[tuple[DomainError, int, str | None]] = [

@@ -15,13 +15,8 @@ import pytest
 from PIL import Image
 
 from devkit.images import encode, random_image
-from service.imaging import (
-    PNG_ROWS_PER_CHUNK,
-    DecodeBudgetError,
-    PixelBudget,
-    encode_png,
-    header_pixels,
-)
+from media.imaging import PNG_ROWS_PER_CHUNK, encode_png, header_pixels
+from service.imaging import DecodeBudgetError, PixelBudget
 
 
 @pytest.mark.parametrize(
@@ -159,7 +154,7 @@ def test_an_image_larger_than_the_budget_takes_all_of_it_alone() -> None:
     assert budget.free == 1000
 
 
-def test_a_cancelled_request_keeps_its_share_until_its_decode_ends() -> None:
+def test_a_canceled_request_keeps_its_share_until_its_decode_ends() -> None:
     """The decode thread cannot be stopped and still holds the image's memory."""
     budget = PixelBudget(1000, wait_s=0)
     started, finish = threading.Event(), threading.Event()

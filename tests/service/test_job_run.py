@@ -12,19 +12,28 @@ import torch
 
 from devkit.images import encode, psnr, random_image
 from devkit.videos import coded_as_result, decode_frames, make_video
+from media.clip import (
+    ClipSettings,
+    ClipStyles,
+    ModelBackend,
+    load_styles,
+    open_clip,
+    save_styles,
+    stylize_clip,
+)
+from media.controls import check_controls
+from media.imaging import ImageLimits, StyleInput, prepare_style
+from media.video import VideoLimits, describe_output, tensor_to_rgb
 from models.config import ModelName, PipelineConfig, Precision
-from models.model import StyleMix
+from models.model import Masks, StyleMix
 from models.pipeline import Pipeline, build_pipeline
 from models.weights import load_model
-from service.imaging import ImageLimits
-from service.jobs.run import JobSettings, ModelBackend, run_job
-from service.jobs.store import JobStatus, JobStore
-from service.jobs.submit import create_job, stylize_video_file
-from service.stylizer import StyleInput, prepare_style
-from service.video import VideoLimits, describe_output, tensor_to_rgb
+from service.jobs.run import run_job
+from service.jobs.store import STYLES_FILE, JobStatus, JobStore
+from service.jobs.submit import create_job
 
 STYLE = encode(random_image(48, 48, seed=1911))
-SETTINGS = JobSettings(
+SETTINGS = ClipSettings(
     crf=18, preset="veryfast", checkpoint_s=0.0, limits=ImageLimits(10**7, 10**6)
 )
 LIMITS = VideoLimits(100, 60, 10**6)
@@ -44,16 +53,10 @@ def new_job(store: JobStore, clip: bytes, stabilize: bool = True, model: str | N
         "me",
         [StyleInput(STYLE, "style[0]")],
         [],
-        weights=[1.0],
-        alpha=1.0,
-        preserve_color=False,
-        content_size=0,
-        style_size=48,
-        crop=False,
+        check_controls(styles=1, content_size=0, style_size=48, model=model),
         stabilize=stabilize,
         video_limits=LIMITS,
         limits=SETTINGS.limits,
-        model=model,
     )
     return job_id
 
@@ -106,18 +109,16 @@ def test_the_commands_function_writes_the_video_with_progress(
     clip.write_bytes(make_video(frames=7, width=80, height=60, container="webm"))
     style.write_bytes(STYLE)
     seen: list[tuple[int, int]] = []
-    record = stylize_video_file(
+    controls = check_controls(styles=1, weights=[1.0], content_size=0, style_size=48)
+    checked = open_clip(clip, [style], [], controls)
+    frames = stylize_clip(
+        checked,
         ModelBackend({"full": net}),
-        clip,
-        [style],
         output,
-        weights=[1.0],
-        content_size=0,
-        style_size=48,
-        settings=SETTINGS,
+        SETTINGS,
         on_progress=lambda done, total: seen.append((done, total)),
     )
-    assert record.frames_done == 7
+    assert frames == 7
     described = describe_output(output)
     assert (described["frames"], described["width"], described["height"]) == (7, 80, 60)
     assert described["audio_codec"] == "aac"
@@ -237,3 +238,22 @@ def test_a_job_runs_on_the_model_it_names(net: Pipeline, tmp_path: Path) -> None
     failed = run_job(missing, store, ModelBackend({"full": net}), SETTINGS)
     assert failed is not None and failed.status is JobStatus.failed
     assert failed.error is not None and failed.error["field"] == "model"
+
+
+def test_a_job_decodes_its_styles_once(tmp_path: Path) -> None:
+    """Submission decodes and checks the styles and masks and stores them decoded; the run
+    reads them back exactly, without the uploaded bytes."""
+    store = JobStore(tmp_path / "jobs", ttl_s=30)
+    job_id = new_job(store, make_video(frames=2, width=32, height=32, audio=False))
+    inputs = store.inputs(job_id)
+    assert sorted(path.name for path in inputs.iterdir()) == [STYLES_FILE, "video"]
+    loaded = load_styles(inputs / STYLES_FILE)
+    expected = prepare_style(StyleInput(STYLE, "style[0]"), 48, False, SETTINGS.limits)
+    assert torch.equal(loaded.styles[0], expected) and loaded.masks is None
+
+    masks = Masks(torch.rand(2, 24, 20), binary=True)
+    save_styles(ClipStyles([expected, expected], masks), tmp_path / "two.pt")
+    again = load_styles(tmp_path / "two.pt")
+    assert again.masks is not None and again.masks.binary
+    assert torch.equal(again.masks.values, masks.values)
+    assert all(torch.equal(style, expected) for style in again.styles)

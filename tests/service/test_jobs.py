@@ -21,7 +21,7 @@ from PIL import Image
 from devkit.images import encode, psnr, random_image
 from devkit.server import RunningServer, running_server
 from devkit.videos import decode_frames, faststart, make_audio_only, make_video, truncated
-from service.video import describe_output
+from media.video import describe_output
 
 USER_A, USER_B, USER_C = "jobs-user-a-0123456789", "jobs-user-b-0123456789", "jobs-user-c-01234"
 ADMIN = "jobs-admin-0123456789"
@@ -207,9 +207,18 @@ def test_formats_and_rotation(
     assert (out["width"], out["height"]) == size
     assert out["audio_codec"] == audio
     if rotation:
-        # Turned upright: the first frame's left edge (the picture's top) is now at the bottom.
+        # Turned upright: the display matrix turns the coded picture 90 degrees counter-clockwise
+        # (its left edge to the bottom), so the first frame is /stylize's image of the coded
+        # frame turned so; the other way round, or not turned, the pictures differ.
         first = decode_frames(result(server, response.json()["id"]))[0]
-        assert first.shape[:2] == (96, 64)
+        coded = decode_frames(clip)[0]
+        assert first.shape[:2] == (96, 64) and coded.shape[:2] == (64, 96)
+        upright, clockwise = (
+            per_frame(server, encode(Image.fromarray(np.rot90(coded, turns).copy())), STYLE)
+            for turns in (1, -1)
+        )
+        assert psnr(first / 255, upright / 255) > 30
+        assert psnr(first / 255, upright / 255) > psnr(first / 255, clockwise / 255) + 4
 
 
 def test_content_size_resizes_the_frames(server: RunningServer, tmp_path: Path) -> None:

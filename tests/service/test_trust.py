@@ -20,8 +20,8 @@ from PIL import Image
 
 from devkit.images import encode, random_image
 from devkit.server import RunningServer, running_server
+from media.imaging import ENCODER_MAX_SIDE, check_encodable
 from models.errors import InvalidInputError
-from service.imaging import ENCODER_MAX_SIDE, check_encodable
 
 MIB = 1024 * 1024
 LIMITS = {

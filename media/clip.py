@@ -1,0 +1,495 @@
+"""The clip runner: a video's frames stylized one at a time through a `FrameBackend` (the
+service's engine, or networks this process loaded), stabilised by `models.video.Stabilizer`
+unless asked not to, written as H.264 segments and joined into the MP4 (`media.video`).
+
+No HTTP and no job store: `adain stylize clip.mp4 ...` calls `stylize_clip`; a video job
+(`service.jobs.run`) calls `check_clip` when it is submitted and `stylize_frames` when it runs,
+with its own checkpoints and progress in the store around it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from media.controls import StyleControls, check_controls
+from media.defaults import (
+    CHECKPOINT_S,
+    MAX_IMAGE_PIXELS,
+    MAX_OUTPUT_PIXELS,
+    OWN_SIZE_LIMIT,
+    VIDEO_CRF,
+    VIDEO_PRESET,
+)
+from media.imaging import ImageLimits, StyleInput, prepare_masks, prepare_style
+from media.video import (
+    Segment,
+    SegmentWriter,
+    VideoInfo,
+    VideoLimits,
+    check_output_size,
+    finalize,
+    frame_tensor,
+    output_size,
+    probe,
+    read_frames,
+    tensor_to_rgb,
+)
+from models.errors import DomainError
+from models.model import Masks, StyleMix
+from models.pipeline import Pipeline
+
+# Suffixes the command takes as videos (anything else is an image for `adain stylize`); a GIF of
+# one frame is a still image.
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".webm", ".mkv", ".gif", ".avi", ".3gp"})
+# What the command writes a video as: an MP4.
+VIDEO_OUTPUT_SUFFIXES = frozenset({".mp4", ".m4v"})
+
+
+class FrameBackend(Protocol):
+    """The networks, for one frame at a time. `model`: one of `models` (the default first),
+    as `StyleControls.model` names it once checked."""
+
+    @property
+    def models(self) -> list[str]: ...
+
+    def style_statistics(
+        self, style: Tensor, recolour_to: Tensor | None, model: str | None
+    ) -> tuple[Tensor, Tensor]:
+        """relu4_1 (mean, std) (1, C, 1, 1) of a style (1, 3, H, W), recoloured first (CORAL)
+        to `recolour_to`'s colours when given."""
+        ...
+
+    def stylize(self, content: Tensor, mix: StyleMix, model: str | None) -> Tensor:
+        """(1, 3, H, W) in [0, 1] -> stylized (1, 3, H, W) in [0, 1]."""
+        ...
+
+
+class ModelBackend:
+    """A `FrameBackend` on pipelines of this process (command, worker), by model name, the
+    first the default."""
+
+    def __init__(self, pipelines: Mapping[str, Pipeline]) -> None:
+        self.pipelines = dict(pipelines)
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.pipelines)
+
+    def pipeline(self, model: str | None) -> Pipeline:
+        return self.pipelines[model or self.models[0]]
+
+    def style_statistics(
+        self, style: Tensor, recolour_to: Tensor | None, model: str | None
+    ) -> tuple[Tensor, Tensor]:
+        pipeline = self.pipeline(model)
+        with torch.inference_mode():
+            mean, std = pipeline.style_statistics(
+                style.to(pipeline.device),
+                None if recolour_to is None else recolour_to.to(pipeline.device),
+            )
+        return mean.float().cpu(), std.float().cpu()
+
+    def stylize(self, content: Tensor, mix: StyleMix, model: str | None) -> Tensor:
+        pipeline = self.pipeline(model)
+        with torch.inference_mode():
+            return pipeline.stylize_batch(content.to(pipeline.device), [mix]).cpu()
+
+
+@dataclass(frozen=True)
+class ClipParams:
+    """What a clip is stylized with: the checked controls, `stabilize`, and what `check_clip`
+    learnt of the video. A job stores it in its record (`record`) and reads it back checked
+    again (`from_record`): a record is an entry point too."""
+
+    controls: StyleControls
+    style_fields: list[str]  # the form field (or path) of each style, for error messages
+    stabilize: bool
+    rate: str  # Fraction as text: the average frame rate
+    time_base: str  # Fraction as text: of the input's timestamps, kept by the output
+    upright_size: list[int]  # (width, height) of the frames after rotation: the masks' size
+    audio: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        """As job records store it (flat, the controls among the video's fields)."""
+        controls = self.controls
+        return {
+            "style_fields": self.style_fields,
+            "masks": controls.masks,
+            "weights": list(controls.weights),
+            "alpha": controls.alpha,
+            "preserve_color": controls.preserve_color,
+            "content_size": controls.content_size,
+            "style_size": controls.style_size,
+            "crop": controls.crop,
+            "stabilize": self.stabilize,
+            "rate": self.rate,
+            "time_base": self.time_base,
+            "upright_size": self.upright_size,
+            "audio": self.audio,
+            "model": controls.model,
+        }
+
+    @classmethod
+    def from_record(cls, params: Mapping[str, Any], models: Sequence[str]) -> ClipParams:
+        """A stored job's parameters, its controls checked against the `models` the running
+        process loaded (the default first)."""
+        controls = check_controls(
+            styles=len(params["style_fields"]),
+            masks=params["masks"],
+            weights=params["weights"],
+            models=models,
+            alpha=params["alpha"],
+            preserve_color=params["preserve_color"],
+            content_size=params["content_size"],
+            style_size=params["style_size"],
+            crop=params["crop"],
+            model=params.get("model"),
+        )
+        return cls(
+            controls,
+            list(params["style_fields"]),
+            params["stabilize"],
+            params["rate"],
+            params["time_base"],
+            list(params["upright_size"]),
+            params.get("audio"),
+        )
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    """The service builds it from its settings (`Settings.clip_settings`); the command takes
+    these defaults, which are the settings' defaults too (`media.defaults`)."""
+
+    crf: int = VIDEO_CRF
+    preset: str = VIDEO_PRESET
+    checkpoint_s: float = CHECKPOINT_S  # work lost at most to a kill; each starts a new GOP
+    limits: ImageLimits = field(
+        default_factory=lambda: ImageLimits(MAX_IMAGE_PIXELS, MAX_OUTPUT_PIXELS)
+    )
+
+
+@dataclass(frozen=True)
+class ClipStyles:
+    """A clip's styles (1, 3, H, W) and masks, decoded and checked."""
+
+    styles: list[Tensor]
+    masks: Masks | None
+
+
+@dataclass(frozen=True)
+class ClipState:
+    """How far a clip's run is: frames done, the closed segments and the stabiliser's state
+    after the last (what a checkpoint keeps)."""
+
+    frames_done: int = 0
+    segments: tuple[Segment, ...] = ()
+    stabilizer: dict[str, Tensor] | None = None
+
+
+class ClipStopped(Exception):  # noqa: N818 (a signal, not a failure)
+    """`should_stop` said so between two frames; `state` is the last checkpoint's."""
+
+    def __init__(self, state: ClipState) -> None:
+        super().__init__("stopped")
+        self.state = state
+
+
+def decode_styles(
+    styles: Sequence[StyleInput],
+    masks: Sequence[bytes],
+    upright_size: tuple[int, int],
+    grid: tuple[int, int],
+    style_size: int,
+    crop: bool,
+    limits: ImageLimits,
+) -> ClipStyles:
+    """Each style and mask decoded as /stylize decodes them; the masks for frames of
+    `upright_size` (width, height) stylized at `grid` (H, W)."""
+    prepared = [prepare_style(style, style_size, crop, limits) for style in styles]
+    decoded = None
+    if masks:
+        decoded = prepare_masks(tuple(masks), len(styles), upright_size, grid, limits)
+    return ClipStyles(prepared, decoded)
+
+
+def save_styles(styles: ClipStyles, path: Path) -> None:
+    """The decoded styles and masks in a file (a job's, at submission), exactly: a style's
+    pixels as the 8-bit values it was decoded from, the masks as they are."""
+    masks = styles.masks
+    torch.save(
+        {
+            "styles": [style.mul(255).round_().to(torch.uint8) for style in styles.styles],
+            "masks": None if masks is None else masks.values,
+            "binary": masks is not None and masks.binary,
+        },
+        path,
+    )
+
+
+def load_styles(path: Path) -> ClipStyles:
+    """What `save_styles` wrote: the job's styles, not decoded a second time."""
+    saved = torch.load(path, weights_only=True)
+    masks = None if saved["masks"] is None else Masks(saved["masks"], saved["binary"])
+    return ClipStyles([style.float().div_(255) for style in saved["styles"]], masks)
+
+
+def check_clip(
+    video: Path,
+    styles: Sequence[StyleInput],
+    masks: Sequence[bytes],
+    controls: StyleControls,
+    video_limits: VideoLimits,
+    limits: ImageLimits,
+) -> tuple[VideoInfo, ClipStyles]:
+    """The video (`probe`), its output size, each style and each mask, checked by decoding
+    them: everything the run will read."""
+    info = probe(video, video_limits)
+    return info, check_inputs(info, styles, masks, controls, limits)
+
+
+def check_inputs(
+    info: VideoInfo,
+    styles: Sequence[StyleInput],
+    masks: Sequence[bytes],
+    controls: StyleControls,
+    limits: ImageLimits,
+) -> ClipStyles:
+    """The output size of the probed video, and its styles and masks decoded."""
+    size, crop = controls.content_size, controls.crop
+    check_output_size(info, size, crop, limits.max_output_pixels)
+    grid = output_size(info, size, crop)
+    upright = (info.width, info.height)
+    return decode_styles(styles, masks, upright, grid, controls.style_size, crop, limits)
+
+
+def clip_params(
+    info: VideoInfo, styles: Sequence[StyleInput], controls: StyleControls, stabilize: bool
+) -> ClipParams:
+    return ClipParams(
+        controls=controls,
+        style_fields=[style.field for style in styles],
+        stabilize=stabilize,
+        rate=str(info.rate),
+        time_base=str(info.time_base),
+        upright_size=[info.width, info.height],
+        audio=info.audio_codec,
+    )
+
+
+def _mix_maker(
+    params: ClipParams, styles: ClipStyles, backend: FrameBackend
+) -> Callable[[Tensor], StyleMix]:
+    """content frame -> its StyleMix. Without colour preservation the styles' statistics are
+    computed once; with it each style is recoloured to each frame, as /stylize does per image."""
+    controls = params.controls
+    weights, model = controls.weight_tensor, controls.model
+
+    def mix_of(stats: list[tuple[Tensor, Tensor]]) -> StyleMix:
+        return StyleMix(
+            torch.cat([m for m, _ in stats]),
+            torch.cat([s for _, s in stats]),
+            weights,
+            styles.masks,
+            controls.alpha,
+        )
+
+    if controls.preserve_color:
+        return lambda content: mix_of(
+            [backend.style_statistics(s, content, model) for s in styles.styles]
+        )
+    fixed = mix_of([backend.style_statistics(s, None, model) for s in styles.styles])
+    return lambda content: fixed
+
+
+def _frame_step(
+    params: ClipParams,
+    styles: ClipStyles,
+    backend: FrameBackend,
+    state: dict[str, Tensor] | None,
+) -> Callable[[Tensor], Tensor]:
+    """content frame -> output frame: the stabiliser around the per-frame stylize, or that
+    alone with `stabilize=false`."""
+    mix_for = _mix_maker(params, styles, backend)
+    if not params.stabilize:
+        return lambda content: backend.stylize(content, mix_for(content), params.controls.model)
+    from models.video import Placement, Stabilizer, placed_masks  # only for stabilised clips
+
+    def stylize(content: Tensor, placement: Placement) -> Tensor:
+        mix = mix_for(content)
+        if mix.masks is not None:  # the masks go where the stabiliser puts the frame
+            mix = replace(mix, masks=placed_masks(mix.masks, placement))
+        return backend.stylize(content, mix, params.controls.model)
+
+    stabilizer = Stabilizer(stylize)
+    if state is not None:
+        stabilizer.load_state_dict(state)
+    return stabilizer
+
+
+def stylize_frames(
+    source: Path,
+    work: Path,
+    params: ClipParams,
+    styles: ClipStyles,
+    backend: FrameBackend,
+    settings: ClipSettings,
+    *,
+    state: ClipState = ClipState(),
+    on_frame: Callable[[int], None] = lambda done: None,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_checkpoint: Callable[[ClipState], None] = lambda state: None,
+) -> ClipState:
+    """Stylizes the frames of `source` after `state.frames_done` into segments in `work` and
+    returns the final state. Every `settings.checkpoint_s` the open segment is closed and
+    `on_checkpoint` hears the state; `on_frame(frames done)` before each frame, then
+    `should_stop()`: true closes the segment and raises `ClipStopped`."""
+    segments = list(state.segments)
+    done = state.frames_done
+    time_base, rate = Fraction(params.time_base), Fraction(params.rate)
+    step: Callable[[Tensor], Tensor] | None = None
+    writer: SegmentWriter | None = None
+    first_pts = 0
+    last_checkpoint = time.monotonic()
+
+    def close_segment() -> ClipState:
+        nonlocal writer
+        if writer is None:
+            return ClipState(done, tuple(segments), state.stabilizer)
+        writer.close()
+        segments.append(Segment(writer.path, first_pts, writer.frames))
+        writer = None
+        state_dict = getattr(step, "state_dict", None)
+        closed = ClipState(done, tuple(segments), state_dict() if state_dict else None)
+        on_checkpoint(closed)
+        return closed
+
+    index = -1
+    for index, frame in enumerate(read_frames(source)):
+        if index < done:
+            continue
+        on_frame(done)
+        if should_stop():
+            raise ClipStopped(close_segment())
+        content = frame_tensor(frame, params.controls.content_size, params.controls.crop)
+        if step is None:
+            step = _frame_step(params, styles, backend, state.stabilizer)
+        result = step(content)
+        if writer is None:
+            writer = SegmentWriter(
+                work / f"segment-{index:06d}.mp4",
+                tuple(content.shape[-2:]),
+                time_base,
+                rate,
+                settings.crf,
+                settings.preset,
+            )
+            first_pts = frame.pts
+        writer.write(tensor_to_rgb(result), frame.pts)
+        done = index + 1
+        if time.monotonic() - last_checkpoint >= settings.checkpoint_s:
+            close_segment()
+            last_checkpoint = time.monotonic()
+    final = close_segment()
+    if index + 1 == 0 or not final.segments:
+        raise DomainError("video: no frame could be decoded", "video")
+    return final
+
+
+def join(state: ClipState, source: Path, output: Path, params: ClipParams) -> None:
+    """The segments joined into `output`, with the input's timing and audio."""
+    finalize(list(state.segments), source, output, Fraction(params.time_base))
+
+
+def own_size(info: VideoInfo) -> int:
+    """The command's default size of a video: its own, with the shorter side bounded."""
+    return 0 if min(info.width, info.height) <= OWN_SIZE_LIMIT else OWN_SIZE_LIMIT
+
+
+def is_video_file(path: Path) -> bool:
+    """What the command takes as a video: a file with a video suffix, but not a GIF of one
+    frame (a still image)."""
+    suffix = path.suffix.lower()
+    if not path.is_file() or suffix not in VIDEO_SUFFIXES:
+        return False
+    if suffix != ".gif":
+        return True
+    try:
+        with Image.open(path) as image:
+            return getattr(image, "n_frames", 1) > 1
+    except (UnidentifiedImageError, OSError):
+        return True  # not a GIF Pillow reads: `probe` says what it is
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A video file and what to stylize it with, every input checked (`open_clip`)."""
+
+    video: Path
+    params: ClipParams
+    styles: ClipStyles
+    frames: int  # as the file declares them
+
+
+def open_clip(
+    video: Path,
+    styles: Sequence[Path],
+    masks: Sequence[Path],
+    controls: StyleControls,
+    *,
+    own_size_unless_asked: bool = False,
+    stabilize: bool = True,
+    limits: ImageLimits = ClipSettings().limits,
+) -> Clip:
+    """The command's clip: the video, its styles and masks read and checked, without a limit
+    on the video's length. `own_size_unless_asked`: the video keeps its size (`own_size`)
+    instead of `controls.content_size`."""
+    unlimited = VideoLimits(
+        max_frames=10**9, max_duration_s=float("inf"), max_frame_pixels=limits.max_image_pixels
+    )
+    info = probe(video, unlimited)
+    if own_size_unless_asked:
+        controls = controls.model_copy(update={"content_size": own_size(info)})
+    inputs = [StyleInput(path.read_bytes(), f"STYLES {path}") for path in styles]
+    mask_data = [path.read_bytes() for path in masks]
+    decoded = check_inputs(info, inputs, mask_data, controls, limits)
+    return Clip(video, clip_params(info, inputs, controls, stabilize), decoded, info.frames)
+
+
+def stylize_clip(
+    clip: Clip,
+    backend: FrameBackend,
+    output: Path,
+    settings: ClipSettings = ClipSettings(),
+    on_progress: Callable[[int, int], None] = lambda done, total: None,
+) -> int:
+    """`adain stylize clip.mp4 style.jpg -o out.mp4`: the clip, in this process, on `backend`'s
+    default network, into the MP4 `output`; returns the number of frames.
+    `on_progress(frames done, frames total)` hears of every frame."""
+    with tempfile.TemporaryDirectory(prefix="adain-video-") as folder:
+        work = Path(folder)
+        state = stylize_frames(
+            clip.video,
+            work,
+            clip.params,
+            clip.styles,
+            backend,
+            settings,
+            on_frame=lambda done: on_progress(done, clip.frames),
+        )
+        produced = work / "result.mp4"
+        join(state, clip.video, produced, clip.params)
+        shutil.move(produced, output)
+    on_progress(state.frames_done, state.frames_done)
+    return state.frames_done

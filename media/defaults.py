@@ -1,0 +1,13 @@
+"""The media layer's fixed numbers, importable without torch (the command's --help shows them)."""
+
+MAX_STYLES = 8  # styles mixed into one output
+DEFAULT_SIZE = 512  # the shorter side images and styles are stylized at unless asked
+OWN_SIZE_LIMIT = 1080  # the shorter side a video keeps at most when the command is not asked
+# Image limits: per upload, from its header; per image after resizing (8K, 7680 x 4320).
+MAX_IMAGE_PIXELS = 36_000_000
+MAX_OUTPUT_PIXELS = 7680 * 4320
+# How a clip is encoded and checkpointed (the service's ADAIN_VIDEO_CRF, ADAIN_VIDEO_PRESET and
+# ADAIN_JOB_CHECKPOINT_S default to these; the command uses them as they are).
+VIDEO_CRF = 18
+VIDEO_PRESET = "medium"
+CHECKPOINT_S = 10.0
