@@ -118,6 +118,10 @@ class Settings(BaseSettings):
     max_video_frames: int = Field(18_000, ge=1, description="frames per video")
     max_video_duration_s: float = Field(600.0, gt=0, description="seconds per video")
     max_video_frame_pixels: int = Field(3840 * 2160, ge=1, description="per input frame")
+    # Frames x output pixels: at the defaults, the longest video at content_size 512 (16:9).
+    max_job_pixels: int = Field(
+        10_000_000_000, ge=1, description="frames x output pixels of one video job"
+    )
     video_crf: int = Field(
         18,
         ge=0,

@@ -111,6 +111,9 @@ class JobParams:
     upright_size: list[int]  # (width, height) of the frames after rotation: the masks' size
     audio: str | None = None
     model: str | None = None  # a network the runner loaded (ADAIN_MODELS); None: its default
+    # ADAIN_MAX_VIDEO_FRAME_PIXELS when it was submitted: no decoded frame may exceed it
+    # (None, records from before: the image limit).
+    max_frame_pixels: int | None = None
 
 
 @dataclass(frozen=True)
@@ -268,6 +271,10 @@ def _run_claimed(
 
     record = store.update(job_id, succeed)
     store.remove_work(job_id)
+    if record.status is JobStatus.canceled:  # while the segments were joined: no result
+        store.results.delete(job_id)
+        log.info("job canceled", extra={"job": job_id})
+        return record
     log.info("job succeeded", extra={"job": job_id, "frames": frames})
     return record
 
@@ -360,7 +367,8 @@ def _stylize_frames(
         )
 
     index = -1
-    for index, frame in enumerate(read_frames(inputs / "video")):
+    max_pixels = params.max_frame_pixels or settings.limits.max_image_pixels
+    for index, frame in enumerate(read_frames(inputs / "video", max_pixels)):
         if index < done:
             continue
         progress.report(done)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import torch
 
@@ -94,6 +94,11 @@ class ResultStore(Protocol):
 
     def path(self, job_id: str) -> Path | None: ...
 
+    def open(self, job_id: str) -> BinaryIO | None:
+        """The result opened for reading (None: there is none): it stays readable to the end
+        even if the job is deleted meanwhile."""
+        ...
+
     def delete(self, job_id: str) -> None: ...
 
 
@@ -110,6 +115,12 @@ class FolderResultStore:
     def path(self, job_id: str) -> Path | None:
         file = self._file(job_id)
         return file if file.is_file() else None
+
+    def open(self, job_id: str) -> BinaryIO | None:
+        try:
+            return self._file(job_id).open("rb")
+        except (FileNotFoundError, NotADirectoryError):
+            return None
 
     def delete(self, job_id: str) -> None:
         self._file(job_id).unlink(missing_ok=True)
@@ -178,7 +189,11 @@ class JobStore:
 
     @contextlib.contextmanager
     def _locked(self, job_id: str) -> Iterator[None]:
-        with open(self.folder(job_id) / ".lock", "a") as lock:
+        try:
+            lock = open(self.folder(job_id) / ".lock", "a")  # noqa: SIM115 (closed below)
+        except (FileNotFoundError, NotADirectoryError):  # the job was deleted meanwhile
+            raise JobNotFoundError(f"job {job_id}: gone", "job_id") from None
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield

@@ -15,7 +15,14 @@ from service.imaging import ImageLimits
 from service.jobs.run import FrameBackend, JobParams, JobSettings, run_job
 from service.jobs.store import JobRecord, JobStatus, JobStore
 from service.stylizer import StyleInput, check_counts, prepare_masks, prepare_style
-from service.video import VideoInfo, VideoLimits, check_output_size, output_size, probe
+from service.video import (
+    VideoInfo,
+    VideoLimits,
+    check_cost,
+    check_output_size,
+    output_size,
+    probe,
+)
 
 # Suffixes the command takes as videos (anything else is an image for `adain stylize`).
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".webm", ".mkv", ".gif", ".avi", ".3gp"})
@@ -34,6 +41,7 @@ def check_inputs(
     """The video (`probe`), each style and each mask decoded as /stylize decodes them."""
     info = probe(video, video_limits)
     check_output_size(info, content_size, crop, limits.max_output_pixels)
+    check_cost(info, content_size, crop, video_limits.max_job_pixels)
     for style in styles:
         prepare_style(style, style_size, crop, limits)
     if masks:
@@ -91,6 +99,7 @@ def create_job(
             upright_size=[info.width, info.height],
             audio=info.audio_codec,
             model=model,
+            max_frame_pixels=video_limits.max_frame_pixels,
         )
         return store.create(job_id, owner, asdict(params), info.frames)
     except BaseException:
@@ -120,7 +129,10 @@ def stylize_video_file(
     normalised = check_counts(len(styles), len(masks), weights).tolist()
     limits = settings.limits
     unlimited = VideoLimits(
-        max_frames=10**9, max_duration_s=float("inf"), max_frame_pixels=limits.max_image_pixels
+        max_frames=10**9,
+        max_duration_s=float("inf"),
+        max_frame_pixels=limits.max_image_pixels,
+        max_job_pixels=10**18,
     )
     with tempfile.TemporaryDirectory(prefix="adain-video-") as folder:
         store = JobStore(Path(folder), ttl_s=60)

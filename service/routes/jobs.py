@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 from collections.abc import AsyncIterator
+from email.utils import formatdate
 from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
@@ -24,6 +26,7 @@ from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 from models.model import parse_mix_weights
 from service.deps import RegistryDep, ServicesDep, StylizerDep
 from service.errors import RangeNotSatisfiableError
+from service.forms import FormFieldsDep, UnsupportedFormError
 from service.jobs.store import JobNotDoneError, JobNotFoundError, JobRecord, JobStatus, JobStore
 from service.jobs.submit import create_job
 from service.openapi import (
@@ -121,7 +124,13 @@ SUBMIT_RESPONSES: Responses = {
         },
     },
     **error_responses(
-        *UPLOAD, UnsupportedVideoError, VideoTooLargeError, StyleNotFoundError, *STORE, *GUARDED
+        *UPLOAD,
+        UnsupportedFormError,
+        UnsupportedVideoError,
+        VideoTooLargeError,
+        StyleNotFoundError,
+        *STORE,
+        *GUARDED,
     ),
 }
 VIEWING = (AuthenticationError, RateLimitedError, JobNotFoundError)
@@ -160,6 +169,7 @@ async def save_upload(upload: UploadFile, target: Path) -> None:
 async def submit_job(
     response: Response,
     caller: UserDep,
+    known_fields: FormFieldsDep,
     services: ServicesDep,
     registry: RegistryDep,
     stylizer: StylizerDep,
@@ -226,7 +236,10 @@ async def submit_job(
         await run_in_threadpool(shutil.rmtree, runner.store.folder(job_id), True)
         raise
     video_limits = VideoLimits(
-        settings.max_video_frames, settings.max_video_duration_s, settings.max_video_frame_pixels
+        settings.max_video_frames,
+        settings.max_video_duration_s,
+        settings.max_video_frame_pixels,
+        settings.max_job_pixels,
     )
     record = await run_in_threadpool(
         partial(
@@ -299,32 +312,85 @@ async def job_events(
     )
 
 
+def not_done(record: JobRecord) -> JobNotDoneError:
+    if record.status is JobStatus.canceled:
+        why = "it was canceled and will never have a result"
+    elif record.status is JobStatus.failed:
+        why = "it failed (`error` in GET /jobs/{id} says why) and will never have a result"
+    else:
+        why = "the result is there once it has succeeded"
+    return JobNotDoneError(f"job_id: job {record.id} is {record.status.value}; {why}", "job_id")
+
+
+def byte_range(request: Request, size: int, validators: tuple[str, str]) -> tuple[int, int] | None:
+    """(start, end) of the one byte range asked for; None for the whole file. RFC 9110: a
+    Range of another unit, one whose If-Range no longer matches (an ETag or Last-Modified of
+    `validators`), and several ranges are answered with the whole file; a bytes range that is
+    malformed or starts past the end is 416."""
+    requested = request.headers.get("range")
+    if_range = request.headers.get("if-range")
+    if requested is None or (if_range is not None and if_range not in validators):
+        return None
+    if requested.partition("=")[0].strip().lower() != "bytes":
+        return None
+    try:
+        # Starlette's own parser, so that what FileResponse serves is what this serves.
+        ranges = FileResponse._parse_range_header(requested, size)
+    except (MalformedRangeHeader, RangeNotSatisfiable):
+        raise RangeNotSatisfiableError(
+            f"Range {requested[:80]!r} does not fit the file of {size} bytes", size
+        ) from None
+    return ranges[0] if len(ranges) == 1 else None
+
+
+async def file_chunks(file: BinaryIO, start: int, end: int) -> AsyncIterator[bytes]:
+    """Bytes start..end of an open file, read in the thread pool; the file closed after."""
+    try:
+        while start < end:
+            chunk = await run_in_threadpool(
+                os.pread, file.fileno(), min(COPY_CHUNK, end - start), start
+            )
+            if not chunk:
+                return
+            start += len(chunk)
+            yield chunk
+    finally:
+        file.close()
+
+
 @router.get("/jobs/{job_id}/result", response_class=FileResponse, responses=RESULT_RESPONSES)
 async def job_result(job_id: str, request: Request, caller: ViewerDep, store: StoreDep) -> Response:
-    """The stylized video once the job succeeded (409 before); Range requests for seeking."""
+    """The stylized video once the job succeeded (409 before); Range requests for seeking.
+    The file is opened before the answer starts: a DELETE meanwhile does not cut it short."""
     record = await visible_job(job_id, caller, store)
-    path = store.results.path(job_id) if record.status is JobStatus.succeeded else None
-    if path is None:
-        raise JobNotDoneError(
-            f"job_id: job {job_id} is {record.status.value}; the result is "
-            "there once it has succeeded",
-            "job_id",
-        )
-    requested = request.headers.get("range")
-    if requested is not None:
-        size = path.stat().st_size
-        try:
-            # Starlette's own parser, so that what it would refuse in plain text gets JSON.
-            FileResponse._parse_range_header(requested, size)
-        except (MalformedRangeHeader, RangeNotSatisfiable):
-            raise RangeNotSatisfiableError(
-                f"Range {requested[:80]!r} does not fit the file of {size} bytes", size
-            ) from None
-    return FileResponse(
-        path,
+    if record.status is not JobStatus.succeeded:
+        raise not_done(record)
+    file = await run_in_threadpool(store.results.open, job_id)
+    if file is None:  # removed in between (DELETE, expiry)
+        raise not_done(await visible_job(job_id, caller, store))
+    stat = os.fstat(file.fileno())
+    etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
+    last_modified = formatdate(stat.st_mtime, usegmt=True)
+    try:
+        chosen = byte_range(request, stat.st_size, (etag, last_modified))
+    except RangeNotSatisfiableError:
+        file.close()
+        raise
+    start, end = chosen or (0, stat.st_size)
+    headers = {
+        "Accept-Ranges": "bytes",
+        "Content-Length": str(end - start),
+        "Content-Disposition": f'inline; filename="stylized-{job_id[:8]}.mp4"',
+        "ETag": etag,
+        "Last-Modified": last_modified,
+    }
+    if chosen is not None:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{stat.st_size}"
+    return StreamingResponse(
+        file_chunks(file, start, end),
+        status_code=206 if chosen is not None else 200,
+        headers=headers,
         media_type="video/mp4",
-        filename=f"stylized-{job_id[:8]}.mp4",
-        content_disposition_type="inline",
     )
 
 
