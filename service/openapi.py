@@ -46,6 +46,7 @@ from service.imaging import (
 )
 from service.limits import BodyTimeoutError, BodyTooLargeError
 from service.registry import (
+    AlreadyRegisteredError,
     AmbiguousNameError,
     NameTakenError,
     RedisUnavailableError,
@@ -152,7 +153,14 @@ STYLIZE_RESPONSES: Responses = {
     ),
 }
 REGISTER_STYLE_ERRORS = error_responses(
-    *UPLOAD, UnsupportedFormError, NameTakenError, *ENGINE, *STORE, StorageFullError, *GUARDED
+    *UPLOAD,
+    UnsupportedFormError,
+    NameTakenError,
+    AlreadyRegisteredError,
+    *ENGINE,
+    *STORE,
+    StorageFullError,
+    *GUARDED,
 )
 LIST_STYLES_RESPONSES = error_responses(InvalidInputError, *STORE, *GUARDED)
 STYLE_RESPONSES = error_responses(

@@ -21,6 +21,10 @@ from models.errors import DomainError
 from service.errors import HeadersTooLargeError, RequestLineTooLongError, raw_error_response
 from service.settings import Settings
 
+# Answered whatever ADAIN_MAX_CONNECTIONS says: they are cheap, and a probe refused for load
+# gets a busy replica restarted.
+PROBE_PATHS = (b"/healthz", b"/readyz")
+
 
 class HeadRefusedError(Exception):
     """Raised in a parser callback to stop parsing a head past a limit (`refusal` says which)."""
@@ -66,7 +70,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.in_head = False
-        super().on_headers_complete()
+        limit = self.limit_concurrency
+        if self.url.partition(b"?")[0] in PROBE_PATHS:
+            # Health probes past ADAIN_MAX_CONNECTIONS: a busy replica is not a dead one.
+            self.limit_concurrency = None
+        try:
+            super().on_headers_complete()
+        finally:
+            self.limit_concurrency = limit
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

@@ -139,6 +139,17 @@ class Settings(BaseSettings):
         "slower",
         "veryslow",
     ] = "medium"
+    # One caller (an API key, or an address with keys off) cannot fill what all share
+    # (docs/security.md): past these, 429 (per caller) or 503 (in all) with Retry-After.
+    max_queued_jobs_per_key: int = Field(
+        10, ge=1, description="queued or running video jobs per key or address"
+    )
+    max_event_streams_per_key: int = Field(
+        8, ge=1, description="open GET /jobs/{id}/events streams per key or address"
+    )
+    max_stored_job_bytes: int = Field(
+        20 * 1024 * MIB, ge=1, description="bytes under ADAIN_JOBS_DIR (inputs and results)"
+    )
     job_checkpoint_s: float = Field(
         10.0,
         gt=0,
@@ -148,6 +159,13 @@ class Settings(BaseSettings):
     # The live camera feed (WebSocket /live, docs/live.md). A frame is one WebSocket message:
     # uvicorn refuses messages over its ws_max_size (16 MiB by default) before the app sees them.
     live_max_sessions: int = Field(4, ge=0, description="live streams at once; more -> refused")
+    live_max_sessions_per_key: int = Field(
+        2, ge=1, description="live streams at once per key or address"
+    )
+    # A stream that sends no settings (and key) this soon holds a connection for nothing.
+    live_auth_timeout_s: float = Field(
+        5.0, gt=0, description="seconds a live stream has for its first message"
+    )
     live_idle_timeout_s: float = Field(30.0, gt=0, description="a live stream without messages "
                                        "for this long is closed")
     live_max_frame_bytes: int = Field(4 * MIB, ge=1, le=16 * MIB,

@@ -20,6 +20,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -49,6 +50,11 @@ class JobNotDoneError(DomainError):
     """The job has no result (yet): queued, running, failed or canceled (409)."""
 
 
+class JobStorageFullError(DomainError):
+    """ADAIN_MAX_STORED_JOB_BYTES are stored under ADAIN_JOBS_DIR: retry once older jobs
+    expire or are deleted (503)."""
+
+
 @dataclass
 class JobRecord:
     id: str
@@ -64,7 +70,7 @@ class JobRecord:
     expires: float | None = None  # set when the job finishes: the result is removed then
 
     def public(self) -> dict[str, Any]:
-        """What GET /jobs/{id} answers."""
+        """What GET /jobs/{id} answers: times in ISO 8601, UTC, as GET /styles gives them."""
         return {
             "id": self.id,
             "status": self.status.value,
@@ -73,9 +79,13 @@ class JobRecord:
             "frames_total": self.frames_total,
             "model": self.params.get("model"),
             "error": self.error,
-            "created": self.created,
-            "expires": self.expires,
+            "created": iso_time(self.created),
+            "expires": None if self.expires is None else iso_time(self.expires),
         }
+
+
+def iso_time(unix_s: float) -> str:
+    return datetime.fromtimestamp(unix_s, UTC).isoformat(timespec="microseconds")
 
 
 @dataclass
@@ -242,7 +252,16 @@ class JobStore:
     def jobs(self) -> list[JobRecord]:
         """Every job, oldest first."""
         records = [self.get(path.name) for path in self.root.iterdir() if valid_id(path.name)]
-        return sorted((r for r in records if r is not None), key=lambda r: r.created)
+        return sorted((r for r in records if r is not None), key=lambda r: (r.created, r.id))
+
+    def stored_bytes(self) -> int:
+        """The size of every file under the root: inputs, work and results of all jobs."""
+        total = 0
+        for folder, _, files in os.walk(self.root):
+            for name in files:
+                with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                    total += os.stat(os.path.join(folder, name)).st_size
+        return total
 
     # --- checkpoints and files --------------------------------------------------------------
 

@@ -11,23 +11,33 @@ import asyncio
 import json
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from email.utils import formatdate
 from functools import partial
 from pathlib import Path
-from typing import Annotated, BinaryIO
+from typing import Annotated, Any, BinaryIO
 
-from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
+from starlette.types import Receive, Scope, Send
 
+from models.errors import InvalidInputError
 from models.model import parse_mix_weights
+from service.caps import CapReachedError, OpenCounts
 from service.deps import RegistryDep, ServicesDep, StylizerDep
 from service.errors import RangeNotSatisfiableError
 from service.forms import FormFieldsDep, UnsupportedFormError
-from service.jobs.store import JobNotDoneError, JobNotFoundError, JobRecord, JobStatus, JobStore
+from service.jobs.store import (
+    JobNotDoneError,
+    JobNotFoundError,
+    JobRecord,
+    JobStatus,
+    JobStorageFullError,
+    JobStore,
+)
 from service.jobs.submit import create_job
 from service.openapi import (
     BINARY,
@@ -40,6 +50,7 @@ from service.openapi import (
     header,
 )
 from service.registry import StyleNotFoundError
+from service.routes.styles import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, page_of
 from service.routes.stylize import read_styles
 from service.security import (
     AuthenticationError,
@@ -51,6 +62,7 @@ from service.security import (
     authenticate,
     client_address,
 )
+from service.settings import Settings
 from service.stylizer import MAX_STYLES, check_counts
 from service.video import UnsupportedVideoError, VideoLimits, VideoTooLargeError
 
@@ -58,6 +70,7 @@ router = APIRouter(tags=["jobs"])
 
 EVENTS_POLL_S = 0.2
 EVENTS_HEARTBEAT_S = 15.0
+QUEUED_JOBS_RETRY_S = 30  # a short job's time: when a place may have come free
 COPY_CHUNK = 1024 * 1024
 
 
@@ -73,15 +86,20 @@ class JobState(BaseModel):
         None, description="The network stylizing it: full or lite (the `model` asked for)."
     )
     error: ErrorBody | None = Field(description="Why it failed; null unless failed.")
-    created: float = Field(description="Unix time of the submission.")
-    expires: float | None = Field(
-        description="Unix time its result and record are removed "
-        "(ADAIN_JOB_TTL_S after it finished); null while active."
+    created: str = Field(description="When it was submitted: ISO 8601, UTC.")
+    expires: str | None = Field(
+        description="When its result and record are removed (ADAIN_JOB_TTL_S after it "
+        "finished): ISO 8601, UTC; null while active."
     )
 
 
 class JobList(BaseModel):
-    jobs: list[JobState] = Field(description="The caller's jobs (an admin key: all), oldest first.")
+    jobs: list[JobState] = Field(
+        description="The caller's jobs (an admin key: all), oldest first: one page."
+    )
+    next_cursor: str | None = Field(
+        None, description="Pass as `cursor` for the next page; null on the last page."
+    )
 
 
 async def viewer(request: Request) -> Caller:
@@ -129,6 +147,8 @@ SUBMIT_RESPONSES: Responses = {
         UnsupportedVideoError,
         VideoTooLargeError,
         StyleNotFoundError,
+        CapReachedError,
+        JobStorageFullError,
         *STORE,
         *GUARDED,
     ),
@@ -154,8 +174,28 @@ EVENTS_RESPONSES: Responses = {
         "time it changes; the last one is the final state.",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     },
-    **VIEW_ERRORS,
+    **error_responses(*VIEWING, CapReachedError),
 }
+
+
+def check_room(store: JobStore, identity: str, settings: Settings) -> None:
+    """Room for one more job, its upload saved already: the caller's active jobs under
+    ADAIN_MAX_QUEUED_JOBS_PER_KEY (429), all stored jobs under ADAIN_MAX_STORED_JOB_BYTES
+    (503)."""
+    active = sum(1 for r in store.jobs() if r.owner == identity and not r.status.finished)
+    if active >= settings.max_queued_jobs_per_key:
+        raise CapReachedError(
+            f"{active} jobs of this caller are queued or running, the limit "
+            "(ADAIN_MAX_QUEUED_JOBS_PER_KEY); submit more once one has finished",
+            QUEUED_JOBS_RETRY_S,
+        )
+    stored = store.stored_bytes()
+    if stored > settings.max_stored_job_bytes:
+        raise JobStorageFullError(
+            f"the jobs' storage would hold {stored} bytes with this upload, over the limit of "
+            f"{settings.max_stored_job_bytes} (ADAIN_MAX_STORED_JOB_BYTES); retry once older "
+            "jobs expire"
+        )
 
 
 async def save_upload(upload: UploadFile, target: Path) -> None:
@@ -223,7 +263,8 @@ async def submit_job(
     video's count, rate, timing and audio. Style fields as for /stylize."""
     chosen_model = stylizer.check_model(model)
     normalised = check_counts(
-        len(style or []) + len(style_id or []), len(mask or []),
+        len(style or []) + len(style_id or []),
+        len(mask or []),
         parse_mix_weights(weights or [], MAX_STYLES),
     )
     styles = await read_styles(style, style_id, registry, caller)
@@ -232,6 +273,7 @@ async def submit_job(
     job_id, inputs = await run_in_threadpool(runner.store.new_folder)
     try:
         await save_upload(video, inputs / "video")
+        await run_in_threadpool(check_room, runner.store, caller.identity, settings)
     except BaseException:
         await run_in_threadpool(shutil.rmtree, runner.store.folder(job_id), True)
         raise
@@ -266,13 +308,31 @@ async def submit_job(
     return JobState(**record.public())
 
 
-@router.get("/jobs", response_model=JobList,
-            responses=error_responses(AuthenticationError, RateLimitedError))
-async def list_jobs(caller: ViewerDep, store: StoreDep) -> JobList:
-    """The caller's jobs (with an admin key, or keys off: every job), oldest first."""
+@router.get(
+    "/jobs",
+    response_model=JobList,
+    responses=error_responses(AuthenticationError, RateLimitedError, InvalidInputError),
+)
+async def list_jobs(
+    caller: ViewerDep,
+    store: StoreDep,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_PAGE_SIZE, description="Jobs per page.")
+    ] = DEFAULT_PAGE_SIZE,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="The previous page's `next_cursor`.")
+    ] = None,
+) -> JobList:
+    """The caller's jobs (with an admin key, or keys off: every job), oldest first, one page
+    at a time as GET /styles."""
     records = await run_in_threadpool(store.jobs)
-    mine = [r for r in records if caller.role >= Role.admin or r.owner == caller.identity]
-    return JobList(jobs=[JobState(**r.public()) for r in mine])
+    states = [
+        JobState(**r.public())
+        for r in records
+        if caller.role >= Role.admin or r.owner == caller.identity
+    ]
+    page, next_cursor = page_of(states, lambda state: (state.created, state.id), limit, cursor)
+    return JobList(jobs=page, next_cursor=next_cursor)
 
 
 @router.get("/jobs/{job_id}", response_model=JobState, responses=VIEW_ERRORS)
@@ -285,8 +345,10 @@ async def get_job(job_id: str, caller: ViewerDep, store: StoreDep) -> JobState:
 async def job_events(
     job_id: str, request: Request, caller: ViewerDep, store: StoreDep
 ) -> StreamingResponse:
-    """Server-sent events of the job's state, as it changes, ending with the final state."""
+    """Server-sent events of the job's state, as it changes, ending with the final state. A
+    key (an address without keys) holds at most ADAIN_MAX_EVENT_STREAMS_PER_KEY at once."""
     first = await visible_job(job_id, caller, store)
+    streams: OpenCounts = request.app.state.event_streams
 
     async def events() -> AsyncIterator[str]:
         record: JobRecord | None = first
@@ -305,11 +367,27 @@ async def job_events(
             quiet += EVENTS_POLL_S
             record = await run_in_threadpool(store.get, job_id)
 
-    return StreamingResponse(
+    streams.take(caller.identity)
+    return HeldStreamingResponse(
+        partial(streams.release, caller.identity),
         events(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+class HeldStreamingResponse(StreamingResponse):
+    """A stream that holds something (a caller's place) until it ends, however it ends."""
+
+    def __init__(self, release: Callable[[], None], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
 
 
 def not_done(record: JobRecord) -> JobNotDoneError:
