@@ -59,6 +59,10 @@ class HeadersTooLargeError(DomainError):
     """The request's headers are larger than ADAIN_MAX_HEADER_BYTES (431)."""
 
 
+class TooManyConnectionsError(DomainError):
+    """The process holds ADAIN_MAX_CONNECTIONS connections and requests already (503)."""
+
+
 class MethodNotAllowedError(DomainError):
     """The path exists, the method does not (405); `allow`: the methods the path has."""
 
@@ -135,6 +139,12 @@ HTTP_ERRORS: dict[type[DomainError], HttpStatus] = {
         431,
         "The request's headers are larger than ADAIN_MAX_HEADER_BYTES; the connection is closed.",
         headers=CLOSE,
+    ),
+    TooManyConnectionsError: HttpStatus(
+        503,
+        "The server holds ADAIN_MAX_CONNECTIONS connections and requests; the health probes "
+        "are answered still.",
+        retry_after_s=1,
     ),
     StyleNotFoundError: HttpStatus(404, "No style with that id or name."),
     NameTakenError: HttpStatus(409, "Another style of the same owner has this name."),

@@ -25,6 +25,7 @@ from service.errors import (
     RangeNotSatisfiableError,
     RequestLineTooLongError,
     RouteNotFoundError,
+    TooManyConnectionsError,
     UnexpectedError,
     install_error_handlers,
     websocket_error,
@@ -83,6 +84,8 @@ CASES: list[tuple[DomainError, int, str | None]] = [
     (HeadersTooLargeError("the request's headers are larger than 32768 bytes "
                           "(ADAIN_MAX_HEADER_BYTES)"), 431, None),
     (NotReadyError("the networks are still loading or warming up"), 503, "1"),
+    (TooManyConnectionsError("the server holds its limit of connections and requests "
+                             "(ADAIN_MAX_CONNECTIONS); retry shortly"), 503, "1"),
     (RateLimitedError("more than 3 requests in a minute (ADAIN_RATE_LIMIT)", 17), 429, "17"),
     (InvalidInputError("got 9 styles; send 1 to 8 (style files and style_ids together)",
                        "style"), 422, None),
