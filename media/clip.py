@@ -37,6 +37,7 @@ from media.video import (
     SegmentWriter,
     VideoInfo,
     VideoLimits,
+    check_cost,
     check_output_size,
     finalize,
     frame_tensor,
@@ -119,6 +120,9 @@ class ClipParams:
     time_base: str  # Fraction as text: of the input's timestamps, kept by the output
     upright_size: list[int]  # (width, height) of the frames after rotation: the masks' size
     audio: str | None = None
+    # ADAIN_MAX_VIDEO_FRAME_PIXELS when it was checked: no decoded frame may exceed it (None,
+    # records from before: the image limit).
+    max_frame_pixels: int | None = None
 
     def record(self) -> dict[str, Any]:
         """As job records store it (flat, the controls among the video's fields)."""
@@ -138,6 +142,7 @@ class ClipParams:
             "upright_size": self.upright_size,
             "audio": self.audio,
             "model": controls.model,
+            "max_frame_pixels": self.max_frame_pixels,
         }
 
     @classmethod
@@ -164,6 +169,7 @@ class ClipParams:
             params["time_base"],
             list(params["upright_size"]),
             params.get("audio"),
+            params.get("max_frame_pixels"),
         )
 
 
@@ -256,6 +262,7 @@ def check_clip(
     """The video (`probe`), its output size, each style and each mask, checked by decoding
     them: everything the run will read."""
     info = probe(video, video_limits)
+    check_cost(info, controls.content_size, controls.crop, video_limits.max_job_pixels)
     return info, check_inputs(info, styles, masks, controls, limits)
 
 
@@ -275,7 +282,11 @@ def check_inputs(
 
 
 def clip_params(
-    info: VideoInfo, styles: Sequence[StyleInput], controls: StyleControls, stabilize: bool
+    info: VideoInfo,
+    styles: Sequence[StyleInput],
+    controls: StyleControls,
+    stabilize: bool,
+    video_limits: VideoLimits,
 ) -> ClipParams:
     return ClipParams(
         controls=controls,
@@ -285,6 +296,7 @@ def clip_params(
         time_base=str(info.time_base),
         upright_size=[info.width, info.height],
         audio=info.audio_codec,
+        max_frame_pixels=video_limits.max_frame_pixels,
     )
 
 
@@ -376,7 +388,8 @@ def stylize_frames(
         return closed
 
     index = -1
-    for index, frame in enumerate(read_frames(source)):
+    max_pixels = params.max_frame_pixels or settings.limits.max_image_pixels
+    for index, frame in enumerate(read_frames(source, max_pixels)):
         if index < done:
             continue
         on_frame(done)
@@ -456,7 +469,10 @@ def open_clip(
     on the video's length. `own_size_unless_asked`: the video keeps its size (`own_size`)
     instead of `controls.content_size`."""
     unlimited = VideoLimits(
-        max_frames=10**9, max_duration_s=float("inf"), max_frame_pixels=limits.max_image_pixels
+        max_frames=10**9,
+        max_duration_s=float("inf"),
+        max_frame_pixels=limits.max_image_pixels,
+        max_job_pixels=10**18,
     )
     info = probe(video, unlimited)
     if own_size_unless_asked:
@@ -464,7 +480,8 @@ def open_clip(
     inputs = [StyleInput(path.read_bytes(), f"STYLES {path}") for path in styles]
     mask_data = [path.read_bytes() for path in masks]
     decoded = check_inputs(info, inputs, mask_data, controls, limits)
-    return Clip(video, clip_params(info, inputs, controls, stabilize), decoded, info.frames)
+    params = clip_params(info, inputs, controls, stabilize, unlimited)
+    return Clip(video, params, decoded, info.frames)
 
 
 def stylize_clip(

@@ -1,10 +1,12 @@
 """Video files in and out with PyAV (FFmpeg's libraries): probing and limits, upright frames as
 tensors, H.264 segments, and the final MP4 with the input's timing and audio.
 
-Input: anything FFmpeg demuxes with a video stream (MP4/MOV H.264 or HEVC, WebM VP8/VP9/AV1,
-animated GIF, ...). Frames are turned upright (the display matrix of phone videos), resized as
-images are (`models.images.rgb_to_tensor`: shorter side to `content_size`) and cut to even sides
-(yuv420p halves the chroma planes: at most one row and one column go).
+Input: the containers of `DEMUXERS` (MP4/MOV/3GP, Matroska/WebM, GIF, AVI) with a video stream
+(H.264, HEVC, VP8, VP9, AV1, ...); FFmpeg's other demuxers are never tried: some follow names
+in the file (concat, playlists, image sequences). Frames are turned upright (the display matrix
+of phone videos), resized as images are (`models.images.rgb_to_tensor`: shorter side to
+`content_size`) and cut to even sides (yuv420p halves the chroma planes: at most one row and one
+column go).
 
 Output: MP4, H.264 yuv420p at a constant quality (CRF), moov atom first (faststart: players start
 before the download ends), every input frame with its own timestamp (so the frame count, rate and
@@ -18,7 +20,10 @@ join is a plain concatenation of packets.
 
 from __future__ import annotations
 
+import errno
 import heapq
+import struct
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -28,7 +33,7 @@ import av
 import av.error
 import numpy as np
 from av.video.reformatter import ColorRange, Colorspace
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from models import images
@@ -40,8 +45,10 @@ BT709 = 1  # ITU-T H.273 code of BT.709 primaries and transfer
 # Audio codecs an MP4 carries that every player plays: copied as they are; others -> AAC.
 COPIED_AUDIO = {"aac", "mp3"}
 AAC_BIT_RATE = 192_000
-# FFmpeg reads single images as one-frame videos (png_pipe, jpeg_pipe, ...): they are refused.
-STILL_IMAGE_FORMATS = {"image2"}
+# The only FFmpeg demuxers a file is probed with (their names as FFmpeg lists them): the
+# containers documented in docs/video.md. None of them opens another file or URL.
+DEMUXERS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "gif", "avi")
+INPUT_OPTIONS = {"format_whitelist": ",".join(DEMUXERS), "protocol_whitelist": "file"}
 # A stream ending this much earlier than its container says is a truncated file.
 TRUNCATION_TOLERANCE = 0.05
 
@@ -51,8 +58,8 @@ class UnsupportedVideoError(DomainError):
 
 
 class VideoTooLargeError(DomainError):
-    """A video over ADAIN_MAX_VIDEO_FRAMES, ADAIN_MAX_VIDEO_DURATION_S or
-    ADAIN_MAX_VIDEO_FRAME_PIXELS."""
+    """A video over ADAIN_MAX_VIDEO_FRAMES, ADAIN_MAX_VIDEO_DURATION_S,
+    ADAIN_MAX_VIDEO_FRAME_PIXELS or ADAIN_MAX_JOB_PIXELS."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,7 @@ class VideoLimits:
     max_frames: int
     max_duration_s: float
     max_frame_pixels: int  # per input frame, as coded
+    max_job_pixels: int  # frames x output pixels: the work a job may ask for
 
 
 @dataclass(frozen=True)
@@ -81,50 +89,113 @@ def _unreadable(detail: str) -> UnsupportedVideoError:
     return UnsupportedVideoError(f"{FIELD}: {detail}", FIELD)
 
 
+def open_input(path: Path) -> av.container.InputContainer:
+    """The upload opened by one of `DEMUXERS` (anything else: `UnsupportedVideoError`)."""
+    try:
+        return av.open(str(path), "r", container_options=INPUT_OPTIONS)
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+        still = still_image_format(path)
+        if still is not None:
+            raise _unreadable(
+                f"a still image ({still}), not a video; POST /stylize takes images"
+            ) from None
+        raise _unreadable(
+            f"not a video file FFmpeg can read ({exc.__class__.__name__}); the containers "
+            "read are MP4, MOV, 3GP, Matroska, WebM, GIF and AVI"
+        ) from None
+
+
+def still_image_format(path: Path) -> str | None:
+    """Pillow's name for the image format of the file's header (PNG, JPEG...), or None."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.format
+    except (Image.DecompressionBombError, UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None
+
+
+def too_many_pixels(what: str, width: int, height: int, limit: int) -> VideoTooLargeError:
+    return VideoTooLargeError(
+        f"{FIELD}: {what} {width} x {height} = {width * height} pixels; the limit is "
+        f"{limit} (ADAIN_MAX_VIDEO_FRAME_PIXELS)",
+        FIELD,
+    )
+
+
+def limit_decoder(stream: av.VideoStream, max_pixels: int) -> None:
+    """The decoder refuses a frame over `max_pixels` before it allocates it (FFmpeg's
+    max_pixels): memory is bounded by the limit, whatever the file's frames declare."""
+    stream.codec_context.options = {"max_pixels": str(max_pixels)}
+
+
+def decode_error(
+    exc: av.error.FFmpegError, stream: av.VideoStream, frame: int, max_pixels: int
+) -> DomainError:
+    """Why decoding stopped: a frame whose size the decoder refused (FFmpeg then leaves the
+    context without a size: over `max_pixels`, or over what it can allocate at all), or
+    damage."""
+    context = stream.codec_context
+    if exc.errno == errno.EINVAL and context.width == 0 and context.height == 0:
+        return VideoTooLargeError(
+            f"{FIELD}: frame {frame} is larger than the limit of {max_pixels} pixels "
+            "(ADAIN_MAX_VIDEO_FRAME_PIXELS)",
+            FIELD,
+        )
+    return _unreadable(f"the video stream is damaged ({exc.__class__.__name__})")
+
+
+def gif_screen(path: Path) -> tuple[int, int]:
+    """A GIF's logical screen (width, height): the size its decoder gives every frame."""
+    with path.open("rb") as file:
+        header = file.read(10)
+    return struct.unpack("<HH", header[6:10]) if len(header) == 10 else (0, 0)
+
+
 def rotation_of(frame: av.VideoFrame) -> int:
     """The display rotation in degrees counter-clockwise (the display matrix), 0/90/180/270."""
     return round(frame.rotation / 90) % 4 * 90
 
 
 def probe(path: Path, limits: VideoLimits) -> VideoInfo:
-    """Opens the file, demuxes every packet of its first video stream (cheap: no decoding) and
-    decodes the first frame. Refuses files that are not videos, have no video stream, are
-    truncated (fewer packets, or a shorter stream, than the container declares), cannot be
-    decoded, or are over the limits."""
-    try:
-        container = av.open(str(path), "r")
-    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
-        raise _unreadable(f"not a video file FFmpeg can read ({exc.__class__.__name__})") from None
+    """Opens the file, demuxes every packet of its first video stream and of its first audio
+    stream (the streams a job keeps; cheap: no decoding) and decodes the first frame. Refuses
+    files that are not videos, have no video stream, are truncated (fewer packets, or a
+    shorter stream, than the container declares), cannot be decoded, or are over the limits
+    (the duration: of the longer of the two streams)."""
+    container = open_input(path)
     with container:
         if not container.streams.video:
             raise _unreadable("the file has no video stream")
-        if container.format.name in STILL_IMAGE_FORMATS or container.format.name.endswith("_pipe"):
-            raise _unreadable(
-                f"a still image ({container.format.name}), not a video; POST /stylize takes images"
-            )
         stream = container.streams.video[0]
         width, height = stream.codec_context.width, stream.codec_context.height
+        if container.format.name == "gif":
+            width, height = max((width, height), gif_screen(path))
         if width * height > limits.max_frame_pixels:
-            raise VideoTooLargeError(
-                f"{FIELD}: {width} x {height} = {width * height} pixels per frame; the limit is "
-                f"{limits.max_frame_pixels} (ADAIN_MAX_VIDEO_FRAME_PIXELS)",
-                FIELD,
-            )
-        audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
+            raise too_many_pixels("frames of", width, height, limits.max_frame_pixels)
+        limit_decoder(stream, limits.max_frame_pixels)
+        sound = container.streams.audio[0] if container.streams.audio else None
+        audio = sound.codec_context.name if sound is not None else None
         declared = stream.frames
-        packets, last_end, first = 0, None, None
+        packets, first = 0, None
+        ends: dict[int, float] = {}  # the end of each kept stream's last packet, in seconds
+        kept = [stream] if sound is None else [stream, sound]
         try:
-            for packet in container.demux(stream):
+            for packet in container.demux(kept):
                 if packet.size == 0:  # the demuxer's flush packet
+                    continue
+                if packet.pts is not None and packet.time_base is not None:
+                    end = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+                    index = packet.stream.index
+                    ends[index] = max(ends.get(index, end), end)
+                if packet.stream.index != stream.index:
                     continue
                 packets += 1
                 if first is None:
                     for frame in packet.decode():
                         first = frame
                         break
-                if packet.pts is not None and packet.time_base is not None:
-                    end = float((packet.pts + (packet.duration or 0)) * packet.time_base)
-                    last_end = end if last_end is None else max(last_end, end)
                 if packets > limits.max_frames:
                     raise VideoTooLargeError(
                         f"{FIELD}: more than {limits.max_frames} frames (ADAIN_MAX_VIDEO_FRAMES)",
@@ -135,30 +206,35 @@ def probe(path: Path, limits: VideoLimits) -> VideoInfo:
                     first = frame
                     break
         except av.error.FFmpegError as exc:
-            raise _unreadable(f"the video stream is damaged ({exc.__class__.__name__})") from None
+            raise decode_error(exc, stream, 0, limits.max_frame_pixels) from None
         if first is None or packets == 0:
             raise _unreadable("no frame of the video stream could be decoded")
+        if first.width * first.height > limits.max_frame_pixels:
+            raise too_many_pixels("frame 0 is", first.width, first.height, limits.max_frame_pixels)
         if declared and packets < declared:
             raise _unreadable(f"truncated: {packets} of the {declared} frames it declares")
         start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
-        declared_s = (
-            float(stream.duration * stream.time_base)
-            if stream.duration
-            else container.duration / av.time_base
-            if container.duration
-            else None
-        )
-        if declared_s and last_end is not None:
+        last_end = ends.get(stream.index)
+        # The video stream's own duration; else the container's, which covers every stream.
+        own_s = float(stream.duration * stream.time_base) if stream.duration else None
+        container_s = container.duration / av.time_base if container.duration else None
+        played_s = {index: end - start for index, end in ends.items()}
+        if own_s and last_end is not None:
             played = last_end - start
-            if played < declared_s * (1 - TRUNCATION_TOLERANCE) - 0.1:
+            if played < own_s * (1 - TRUNCATION_TOLERANCE) - 0.1:
+                raise _unreadable(f"truncated: {played:.2f} s of the {own_s:.2f} s it declares")
+        elif container_s and played_s:
+            played = max(played_s.values())
+            if played < container_s * (1 - TRUNCATION_TOLERANCE) - 0.1:
                 raise _unreadable(
-                    f"truncated: {played:.2f} s of the {declared_s:.2f} s it declares"
+                    f"truncated: {played:.2f} s of the {container_s:.2f} s it declares"
                 )
-        duration = declared_s or ((last_end - start) if last_end is not None else 0.0)
-        if duration > limits.max_duration_s:
+        duration = own_s or container_s or played_s.get(stream.index, 0.0)
+        longest = max([duration, *played_s.values()])
+        if longest > limits.max_duration_s:
             raise VideoTooLargeError(
-                f"{FIELD}: {duration:.1f} s; the limit is {limits.max_duration_s:g} s "
-                "(ADAIN_MAX_VIDEO_DURATION_S)",
+                f"{FIELD}: {longest:.1f} s (the longer of its video and audio); the limit is "
+                f"{limits.max_duration_s:g} s (ADAIN_MAX_VIDEO_DURATION_S)",
                 FIELD,
             )
         rate = stream.average_rate or stream.guessed_rate or Fraction(packets, max(duration, 1e-3))
@@ -204,6 +280,20 @@ def check_output_size(info: VideoInfo, content_size: int, crop: bool, max_pixels
         )
 
 
+def check_cost(info: VideoInfo, content_size: int, crop: bool, max_job_pixels: int) -> None:
+    """The job's work, frames x output pixels, within the limit: a small upload (a GIF of
+    thousands of 1 x 1 frames) can ask for hours of upscaled frames."""
+    height, width = output_size(info, content_size, crop)
+    cost = info.frames * height * width
+    if cost > max_job_pixels:
+        raise VideoTooLargeError(
+            f"{FIELD}: {info.frames} frames of {width} x {height} = {cost} pixels to stylize; "
+            f"the limit is {max_job_pixels} (ADAIN_MAX_JOB_PIXELS): send fewer frames or a "
+            "smaller content_size",
+            FIELD,
+        )
+
+
 @dataclass(frozen=True)
 class Frame:
     """One decoded frame: upright RGB, and its presentation time in the stream's time base."""
@@ -219,12 +309,15 @@ def upright(frame: av.VideoFrame) -> Image.Image:
     return picture.rotate(90 * turns, expand=True) if turns else picture
 
 
-def read_frames(path: Path) -> Iterator[Frame]:
+def read_frames(path: Path, max_pixels: int) -> Iterator[Frame]:
     """Every frame of the first video stream, upright, with strictly increasing timestamps
-    (a missing or repeated one is the previous plus a frame's duration)."""
-    with av.open(str(path), "r") as container:
+    (a missing or repeated one is the previous plus a frame's duration). A frame over
+    `max_pixels` (ADAIN_MAX_VIDEO_FRAME_PIXELS) is refused before it is converted."""
+    with open_input(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        limit_decoder(stream, max_pixels)
+        index = 0
         time_base = Fraction(stream.time_base)
         rate = stream.average_rate or stream.guessed_rate or Fraction(25)
         step = max(1, round(1 / (rate * time_base)))
@@ -235,9 +328,13 @@ def read_frames(path: Path) -> Iterator[Frame]:
                 if pts is None or (previous is not None and pts <= previous):
                     pts = (previous + step) if previous is not None else 0
                 previous = pts
+                if frame.width * frame.height > max_pixels:
+                    size = frame.width, frame.height
+                    raise too_many_pixels(f"frame {index} is", *size, max_pixels)
                 yield Frame(upright(frame), pts, time_base)
+                index += 1
         except av.error.FFmpegError as exc:
-            raise _unreadable(f"the video stream could not be decoded ({exc})") from None
+            raise decode_error(exc, stream, index, max_pixels) from None
 
 
 def frame_tensor(frame: Frame, content_size: int, crop: bool) -> Tensor:
@@ -356,7 +453,7 @@ def finalize(segments: Sequence[Segment], source: Path, output: Path, time_base:
     with (
         av.open(str(first), "r") as template,
         av.open(str(output), "w", format="mp4", options={"movflags": "+faststart"}) as out,
-        av.open(str(source), "r") as src,
+        open_input(source) as src,
     ):
         video = out.add_stream_from_template(template.streams.video[0])
         video.time_base = template.streams.video[0].time_base

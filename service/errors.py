@@ -23,14 +23,16 @@ from media.imaging import ImageTooLargeError, UnsupportedImageError
 from media.video import UnsupportedVideoError, VideoTooLargeError
 from models.errors import DomainError, InvalidInputError, error_body
 from models.evaluate import PeerOutputError
+from service.caps import CapReachedError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
 from service.forms import UnsupportedFormError
 from service.hardening import HostNotAllowedError
 from service.imaging import DecodeBudgetError
-from service.jobs.store import JobNotDoneError, JobNotFoundError
+from service.jobs.store import JobNotDoneError, JobNotFoundError, JobStorageFullError
 from service.limits import BodyTimeoutError, BodyTooLargeError
 from service.live import LiveBusyError, LiveFailedError, LiveIdleError
 from service.registry import (
+    AlreadyRegisteredError,
     AmbiguousNameError,
     NameTakenError,
     RedisUnavailableError,
@@ -56,6 +58,10 @@ class RequestLineTooLongError(DomainError):
 
 class HeadersTooLargeError(DomainError):
     """The request's headers are larger than ADAIN_MAX_HEADER_BYTES (431)."""
+
+
+class TooManyConnectionsError(DomainError):
+    """The process holds ADAIN_MAX_CONNECTIONS connections and requests already (503)."""
 
 
 class MethodNotAllowedError(DomainError):
@@ -135,8 +141,17 @@ HTTP_ERRORS: dict[type[DomainError], HttpStatus] = {
         "The request's headers are larger than ADAIN_MAX_HEADER_BYTES; the connection is closed.",
         headers=CLOSE,
     ),
+    TooManyConnectionsError: HttpStatus(
+        503,
+        "The server holds ADAIN_MAX_CONNECTIONS connections and requests; the health probes "
+        "are answered still.",
+        retry_after_s=1,
+    ),
     StyleNotFoundError: HttpStatus(404, "No style with that id or name."),
     NameTakenError: HttpStatus(409, "Another style of the same owner has this name."),
+    AlreadyRegisteredError: HttpStatus(
+        409, "The image is registered already under another name, which it keeps."
+    ),
     AmbiguousNameError: HttpStatus(
         422, "Styles of several owners have this name: use the id."
     ),
@@ -200,6 +215,19 @@ HTTP_ERRORS: dict[type[DomainError], HttpStatus] = {
     LiveFailedError: HttpStatus(500, "A live stream broke on an unexpected error; it is logged."),
     LiveBusyError: HttpStatus(
         503, "ADAIN_LIVE_MAX_SESSIONS live streams are open.", retry_after_s=5
+    ),
+    CapReachedError: HttpStatus(
+        429,
+        "This key or address holds as many job event streams, queued jobs or live streams "
+        "as its cap allows (`detail` names the setting): close one, or retry after "
+        "Retry-After seconds.",
+        retry_after_s=30,
+    ),
+    JobStorageFullError: HttpStatus(
+        503,
+        "The jobs' storage holds ADAIN_MAX_STORED_JOB_BYTES: retry once older jobs expire "
+        "or are deleted.",
+        retry_after_s=60,
     ),
 }
 # A WebSocket closed for an error (the live feed): close code 4000 + the error's HTTP status.

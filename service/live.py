@@ -54,6 +54,7 @@ from models.errors import DomainError, InvalidInputError
 from models.model import StyleMix
 from models.video import LIVE, Placement, Stabilizer
 from service import metrics
+from service.caps import OpenCounts
 from service.engine import EngineClosedError, StylizeItem, Timed
 from service.registry import StyleRegistry, style_image
 from service.security import Caller
@@ -61,8 +62,10 @@ from service.stylizer import Stylizer
 
 log = logging.getLogger("service.live")
 
-# A settings message is a few fields; a longer text is refused unread.
+# A settings message is a few fields; a longer text is refused unread, as it arrives.
 MAX_TEXT_BYTES = 4096
+# Settings changes waiting for the frame in progress: more are refused, not queued.
+MAX_PENDING_SETTINGS = 4
 # Errors after which the stream cannot go on: it is closed after their message.
 FATAL_FRAME_ERRORS = (ImageTooLargeError, EngineClosedError)
 # How long the stabiliser's thread waits for the engine before it gives up on a frame.
@@ -121,35 +124,52 @@ class LiveLimits:
     max_frame_bytes: int
     max_size: int  # the largest `size`
     idle_timeout_s: float
+    first_message_timeout_s: float  # ADAIN_LIVE_AUTH_TIMEOUT_S: the settings (and key) come first
     images: ImageLimits  # max_image_pixels: the live frame limit; max_output_pixels: after resizing
 
 
 class LiveSessions:
-    """How many live streams this process has open; past `limit` the handshake is refused."""
+    """How many live streams this process has open, in all and per caller; past either cap a
+    stream is refused (`LiveBusyError` 503, `CapReachedError` 429)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_caller: int) -> None:
         self.limit = limit
         self.open = 0
+        self.callers = OpenCounts(
+            per_caller, "live streams", "ADAIN_LIVE_MAX_SESSIONS_PER_KEY", retry_after_s=5
+        )
 
-    def take(self) -> None:
+    def check(self, identity: str | None = None) -> None:
+        """Raises when no stream could be taken now (by `identity`, when given)."""
         if self.open >= self.limit:
             raise LiveBusyError(
                 f"{self.open} live streams are open, the limit of this server "
                 "(ADAIN_LIVE_MAX_SESSIONS); retry later"
             )
+        if identity is not None:
+            self.callers.check(identity)
+
+    def take(self, identity: str) -> None:
+        self.check(identity)
+        self.callers.take(identity)
         self.open += 1
         metrics.LIVE_STREAMS.set(self.open)
 
-    def release(self) -> None:
+    def release(self, identity: str) -> None:
+        self.callers.release(identity)
         self.open -= 1
         metrics.LIVE_STREAMS.set(self.open)
+
+
+def check_text_size(text: str) -> None:
+    if len(text) > MAX_TEXT_BYTES or len(text.encode()) > MAX_TEXT_BYTES:
+        raise InvalidInputError(f"settings message over {MAX_TEXT_BYTES} bytes", "settings")
 
 
 def parse_config(text: str, current: LiveConfig | None, max_size: int) -> LiveConfig:
     """The settings a text message asks for: all of them in the first message, a change of
     some (merged into `current`) later. Errors name the field."""
-    if len(text.encode()) > MAX_TEXT_BYTES:
-        raise InvalidInputError(f"settings message over {MAX_TEXT_BYTES} bytes", "settings")
+    check_text_size(text)
     try:
         given = json.loads(text)
     except ValueError:
@@ -173,7 +193,15 @@ def parse_config(text: str, current: LiveConfig | None, max_size: int) -> LiveCo
 
 def decode_frame(data: bytes, size: int, limits: ImageLimits) -> Tensor:
     """(1, 3, H, W) in [0, 1] with the shorter side `size`, from one JPEG, WebP or PNG frame."""
-    upright = images.to_rgb(open_image(data, "frame", limits))
+    try:
+        upright = images.to_rgb(open_image(data, "frame", limits))
+    except ImageTooLargeError:  # the image limit applied here is the live one
+        pixels = header_pixels(data)
+        raise ImageTooLargeError(
+            f"frame: {f'{pixels} pixels' if pixels else 'too many pixels'}; the limit is "
+            f"{limits.max_image_pixels} (ADAIN_LIVE_MAX_FRAME_PIXELS)",
+            "frame",
+        ) from None
     check_prepared_size(upright.size, size, False, "size", limits)
     return images.rgb_to_tensor(upright, size)
 
@@ -257,13 +285,15 @@ class LiveSession:
 
     # --- messages from the client -----------------------------------------------------------
 
-    async def receive(self) -> dict[str, object]:
+    async def receive(
+        self, timeout_s: float | None = None, setting: str = "ADAIN_LIVE_IDLE_TIMEOUT_S"
+    ) -> dict[str, object]:
+        timeout_s = timeout_s or self.limits.idle_timeout_s
         try:
-            message = await asyncio.wait_for(self.socket.receive(), self.limits.idle_timeout_s)
+            message = await asyncio.wait_for(self.socket.receive(), timeout_s)
         except TimeoutError:
             raise LiveIdleError(
-                f"no message for {self.limits.idle_timeout_s:g} s (ADAIN_LIVE_IDLE_TIMEOUT_S); "
-                "the stream is closed"
+                f"no message for {timeout_s:g} s ({setting}); the stream is closed"
             ) from None
         if message["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(int(message.get("code", 1000)))
@@ -272,7 +302,9 @@ class LiveSession:
     async def start(self) -> bool:
         """The first message: the settings (and the key). False when the stream was closed."""
         try:
-            message = await self.receive()
+            message = await self.receive(
+                self.limits.first_message_timeout_s, "ADAIN_LIVE_AUTH_TIMEOUT_S"
+            )
             text = message.get("text")
             if not isinstance(text, str):
                 raise InvalidInputError(
@@ -298,7 +330,19 @@ class LiveSession:
                 return
             data = message.get("bytes")
             if data is None:
-                self.settings_changes.append(str(message.get("text") or ""))
+                text = str(message.get("text") or "")
+                try:  # checked as it arrives: nothing large or unbounded waits in memory
+                    check_text_size(text)
+                    if len(self.settings_changes) >= MAX_PENDING_SETTINGS:
+                        raise InvalidInputError(
+                            f"{MAX_PENDING_SETTINGS} settings changes are waiting already; send "
+                            "the next once one is answered",
+                            "settings",
+                        )
+                except DomainError as error:
+                    await self.fail(error, fatal=False)
+                    continue
+                self.settings_changes.append(text)
             else:
                 index = self.received
                 self.received += 1

@@ -31,6 +31,7 @@ from service.cache import (
     encoder_fingerprint,
     lite_fingerprint,
 )
+from service.caps import OpenCounts
 from service.deps import Services
 from service.engine import Engine, StylizeItem
 from service.errors import install_error_handlers
@@ -206,7 +207,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.keys = Keys(settings.user_keys, settings.admin_key_list)
-    app.state.live_sessions = LiveSessions(settings.live_max_sessions)
+    app.state.live_sessions = LiveSessions(
+        settings.live_max_sessions, settings.live_max_sessions_per_key
+    )
+    app.state.event_streams = OpenCounts(
+        settings.max_event_streams_per_key,
+        "job event streams",
+        "ADAIN_MAX_EVENT_STREAMS_PER_KEY",
+        retry_after_s=5,
+    )
     install_error_handlers(app)
     install_openapi(app)
     # Each middleware added wraps the ones before: security headers, RequestContext, Host,

@@ -42,6 +42,7 @@ from service.forms import UnsupportedFormError
 from service.imaging import DecodeBudgetError
 from service.limits import BodyTimeoutError, BodyTooLargeError
 from service.registry import (
+    AlreadyRegisteredError,
     AmbiguousNameError,
     NameTakenError,
     RedisUnavailableError,
@@ -148,7 +149,14 @@ STYLIZE_RESPONSES: Responses = {
     ),
 }
 REGISTER_STYLE_ERRORS = error_responses(
-    *UPLOAD, UnsupportedFormError, NameTakenError, *ENGINE, *STORE, StorageFullError, *GUARDED
+    *UPLOAD,
+    UnsupportedFormError,
+    NameTakenError,
+    AlreadyRegisteredError,
+    *ENGINE,
+    *STORE,
+    StorageFullError,
+    *GUARDED,
 )
 LIST_STYLES_RESPONSES = error_responses(InvalidInputError, *STORE, *GUARDED)
 STYLE_RESPONSES = error_responses(

@@ -46,6 +46,11 @@ class NameTakenError(DomainError):
     """Another style of the same owner has the name asked for (409)."""
 
 
+class AlreadyRegisteredError(DomainError):
+    """The image is registered already under another name, which it keeps (409): a style
+    has one name, so a second one would be dropped without a word."""
+
+
 class AmbiguousNameError(InvalidInputError):
     """Styles of several owners have the name, none of them the caller's: use an id."""
 

@@ -15,11 +15,30 @@ import socket
 from types import FrameType
 
 import uvicorn
+from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from models.errors import DomainError
-from service.errors import HeadersTooLargeError, RequestLineTooLongError, raw_error_response
+from service.errors import (
+    HeadersTooLargeError,
+    RequestLineTooLongError,
+    TooManyConnectionsError,
+    domain_error_response,
+    raw_error_response,
+)
 from service.settings import Settings
+
+# Answered whatever ADAIN_MAX_CONNECTIONS says: they are cheap, and a probe refused for load
+# gets a busy replica restarted.
+PROBE_PATHS = (b"/healthz", b"/readyz")
+
+
+async def too_many_connections(scope: Scope, receive: Receive, send: Send) -> None:
+    error = TooManyConnectionsError(
+        "the server holds its limit of connections and requests (ADAIN_MAX_CONNECTIONS); "
+        "retry shortly"
+    )
+    await domain_error_response(error)(scope, receive, send)
 
 
 class HeadRefusedError(Exception):
@@ -68,8 +87,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.check_head(len(self.url) + self.head_bytes)
 
     def on_headers_complete(self) -> None:
+        """uvicorn's own check of ADAIN_MAX_CONNECTIONS answers a plain-text 503 to every
+        path: here the health probes are answered past it (a busy replica is not a dead
+        one), and the others get the JSON error with Retry-After."""
         self.in_head = False
-        super().on_headers_complete()
+        limit, app = self.limit_concurrency, self.app
+        over = limit is not None and max(len(self.connections), len(self.tasks)) >= limit
+        self.limit_concurrency = None
+        if over and self.url.partition(b"?")[0] not in PROBE_PATHS:
+            self.app = too_many_connections
+        try:
+            super().on_headers_complete()
+        finally:
+            self.limit_concurrency, self.app = limit, app
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     max_video_frames: int = Field(18_000, ge=1, description="frames per video")
     max_video_duration_s: float = Field(600.0, gt=0, description="seconds per video")
     max_video_frame_pixels: int = Field(3840 * 2160, ge=1, description="per input frame")
+    # Frames x output pixels: at the defaults, the longest video at content_size 512 (16:9).
+    max_job_pixels: int = Field(
+        10_000_000_000, ge=1, description="frames x output pixels of one video job"
+    )
     video_crf: int = Field(
         VIDEO_CRF,
         ge=0,
@@ -149,6 +153,17 @@ class Settings(BaseSettings):
         "slower",
         "veryslow",
     ] = VIDEO_PRESET
+    # One caller (an API key, or an address with keys off) cannot fill what all share
+    # (docs/security.md): past these, 429 (per caller) or 503 (in all) with Retry-After.
+    max_queued_jobs_per_key: int = Field(
+        10, ge=1, description="queued or running video jobs per key or address"
+    )
+    max_event_streams_per_key: int = Field(
+        8, ge=1, description="open GET /jobs/{id}/events streams per key or address"
+    )
+    max_stored_job_bytes: int = Field(
+        20 * 1024 * MIB, ge=1, description="bytes under ADAIN_JOBS_DIR (inputs and results)"
+    )
     job_checkpoint_s: float = Field(
         CHECKPOINT_S,
         gt=0,
@@ -158,6 +173,13 @@ class Settings(BaseSettings):
     # The live camera feed (WebSocket /live, docs/live.md). A frame is one WebSocket message:
     # uvicorn refuses messages over its ws_max_size (16 MiB by default) before the app sees them.
     live_max_sessions: int = Field(4, ge=0, description="live streams at once; more -> refused")
+    live_max_sessions_per_key: int = Field(
+        2, ge=1, description="live streams at once per key or address"
+    )
+    # A stream that sends no settings (and key) this soon holds a connection for nothing.
+    live_auth_timeout_s: float = Field(
+        5.0, gt=0, description="seconds a live stream has for its first message"
+    )
     live_idle_timeout_s: float = Field(
         30.0, gt=0, description="a live stream without messages for this long is closed"
     )

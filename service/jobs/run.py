@@ -141,6 +141,10 @@ def _run_claimed(
 
     record = store.update(job_id, succeed)
     store.remove_work(job_id)
+    if record.status is JobStatus.canceled:  # while the segments were joined: no result
+        store.results.delete(job_id)
+        log.info("job canceled", extra={"job": job_id})
+        return record
     log.info("job succeeded", extra={"job": job_id, "frames": frames})
     return record
 

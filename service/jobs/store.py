@@ -21,9 +21,10 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import torch
 
@@ -53,6 +54,11 @@ class JobNotDoneError(DomainError):
     """The job has no result (yet): queued, running, failed or canceled (409)."""
 
 
+class JobStorageFullError(DomainError):
+    """ADAIN_MAX_STORED_JOB_BYTES are stored under ADAIN_JOBS_DIR: retry once older jobs
+    expire or are deleted (503)."""
+
+
 @dataclass
 class JobRecord:
     id: str
@@ -68,7 +74,7 @@ class JobRecord:
     expires: float | None = None  # set when the job finishes: the result is removed then
 
     def public(self) -> dict[str, Any]:
-        """What GET /jobs/{id} answers."""
+        """What GET /jobs/{id} answers: times in ISO 8601, UTC, as GET /styles gives them."""
         return {
             "id": self.id,
             "status": self.status.value,
@@ -77,9 +83,13 @@ class JobRecord:
             "frames_total": self.frames_total,
             "model": self.params.get("model"),
             "error": self.error,
-            "created": self.created,
-            "expires": self.expires,
+            "created": iso_time(self.created),
+            "expires": None if self.expires is None else iso_time(self.expires),
         }
+
+
+def iso_time(unix_s: float) -> str:
+    return datetime.fromtimestamp(unix_s, UTC).isoformat(timespec="microseconds")
 
 
 @dataclass
@@ -98,6 +108,11 @@ class ResultStore(Protocol):
 
     def path(self, job_id: str) -> Path | None: ...
 
+    def open(self, job_id: str) -> BinaryIO | None:
+        """The result opened for reading (None: there is none): it stays readable to the end
+        even if the job is deleted meanwhile."""
+        ...
+
     def delete(self, job_id: str) -> None: ...
 
 
@@ -114,6 +129,12 @@ class FolderResultStore:
     def path(self, job_id: str) -> Path | None:
         file = self._file(job_id)
         return file if file.is_file() else None
+
+    def open(self, job_id: str) -> BinaryIO | None:
+        try:
+            return self._file(job_id).open("rb")
+        except (FileNotFoundError, NotADirectoryError):
+            return None
 
     def delete(self, job_id: str) -> None:
         self._file(job_id).unlink(missing_ok=True)
@@ -173,7 +194,11 @@ class JobStore:
 
     @contextlib.contextmanager
     def _locked(self, job_id: str) -> Iterator[None]:
-        with open(self.folder(job_id) / ".lock", "a") as lock:
+        try:
+            lock = open(self.folder(job_id) / ".lock", "a")  # noqa: SIM115 (closed below)
+        except (FileNotFoundError, NotADirectoryError):  # the job was deleted meanwhile
+            raise JobNotFoundError(f"job {job_id}: gone", "job_id") from None
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -232,7 +257,16 @@ class JobStore:
     def jobs(self) -> list[JobRecord]:
         """Every job, oldest first."""
         records = [self.get(path.name) for path in self.root.iterdir() if valid_id(path.name)]
-        return sorted((r for r in records if r is not None), key=lambda r: r.created)
+        return sorted((r for r in records if r is not None), key=lambda r: (r.created, r.id))
+
+    def stored_bytes(self) -> int:
+        """The size of every file under the root: inputs, work and results of all jobs."""
+        total = 0
+        for folder, _, files in os.walk(self.root):
+            for name in files:
+                with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                    total += os.stat(os.path.join(folder, name)).st_size
+        return total
 
     # --- checkpoints and files --------------------------------------------------------------
 

@@ -32,7 +32,7 @@ def create_job(
     try:
         info, decoded = check_clip(inputs / "video", styles, masks, controls, video_limits, limits)
         save_styles(decoded, inputs / STYLES_FILE)  # decoded once: the job reads them back
-        params = clip_params(info, styles, controls, stabilize)
+        params = clip_params(info, styles, controls, stabilize, video_limits)
         return store.create(job_id, owner, params.record(), info.frames)
     except BaseException:
         shutil.rmtree(store.folder(job_id), ignore_errors=True)

@@ -9,24 +9,37 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from email.utils import formatdate
 from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, BinaryIO
 
-from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from media.controls import bounds, check_controls
 from media.defaults import DEFAULT_SIZE, MAX_STYLES
 from media.video import UnsupportedVideoError, VideoLimits, VideoTooLargeError
+from models.errors import InvalidInputError
 from models.model import parse_mix_weights
+from service.caps import CapReachedError, OpenCounts
 from service.deps import RegistryDep, ServicesDep, StylizerDep
 from service.errors import RangeNotSatisfiableError
-from service.jobs.store import JobNotDoneError, JobNotFoundError, JobRecord, JobStatus, JobStore
+from service.forms import FormFieldsDep, UnsupportedFormError
+from service.jobs.store import (
+    JobNotDoneError,
+    JobNotFoundError,
+    JobRecord,
+    JobStatus,
+    JobStorageFullError,
+    JobStore,
+)
 from service.jobs.submit import create_job
 from service.openapi import (
     BINARY,
@@ -38,8 +51,9 @@ from service.openapi import (
     error_responses,
     header,
 )
-from service.ranges import serves_range
+from service.ranges import byte_ranges
 from service.registry import StyleNotFoundError
+from service.routes.styles import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, page_of
 from service.routes.stylize import read_styles
 from service.security import (
     AuthenticationError,
@@ -51,11 +65,13 @@ from service.security import (
     authenticate,
     client_address,
 )
+from service.settings import Settings
 
 router = APIRouter(tags=["jobs"])
 
 EVENTS_POLL_S = 0.2
 EVENTS_HEARTBEAT_S = 15.0
+QUEUED_JOBS_RETRY_S = 30  # a short job's time: when a place may have come free
 COPY_CHUNK = 1024 * 1024
 
 
@@ -71,15 +87,20 @@ class JobState(BaseModel):
         None, description="The network stylizing it: full or lite (the `model` asked for)."
     )
     error: ErrorBody | None = Field(description="Why it failed; null unless failed.")
-    created: float = Field(description="Unix time of the submission.")
-    expires: float | None = Field(
-        description="Unix time its result and record are removed "
-        "(ADAIN_JOB_TTL_S after it finished); null while active."
+    created: str = Field(description="When it was submitted: ISO 8601, UTC.")
+    expires: str | None = Field(
+        description="When its result and record are removed (ADAIN_JOB_TTL_S after it "
+        "finished): ISO 8601, UTC; null while active."
     )
 
 
 class JobList(BaseModel):
-    jobs: list[JobState] = Field(description="The caller's jobs (an admin key: all), oldest first.")
+    jobs: list[JobState] = Field(
+        description="The caller's jobs (an admin key: all), oldest first: one page."
+    )
+    next_cursor: str | None = Field(
+        None, description="Pass as `cursor` for the next page; null on the last page."
+    )
 
 
 async def viewer(request: Request) -> Caller:
@@ -122,7 +143,15 @@ SUBMIT_RESPONSES: Responses = {
         },
     },
     **error_responses(
-        *UPLOAD, UnsupportedVideoError, VideoTooLargeError, StyleNotFoundError, *STORE, *GUARDED
+        *UPLOAD,
+        UnsupportedFormError,
+        UnsupportedVideoError,
+        VideoTooLargeError,
+        StyleNotFoundError,
+        CapReachedError,
+        JobStorageFullError,
+        *STORE,
+        *GUARDED,
     ),
 }
 VIEWING = (AuthenticationError, RateLimitedError, JobNotFoundError)
@@ -146,8 +175,28 @@ EVENTS_RESPONSES: Responses = {
         "time it changes; the last one is the final state.",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     },
-    **VIEW_ERRORS,
+    **error_responses(*VIEWING, CapReachedError),
 }
+
+
+def check_room(store: JobStore, identity: str, settings: Settings) -> None:
+    """Room for one more job, its upload saved already: the caller's active jobs under
+    ADAIN_MAX_QUEUED_JOBS_PER_KEY (429), all stored jobs under ADAIN_MAX_STORED_JOB_BYTES
+    (503)."""
+    active = sum(1 for r in store.jobs() if r.owner == identity and not r.status.finished)
+    if active >= settings.max_queued_jobs_per_key:
+        raise CapReachedError(
+            f"{active} jobs of this caller are queued or running, the limit "
+            "(ADAIN_MAX_QUEUED_JOBS_PER_KEY); submit more once one has finished",
+            QUEUED_JOBS_RETRY_S,
+        )
+    stored = store.stored_bytes()
+    if stored > settings.max_stored_job_bytes:
+        raise JobStorageFullError(
+            f"the jobs' storage would hold {stored} bytes with this upload, over the limit of "
+            f"{settings.max_stored_job_bytes} (ADAIN_MAX_STORED_JOB_BYTES); retry once older "
+            "jobs expire"
+        )
 
 
 async def save_upload(upload: UploadFile, target: Path) -> None:
@@ -161,6 +210,7 @@ async def save_upload(upload: UploadFile, target: Path) -> None:
 async def submit_job(
     response: Response,
     caller: UserDep,
+    known_fields: FormFieldsDep,
     services: ServicesDep,
     registry: RegistryDep,
     stylizer: StylizerDep,
@@ -234,11 +284,15 @@ async def submit_job(
     job_id, inputs = await run_in_threadpool(runner.store.new_folder)
     try:
         await save_upload(video, inputs / "video")
+        await run_in_threadpool(check_room, runner.store, caller.identity, settings)
     except BaseException:
         await run_in_threadpool(shutil.rmtree, runner.store.folder(job_id), True)
         raise
     video_limits = VideoLimits(
-        settings.max_video_frames, settings.max_video_duration_s, settings.max_video_frame_pixels
+        settings.max_video_frames,
+        settings.max_video_duration_s,
+        settings.max_video_frame_pixels,
+        settings.max_job_pixels,
     )
     record = await run_in_threadpool(
         partial(
@@ -259,13 +313,31 @@ async def submit_job(
     return JobState(**record.public())
 
 
-@router.get("/jobs", response_model=JobList,
-            responses=error_responses(AuthenticationError, RateLimitedError))
-async def list_jobs(caller: ViewerDep, store: StoreDep) -> JobList:
-    """The caller's jobs (with an admin key, or keys off: every job), oldest first."""
+@router.get(
+    "/jobs",
+    response_model=JobList,
+    responses=error_responses(AuthenticationError, RateLimitedError, InvalidInputError),
+)
+async def list_jobs(
+    caller: ViewerDep,
+    store: StoreDep,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_PAGE_SIZE, description="Jobs per page.")
+    ] = DEFAULT_PAGE_SIZE,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="The previous page's `next_cursor`.")
+    ] = None,
+) -> JobList:
+    """The caller's jobs (with an admin key, or keys off: every job), oldest first, one page
+    at a time as GET /styles."""
     records = await run_in_threadpool(store.jobs)
-    mine = [r for r in records if caller.role >= Role.admin or r.owner == caller.identity]
-    return JobList(jobs=[JobState(**r.public()) for r in mine])
+    states = [
+        JobState(**r.public())
+        for r in records
+        if caller.role >= Role.admin or r.owner == caller.identity
+    ]
+    page, next_cursor = page_of(states, lambda state: (state.created, state.id), limit, cursor)
+    return JobList(jobs=page, next_cursor=next_cursor)
 
 
 @router.get("/jobs/{job_id}", response_model=JobState, responses=VIEW_ERRORS)
@@ -278,8 +350,10 @@ async def get_job(job_id: str, caller: ViewerDep, store: StoreDep) -> JobState:
 async def job_events(
     job_id: str, request: Request, caller: ViewerDep, store: StoreDep
 ) -> StreamingResponse:
-    """Server-sent events of the job's state, as it changes, ending with the final state."""
+    """Server-sent events of the job's state, as it changes, ending with the final state. A
+    key (an address without keys) holds at most ADAIN_MAX_EVENT_STREAMS_PER_KEY at once."""
     first = await visible_job(job_id, caller, store)
+    streams: OpenCounts = request.app.state.event_streams
 
     async def events() -> AsyncIterator[str]:
         record: JobRecord | None = first
@@ -298,36 +372,106 @@ async def job_events(
             quiet += EVENTS_POLL_S
             record = await run_in_threadpool(store.get, job_id)
 
-    return StreamingResponse(
+    streams.take(caller.identity)
+    return HeldStreamingResponse(
+        partial(streams.release, caller.identity),
         events(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
+class HeldStreamingResponse(StreamingResponse):
+    """A stream that holds something (a caller's place) until it ends, however it ends."""
+
+    def __init__(self, release: Callable[[], None], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
+
+
+def not_done(record: JobRecord) -> JobNotDoneError:
+    if record.status is JobStatus.canceled:
+        why = "it was canceled and will never have a result"
+    elif record.status is JobStatus.failed:
+        why = "it failed (`error` in GET /jobs/{id} says why) and will never have a result"
+    else:
+        why = "the result is there once it has succeeded"
+    return JobNotDoneError(f"job_id: job {record.id} is {record.status.value}; {why}", "job_id")
+
+
+def byte_range(request: Request, size: int, validators: tuple[str, str]) -> tuple[int, int] | None:
+    """(start, end) of the one byte range asked for; None for the whole file. RFC 9110: a
+    Range of another unit, one whose If-Range no longer matches (an ETag or Last-Modified of
+    `validators`), and several ranges are answered with the whole file; a bytes range that is
+    malformed or starts past the end is 416."""
+    requested = request.headers.get("range")
+    if_range = request.headers.get("if-range")
+    if requested is None or (if_range is not None and if_range not in validators):
+        return None
+    if requested.partition("=")[0].strip().lower() != "bytes":
+        return None
+    ranges = byte_ranges(requested, size)  # as FileResponse reads it
+    if ranges is None:
+        raise RangeNotSatisfiableError(
+            f"Range {requested[:80]!r} does not fit the file of {size} bytes", size
+        )
+    return ranges[0] if len(ranges) == 1 else None
+
+
+async def file_chunks(file: BinaryIO, start: int, end: int) -> AsyncIterator[bytes]:
+    """Bytes start..end of an open file, read in the thread pool; the file closed after."""
+    try:
+        while start < end:
+            chunk = await run_in_threadpool(
+                os.pread, file.fileno(), min(COPY_CHUNK, end - start), start
+            )
+            if not chunk:
+                return
+            start += len(chunk)
+            yield chunk
+    finally:
+        file.close()
+
+
 @router.get("/jobs/{job_id}/result", response_class=FileResponse, responses=RESULT_RESPONSES)
 async def job_result(job_id: str, request: Request, caller: ViewerDep, store: StoreDep) -> Response:
-    """The stylized video once the job succeeded (409 before); Range requests for seeking."""
+    """The stylized video once the job succeeded (409 before); Range requests for seeking.
+    The file is opened before the answer starts: a DELETE meanwhile does not cut it short."""
     record = await visible_job(job_id, caller, store)
-    path = store.results.path(job_id) if record.status is JobStatus.succeeded else None
-    if path is None:
-        raise JobNotDoneError(
-            f"job_id: job {job_id} is {record.status.value}; the result is "
-            "there once it has succeeded",
-            "job_id",
-        )
-    requested = request.headers.get("range")
-    if requested is not None:
-        size = path.stat().st_size
-        if not serves_range(requested, size):  # what FileResponse would refuse in plain text
-            raise RangeNotSatisfiableError(
-                f"Range {requested[:80]!r} does not fit the file of {size} bytes", size
-            )
-    return FileResponse(
-        path,
+    if record.status is not JobStatus.succeeded:
+        raise not_done(record)
+    file = await run_in_threadpool(store.results.open, job_id)
+    if file is None:  # removed in between (DELETE, expiry)
+        raise not_done(await visible_job(job_id, caller, store))
+    stat = os.fstat(file.fileno())
+    etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
+    last_modified = formatdate(stat.st_mtime, usegmt=True)
+    try:
+        chosen = byte_range(request, stat.st_size, (etag, last_modified))
+    except RangeNotSatisfiableError:
+        file.close()
+        raise
+    start, end = chosen or (0, stat.st_size)
+    headers = {
+        "Accept-Ranges": "bytes",
+        "Content-Length": str(end - start),
+        "Content-Disposition": f'inline; filename="stylized-{job_id[:8]}.mp4"',
+        "ETag": etag,
+        "Last-Modified": last_modified,
+    }
+    if chosen is not None:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{stat.st_size}"
+    return StreamingResponse(
+        file_chunks(file, start, end),
+        status_code=206 if chosen is not None else 200,
+        headers=headers,
         media_type="video/mp4",
-        filename=f"stylized-{job_id[:8]}.mp4",
-        content_disposition_type="inline",
     )
 
 

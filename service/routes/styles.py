@@ -5,9 +5,10 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import PurePath
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
 from PIL import Image, ImageOps
@@ -27,16 +28,20 @@ from service.openapi import (
 )
 from service.registry import (
     MAX_NAME_LENGTH,
+    AlreadyRegisteredError,
     NameTakenError,
     StyleNotFoundError,
     StyleRecord,
     derived_name,
     find_style,
+    name_key,
     name_problem,
     new_record,
     style_id,
 )
 from service.security import AdminDep, UserDep
+
+T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -115,7 +120,8 @@ async def register_style(
     ] = None,
 ) -> Style:
     """Register a style. Its id is the sha256 of the bytes: registering the same file again
-    returns the existing style (200) instead of a new one (201)."""
+    returns the existing style (200) instead of a new one (201); with another `name`, 409
+    naming the one it has."""
     chosen = checked_name(name)
     data = await file.read()
     width, height = await run_in_threadpool(upright_size, data, limits)
@@ -130,17 +136,24 @@ async def register_style(
         # A file name is no choice of the user's: another style's name is no reason to refuse.
         unique = f"{label[: MAX_NAME_LENGTH - 9]}-{id_[:8]}"
         stored, created = await registry.add(replace(record, name=unique), data)
+    if not created and chosen is not None and name_key(stored.name) != name_key(chosen):
+        raise AlreadyRegisteredError(
+            f"name: this image is registered already as {stored.name!r} (id {stored.id}), "
+            f"the name it keeps; use that name or the id instead of {chosen[:80]!r}",
+            "name",
+        )
     if not created:
         response.status_code = status.HTTP_200_OK
     return Style.of(stored)
 
 
-def encode_cursor(record: StyleRecord) -> str:
-    return base64.urlsafe_b64encode(f"{record.created} {record.id}".encode()).decode()
+def encode_cursor(created: str, id_: str) -> str:
+    """The page after the item created at `created` (ISO 8601) with id `id_`."""
+    return base64.urlsafe_b64encode(f"{created} {id_}".encode()).decode()
 
 
 def decode_cursor(cursor: str) -> tuple[str, str]:
-    """(created, id) of the last style of the previous page."""
+    """(created, id) of the last item of the previous page."""
     try:
         created, id_ = base64.urlsafe_b64decode(cursor.encode()).decode().split(" ")
         return created, id_
@@ -148,6 +161,19 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
         raise InvalidInputError(
             f"cursor {cursor[:80]!r} is not one this service gave (`next_cursor`)", "cursor"
         ) from None
+
+
+def page_of(
+    items: list[T], position: Callable[[T], tuple[str, str]], limit: int, cursor: str | None
+) -> tuple[list[T], str | None]:
+    """The page of `items` after `cursor`, and the next page's cursor (None on the last).
+    GET /styles and GET /jobs list oldest first, ties by id: `position(item)` is (created in
+    ISO 8601, id), the order of `items`."""
+    if cursor is not None:
+        after = decode_cursor(cursor)
+        items = [item for item in items if position(item) > after]
+    page = items[:limit]
+    return page, encode_cursor(*position(page[-1])) if len(items) > limit else None
 
 
 @router.get("", responses=LIST_STYLES_RESPONSES)
@@ -163,15 +189,8 @@ async def list_styles(
 ) -> StyleList:
     """The registered styles, oldest first, one page at a time."""
     records = await registry.list()
-    if cursor is not None:
-        after = decode_cursor(cursor)
-        records = [r for r in records if (r.created, r.id) > after]
-    page = records[:limit]
-    more = len(records) > limit
-    return StyleList(
-        styles=[Style.of(record) for record in page],
-        next_cursor=encode_cursor(page[-1]) if more else None,
-    )
+    page, next_cursor = page_of(records, lambda r: (r.created, r.id), limit, cursor)
+    return StyleList(styles=[Style.of(record) for record in page], next_cursor=next_cursor)
 
 
 @router.get("/{style_id}", responses=STYLE_RESPONSES)

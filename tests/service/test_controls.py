@@ -100,7 +100,7 @@ def test_a_bad_control_is_refused_alike_everywhere(
         [],
         check_controls(styles=1, content_size=0, style_size=0),
         stabilize=False,
-        video_limits=VideoLimits(10, 10, 10**6),
+        video_limits=VideoLimits(10, 10, 10**6, 10**12),
         limits=ImageLimits(10**6, 10**6),
     )
 

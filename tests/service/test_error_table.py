@@ -16,6 +16,7 @@ from media.imaging import ImageTooLargeError, UnsupportedImageError
 from media.video import UnsupportedVideoError, VideoTooLargeError
 from models.errors import DomainError, InvalidInputError
 from models.evaluate import PeerOutputError
+from service.caps import CapReachedError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
 from service.errors import (
     HTTP_ERRORS,
@@ -26,6 +27,7 @@ from service.errors import (
     RangeNotSatisfiableError,
     RequestLineTooLongError,
     RouteNotFoundError,
+    TooManyConnectionsError,
     UnexpectedError,
     install_error_handlers,
     websocket_error,
@@ -33,11 +35,12 @@ from service.errors import (
 from service.forms import UnsupportedFormError
 from service.hardening import HostNotAllowedError
 from service.imaging import DecodeBudgetError
-from service.jobs.store import JobNotDoneError, JobNotFoundError
+from service.jobs.store import JobNotDoneError, JobNotFoundError, JobStorageFullError
 from service.limits import BodyTimeoutError, BodyTooLargeError
 from service.live import LiveBusyError, LiveFailedError, LiveIdleError
 from service.main import create_app  # imports every module that defines a domain error
 from service.registry import (
+    AlreadyRegisteredError,
     AmbiguousNameError,
     NameTakenError,
     RedisUnavailableError,
@@ -82,6 +85,8 @@ CASES: list[tuple[DomainError, int, str | None]] = [
     (HeadersTooLargeError("the request's headers are larger than 32768 bytes "
                           "(ADAIN_MAX_HEADER_BYTES)"), 431, None),
     (NotReadyError("the networks are still loading or warming up"), 503, "1"),
+    (TooManyConnectionsError("the server holds its limit of connections and requests "
+                             "(ADAIN_MAX_CONNECTIONS); retry shortly"), 503, "1"),
     (RateLimitedError("more than 3 requests in a minute (ADAIN_RATE_LIMIT)", 17), 429, "17"),
     (InvalidInputError("got 9 styles; send 1 to 8 (style files and style_ids together)",
                        "style"), 422, None),
@@ -113,6 +118,14 @@ CASES: list[tuple[DomainError, int, str | None]] = [
      408, None),
     (LiveBusyError("4 live streams are open, the limit of this server "
                    "(ADAIN_LIVE_MAX_SESSIONS); retry later"), 503, "5"),
+    (CapReachedError("8 job event streams of this caller are open, the limit "
+                     "(ADAIN_MAX_EVENT_STREAMS_PER_KEY); close one or retry later", 5), 429, "5"),
+    (JobStorageFullError("the jobs' storage would hold 30 bytes with this upload, over the "
+                         "limit of 20 (ADAIN_MAX_STORED_JOB_BYTES); retry once older jobs "
+                         "expire"), 503, "60"),
+    (AlreadyRegisteredError("name: this image is registered already as 'harbour' (id 0a...), "
+                            "the name it keeps; use that name or the id instead of 'quay'",
+                            "name"), 409, None),
 ]
 
 

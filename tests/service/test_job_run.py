@@ -36,7 +36,7 @@ STYLE = encode(random_image(48, 48, seed=1911))
 SETTINGS = ClipSettings(
     crf=18, preset="veryfast", checkpoint_s=0.0, limits=ImageLimits(10**7, 10**6)
 )
-LIMITS = VideoLimits(100, 60, 10**6)
+LIMITS = VideoLimits(100, 60, 10**6, 10**12)
 
 
 @pytest.fixture(scope="module")

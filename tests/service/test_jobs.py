@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +145,7 @@ def test_a_job_keeps_frames_size_rate_and_audio_and_equals_per_frame_stylize(
     assert (final["frames_done"], final["frames_total"], final["progress"]) == (10, 10, 1.0)
     progress = [state["progress"] for state in states]
     assert progress == sorted(progress)
-    assert final["expires"] > time.time()
+    assert datetime.fromisoformat(final["expires"]).timestamp() > time.time()  # ISO 8601
 
     video = result(server, job["id"])
     out = describe(video, tmp_path)

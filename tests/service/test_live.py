@@ -457,6 +457,7 @@ def test_a_frame_with_too_many_pixels_gets_an_error_and_the_stream_is_closed(
     limited_stream.send_frame(flat)
     message, code = closed_with(limited_stream)
     assert message["status"] == 413 and message["field"] == "frame"
+    assert "ADAIN_LIVE_MAX_FRAME_PIXELS" in message["detail"]  # the limit applied here
     assert code == 4413
 
 

@@ -81,7 +81,9 @@ def assert_names_work(url: str) -> None:
     assert taken.status_code == 409, taken.text
     assert taken.json()["field"] == "name"
     assert style["id"][:12] in taken.json()["detail"]
-    assert register(url, data, "another").json() == style  # the same file: the same style
+    assert register(url, data, "CANDY").json() == style  # the same file: the same style
+    renamed = register(url, data, "another")  # a second name is not dropped without a word
+    assert renamed.status_code == 409 and "'Candy'" in renamed.json()["detail"]
 
     assert httpx.delete(f"{url}/styles/Candy").status_code == 204
     assert stylize(url, "candy").status_code == 404

@@ -37,8 +37,11 @@ def test_register_list_get_delete(server: RunningServer) -> None:
     style = created.json()
     assert style["id"] == hashlib.sha256(data).hexdigest()
     assert (style["name"], style["width"], style["height"]) == ("Great wave", 60, 40)
-    again = register(server.url, data, "another name")
+    again = register(server.url, data, "Great wave")
     assert again.status_code == 200  # idempotent: the existing style, unchanged
+    renamed = register(server.url, data, "another name")  # not dropped without a word
+    assert renamed.status_code == 409 and renamed.json()["field"] == "name"
+    assert "'Great wave'" in renamed.json()["detail"]
     assert again.json() == style
     unnamed = register(server.url, encode(random_image(30, 30, seed=23)))
     assert unnamed.json()["name"] == "wave"  # the file name without extension
@@ -56,10 +59,11 @@ def test_register_list_get_delete(server: RunningServer) -> None:
 
 
 def register_concurrently(urls: list[str], data: bytes, clients: int = 20) -> list[httpx.Response]:
-    """`clients` threads register the same file at once, spread over `urls` (replicas)."""
+    """`clients` threads register the same file (and name) at once, spread over `urls`
+    (replicas)."""
     with ThreadPoolExecutor(clients) as pool:
         return list(
-            pool.map(lambda i: register(urls[i % len(urls)], data, f"client {i}"), range(clients))
+            pool.map(lambda i: register(urls[i % len(urls)], data, "shared"), range(clients))
         )
 
 
