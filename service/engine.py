@@ -295,7 +295,8 @@ class Engine:
                 entry.claimed = True
         dropped = len(batch) - len(live)
         if dropped:
-            log.info("dropped %d queued item(s): the caller has gone", dropped,
+            # The log lines keep their published wording ("job"), as the metrics their names.
+            log.info("dropped %d queued job(s): the caller has gone", dropped,
                      extra={"dropped": dropped, "kind": batch[0].item.kind})
             if self.on_drop:
                 self.on_drop(dropped)
@@ -317,7 +318,7 @@ class Engine:
         except torch.cuda.OutOfMemoryError:
             self._release_memory()
             if len(batch) == 1:
-                log.warning("out of device memory for one item; it fails alone")
+                log.warning("out of device memory for one job; it fails alone")
                 return [(batch[0], EngineOutOfMemoryError(
                     "out of device memory for the image; retry later or send a smaller "
                     "content_size", "content_size"))]
