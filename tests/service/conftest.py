@@ -22,8 +22,10 @@ SHARED_LIMITS = {
 @pytest.fixture(scope="session")
 def server_env(reference_weights: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
                ) -> dict[str, str]:
-    """The environment of a test server: test weights, a fresh styles folder, fp32 (whose
-    outputs the tests compare with the reference port's and `adain stylize`'s)."""
+    """The environment of a test server: test weights, a fresh styles folder without the preset
+    gallery (servers started by hand share the folder, and tests count the styles they
+    register), fp32 (whose outputs the tests compare with the reference port's and `adain
+    stylize`'s)."""
     encoder, decoder = reference_weights
     return {
         "ADAIN_ENCODER_PATH": str(encoder),
@@ -32,6 +34,7 @@ def server_env(reference_weights: tuple[Path, Path], tmp_path_factory: pytest.Te
         "ADAIN_JOBS_DIR": str(tmp_path_factory.mktemp("jobs")),
         "ADAIN_DEVICE": "cpu",
         "ADAIN_PRECISION": "fp32",
+        "ADAIN_PRESETS": "false",
     }
 
 
