@@ -11,11 +11,19 @@ error <= 0.50x at sharpness >= 0.85x.
 
     nice -n 19 python3 -m benchmarks.bench_video_stability [--size 256] [--frames 24] [--styles 3]
         [--style-names adain__sketch,...] [--clips zoom_1.2%,...]
+
+`--speed`: instead, the stabiliser's pace on a 1280x720 pan (issue 31): frames/s of the
+network alone and of the stabiliser (the job's form, `StabilizerConfig()`) around it, rounds
+alternating so the machine's noise hits both alike; target: stabilised >= 0.5x the network.
+
+    nice -n 19 python3 -m benchmarks.bench_video_stability --speed [--models lite full]
+        [--frames 12] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -23,14 +31,16 @@ import torch
 from torch import Tensor
 
 from benchmarks.common import machine
-from devkit.clips import Clip, load_photo, standard_clips, style_images
-from models.config import Device, PipelineConfig
+from devkit.clips import Clip, content_photos, load_photo, pan, render, standard_clips, style_images
+from models.config import Device, ModelName, PipelineConfig
 from models.evaluate import ln_loss, measure
 from models.model import StyleMix
 from models.pipeline import Pipeline, build_pipeline
 from models.video import LIVE, Placement, Stabilizer, StabilizerConfig
 from models.video_metrics import sharpness, warping_error
 
+TARGET_SPEED = 0.5  # stabilised x the network's frame rate, 1280x720
+SPEED_SIZE = (720, 1280)
 # Styles picked for their different strokes: fine lines, broad patches, a flat graphic one.
 STYLE_NAMES = ("adain__goeritz", "adain__la_muse", "adain__mondrian", "adain__brushstrokes")
 
@@ -89,6 +99,49 @@ def compare(
     return rows
 
 
+def speed(models: list[str], frames: int, rounds: int) -> None:
+    """Frames/s at 1280x720 of each model alone and inside the stabiliser, on a 2.5 x 1.25 px
+    per frame pan of a photo."""
+    height, width = SPEED_SIZE
+    photo = load_photo(content_photos()[17], 2 * width)
+    clip = render(photo, pan((2.5, 1.25), (0.1 * height, 0.1 * height)), frames, SPEED_SIZE)
+    style = load_photo(style_images()[3], 512)[None]
+    for model in models:
+        net = build_pipeline(PipelineConfig(Device.cpu, model=ModelName(model)))
+        mean, std = net.style_statistics(style)
+        mix = StyleMix(mean=mean, std=std, weights=torch.ones(1))
+
+        def stylize(
+            frame: Tensor, placement: Placement, net: Pipeline = net, mix: StyleMix = mix
+        ) -> Tensor:
+            return net.stylize_batch(frame, [mix])
+
+        seconds: dict[str, list[float]] = {"network": [], "stabilised": []}
+        with torch.inference_mode():
+            net.stylize_batch(clip.frames[:1], [mix])  # warm
+            for _ in range(rounds):
+                started = time.perf_counter()
+                for frame in clip.frames:
+                    net.stylize_batch(frame[None], [mix])
+                seconds["network"].append((time.perf_counter() - started) / frames)
+                stabilizer = Stabilizer(stylize)
+                stabilizer(clip.frames[:1])  # the first frame has no flow yet
+                started = time.perf_counter()
+                for frame in clip.frames[1:]:
+                    stabilizer(frame[None])
+                seconds["stabilised"].append((time.perf_counter() - started) / (frames - 1))
+        network, stabilised = (statistics.median(seconds[k]) for k in ("network", "stabilised"))
+        ratio = network / stabilised
+        verdict = "met" if ratio >= TARGET_SPEED else "NOT met"
+        print(
+            f"{model} {width}x{height}, {net.dtype}, median of {rounds} rounds of {frames} "
+            f"frames: network alone {1 / network:.2f} frames/s ({network * 1000:.0f} ms), "
+            f"stabilised {1 / stabilised:.2f} frames/s ({stabilised * 1000:.0f} ms) -> "
+            f"{ratio:.2f}x (target >= {TARGET_SPEED}: {verdict})",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=256, help="frame side, px")
@@ -102,8 +155,15 @@ def main() -> None:
         "--configs", default="default,live", help="default, live and/or translation"
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--speed", action="store_true", help="the 1280x720 pace instead")
+    parser.add_argument("--models", nargs="+", default=["lite"], choices=["lite", "full"])
+    parser.add_argument("--rounds", type=int, default=3, help="--speed rounds")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.speed:
+        print(machine())
+        speed(args.models, args.frames, args.rounds)
+        return
     net = build_pipeline(PipelineConfig(Device.cpu))
     print(machine())
     print(f"embedded default, {net.dtype}, {args.size} px, {args.frames} frames per clip")
