@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -65,7 +66,7 @@ SECOND_LAYER_SHARE = 0.02
 # The camera's motion is fitted to about this many pixels of the flow (every k-th row and
 # column, k at least 4), its median translation to about MEDIAN_SAMPLES: more only costs time.
 SIMILARITY_SAMPLES = 8192
-MEDIAN_SAMPLES = 65536
+MEDIAN_SAMPLES = 16384
 # A fitted frame-to-frame similarity whose linear part moves no frame corner by more than this
 # (px) is taken as a translation: flow noise must not turn a pan into a resampled zoom (DIS's
 # noise on the clips of devkit/clips.py stays well below it; slower zooms stay translations).
@@ -306,7 +307,26 @@ class FlowEstimator:
 
 def _squared_norm(flow: np.ndarray) -> np.ndarray:
     """(H, W) |flow|^2 of an (H, W, 2) flow."""
-    return np.einsum("ijk,ijk->ij", flow, flow)
+    return cv2.transform(cv2.multiply(flow, flow), _SUM_OF_TWO)
+
+
+_SUM_OF_TWO = np.ones((1, 2), dtype=np.float32)
+
+
+@dataclass
+class Carried:
+    """The previous frames' images moved onto the current frame (H, W, C): what is propagated
+    and its low-pass band, or a renewal's fading output and where it is valid."""
+
+    stream: np.ndarray | None = None
+    stream_smooth: np.ndarray | None = None
+    fading: np.ndarray | None = None
+    fading_weight: np.ndarray | None = None
+
+
+# Runs the stabiliser's work that needs no new stylization while the network runs (OpenCV and
+# numpy release the GIL); shared by all stabilisers of the process.
+_BESIDE_NETWORK = ThreadPoolExecutor(max_workers=2, thread_name_prefix="stabiliser")
 
 
 class Stabilizer:
@@ -360,22 +380,22 @@ class Stabilizer:
                 flow = None
             elif self.config.align_grid:
                 layer, renewed = self._track(flow.flow, flow.reliable)
+        carried = None
+        if flow is not None and self.stream is not None and self.config.blend > 0:
+            # Moving the previous frames' images along the flow needs no new stylization: it
+            # runs beside the network.
+            carried = _BESIDE_NETWORK.submit(self._carry, flow, renewed)
         stylized, device = self._stylize(image, frame.device, layer)
         stream = stylized
-        if flow is not None and self.stream is not None and self.config.blend > 0:
-            valid = flow.reliable.astype(np.float32)[..., None]
-            if self.config.border_trust_px > 0:
-                valid *= flow.maps.warp(border_trust(size, self.config.border_trust_px))
-            resample = self.config.resample
+        if carried is not None:
+            valid, moved = carried.result()
             if renewed and self.config.renewal_fade:
-                self.fading = flow.maps.warp(self.previous_output, resample)
-                self.fading_weight, self.fade_step = valid, 0
+                self.fading, self.fading_weight, self.fade_step = moved.fading, valid, 0
             else:
-                warped = flow.maps.warp(self.stream, resample)
-                stream = propagate(stylized, warped, self.config.blend * valid, self.config)
+                weight = self.config.blend * valid
+                stream = propagate(stylized, moved.stream, moved.stream_smooth, weight, self.config)
                 if self.fading is not None:
-                    self.fading = flow.maps.warp(self.fading, resample)
-                    self.fading_weight = flow.maps.warp(self.fading_weight) * valid
+                    self.fading, self.fading_weight = moved.fading, moved.fading_weight
                     self.fade_step += 1
         output = stream
         if self.fading is not None and self.fade_step < len(self.config.renewal_fade):
@@ -386,6 +406,24 @@ class Stabilizer:
         self.previous_grey, self.stream, self.previous_output = grey, stream, output
         self.frames += 1
         return to_tensor(output, device)
+
+    def _carry(self, flow: Flow, renewed: bool) -> tuple[np.ndarray, Carried]:
+        """Where the previous output is valid on this frame (H, W, 1): reliable flow, trusted
+        less near the border; and the previous frames' images moved along the flow."""
+        valid = flow.reliable.astype(np.float32)[..., None]
+        size = (valid.shape[0], valid.shape[1])
+        if self.config.border_trust_px > 0:
+            valid *= flow.maps.warp(border_trust(size, self.config.border_trust_px))
+        resample = self.config.resample
+        if renewed and self.config.renewal_fade:
+            return valid, Carried(fading=flow.maps.warp(self.previous_output, resample))
+        stream = flow.maps.warp(self.stream, resample)
+        sigma = self.config.detail_sigma
+        moved = Carried(stream, gaussian_blur(stream, sigma) if sigma > 0 else stream)
+        if self.fading is not None and self.fading_weight is not None:
+            moved.fading = flow.maps.warp(self.fading, resample)
+            moved.fading_weight = flow.maps.warp(self.fading_weight) * valid
+        return valid, moved
 
     def _track(self, flow: np.ndarray, reliable: np.ndarray) -> tuple[np.ndarray | None, bool]:
         """Follow the camera and, with two layers, a second motion; returns the second layer's
@@ -635,15 +673,18 @@ def median_motion(flow: np.ndarray, reliable: np.ndarray) -> Tensor:
 
 
 def propagate(
-    stylized: np.ndarray, warped: np.ndarray, weight: np.ndarray, config: StabilizerConfig
+    stylized: np.ndarray,
+    warped: np.ndarray,
+    warped_smooth: np.ndarray,
+    weight: np.ndarray,
+    config: StabilizerConfig,
 ) -> np.ndarray:
-    """The new stylization with the propagated previous output blended in by `weight` (H, W,
-    1): on the low-pass band with the weight as it is (keeping its contrast), on the finer
-    detail with `detail_blend / blend` of it."""
+    """The new stylization with the propagated previous output `warped` (its low-pass band
+    `warped_smooth`) blended in by `weight` (H, W, 1): on the low-pass band with the weight as
+    it is (keeping its contrast), on the finer detail with `detail_blend / blend` of it."""
     if config.detail_sigma <= 0:
         return weight * warped + (1 - weight) * stylized
     smooth = gaussian_blur(stylized, config.detail_sigma)
-    warped_smooth = gaussian_blur(warped, config.detail_sigma)
     output = mix(warped_smooth, smooth, weight, config)
     detail_weight = weight * (config.detail_blend / config.blend)
     warped_detail = np.subtract(warped, warped_smooth, out=warped_smooth)

@@ -136,37 +136,31 @@ def contrast_preserving_mix(
     MOMENTS_COARSE_SIGMA on they are computed on a grid twice as coarse (the arithmetic,
     not the blurs, is what costs at video sizes) and interpolated back."""
     height, width = first.shape[:2]
-    coarse = sigma >= MOMENTS_COARSE_SIGMA and min(height, width) >= 4
-    if coarse:
+    if sigma >= MOMENTS_COARSE_SIGMA and min(height, width) >= 4:
         half = ((width + 1) // 2, (height + 1) // 2)
         parts = [cv2.resize(part, half, interpolation=cv2.INTER_AREA) for part in (first, second)]
-        shares = cv2.resize(weight, half, interpolation=cv2.INTER_AREA)[..., None]
-        mean_first, mean_second, gain = _contrast_gain(*parts, shares, sigma / 2)
-        mean_first, mean_second, gain = (
+        shares = cv2.resize(weight, half, interpolation=cv2.INTER_AREA).reshape(*half[::-1], 1)
+        mean, gain = (
             cv2.resize(part, (width, height), interpolation=cv2.INTER_LINEAR)
-            for part in (mean_first, mean_second, gain)
+            for part in _contrast_gain(*parts, shares, sigma / 2)
         )
     else:
-        mean_first, mean_second, gain = _contrast_gain(first, second, weight, sigma)
-    other = 1 - weight
-    deviation = np.subtract(first, mean_first)
-    deviation *= weight
-    rest = np.subtract(second, mean_second)
-    rest *= other
-    deviation += rest
-    deviation *= gain
-    mean_first *= weight
-    mean_second *= other
-    mean_first += mean_second
-    mean_first += deviation
-    return mean_first
+        mean, gain = _contrast_gain(first, second, weight, sigma)
+    # mean + (linear mix - mean) * gain
+    mixed = np.subtract(first, second)
+    mixed *= weight
+    mixed += second
+    mixed -= mean
+    mixed *= gain
+    mixed += mean
+    return mixed
 
 
 def _contrast_gain(
     first: np.ndarray, second: np.ndarray, weight: np.ndarray, sigma: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The local means of both parts and the contrast gain of their mix (see
-    contrast_preserving_mix), in place on a few buffers."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """The local mean of the mix and its contrast gain (see contrast_preserving_mix), in place
+    on a few buffers."""
     other = 1 - weight
     mean_first, mean_second = gaussian_blur(first, sigma), gaussian_blur(second, sigma)
     scratch = np.multiply(first, first)
@@ -194,4 +188,8 @@ def _contrast_gain(
     mixed = np.subtract(wanted, apart, out=var_second)
     gain = np.divide(wanted, mixed, out=wanted)
     np.sqrt(gain, out=gain)
-    return mean_first, mean_second, np.clip(gain, 1, 2, out=gain)
+    np.clip(gain, 1, 2, out=gain)
+    mean_first *= weight
+    mean_second *= other
+    mean_first += mean_second
+    return mean_first, gain
