@@ -34,7 +34,7 @@ from devkit.clips import (
 from models.config import Device, PipelineConfig
 from models.model import StyleMix
 from models.pipeline import Pipeline, build_pipeline
-from models.video import LIVE, FlowEstimator, Stabilizer, StabilizerConfig, grey_uint8
+from models.video import LIVE, FlowEstimator, Stabilizer, StabilizerConfig, Tracking, grey_uint8
 from models.warping import to_image
 
 SHOT_FRAMES = 8
@@ -105,7 +105,7 @@ def main() -> None:
         fresh = run(net, mix, StabilizerConfig(), shots[1].frames)
         fresh_style, _ = mean_ln_losses(net, shots[1], style, fresh)
         cells = []
-        for config in (StabilizerConfig(), StabilizerConfig(cut_share=0)):
+        for config in (StabilizerConfig(), StabilizerConfig(tracking=Tracking(cut_share=0))):
             outputs = run(net, mix, config, frames)[SHOT_FRAMES:]
             style_ln, _ = mean_ln_losses(net, shots[1], style, outputs)
             cells.append((float((outputs - fresh).abs().mean()), style_ln - fresh_style))
@@ -115,7 +115,9 @@ def main() -> None:
             f"{style_on:+13.3f} {style_off:+14.3f}",
             flush=True,
         )
-    print(f"\nreliable share on camera motions (cut_share {StabilizerConfig().cut_share}):")
+    print(
+        f"\nreliable share on camera motions (cut_share {StabilizerConfig().tracking.cut_share}):"
+    )
     for clip in motion_clips(args.size):
         shares = {
             label: min(reliable_shares(config, clip.frames))

@@ -36,7 +36,7 @@ from models.config import Device, ModelName, PipelineConfig
 from models.evaluate import ln_loss, measure
 from models.model import StyleMix
 from models.pipeline import Pipeline, build_pipeline
-from models.video import LIVE, Placement, Stabilizer, StabilizerConfig
+from models.video import LIVE, Placement, Stabilizer, StabilizerConfig, Tracking
 from models.video_metrics import sharpness, warping_error
 
 TARGET_SPEED = 0.5  # stabilised x the network's frame rate, 1280x720
@@ -174,7 +174,7 @@ def main() -> None:
     known = {
         "default": StabilizerConfig(),
         "live": LIVE,
-        "translation": StabilizerConfig(align_similarity=False),
+        "translation": StabilizerConfig(tracking=Tracking(similarity=False)),
     }
     configs = {name: known[name] for name in args.configs.split(",")}
     print(

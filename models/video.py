@@ -10,10 +10,10 @@ measures, both using only the frames seen so far:
    falls on the same points of the stride-8 grid as in the reference, then the output is taken
    back. While the motion is a whole-pixel translation this is an integer shift (reflect
    padding, then a crop): no resampling. Under a sub-pixel translation, a zoom or a rotation
-   the frame is resampled (Lanczos-3) into the reference's grid and the output back, so the
-   scene lies on the reference's grid to a fraction of a pixel; the reference is renewed when
-   its scale or angle drifts too far, since strokes drawn at another scale and magnified back
-   lose sharpness.
+   the frame is resampled (bicubic, through OpenCV) into the reference's grid and the output
+   back, so the scene lies on the reference's grid to a fraction of a pixel; the reference is
+   renewed when its scale or angle drifts too far, since strokes drawn at another scale and
+   magnified back lose sharpness.
 2. Propagation. The previous output, moved along the optical flow (OpenCV's DIS on the input
    frames), is blended into the new stylization where the flow is reliable (forward-backward
    consistent, Sundaram et al. 2010 / Ruder et al. 2016), and the new stylization is taken as
@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import cv2
@@ -81,58 +81,31 @@ SUBPIXEL_TOLERANCE_PX = 0.1
 
 
 @dataclass(frozen=True)
-class StabilizerConfig:
-    enabled: bool = True
+class Tracking:
+    """How the motion is found and the network's grid kept on it."""
+
     # Align the stride-8 grid to the camera's motion (integer shifts of the input, or a
     # resampling under a zoom or a rotation).
     align_grid: bool = True
     # Follow the camera's zoom and rotation too (a similarity), not only its translation.
-    align_similarity: bool = True
-    # Follow the fractional part of the camera's translation too (Lanczos resampling of the
-    # frame into the reference's grid and of the output back), not only whole pixels: a
-    # whole-pixel shift leaves the scene up to 0.5 px off the grid, enough for the strokes to
-    # move, and the propagation then has to average them away (the style loss rises).
-    align_subpixel: bool = True
-    # The reference grid is renewed when the tracked motion passes these: the strokes are drawn
-    # at the reference's scale and angle and turn with the scene, and each renewal draws them
-    # afresh (as much flicker as a frame of per-frame stylization, or a blend of two stroke
-    # patterns). Scale (ln) asymmetric: strokes magnified back lose sharpness and thicken
-    # sooner than minified ones get finer, so a zoom sweeps from minified to magnified.
-    align_magnify_range: float = 0.03
-    align_minify_range: float = 0.1
-    # Angle (radians): strokes of oriented styles (brush strokes) turned by a few degrees change
-    # the style's statistics.
-    align_angle_range: float = 0.05
+    similarity: bool = True
+    # Follow the fractional part of the camera's translation too (resampling of the frame into
+    # the reference's grid and of the output back), not only whole pixels: a whole-pixel shift
+    # leaves the scene up to 0.5 px off the grid, enough for the strokes to move, and the
+    # propagation then has to average them away (the style loss rises).
+    subpixel: bool = True
     # Motions aligned: 1 the dominant one (camera), 2 also a second one (a moving object, for
     # which the frame is stylized a second time on that object's phase).
     motion_layers: int = 2
-    # Weight of the propagated previous output where the flow is reliable (0: per-frame).
-    blend: float = 0.8
-    # Near the frame's border the network sees reflected content and draws other strokes; the
-    # previous output is trusted in proportion to its distance from the border up to this
-    # (px), so those strokes are not carried into the frame as the camera moves (0: off).
-    border_trust_px: int = 32
+    # OpenCV DIS preset: "ultrafast", "fast" or "medium".
+    flow_preset: str = "medium"
+    # The flow is computed on the frames scaled down to this shorter side (px) when they are
+    # larger, and scaled back up (0: at the frame's size).
+    flow_short_side: int = 360
     # Forward-backward check (Sundaram et al.): a pixel is occluded when
     # |f + b|^2 > consistency * (|f|^2 + |b|^2) + consistency_floor (px^2).
     consistency: float = 0.01
     consistency_floor: float = 0.5
-    # Detail kept from the new stylization: the blend acts on the frames' low-pass part
-    # (Gaussian of this sigma, px) and the finer detail comes from the new stylization alone,
-    # so repeated resampling and slightly misaligned strokes cannot wash it out (0: blend all).
-    detail_sigma: float = 1.0
-    # Weight of the propagated previous output in that finer detail (lower than `blend`: each
-    # resampling softens detail, and a short memory keeps it from accumulating).
-    detail_blend: float = 0.15
-    # Two stroke patterns that do not line up lose contrast when mixed (their variances add with
-    # the squared weights): the strokes fade and double, and the style loss rises. The mixed
-    # low-pass band gets back the contrast its parts had, measured in a Gaussian window of this
-    # sigma (px); where the parts agree nothing changes (0: a plain linear mix).
-    contrast_window: float = 3.0
-    # A renewed reference draws the strokes afresh, unrelated to those shown: the new pattern
-    # is propagated alone from then on, and what was shown fades out over these frames (its
-    # share of each, mixed keeping the contrast). Blending it into the new pattern instead
-    # would leave doubled strokes for as many frames as the blend's memory lasts (about ten).
-    renewal_fade: tuple[float, ...] = (0.85, 0.5)
     # A cut: when less than this share of a frame's pixels match the previous frame reliably,
     # a new shot starts and the previous frames are forgotten. Otherwise the old shot's strokes
     # would be blended in wherever the flow matches by chance, and the motion fitted to that
@@ -140,21 +113,69 @@ class StabilizerConfig:
     # above it (benchmarks/bench_video_cuts.py); a false cut costs one frame of flicker
     # (0: never).
     cut_share: float = 0.25
-    # Resampling of the previous output along the flow: "lanczos" (Lanczos-3) keeps strokes
-    # sharper than "bicubic", and far sharper than "bilinear", as it is repeated every frame.
+
+
+@dataclass(frozen=True)
+class Blending:
+    """How the previous output, moved along the flow, is blended into the new stylization."""
+
+    # Weight of the propagated previous output where the flow is reliable (0: per-frame).
+    weight: float = 0.8
+    # Near the frame's border the network sees reflected content and draws other strokes; the
+    # previous output is trusted in proportion to its distance from the border up to this
+    # (px), so those strokes are not carried into the frame as the camera moves (0: off).
+    border_trust_px: int = 32
+    # Detail kept from the new stylization: the blend acts on the frames' low-pass part
+    # (Gaussian of this sigma, px) and the finer detail comes from the new stylization alone,
+    # so repeated resampling and slightly misaligned strokes cannot wash it out (0: blend all).
+    detail_sigma: float = 1.0
+    # Weight of the propagated previous output in that finer detail (lower than `weight`:
+    # each resampling softens detail, and a short memory keeps it from accumulating).
+    detail_weight: float = 0.15
+    # Two stroke patterns that do not line up lose contrast when mixed (their variances add with
+    # the squared weights): the strokes fade and double, and the style loss rises. The mixed
+    # low-pass band gets back the contrast its parts had, measured in a Gaussian window of this
+    # sigma (px); where the parts agree nothing changes (0: a plain linear mix).
+    contrast_window: float = 3.0
+    # Resampling of the previous output along the flow and of the frame into the reference's
+    # grid: "lanczos" (OpenCV's, 4 lobes), "bicubic" or "bilinear".
     resample: str = "bicubic"
-    # OpenCV DIS preset: "ultrafast", "fast" or "medium".
-    flow_preset: str = "medium"
-    # The flow is computed on the frames scaled down to this shorter side (px) when they are
-    # larger, and scaled back up (0: at the frame's size).
-    flow_short_side: int = 360
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """When the reference grid is renewed, and how the strokes shown before fade out."""
+
+    # The reference grid is renewed when the tracked motion passes these: the strokes are drawn
+    # at the reference's scale and angle and turn with the scene, and each renewal draws them
+    # afresh (as much flicker as a frame of per-frame stylization, or a blend of two stroke
+    # patterns). Scale (ln) asymmetric: strokes magnified back lose sharpness and thicken
+    # sooner than minified ones get finer, so a zoom sweeps from minified to magnified.
+    magnify_range: float = 0.03
+    minify_range: float = 0.1
+    # Angle (radians): strokes of oriented styles (brush strokes) turned by a few degrees change
+    # the style's statistics.
+    angle_range: float = 0.05
+    # A renewed reference draws the strokes afresh, unrelated to those shown: the new pattern
+    # is propagated alone from then on, and what was shown fades out over these frames (its
+    # share of each, mixed keeping the contrast). Blending it into the new pattern instead
+    # would leave doubled strokes for as many frames as the blend's memory lasts (about ten).
+    fade: tuple[float, ...] = (0.85, 0.5)
+
+
+@dataclass(frozen=True)
+class StabilizerConfig:
+    enabled: bool = True
+    tracking: Tracking = field(default_factory=Tracking)
+    blending: Blending = field(default_factory=Blending)
+    renewal: Renewal = field(default_factory=Renewal)
 
 
 # The live feed's form: the cheapest flow, one stylization per frame and no resampling of the
-# frame (a zoom's two Lanczos passes cost more than the propagation's), as frames must keep up
-# with the camera.
+# frame (a zoom's two resampling passes cost more than the propagation's), as frames must
+# keep up with the camera.
 LIVE = StabilizerConfig(
-    flow_preset="ultrafast", motion_layers=1, align_similarity=False, align_subpixel=False
+    tracking=Tracking(flow_preset="ultrafast", motion_layers=1, similarity=False, subpixel=False)
 )
 
 _PRESETS = {
@@ -275,13 +296,13 @@ class FlowEstimator:
 
     def __init__(self, config: StabilizerConfig) -> None:
         self.config = config
-        self.dis = cv2.DISOpticalFlow_create(_PRESETS[config.flow_preset])
+        self.dis = cv2.DISOpticalFlow_create(_PRESETS[config.tracking.flow_preset])
 
     def backward(self, current: np.ndarray, previous: np.ndarray) -> Flow:
         """Pixel p of `current` shows what `previous` shows at p + flow(p), reliably where the
         forward flow agrees and the match lies in the frame."""
         height, width = current.shape
-        short = self.config.flow_short_side
+        short = self.config.tracking.flow_short_side
         scale = min(height, width) / short if short and min(height, width) > short else 1.0
         if scale > 1:
             small = (round(width / scale), round(height / scale))
@@ -294,7 +315,10 @@ class FlowEstimator:
         size = _squared_norm(back) + _squared_norm(fwd_at_match)
         fwd_at_match += back
         mismatch = _squared_norm(fwd_at_match)
-        reliable = mismatch <= self.config.consistency * size + self.config.consistency_floor
+        reliable = (
+            mismatch
+            <= self.config.tracking.consistency * size + self.config.tracking.consistency_floor
+        )
         if scale > 1:
             back = cv2.resize(back, (width, height), interpolation=cv2.INTER_LINEAR)
             back *= np.float32(scale)
@@ -375,13 +399,16 @@ class Stabilizer:
         layer, renewed = None, False
         if self.previous_grey is not None:
             flow = self.flow.backward(grey, self.previous_grey)
-            if np.count_nonzero(flow.reliable) < self.config.cut_share * flow.reliable.size:
+            if (
+                np.count_nonzero(flow.reliable)
+                < self.config.tracking.cut_share * flow.reliable.size
+            ):
                 self.reset()  # a new shot, stylized as a first frame
                 flow = None
-            elif self.config.align_grid:
+            elif self.config.tracking.align_grid:
                 layer, renewed = self._track(flow.flow, flow.reliable)
         carried = None
-        if flow is not None and self.stream is not None and self.config.blend > 0:
+        if flow is not None and self.stream is not None and self.config.blending.weight > 0:
             # Moving the previous frames' images along the flow needs no new stylization: it
             # runs beside the network.
             carried = _BESIDE_NETWORK.submit(self._carry, flow, renewed)
@@ -389,17 +416,17 @@ class Stabilizer:
         stream = stylized
         if carried is not None:
             valid, moved = carried.result()
-            if renewed and self.config.renewal_fade:
+            if renewed and self.config.renewal.fade:
                 self.fading, self.fading_weight, self.fade_step = moved.fading, valid, 0
             else:
-                weight = self.config.blend * valid
+                weight = self.config.blending.weight * valid
                 stream = propagate(stylized, moved.stream, moved.stream_smooth, weight, self.config)
                 if self.fading is not None:
                     self.fading, self.fading_weight = moved.fading, moved.fading_weight
                     self.fade_step += 1
         output = stream
-        if self.fading is not None and self.fade_step < len(self.config.renewal_fade):
-            share = self.config.renewal_fade[self.fade_step] * self.fading_weight
+        if self.fading is not None and self.fade_step < len(self.config.renewal.fade):
+            share = self.config.renewal.fade[self.fade_step] * self.fading_weight
             output = np.clip(mix(self.fading, stream, share, self.config), 0, 1)
         else:
             self.fading = self.fading_weight = None
@@ -412,13 +439,13 @@ class Stabilizer:
         less near the border; and the previous frames' images moved along the flow."""
         valid = flow.reliable.astype(np.float32)[..., None]
         size = (valid.shape[0], valid.shape[1])
-        if self.config.border_trust_px > 0:
-            valid *= flow.maps.warp(border_trust(size, self.config.border_trust_px))
-        resample = self.config.resample
-        if renewed and self.config.renewal_fade:
+        if self.config.blending.border_trust_px > 0:
+            valid *= flow.maps.warp(border_trust(size, self.config.blending.border_trust_px))
+        resample = self.config.blending.resample
+        if renewed and self.config.renewal.fade:
             return valid, Carried(fading=flow.maps.warp(self.previous_output, resample))
         stream = flow.maps.warp(self.stream, resample)
-        sigma = self.config.detail_sigma
+        sigma = self.config.blending.detail_sigma
         moved = Carried(stream, gaussian_blur(stream, sigma) if sigma > 0 else stream)
         if self.fading is not None and self.fading_weight is not None:
             moved.fading = flow.maps.warp(self.fading, resample)
@@ -430,7 +457,7 @@ class Stabilizer:
         pixels (H, W) bool, or None when there is no second motion, and whether the reference
         was renewed."""
         size = (flow.shape[0], flow.shape[1])
-        if self.config.align_similarity:
+        if self.config.tracking.similarity:
             motion = fit_similarity(flow, reliable)
             if _corner_shift(motion[:, :2], size) < LINEAR_NOISE_PX:
                 motion = _translation(median_motion(flow, reliable))
@@ -439,7 +466,7 @@ class Stabilizer:
         previous_camera = self.camera
         self.camera = _compose(self.camera, motion)
         renewed = self._renew_reference(size)
-        if self.config.motion_layers < 2:
+        if self.config.tracking.motion_layers < 2:
             return None, renewed
         camera_flow = _affine_flow(motion, size)
         distance = cv2.magnitude(flow[..., 0] - camera_flow[0], flow[..., 1] - camera_flow[1])
@@ -465,8 +492,8 @@ class Stabilizer:
         # ln scale < 0: the frame is shrunk into the reference, the strokes magnified back.
         log_scale = 0.5 * math.log(abs(float(torch.linalg.det(linear))))
         angle = math.atan2(float(linear[1, 0]), float(linear[0, 0]))
-        magnify, minify = self.config.align_magnify_range, self.config.align_minify_range
-        angle_range = self.config.align_angle_range
+        magnify, minify = self.config.renewal.magnify_range, self.config.renewal.minify_range
+        angle_range = self.config.renewal.angle_range
         if -magnify <= log_scale <= minify and abs(angle) <= angle_range:
             return False
         side, other = (magnify, minify) if log_scale < 0 else (minify, magnify)
@@ -485,7 +512,7 @@ class Stabilizer:
         translation, a resampling into the reference's grid otherwise."""
         shift = -_centre_translation(self.camera, size)
         fraction = float((shift - torch.round(shift)).abs().max())
-        whole = not self.config.align_subpixel or fraction < SUBPIXEL_TOLERANCE_PX
+        whole = not self.config.tracking.subpixel or fraction < SUBPIXEL_TOLERANCE_PX
         if whole and _corner_shift(self.camera[:, :2], size) < INTEGER_TOLERANCE_PX:
             return Placement.shift(size, _phase(shift))
         height, width = size
@@ -495,7 +522,7 @@ class Stabilizer:
         )
         footprint = corners @ self.camera.T  # the frame's corners in the reference
         # The canvas's origin on a multiple of the stride (the reference's grid), 3 px around
-        # the frame's footprint for the Lanczos taps of the way back.
+        # the frame's footprint for the resampling taps of the way back.
         low = torch.floor((footprint.min(0).values - 3) / STRIDE) * STRIDE
         high = torch.ceil(footprint.max(0).values + 3)
         canvas = (int(high[1] - low[1]) + 1, int(high[0] - low[0]) + 1)
@@ -510,8 +537,10 @@ class Stabilizer:
         """The frame (H, W, 3) stylized on the aligned grid, as an (H, W, 3) array, and the
         device the network answered on."""
         size = (image.shape[0], image.shape[1])
-        placement = self._placement(size) if self.config.align_grid else Placement.identity(size)
-        resample = self.config.resample
+        placement = (
+            self._placement(size) if self.config.tracking.align_grid else Placement.identity(size)
+        )
+        resample = self.config.blending.resample
         canvas = self.stylize(placement.place_image(image, device, resample), placement)
         stylized = placement.back_image(canvas, resample)
         if layer is None:
@@ -682,11 +711,11 @@ def propagate(
     """The new stylization with the propagated previous output `warped` (its low-pass band
     `warped_smooth`) blended in by `weight` (H, W, 1): on the low-pass band with the weight as
     it is (keeping its contrast), on the finer detail with `detail_blend / blend` of it."""
-    if config.detail_sigma <= 0:
+    if config.blending.detail_sigma <= 0:
         return weight * warped + (1 - weight) * stylized
-    smooth = gaussian_blur(stylized, config.detail_sigma)
+    smooth = gaussian_blur(stylized, config.blending.detail_sigma)
     output = mix(warped_smooth, smooth, weight, config)
-    detail_weight = weight * (config.detail_blend / config.blend)
+    detail_weight = weight * (config.blending.detail_weight / config.blending.weight)
     warped_detail = np.subtract(warped, warped_smooth, out=warped_smooth)
     warped_detail *= detail_weight
     detail = np.subtract(stylized, smooth, out=smooth)
@@ -700,8 +729,8 @@ def mix(
     first: np.ndarray, second: np.ndarray, weight: np.ndarray, config: StabilizerConfig
 ) -> np.ndarray:
     """weight * first + (1 - weight) * second, keeping the contrast (`contrast_window`)."""
-    if config.contrast_window > 0:
-        return contrast_preserving_mix(first, second, weight, config.contrast_window)
+    if config.blending.contrast_window > 0:
+        return contrast_preserving_mix(first, second, weight, config.blending.contrast_window)
     return weight * first + (1 - weight) * second
 
 

@@ -24,9 +24,12 @@ from models.model import Masks, StyleMix
 from models.pipeline import Pipeline, build_pipeline
 from models.video import (
     STRIDE,
+    Blending,
     Placement,
+    Renewal,
     Stabilizer,
     StabilizerConfig,
+    Tracking,
     fit_similarity,
     placed_masks,
 )
@@ -35,6 +38,7 @@ from models.warping import contrast_preserving_mix, gaussian_blur
 
 SIZE = 96
 FRAMES = 8
+NO_BLEND = Blending(weight=0)  # no propagation: the aligned stylizations alone
 
 
 def texture(size: int, seed: int) -> Tensor:
@@ -201,11 +205,9 @@ def test_similarity_alignment_keeps_the_grid_on_a_zooming_or_turning_scene(motio
     errors = {}
     for similarity_on in (False, True):
         config = StabilizerConfig(
-            blend=0,
-            align_similarity=similarity_on,
-            align_magnify_range=1,
-            align_minify_range=1,
-            align_angle_range=1,
+            tracking=Tracking(similarity=similarity_on),
+            blending=NO_BLEND,
+            renewal=Renewal(magnify_range=1, minify_range=1, angle_range=1),
         )
         outputs = run(Stabilizer(block_network, config), clip.frames)
         errors[similarity_on] = warping_error(outputs, clip.flows, clip.valid)
@@ -218,7 +220,7 @@ def test_subpixel_alignment_keeps_the_grid_on_a_slow_pan() -> None:
     clip = render(texture(2 * SIZE, seed=3), pan((0.75, 0.4), (8.0, 8.0)), FRAMES, (SIZE, SIZE))
     errors = {}
     for subpixel in (False, True):
-        config = StabilizerConfig(blend=0, align_subpixel=subpixel)
+        config = StabilizerConfig(tracking=Tracking(subpixel=subpixel), blending=NO_BLEND)
         outputs = run(Stabilizer(block_network, config), clip.frames)
         errors[subpixel] = warping_error(outputs, clip.flows, clip.valid)
     assert errors[True] < 0.6 * errors[False], errors
@@ -236,7 +238,9 @@ def test_the_border_is_not_carried_into_the_frame() -> None:
     clip = render(texture(2 * SIZE, seed=3), pan((-3.0, 0.0), (40.0, 8.0)), FRAMES, (SIZE, SIZE))
     inside = {}
     for reach in (0, 32):
-        config = StabilizerConfig(border_trust_px=reach, align_grid=False)
+        config = StabilizerConfig(
+            tracking=Tracking(align_grid=False), blending=Blending(border_trust_px=reach)
+        )
         outputs = run(Stabilizer(marking, config), clip.frames)
         inside[reach] = (outputs - clip.frames).abs()[..., 8:24].mean().item()
     assert inside[32] < 0.5 * inside[0], inside
@@ -253,7 +257,9 @@ def test_the_reference_is_renewed_on_the_mirrored_side_of_the_scale_range(rate: 
         2 * FRAMES,
         (SIZE, SIZE),
     )
-    config = StabilizerConfig(blend=0, align_magnify_range=0.02, align_minify_range=0.04)
+    config = StabilizerConfig(
+        blending=NO_BLEND, renewal=Renewal(magnify_range=0.02, minify_range=0.04)
+    )
     stabilizer = Stabilizer(block_network, config)
     log_scales = []
     for frame in clip.frames:
@@ -270,7 +276,9 @@ def test_the_reference_is_renewed_within_the_angle_range() -> None:
         2 * FRAMES,
         (SIZE, SIZE),
     )
-    stabilizer = Stabilizer(block_network, StabilizerConfig(blend=0, align_angle_range=0.04))
+    stabilizer = Stabilizer(
+        block_network, StabilizerConfig(blending=NO_BLEND, renewal=Renewal(angle_range=0.04))
+    )
     angles = []
     for frame in clip.frames:
         stabilizer(frame[None])
@@ -289,7 +297,7 @@ def test_a_renewal_fades_the_old_strokes_out_and_resumes_mid_fade() -> None:
         FRAMES,
         (SIZE, SIZE),
     )
-    config = StabilizerConfig(align_magnify_range=0.02, align_minify_range=0.02)
+    config = StabilizerConfig(renewal=Renewal(magnify_range=0.02, minify_range=0.02))
     straight = Stabilizer(block_network, config)
     fading_at = []
     expected = []
@@ -300,8 +308,8 @@ def test_a_renewal_fades_the_old_strokes_out_and_resumes_mid_fade() -> None:
             assert not np.array_equal(straight.previous_output, straight.stream)
         else:
             assert np.array_equal(straight.previous_output, straight.stream)
-    # Every fade lasts as many frames as renewal_fade has shares.
-    assert len(fading_at) >= 2 and len(fading_at) % len(config.renewal_fade) == 0, fading_at
+    # Every fade lasts as many frames as renewal.fade has shares.
+    assert len(fading_at) >= 2 and len(fading_at) % len(config.renewal.fade) == 0, fading_at
     middle = fading_at[0] + 1
     first = Stabilizer(block_network, config)
     run(first, clip.frames[:middle])
@@ -324,7 +332,9 @@ def test_a_cut_starts_the_new_shot_afresh() -> None:
     outputs = run(detected, frames)
     assert detected.frames == FRAMES  # the second shot's frames, none of the first's
     torch.testing.assert_close(outputs[FRAMES:], fresh, rtol=0, atol=1e-6)
-    undetected = run(Stabilizer(block_network, StabilizerConfig(cut_share=0)), frames)
+    undetected = run(
+        Stabilizer(block_network, StabilizerConfig(tracking=Tracking(cut_share=0))), frames
+    )
     assert (undetected[FRAMES:] - fresh).abs().mean() > 0.01
     panning = Stabilizer(block_network)
     run(panning, first.frames)
@@ -378,7 +388,8 @@ def test_a_static_mask_stays_on_the_frames_pixels(motion, binary: bool) -> None:
     left[:, :40] = 1
     masks = Masks(torch.stack([left, 1 - left]), binary=binary)
     stabilizer = Stabilizer(
-        lambda canvas, placement: mask_network(canvas, placement, masks), StabilizerConfig(blend=0)
+        lambda canvas, placement: mask_network(canvas, placement, masks),
+        StabilizerConfig(blending=NO_BLEND),
     )
     for frame in clip.frames:
         drawn = stabilizer(frame[None])[0, 0]
