@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import cv2
@@ -63,6 +63,10 @@ STRIDE = 8  # the networks' total stride: 3 pools in the encoder, 3 upsamplings 
 # motion, covering at least this share of the frame.
 SECOND_LAYER_APART = 1.0
 SECOND_LAYER_SHARE = 0.02
+# Flow departing from every aligned motion by this much (px per frame) starts to count as a
+# deforming scene, fully from NONRIGID_FULL_PX on (DIS's noise on rigid motion stays below).
+NONRIGID_FROM_PX = 0.3
+NONRIGID_FULL_PX = 1.0
 # The camera's motion is fitted to about this many pixels of the flow (every k-th row and
 # column, k at least 4), its median translation to about MEDIAN_SAMPLES: more only costs time.
 SIMILARITY_SAMPLES = 8192
@@ -97,6 +101,9 @@ class Tracking:
     # Motions aligned: 1 the dominant one (camera), 2 also a second one (a moving object, for
     # which the frame is stylized a second time on that object's phase).
     motion_layers: int = 2
+    # Resampling of the frame into the reference's grid and of the output back (once per
+    # frame, not repeated): "lanczos" keeps the strokes sharper than "bicubic" ("bilinear").
+    resample: str = "lanczos"
     # OpenCV DIS preset: "ultrafast", "fast" or "medium".
     flow_preset: str = "medium"
     # The flow is computed on the frames scaled down to this shorter side (px) when they are
@@ -132,14 +139,20 @@ class Blending:
     # Weight of the propagated previous output in that finer detail (lower than `weight`:
     # each resampling softens detail, and a short memory keeps it from accumulating).
     detail_weight: float = 0.15
+    # The same where the scene deforms (the flow departs from every aligned motion by
+    # NONRIGID_FULL_PX or more): there the new stylization draws its strokes elsewhere each
+    # frame; a higher weight carries them along the flow instead (less flicker, but each
+    # resampling softens them and the style loss rises: benchmarks/bench_video_stability.py).
+    nonrigid_detail_weight: float = 0.15
     # Two stroke patterns that do not line up lose contrast when mixed (their variances add with
     # the squared weights): the strokes fade and double, and the style loss rises. The mixed
     # low-pass band gets back the contrast its parts had, measured in a Gaussian window of this
     # sigma (px); where the parts agree nothing changes (0: a plain linear mix).
     contrast_window: float = 3.0
-    # Resampling of the previous output along the flow and of the frame into the reference's
-    # grid: "lanczos" (OpenCV's, 4 lobes), "bicubic" or "bilinear".
-    resample: str = "bicubic"
+    # Resampling of the previous output along the flow, repeated every frame: "lanczos"
+    # (OpenCV's, 4 lobes) keeps strokes sharper than "bicubic", and far sharper than
+    # "bilinear".
+    resample: str = "lanczos"
 
 
 @dataclass(frozen=True)
@@ -171,11 +184,44 @@ class StabilizerConfig:
     renewal: Renewal = field(default_factory=Renewal)
 
 
+# `with_strength`: the blending at strength 1 (the most stable), and the strength the
+# defaults stand for.
+STRONGEST = Blending(weight=0.9, detail_weight=0.3, nonrigid_detail_weight=0.8)
+DEFAULT_STRENGTH = 0.5
+
+
+def with_strength(config: StabilizerConfig, strength: float) -> StabilizerConfig:
+    """`config` at a user's flicker/detail trade-off (Reimann et al. 2023): 0 per-frame
+    stylization, DEFAULT_STRENGTH the config's own blending, 1 STRONGEST's; the weights are
+    interpolated linearly in between, the tracking kept."""
+    if not 0 <= strength <= 1:
+        raise ValueError(f"strength must lie in [0, 1], got {strength}")
+    if strength == 0:
+        return replace(config, enabled=False)
+    blending = config.blending
+    if strength <= DEFAULT_STRENGTH:
+        share, low, high = (
+            strength / DEFAULT_STRENGTH,
+            Blending(weight=0, detail_weight=0, nonrigid_detail_weight=0),
+            blending,
+        )
+    else:
+        share = (strength - DEFAULT_STRENGTH) / (1 - DEFAULT_STRENGTH)
+        low, high = blending, STRONGEST
+
+    def between(name: str) -> float:
+        return (1 - share) * getattr(low, name) + share * getattr(high, name)
+
+    weights = ("weight", "detail_weight", "nonrigid_detail_weight")
+    return replace(config, blending=replace(blending, **{name: between(name) for name in weights}))
+
+
 # The live feed's form: the cheapest flow, one stylization per frame and no resampling of the
 # frame (a zoom's two resampling passes cost more than the propagation's), as frames must
 # keep up with the camera.
 LIVE = StabilizerConfig(
-    tracking=Tracking(flow_preset="ultrafast", motion_layers=1, similarity=False, subpixel=False)
+    tracking=Tracking(flow_preset="ultrafast", motion_layers=1, similarity=False, subpixel=False),
+    blending=Blending(resample="bicubic"),
 )
 
 _PRESETS = {
@@ -396,7 +442,7 @@ class Stabilizer:
         if self.previous_grey is not None and self.previous_grey.shape != grey.shape:
             self.reset()  # a new size is a new clip
         flow: Flow | None = None
-        layer, renewed = None, False
+        layer, renewed, residual = None, False, None
         if self.previous_grey is not None:
             flow = self.flow.backward(grey, self.previous_grey)
             if (
@@ -406,7 +452,7 @@ class Stabilizer:
                 self.reset()  # a new shot, stylized as a first frame
                 flow = None
             elif self.config.tracking.align_grid:
-                layer, renewed = self._track(flow.flow, flow.reliable)
+                layer, renewed, residual = self._track(flow.flow, flow.reliable)
         carried = None
         if flow is not None and self.stream is not None and self.config.blending.weight > 0:
             # Moving the previous frames' images along the flow needs no new stylization: it
@@ -420,7 +466,10 @@ class Stabilizer:
                 self.fading, self.fading_weight, self.fade_step = moved.fading, valid, 0
             else:
                 weight = self.config.blending.weight * valid
-                stream = propagate(stylized, moved.stream, moved.stream_smooth, weight, self.config)
+                detail = valid * self._detail_share(residual)
+                stream = propagate(
+                    stylized, moved.stream, moved.stream_smooth, weight, detail, self.config
+                )
                 if self.fading is not None:
                     self.fading, self.fading_weight = moved.fading, moved.fading_weight
                     self.fade_step += 1
@@ -452,10 +501,25 @@ class Stabilizer:
             moved.fading_weight = flow.maps.warp(self.fading_weight) * valid
         return valid, moved
 
-    def _track(self, flow: np.ndarray, reliable: np.ndarray) -> tuple[np.ndarray | None, bool]:
+    def _detail_share(self, residual: np.ndarray | None) -> np.ndarray | float:
+        """The propagated output's share of the fine detail: `detail_weight` where the aligned
+        motions explain the flow, rising to `nonrigid_detail_weight` where the scene deforms
+        (`residual` (H, W): px per frame the flow departs from them; None: not tracked)."""
+        blending = self.config.blending
+        if residual is None or blending.nonrigid_detail_weight == blending.detail_weight:
+            return blending.detail_weight
+        deforming = np.clip(
+            (residual - NONRIGID_FROM_PX) / (NONRIGID_FULL_PX - NONRIGID_FROM_PX), 0, 1
+        )
+        rise = blending.nonrigid_detail_weight - blending.detail_weight
+        return (blending.detail_weight + rise * deforming)[..., None]
+
+    def _track(
+        self, flow: np.ndarray, reliable: np.ndarray
+    ) -> tuple[np.ndarray | None, bool, np.ndarray]:
         """Follow the camera and, with two layers, a second motion; returns the second layer's
-        pixels (H, W) bool, or None when there is no second motion, and whether the reference
-        was renewed."""
+        pixels (H, W) bool, or None when there is no second motion, whether the reference
+        was renewed, and how far (px, (H, W)) the flow is from the nearest aligned motion."""
         size = (flow.shape[0], flow.shape[1])
         if self.config.tracking.similarity:
             motion = fit_similarity(flow, reliable)
@@ -466,14 +530,14 @@ class Stabilizer:
         previous_camera = self.camera
         self.camera = _compose(self.camera, motion)
         renewed = self._renew_reference(size)
-        if self.config.tracking.motion_layers < 2:
-            return None, renewed
         camera_flow = _affine_flow(motion, size)
         distance = cv2.magnitude(flow[..., 0] - camera_flow[0], flow[..., 1] - camera_flow[1])
+        if self.config.tracking.motion_layers < 2:
+            return None, renewed, distance
         apart = reliable & (distance > SECOND_LAYER_APART)
         if np.count_nonzero(apart) < SECOND_LAYER_SHARE * apart.size:
             self.second_layer = False
-            return None, renewed
+            return None, renewed, distance
         second = median_motion(flow, apart)
         if not self.second_layer:  # a new layer starts on the phase the frame had there
             self.layer_displacement = -_centre_translation(previous_camera, size)
@@ -481,7 +545,7 @@ class Stabilizer:
         self.layer_displacement -= second
         dx, dy = second.tolist()
         closer = cv2.magnitude(flow[..., 0] - np.float32(dx), flow[..., 1] - np.float32(dy))
-        return (closer < distance) & reliable, renewed
+        return (closer < distance) & reliable, renewed, np.minimum(closer, distance)
 
     def _renew_reference(self, size: tuple[int, int]) -> bool:
         """Past the scale or angle range the reference is renewed on the mirrored side (the
@@ -540,7 +604,7 @@ class Stabilizer:
         placement = (
             self._placement(size) if self.config.tracking.align_grid else Placement.identity(size)
         )
-        resample = self.config.blending.resample
+        resample = self.config.tracking.resample
         canvas = self.stylize(placement.place_image(image, device, resample), placement)
         stylized = placement.back_image(canvas, resample)
         if layer is None:
@@ -706,16 +770,16 @@ def propagate(
     warped: np.ndarray,
     warped_smooth: np.ndarray,
     weight: np.ndarray,
+    detail_weight: np.ndarray,
     config: StabilizerConfig,
 ) -> np.ndarray:
     """The new stylization with the propagated previous output `warped` (its low-pass band
-    `warped_smooth`) blended in by `weight` (H, W, 1): on the low-pass band with the weight as
-    it is (keeping its contrast), on the finer detail with `detail_blend / blend` of it."""
+    `warped_smooth`) blended in: on the low-pass band by `weight` (H, W, 1), keeping its
+    contrast, on the finer detail by `detail_weight` (H, W, 1)."""
     if config.blending.detail_sigma <= 0:
         return weight * warped + (1 - weight) * stylized
     smooth = gaussian_blur(stylized, config.blending.detail_sigma)
     output = mix(warped_smooth, smooth, weight, config)
-    detail_weight = weight * (config.blending.detail_weight / config.blending.weight)
     warped_detail = np.subtract(warped, warped_smooth, out=warped_smooth)
     warped_detail *= detail_weight
     detail = np.subtract(stylized, smooth, out=smooth)

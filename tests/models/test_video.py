@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from devkit.clips import Clip, moving_disc, pan, render, rotate, zoom
+from devkit.clips import Clip, Deforming, moving_disc, pan, render, rotate, zoom
 from models.config import Device, PipelineConfig, Precision
 from models.model import Masks, StyleMix
 from models.pipeline import Pipeline, build_pipeline
@@ -32,6 +32,7 @@ from models.video import (
     Tracking,
     fit_similarity,
     placed_masks,
+    with_strength,
 )
 from models.video_metrics import sharpness, warping_error
 from models.warping import contrast_preserving_mix, gaussian_blur
@@ -105,6 +106,32 @@ def test_stabilised_frames_flicker_far_less_and_stay_sharp(stylize, clip, per_fr
     )
     assert ratio < 0.5, ratio
     assert sharpness(stabilised) > 0.85 * sharpness(per_frame)
+
+
+def test_a_deforming_scene_flickers_less_and_more_so_at_full_strength(stylize) -> None:
+    # Non-rigid motion (a smooth displacement field changing every frame over a slow pan): the
+    # rigid grid alignment cannot follow it, the propagation along the dense flow must still
+    # remove a good part of the flicker, and the strongest setting more of it.
+    motion = Deforming(SIZE, 2.5, 0.8, (0.5, 0.25), (8.0, 8.0), seed=1)
+    clip = render(texture(2 * SIZE, seed=3), motion, FRAMES, (SIZE, SIZE))
+    with torch.inference_mode():
+        per_frame = torch.cat([stylize(frame[None], None) for frame in clip.frames])
+    base = warping_error(per_frame, clip.flows, clip.valid)
+    default = warping_error(run(Stabilizer(stylize), clip.frames), clip.flows, clip.valid)
+    strongest = Stabilizer(stylize, with_strength(StabilizerConfig(), 1.0))
+    strong = warping_error(run(strongest, clip.frames), clip.flows, clip.valid)
+    assert default < 0.75 * base, (default, base)
+    assert strong < 0.9 * default, (strong, default)
+
+
+def test_the_strength_spans_per_frame_to_the_strongest() -> None:
+    config = StabilizerConfig()
+    assert not with_strength(config, 0).enabled
+    assert with_strength(config, 0.5) == config
+    weights = [with_strength(config, s).blending.weight for s in (0.25, 0.5, 0.75, 1.0)]
+    assert weights == sorted(weights) and weights[0] < config.blending.weight < weights[-1]
+    with pytest.raises(ValueError):
+        with_strength(config, 1.5)
 
 
 def test_disabled_is_per_frame_exactly(stylize, clip, per_frame) -> None:
