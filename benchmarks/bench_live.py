@@ -1,6 +1,9 @@
 """The live feed (WebSocket /live) on a real uvicorn with the embedded default at the service's
 precision, against the bare networks in this process in the same run:
 
+0. the stabiliser's cost: closed loop at the first size with and without `stabilize`, for each
+   model (full and lite), beside that model's bare networks (issue 31: stabilised >= 0.8x
+   unstabilised);
 1. closed loop (the client sends the next frame when the previous one is back) at 256, 384 and
    512 px: frames/s and latency p50 / p95 beside the bare encoder + decoder rate;
 2. the client sending at twice the closed-loop rate: latency p95 and frames dropped (not queued);
@@ -11,6 +14,7 @@ precision, against the bare networks in this process in the same run:
 Rounds alternate the bare network and the stream, so the machine's noise hits both alike.
 
     nice -n 19 python3 -m benchmarks.bench_live [--sizes 256 384 512] [--frames 24] [--rounds 2]
+        [--models full lite] [--cost-only]
 """
 
 from __future__ import annotations
@@ -34,14 +38,15 @@ from devkit import clips
 from devkit.images import encode
 from devkit.live import LiveStream, live_connection, live_stream
 from devkit.server import running_server
-from models.acceleration import pick_dtype
+from models.config import Device, ModelName, PipelineConfig
 from models.images import to_pil
 from models.model import StyleMix
+from models.pipeline import Pipeline, build_pipeline
 from models.video_metrics import sharpness, warping_error
-from models.weights import load_model
 from service.engine import cpu_threads
 
 TARGET_CLOSED_LOOP = 0.70  # x the bare network's frame rate, at 256 px
+TARGET_STABILISER = 0.80  # stabilised x unstabilised closed-loop frame rate, at 256 px
 TARGET_P95 = 3.0  # x the closed-loop time per frame, under twice that send rate
 TARGET_WARPING = 0.50  # stabilised / unstabilised
 TARGET_SHARPNESS = 0.85
@@ -80,13 +85,13 @@ def camera_clip(size: int, frames: int) -> list[bytes]:
 class Bare:
     """The networks alone in this process: encoder, AdaIN, decoder on a prepared tensor."""
 
-    net: torch.nn.Module
+    net: Pipeline
     mix: StyleMix
 
     @classmethod
-    def load(cls, style: Path) -> Bare:
+    def load(cls, style: Path, model: str = "full") -> Bare:
         torch.set_num_threads(cpu_threads())
-        net = load_model(None, None, "cpu", pick_dtype("auto", "cpu"))
+        net = build_pipeline(PipelineConfig(Device.cpu, model=ModelName(model)))
         with torch.inference_mode():
             mean, std = net.style_statistics(clips.load_photo(style, 512)[None])
         return cls(net, StyleMix(mean, std, torch.ones(1)))
@@ -191,6 +196,40 @@ def stabilisation(url: str, style_id: str, size: int, frames: int) -> dict[str, 
     return totals
 
 
+def stabiliser_cost(
+    url: str, style_id: str, bare: Bare, model: str, size: int, frames: list[bytes], rounds: int
+) -> float:
+    """Closed-loop frames/s with and without the stabiliser (rounds alternating with the bare
+    networks); prints them and returns stabilised / unstabilised."""
+    seconds: dict[str, list[float]] = {"bare": [], "off": [], "on": []}
+    split: list[dict[str, object]] = []
+    for _ in range(rounds):
+        seconds["bare"].append(bare.seconds_per_frame(size, max(4, len(frames) // 3)))
+        for stabilize in (False, True):
+            settings = {
+                "style_id": style_id,
+                "size": size,
+                "quality": QUALITY,
+                "model": model,
+                "stabilize": stabilize,
+            }
+            with live_stream(url, settings) as stream:
+                took, _, headers = closed_loop(stream, frames)
+            seconds["on" if stabilize else "off"].append(took)
+            if stabilize:
+                split += headers
+    fps = {name: 1 / statistics.median(values) for name, values in seconds.items()}
+    ratio = fps["on"] / fps["off"]
+    print(
+        f"{model} {size} px closed loop, median of {rounds}: bare networks {fps['bare']:.1f} "
+        f"frames/s, live unstabilised {fps['off']:.1f}, stabilised {fps['on']:.1f} -> "
+        f"{ratio:.2f}x unstabilised (target >= {TARGET_STABILISER}); stabilised server "
+        f"{server_split(split)}",
+        flush=True,
+    )
+    return ratio
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 384, 512])
@@ -198,6 +237,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--clip-frames", type=int, default=16, help="frames per known-motion clip")
     parser.add_argument("--skip-stability", action="store_true")
+    parser.add_argument("--models", nargs="+", default=["full", "lite"], choices=["full", "lite"])
+    parser.add_argument(
+        "--cost-only", action="store_true", help="only the stabiliser's cost (section 0)"
+    )
     args = parser.parse_args()
     print(machine(), flush=True)
     style = clips.style_images()[3]
@@ -216,6 +259,15 @@ def main() -> None:
         )
         registered.raise_for_status()
         style_id = registered.json()["id"]
+        cost: dict[str, float] = {}
+        cost_frames = camera_clip(args.sizes[0], args.frames)
+        for model in args.models:
+            model_bare = bare if model == "full" else Bare.load(style, model)
+            cost[model] = stabiliser_cost(
+                server.url, style_id, model_bare, model, args.sizes[0], cost_frames, args.rounds
+            )
+        if args.cost_only:
+            return
         per_frame: dict[int, float] = {}
         ratios: dict[int, float] = {}
         for size in args.sizes:
@@ -277,6 +329,11 @@ def main() -> None:
             )
 
     print("targets:")
+    for model, ratio in cost.items():
+        print(
+            f"  {model}: stabilised {ratio:.2f}x unstabilised (>= {TARGET_STABILISER}): "
+            f"{'met' if ratio >= TARGET_STABILISER else 'NOT met'}"
+        )
     first = ratios[args.sizes[0]]
     print(
         f"  closed loop {args.sizes[0]} px {first:.2f}x bare (>= {TARGET_CLOSED_LOOP}): "

@@ -34,7 +34,8 @@ from devkit.clips import (
 from models.config import Device, PipelineConfig
 from models.model import StyleMix
 from models.pipeline import Pipeline, build_pipeline
-from models.video import LIVE, FlowEstimator, Stabilizer, StabilizerConfig, grey_uint8
+from models.video import LIVE, FlowEstimator, Stabilizer, StabilizerConfig, Tracking, grey_uint8
+from models.warping import to_image
 
 SHOT_FRAMES = 8
 # Content photo indices of the two shots, in the dataset's sorted order.
@@ -44,9 +45,9 @@ PAIRS = ((3, 17), (42, 100), (5, 6), (200, 300), (7, 400), (60, 61), (250, 500),
 def reliable_shares(config: StabilizerConfig, frames: Tensor) -> list[float]:
     """The share of each frame's pixels that match the previous frame reliably."""
     flow = FlowEstimator(config)
-    greys = [grey_uint8(frame[None]) for frame in frames]
+    greys = [grey_uint8(to_image(frame[None])) for frame in frames]
     return [
-        float(flow.backward(current, previous)[1].float().mean())
+        float(flow.backward(current, previous).reliable.mean())
         for previous, current in pairwise(greys)
     ]
 
@@ -104,7 +105,7 @@ def main() -> None:
         fresh = run(net, mix, StabilizerConfig(), shots[1].frames)
         fresh_style, _ = mean_ln_losses(net, shots[1], style, fresh)
         cells = []
-        for config in (StabilizerConfig(), StabilizerConfig(cut_share=0)):
+        for config in (StabilizerConfig(), StabilizerConfig(tracking=Tracking(cut_share=0))):
             outputs = run(net, mix, config, frames)[SHOT_FRAMES:]
             style_ln, _ = mean_ln_losses(net, shots[1], style, outputs)
             cells.append((float((outputs - fresh).abs().mean()), style_ln - fresh_style))
@@ -114,7 +115,9 @@ def main() -> None:
             f"{style_on:+13.3f} {style_off:+14.3f}",
             flush=True,
         )
-    print(f"\nreliable share on camera motions (cut_share {StabilizerConfig().cut_share}):")
+    print(
+        f"\nreliable share on camera motions (cut_share {StabilizerConfig().tracking.cut_share}):"
+    )
     for clip in motion_clips(args.size):
         shares = {
             label: min(reliable_shares(config, clip.frames))

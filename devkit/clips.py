@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -146,10 +147,12 @@ def _prepared_source(photo: Tensor, height: int, width: int) -> tuple[Tensor, fl
 def _flow(
     motion: Motion, t: int, pix_x: Tensor, pix_y: Tensor, height: int, width: int
 ) -> tuple[Tensor, Tensor]:
-    """Backward flow of frame t + 1 into frame t under `motion` (an invertible affine map per
-    frame, inverted numerically from three points), and whether the match lies inside frame t."""
+    """Backward flow of frame t + 1 into frame t under `motion` (a `Deforming` one, or an
+    invertible affine map per frame, inverted numerically from three points), and whether the
+    match lies inside frame t."""
     wx, wy = motion(t + 1, pix_x, pix_y)
-    inverse = _affine_inverse(motion, t)
+    inverse = partial(motion.inverse, t) if isinstance(motion, Deforming) else None
+    inverse = inverse or _affine_inverse(motion, t)
     px, py = inverse(wx, wy)
     inside = (px >= 0) & (px <= width - 1) & (py >= 0) & (py <= height - 1)
     return torch.stack([px - pix_x, py - pix_y]), inside
@@ -240,6 +243,84 @@ def moving_disc(start: tuple[float, float], velocity: tuple[float, float]) -> Mo
     return motion
 
 
+class Deforming:
+    """Non-rigid motion: a slow pan plus a smooth random displacement field that changes over
+    time (water, foliage, cloth), frame pixel p -> world point p + start + velocity * t + D_t(p).
+    D_t is a sum of `modes` plane waves per axis, wavelengths 0.3 to 0.8 of `size`, each
+    drifting in phase by up to `rate` radians per frame, scaled so that |D_t| <= `amplitude`
+    px: frame to frame the scene moves up to about amplitude * rate px besides the pan. The
+    steepest wave keeps the map invertible (|grad D| < 1), so the true flow is found by
+    fixed-point iteration and a pixel is occluded only when it leaves the frame."""
+
+    def __init__(
+        self,
+        size: int,
+        amplitude: float,
+        rate: float,
+        velocity: tuple[float, float] = (0.0, 0.0),
+        start: tuple[float, float] = (0.0, 0.0),
+        seed: int = 0,
+        modes: int = 4,
+    ) -> None:
+        generator = torch.Generator().manual_seed(seed)
+
+        def uniform(low: float, high: float) -> Tensor:
+            return low + (high - low) * torch.rand(2, modes, generator=generator)
+
+        angle = uniform(0, 2 * math.pi)
+        wavenumber = 2 * math.pi / (size * uniform(0.3, 0.8))
+        self.kx, self.ky = wavenumber * torch.cos(angle), wavenumber * torch.sin(angle)
+        self.speed = rate * uniform(0.5, 1.0) * torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
+        self.phase = uniform(0, 2 * math.pi)
+        weights = uniform(0.5, 1.0)
+        self.weights = amplitude * weights / weights.sum(dim=1, keepdim=True)  # |D| <= amplitude
+        self.velocity, self.start = velocity, start
+
+    def displacement(self, t: int, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """D_t at frame points (x, y): (dx, dy), each shaped like x."""
+        shift = []
+        for axis in range(2):
+            total = torch.zeros_like(x, dtype=torch.float32)
+            for mode in range(self.weights.shape[1]):
+                argument = (
+                    self.kx[axis, mode] * x
+                    + self.ky[axis, mode] * y
+                    + self.speed[axis, mode] * t
+                    + self.phase[axis, mode]
+                )
+                total = total + self.weights[axis, mode] * torch.sin(argument)
+            shift.append(total)
+        return shift[0], shift[1]
+
+    def __call__(self, t: int, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        dx, dy = self.displacement(t, x, y)
+        return (
+            x + self.start[0] + self.velocity[0] * t + dx,
+            y + self.start[1] + self.velocity[1] * t + dy,
+        )
+
+    def inverse(self, t: int, world_x: Tensor, world_y: Tensor) -> tuple[Tensor, Tensor]:
+        """The frame points of frame t that show the world points (x, y)."""
+        base_x = world_x - self.start[0] - self.velocity[0] * t
+        base_y = world_y - self.start[1] - self.velocity[1] * t
+        x, y = base_x, base_y
+        for _ in range(40):  # a contraction by |grad D| < 0.5: far below 1e-6 px
+            dx, dy = self.displacement(t, x, y)
+            x, y = base_x - dx, base_y - dy
+        return x, y
+
+
+def pan_and_back(velocity: tuple[float, float], turn: int, start: tuple[float, float]) -> Motion:
+    """The camera pans `velocity` px per frame until frame `turn`, then back: frame 2 * turn
+    shows exactly what frame 0 did."""
+
+    def motion(t: int, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        steps = min(t, 2 * turn - t)
+        return x + start[0] + velocity[0] * steps, y + start[1] + velocity[1] * steps
+
+    return motion
+
+
 # --- the standard set ------------------------------------------------------------------------
 
 
@@ -250,10 +331,14 @@ def standard_clips(
     names: Sequence[str] = (),
 ) -> list[Clip]:
     """Sub-pixel pans (slow, diagonal, the issue's 3 px), a zoom in, a zoom out, a rotation, a
-    disc moving over a slowly panning photo and one over a still photo (occlusions), at size x
-    size px, from the dataset's content photos; `names`: only those (in that order)."""
+    disc moving over a slowly panning photo and one over a still photo (occlusions), non-rigid
+    motion (`Deforming`: 2 and 3 px over slow pans, and under a moving disc), and a pan that
+    returns to its first frame, at size x size px, from the dataset's content photos; `names`:
+    only those (in that order)."""
     paths = photos or content_photos()
-    first, second, third = (load_photo(paths[i % len(paths)], 2 * size) for i in (3, 17, 42))
+    first, second, third, fourth = (
+        load_photo(paths[i % len(paths)], 2 * size) for i in (3, 17, 42, 64)
+    )
     offset = (0.1 * size, 0.1 * size)
     centre = ((size - 1) / 2, (size - 1) / 2)
     shape = (size, size)
@@ -291,6 +376,27 @@ def standard_clips(
             shape,
             name=n,
             layer=(second, moving_disc((0.25 * size, 0.3 * size), (3.0, 1.5)), 0.2 * size),
+        ),
+        "deform_2px": lambda n: render(
+            fourth, Deforming(size, 2.5, 0.8, (0.5, 0.25), offset, seed=1), frames, shape, name=n
+        ),
+        "deform_3px": lambda n: render(
+            third, Deforming(size, 3.5, 0.85, (1.0, 0.0), offset, seed=2), frames, shape, name=n
+        ),
+        "deform_under_disc": lambda n: render(
+            first,
+            Deforming(size, 2.5, 0.8, (0.25, 0.5), offset, seed=3),
+            frames,
+            shape,
+            name=n,
+            layer=(fourth, moving_disc((0.3 * size, 0.3 * size), (2.0, 1.5)), 0.2 * size),
+        ),
+        "pan_returns": lambda n: render(  # an odd count: the last frame is the first
+            second,
+            pan_and_back((1.5, 0.75), (frames - 1) // 2, offset),
+            (frames - 1) // 2 * 2 + 1,
+            shape,
+            name=n,
         ),
     }
     return [makers[name](name) for name in (names or makers)]

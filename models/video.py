@@ -10,10 +10,10 @@ measures, both using only the frames seen so far:
    falls on the same points of the stride-8 grid as in the reference, then the output is taken
    back. While the motion is a whole-pixel translation this is an integer shift (reflect
    padding, then a crop): no resampling. Under a sub-pixel translation, a zoom or a rotation
-   the frame is resampled (Lanczos-3) into the reference's grid and the output back, so the
-   scene lies on the reference's grid to a fraction of a pixel; the reference is renewed when
-   its scale or angle drifts too far, since strokes drawn at another scale and magnified back
-   lose sharpness.
+   the frame is resampled (bicubic, through OpenCV) into the reference's grid and the output
+   back, so the scene lies on the reference's grid to a fraction of a pixel; the reference is
+   renewed when its scale or angle drifts too far, since strokes drawn at another scale and
+   magnified back lose sharpness.
 2. Propagation. The previous output, moved along the optical flow (OpenCV's DIS on the input
    frames), is blended into the new stylization where the flow is reliable (forward-backward
    consistent, Sundaram et al. 2010 / Ruder et al. 2016), and the new stylization is taken as
@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -44,7 +46,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models.model import Masks
-from models.video_metrics import backward_warp, lanczos_sample, lanczos_warp, luminance
+from models.warping import (
+    FlowMaps,
+    contrast_preserving_mix,
+    gaussian_blur,
+    pixel_grid,
+    to_contiguous_tensor,
+    to_image,
+    to_tensor,
+    warp_affine,
+)
 
 STRIDE = 8  # the networks' total stride: 3 pools in the encoder, 3 upsamplings in the decoder
 
@@ -52,6 +63,14 @@ STRIDE = 8  # the networks' total stride: 3 pools in the encoder, 3 upsamplings 
 # motion, covering at least this share of the frame.
 SECOND_LAYER_APART = 1.0
 SECOND_LAYER_SHARE = 0.02
+# Flow departing from every aligned motion by this much (px per frame) starts to count as a
+# deforming scene, fully from NONRIGID_FULL_PX on (DIS's noise on rigid motion stays below).
+NONRIGID_FROM_PX = 0.3
+NONRIGID_FULL_PX = 1.0
+# The camera's motion is fitted to about this many pixels of the flow (every k-th row and
+# column, k at least 4), its median translation to about MEDIAN_SAMPLES: more only costs time.
+SIMILARITY_SAMPLES = 8192
+MEDIAN_SAMPLES = 16384
 # A fitted frame-to-frame similarity whose linear part moves no frame corner by more than this
 # (px) is taken as a translation: flow noise must not turn a pan into a resampled zoom (DIS's
 # noise on the clips of devkit/clips.py stays well below it; slower zooms stay translations).
@@ -63,64 +82,37 @@ INTEGER_TOLERANCE_PX = 0.5
 RENEWED_SHARE = 0.9
 # A translation's fractional part below this (px, per axis) is placed by a whole-pixel shift.
 SUBPIXEL_TOLERANCE_PX = 0.1
-# Local variance (of [0, 1] pixel values) under which contrast_preserving_mix leaves a mix as
-# it is: flat regions have no strokes to fade.
-CONTRAST_FLOOR = 1e-5
 
 
 @dataclass(frozen=True)
-class StabilizerConfig:
-    enabled: bool = True
+class Tracking:
+    """How the motion is found and the network's grid kept on it."""
+
     # Align the stride-8 grid to the camera's motion (integer shifts of the input, or a
     # resampling under a zoom or a rotation).
     align_grid: bool = True
     # Follow the camera's zoom and rotation too (a similarity), not only its translation.
-    align_similarity: bool = True
-    # Follow the fractional part of the camera's translation too (Lanczos resampling of the
-    # frame into the reference's grid and of the output back), not only whole pixels: a
-    # whole-pixel shift leaves the scene up to 0.5 px off the grid, enough for the strokes to
-    # move, and the propagation then has to average them away (the style loss rises).
-    align_subpixel: bool = True
-    # The reference grid is renewed when the tracked motion passes these: the strokes are drawn
-    # at the reference's scale and angle and turn with the scene, and each renewal draws them
-    # afresh (as much flicker as a frame of per-frame stylization, or a blend of two stroke
-    # patterns). Scale (ln) asymmetric: strokes magnified back lose sharpness and thicken
-    # sooner than minified ones get finer, so a zoom sweeps from minified to magnified.
-    align_magnify_range: float = 0.03
-    align_minify_range: float = 0.1
-    # Angle (radians): strokes of oriented styles (brush strokes) turned by a few degrees change
-    # the style's statistics.
-    align_angle_range: float = 0.05
+    similarity: bool = True
+    # Follow the fractional part of the camera's translation too (resampling of the frame into
+    # the reference's grid and of the output back), not only whole pixels: a whole-pixel shift
+    # leaves the scene up to 0.5 px off the grid, enough for the strokes to move, and the
+    # propagation then has to average them away (the style loss rises).
+    subpixel: bool = True
     # Motions aligned: 1 the dominant one (camera), 2 also a second one (a moving object, for
     # which the frame is stylized a second time on that object's phase).
     motion_layers: int = 2
-    # Weight of the propagated previous output where the flow is reliable (0: per-frame).
-    blend: float = 0.8
-    # Near the frame's border the network sees reflected content and draws other strokes; the
-    # previous output is trusted in proportion to its distance from the border up to this
-    # (px), so those strokes are not carried into the frame as the camera moves (0: off).
-    border_trust_px: int = 32
+    # Resampling of the frame into the reference's grid and of the output back (once per
+    # frame, not repeated): "lanczos" keeps the strokes sharper than "bicubic" ("bilinear").
+    resample: str = "lanczos"
+    # OpenCV DIS preset: "ultrafast", "fast" or "medium".
+    flow_preset: str = "medium"
+    # The flow is computed on the frames scaled down to this shorter side (px) when they are
+    # larger, and scaled back up (0: at the frame's size).
+    flow_short_side: int = 360
     # Forward-backward check (Sundaram et al.): a pixel is occluded when
     # |f + b|^2 > consistency * (|f|^2 + |b|^2) + consistency_floor (px^2).
     consistency: float = 0.01
     consistency_floor: float = 0.5
-    # Detail kept from the new stylization: the blend acts on the frames' low-pass part
-    # (Gaussian of this sigma, px) and the finer detail comes from the new stylization alone,
-    # so repeated resampling and slightly misaligned strokes cannot wash it out (0: blend all).
-    detail_sigma: float = 1.0
-    # Weight of the propagated previous output in that finer detail (lower than `blend`: each
-    # resampling softens detail, and a short memory keeps it from accumulating).
-    detail_blend: float = 0.15
-    # Two stroke patterns that do not line up lose contrast when mixed (their variances add with
-    # the squared weights): the strokes fade and double, and the style loss rises. The mixed
-    # low-pass band gets back the contrast its parts had, measured in a Gaussian window of this
-    # sigma (px); where the parts agree nothing changes (0: a plain linear mix).
-    contrast_window: float = 3.0
-    # A renewed reference draws the strokes afresh, unrelated to those shown: the new pattern
-    # is propagated alone from then on, and what was shown fades out over these frames (its
-    # share of each, mixed keeping the contrast). Blending it into the new pattern instead
-    # would leave doubled strokes for as many frames as the blend's memory lasts (about ten).
-    renewal_fade: tuple[float, ...] = (0.85, 0.5)
     # A cut: when less than this share of a frame's pixels match the previous frame reliably,
     # a new shot starts and the previous frames are forgotten. Otherwise the old shot's strokes
     # would be blended in wherever the flow matches by chance, and the motion fitted to that
@@ -128,18 +120,108 @@ class StabilizerConfig:
     # above it (benchmarks/bench_video_cuts.py); a false cut costs one frame of flicker
     # (0: never).
     cut_share: float = 0.25
-    # Resampling of the previous output along the flow: "lanczos" (Lanczos-3) keeps strokes
-    # sharper than "bicubic", and far sharper than "bilinear", as it is repeated every frame.
+
+
+@dataclass(frozen=True)
+class Blending:
+    """How the previous output, moved along the flow, is blended into the new stylization."""
+
+    # Weight of the propagated previous output where the flow is reliable (0: per-frame).
+    weight: float = 0.8
+    # Near the frame's border the network sees reflected content and draws other strokes; the
+    # previous output is trusted in proportion to its distance from the border up to this
+    # (px), so those strokes are not carried into the frame as the camera moves (0: off).
+    border_trust_px: int = 32
+    # Detail kept from the new stylization: the blend acts on the frames' low-pass part
+    # (Gaussian of this sigma, px) and the finer detail comes from the new stylization alone,
+    # so repeated resampling and slightly misaligned strokes cannot wash it out (0: blend all).
+    detail_sigma: float = 1.0
+    # Weight of the propagated previous output in that finer detail (lower than `weight`:
+    # each resampling softens detail, and a short memory keeps it from accumulating).
+    detail_weight: float = 0.15
+    # The same where the scene deforms (the flow departs from every aligned motion by
+    # NONRIGID_FULL_PX or more): there the new stylization draws its strokes elsewhere each
+    # frame; a higher weight carries them along the flow instead (less flicker, but each
+    # resampling softens them and the style loss rises: benchmarks/bench_video_stability.py).
+    nonrigid_detail_weight: float = 0.15
+    # Two stroke patterns that do not line up lose contrast when mixed (their variances add with
+    # the squared weights): the strokes fade and double, and the style loss rises. The mixed
+    # low-pass band gets back the contrast its parts had, measured in a Gaussian window of this
+    # sigma (px); where the parts agree nothing changes (0: a plain linear mix).
+    contrast_window: float = 3.0
+    # Resampling of the previous output along the flow, repeated every frame: "lanczos"
+    # (OpenCV's, 4 lobes) keeps strokes sharper than "bicubic", and far sharper than
+    # "bilinear".
     resample: str = "lanczos"
-    # OpenCV DIS preset: "ultrafast", "fast" or "medium".
-    flow_preset: str = "medium"
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """When the reference grid is renewed, and how the strokes shown before fade out."""
+
+    # The reference grid is renewed when the tracked motion passes these: the strokes are drawn
+    # at the reference's scale and angle and turn with the scene, and each renewal draws them
+    # afresh (as much flicker as a frame of per-frame stylization, or a blend of two stroke
+    # patterns). Scale (ln) asymmetric: strokes magnified back lose sharpness and thicken
+    # sooner than minified ones get finer, so a zoom sweeps from minified to magnified.
+    magnify_range: float = 0.03
+    minify_range: float = 0.1
+    # Angle (radians): strokes of oriented styles (brush strokes) turned by a few degrees change
+    # the style's statistics.
+    angle_range: float = 0.05
+    # A renewed reference draws the strokes afresh, unrelated to those shown: the new pattern
+    # is propagated alone from then on, and what was shown fades out over these frames (its
+    # share of each, mixed keeping the contrast). Blending it into the new pattern instead
+    # would leave doubled strokes for as many frames as the blend's memory lasts (about ten).
+    fade: tuple[float, ...] = (0.85, 0.5)
+
+
+@dataclass(frozen=True)
+class StabilizerConfig:
+    enabled: bool = True
+    tracking: Tracking = field(default_factory=Tracking)
+    blending: Blending = field(default_factory=Blending)
+    renewal: Renewal = field(default_factory=Renewal)
+
+
+# `with_strength`: the blending at strength 1 (the most stable), and the strength the
+# defaults stand for.
+STRONGEST = Blending(weight=0.9, detail_weight=0.3, nonrigid_detail_weight=0.8)
+DEFAULT_STRENGTH = 0.5
+
+
+def with_strength(config: StabilizerConfig, strength: float) -> StabilizerConfig:
+    """`config` at a user's flicker/detail trade-off (Reimann et al. 2023): 0 per-frame
+    stylization, DEFAULT_STRENGTH the config's own blending, 1 STRONGEST's; the weights are
+    interpolated linearly in between, the tracking kept."""
+    if not 0 <= strength <= 1:
+        raise ValueError(f"strength must lie in [0, 1], got {strength}")
+    if strength == 0:
+        return replace(config, enabled=False)
+    blending = config.blending
+    if strength <= DEFAULT_STRENGTH:
+        share, low, high = (
+            strength / DEFAULT_STRENGTH,
+            Blending(weight=0, detail_weight=0, nonrigid_detail_weight=0),
+            blending,
+        )
+    else:
+        share = (strength - DEFAULT_STRENGTH) / (1 - DEFAULT_STRENGTH)
+        low, high = blending, STRONGEST
+
+    def between(name: str) -> float:
+        return (1 - share) * getattr(low, name) + share * getattr(high, name)
+
+    weights = ("weight", "detail_weight", "nonrigid_detail_weight")
+    return replace(config, blending=replace(blending, **{name: between(name) for name in weights}))
 
 
 # The live feed's form: the cheapest flow, one stylization per frame and no resampling of the
-# frame (a zoom's two Lanczos passes cost more than the propagation's), as frames must keep up
-# with the camera.
+# frame (a zoom's two resampling passes cost more than the propagation's), as frames must
+# keep up with the camera.
 LIVE = StabilizerConfig(
-    flow_preset="ultrafast", motion_layers=1, align_similarity=False, align_subpixel=False
+    tracking=Tracking(flow_preset="ultrafast", motion_layers=1, similarity=False, subpixel=False),
+    blending=Blending(resample="bicubic"),
 )
 
 _PRESETS = {
@@ -178,31 +260,49 @@ class Placement:
 
     def place(self, image: Tensor, mode: str = "lanczos") -> Tensor:
         """A map of the frame's pixels (N, C, H, W) -> the same on the canvas; `mode`: lanczos,
-        bilinear or nearest (masks) where it is resampled. Outside the frame it is mirrored."""
+        bicubic, bilinear or nearest (masks) where it is resampled. Outside the frame it is
+        mirrored."""
         height, width = self.frame_size
         if self.integer:
             ox, oy = int(-self.to_frame[0, 2]), int(-self.to_frame[1, 2])
             pads = (ox, self.size[1] - width - ox, oy, self.size[0] - height - oy)
             return F.pad(image, pads, mode="reflect") if any(pads) else image
-        x, y = _affine_grid(self.to_frame, self.size, image.device)
-        x, y = _mirror(x, width), _mirror(y, height)
-        batch = image.shape[0]
-        if mode == "lanczos":
-            return lanczos_sample(image, x.expand(batch, -1, -1), y.expand(batch, -1, -1)).clamp(
-                0, 1
-            )
-        grid = torch.stack([2 * x / max(width - 1, 1) - 1, 2 * y / max(height - 1, 1) - 1], -1)
-        return F.grid_sample(image, grid.expand(batch, -1, -1, -1), mode=mode, align_corners=True)
+        to_frame = self.to_frame.numpy()
+        placed = [
+            warp_affine(to_image(item[None]), to_frame, self.size, mode, cv2.BORDER_REFLECT_101)
+            for item in image
+        ]
+        canvas = torch.cat([to_tensor(item, image.device) for item in placed])
+        return canvas.clamp(0, 1) if mode in ("lanczos", "bicubic") else canvas
 
-    def back(self, canvas: Tensor) -> Tensor:
-        """The network's output on the canvas (N, C, h, w) -> on the frame's pixels."""
+    def place_image(self, image: np.ndarray, device: torch.device, mode: str) -> Tensor:
+        """`place` of an (H, W, C) array, as the network's input (1, C, h, w) on `device`."""
         height, width = self.frame_size
         if self.integer:
             ox, oy = int(-self.to_frame[0, 2]), int(-self.to_frame[1, 2])
-            return canvas[..., oy : oy + height, ox : ox + width]
-        x, y = _affine_grid(_invert(self.to_frame), self.frame_size, canvas.device)
-        batch = canvas.shape[0]
-        return lanczos_sample(canvas, x.expand(batch, -1, -1), y.expand(batch, -1, -1)).clamp(0, 1)
+            right, bottom = self.size[1] - width - ox, self.size[0] - height - oy
+            canvas = cv2.copyMakeBorder(image, oy, bottom, ox, right, cv2.BORDER_REFLECT_101)
+        else:
+            to_frame = self.to_frame.numpy()
+            canvas = warp_affine(image, to_frame, self.size, mode, cv2.BORDER_REFLECT_101)
+            np.clip(canvas, 0, 1, out=canvas)
+        return to_contiguous_tensor(canvas, device)
+
+    def back(self, canvas: Tensor, resample: str = "lanczos") -> Tensor:
+        """The network's output on the canvas (1, C, h, w) -> on the frame's pixels."""
+        return to_tensor(self.back_image(canvas, resample), canvas.device)
+
+    def back_image(self, canvas: Tensor, resample: str = "lanczos") -> np.ndarray:
+        """`back` as an (H, W, C) float32 array, what the stabiliser works on."""
+        height, width = self.frame_size
+        if self.integer:
+            ox, oy = int(-self.to_frame[0, 2]), int(-self.to_frame[1, 2])
+            return to_image(canvas[..., oy : oy + height, ox : ox + width])
+        to_canvas = _invert(self.to_frame).numpy()
+        frame = warp_affine(
+            to_image(canvas), to_canvas, self.frame_size, resample, cv2.BORDER_REPLICATE
+        )
+        return np.clip(frame, 0, 1, out=frame)
 
 
 # stylize(network input (1, 3, h, w) in [0, 1], where the frame lies on it) -> stylized
@@ -218,33 +318,85 @@ def placed_masks(masks: Masks, placement: Placement) -> Masks:
     return Masks(placement.place(values, mode)[:, 0].clamp(0, 1), masks.binary)
 
 
-def grey_uint8(frame: Tensor) -> np.ndarray:
-    """(H, W) uint8 luminance of a frame (1, 3, H, W) in [0, 1]: what DIS takes."""
-    grey = luminance(frame)[0, 0].clamp(0, 1).mul(255).round()
-    return grey.to(torch.uint8).cpu().numpy()
+def grey_uint8(image: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 luminance (ITU-R BT.601) of an (H, W, 3) RGB frame in [0, 1]: what DIS
+    takes."""
+    return cv2.convertScaleAbs(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), alpha=255)
+
+
+@dataclass(frozen=True)
+class Flow:
+    """The backward flow of a frame into the previous one: `maps` moves images of the previous
+    frame onto this one; `reliable` (H, W) bool where the forward flow agrees."""
+
+    flow: np.ndarray  # (H, W, 2) float32
+    reliable: np.ndarray
+    maps: FlowMaps
 
 
 class FlowEstimator:
-    """Dense optical flow between consecutive frames (OpenCV DIS), with an occlusion mask."""
+    """Dense optical flow between consecutive frames (OpenCV DIS), with an occlusion mask,
+    computed on the frames scaled down to `flow_short_side` (px, the shorter side) when they
+    are larger: the flow of a smooth motion needs no more, and DIS's time grows with the
+    pixels."""
 
     def __init__(self, config: StabilizerConfig) -> None:
         self.config = config
-        self.dis = cv2.DISOpticalFlow_create(_PRESETS[config.flow_preset])
+        self.dis = cv2.DISOpticalFlow_create(_PRESETS[config.tracking.flow_preset])
 
-    def backward(self, current: np.ndarray, previous: np.ndarray) -> tuple[Tensor, Tensor]:
-        """(flow (1, 2, H, W), reliable (1, 1, H, W) bool): pixel p of `current` shows what
-        `previous` shows at p + flow(p), reliably where the forward flow agrees."""
-        back = torch.from_numpy(self.dis.calc(current, previous, None)).permute(2, 0, 1)[None]
-        fwd = torch.from_numpy(self.dis.calc(previous, current, None)).permute(2, 0, 1)[None]
-        fwd_at_match = backward_warp(fwd, back)
-        mismatch = (back + fwd_at_match).pow(2).sum(1, keepdim=True)
-        scale = back.pow(2).sum(1, keepdim=True) + fwd_at_match.pow(2).sum(1, keepdim=True)
-        reliable = mismatch <= self.config.consistency * scale + self.config.consistency_floor
+    def backward(self, current: np.ndarray, previous: np.ndarray) -> Flow:
+        """Pixel p of `current` shows what `previous` shows at p + flow(p), reliably where the
+        forward flow agrees and the match lies in the frame."""
         height, width = current.shape
-        ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-        x, y = xs + back[0, 0], ys + back[0, 1]
-        inside = (x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)
-        return back, reliable & inside[None, None]
+        short = self.config.tracking.flow_short_side
+        scale = min(height, width) / short if short and min(height, width) > short else 1.0
+        if scale > 1:
+            small = (round(width / scale), round(height / scale))
+            current = cv2.resize(current, small, interpolation=cv2.INTER_AREA)
+            previous = cv2.resize(previous, small, interpolation=cv2.INTER_AREA)
+        back = self.dis.calc(current, previous, None)
+        fwd = self.dis.calc(previous, current, None)
+        maps = FlowMaps(back)
+        fwd_at_match = maps.warp(fwd)
+        size = _squared_norm(back) + _squared_norm(fwd_at_match)
+        fwd_at_match += back
+        mismatch = _squared_norm(fwd_at_match)
+        reliable = (
+            mismatch
+            <= self.config.tracking.consistency * size + self.config.tracking.consistency_floor
+        )
+        if scale > 1:
+            back = cv2.resize(back, (width, height), interpolation=cv2.INTER_LINEAR)
+            back *= np.float32(scale)
+            reliable = cv2.resize(
+                reliable.view(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST
+            ).view(bool)
+            maps = FlowMaps(back)
+        return Flow(back, reliable & maps.inside(), maps)
+
+
+def _squared_norm(flow: np.ndarray) -> np.ndarray:
+    """(H, W) |flow|^2 of an (H, W, 2) flow."""
+    return cv2.transform(cv2.multiply(flow, flow), _SUM_OF_TWO)
+
+
+_SUM_OF_TWO = np.ones((1, 2), dtype=np.float32)
+
+
+@dataclass
+class Carried:
+    """The previous frames' images moved onto the current frame (H, W, C): what is propagated
+    and its low-pass band, or a renewal's fading output and where it is valid."""
+
+    stream: np.ndarray | None = None
+    stream_smooth: np.ndarray | None = None
+    fading: np.ndarray | None = None
+    fading_weight: np.ndarray | None = None
+
+
+# Runs the stabiliser's work that needs no new stylization while the network runs (OpenCV and
+# numpy release the GIL); shared by all stabilisers of the process.
+_BESIDE_NETWORK = ThreadPoolExecutor(max_workers=2, thread_name_prefix="stabiliser")
 
 
 class Stabilizer:
@@ -261,14 +413,15 @@ class Stabilizer:
     def reset(self) -> None:
         """Forget the previous frames (a new clip, a cut)."""
         self.previous_grey: np.ndarray | None = None
-        self.previous_output: Tensor | None = None
+        # The stabiliser's images are (H, W, C) float32 arrays (models.warping).
+        self.previous_output: np.ndarray | None = None
         # What is propagated: the output of the current reference's strokes (the output itself
         # but while a renewal fades the old strokes out).
-        self.stream: Tensor | None = None
+        self.stream: np.ndarray | None = None
         # The output shown when the reference was renewed, moved along with the scene, with
-        # where it is still valid (1, 1, H, W), while it fades out; and how far it has faded.
-        self.fading: Tensor | None = None
-        self.fading_weight: Tensor | None = None
+        # where it is still valid (H, W, 1), while it fades out; and how far it has faded.
+        self.fading: np.ndarray | None = None
+        self.fading_weight: np.ndarray | None = None
         self.fade_step = 0
         # The camera: the map (2, 3) from the current frame's pixels to the reference's, where
         # the grid is aligned.
@@ -284,52 +437,91 @@ class Stabilizer:
         size = (frame.shape[-2], frame.shape[-1])
         if not self.config.enabled:
             return self.stylize(frame, Placement.identity(size))
-        grey = grey_uint8(frame)
+        image = to_image(frame)
+        grey = grey_uint8(image)
         if self.previous_grey is not None and self.previous_grey.shape != grey.shape:
             self.reset()  # a new size is a new clip
-        flow = reliable = None
-        layer, renewed = None, False
+        flow: Flow | None = None
+        layer, renewed, residual = None, False, None
         if self.previous_grey is not None:
-            flow, reliable = self.flow.backward(grey, self.previous_grey)
-            if reliable.float().mean() < self.config.cut_share:
+            flow = self.flow.backward(grey, self.previous_grey)
+            if (
+                np.count_nonzero(flow.reliable)
+                < self.config.tracking.cut_share * flow.reliable.size
+            ):
                 self.reset()  # a new shot, stylized as a first frame
-                flow = reliable = None
-            elif self.config.align_grid:
-                layer, renewed = self._track(flow, reliable)
-        stylized = self._stylize(frame, layer)
+                flow = None
+            elif self.config.tracking.align_grid:
+                layer, renewed, residual = self._track(flow.flow, flow.reliable)
+        carried = None
+        if flow is not None and self.stream is not None and self.config.blending.weight > 0:
+            # Moving the previous frames' images along the flow needs no new stylization: it
+            # runs beside the network.
+            carried = _BESIDE_NETWORK.submit(self._carry, flow, renewed)
+        stylized, device = self._stylize(image, frame.device, layer)
         stream = stylized
-        if flow is not None and self.stream is not None and self.config.blend > 0:
-            flow = flow.to(stylized.device)
-            valid = reliable.to(stylized.device, stylized.dtype)
-            if self.config.border_trust_px > 0:
-                trust = border_trust(size, self.config.border_trust_px).to(stylized.device)
-                valid = valid * backward_warp(trust, flow)
-            if renewed and self.config.renewal_fade:
-                self.fading = warp(self.previous_output, flow, self.config.resample)
-                self.fading_weight, self.fade_step = valid, 0
+        if carried is not None:
+            valid, moved = carried.result()
+            if renewed and self.config.renewal.fade:
+                self.fading, self.fading_weight, self.fade_step = moved.fading, valid, 0
             else:
-                warped = warp(self.stream, flow, self.config.resample)
-                stream = propagate(stylized, warped, self.config.blend * valid, self.config)
+                weight = self.config.blending.weight * valid
+                detail = valid * self._detail_share(residual)
+                stream = propagate(
+                    stylized, moved.stream, moved.stream_smooth, weight, detail, self.config
+                )
                 if self.fading is not None:
-                    self.fading = warp(self.fading, flow, self.config.resample)
-                    self.fading_weight = backward_warp(self.fading_weight, flow) * valid
+                    self.fading, self.fading_weight = moved.fading, moved.fading_weight
                     self.fade_step += 1
         output = stream
-        if self.fading is not None and self.fade_step < len(self.config.renewal_fade):
-            share = self.config.renewal_fade[self.fade_step] * self.fading_weight
-            output = mix(self.fading, stream, share, self.config).clamp(0, 1)
+        if self.fading is not None and self.fade_step < len(self.config.renewal.fade):
+            share = self.config.renewal.fade[self.fade_step] * self.fading_weight
+            output = np.clip(mix(self.fading, stream, share, self.config), 0, 1)
         else:
             self.fading = self.fading_weight = None
         self.previous_grey, self.stream, self.previous_output = grey, stream, output
         self.frames += 1
-        return output
+        return to_tensor(output, device)
 
-    def _track(self, flow: Tensor, reliable: Tensor) -> tuple[Tensor | None, bool]:
+    def _carry(self, flow: Flow, renewed: bool) -> tuple[np.ndarray, Carried]:
+        """Where the previous output is valid on this frame (H, W, 1): reliable flow, trusted
+        less near the border; and the previous frames' images moved along the flow."""
+        valid = flow.reliable.astype(np.float32)[..., None]
+        size = (valid.shape[0], valid.shape[1])
+        if self.config.blending.border_trust_px > 0:
+            valid *= flow.maps.warp(border_trust(size, self.config.blending.border_trust_px))
+        resample = self.config.blending.resample
+        if renewed and self.config.renewal.fade:
+            return valid, Carried(fading=flow.maps.warp(self.previous_output, resample))
+        stream = flow.maps.warp(self.stream, resample)
+        sigma = self.config.blending.detail_sigma
+        moved = Carried(stream, gaussian_blur(stream, sigma) if sigma > 0 else stream)
+        if self.fading is not None and self.fading_weight is not None:
+            moved.fading = flow.maps.warp(self.fading, resample)
+            moved.fading_weight = flow.maps.warp(self.fading_weight) * valid
+        return valid, moved
+
+    def _detail_share(self, residual: np.ndarray | None) -> np.ndarray | float:
+        """The propagated output's share of the fine detail: `detail_weight` where the aligned
+        motions explain the flow, rising to `nonrigid_detail_weight` where the scene deforms
+        (`residual` (H, W): px per frame the flow departs from them; None: not tracked)."""
+        blending = self.config.blending
+        if residual is None or blending.nonrigid_detail_weight == blending.detail_weight:
+            return blending.detail_weight
+        deforming = np.clip(
+            (residual - NONRIGID_FROM_PX) / (NONRIGID_FULL_PX - NONRIGID_FROM_PX), 0, 1
+        )
+        rise = blending.nonrigid_detail_weight - blending.detail_weight
+        return (blending.detail_weight + rise * deforming)[..., None]
+
+    def _track(
+        self, flow: np.ndarray, reliable: np.ndarray
+    ) -> tuple[np.ndarray | None, bool, np.ndarray]:
         """Follow the camera and, with two layers, a second motion; returns the second layer's
-        pixels (1, 1, H, W) bool, or None when there is no second motion, and whether the
-        reference was renewed."""
-        size = (flow.shape[-2], flow.shape[-1])
-        if self.config.align_similarity:
+        pixels (H, W) bool, or None when there is no second motion, whether the reference
+        was renewed, and how far (px, (H, W)) the flow is from the nearest aligned motion."""
+        size = (flow.shape[0], flow.shape[1])
+        if self.config.tracking.similarity:
             motion = fit_similarity(flow, reliable)
             if _corner_shift(motion[:, :2], size) < LINEAR_NOISE_PX:
                 motion = _translation(median_motion(flow, reliable))
@@ -338,20 +530,22 @@ class Stabilizer:
         previous_camera = self.camera
         self.camera = _compose(self.camera, motion)
         renewed = self._renew_reference(size)
-        if self.config.motion_layers < 2:
-            return None, renewed
-        distance = (flow - _affine_flow(motion, size)).norm(dim=1, keepdim=True)
+        camera_flow = _affine_flow(motion, size)
+        distance = cv2.magnitude(flow[..., 0] - camera_flow[0], flow[..., 1] - camera_flow[1])
+        if self.config.tracking.motion_layers < 2:
+            return None, renewed, distance
         apart = reliable & (distance > SECOND_LAYER_APART)
-        if apart.float().mean() < SECOND_LAYER_SHARE:
+        if np.count_nonzero(apart) < SECOND_LAYER_SHARE * apart.size:
             self.second_layer = False
-            return None, renewed
+            return None, renewed, distance
         second = median_motion(flow, apart)
         if not self.second_layer:  # a new layer starts on the phase the frame had there
             self.layer_displacement = -_centre_translation(previous_camera, size)
             self.second_layer = True
         self.layer_displacement -= second
-        closer = (flow - second.float().view(1, 2, 1, 1)).norm(dim=1, keepdim=True) < distance
-        return closer & reliable, renewed
+        dx, dy = second.tolist()
+        closer = cv2.magnitude(flow[..., 0] - np.float32(dx), flow[..., 1] - np.float32(dy))
+        return (closer < distance) & reliable, renewed, np.minimum(closer, distance)
 
     def _renew_reference(self, size: tuple[int, int]) -> bool:
         """Past the scale or angle range the reference is renewed on the mirrored side (the
@@ -362,8 +556,8 @@ class Stabilizer:
         # ln scale < 0: the frame is shrunk into the reference, the strokes magnified back.
         log_scale = 0.5 * math.log(abs(float(torch.linalg.det(linear))))
         angle = math.atan2(float(linear[1, 0]), float(linear[0, 0]))
-        magnify, minify = self.config.align_magnify_range, self.config.align_minify_range
-        angle_range = self.config.align_angle_range
+        magnify, minify = self.config.renewal.magnify_range, self.config.renewal.minify_range
+        angle_range = self.config.renewal.angle_range
         if -magnify <= log_scale <= minify and abs(angle) <= angle_range:
             return False
         side, other = (magnify, minify) if log_scale < 0 else (minify, magnify)
@@ -382,7 +576,7 @@ class Stabilizer:
         translation, a resampling into the reference's grid otherwise."""
         shift = -_centre_translation(self.camera, size)
         fraction = float((shift - torch.round(shift)).abs().max())
-        whole = not self.config.align_subpixel or fraction < SUBPIXEL_TOLERANCE_PX
+        whole = not self.config.tracking.subpixel or fraction < SUBPIXEL_TOLERANCE_PX
         if whole and _corner_shift(self.camera[:, :2], size) < INTEGER_TOLERANCE_PX:
             return Placement.shift(size, _phase(shift))
         height, width = size
@@ -392,7 +586,7 @@ class Stabilizer:
         )
         footprint = corners @ self.camera.T  # the frame's corners in the reference
         # The canvas's origin on a multiple of the stride (the reference's grid), 3 px around
-        # the frame's footprint for the Lanczos taps of the way back.
+        # the frame's footprint for the resampling taps of the way back.
         low = torch.floor((footprint.min(0).values - 3) / STRIDE) * STRIDE
         high = torch.ceil(footprint.max(0).values + 3)
         canvas = (int(high[1] - low[1]) + 1, int(high[0] - low[0]) + 1)
@@ -401,17 +595,28 @@ class Stabilizer:
         )
         return Placement(size, canvas, _invert(to_canvas), False)
 
-    def _stylize(self, frame: Tensor, layer: Tensor | None) -> Tensor:
-        size = (frame.shape[-2], frame.shape[-1])
-        placement = self._placement(size) if self.config.align_grid else Placement.identity(size)
-        stylized = placement.back(self.stylize(placement.place(frame), placement))
+    def _stylize(
+        self, image: np.ndarray, device: torch.device, layer: np.ndarray | None
+    ) -> tuple[np.ndarray, torch.device]:
+        """The frame (H, W, 3) stylized on the aligned grid, as an (H, W, 3) array, and the
+        device the network answered on."""
+        size = (image.shape[0], image.shape[1])
+        placement = (
+            self._placement(size) if self.config.tracking.align_grid else Placement.identity(size)
+        )
+        resample = self.config.tracking.resample
+        canvas = self.stylize(placement.place_image(image, device, resample), placement)
+        stylized = placement.back_image(canvas, resample)
         if layer is None:
-            return stylized
+            return stylized, canvas.device
         second = Placement.shift(size, _phase(self.layer_displacement))
         if placement.integer and torch.equal(second.to_frame, placement.to_frame):
-            return stylized
-        restyled = second.back(self.stylize(second.place(frame), second))
-        return torch.where(layer.to(stylized.device), restyled, stylized)
+            return stylized, canvas.device
+        restyled = second.back_image(
+            self.stylize(second.place_image(image, device, resample), second)
+        )
+        stylized[layer] = restyled[layer]
+        return stylized, canvas.device
 
     def state_dict(self) -> dict[str, Tensor]:
         """Enough to resume after the last frame: the previous input (as DIS saw it), the
@@ -422,15 +627,15 @@ class Stabilizer:
         state = {
             "frames": torch.tensor(self.frames),
             "previous_grey": torch.from_numpy(self.previous_grey.copy()),
-            "previous_output": self.previous_output.detach().cpu().clone(),
-            "stream": self.stream.detach().cpu().clone(),
+            "previous_output": to_tensor(self.previous_output.copy()),
+            "stream": to_tensor(self.stream.copy()),
             "camera": self.camera.clone(),
             "layer_displacement": self.layer_displacement.clone(),
             "second_layer": torch.tensor(self.second_layer),
         }
         if self.fading is not None and self.fading_weight is not None:
-            state["fading"] = self.fading.detach().cpu().clone()
-            state["fading_weight"] = self.fading_weight.detach().cpu().clone()
+            state["fading"] = to_tensor(self.fading.copy())
+            state["fading_weight"] = to_tensor(self.fading_weight.copy())
             state["fade_step"] = torch.tensor(self.fade_step)
         return state
 
@@ -439,9 +644,9 @@ class Stabilizer:
         self.frames = int(state["frames"])
         if "previous_output" in state:
             self.previous_grey = state["previous_grey"].numpy().copy()
-            self.previous_output = state["previous_output"].clone()
+            self.previous_output = to_image(state["previous_output"])
             # Checkpoints from before the renewal's fade propagated the output itself.
-            self.stream = state.get("stream", self.previous_output).clone()
+            self.stream = to_image(state.get("stream", state["previous_output"]))
             self.second_layer = bool(state["second_layer"])
             if "camera" in state:
                 self.camera = state["camera"].clone().double()
@@ -451,8 +656,8 @@ class Stabilizer:
                 self.camera = _translation(-displacement[0])
                 self.layer_displacement = displacement[1].clone()
         if "fading" in state:
-            self.fading = state["fading"].clone()
-            self.fading_weight = state["fading_weight"].clone()
+            self.fading = to_image(state["fading"])
+            self.fading_weight = to_image(state["fading_weight"])
             self.fade_step = int(state["fade_step"])
 
 
@@ -505,161 +710,102 @@ def _invert(affine: Tensor) -> Tensor:
     return torch.cat([inverse, (-inverse @ affine[:, 2])[:, None]], dim=1)
 
 
-def _affine_grid(
-    affine: Tensor, size: tuple[int, int], device: torch.device
-) -> tuple[Tensor, Tensor]:
-    """Where `affine` sends the pixels of a (H, W) grid: x, y, each (H, W) float32."""
-    height, width = size
-    ys, xs = torch.meshgrid(
-        torch.arange(height, dtype=torch.float64),
-        torch.arange(width, dtype=torch.float64),
-        indexing="ij",
-    )
-    x = affine[0, 0] * xs + affine[0, 1] * ys + affine[0, 2]
-    y = affine[1, 0] * xs + affine[1, 1] * ys + affine[1, 2]
-    return x.float().to(device), y.float().to(device)
+def _affine_flow(affine: Tensor, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The backward flow (x, y), (H, W) float32 each, of a frame-to-previous-frame map."""
+    xs, ys = pixel_grid(*size)
+    a, b, c, d, e, f = np.asarray(affine, dtype=np.float32).reshape(-1)
+    return (a - 1) * xs + b * ys + c, d * xs + (e - 1) * ys + f
 
 
-def _mirror(coordinate: Tensor, length: int) -> Tensor:
-    """Coordinates outside [0, length - 1] mirrored back (as reflect padding does)."""
-    last = max(length - 1, 1)
-    folded = torch.remainder(coordinate, 2 * last)
-    return torch.where(folded > last, 2 * last - folded, folded)
-
-
-def _affine_flow(affine: Tensor, size: tuple[int, int]) -> Tensor:
-    """The backward flow (1, 2, H, W) of a frame-to-previous-frame map."""
-    x, y = _affine_grid(affine, size, torch.device("cpu"))
-    xs, ys = _affine_grid(_IDENTITY, size, torch.device("cpu"))
-    return torch.stack([x - xs, y - ys])[None]
-
-
-def fit_similarity(flow: Tensor, reliable: Tensor, step: int = 4) -> Tensor:
+def fit_similarity(flow: np.ndarray, reliable: np.ndarray) -> Tensor:
     """The similarity (2, 3) float64 (scale, rotation, translation) from the current frame's
-    pixels to the previous frame's that best explains the backward flow (1, 2, H, W) on the
-    reliable pixels (every `step`-th row and column): least squares, refitted twice without
-    the pixels it explains worst (a moving object), so the camera's motion is what it finds.
-    Too few reliable pixels: the identity."""
-    height, width = flow.shape[-2:]
-    mask = reliable[0, 0, ::step, ::step].reshape(-1)
-    if mask.sum() < 16:
+    pixels to the previous frame's that best explains the backward flow (H, W, 2) on the
+    reliable pixels ((H, W) bool; every `step`-th row and column, about SIMILARITY_SAMPLES):
+    least squares, refitted twice without the pixels it explains worst (a moving object), so
+    the camera's motion is what it finds. Too few reliable pixels: the identity."""
+    height, width = flow.shape[:2]
+    step = max(4, int(math.sqrt(height * width / SIMILARITY_SAMPLES)))
+    mask = reliable[::step, ::step].reshape(-1)
+    if np.count_nonzero(mask) < 16:
         return _IDENTITY.clone()
-    centre = _centre((height, width))
-    ys, xs = torch.meshgrid(
-        torch.arange(0, height, step, dtype=torch.float64),
-        torch.arange(0, width, step, dtype=torch.float64),
+    centre = _centre((height, width)).numpy()
+    ys, xs = np.meshgrid(
+        np.arange(0, height, step, dtype=np.float64),
+        np.arange(0, width, step, dtype=np.float64),
         indexing="ij",
     )
     px, py = xs.reshape(-1) - centre[0], ys.reshape(-1) - centre[1]
-    qx = px + flow[0, 0, ::step, ::step].reshape(-1).double()
-    qy = py + flow[0, 1, ::step, ::step].reshape(-1).double()
-    ones, zeros = torch.ones_like(px), torch.zeros_like(px)
+    qx = px + flow[::step, ::step, 0].reshape(-1)
+    qy = py + flow[::step, ::step, 1].reshape(-1)
+    ones, zeros = np.ones_like(px), np.zeros_like(px)
     # q = [[a, -b], [b, a]] p + t: unknowns (a, b, tx, ty).
-    rows = torch.cat(
-        [torch.stack([px, -py, ones, zeros], 1), torch.stack([py, px, zeros, ones], 1)]
-    )
-    targets = torch.cat([qx, qy])
+    rows = np.concatenate([np.stack([px, -py, ones, zeros], 1), np.stack([py, px, zeros, ones], 1)])
+    targets = np.concatenate([qx, qy])
     inliers = mask
     for _ in range(3):
-        keep = torch.cat([inliers, inliers])
-        a, b, tx, ty = torch.linalg.lstsq(rows[keep], targets[keep, None]).solution[:, 0]
-        residual = torch.hypot(a * px - b * py + tx - qx, b * px + a * py + ty - qy)
-        limit = max(0.5, 3 * float(residual[inliers].median()))
+        keep = np.concatenate([inliers, inliers])
+        a, b, tx, ty = np.linalg.lstsq(rows[keep], targets[keep], rcond=None)[0]
+        residual = np.hypot(a * px - b * py + tx - qx, b * px + a * py + ty - qy)
+        limit = max(0.5, 3 * float(np.median(residual[inliers])))
         inliers = mask & (residual <= limit)
-        if inliers.sum() < 16:
+        if np.count_nonzero(inliers) < 16:
             break
-    linear = torch.stack([torch.stack([a, -b]), torch.stack([b, a])])
-    return torch.cat([linear, (torch.stack([tx, ty]) + centre - linear @ centre)[:, None]], dim=1)
+    linear = np.array([[a, -b], [b, a]])
+    offset = np.array([tx, ty]) + centre - linear @ centre
+    return torch.from_numpy(np.concatenate([linear, offset[:, None]], axis=1))
 
 
-def median_motion(flow: Tensor, reliable: Tensor) -> Tensor:
-    """The median backward flow (x, y) over the reliable pixels: minus their motion."""
-    mask = reliable[0, 0]
-    if mask.sum() < 16:
+def median_motion(flow: np.ndarray, reliable: np.ndarray) -> Tensor:
+    """The median backward flow (x, y) over the reliable pixels (every k-th row and column,
+    about MEDIAN_SAMPLES): minus their motion."""
+    step = max(1, int(math.sqrt(reliable.size / MEDIAN_SAMPLES)))
+    reliable, flow = reliable[::step, ::step], flow[::step, ::step]
+    if np.count_nonzero(reliable) < 16:
         return torch.zeros(2, dtype=torch.float64)
-    return torch.stack([flow[0, 0][mask].median(), flow[0, 1][mask].median()]).double()
+    return torch.from_numpy(np.median(flow[reliable], axis=0).astype(np.float64))
 
 
-def warp(image: Tensor, flow: Tensor, resample: str) -> Tensor:
-    """`image` moved along the backward `flow` with `resample` (lanczos, bicubic, bilinear)."""
-    if resample == "lanczos":
-        return lanczos_warp(image, flow).clamp(0, 1)
-    return backward_warp(image, flow, mode=resample).clamp(0, 1)
-
-
-def propagate(stylized: Tensor, warped: Tensor, weight: Tensor, config: StabilizerConfig) -> Tensor:
-    """The new stylization with the propagated previous output blended in by `weight` (N, 1, H,
-    W): on the low-pass band with the weight as it is (keeping its contrast), on the finer
-    detail with `detail_blend / blend` of it."""
-    if config.detail_sigma <= 0:
+def propagate(
+    stylized: np.ndarray,
+    warped: np.ndarray,
+    warped_smooth: np.ndarray,
+    weight: np.ndarray,
+    detail_weight: np.ndarray,
+    config: StabilizerConfig,
+) -> np.ndarray:
+    """The new stylization with the propagated previous output `warped` (its low-pass band
+    `warped_smooth`) blended in: on the low-pass band by `weight` (H, W, 1), keeping its
+    contrast, on the finer detail by `detail_weight` (H, W, 1)."""
+    if config.blending.detail_sigma <= 0:
         return weight * warped + (1 - weight) * stylized
-    smooth, warped_smooth = gaussian_blur(
-        torch.cat([stylized, warped], 1), config.detail_sigma
-    ).chunk(2, 1)
-    coarse = mix(warped_smooth, smooth, weight, config)
-    detail_weight = weight * (config.detail_blend / config.blend)
-    detail = detail_weight * (warped - warped_smooth) + (1 - detail_weight) * (stylized - smooth)
-    return (coarse + detail).clamp(0, 1)
+    smooth = gaussian_blur(stylized, config.blending.detail_sigma)
+    output = mix(warped_smooth, smooth, weight, config)
+    warped_detail = np.subtract(warped, warped_smooth, out=warped_smooth)
+    warped_detail *= detail_weight
+    detail = np.subtract(stylized, smooth, out=smooth)
+    detail *= 1 - detail_weight
+    output += detail
+    output += warped_detail
+    return np.clip(output, 0, 1, out=output)
 
 
-def mix(first: Tensor, second: Tensor, weight: Tensor, config: StabilizerConfig) -> Tensor:
+def mix(
+    first: np.ndarray, second: np.ndarray, weight: np.ndarray, config: StabilizerConfig
+) -> np.ndarray:
     """weight * first + (1 - weight) * second, keeping the contrast (`contrast_window`)."""
-    if config.contrast_window > 0:
-        return contrast_preserving_mix(first, second, weight, config.contrast_window)
+    if config.blending.contrast_window > 0:
+        return contrast_preserving_mix(first, second, weight, config.blending.contrast_window)
     return weight * first + (1 - weight) * second
 
 
-def contrast_preserving_mix(first: Tensor, second: Tensor, weight: Tensor, sigma: float) -> Tensor:
-    """weight * first + (1 - weight) * second, its deviation from the local mean scaled so that
-    its local variance is the weighted mean of the parts' (Heitz and Neyret 2018's
-    variance-preserving blend, with the parts' local covariance): the gain is 1 where the
-    parts agree, up to 2 where they are unrelated. Local moments in a Gaussian window of
-    `sigma` px."""
-    moments = torch.cat([first, second, first * first, second * second, first * second], 1)
-    mean_first, mean_second, square_first, square_second, product = gaussian_blur(
-        moments, sigma
-    ).chunk(5, 1)
-    var_first = (square_first - mean_first**2).clamp(min=0)
-    var_second = (square_second - mean_second**2).clamp(min=0)
-    covariance = product - mean_first * mean_second
-    mixed_var = (
-        weight**2 * var_first
-        + (1 - weight) ** 2 * var_second
-        + 2 * weight * (1 - weight) * covariance
-    )
-    wanted_var = weight * var_first + (1 - weight) * var_second
-    # The floor keeps flat regions (both variances ~0) from being amplified by noise.
-    gain = torch.sqrt((wanted_var + CONTRAST_FLOOR) / (mixed_var + CONTRAST_FLOOR)).clamp(1, 2)
-    mean = weight * mean_first + (1 - weight) * mean_second
-    return mean + (weight * first + (1 - weight) * second - mean) * gain
-
-
-def border_trust(size: tuple[int, int], reach: int) -> Tensor:
-    """(1, 1, H, W): 1 from `reach` px inside the frame, falling linearly to 1 / reach on
-    its outermost pixels."""
+@lru_cache(maxsize=8)
+def border_trust(size: tuple[int, int], reach: int) -> np.ndarray:
+    """(H, W, 1) float32: 1 from `reach` px inside the frame, falling linearly to 1 / reach on
+    its outermost pixels (read-only: shared between calls)."""
     height, width = size
-    ys, xs = torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32)
-    from_y = torch.minimum(ys, height - 1 - ys)[:, None]
-    from_x = torch.minimum(xs, width - 1 - xs)[None]
-    return ((torch.minimum(from_y, from_x) + 1) / reach).clamp(max=1)[None, None]
-
-
-def gaussian_blur(image: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of (N, C, H, W), reflect-padded (3 sigma each side, less on an
-    image too small for that: reflection needs fewer pixels of padding than of image)."""
-    radius = min(max(1, int(3 * sigma + 0.5)), min(image.shape[-2:]) - 1)
-    if radius < 1:
-        return image
-    taps = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
-    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    channels = image.shape[1]
-    padded = F.pad(image, (radius, radius, radius, radius), mode="reflect")
-    # Depthwise convolutions run several times faster on channels-last tensors (CPU).
-    padded = padded.contiguous(memory_format=torch.channels_last)
-    horizontal = F.conv2d(
-        padded, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels
-    )
-    return F.conv2d(
-        horizontal, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels
-    ).contiguous()
+    ys, xs = np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32)
+    from_y = np.minimum(ys, height - 1 - ys)[:, None]
+    from_x = np.minimum(xs, width - 1 - xs)[None]
+    trust = np.minimum((np.minimum(from_y, from_x) + 1) / reach, 1)[..., None]
+    trust.flags.writeable = False
+    return trust

@@ -18,24 +18,28 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from devkit.clips import Clip, moving_disc, pan, render, rotate, zoom
+from devkit.clips import Clip, Deforming, moving_disc, pan, render, rotate, zoom
 from models.config import Device, PipelineConfig, Precision
 from models.model import Masks, StyleMix
 from models.pipeline import Pipeline, build_pipeline
 from models.video import (
     STRIDE,
+    Blending,
     Placement,
+    Renewal,
     Stabilizer,
     StabilizerConfig,
-    contrast_preserving_mix,
+    Tracking,
     fit_similarity,
-    gaussian_blur,
     placed_masks,
+    with_strength,
 )
 from models.video_metrics import sharpness, warping_error
+from models.warping import contrast_preserving_mix, gaussian_blur
 
 SIZE = 96
 FRAMES = 8
+NO_BLEND = Blending(weight=0)  # no propagation: the aligned stylizations alone
 
 
 def texture(size: int, seed: int) -> Tensor:
@@ -104,6 +108,32 @@ def test_stabilised_frames_flicker_far_less_and_stay_sharp(stylize, clip, per_fr
     assert sharpness(stabilised) > 0.85 * sharpness(per_frame)
 
 
+def test_a_deforming_scene_flickers_less_and_more_so_at_full_strength(stylize) -> None:
+    # Non-rigid motion (a smooth displacement field changing every frame over a slow pan): the
+    # rigid grid alignment cannot follow it, the propagation along the dense flow must still
+    # remove a good part of the flicker, and the strongest setting more of it.
+    motion = Deforming(SIZE, 2.5, 0.8, (0.5, 0.25), (8.0, 8.0), seed=1)
+    clip = render(texture(2 * SIZE, seed=3), motion, FRAMES, (SIZE, SIZE))
+    with torch.inference_mode():
+        per_frame = torch.cat([stylize(frame[None], None) for frame in clip.frames])
+    base = warping_error(per_frame, clip.flows, clip.valid)
+    default = warping_error(run(Stabilizer(stylize), clip.frames), clip.flows, clip.valid)
+    strongest = Stabilizer(stylize, with_strength(StabilizerConfig(), 1.0))
+    strong = warping_error(run(strongest, clip.frames), clip.flows, clip.valid)
+    assert default < 0.75 * base, (default, base)
+    assert strong < 0.9 * default, (strong, default)
+
+
+def test_the_strength_spans_per_frame_to_the_strongest() -> None:
+    config = StabilizerConfig()
+    assert not with_strength(config, 0).enabled
+    assert with_strength(config, 0.5) == config
+    weights = [with_strength(config, s).blending.weight for s in (0.25, 0.5, 0.75, 1.0)]
+    assert weights == sorted(weights) and weights[0] < config.blending.weight < weights[-1]
+    with pytest.raises(ValueError):
+        with_strength(config, 1.5)
+
+
 def test_disabled_is_per_frame_exactly(stylize, clip, per_frame) -> None:
     disabled = run(Stabilizer(stylize, StabilizerConfig(enabled=False)), clip.frames)
     torch.testing.assert_close(disabled, per_frame, rtol=0, atol=0)
@@ -164,7 +194,8 @@ def test_the_similarity_fit_recovers_the_camera_despite_a_moving_object(
     reliable = torch.ones(1, 1, SIZE, SIZE, dtype=torch.bool)
     reliable[..., :5, :] = False  # unreliable pixels are not used: make them wrong
     flow[..., :5, :] = 20.0
-    torch.testing.assert_close(fit_similarity(flow, reliable), truth, rtol=0, atol=2e-3)
+    fitted = fit_similarity(flow[0].permute(1, 2, 0).numpy(), reliable[0, 0].numpy())
+    torch.testing.assert_close(fitted, truth, rtol=0, atol=2e-3)
 
 
 def test_a_resampled_placement_comes_back_close_to_the_frame() -> None:
@@ -201,11 +232,9 @@ def test_similarity_alignment_keeps_the_grid_on_a_zooming_or_turning_scene(motio
     errors = {}
     for similarity_on in (False, True):
         config = StabilizerConfig(
-            blend=0,
-            align_similarity=similarity_on,
-            align_magnify_range=1,
-            align_minify_range=1,
-            align_angle_range=1,
+            tracking=Tracking(similarity=similarity_on),
+            blending=NO_BLEND,
+            renewal=Renewal(magnify_range=1, minify_range=1, angle_range=1),
         )
         outputs = run(Stabilizer(block_network, config), clip.frames)
         errors[similarity_on] = warping_error(outputs, clip.flows, clip.valid)
@@ -218,7 +247,7 @@ def test_subpixel_alignment_keeps_the_grid_on_a_slow_pan() -> None:
     clip = render(texture(2 * SIZE, seed=3), pan((0.75, 0.4), (8.0, 8.0)), FRAMES, (SIZE, SIZE))
     errors = {}
     for subpixel in (False, True):
-        config = StabilizerConfig(blend=0, align_subpixel=subpixel)
+        config = StabilizerConfig(tracking=Tracking(subpixel=subpixel), blending=NO_BLEND)
         outputs = run(Stabilizer(block_network, config), clip.frames)
         errors[subpixel] = warping_error(outputs, clip.flows, clip.valid)
     assert errors[True] < 0.6 * errors[False], errors
@@ -236,7 +265,9 @@ def test_the_border_is_not_carried_into_the_frame() -> None:
     clip = render(texture(2 * SIZE, seed=3), pan((-3.0, 0.0), (40.0, 8.0)), FRAMES, (SIZE, SIZE))
     inside = {}
     for reach in (0, 32):
-        config = StabilizerConfig(border_trust_px=reach, align_grid=False)
+        config = StabilizerConfig(
+            tracking=Tracking(align_grid=False), blending=Blending(border_trust_px=reach)
+        )
         outputs = run(Stabilizer(marking, config), clip.frames)
         inside[reach] = (outputs - clip.frames).abs()[..., 8:24].mean().item()
     assert inside[32] < 0.5 * inside[0], inside
@@ -253,7 +284,9 @@ def test_the_reference_is_renewed_on_the_mirrored_side_of_the_scale_range(rate: 
         2 * FRAMES,
         (SIZE, SIZE),
     )
-    config = StabilizerConfig(blend=0, align_magnify_range=0.02, align_minify_range=0.04)
+    config = StabilizerConfig(
+        blending=NO_BLEND, renewal=Renewal(magnify_range=0.02, minify_range=0.04)
+    )
     stabilizer = Stabilizer(block_network, config)
     log_scales = []
     for frame in clip.frames:
@@ -270,7 +303,9 @@ def test_the_reference_is_renewed_within_the_angle_range() -> None:
         2 * FRAMES,
         (SIZE, SIZE),
     )
-    stabilizer = Stabilizer(block_network, StabilizerConfig(blend=0, align_angle_range=0.04))
+    stabilizer = Stabilizer(
+        block_network, StabilizerConfig(blending=NO_BLEND, renewal=Renewal(angle_range=0.04))
+    )
     angles = []
     for frame in clip.frames:
         stabilizer(frame[None])
@@ -289,7 +324,7 @@ def test_a_renewal_fades_the_old_strokes_out_and_resumes_mid_fade() -> None:
         FRAMES,
         (SIZE, SIZE),
     )
-    config = StabilizerConfig(align_magnify_range=0.02, align_minify_range=0.02)
+    config = StabilizerConfig(renewal=Renewal(magnify_range=0.02, minify_range=0.02))
     straight = Stabilizer(block_network, config)
     fading_at = []
     expected = []
@@ -297,11 +332,11 @@ def test_a_renewal_fades_the_old_strokes_out_and_resumes_mid_fade() -> None:
         expected.append(straight(frame[None]))
         if straight.fading is not None:
             fading_at.append(index)
-            assert not torch.equal(straight.previous_output, straight.stream)
+            assert not np.array_equal(straight.previous_output, straight.stream)
         else:
-            assert torch.equal(straight.previous_output, straight.stream)
-    # Every fade lasts as many frames as renewal_fade has shares.
-    assert len(fading_at) >= 2 and len(fading_at) % len(config.renewal_fade) == 0, fading_at
+            assert np.array_equal(straight.previous_output, straight.stream)
+    # Every fade lasts as many frames as renewal.fade has shares.
+    assert len(fading_at) >= 2 and len(fading_at) % len(config.renewal.fade) == 0, fading_at
     middle = fading_at[0] + 1
     first = Stabilizer(block_network, config)
     run(first, clip.frames[:middle])
@@ -324,7 +359,9 @@ def test_a_cut_starts_the_new_shot_afresh() -> None:
     outputs = run(detected, frames)
     assert detected.frames == FRAMES  # the second shot's frames, none of the first's
     torch.testing.assert_close(outputs[FRAMES:], fresh, rtol=0, atol=1e-6)
-    undetected = run(Stabilizer(block_network, StabilizerConfig(cut_share=0)), frames)
+    undetected = run(
+        Stabilizer(block_network, StabilizerConfig(tracking=Tracking(cut_share=0))), frames
+    )
     assert (undetected[FRAMES:] - fresh).abs().mean() > 0.01
     panning = Stabilizer(block_network)
     run(panning, first.frames)
@@ -334,24 +371,24 @@ def test_a_cut_starts_the_new_shot_afresh() -> None:
 def test_a_mix_of_unrelated_patterns_keeps_their_contrast() -> None:
     # Two unrelated stroke patterns mixed half and half lose about half their variance; the
     # contrast-preserving mix keeps it, and leaves a mix of a pattern with itself as it is.
-    generator = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
     first, second = (
-        gaussian_blur(torch.rand(1, 3, 64, 64, generator=generator), 1.0) for _ in range(2)
+        gaussian_blur(rng.random((64, 64, 3), dtype=np.float32), 1.0) for _ in range(2)
     )
-    weight = torch.full((1, 1, 64, 64), 0.5)
-    inner = (..., slice(8, -8), slice(8, -8))
-    plain = (0.5 * first + 0.5 * second)[inner].var().item()
-    kept = contrast_preserving_mix(first, second, weight, 3.0)[inner].var().item()
-    own = first[inner].var().item()
+    weight = np.full((64, 64, 1), 0.5, dtype=np.float32)
+    inner = (slice(8, -8), slice(8, -8))
+    plain = (0.5 * first + 0.5 * second)[inner].var()
+    kept = contrast_preserving_mix(first, second, weight, 3.0)[inner].var()
+    own = first[inner].var()
     assert plain < 0.65 * own, (plain, own)
     assert 0.85 * own < kept < 1.15 * own, (kept, own)
     same = contrast_preserving_mix(first, first, weight, 3.0)
-    torch.testing.assert_close(same, first, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(same, first, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("side", [1, 2, 5])
 def test_the_blur_takes_frames_smaller_than_its_window(side: int) -> None:
-    image = torch.rand(1, 3, side, side + 3)
+    image = np.random.default_rng(side).random((side, side + 3, 3), dtype=np.float32)
     blurred = gaussian_blur(image, 3.0)
     assert blurred.shape == image.shape
     assert blurred.std() <= image.std()
@@ -378,7 +415,8 @@ def test_a_static_mask_stays_on_the_frames_pixels(motion, binary: bool) -> None:
     left[:, :40] = 1
     masks = Masks(torch.stack([left, 1 - left]), binary=binary)
     stabilizer = Stabilizer(
-        lambda canvas, placement: mask_network(canvas, placement, masks), StabilizerConfig(blend=0)
+        lambda canvas, placement: mask_network(canvas, placement, masks),
+        StabilizerConfig(blending=NO_BLEND),
     )
     for frame in clip.frames:
         drawn = stabilizer(frame[None])[0, 0]
