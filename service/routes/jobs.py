@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -53,7 +53,7 @@ from service.openapi import (
 )
 from service.ranges import byte_ranges
 from service.registry import StyleNotFoundError
-from service.routes.styles import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, page_of
+from service.routes.styles import DEFAULT_PAGE_SIZE, PageCursor, PageLimit, page_of
 from service.routes.stylize import read_styles
 from service.security import (
     AuthenticationError,
@@ -321,12 +321,8 @@ async def submit_job(
 async def list_jobs(
     caller: ViewerDep,
     store: StoreDep,
-    limit: Annotated[
-        int, Query(ge=1, le=MAX_PAGE_SIZE, description="Jobs per page.")
-    ] = DEFAULT_PAGE_SIZE,
-    cursor: Annotated[
-        str | None, Query(max_length=200, description="The previous page's `next_cursor`.")
-    ] = None,
+    limit: PageLimit = DEFAULT_PAGE_SIZE,
+    cursor: PageCursor = None,
 ) -> JobList:
     """The caller's jobs (with an admin key, or keys off: every job), oldest first, one page
     at a time as GET /styles."""

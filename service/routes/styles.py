@@ -163,6 +163,13 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
         ) from None
 
 
+# The query of a paged list (GET /styles, GET /jobs).
+PageLimit = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Items per page.")]
+PageCursor = Annotated[
+    str | None, Query(max_length=200, description="The previous page's `next_cursor`.")
+]
+
+
 def page_of(
     items: list[T], position: Callable[[T], tuple[str, str]], limit: int, cursor: str | None
 ) -> tuple[list[T], str | None]:
@@ -180,12 +187,8 @@ def page_of(
 async def list_styles(
     caller: UserDep,
     registry: RegistryDep,
-    limit: Annotated[
-        int, Query(ge=1, le=MAX_PAGE_SIZE, description="Styles per page.")
-    ] = DEFAULT_PAGE_SIZE,
-    cursor: Annotated[
-        str | None, Query(max_length=200, description="The previous page's `next_cursor`.")
-    ] = None,
+    limit: PageLimit = DEFAULT_PAGE_SIZE,
+    cursor: PageCursor = None,
 ) -> StyleList:
     """The registered styles, oldest first, one page at a time."""
     records = await registry.list()
