@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from models.config import FEATURE_STRIDE
 from models.model import Masks
 from models.warping import (
     FlowMaps,
@@ -56,8 +57,6 @@ from models.warping import (
     to_tensor,
     warp_affine,
 )
-
-STRIDE = 8  # the networks' total stride: 3 pools in the encoder, 3 upsamplings in the decoder
 
 # A second motion layer: reliable pixels moving this far (px per frame) from the camera's
 # motion, covering at least this share of the frame.
@@ -250,7 +249,8 @@ class Placement:
         height, width = frame_size
         ox, oy = phase
         to_frame = torch.tensor([[1.0, 0.0, -ox], [0.0, 1.0, -oy]], dtype=torch.float64)
-        return Placement(frame_size, (height + STRIDE, width + STRIDE), to_frame, True)
+        padded = (height + FEATURE_STRIDE, width + FEATURE_STRIDE)
+        return Placement(frame_size, padded, to_frame, True)
 
     @staticmethod
     def identity(frame_size: tuple[int, int]) -> Placement:
@@ -587,7 +587,7 @@ class Stabilizer:
         footprint = corners @ self.camera.T  # the frame's corners in the reference
         # The canvas's origin on a multiple of the stride (the reference's grid), 3 px around
         # the frame's footprint for the resampling taps of the way back.
-        low = torch.floor((footprint.min(0).values - 3) / STRIDE) * STRIDE
+        low = torch.floor((footprint.min(0).values - 3) / FEATURE_STRIDE) * FEATURE_STRIDE
         high = torch.ceil(footprint.max(0).values + 3)
         canvas = (int(high[1] - low[1]) + 1, int(high[0] - low[0]) + 1)
         to_canvas = self.camera - torch.cat(
@@ -673,7 +673,7 @@ def _mirrored_share(value: float, side: float) -> float:
 def _phase(displacement: Tensor) -> tuple[int, int]:
     """The grid phase (x, y) in [0, 8) that puts a scene moved by `displacement` back."""
     shift = torch.round(displacement).long()
-    return int(-shift[0]) % STRIDE, int(-shift[1]) % STRIDE
+    return int(-shift[0]) % FEATURE_STRIDE, int(-shift[1]) % FEATURE_STRIDE
 
 
 def _centre(size: tuple[int, int]) -> Tensor:
