@@ -19,11 +19,10 @@ from PIL import Image
 from torch import Tensor
 
 from devkit.clips import Clip, Deforming, moving_disc, pan, render, rotate, zoom
-from models.config import Device, PipelineConfig, Precision
+from models.config import FEATURE_STRIDE, Device, PipelineConfig, Precision
 from models.model import Masks, StyleMix
 from models.pipeline import Pipeline, build_pipeline
 from models.video import (
-    STRIDE,
     Blending,
     Placement,
     Renewal,
@@ -155,10 +154,10 @@ def test_the_phase_shift_is_an_exact_integer_shift() -> None:
     # Padding by (phase, 8 - phase) and cropping back leaves the frame's pixels where they were:
     # with an identity "stylization" the frame comes back bit for bit.
     frame = texture(SIZE, seed=11)[None]
-    for phase in [(0, 0), (3, 5), (STRIDE - 1, 1)]:
+    for phase in [(0, 0), (3, 5), (FEATURE_STRIDE - 1, 1)]:
         placement = Placement.shift((SIZE, SIZE), phase)
         canvas = placement.place(frame)
-        assert canvas.shape[-2:] == (SIZE + STRIDE, SIZE + STRIDE)
+        assert canvas.shape[-2:] == (SIZE + FEATURE_STRIDE, SIZE + FEATURE_STRIDE)
         torch.testing.assert_close(placement.back(canvas), frame, rtol=0, atol=0)
 
 
@@ -211,8 +210,9 @@ def block_network(canvas: Tensor, placement: Placement) -> Tensor:
     """A fake stylization with the networks' stride-8 grid: half the frame, half its 8 x 8
     block means (the blocks on the canvas's grid), so it changes when the grid moves."""
     height, width = canvas.shape[-2:]
-    padded = F.pad(canvas, (0, -width % STRIDE, 0, -height % STRIDE), mode="replicate")
-    blocks = F.interpolate(F.avg_pool2d(padded, STRIDE), scale_factor=STRIDE, mode="nearest")
+    stride = FEATURE_STRIDE
+    padded = F.pad(canvas, (0, -width % stride, 0, -height % stride), mode="replicate")
+    blocks = F.interpolate(F.avg_pool2d(padded, stride), scale_factor=stride, mode="nearest")
     return 0.5 * canvas + 0.5 * blocks[..., :height, :width]
 
 
