@@ -16,7 +16,7 @@ from PIL import Image
 from devkit import REPO
 from devkit.images import random_image
 from devkit.videos import make_video, truncated
-from media.clip import OWN_SIZE_LIMIT, own_size
+from media.clip import OWN_SIZE_LIMIT, is_video_file, own_size
 from media.video import VideoInfo, describe_output
 
 FAST = ("--model", "lite", "--device", "cpu", "--style-size", "32")
@@ -116,6 +116,16 @@ def test_a_still_gif_is_an_image(files: dict[str, Path], tmp_path: Path) -> None
     assert "frames" not in result.stdout and "image(s)" in result.stdout
     with Image.open(output) as written:
         assert (written.format, written.size) == ("PNG", (60, 44))
+
+
+def test_an_animated_gif_is_a_video_and_a_still_one_is_not(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    animated = tmp_path / "animated.gif"
+    animated.write_bytes(make_video(frames=3, width=32, height=24, container="gif", audio=False))
+    assert is_video_file(animated)
+    assert not is_video_file(files["still"])
+    assert is_video_file(files["clip"]) and not is_video_file(files["style"])
 
 
 @pytest.mark.parametrize(
