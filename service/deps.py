@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from media.imaging import ImageLimits
 from service.engine import Engine
+from service.idempotency import IdempotencyStore
 from service.jobs.local import LocalRunner
 from service.registry import StyleRegistry
 from service.security import RateLimiter
@@ -29,6 +30,7 @@ class Services:
     redis: Redis | None
     rate_limiter: RateLimiter
     jobs: LocalRunner
+    idempotency: IdempotencyStore
     ready: bool = False  # networks loaded and warmed up
 
 

@@ -37,6 +37,7 @@ from service.engine import Engine, StylizeItem
 from service.errors import install_error_handlers
 from service.gallery import register_presets
 from service.hardening import AllowedHosts, HostGuard, SecurityHeaders
+from service.idempotency import MemoryIdempotencyStore, RedisIdempotencyStore
 from service.imaging import PixelBudget
 from service.jobs.local import LocalRunner
 from service.jobs.store import JobStore
@@ -131,8 +132,9 @@ async def start_services(settings: Settings) -> Services:
                                        "compiled": pipeline.compiled, "redis": bool(redis),
                                        "models": list(pipelines), "default": settings.model})
     rate_limiter = RateLimiter(settings.rate_limit, redis)
+    idempotency = MemoryIdempotencyStore() if redis is None else RedisIdempotencyStore(redis)
     return Services(settings, engine, stylizer, registry, limits, redis, rate_limiter,
-                    local_jobs(settings, engine))
+                    local_jobs(settings, engine), idempotency)
 
 
 def local_jobs(settings: Settings, engine: Engine) -> LocalRunner:

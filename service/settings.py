@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     )
     cors_origins: str = Field("", description="other origins whose pages may call the API")
     rate_limit: int = Field(0, ge=0, description="requests per minute per key or address; 0 = off")
+    idempotency_ttl_s: int = Field(
+        24 * 3600,
+        ge=1,
+        description="an Idempotency-Key's first answer is replayed this long (POST /jobs, /styles)",
+    )
     # Slow clients: a body must arrive in full within this time (408), and uvicorn's own limits.
     body_timeout_s: float = Field(60.0, gt=0, description="seconds for a request body to arrive")
     max_connections: int | None = Field(

@@ -32,6 +32,7 @@ from service.caps import CapReachedError, OpenCounts
 from service.deps import RegistryDep, ServicesDep, StylizerDep
 from service.errors import RangeNotSatisfiableError
 from service.forms import FormFieldsDep, UnsupportedFormError
+from service.idempotency import idempotent
 from service.jobs.store import (
     JobNotDoneError,
     JobNotFoundError,
@@ -44,6 +45,7 @@ from service.jobs.submit import create_job
 from service.openapi import (
     BINARY,
     GUARDED,
+    IDEMPOTENT,
     STORE,
     UPLOAD,
     ErrorBody,
@@ -139,7 +141,10 @@ SUBMIT_RESPONSES: Responses = {
     202: {
         "description": "Accepted: the job is queued.",
         "headers": {
-            "Location": header("`/jobs/{id}`: where to follow the job.", {"type": "string"})
+            "Location": header("`/jobs/{id}`: where to follow the job.", {"type": "string"}),
+            "Idempotent-Replayed": header(
+                "`true`: the first answer to this Idempotency-Key, replayed.", {"type": "string"}
+            ),
         },
     },
     **error_responses(
@@ -151,6 +156,7 @@ SUBMIT_RESPONSES: Responses = {
         CapReachedError,
         JobStorageFullError,
         *STORE,
+        *IDEMPOTENT,
         *GUARDED,
     ),
 }
@@ -207,6 +213,7 @@ async def save_upload(upload: UploadFile, target: Path) -> None:
 
 
 @router.post("/jobs", status_code=202, response_model=JobState, responses=SUBMIT_RESPONSES)
+@idempotent(202)
 async def submit_job(
     response: Response,
     caller: UserDep,
