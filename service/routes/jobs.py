@@ -33,6 +33,7 @@ from service.deps import RegistryDep, ServicesDep, StylizerDep
 from service.errors import RangeNotSatisfiableError
 from service.forms import FormFieldsDep, UnsupportedFormError
 from service.idempotency import idempotent
+from service.jobs.position import queue_positions
 from service.jobs.store import (
     JobNotDoneError,
     JobNotFoundError,
@@ -90,6 +91,12 @@ class JobState(BaseModel):
     )
     error: ErrorBody | None = Field(description="Why it failed; null unless failed.")
     created: str = Field(description="When it was submitted: ISO 8601, UTC.")
+    queue_position: int | None = Field(
+        None,
+        ge=0,
+        description="While queued: how many queued jobs (of any caller) start before it, "
+        "counted from 0 (0: it starts next); null once it runs or has finished.",
+    )
     expires: str | None = Field(
         description="When its result and record are removed (ADAIN_JOB_TTL_S after it "
         "finished): ISO 8601, UTC; null while active."
@@ -127,6 +134,15 @@ def job_store(services: ServicesDep) -> JobStore:
 
 
 StoreDep = Annotated[JobStore, Depends(job_store)]
+
+
+async def job_state(store: JobStore, record: JobRecord) -> dict[str, Any]:
+    """What GET /jobs/{id} answers for the job: its record's public part and, while queued,
+    its place in the queue (read from every record, so only then)."""
+    position = None
+    if record.status is JobStatus.queued:
+        position = queue_positions(await run_in_threadpool(store.jobs)).get(record.id)
+    return {**record.public(), "queue_position": position}
 
 
 async def visible_job(job_id: str, caller: Caller, store: JobStore) -> JobRecord:
@@ -317,7 +333,7 @@ async def submit_job(
     )
     runner.submit(job_id)
     response.headers["Location"] = f"/jobs/{job_id}"
-    return JobState(**record.public())
+    return JobState(**await job_state(runner.store, record))
 
 
 @router.get(
@@ -338,8 +354,9 @@ async def list_jobs(
     """The caller's jobs (with an admin key, or keys off: every job), oldest first, one page
     at a time as GET /styles."""
     records = await run_in_threadpool(store.jobs)
+    positions = queue_positions(records)
     states = [
-        JobState(**r.public())
+        JobState(**r.public(), queue_position=positions.get(r.id))
         for r in records
         if caller.role >= Role.admin or r.owner == caller.identity
     ]
@@ -350,7 +367,7 @@ async def list_jobs(
 @router.get("/jobs/{job_id}", response_model=JobState, responses=VIEW_ERRORS)
 async def get_job(job_id: str, caller: ViewerDep, store: StoreDep) -> JobState:
     """The job's status and progress."""
-    return JobState(**(await visible_job(job_id, caller, store)).public())
+    return JobState(**await job_state(store, await visible_job(job_id, caller, store)))
 
 
 @router.get("/jobs/{job_id}/events", response_class=StreamingResponse, responses=EVENTS_RESPONSES)
@@ -366,7 +383,7 @@ async def job_events(
         record: JobRecord | None = first
         sent, quiet = None, 0.0
         while record is not None:
-            state = json.dumps(record.public())
+            state = json.dumps(await job_state(store, record))
             if state != sent:
                 yield f"data: {state}\n\n"
                 sent, quiet = state, 0.0
