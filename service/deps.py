@@ -16,6 +16,7 @@ from service.registry import StyleRegistry
 from service.security import RateLimiter
 from service.settings import Settings
 from service.stylizer import Stylizer
+from service.webhooks import WebhookSender
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Services:
     rate_limiter: RateLimiter
     jobs: LocalRunner
     idempotency: IdempotencyStore
+    webhooks: WebhookSender | None  # None: ADAIN_WEBHOOK_SECRET not set
     ready: bool = False  # networks loaded and warmed up
 
 

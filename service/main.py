@@ -51,6 +51,7 @@ from service.routes.page import STATIC_DIR
 from service.security import Keys, OriginGuard, RateLimiter
 from service.settings import Settings
 from service.stylizer import Stylizer
+from service.webhooks import WebhookSender
 
 log = logging.getLogger("service.main")
 
@@ -133,8 +134,14 @@ async def start_services(settings: Settings) -> Services:
                                        "models": list(pipelines), "default": settings.model})
     rate_limiter = RateLimiter(settings.rate_limit, redis)
     idempotency = MemoryIdempotencyStore() if redis is None else RedisIdempotencyStore(redis)
+    jobs = local_jobs(settings, engine)
+    webhooks = (
+        WebhookSender(jobs.store, settings.webhook_secret, settings.webhook_allow_private,
+                      settings.webhook_retry_s, settings.webhook_retry_for_s)
+        if settings.webhook_secret else None
+    )
     return Services(settings, engine, stylizer, registry, limits, redis, rate_limiter,
-                    local_jobs(settings, engine), idempotency)
+                    jobs, idempotency, webhooks)
 
 
 def local_jobs(settings: Settings, engine: Engine) -> LocalRunner:
@@ -177,9 +184,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await register_presets(services.registry)
     warming = asyncio.create_task(warm_up(services))
     await services.jobs.start()
+    deliveries = [asyncio.create_task(services.webhooks.run())] if services.webhooks else []
     try:
         yield
     finally:
+        for task in deliveries:  # a delivery due meanwhile is sent after the next start
+            task.cancel()
+        await asyncio.gather(*deliveries, return_exceptions=True)
         # uvicorn has finished the in-flight requests; jobs stop at a checkpoint between two
         # frames (taken up again at the next start); the engine finishes its queue.
         await services.jobs.close()
@@ -187,6 +198,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.gather(warming, return_exceptions=True)
         if services.redis is not None:
             await services.redis.aclose()
+        if services.webhooks is not None:
+            services.webhooks.close()
         log.info("stopped")
 
 

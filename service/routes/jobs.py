@@ -69,6 +69,7 @@ from service.security import (
     client_address,
 )
 from service.settings import Settings
+from service.webhooks import WebhookSender, checked_target, parse_events
 
 router = APIRouter(tags=["jobs"])
 
@@ -201,6 +202,23 @@ EVENTS_RESPONSES: Responses = {
 }
 
 
+async def checked_webhook(
+    sender: WebhookSender | None, url: str | None, events: list[str] | None
+) -> tuple[str, list[str]] | None:
+    """(url, events) of a job's webhook, checked as a delivery will be; None without one."""
+    if url is None or not url.strip():
+        if events:
+            raise InvalidInputError("webhook_events: send `webhook` too", "webhook_events")
+        return None
+    if sender is None:
+        raise InvalidInputError(
+            "webhook: this server sends no webhooks (ADAIN_WEBHOOK_SECRET is not set)", "webhook"
+        )
+    names = parse_events(events)
+    await run_in_threadpool(checked_target, url.strip(), sender.allow_private)
+    return url.strip(), names
+
+
 def check_room(store: JobStore, identity: str, settings: Settings) -> None:
     """Room for one more job, its upload saved already: the caller's active jobs under
     ADAIN_MAX_QUEUED_JOBS_PER_KEY (429), all stored jobs under ADAIN_MAX_STORED_JOB_BYTES
@@ -286,6 +304,20 @@ async def submit_job(
             "default ADAIN_MODEL. The job's JSON names it."
         ),
     ] = None,
+    webhook: Annotated[
+        str | None,
+        Form(
+            description="An http(s) URL that gets the job's events as signed POSTs (Standard "
+            "Webhooks; needs ADAIN_WEBHOOK_SECRET). Non-public addresses are refused."
+        ),
+    ] = None,
+    webhook_events: Annotated[
+        list[str] | None,
+        Form(
+            description="Which events go to `webhook`: start, progress, completed (repeated "
+            "fields or comma-separated); default completed."
+        ),
+    ] = None,
 ) -> JobState:
     """Stylize a video as a job: 202 at once with its id and `Location`; the frames keep the
     video's count, rate, timing and audio. Style fields as for /stylize."""
@@ -301,6 +333,7 @@ async def submit_job(
         crop=crop,
         model=model,
     )
+    target = await checked_webhook(services.webhooks, webhook, webhook_events)
     styles = await read_styles(style, style_id, registry, caller)
     masks = [await m.read() for m in mask or []]
     runner, settings = services.jobs, services.settings
@@ -331,6 +364,8 @@ async def submit_job(
             limits=services.limits,
         )
     )
+    if target is not None and services.webhooks is not None:
+        await run_in_threadpool(services.webhooks.attach, job_id, *target)
     runner.submit(job_id)
     response.headers["Location"] = f"/jobs/{job_id}"
     return JobState(**await job_state(runner.store, record))
