@@ -10,11 +10,13 @@ from redis.asyncio import Redis
 
 from media.imaging import ImageLimits
 from service.engine import Engine
+from service.idempotency import IdempotencyStore
 from service.jobs.local import LocalRunner
 from service.registry import StyleRegistry
 from service.security import RateLimiter
 from service.settings import Settings
 from service.stylizer import Stylizer
+from service.webhooks import WebhookSender
 
 
 @dataclass
@@ -29,6 +31,8 @@ class Services:
     redis: Redis | None
     rate_limiter: RateLimiter
     jobs: LocalRunner
+    idempotency: IdempotencyStore
+    webhooks: WebhookSender | None  # None: ADAIN_WEBHOOK_SECRET not set
     ready: bool = False  # networks loaded and warmed up
 
 

@@ -27,6 +27,7 @@ from service.caps import CapReachedError
 from service.engine import EngineBusyError, EngineClosedError, EngineOutOfMemoryError
 from service.forms import UnsupportedFormError
 from service.hardening import HostNotAllowedError
+from service.idempotency import IdempotencyKeyInUseError, IdempotencyKeyReusedError
 from service.imaging import DecodeBudgetError
 from service.jobs.store import JobNotDoneError, JobNotFoundError, JobStorageFullError
 from service.limits import BodyTimeoutError, BodyTooLargeError
@@ -148,6 +149,12 @@ HTTP_ERRORS: dict[type[DomainError], HttpStatus] = {
         retry_after_s=1,
     ),
     StyleNotFoundError: HttpStatus(404, "No style with that id or name."),
+    IdempotencyKeyReusedError: HttpStatus(
+        422, "The Idempotency-Key was used before with another request body."
+    ),
+    IdempotencyKeyInUseError: HttpStatus(
+        409, "The first request with this Idempotency-Key is still being processed."
+    ),
     NameTakenError: HttpStatus(409, "Another style of the same owner has this name."),
     AlreadyRegisteredError: HttpStatus(
         409, "The image is registered already under another name, which it keeps."

@@ -3,8 +3,11 @@ file or the new one, never half of one, even after a SIGKILL; and the ids that n
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 HEX_DIGITS = frozenset("0123456789abcdef")
@@ -32,6 +35,28 @@ def write_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def held_lock(path: Path) -> Iterator[bool]:
+    """Whether this process holds the exclusive lock on the file `path` now (False: another
+    process does, or its folder is gone). Released on exit, and by the system when the
+    process ends, killed or not."""
+    try:
+        lock = open(path, "a")  # noqa: SIM115 (held open)
+    except (FileNotFoundError, NotADirectoryError):  # deleted meanwhile
+        yield False
+        return
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def is_hex_id(value: str, digits: int) -> bool:

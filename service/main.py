@@ -37,6 +37,7 @@ from service.engine import Engine, StylizeItem
 from service.errors import install_error_handlers
 from service.gallery import register_presets
 from service.hardening import AllowedHosts, HostGuard, SecurityHeaders
+from service.idempotency import MemoryIdempotencyStore, RedisIdempotencyStore
 from service.imaging import PixelBudget
 from service.jobs.local import LocalRunner
 from service.jobs.store import JobStore
@@ -50,6 +51,7 @@ from service.routes.page import STATIC_DIR
 from service.security import Keys, OriginGuard, RateLimiter
 from service.settings import Settings
 from service.stylizer import Stylizer
+from service.webhooks import WebhookSender
 
 log = logging.getLogger("service.main")
 
@@ -131,8 +133,15 @@ async def start_services(settings: Settings) -> Services:
                                        "compiled": pipeline.compiled, "redis": bool(redis),
                                        "models": list(pipelines), "default": settings.model})
     rate_limiter = RateLimiter(settings.rate_limit, redis)
+    idempotency = MemoryIdempotencyStore() if redis is None else RedisIdempotencyStore(redis)
+    jobs = local_jobs(settings, engine)
+    webhooks = (
+        WebhookSender(jobs.store, settings.webhook_secret, settings.webhook_allow_private,
+                      settings.webhook_retry_s, settings.webhook_retry_for_s)
+        if settings.webhook_secret else None
+    )
     return Services(settings, engine, stylizer, registry, limits, redis, rate_limiter,
-                    local_jobs(settings, engine))
+                    jobs, idempotency, webhooks)
 
 
 def local_jobs(settings: Settings, engine: Engine) -> LocalRunner:
@@ -175,9 +184,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await register_presets(services.registry)
     warming = asyncio.create_task(warm_up(services))
     await services.jobs.start()
+    deliveries = [asyncio.create_task(services.webhooks.run())] if services.webhooks else []
     try:
         yield
     finally:
+        for task in deliveries:  # a delivery due meanwhile is sent after the next start
+            task.cancel()
+        await asyncio.gather(*deliveries, return_exceptions=True)
         # uvicorn has finished the in-flight requests; jobs stop at a checkpoint between two
         # frames (taken up again at the next start); the engine finishes its queue.
         await services.jobs.close()
@@ -185,6 +198,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.gather(warming, return_exceptions=True)
         if services.redis is not None:
             await services.redis.aclose()
+        if services.webhooks is not None:
+            services.webhooks.close()
         log.info("stopped")
 
 

@@ -39,6 +39,7 @@ from service.errors import (
     domain_error_response,
 )
 from service.forms import UnsupportedFormError
+from service.idempotency import IdempotencyKeyInUseError, IdempotencyKeyReusedError
 from service.imaging import DecodeBudgetError
 from service.limits import BodyTimeoutError, BodyTooLargeError
 from service.registry import (
@@ -99,6 +100,8 @@ UPLOAD: tuple[type[DomainError], ...] = (
 ENGINE: tuple[type[DomainError], ...] = (
     EngineBusyError, EngineClosedError, EngineOutOfMemoryError)
 STORE: tuple[type[DomainError], ...] = (RedisUnavailableError, StorageUnavailableError)
+# A POST with an Idempotency-Key (service/idempotency.py).
+IDEMPOTENT: tuple[type[DomainError], ...] = (IdempotencyKeyReusedError, IdempotencyKeyInUseError)
 
 
 def error_responses(*errors: type[DomainError]) -> Responses:
@@ -156,6 +159,7 @@ REGISTER_STYLE_ERRORS = error_responses(
     *ENGINE,
     *STORE,
     StorageFullError,
+    *IDEMPOTENT,
     *GUARDED,
 )
 LIST_STYLES_RESPONSES = error_responses(InvalidInputError, *STORE, *GUARDED)

@@ -100,6 +100,23 @@ class Settings(BaseSettings):
     )
     cors_origins: str = Field("", description="other origins whose pages may call the API")
     rate_limit: int = Field(0, ge=0, description="requests per minute per key or address; 0 = off")
+    # Job webhooks (docs/jobs.md#webhooks): signed as Standard Webhooks says; off without a
+    # secret. Non-public targets are refused unless allowed (no server-side request forgery).
+    webhook_secret: str = Field(
+        "", description="whsec_<base64>: signs webhook deliveries; empty: none", repr=False
+    )
+    webhook_allow_private: bool = Field(
+        False, description="allow webhooks to loopback, private and link-local addresses"
+    )
+    webhook_retry_s: float = Field(5.0, gt=0, description="first retry delay; doubles each time")
+    webhook_retry_for_s: float = Field(
+        7200.0, gt=0, description="a delivery is retried this long before it is given up"
+    )
+    idempotency_ttl_s: int = Field(
+        24 * 3600,
+        ge=1,
+        description="an Idempotency-Key's first answer is replayed this long (POST /jobs, /styles)",
+    )
     # Slow clients: a body must arrive in full within this time (408), and uvicorn's own limits.
     body_timeout_s: float = Field(60.0, gt=0, description="seconds for a request body to arrive")
     max_connections: int | None = Field(

@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, Protocol
 import torch
 
 from models.errors import DomainError, error_body
-from service.files import is_hex_id, write_atomically
+from service.files import held_lock, is_hex_id, write_atomically
 
 STYLES_FILE = "styles.pt"  # in a job's inputs: its styles and masks as `check_clip` decoded them
 
@@ -205,26 +205,11 @@ class JobStore:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    @contextlib.contextmanager
-    def claim(self, job_id: str) -> Iterator[bool]:
+    def claim(self, job_id: str) -> contextlib.AbstractContextManager[bool]:
         """Whether this process may run the job now: an exclusive lock on it, held while the
         job runs and released by the system when the process ends, killed or not. Two
         processes on one folder (replicas, workers) never run the same job at once."""
-        try:
-            lock = open(self.folder(job_id) / ".run.lock", "a")  # noqa: SIM115 (held open)
-        except FileNotFoundError:  # deleted meanwhile
-            yield False
-            return
-        with lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        return held_lock(self.folder(job_id) / ".run.lock")
 
     def update(self, job_id: str, change: Callable[[JobRecord], None]) -> JobRecord:
         """`change(record)` applied and stored under the job's lock; the record as stored.

@@ -32,6 +32,8 @@ from service.caps import CapReachedError, OpenCounts
 from service.deps import RegistryDep, ServicesDep, StylizerDep
 from service.errors import RangeNotSatisfiableError
 from service.forms import FormFieldsDep, UnsupportedFormError
+from service.idempotency import idempotent
+from service.jobs.position import queue_positions
 from service.jobs.store import (
     JobNotDoneError,
     JobNotFoundError,
@@ -44,6 +46,7 @@ from service.jobs.submit import create_job
 from service.openapi import (
     BINARY,
     GUARDED,
+    IDEMPOTENT,
     STORE,
     UPLOAD,
     ErrorBody,
@@ -66,6 +69,7 @@ from service.security import (
     client_address,
 )
 from service.settings import Settings
+from service.webhooks import WebhookSender, checked_target, parse_events
 
 router = APIRouter(tags=["jobs"])
 
@@ -88,6 +92,12 @@ class JobState(BaseModel):
     )
     error: ErrorBody | None = Field(description="Why it failed; null unless failed.")
     created: str = Field(description="When it was submitted: ISO 8601, UTC.")
+    queue_position: int | None = Field(
+        None,
+        ge=0,
+        description="While queued: how many queued jobs (of any caller) start before it, "
+        "counted from 0 (0: it starts next); null once it runs or has finished.",
+    )
     expires: str | None = Field(
         description="When its result and record are removed (ADAIN_JOB_TTL_S after it "
         "finished): ISO 8601, UTC; null while active."
@@ -127,6 +137,15 @@ def job_store(services: ServicesDep) -> JobStore:
 StoreDep = Annotated[JobStore, Depends(job_store)]
 
 
+async def job_state(store: JobStore, record: JobRecord) -> dict[str, Any]:
+    """What GET /jobs/{id} answers for the job: its record's public part and, while queued,
+    its place in the queue (read from every record, so only then)."""
+    position = None
+    if record.status is JobStatus.queued:
+        position = queue_positions(await run_in_threadpool(store.jobs)).get(record.id)
+    return {**record.public(), "queue_position": position}
+
+
 async def visible_job(job_id: str, caller: Caller, store: JobStore) -> JobRecord:
     """The job if the caller may see it: its owner's key, or an admin key (keys off: anyone)."""
     record = await run_in_threadpool(store.get, job_id)
@@ -139,7 +158,10 @@ SUBMIT_RESPONSES: Responses = {
     202: {
         "description": "Accepted: the job is queued.",
         "headers": {
-            "Location": header("`/jobs/{id}`: where to follow the job.", {"type": "string"})
+            "Location": header("`/jobs/{id}`: where to follow the job.", {"type": "string"}),
+            "Idempotent-Replayed": header(
+                "`true`: the first answer to this Idempotency-Key, replayed.", {"type": "string"}
+            ),
         },
     },
     **error_responses(
@@ -151,6 +173,7 @@ SUBMIT_RESPONSES: Responses = {
         CapReachedError,
         JobStorageFullError,
         *STORE,
+        *IDEMPOTENT,
         *GUARDED,
     ),
 }
@@ -177,6 +200,23 @@ EVENTS_RESPONSES: Responses = {
     },
     **error_responses(*VIEWING, CapReachedError),
 }
+
+
+async def checked_webhook(
+    sender: WebhookSender | None, url: str | None, events: list[str] | None
+) -> tuple[str, list[str]] | None:
+    """(url, events) of a job's webhook, checked as a delivery will be; None without one."""
+    if url is None or not url.strip():
+        if events:
+            raise InvalidInputError("webhook_events: send `webhook` too", "webhook_events")
+        return None
+    if sender is None:
+        raise InvalidInputError(
+            "webhook: this server sends no webhooks (ADAIN_WEBHOOK_SECRET is not set)", "webhook"
+        )
+    names = parse_events(events)
+    await run_in_threadpool(checked_target, url.strip(), sender.allow_private)
+    return url.strip(), names
 
 
 def check_room(store: JobStore, identity: str, settings: Settings) -> None:
@@ -207,6 +247,7 @@ async def save_upload(upload: UploadFile, target: Path) -> None:
 
 
 @router.post("/jobs", status_code=202, response_model=JobState, responses=SUBMIT_RESPONSES)
+@idempotent(202)
 async def submit_job(
     response: Response,
     caller: UserDep,
@@ -263,6 +304,20 @@ async def submit_job(
             "default ADAIN_MODEL. The job's JSON names it."
         ),
     ] = None,
+    webhook: Annotated[
+        str | None,
+        Form(
+            description="An http(s) URL that gets the job's events as signed POSTs (Standard "
+            "Webhooks; needs ADAIN_WEBHOOK_SECRET). Non-public addresses are refused."
+        ),
+    ] = None,
+    webhook_events: Annotated[
+        list[str] | None,
+        Form(
+            description="Which events go to `webhook`: start, progress, completed (repeated "
+            "fields or comma-separated); default completed."
+        ),
+    ] = None,
 ) -> JobState:
     """Stylize a video as a job: 202 at once with its id and `Location`; the frames keep the
     video's count, rate, timing and audio. Style fields as for /stylize."""
@@ -278,6 +333,7 @@ async def submit_job(
         crop=crop,
         model=model,
     )
+    target = await checked_webhook(services.webhooks, webhook, webhook_events)
     styles = await read_styles(style, style_id, registry, caller)
     masks = [await m.read() for m in mask or []]
     runner, settings = services.jobs, services.settings
@@ -308,9 +364,11 @@ async def submit_job(
             limits=services.limits,
         )
     )
+    if target is not None and services.webhooks is not None:
+        await run_in_threadpool(services.webhooks.attach, job_id, *target)
     runner.submit(job_id)
     response.headers["Location"] = f"/jobs/{job_id}"
-    return JobState(**record.public())
+    return JobState(**await job_state(runner.store, record))
 
 
 @router.get(
@@ -327,8 +385,9 @@ async def list_jobs(
     """The caller's jobs (with an admin key, or keys off: every job), oldest first, one page
     at a time as GET /styles."""
     records = await run_in_threadpool(store.jobs)
+    positions = queue_positions(records)
     states = [
-        JobState(**r.public())
+        JobState(**r.public(), queue_position=positions.get(r.id))
         for r in records
         if caller.role >= Role.admin or r.owner == caller.identity
     ]
@@ -339,7 +398,7 @@ async def list_jobs(
 @router.get("/jobs/{job_id}", response_model=JobState, responses=VIEW_ERRORS)
 async def get_job(job_id: str, caller: ViewerDep, store: StoreDep) -> JobState:
     """The job's status and progress."""
-    return JobState(**(await visible_job(job_id, caller, store)).public())
+    return JobState(**await job_state(store, await visible_job(job_id, caller, store)))
 
 
 @router.get("/jobs/{job_id}/events", response_class=StreamingResponse, responses=EVENTS_RESPONSES)
@@ -355,7 +414,7 @@ async def job_events(
         record: JobRecord | None = first
         sent, quiet = None, 0.0
         while record is not None:
-            state = json.dumps(record.public())
+            state = json.dumps(await job_state(store, record))
             if state != sent:
                 yield f"data: {state}\n\n"
                 sent, quiet = state, 0.0

@@ -20,6 +20,7 @@ from models import images
 from models.errors import InvalidInputError
 from service.deps import LimitsDep, RegistryDep, StylizerDep
 from service.forms import FormFieldsDep
+from service.idempotency import idempotent
 from service.openapi import (
     LIST_STYLES_RESPONSES,
     REGISTER_STYLE_ERRORS,
@@ -100,6 +101,7 @@ def checked_name(name: str | None) -> str | None:
         **REGISTER_STYLE_ERRORS,
     },
 )
+@idempotent(status.HTTP_201_CREATED)
 async def register_style(
     file: Annotated[UploadFile, File(description="PNG, JPEG or WebP style image")],
     caller: AdminDep,

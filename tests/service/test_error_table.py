@@ -34,6 +34,7 @@ from service.errors import (
 )
 from service.forms import UnsupportedFormError
 from service.hardening import HostNotAllowedError
+from service.idempotency import IdempotencyKeyInUseError, IdempotencyKeyReusedError
 from service.imaging import DecodeBudgetError
 from service.jobs.store import JobNotDoneError, JobNotFoundError, JobStorageFullError
 from service.limits import BodyTimeoutError, BodyTooLargeError
@@ -123,6 +124,11 @@ CASES: list[tuple[DomainError, int, str | None]] = [
     (JobStorageFullError("the jobs' storage would hold 30 bytes with this upload, over the "
                          "limit of 20 (ADAIN_MAX_STORED_JOB_BYTES); retry once older jobs "
                          "expire"), 503, "60"),
+    (IdempotencyKeyReusedError("Idempotency-Key: this key was used with another request body; "
+                               "send a new key for a new request", "Idempotency-Key"), 422, None),
+    (IdempotencyKeyInUseError("Idempotency-Key: the first request with this key is still being "
+                              "processed; retry shortly to get its answer", "Idempotency-Key"),
+     409, None),
     (AlreadyRegisteredError("name: this image is registered already as 'harbour' (id 0a...), "
                             "the name it keeps; use that name or the id instead of 'quay'",
                             "name"), 409, None),
