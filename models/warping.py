@@ -37,8 +37,11 @@ MAX_CHANNELS = 4
 
 
 def to_image(tensor: Tensor) -> np.ndarray:
-    """(1, C, H, W) tensor -> (H, W, C) float32 array (one copy, on the CPU)."""
-    return np.ascontiguousarray(tensor[0].detach().float().cpu().permute(1, 2, 0).numpy())
+    """(1, C, H, W) tensor -> (H, W, C) float32 array (one copy, on the CPU): OpenCV's merge
+    interleaves the planes several times faster than a strided transpose copy."""
+    planes = tensor[0].detach().float().cpu().numpy()
+    image = cv2.merge(list(planes))
+    return image.reshape(*image.shape[:2], planes.shape[0])
 
 
 def to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
