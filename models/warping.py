@@ -140,7 +140,7 @@ def _shift(
     window = padded[top + pads[0] : bottom + pads[0], left + pads[2] : right + pads[2]]
     taps_x, taps_y = _lanczos_taps(shift_x - base_x), _lanczos_taps(shift_y - base_y)
     filtered = cv2.sepFilter2D(
-        np.ascontiguousarray(window),
+        window,  # a view: OpenCV takes rows at any stride, no copy needed
         -1,
         taps_x,
         taps_y,
