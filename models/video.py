@@ -516,10 +516,11 @@ class Stabilizer:
 
     def _track(
         self, flow: np.ndarray, reliable: np.ndarray
-    ) -> tuple[np.ndarray | None, bool, np.ndarray]:
+    ) -> tuple[np.ndarray | None, bool, np.ndarray | None]:
         """Follow the camera and, with two layers, a second motion; returns the second layer's
         pixels (H, W) bool, or None when there is no second motion, whether the reference
-        was renewed, and how far (px, (H, W)) the flow is from the nearest aligned motion."""
+        was renewed, and how far (px, (H, W)) the flow is from the nearest aligned motion
+        (None where nothing uses it)."""
         size = (flow.shape[0], flow.shape[1])
         if self.config.tracking.similarity:
             motion = fit_similarity(flow, reliable)
@@ -530,6 +531,12 @@ class Stabilizer:
         previous_camera = self.camera
         self.camera = _compose(self.camera, motion)
         renewed = self._renew_reference(size)
+        blending = self.config.blending
+        if (
+            self.config.tracking.motion_layers < 2
+            and blending.nonrigid_detail_weight == blending.detail_weight
+        ):
+            return None, renewed, None  # the distance would go unused (`_detail_share`)
         camera_flow = _affine_flow(motion, size)
         distance = cv2.magnitude(flow[..., 0] - camera_flow[0], flow[..., 1] - camera_flow[1])
         if self.config.tracking.motion_layers < 2:
@@ -780,10 +787,11 @@ def propagate(
         return weight * warped + (1 - weight) * stylized
     smooth = gaussian_blur(stylized, config.blending.detail_sigma)
     output = mix(warped_smooth, smooth, weight, config)
+    # detail + detail_weight * (warped detail - detail), in place: one product, no temporary.
     warped_detail = np.subtract(warped, warped_smooth, out=warped_smooth)
-    warped_detail *= detail_weight
     detail = np.subtract(stylized, smooth, out=smooth)
-    detail *= 1 - detail_weight
+    warped_detail -= detail
+    warped_detail *= detail_weight
     output += detail
     output += warped_detail
     return np.clip(output, 0, 1, out=output)

@@ -37,8 +37,11 @@ MAX_CHANNELS = 4
 
 
 def to_image(tensor: Tensor) -> np.ndarray:
-    """(1, C, H, W) tensor -> (H, W, C) float32 array (one copy, on the CPU)."""
-    return np.ascontiguousarray(tensor[0].detach().float().cpu().permute(1, 2, 0).numpy())
+    """(1, C, H, W) tensor -> (H, W, C) float32 array (one copy, on the CPU): OpenCV's merge
+    interleaves the planes several times faster than a strided transpose copy."""
+    planes = tensor[0].detach().float().cpu().numpy()
+    image = cv2.merge(list(planes))
+    return image.reshape(*image.shape[:2], planes.shape[0])
 
 
 def to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
@@ -137,7 +140,7 @@ def _shift(
     window = padded[top + pads[0] : bottom + pads[0], left + pads[2] : right + pads[2]]
     taps_x, taps_y = _lanczos_taps(shift_x - base_x), _lanczos_taps(shift_y - base_y)
     filtered = cv2.sepFilter2D(
-        np.ascontiguousarray(window),
+        window,  # a view: OpenCV takes rows at any stride, no copy needed
         -1,
         taps_x,
         taps_y,
