@@ -502,8 +502,9 @@ async def job_result(job_id: str, request: Request, caller: ViewerDep, store: St
     if record.status is not JobStatus.succeeded:
         raise not_done(record)
     file = await run_in_threadpool(store.results.open, job_id)
-    if file is None:  # removed in between (DELETE, expiry)
-        raise not_done(await visible_job(job_id, caller, store))
+    if file is None:  # removed in between (DELETE, expiry): its record goes next
+        record = await visible_job(job_id, caller, store)
+        raise not_found(job_id) if record.status is JobStatus.succeeded else not_done(record)
     stat = os.fstat(file.fileno())
     etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
     last_modified = formatdate(stat.st_mtime, usegmt=True)
