@@ -223,9 +223,11 @@ async function startLive() {
     }
     const message = JSON.parse(event.data);
     if (message.ready) {
+      // Each settings change is answered "ready" too: only the first says the stream is live,
+      // so that a later message ("Style … ready.") stays.
+      if (!live.ready) liveStatus("Live.");
       live.ready = true;
       showAnsweringModel(message.settings && message.settings.model);
-      liveStatus("Live.");
       sendFrames();
     } else if ("frame" in message) {
       live.header = message;
