@@ -82,8 +82,12 @@ def stylize_and_wait(page: Page) -> str:
 
 
 def decoded_pixels(image: Locator) -> np.ndarray:
-    """The picture an <img> shows, as the browser decoded it: (height, width, 3) in [0, 1]."""
-    data_url = image.evaluate("""image => {
+    """The picture an <img> shows, as the browser decoded it: (height, width, 3) in [0, 1]. A
+    picture being replaced (live mode swaps one in per frame) is read once it has loaded."""
+    data_url = image.evaluate("""async image => {
+        if (!image.complete || !image.naturalWidth) {
+            await new Promise((resolve) => image.addEventListener("load", resolve, { once: true }));
+        }
         const canvas = document.createElement("canvas");
         canvas.width = image.naturalWidth; canvas.height = image.naturalHeight;
         canvas.getContext("2d").drawImage(image, 0, 0);
