@@ -29,6 +29,7 @@ from service.forms import UnsupportedFormError
 from service.hardening import HostNotAllowedError
 from service.idempotency import IdempotencyKeyInUseError, IdempotencyKeyReusedError
 from service.imaging import DecodeBudgetError
+from service.jobs.blobs import JobFilesUnavailableError
 from service.jobs.store import JobNotDoneError, JobNotFoundError, JobStorageFullError
 from service.limits import BodyTimeoutError, BodyTooLargeError
 from service.live import LiveBusyError, LiveFailedError, LiveIdleError
@@ -229,6 +230,10 @@ HTTP_ERRORS: dict[type[DomainError], HttpStatus] = {
         "as its cap allows (`detail` names the setting): close one, or retry after "
         "Retry-After seconds.",
         retry_after_s=30,
+    ),
+    JobFilesUnavailableError: HttpStatus(
+        503, "The jobs' object store does not answer; nothing submitted was lost.",
+        retry_after_s=5,
     ),
     JobStorageFullError: HttpStatus(
         503,

@@ -40,7 +40,7 @@ from service.hardening import AllowedHosts, HostGuard, SecurityHeaders
 from service.idempotency import MemoryIdempotencyStore, RedisIdempotencyStore
 from service.imaging import PixelBudget
 from service.jobs.local import LocalRunner
-from service.jobs.store import JobStore
+from service.jobs.store import job_store
 from service.limits import BodySizeLimit
 from service.live import LiveSessions
 from service.logs import RequestContext, configure_logging
@@ -145,9 +145,9 @@ async def start_services(settings: Settings) -> Services:
 
 
 def local_jobs(settings: Settings, engine: Engine) -> LocalRunner:
-    """Video jobs in this process, through its engine, their state in ADAIN_JOBS_DIR; with
-    Redis, handed to the workers' queue (docs/jobs.md)."""
-    store = JobStore(settings.jobs_dir, settings.job_ttl_s)
+    """Video jobs in this process, through its engine, in the jobs' store; with Redis, handed
+    to the workers' queue (docs/jobs.md)."""
+    store = job_store(settings)
     job_settings = settings.clip_settings()
     if settings.redis_url:
         from service.jobs.queue import QueueRunner

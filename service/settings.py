@@ -137,9 +137,20 @@ class Settings(BaseSettings):
     # addresses or networks, `*` any; empty: none, the peer's address is the client's.
     forwarded_allow_ips: str = Field("", description="proxies trusted for X-Forwarded-*")
 
-    # Video jobs (docs/video.md): state, inputs and results on disk, shared by the service and
-    # any worker that mounts the folder.
+    # Video jobs (docs/jobs.md): their files in the folder jobs_dir, or in an object store
+    # (storage_url), then jobs_dir is each process's scratch folder; their records in jobs_dir,
+    # or in Redis with redis_url set.
     jobs_dir: Path = Path("data/jobs")
+    storage_url: str = Field(
+        "",
+        description="s3://bucket/prefix: jobs' files in an S3-compatible store (AWS_ENDPOINT_URL, "
+        "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION); empty: the folder jobs_dir",
+    )
+    result_redirect: bool = Field(
+        False,
+        description="with an object store: GET /jobs/{id}/result redirects to a presigned URL "
+        "instead of streaming through the service",
+    )
     job_ttl_s: int = Field(
         24 * 3600,
         ge=1,

@@ -2,12 +2,13 @@
 as the Standard Webhooks specification says (`webhook-id`, `webhook-timestamp`,
 `webhook-signature`, the `standardwebhooks` package, ADAIN_WEBHOOK_SECRET).
 
-A job's webhook and its deliveries live in its folder (`webhook.json`), next to its record, so
-they survive a restart and reach a job run by any worker: the service watches the records of
-the jobs that have one and turns their changes into events (`start`, `progress` at most every
+A job's webhook and its deliveries are a document beside its record (`webhook`, in the job's
+folder or in Redis: `service.jobs.records`), so they survive a restart and reach a job run by
+any worker: the service watches the records of the jobs that have one and turns their changes
+into events (`start`, `progress` at most every
 PROGRESS_EVERY_S, `completed`). Each event keeps one `webhook-id` through its retries (at least
 once: a receiver deduplicates by it), retried with doubling delays until
-ADAIN_WEBHOOK_RETRY_FOR_S has passed. Several replicas share the folder: a lock per job lets
+ADAIN_WEBHOOK_RETRY_FOR_S has passed. Several replicas share the records: a lock per job lets
 one of them deliver at a time.
 
 No server-side request forgery: a target that resolves to a loopback, private, link-local or
@@ -19,7 +20,6 @@ ADAIN_WEBHOOK_ALLOW_PRIVATE=true allows such targets (tests, a private network).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
 import logging
@@ -29,7 +29,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -37,13 +36,11 @@ import httpx
 from standardwebhooks.webhooks import Webhook
 
 from models.errors import InvalidInputError
-from service.files import held_lock, write_atomically
 from service.jobs.store import JobRecord, JobStatus, JobStore, iso_time
 
 log = logging.getLogger("service.webhooks")
 
-WEBHOOK_FILE = "webhook.json"
-LOCK_FILE = ".webhook.lock"
+WEBHOOK = "webhook"  # the job's document (and lock) name
 PROGRESS_EVERY_S = 5.0  # one `progress` event at most this often per job
 MAX_RETRY_DELAY_S = 900.0
 DELIVERY_TIMEOUT_S = 10.0
@@ -68,7 +65,7 @@ class Delivery:
 
 @dataclass
 class WebhookState:
-    """`webhook.json` in a job's folder."""
+    """The `webhook` document of a job."""
 
     url: str
     events: list[str]
@@ -84,8 +81,8 @@ class WebhookState:
         data["pending"] = [Delivery(**d) for d in data["pending"]]
         return cls(**data)
 
-    def save(self, folder: Path) -> None:
-        write_atomically(folder / WEBHOOK_FILE, json.dumps(asdict(self)).encode())
+    def dumps(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
 
     @property
     def done(self) -> bool:
@@ -169,35 +166,35 @@ class WebhookSender:
 
     def attach(self, job_id: str, url: str, events: list[str]) -> None:
         """The job's webhook, before the job is queued."""
-        WebhookState(url, events).save(self.store.folder(job_id))
+        self.store.records.write(job_id, WEBHOOK, WebhookState(url, events).dumps())
 
     def close(self) -> None:
         self.client.close()
 
     def tick(self, now: float | None = None) -> None:
         """One pass over the jobs with a webhook: new events queued, due deliveries sent."""
-        for folder in self.store.root.iterdir():
-            if (folder / WEBHOOK_FILE).is_file():
-                with held_lock(folder / LOCK_FILE) as held:  # one replica at a time
-                    if held:
-                        self._job(folder, now or time.time())
+        records = self.store.records
+        for job_id in records.ids(WEBHOOK):
+            with records.lock(job_id, WEBHOOK) as held:  # one replica at a time
+                if held:
+                    self._job(job_id, now or time.time())
 
-    def _job(self, folder: Path, now: float) -> None:
-        try:
-            state = WebhookState.loads((folder / WEBHOOK_FILE).read_bytes())
-        except FileNotFoundError:  # the job was deleted meanwhile
+    def _job(self, job_id: str, now: float) -> None:
+        raw = self.store.records.read(job_id, WEBHOOK)
+        if raw is None:  # the job was deleted meanwhile
             return
+        state = WebhookState.loads(raw)
         if state.done:
             return
-        record = self.store.get(folder.name)
+        record = self.store.get(job_id)
         if record is not None:
             self._new_events(state, record, now)
         # In order: a job's later event waits while an earlier one is retried.
         while state.pending and state.pending[0].next_at <= now:
             if not self._deliver(state, state.pending[0], now):
                 break
-        with contextlib.suppress(FileNotFoundError):  # the job was deleted meanwhile
-            state.save(folder)
+        # Not brought back if the job was deleted meanwhile.
+        self.store.records.change(job_id, WEBHOOK, lambda current: state.dumps())
 
     def _new_events(self, state: WebhookState, record: JobRecord, now: float) -> None:
         def add(event: WebhookEvent) -> None:

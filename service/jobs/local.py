@@ -127,7 +127,5 @@ class LocalRunner:
             await asyncio.to_thread(self.store.remove_work, job_id)
             return
         deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline and (
-            self.store.work(job_id).exists() or self.store.inputs(job_id).exists()
-        ):
+        while time.monotonic() < deadline and await asyncio.to_thread(self.store.has_work, job_id):
             await asyncio.sleep(0.05)

@@ -2,8 +2,9 @@
 
 The service sends one message per job (its id); a worker process takes it and runs the one job
 function (`service.jobs.run.run_job`) on it. Everything else a job has (inputs, record,
-progress, cancellation, checkpoints, result) lives in the shared job folder, not in the message,
-so a message redelivered after its worker died resumes the job at its last checkpoint.
+progress, cancellation, checkpoints, result) lives in the jobs' store (`service.jobs.store`:
+records in Redis, files in the object store or a shared folder), not in the message, so a
+message redelivered after its worker died resumes the job at its last checkpoint.
 
 Why Dramatiq: its Redis broker hands a dead worker's messages back by heartbeat, not after a
 visibility timeout, so a long job is never given to a second worker while the first runs it.
@@ -28,6 +29,7 @@ from models.model import StyleMix
 from service import metrics
 from service.engine import Engine
 from service.jobs.local import EngineBackend, LocalRunner
+from service.jobs.records import LOCK_TTL_S
 from service.jobs.run import run_job
 from service.jobs.store import JobRecord, JobStatus, JobStore
 from service.registry import RedisUnavailableError
@@ -58,7 +60,13 @@ class QueueConfig:
 
 
 class JobInterruptedRetry(dramatiq.Retry):
-    """This process stops (SIGTERM, shutdown): the job checkpointed, back to the queue now."""
+    """This process stops (SIGTERM, shutdown): the job checkpointed, back to the queue now.
+    Not a failed start: never counted against the job's retries."""
+
+
+class JobClaimedRetry(JobInterruptedRetry):
+    """Another process holds the job's claim: it runs the job, or it died and its claim is
+    about to expire (`service.jobs.records.LOCK_TTL_S`); the message comes back after that."""
 
 
 # run(job_id): the job to its end (succeeded, failed for its input, canceled) from its last
@@ -227,9 +235,12 @@ def job_handlers(
         if record is None:
             if should_stop():
                 raise JobInterruptedRetry("this worker is stopping", delay=0)
-            # Deleted before it ran, or a second message for a job another process holds (its
-            # claim, a lock in the folder): that process's own message covers it.
-            log.info("job not run here: gone or running elsewhere", extra={"job": job_id})
+            current = store.get(job_id)
+            if current is not None and not current.status.finished:
+                # Claimed by another process: if that one died, this message resumes the job
+                # once its claim has expired; if it lives, the job is over by then.
+                raise JobClaimedRetry("claimed by another process", delay=int(LOCK_TTL_S * 1000))
+            log.info("job not run here: gone or finished", extra={"job": job_id})
             return
         observe_finished(record)
 

@@ -1,7 +1,7 @@
 """`run_job`: THE video job function. It reads the job from a `JobStore`, stylizes its frames
 with the clip runner (`media.clip.stylize_frames`) through a `FrameBackend` (the service's
 engine, or a model a worker process loaded itself), and writes the result into the store. No
-FastAPI, no engine: any process with the store's folder can run it.
+FastAPI, no engine: any process that reaches the store can run it.
 
 Resumable: every `checkpoint_s` of work the open segment is closed and a checkpoint stored
 (frames done, the segments, the stabiliser's state); a process killed mid-job and started again
@@ -142,7 +142,7 @@ def _run_claimed(
     record = store.update(job_id, succeed)
     store.remove_work(job_id)
     if record.status is JobStatus.canceled:  # while the segments were joined: no result
-        store.results.delete(job_id)
+        store.delete_result(job_id)
         log.info("job canceled", extra={"job": job_id})
         return record
     log.info("job succeeded", extra={"job": job_id, "frames": frames})
@@ -165,8 +165,8 @@ def _stylize_frames(
     """Stylizes the frames after the last checkpoint and joins all into the result; returns
     the number of frames."""
     job_id, params = record.id, ClipParams.from_record(record.params, backend.models)
-    inputs, work = store.inputs(job_id), store.work(job_id)
-    work.mkdir(exist_ok=True)
+    inputs, work = store.fetch_inputs(job_id), store.work(job_id)
+    work.mkdir(parents=True, exist_ok=True)
     checkpoint = store.load_checkpoint(job_id) or Checkpoint(0, [], None)
     segments = [Segment(work / s["file"], s["first_pts"], s["frames"]) for s in checkpoint.segments]
     kept = {s.path.name for s in segments} | {"checkpoint.pt"}
@@ -210,5 +210,5 @@ def _stylize_frames(
     progress.report(state.frames_done, force=True)
     produced = work / "result.mp4"
     join(state, inputs / "video", produced, params)
-    store.results.save(job_id, produced)
+    store.save_result(job_id, produced)
     return state.frames_done

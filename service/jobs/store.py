@@ -1,35 +1,44 @@
-"""Jobs on disk under ADAIN_JOBS_DIR: one folder per job with its record, inputs, checkpoint and
-result. Any process that mounts the folder (the service, a worker) reads and updates the same
-jobs; updates of a record are read-modify-write under a file lock, so a cancel from the API and
-a progress report from the job cannot overwrite each other.
+"""Jobs: their records (`service.jobs.records`: a folder, or Redis with workers on) and their
+files (`service.jobs.blobs`: the folder, or an S3-compatible object store). Any process that
+reaches both (the service, a worker) reads and updates the same jobs; a record is changed by
+read-modify-write that no other process interleaves, so a cancel from the API and a progress
+report from the job cannot overwrite each other.
 
-    <root>/<id>/job.json            the record (`JobRecord`), replaced atomically
-    <root>/<id>/inputs/             the uploaded video; the styles and masks, decoded
-    <root>/<id>/work/               segments and checkpoint of a job in progress
-    <root>/<id>/result.mp4          the result (`FolderResultStore`)
+    <id>/job.json                 the record (`JobRecord`; in Redis with workers on)
+    <id>/inputs/                  the uploaded video; the styles and masks, decoded
+    <id>/work/                    segments and checkpoint of a job in progress
+    <id>/result.mp4               the result
+
+A process works on local copies in its scratch folder (`<ADAIN_JOBS_DIR>/.scratch/<id>/`):
+an upload is checked there before it is stored; a job runs there and stores its segments at
+each checkpoint, so that another process (another host) resumes it from the store.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import json
 import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, TypeVar
 
+import redis
 import torch
 
 from models.errors import DomainError, error_body
-from service.files import held_lock, is_hex_id, write_atomically
+from service.jobs.blobs import Blob, BlobStore, FolderBlobs, blob_store, patiently
+from service.jobs.records import FolderRecords, Records, RedisRecords, valid_id
+from service.settings import Settings
+
+T = TypeVar("T")
 
 STYLES_FILE = "styles.pt"  # in a job's inputs: its styles and masks as `check_clip` decoded them
 
@@ -55,7 +64,7 @@ class JobNotDoneError(DomainError):
 
 
 class JobStorageFullError(DomainError):
-    """ADAIN_MAX_STORED_JOB_BYTES are stored under ADAIN_JOBS_DIR: retry once older jobs
+    """ADAIN_MAX_STORED_JOB_BYTES are stored in the jobs' storage: retry once older jobs
     expire or are deleted (503)."""
 
 
@@ -101,133 +110,112 @@ class Checkpoint:
     stabilizer: dict[str, torch.Tensor] | None
 
 
-class ResultStore(Protocol):
-    """Where results live: a folder here; an object store could take its place."""
-
-    def save(self, job_id: str, produced: Path) -> None: ...
-
-    def path(self, job_id: str) -> Path | None: ...
-
-    def open(self, job_id: str) -> BinaryIO | None:
-        """The result opened for reading (None: there is none): it stays readable to the end
-        even if the job is deleted meanwhile."""
-        ...
-
-    def delete(self, job_id: str) -> None: ...
-
-
-class FolderResultStore:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def _file(self, job_id: str) -> Path:
-        return self.root / job_id / "result.mp4"
-
-    def save(self, job_id: str, produced: Path) -> None:
-        os.replace(produced, self._file(job_id))
-
-    def path(self, job_id: str) -> Path | None:
-        file = self._file(job_id)
-        return file if file.is_file() else None
-
-    def open(self, job_id: str) -> BinaryIO | None:
-        try:
-            return self._file(job_id).open("rb")
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-
-    def delete(self, job_id: str) -> None:
-        self._file(job_id).unlink(missing_ok=True)
-
-
-def valid_id(job_id: str) -> bool:
-    """A job's id: 32 hex digits."""
-    return is_hex_id(job_id, 32)
+JOB = "job"  # the record's document name
+RESULT = "result.mp4"
+CHECKPOINT = "checkpoint.pt"
+SCRATCH = ".scratch"
+STORE_PATIENCE_S = 300.0  # a running job waits this long for a store that does not answer
 
 
 class JobStore:
-    def __init__(self, root: Path, ttl_s: float, results: ResultStore | None = None) -> None:
-        self.root = root
+    def __init__(
+        self,
+        root: Path,
+        ttl_s: float,
+        records: Records | None = None,
+        blobs: BlobStore | None = None,
+        patience_s: float = STORE_PATIENCE_S,
+    ) -> None:
+        """`root`: this process's folder (the store itself unless `blobs` says otherwise; its
+        scratch folder in any case)."""
         self.ttl_s = ttl_s
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.results = results or FolderResultStore(root)
+        self.records = records or FolderRecords(root)
+        self.blobs = blobs or FolderBlobs(root)
+        self.scratch_root = root / SCRATCH
+        self.scratch_root.mkdir(parents=True, exist_ok=True)
+        self.patience_s = patience_s
 
-    def folder(self, job_id: str) -> Path:
-        return self.root / job_id
+    def scratch(self, job_id: str) -> Path:
+        return self.scratch_root / job_id
 
     def inputs(self, job_id: str) -> Path:
-        return self.folder(job_id) / "inputs"
+        """The job's inputs in this process's scratch folder (`fetch_inputs` fills it)."""
+        return self.scratch(job_id) / "inputs"
 
     def work(self, job_id: str) -> Path:
-        return self.folder(job_id) / "work"
+        return self.scratch(job_id) / "work"
 
-    # --- records ----------------------------------------------------------------------------
+    def _patiently(self, operation: Callable[[], T], what: str) -> T:
+        return patiently(operation, self.patience_s, what)
 
-    def new_folder(self) -> tuple[str, Path]:
-        """A fresh id and its inputs folder, to fill before `create`; not a job until then
-        (a crash leaves a folder without a record, removed by `cleanup`)."""
+    # --- submission -------------------------------------------------------------------------
+
+    def new_upload(self) -> tuple[str, Path]:
+        """A fresh id and a scratch folder for its inputs, to fill and check before `create`;
+        not a job until then (`discard_upload`, or `cleanup` after a crash, removes it)."""
         job_id = secrets.token_hex(16)
         inputs = self.inputs(job_id)
         inputs.mkdir(parents=True)
         return job_id, inputs
 
+    def discard_upload(self, job_id: str) -> None:
+        shutil.rmtree(self.scratch(job_id), ignore_errors=True)
+
     def create(
         self, job_id: str, owner: str, params: dict[str, Any], frames_total: int
     ) -> JobRecord:
-        record = JobRecord(job_id, owner, JobStatus.queued, params, frames_total)
-        self._write(record)
+        """The job queued: its inputs (the scratch folder's files) stored, then its record.
+        A store that does not answer leaves no job (503: the client submits again)."""
+        try:
+            for file in sorted(self.inputs(job_id).iterdir()):
+                self.blobs.put_file(f"{job_id}/inputs/{file.name}", file)
+            record = JobRecord(job_id, owner, JobStatus.queued, params, frames_total)
+            self._write(record)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.blobs.delete_prefix(f"{job_id}/")
+            raise
+        finally:
+            self.discard_upload(job_id)
         return record
 
+    # --- records ----------------------------------------------------------------------------
+
     def get(self, job_id: str) -> JobRecord | None:
-        if not valid_id(job_id):
-            return None
-        try:
-            raw = json.loads((self.folder(job_id) / "job.json").read_bytes())
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        raw["status"] = JobStatus(raw["status"])
-        return JobRecord(**raw)
+        raw = self.records.read(job_id, JOB)
+        return None if raw is None else _record(raw)
 
     def _write(self, record: JobRecord) -> None:
         record.updated = time.time()
-        write_atomically(self.folder(record.id) / "job.json", json.dumps(asdict(record)).encode())
-
-    @contextlib.contextmanager
-    def _locked(self, job_id: str) -> Iterator[None]:
-        try:
-            lock = open(self.folder(job_id) / ".lock", "a")  # noqa: SIM115 (closed below)
-        except (FileNotFoundError, NotADirectoryError):  # the job was deleted meanwhile
-            raise JobNotFoundError(f"job {job_id}: gone", "job_id") from None
-        with lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        self.records.write(record.id, JOB, _serialized(record))
 
     def claim(self, job_id: str) -> contextlib.AbstractContextManager[bool]:
-        """Whether this process may run the job now: an exclusive lock on it, held while the
-        job runs and released by the system when the process ends, killed or not. Two
-        processes on one folder (replicas, workers) never run the same job at once."""
-        return held_lock(self.folder(job_id) / ".run.lock")
+        """Whether this process may run the job now: a lock held while the job runs, and lost
+        soon after its process dies, killed or not. Two processes (replicas, workers) never
+        run the same job at once."""
+        return self.records.lock(job_id, "run")
 
     def update(self, job_id: str, change: Callable[[JobRecord], None]) -> JobRecord:
-        """`change(record)` applied and stored under the job's lock; the record as stored.
+        """`change(record)` applied and stored, nothing in between; the record as stored.
         Progress and frames done never go down, and a finished job stays as it finished."""
-        with self._locked(job_id):
-            record = self.get(job_id)
-            if record is None:
-                raise JobNotFoundError(f"job {job_id}: gone", "job_id")
+
+        def apply(raw: bytes) -> bytes | None:
+            record = _record(raw)
             if record.status.finished:
-                return record
+                return None
             before = (record.progress, record.frames_done)
             change(record)
             record.progress = min(1.0, max(record.progress, before[0]))
             record.frames_done = max(record.frames_done, before[1])
             if record.status.finished:
                 record.expires = time.time() + self.ttl_s
-            self._write(record)
-            return record
+            record.updated = time.time()
+            return _serialized(record)
+
+        stored = self.records.change(job_id, JOB, apply)
+        if stored is None:
+            raise JobNotFoundError(f"job {job_id}: gone", "job_id")
+        return _record(stored)
 
     def fail(self, job_id: str, detail: str, field: str | None) -> JobRecord:
         """The job failed (its error as the API answers errors); its work and inputs removed."""
@@ -241,52 +229,137 @@ class JobStore:
 
     def jobs(self) -> list[JobRecord]:
         """Every job, oldest first."""
-        records = [self.get(path.name) for path in self.root.iterdir() if valid_id(path.name)]
+        records = [self.get(job_id) for job_id in self.records.ids(JOB)]
         return sorted((r for r in records if r is not None), key=lambda r: (r.created, r.id))
 
     def stored_bytes(self) -> int:
-        """The size of every file under the root: inputs, work and results of all jobs."""
-        total = 0
-        for folder, _, files in os.walk(self.root):
-            for name in files:
-                with contextlib.suppress(FileNotFoundError):  # removed meanwhile
-                    total += os.stat(os.path.join(folder, name)).st_size
-        return total
+        """The size of every stored file: inputs, work and results of all jobs."""
+        return sum(info.size for info in self.blobs.list())
 
-    # --- checkpoints and files --------------------------------------------------------------
+    # --- a job's files while it runs ----------------------------------------------------------
+
+    def fetch_inputs(self, job_id: str) -> Path:
+        """The job's stored inputs, copied to this process's scratch folder (kept there from
+        an earlier start)."""
+        inputs = self.inputs(job_id)
+        stored = self._patiently(lambda: self.blobs.list(f"{job_id}/inputs/"), "inputs")
+        for info in stored:
+            local = inputs / info.key.rsplit("/", 1)[1]
+            if not local.is_file() or local.stat().st_size != info.size:
+                self._patiently(
+                    lambda info=info, local=local: self.blobs.fetch(info.key, local), "inputs"
+                )
+        return inputs
 
     def save_checkpoint(self, job_id: str, checkpoint: Checkpoint) -> None:
+        """The new segments stored, then the checkpoint that names them."""
+        stored = {
+            info.key.rsplit("/", 1)[1]
+            for info in self._patiently(lambda: self.blobs.list(f"{job_id}/work/"), "checkpoint")
+        }
+        for segment in checkpoint.segments:
+            if segment["file"] not in stored:
+                key, local = f"{job_id}/work/{segment['file']}", self.work(job_id) / segment["file"]
+                self._patiently(
+                    lambda key=key, local=local: self.blobs.put_file(key, local), "segment"
+                )
         serialized = io.BytesIO()
         torch.save(asdict(checkpoint), serialized)
-        write_atomically(self.work(job_id) / "checkpoint.pt", serialized.getvalue())
+        data = serialized.getvalue()
+        self._patiently(
+            lambda: self.blobs.put_bytes(f"{job_id}/work/{CHECKPOINT}", data), "checkpoint"
+        )
 
     def load_checkpoint(self, job_id: str) -> Checkpoint | None:
-        path = self.work(job_id) / "checkpoint.pt"
-        if not path.is_file():
+        """The last checkpoint, its segments copied to the scratch folder; None: none yet."""
+        raw = self._patiently(
+            lambda: self.blobs.read_bytes(f"{job_id}/work/{CHECKPOINT}"), "checkpoint"
+        )
+        if raw is None:
             return None
-        return Checkpoint(**torch.load(path, weights_only=True))
+        checkpoint = Checkpoint(**torch.load(io.BytesIO(raw), weights_only=True))
+        for segment in checkpoint.segments:
+            key, local = f"{job_id}/work/{segment['file']}", self.work(job_id) / segment["file"]
+            if not local.is_file() and not self._patiently(
+                lambda key=key, local=local: self.blobs.fetch(key, local), "segment"
+            ):
+                return None  # a segment is missing: start over rather than lose frames
+        return checkpoint
+
+    def save_result(self, job_id: str, produced: Path, name: str = RESULT) -> None:
+        self._patiently(lambda: self.blobs.put_file(f"{job_id}/{name}", produced), "result")
+
+    def delete_result(self, job_id: str, name: str = RESULT) -> None:
+        self.blobs.delete_prefix(f"{job_id}/{name}")
+
+    def open_result(self, job_id: str, name: str = RESULT) -> Blob | None:
+        """The result opened for reading (None: there is none): it stays readable to the end
+        even if the job is deleted meanwhile."""
+        return self.blobs.open(f"{job_id}/{name}")
+
+    def result_url(
+        self, job_id: str, filename: str, media_type: str, name: str = RESULT
+    ) -> str | None:
+        return self.blobs.presigned_url(f"{job_id}/{name}", filename, media_type)
+
+    def has_work(self, job_id: str) -> bool:
+        """Whether partial output or inputs of the job remain (a cancel waits for them to go)."""
+        return self.blobs.exists(f"{job_id}/work/") or self.blobs.exists(f"{job_id}/inputs/")
 
     def remove_work(self, job_id: str) -> None:
         """The partial output and the inputs of a job that will not run (again)."""
-        shutil.rmtree(self.work(job_id), ignore_errors=True)
-        shutil.rmtree(self.inputs(job_id), ignore_errors=True)
+        self.blobs.delete_prefix(f"{job_id}/work/")
+        self.blobs.delete_prefix(f"{job_id}/inputs/")
+        shutil.rmtree(self.scratch(job_id), ignore_errors=True)
 
     def delete(self, job_id: str) -> None:
-        self.results.delete(job_id)
-        shutil.rmtree(self.folder(job_id), ignore_errors=True)
+        self.blobs.delete_prefix(f"{job_id}/")
+        self.records.remove(job_id)
+        shutil.rmtree(self.scratch(job_id), ignore_errors=True)
 
     def cleanup(self, now: float | None = None, orphan_age_s: float = 3600) -> list[str]:
-        """Removes expired jobs, and folders a crash left without a record; returns the ids."""
+        """Removes expired jobs, and files a crash left without a record (stored, or in this
+        process's scratch folder); returns the ids."""
         now = now or time.time()
         removed = []
-        for path in self.root.iterdir():
-            if not valid_id(path.name):
-                continue
-            record = self.get(path.name)
-            orphan = record is None and now - path.stat().st_mtime > orphan_age_s
-            if orphan or (
-                record is not None and record.expires is not None and record.expires <= now
-            ):
-                self.delete(path.name)
-                removed.append(path.name)
+        for record in self.jobs():
+            if record.expires is not None and record.expires <= now:
+                self.delete(record.id)
+                removed.append(record.id)
+        newest: dict[str, float] = {}
+        for info in self.blobs.list():
+            job_id = info.key.split("/", 1)[0]
+            if valid_id(job_id):
+                newest[job_id] = max(newest.get(job_id, 0.0), info.modified)
+        for entry in os.scandir(self.scratch_root):
+            if valid_id(entry.name):
+                newest[entry.name] = max(newest.get(entry.name, 0.0), entry.stat().st_mtime)
+        for job_id, modified in newest.items():
+            if job_id not in removed and now - modified > orphan_age_s and self.get(job_id) is None:
+                self.delete(job_id)
+                removed.append(job_id)
         return removed
+
+
+def _serialized(record: JobRecord) -> bytes:
+    return json.dumps(asdict(record)).encode()
+
+
+def _record(raw: bytes) -> JobRecord:
+    data = json.loads(raw)
+    data["status"] = JobStatus(data["status"])
+    return JobRecord(**data)
+
+
+def job_store(settings: Settings) -> JobStore:
+    """The deployment's store: files in ADAIN_STORAGE_URL (or the folder ADAIN_JOBS_DIR),
+    records in Redis with ADAIN_REDIS_URL (or that folder)."""
+    records: Records | None = None
+    if settings.redis_url:
+        records = RedisRecords(redis.Redis.from_url(settings.redis_url, socket_timeout=5.0))
+    return JobStore(
+        settings.jobs_dir,
+        settings.job_ttl_s,
+        records,
+        blob_store(settings.storage_url, settings.jobs_dir),
+    )

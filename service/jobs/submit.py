@@ -4,7 +4,6 @@ before it is accepted) and stored with its record. POST /jobs comes here; the jo
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 
 from media.clip import check_clip, clip_params, save_styles
@@ -26,8 +25,8 @@ def create_job(
     video_limits: VideoLimits,
     limits: ImageLimits,
 ) -> JobRecord:
-    """The job whose video is already at `store.inputs(job_id) / "video"` (`new_folder`),
-    queued; on any refusal its folder is removed: nothing of a refused upload is kept."""
+    """The job whose video is already at `store.inputs(job_id) / "video"` (`new_upload`),
+    queued; on any refusal its upload is removed: nothing of a refused upload is kept."""
     inputs = store.inputs(job_id)
     try:
         info, decoded = check_clip(inputs / "video", styles, masks, controls, video_limits, limits)
@@ -35,5 +34,5 @@ def create_job(
         params = clip_params(info, styles, controls, stabilize, video_limits)
         return store.create(job_id, owner, params.record(), info.frames)
     except BaseException:
-        shutil.rmtree(store.folder(job_id), ignore_errors=True)
+        store.discard_upload(job_id)
         raise

@@ -1,5 +1,6 @@
 """`adain worker`: a process that loads the networks once and runs video jobs from the queue
-(docs/jobs.md). Any number of them, on any host that reaches Redis and the job folder.
+(docs/jobs.md). Any number of them, on any host that reaches Redis and the jobs' store (an
+object store, or a folder they share).
 
 SIGTERM or SIGINT stops it cleanly: the job in hand checkpoints at the next frame and goes back
 to the queue at once, for another worker (or this one, restarted) to resume.
@@ -15,7 +16,7 @@ from types import FrameType
 from media.clip import ModelBackend
 from models.pipeline import build_pipeline
 from service.jobs.queue import QueueConfig, QueueWorker, job_handlers
-from service.jobs.store import JobStore
+from service.jobs.store import job_store
 from service.logs import configure_logging
 from service.settings import Settings
 
@@ -47,7 +48,7 @@ def run_worker(settings: Settings) -> None:
         for model in settings.model_list
     }
     pipeline = pipelines[settings.model.value]
-    store = JobStore(settings.jobs_dir, settings.job_ttl_s)
+    store = job_store(settings)
     backend = ModelBackend(pipelines)
     run, give_up = job_handlers(store, backend, settings.clip_settings(), stop.is_set)
     worker = QueueWorker(queue_config(settings), run, give_up)
@@ -61,7 +62,7 @@ def run_worker(settings: Settings) -> None:
             "device": str(pipeline.device),
             "dtype": str(pipeline.net.dtype),
             "models": list(pipelines),
-            "jobs_dir": str(settings.jobs_dir),
+            "storage": settings.storage_url or str(settings.jobs_dir),
         },
     )
     worker.start()

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 from collections.abc import AsyncIterator, Callable
 from email.utils import formatdate
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
@@ -33,6 +31,7 @@ from service.deps import RegistryDep, ServicesDep, StylizerDep
 from service.errors import RangeNotSatisfiableError
 from service.forms import FormFieldsDep, UnsupportedFormError
 from service.idempotency import idempotent
+from service.jobs.blobs import Blob, JobFilesUnavailableError
 from service.jobs.position import queue_positions
 from service.jobs.store import (
     JobNotDoneError,
@@ -172,6 +171,7 @@ SUBMIT_RESPONSES: Responses = {
         StyleNotFoundError,
         CapReachedError,
         JobStorageFullError,
+        JobFilesUnavailableError,
         *STORE,
         *IDEMPOTENT,
         *GUARDED,
@@ -190,7 +190,14 @@ RESULT_RESPONSES: Responses = {
         "content": {"video/mp4": {"schema": {**BINARY, "contentMediaType": "video/mp4"}}},
         "headers": {"Content-Range": header("The range sent.", {"type": "string"})},
     },
-    **error_responses(*VIEWING, JobNotDoneError, RangeNotSatisfiableError),
+    307: {
+        "description": "With ADAIN_RESULT_REDIRECT and an object store: the video at a "
+        "short-lived presigned URL (`Location`).",
+        "headers": {"Location": header("The presigned URL.", {"type": "string"})},
+    },
+    **error_responses(
+        *VIEWING, JobNotDoneError, RangeNotSatisfiableError, JobFilesUnavailableError
+    ),
 }
 EVENTS_RESPONSES: Responses = {
     200: {
@@ -219,8 +226,8 @@ async def checked_webhook(
     return url.strip(), names
 
 
-def check_room(store: JobStore, identity: str, settings: Settings) -> None:
-    """Room for one more job, its upload saved already: the caller's active jobs under
+def check_room(store: JobStore, identity: str, settings: Settings, upload_bytes: int) -> None:
+    """Room for one more job of `upload_bytes`: the caller's active jobs under
     ADAIN_MAX_QUEUED_JOBS_PER_KEY (429), all stored jobs under ADAIN_MAX_STORED_JOB_BYTES
     (503)."""
     active = sum(1 for r in store.jobs() if r.owner == identity and not r.status.finished)
@@ -230,7 +237,7 @@ def check_room(store: JobStore, identity: str, settings: Settings) -> None:
             "(ADAIN_MAX_QUEUED_JOBS_PER_KEY); submit more once one has finished",
             QUEUED_JOBS_RETRY_S,
         )
-    stored = store.stored_bytes()
+    stored = store.stored_bytes() + upload_bytes
     if stored > settings.max_stored_job_bytes:
         raise JobStorageFullError(
             f"the jobs' storage would hold {stored} bytes with this upload, over the limit of "
@@ -337,12 +344,14 @@ async def submit_job(
     styles = await read_styles(style, style_id, registry, caller)
     masks = [await m.read() for m in mask or []]
     runner, settings = services.jobs, services.settings
-    job_id, inputs = await run_in_threadpool(runner.store.new_folder)
+    job_id, inputs = await run_in_threadpool(runner.store.new_upload)
     try:
         await save_upload(video, inputs / "video")
-        await run_in_threadpool(check_room, runner.store, caller.identity, settings)
+        await run_in_threadpool(
+            check_room, runner.store, caller.identity, settings, (inputs / "video").stat().st_size
+        )
     except BaseException:
-        await run_in_threadpool(shutil.rmtree, runner.store.folder(job_id), True)
+        await run_in_threadpool(runner.store.discard_upload, job_id)
         raise
     video_limits = VideoLimits(
         settings.max_video_frames,
@@ -479,56 +488,67 @@ def byte_range(request: Request, size: int, validators: tuple[str, str]) -> tupl
     return ranges[0] if len(ranges) == 1 else None
 
 
-async def file_chunks(file: BinaryIO, start: int, end: int) -> AsyncIterator[bytes]:
-    """Bytes start..end of an open file, read in the thread pool; the file closed after."""
+async def blob_chunks(blob: Blob, start: int, end: int) -> AsyncIterator[bytes]:
+    """Bytes start..end of an opened result, read in the thread pool; closed after."""
     try:
-        while start < end:
-            chunk = await run_in_threadpool(
-                os.pread, file.fileno(), min(COPY_CHUNK, end - start), start
-            )
-            if not chunk:
-                return
-            start += len(chunk)
+        chunks = await run_in_threadpool(blob.read, start, end)
+        while chunk := await run_in_threadpool(next, chunks, b""):
             yield chunk
     finally:
-        file.close()
+        blob.close()
 
 
 @router.get("/jobs/{job_id}/result", response_class=FileResponse, responses=RESULT_RESPONSES)
-async def job_result(job_id: str, request: Request, caller: ViewerDep, store: StoreDep) -> Response:
+async def job_result(
+    job_id: str, request: Request, caller: ViewerDep, services: ServicesDep
+) -> Response:
     """The stylized video once the job succeeded (409 before); Range requests for seeking.
-    The file is opened before the answer starts: a DELETE meanwhile does not cut it short."""
+    The file is opened before the answer starts: a DELETE meanwhile does not cut it short.
+    With ADAIN_RESULT_REDIRECT and an object store: a redirect to a short-lived URL of it."""
+    store = services.jobs.store
     record = await visible_job(job_id, caller, store)
     if record.status is not JobStatus.succeeded:
         raise not_done(record)
-    file = await run_in_threadpool(store.results.open, job_id)
-    if file is None:  # removed in between (DELETE, expiry): its record goes next
+    filename = f"stylized-{job_id[:8]}.mp4"
+    if services.settings.result_redirect:
+        url = await run_in_threadpool(store.result_url, job_id, filename, "video/mp4")
+        if url is not None:
+            return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+    blob = await run_in_threadpool(store.open_result, job_id)
+    if blob is None:  # removed in between (DELETE, expiry): its record goes next
         record = await visible_job(job_id, caller, store)
         raise not_found(job_id) if record.status is JobStatus.succeeded else not_done(record)
-    stat = os.fstat(file.fileno())
-    etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
-    last_modified = formatdate(stat.st_mtime, usegmt=True)
+    last_modified = formatdate(blob.modified, usegmt=True)
     try:
-        chosen = byte_range(request, stat.st_size, (etag, last_modified))
-    except RangeNotSatisfiableError:
-        file.close()
+        chosen = byte_range(request, blob.size, (blob.etag, last_modified))
+        start, end = chosen or (0, blob.size)
+        chunks = blob_chunks(blob, start, end)
+        first = await anext(chunks, b"")  # the file is read before the answer starts
+    except BaseException:
+        blob.close()
         raise
-    start, end = chosen or (0, stat.st_size)
     headers = {
         "Accept-Ranges": "bytes",
         "Content-Length": str(end - start),
-        "Content-Disposition": f'inline; filename="stylized-{job_id[:8]}.mp4"',
-        "ETag": etag,
+        "Content-Disposition": f'inline; filename="{filename}"',
+        "ETag": blob.etag,
         "Last-Modified": last_modified,
     }
     if chosen is not None:
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{stat.st_size}"
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{blob.size}"
     return StreamingResponse(
-        file_chunks(file, start, end),
+        prepended(first, chunks),
         status_code=206 if chosen is not None else 200,
         headers=headers,
         media_type="video/mp4",
     )
+
+
+async def prepended(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for chunk in rest:
+        yield chunk
 
 
 @router.delete(

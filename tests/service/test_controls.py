@@ -90,7 +90,7 @@ def test_a_bad_control_is_refused_alike_everywhere(
     assert (message["detail"], message["field"]) == (detail, field)
 
     store = JobStore(tmp_path / "jobs", ttl_s=60)
-    job_id, inputs = store.new_folder()
+    job_id, inputs = store.new_upload()
     (inputs / "video").write_bytes(CLIP)
     create_job(
         store,

@@ -45,7 +45,7 @@ def net(reference_weights: tuple[Path, Path]) -> Pipeline:
 
 
 def new_job(store: JobStore, clip: bytes, stabilize: bool = True, model: str | None = None) -> str:
-    job_id, inputs = store.new_folder()
+    job_id, inputs = store.new_upload()
     (inputs / "video").write_bytes(clip)
     create_job(
         store,
@@ -87,15 +87,15 @@ def test_a_resumed_job_gives_the_uninterrupted_frames(net: Pipeline, tmp_path: P
     assert final is not None and final.status is JobStatus.succeeded
     assert not split.work(split_id).exists()
 
-    one = decode_frames(whole.results.path(whole_id).read_bytes())
-    other = decode_frames(split.results.path(split_id).read_bytes())
+    one = decode_frames(whole.blobs.read_bytes(f"{whole_id}/result.mp4"))
+    other = decode_frames(split.blobs.read_bytes(f"{split_id}/result.mp4"))
     assert len(one) == len(other) == 12
     assert min(psnr(a / 255, b / 255) for a, b in zip(one, other, strict=True)) > 40
     # Without the state (a fresh stabiliser at frame 5) frame 6 would differ: the check can fail.
     plain = JobStore(tmp_path / "plain", 60)
     plain_id = new_job(plain, clip, stabilize=False)
     run_job(plain_id, plain, ModelBackend({"full": net}), SETTINGS)
-    unstabilized = decode_frames(plain.results.path(plain_id).read_bytes())
+    unstabilized = decode_frames(plain.blobs.read_bytes(f"{plain_id}/result.mp4"))
     assert (
         psnr(one[6] / 255, unstabilized[6] / 255)
         < min(psnr(a / 255, b / 255) for a, b in zip(one, other, strict=True)) - 3
@@ -132,12 +132,14 @@ def test_expired_jobs_and_orphans_are_cleaned_up(net: Pipeline, tmp_path: Path) 
     record = run_job(job_id, store, ModelBackend({"full": net}), SETTINGS)
     assert record is not None and record.expires is not None
     assert abs(record.expires - time.time() - 30) < 5
-    orphan, _ = store.new_folder()  # a crash between the upload and the record
+    orphan, _ = store.new_upload()  # a crash between the upload and the record
     assert store.cleanup(now=record.expires - 1, orphan_age_s=3600) == []
-    assert store.results.path(job_id) is not None
+    assert store.open_result(job_id) is not None
     removed = store.cleanup(now=record.expires + 1, orphan_age_s=0)
     assert sorted(removed) == sorted([job_id, orphan])
-    assert not store.folder(job_id).exists() and not store.folder(orphan).exists()
+    for gone in (job_id, orphan):
+        assert store.get(gone) is None and not store.blobs.exists(f"{gone}/")
+        assert not store.scratch(gone).exists()
 
 
 def test_a_job_canceled_before_it_runs_leaves_nothing(net: Pipeline, tmp_path: Path) -> None:
@@ -150,8 +152,8 @@ def test_a_job_canceled_before_it_runs_leaves_nothing(net: Pipeline, tmp_path: P
     store.update(job_id, cancel)
     record = run_job(job_id, store, ModelBackend({"full": net}), SETTINGS)
     assert record is not None and record.status is JobStatus.canceled
-    assert not store.inputs(job_id).exists()
-    assert store.results.path(job_id) is None
+    assert not store.has_work(job_id) and not store.inputs(job_id).exists()
+    assert store.open_result(job_id) is None
 
 
 def test_adain_stylize_takes_a_video(reference_weights: tuple[Path, Path], tmp_path: Path) -> None:
@@ -216,7 +218,7 @@ def test_a_job_runs_on_the_model_it_names(net: Pipeline, tmp_path: Path) -> None
         record = run_job(job_id, store, backend, SETTINGS)
         assert record is not None and record.status is JobStatus.succeeded
         assert record.public()["model"] == model
-        outputs[model] = np.stack(decode_frames(store.results.path(job_id).read_bytes())) / 255
+        outputs[model] = np.stack(decode_frames(store.blobs.read_bytes(f"{job_id}/result.mp4"))) / 255
 
     mix = StyleMix(
         *ModelBackend({"lite": lite}).style_statistics(
@@ -245,7 +247,7 @@ def test_a_job_decodes_its_styles_once(tmp_path: Path) -> None:
     reads them back exactly, without the uploaded bytes."""
     store = JobStore(tmp_path / "jobs", ttl_s=30)
     job_id = new_job(store, make_video(frames=2, width=32, height=32, audio=False))
-    inputs = store.inputs(job_id)
+    inputs = store.fetch_inputs(job_id)
     assert sorted(path.name for path in inputs.iterdir()) == [STYLES_FILE, "video"]
     loaded = load_styles(inputs / STYLES_FILE)
     expected = prepare_style(StyleInput(STYLE, "style[0]"), 48, False, SETTINGS.limits)

@@ -197,7 +197,7 @@ def test_progress_is_throttled_and_a_delivery_is_given_up_after_its_time(
     state, url = receiver
     state.refuse = 0
     store = JobStore(tmp_path, ttl_s=3600)
-    job_id, _ = store.new_folder()
+    job_id, _ = store.new_upload()
     store.create(job_id, "caller", {}, 100)
     sender = WebhookSender(store, SECRET, allow_private=True, retry_s=1.0, retry_for_s=3600)
     sender.attach(job_id, url, ["progress", "completed"])
