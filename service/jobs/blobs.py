@@ -8,16 +8,14 @@ progress, its result. Two implementations of one small interface, keyed by paths
   and the workers share no disk: a worker's folder is scratch only.
 
 A store that does not answer raises `JobFilesUnavailableError` (503 with Retry-After at the
-edge); the job runner retries such calls until its patience runs out (`patiently`).
+edge); the job runner retries such calls until its patience runs out (`service.jobs.patience`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +24,9 @@ from urllib.parse import urlsplit
 
 from models.errors import DomainError
 
-log = logging.getLogger("service.jobs")
-
 T = TypeVar("T")
 CHUNK = 1024 * 1024
 PRESIGNED_URL_S = 900  # a redirect to a result stays valid this long
-RETRY_FIRST_S = 0.5
-RETRY_MAX_S = 10.0
 
 
 class JobFilesUnavailableError(DomainError):
@@ -389,19 +383,3 @@ def blob_store(storage_url: str, jobs_dir: Path) -> BlobStore:
     if parts.scheme != "s3" or not parts.netloc:
         raise ValueError(f"ADAIN_STORAGE_URL: s3://bucket/prefix expected, not {storage_url!r}")
     return S3Blobs(parts.netloc, parts.path)
-
-
-def patiently(operation: Callable[[], T], patience_s: float, what: str) -> T:
-    """`operation`, retried with doubling waits while the store is unavailable, for up to
-    `patience_s`: a job in progress outlives a store's restart."""
-    deadline = time.monotonic() + patience_s
-    wait = RETRY_FIRST_S
-    while True:
-        try:
-            return operation()
-        except JobFilesUnavailableError:
-            if time.monotonic() + wait > deadline:
-                raise
-            log.warning("object store unavailable; retrying", extra={"what": what, "in_s": wait})
-            time.sleep(wait)
-            wait = min(wait * 2, RETRY_MAX_S)

@@ -85,6 +85,7 @@ def run_job(
     """Runs (or resumes) the job to its end; returns its final record, or None when
     `should_stop` interrupted it (still `running`, checkpointed) or another process is running
     it. `on_progress(frames done, frames total)` hears of every frame (the command's bar)."""
+    store = store.patient()  # the job waits out a restart of Redis or the object store
     with store.claim(job_id) as claimed:
         if not claimed:
             log.info("job already running in another process", extra={"job": job_id})

@@ -28,17 +28,16 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, cast
 
 import redis
 import torch
 
 from models.errors import DomainError, error_body
-from service.jobs.blobs import Blob, BlobStore, FolderBlobs, blob_store, patiently
+from service.jobs.blobs import Blob, BlobStore, FolderBlobs, blob_store
+from service.jobs.patience import Patient
 from service.jobs.records import FolderRecords, Records, RedisRecords, valid_id
 from service.settings import Settings
-
-T = TypeVar("T")
 
 STYLES_FILE = "styles.pt"  # in a job's inputs: its styles and masks as `check_clip` decoded them
 
@@ -114,7 +113,7 @@ JOB = "job"  # the record's document name
 RESULT = "result.mp4"
 CHECKPOINT = "checkpoint.pt"
 SCRATCH = ".scratch"
-STORE_PATIENCE_S = 300.0  # a running job waits this long for a store that does not answer
+STORE_PATIENCE_S = 300.0  # a running job waits this long for storage that does not answer
 
 
 class JobStore:
@@ -145,8 +144,16 @@ class JobStore:
     def work(self, job_id: str) -> Path:
         return self.scratch(job_id) / "work"
 
-    def _patiently(self, operation: Callable[[], T], what: str) -> T:
-        return patiently(operation, self.patience_s, what)
+    def patient(self) -> JobStore:
+        """This store as a running job uses it: each call to its records and files retried
+        while they do not answer, for up to `patience_s` (`service.jobs.patience`)."""
+        return JobStore(
+            self.scratch_root.parent,
+            self.ttl_s,
+            cast(Records, Patient(self.records, self.patience_s)),
+            cast(BlobStore, Patient(self.blobs, self.patience_s)),
+            self.patience_s,
+        )
 
     # --- submission -------------------------------------------------------------------------
 
@@ -242,52 +249,39 @@ class JobStore:
         """The job's stored inputs, copied to this process's scratch folder (kept there from
         an earlier start)."""
         inputs = self.inputs(job_id)
-        stored = self._patiently(lambda: self.blobs.list(f"{job_id}/inputs/"), "inputs")
-        for info in stored:
+        for info in self.blobs.list(f"{job_id}/inputs/"):
             local = inputs / info.key.rsplit("/", 1)[1]
             if not local.is_file() or local.stat().st_size != info.size:
-                self._patiently(
-                    lambda info=info, local=local: self.blobs.fetch(info.key, local), "inputs"
-                )
+                self.blobs.fetch(info.key, local)
         return inputs
 
     def save_checkpoint(self, job_id: str, checkpoint: Checkpoint) -> None:
         """The new segments stored, then the checkpoint that names them."""
-        stored = {
-            info.key.rsplit("/", 1)[1]
-            for info in self._patiently(lambda: self.blobs.list(f"{job_id}/work/"), "checkpoint")
-        }
+        stored = {info.key.rsplit("/", 1)[1] for info in self.blobs.list(f"{job_id}/work/")}
         for segment in checkpoint.segments:
             if segment["file"] not in stored:
-                key, local = f"{job_id}/work/{segment['file']}", self.work(job_id) / segment["file"]
-                self._patiently(
-                    lambda key=key, local=local: self.blobs.put_file(key, local), "segment"
-                )
+                local = self.work(job_id) / segment["file"]
+                self.blobs.put_file(f"{job_id}/work/{segment['file']}", local)
         serialized = io.BytesIO()
         torch.save(asdict(checkpoint), serialized)
-        data = serialized.getvalue()
-        self._patiently(
-            lambda: self.blobs.put_bytes(f"{job_id}/work/{CHECKPOINT}", data), "checkpoint"
-        )
+        self.blobs.put_bytes(f"{job_id}/work/{CHECKPOINT}", serialized.getvalue())
 
     def load_checkpoint(self, job_id: str) -> Checkpoint | None:
         """The last checkpoint, its segments copied to the scratch folder; None: none yet."""
-        raw = self._patiently(
-            lambda: self.blobs.read_bytes(f"{job_id}/work/{CHECKPOINT}"), "checkpoint"
-        )
+        raw = self.blobs.read_bytes(f"{job_id}/work/{CHECKPOINT}")
         if raw is None:
             return None
         checkpoint = Checkpoint(**torch.load(io.BytesIO(raw), weights_only=True))
         for segment in checkpoint.segments:
-            key, local = f"{job_id}/work/{segment['file']}", self.work(job_id) / segment["file"]
-            if not local.is_file() and not self._patiently(
-                lambda key=key, local=local: self.blobs.fetch(key, local), "segment"
+            local = self.work(job_id) / segment["file"]
+            if not local.is_file() and not self.blobs.fetch(
+                f"{job_id}/work/{segment['file']}", local
             ):
                 return None  # a segment is missing: start over rather than lose frames
         return checkpoint
 
     def save_result(self, job_id: str, produced: Path, name: str = RESULT) -> None:
-        self._patiently(lambda: self.blobs.put_file(f"{job_id}/{name}", produced), "result")
+        self.blobs.put_file(f"{job_id}/{name}", produced)
 
     def delete_result(self, job_id: str, name: str = RESULT) -> None:
         self.blobs.delete_prefix(f"{job_id}/{name}")

@@ -218,7 +218,9 @@ def test_a_job_runs_on_the_model_it_names(net: Pipeline, tmp_path: Path) -> None
         record = run_job(job_id, store, backend, SETTINGS)
         assert record is not None and record.status is JobStatus.succeeded
         assert record.public()["model"] == model
-        outputs[model] = np.stack(decode_frames(store.blobs.read_bytes(f"{job_id}/result.mp4"))) / 255
+        outputs[model] = (
+            np.stack(decode_frames(store.blobs.read_bytes(f"{job_id}/result.mp4"))) / 255
+        )
 
     mix = StyleMix(
         *ModelBackend({"lite": lite}).style_statistics(
