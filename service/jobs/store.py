@@ -312,8 +312,8 @@ class JobStore:
         shutil.rmtree(self.scratch(job_id), ignore_errors=True)
 
     def cleanup(self, now: float | None = None, orphan_age_s: float = 3600) -> list[str]:
-        """Removes expired jobs, and files a crash left without a record (stored, or in this
-        process's scratch folder); returns the ids."""
+        """Removes expired jobs, and stored files a crash left without a record; clears the
+        scratch folder (`clear_scratch`); returns the ids of the jobs removed."""
         now = now or time.time()
         removed = []
         for record in self.jobs():
@@ -325,14 +325,31 @@ class JobStore:
             job_id = info.key.split("/", 1)[0]
             if valid_id(job_id):
                 newest[job_id] = max(newest.get(job_id, 0.0), info.modified)
-        for entry in os.scandir(self.scratch_root):
-            if valid_id(entry.name):
-                newest[entry.name] = max(newest.get(entry.name, 0.0), entry.stat().st_mtime)
         for job_id, modified in newest.items():
             if job_id not in removed and now - modified > orphan_age_s and self.get(job_id) is None:
                 self.delete(job_id)
                 removed.append(job_id)
-        return removed
+        return removed + self.clear_scratch(now, orphan_age_s)
+
+    def clear_scratch(self, now: float | None = None, upload_age_s: float = 3600) -> list[str]:
+        """Removes what this folder's scratch holds of jobs that no process runs (a process
+        killed mid-job leaves its copies; the store has what a resumption needs), and uploads
+        older than `upload_age_s` that never became a job; returns their ids."""
+        now = now or time.time()
+        cleared = []
+        for entry in os.scandir(self.scratch_root):
+            if not valid_id(entry.name):
+                continue
+            if self.get(entry.name) is None:
+                if now - entry.stat().st_mtime > upload_age_s:
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                    cleared.append(entry.name)
+                continue
+            with self.claim(entry.name) as held:  # nobody runs it, nor starts it meanwhile
+                if held:
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                    cleared.append(entry.name)
+        return cleared
 
 
 def _serialized(record: JobRecord) -> bytes:

@@ -49,6 +49,7 @@ def run_worker(settings: Settings) -> None:
     }
     pipeline = pipelines[settings.model.value]
     store = job_store(settings)
+    store.clear_scratch()  # what a killed predecessor left in this folder
     backend = ModelBackend(pipelines)
     run, give_up = job_handlers(store, backend, settings.clip_settings(), stop.is_set)
     worker = QueueWorker(queue_config(settings), run, give_up)

@@ -1,0 +1,174 @@
+"""A fleet that shares only Redis and an object store (docs/jobs.md), all real: redis-server
+(persistent), SeaweedFS (S3), the service and `adain worker` processes, each with its own empty
+ADAIN_JOBS_DIR (scratch only), and a webhook receiver that refuses its first deliveries.
+
+A video job submitted with an Idempotency-Key and a webhook: the replayed key gives the same
+job; its worker is SIGKILLed mid-job and the other worker resumes it from the store; the store
+is killed and started again while the job runs; meanwhile the API answers 503 with Retry-After
+and nothing is lost; the job ends with every frame; the receiver, once it recovers, gets
+`completed`, every delivery signed."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import httpx
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from devkit.server import (
+    ObjectStore,
+    RedisServer,
+    RunningServer,
+    restartable_redis,
+    running_object_store,
+    running_server,
+)
+from tests.service.test_queue import (
+    STYLE,
+    assert_complete,
+    clip,
+    job,
+    queue_env,
+    start_worker,
+    stop_worker,
+    wait_finished,
+    wait_until,
+)
+from tests.service.test_webhooks import REFUSED_FIRST, SECRET, Receiver
+from tests.service.test_webhooks import receiver as receiver  # the fixture
+
+BUCKET, PREFIX = "adain-fleet", "jobs"
+FRAMES = 120
+
+
+@dataclass
+class Fleet:
+    server: RunningServer
+    redis: RedisServer
+    store: ObjectStore
+    env: dict[str, str]
+    tmp: Path
+
+    def worker_env(self, name: str) -> dict[str, str]:
+        """A worker's own settings: the shared ones, and a folder nobody else has."""
+        folder = self.tmp / f"worker-{name}"
+        folder.mkdir(exist_ok=True)
+        return {**self.env, "ADAIN_JOBS_DIR": str(folder)}
+
+    def stored_keys(self, job_id: str) -> list[str]:
+        client = boto3.client("s3", endpoint_url=self.store.endpoint, **credentials(self.store))
+        listed = client.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/{job_id}/")
+        return [item["Key"].split("/", 2)[2] for item in listed.get("Contents", [])]
+
+
+def credentials(store: ObjectStore) -> dict[str, str]:
+    return {
+        "aws_access_key_id": store.env["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": store.env["AWS_SECRET_ACCESS_KEY"],
+        "region_name": store.env["AWS_REGION"],
+    }
+
+
+@pytest.fixture(scope="module")
+def fleet(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    tmp = tmp_path_factory.mktemp("fleet")
+    with (
+        restartable_redis(tmp_path_factory.mktemp("fleet-redis")) as redis,
+        running_object_store(tmp_path_factory.mktemp("fleet-s3")) as store,
+    ):
+        service_folder = tmp / "service"
+        env = {
+            **queue_env(server_env, redis.url, service_folder),
+            **store.env,
+            "ADAIN_STORAGE_URL": f"s3://{BUCKET}/{PREFIX}",
+            "ADAIN_WEBHOOK_SECRET": SECRET,
+            "ADAIN_WEBHOOK_ALLOW_PRIVATE": "true",
+            "ADAIN_WEBHOOK_RETRY_S": "0.3",
+        }
+        with running_server({**env, "ADAIN_SERVE_RUNS_JOBS": "false"}) as server:
+            yield Fleet(server, redis, store, env, tmp)
+
+
+def post_job(url: str, video: bytes, key: str, **form: str) -> httpx.Response:
+    return httpx.post(
+        f"{url}/jobs",
+        files=[("video", ("clip.mp4", video)), ("style", ("s.png", STYLE))],
+        data={"style_size": "48", "content_size": "0", "stabilize": "true", **form},
+        headers={"Idempotency-Key": key},
+        timeout=60,
+    )
+
+
+def test_a_job_outlives_its_worker_and_the_store_with_nothing_shared_but_them(
+    fleet: Fleet, receiver: tuple[Receiver, str]
+) -> None:
+    state, hook = receiver
+    url, video = fleet.server.url, clip(FRAMES, seed=41)
+    form = {"webhook": hook, "webhook_events": "start,completed"}
+
+    first = start_worker(fleet.worker_env("first"))
+    try:
+        answer = post_job(url, video, "fleet-video", **form)
+        assert answer.status_code == 202, answer.text
+        job_id = answer.json()["id"]
+        again = post_job(url, video, "fleet-video", **form)
+        assert again.status_code == 202 and again.json()["id"] == job_id
+        assert again.headers["idempotent-replayed"] == "true"
+        # Killed once the store holds a checkpoint with some frames, well before the end.
+        wait_until(
+            lambda: (
+                "work/checkpoint.pt" in fleet.stored_keys(job_id)
+                and job(url, job_id)["frames_done"] >= 10
+            ),
+            180,
+            "a checkpoint in the store",
+        )
+        first.process.kill()
+        first.process.wait()
+        killed_at = job(url, job_id)["frames_done"]
+        assert killed_at < FRAMES
+    finally:
+        stop_worker(first)
+
+    second = start_worker(fleet.worker_env("second"), metrics=True)
+    try:
+        wait_until(lambda: job(url, job_id)["frames_done"] > killed_at, 120, "the job to resume")
+        fleet.store.kill()
+        try:
+            refused = post_job(url, clip(4, seed=42), "while-down")
+            assert refused.status_code == 503, refused.text
+            assert int(refused.headers["retry-after"]) > 0 and refused.json()["detail"]
+            assert job(url, job_id)["status"] == "running", "the records (Redis) still answer"
+        finally:
+            fleet.store.start()
+        final = wait_finished(url, job_id, timeout_s=300)
+        assert final["status"] == "succeeded", final
+        assert 0 < second.frames_stylized() < FRAMES, "resumed, not started over"
+    finally:
+        stop_worker(second)
+    assert_complete(url, job_id, video)
+    ranged = httpx.get(f"{url}/jobs/{job_id}/result", headers={"Range": "bytes=0-99"}, timeout=30)
+    assert ranged.status_code == 206 and len(ranged.content) == 100
+    # The store keeps the result only; the processes' folders keep nothing of the job once
+    # a worker starts again on the killed one's folder.
+    assert fleet.stored_keys(job_id) == ["result.mp4"]
+    stop_worker(start_worker(fleet.worker_env("first")))
+    for folder in fleet.tmp.iterdir():
+        assert not [p for p in folder.rglob("*") if job_id in p.as_posix() and p.is_file()]
+
+    deadline = time.monotonic() + 60
+    while not any(json.loads(r.body)["type"] == "job.completed" for r in state.accepted()):
+        assert time.monotonic() < deadline, [r.body for r in state.received]
+        time.sleep(0.2)
+    signer = Webhook(SECRET)
+    for request in state.received:
+        signer.verify(request.body, request.headers)
+    kinds = [json.loads(r.body)["type"] for r in state.accepted()]
+    assert kinds == ["job.start", "job.completed"]
+    assert len(state.received) == len(state.accepted()) + REFUSED_FIRST
