@@ -36,6 +36,7 @@ from service.forms import UnsupportedFormError
 from service.hardening import HostNotAllowedError
 from service.idempotency import IdempotencyKeyInUseError, IdempotencyKeyReusedError
 from service.imaging import DecodeBudgetError
+from service.jobs.blobs import JobFilesUnavailableError
 from service.jobs.store import JobNotDoneError, JobNotFoundError, JobStorageFullError
 from service.limits import BodyTimeoutError, BodyTooLargeError
 from service.live import LiveBusyError, LiveFailedError, LiveIdleError
@@ -124,6 +125,8 @@ CASES: list[tuple[DomainError, int, str | None]] = [
     (JobStorageFullError("the jobs' storage would hold 30 bytes with this upload, over the "
                          "limit of 20 (ADAIN_MAX_STORED_JOB_BYTES); retry once older jobs "
                          "expire"), 503, "60"),
+    (JobFilesUnavailableError("the jobs' object store does not answer "
+                              "(EndpointConnectionError); try again shortly"), 503, "5"),
     (IdempotencyKeyReusedError("Idempotency-Key: this key was used with another request body; "
                                "send a new key for a new request", "Idempotency-Key"), 422, None),
     (IdempotencyKeyInUseError("Idempotency-Key: the first request with this key is still being "
