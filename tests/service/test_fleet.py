@@ -172,3 +172,22 @@ def test_a_job_outlives_its_worker_and_the_store_with_nothing_shared_but_them(
     kinds = [json.loads(r.body)["type"] for r in state.accepted()]
     assert kinds == ["job.start", "job.completed"]
     assert len(state.received) == len(state.accepted()) + REFUSED_FIRST
+
+
+def test_a_result_can_be_fetched_from_the_store_by_a_redirect(fleet: Fleet) -> None:
+    """ADAIN_RESULT_REDIRECT: 307 to a presigned URL of the store, the same bytes as streamed
+    through a replica without it (on the same Redis and store)."""
+    env = {**fleet.env, "ADAIN_RESULT_REDIRECT": "true", "ADAIN_JOBS_DIR": str(fleet.tmp / "r")}
+    with running_server(env) as redirecting:  # runs queued jobs itself (the default)
+        answer = post_job(redirecting.url, clip(4, seed=43), "redirected")
+        assert answer.status_code == 202, answer.text
+        job_id = answer.json()["id"]
+        assert wait_finished(redirecting.url, job_id)["status"] == "succeeded"
+        moved = httpx.get(f"{redirecting.url}/jobs/{job_id}/result", timeout=30)
+        assert moved.status_code == 307, moved.text
+        location = moved.headers["location"]
+        assert location.startswith(fleet.store.endpoint) and "Signature" in location
+    direct = httpx.get(location, timeout=30)
+    assert direct.status_code == 200 and direct.headers["content-type"] == "video/mp4"
+    streamed = httpx.get(f"{fleet.server.url}/jobs/{job_id}/result", timeout=30)
+    assert streamed.status_code == 200 and streamed.content == direct.content
