@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -25,6 +26,20 @@ from pathlib import Path
 import httpx
 
 from devkit import REPO
+
+_LOG_FOLDER: list[Path] = []
+
+
+def log_path(prefix: str) -> Path:
+    """A new, empty log file in this process's log folder, which is removed when the process
+    exits (servers' and workers' logs stay readable until then, even after they stop)."""
+    if not _LOG_FOLDER:
+        folder = Path(tempfile.mkdtemp(prefix="adain-logs-"))
+        atexit.register(shutil.rmtree, folder, True)
+        _LOG_FOLDER.append(folder)
+    descriptor, path = tempfile.mkstemp(dir=_LOG_FOLDER[0], prefix=prefix, suffix=".log")
+    os.close(descriptor)
+    return Path(path)
 
 
 def free_port() -> int:
@@ -92,9 +107,8 @@ def start_server(
     env = {"ADAIN_PRESETS": "false", **env}
     # What `adain serve` runs: the app under uvicorn with the service's connection limits.
     command = [sys.executable, "-m", "service.server"]
-    with tempfile.NamedTemporaryFile(
-        prefix=f"adain-server-{port}-", suffix=".log", delete=False
-    ) as log_file:
+    log = log_path(f"adain-server-{port}-")
+    with log.open("wb") as log_file:
         process = subprocess.Popen(
             command,
             cwd=REPO,
@@ -102,7 +116,7 @@ def start_server(
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    server = RunningServer(url, port, process, Path(log_file.name))
+    server = RunningServer(url, port, process, log)
     try:
         wait_until_ready(url, process, ready_timeout_s, server.log_path, ready)
     except BaseException:

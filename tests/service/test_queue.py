@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,7 +27,14 @@ import redis
 
 from devkit import REPO
 from devkit.images import encode, random_image
-from devkit.server import RedisServer, RunningServer, free_port, restartable_redis, running_server
+from devkit.server import (
+    RedisServer,
+    RunningServer,
+    free_port,
+    log_path,
+    restartable_redis,
+    running_server,
+)
 from devkit.videos import make_video
 from service.jobs.queue import METRICS_EVERY_S, NAMESPACE, QUEUE_NAME, STARTS_KEY
 
@@ -71,7 +77,8 @@ def start_worker(env: dict[str, str], metrics: bool = False) -> Worker:
     """`adain worker` (this worktree's code) in its own process, once it says it is ready."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ADAIN_")}
     port = free_port() if metrics else 0
-    with tempfile.NamedTemporaryFile(prefix="adain-worker-", suffix=".log", delete=False) as log:
+    log_file = log_path("adain-worker-")
+    with log_file.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-c", "from cli.app import app; app(['worker'])"],
             cwd=REPO,
@@ -79,7 +86,7 @@ def start_worker(env: dict[str, str], metrics: bool = False) -> Worker:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    worker = Worker(process, Path(log.name), f"http://127.0.0.1:{port}/metrics" if port else None)
+    worker = Worker(process, log_file, f"http://127.0.0.1:{port}/metrics" if port else None)
     deadline = time.monotonic() + 120
     while "worker ready" not in worker.logs():
         if process.poll() is not None or time.monotonic() > deadline:
