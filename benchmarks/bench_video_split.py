@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -64,6 +65,7 @@ from models.video_metrics import warping_errors
 
 TARGET_SEAM = 1.5  # seam pairs' warping error over the segments'
 TARGET_TIME = 0.45  # parts in parallel over the whole, 3 parts of a 600-frame clip
+WHOLE = FrameRange(0, None, 0)
 CLIPS = (
     "pan_0.75px",
     "pan_2.5px_diagonal",
@@ -75,7 +77,8 @@ CLIPS = (
 STYLE = "adain__brushstrokes"  # oriented strokes: the most visible where they jump
 STYLE_SIZE = 256
 # One segment per run (no checkpoint in between): what is measured is the part, not the
-# checkpoints.
+# checkpoints. Seams: lossless by default (`--crf`), so the figures are the stabiliser's: each
+# segment starts with an H.264 key frame, coded unlike the frames before it ("whole, cut").
 SETTINGS = ClipSettings(crf=18, preset="veryfast", checkpoint_s=float("inf"))
 
 
@@ -88,9 +91,18 @@ def open_video(video: Path) -> ClipFile:
     return open_clip(video, [style_path()], [], controls)
 
 
-def run_range(clip: ClipFile, backend: ModelBackend, work: Path, part: FrameRange) -> ClipState:
+def run_range(
+    clip: ClipFile,
+    backend: ModelBackend,
+    work: Path,
+    part: FrameRange,
+    state: ClipState = ClipState(),
+    settings: ClipSettings = SETTINGS,
+) -> ClipState:
     work.mkdir(parents=True, exist_ok=True)
-    return stylize_frames(clip.video, work, clip.params, clip.styles, backend, SETTINGS, part=part)
+    return stylize_frames(
+        clip.video, work, clip.params, clip.styles, backend, settings, state=state, part=part
+    )
 
 
 def decoded(path: Path) -> Tensor:
@@ -110,7 +122,11 @@ def seam_ratio(errors: Tensor, seams: list[int]) -> tuple[float, float]:
 
 
 def untracked_parts(
-    clip: Clip, parts: list[FrameRange], backend: ModelBackend, folder: Path
+    clip: Clip,
+    parts: list[FrameRange],
+    backend: ModelBackend,
+    folder: Path,
+    settings: ClipSettings,
 ) -> Tensor:
     """The parts each stylized from a file that starts at its warm-up's first frame: the
     stabiliser fresh there, the camera tracked over the warm-up alone."""
@@ -122,7 +138,13 @@ def untracked_parts(
         write_video(clip.frames[first:end], video)
         trimmed = FrameRange(part.start - first, None, part.warmup)
         states.append(
-            run_range(open_video(video), backend, folder / f"untracked-{number}", trimmed)
+            run_range(
+                open_video(video),
+                backend,
+                folder / f"untracked-{number}",
+                trimmed,
+                settings=settings,
+            )
         )
     # Each file's segments carry its own timestamps: decode them in order instead of joining.
     return torch.cat([decoded(segment.path) for state in states for segment in state.segments])
@@ -131,8 +153,10 @@ def untracked_parts(
 def seams(args: argparse.Namespace, backend: ModelBackend) -> None:
     names = list(filter(None, args.clips.split(","))) or list(CLIPS)
     warmups = [int(w) for w in args.warmups.split(",")]
+    settings = replace(SETTINGS, crf=args.crf)
     print(
-        f"seams: {args.size} px, {args.frames} frames in {args.parts} parts, style {STYLE}; "
+        f"seams: {args.size} px, {args.frames} frames in {args.parts} parts, style {STYLE}, "
+        f"CRF {args.crf}; "
         "warping error across the seams / within the segments (mean, worst seam)"
     )
     worst: dict[str, float] = {}
@@ -143,16 +167,24 @@ def seams(args: argparse.Namespace, backend: ModelBackend) -> None:
             video = folder / "clip.mp4"
             write_video(clip.frames, video)
             opened = open_video(video)
-            whole = run_range(opened, backend, folder / "whole", FrameRange(0, None, 0))
+            whole = run_range(opened, backend, folder / "whole", WHOLE, settings=settings)
             join(whole, video, folder / "whole.mp4", opened.params)
             errors = warping_errors(decoded(folder / "whole.mp4"), clip.flows, clip.valid)
             plan = plan_parts(args.frames, args.frames // args.parts)
             bounds = [part.start for part in plan[1:]]
             results = {"whole run": seam_ratio(errors, bounds)}
+            # The whole run again, its segments closed at the seams (as checkpoints close
+            # them): each part's first frame is then an H.264 key frame, as in a split run.
+            cut = ClipState()
+            for number, part in enumerate(plan):
+                cut = run_range(opened, backend, folder / f"cut-{number}", part, cut, settings)
+            join(cut, video, folder / "cut.mp4", opened.params)
+            errors = warping_errors(decoded(folder / "cut.mp4"), clip.flows, clip.valid)
+            results["whole, cut"] = seam_ratio(errors, bounds)
             for warmup in warmups:
                 parts = plan_parts(args.frames, args.frames // args.parts, warmup)
                 states = [
-                    run_range(opened, backend, folder / f"w{warmup}-{i}", part)
+                    run_range(opened, backend, folder / f"w{warmup}-{i}", part, settings=settings)
                     for i, part in enumerate(parts)
                 ]
                 joined = folder / f"w{warmup}.mp4"
@@ -164,6 +196,7 @@ def seams(args: argparse.Namespace, backend: ModelBackend) -> None:
                 plan_parts(args.frames, args.frames // args.parts, args.untracked_warmup),
                 backend,
                 folder,
+                settings,
             )
             errors = warping_errors(untracked, clip.flows, clip.valid)
             results[f"untracked, warm-up {args.untracked_warmup}"] = seam_ratio(errors, bounds)
@@ -236,9 +269,7 @@ def timing(args: argparse.Namespace) -> None:
             seconds["parts"].append(
                 timed_runs(video, folder / f"parts-{round_}", parts, split_threads)
             )
-            seconds["whole"].append(
-                timed_runs(video, folder / f"whole-{round_}", [FrameRange(0, None, 0)], cores)
-            )
+            seconds["whole"].append(timed_runs(video, folder / f"whole-{round_}", [WHOLE], cores))
     whole, split = min(seconds["whole"]), min(seconds["parts"])
     rounds = {key: [round(value, 1) for value in values] for key, values in seconds.items()}
     verdict = "met" if split / whole <= TARGET_TIME else "NOT met"
@@ -258,6 +289,7 @@ def main() -> None:
     parser.add_argument("--warmups", default="0,4,8,16")
     parser.add_argument("--untracked-warmup", type=int, default=8)
     parser.add_argument("--clips", default="", help="comma-separated clip names")
+    parser.add_argument("--crf", type=int, default=0, help="seams: the segments' H.264 CRF")
     parser.add_argument("--timing-frames", type=int, default=600)
     parser.add_argument("--timing-size", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=1, help="timing rounds")
