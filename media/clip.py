@@ -418,7 +418,11 @@ def _camera_tracker() -> Callable[[Tensor], Tensor]:
     over from its state must not propagate it (`_frame_step(blend=False)`)."""
     from models.video import Stabilizer
 
-    return Stabilizer(lambda canvas, placement: canvas, _unblended())
+    config = _unblended()
+    # Where the frame lies on the network's input changes nothing that is tracked: the
+    # cheapest placement, never resampled.
+    tracking = replace(config.tracking, subpixel=False, resample="nearest")
+    return Stabilizer(lambda canvas, placement: canvas, replace(config, tracking=tracking))
 
 
 def stylize_frames(
