@@ -5,6 +5,13 @@ unless asked not to, written as H.264 segments and joined into the MP4 (`media.v
 No HTTP and no job store: `adain stylize clip.mp4 ...` calls `stylize_clip`; a video job
 (`service.jobs.run`) calls `check_clip` when it is submitted and `stylize_frames` when it runs,
 with its own checkpoints and progress in the store around it.
+
+A long clip can be stylized in parts by separate processes (`plan_parts`, then
+`stylize_frames(..., part=...)` per part, then `join_parts`): each part brings the stabiliser to
+the state a single run has at its first frame before it writes anything. The camera's motion is
+tracked from the clip's first frame (optical flow only, no network), so the network's grid lies
+where a single run puts it, and the last `warmup` frames before the part are stylized but not
+written, so the propagated strokes are there too (docs/video.md, "One clip in parts").
 """
 
 from __future__ import annotations
@@ -15,8 +22,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
+from itertools import pairwise
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -25,9 +33,11 @@ from torch import Tensor
 from media.controls import StyleControls, check_controls
 from media.defaults import (
     CHECKPOINT_S,
+    JOB_SPLIT_FRAMES,
     MAX_IMAGE_PIXELS,
     MAX_OUTPUT_PIXELS,
     OWN_SIZE_LIMIT,
+    SPLIT_WARMUP_FRAMES,
     VIDEO_CRF,
     VIDEO_PRESET,
 )
@@ -49,6 +59,9 @@ from media.video import (
 from models.errors import DomainError
 from models.model import Masks, StyleMix
 from models.pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from models.video import StabilizerConfig
 
 # Suffixes the command takes as videos (anything else is an image for `adain stylize`); a GIF of
 # one frame is a still image.
@@ -204,6 +217,37 @@ class ClipState:
     stabilizer: dict[str, Tensor] | None = None
 
 
+@dataclass(frozen=True)
+class FrameRange:
+    """The frames [start, end) of a clip (end None: to its last frame) that one run writes;
+    a stabilised run first stylizes the `warmup` frames before `start` without writing them."""
+
+    start: int = 0
+    end: int | None = None
+    warmup: int = SPLIT_WARMUP_FRAMES
+
+    def __post_init__(self) -> None:
+        if self.start < 0 or self.warmup < 0 or (self.end is not None and self.end <= self.start):
+            raise ValueError(f"not a frame range: {self}")
+
+
+WHOLE_CLIP = FrameRange()
+
+
+def plan_parts(
+    frames: int, part_frames: int = JOB_SPLIT_FRAMES, warmup: int = SPLIT_WARMUP_FRAMES
+) -> list[FrameRange]:
+    """A clip of `frames` frames (as `probe` counts them) in parts of at least `part_frames`
+    (ADAIN_JOB_SPLIT_FRAMES), as even as whole frames allow: a clip shorter than two parts, or
+    `part_frames` 0, is one part. The last part runs to the clip's end, whatever the count."""
+    count = frames // part_frames if part_frames > 0 else 1
+    if count < 2:
+        return [WHOLE_CLIP]
+    bounds = [round(i * frames / count) for i in range(count)]
+    ends: list[int | None] = [*bounds[1:], None]
+    return [FrameRange(start, end, warmup) for start, end in zip(bounds, ends, strict=True)]
+
+
 class ClipStopped(Exception):  # noqa: N818 (a signal, not a failure)
     """`should_stop` said so between two frames; `state` is the last checkpoint's."""
 
@@ -330,13 +374,16 @@ def _frame_step(
     styles: ClipStyles,
     backend: FrameBackend,
     state: dict[str, Tensor] | None,
+    *,
+    blend: bool = True,
 ) -> Callable[[Tensor], Tensor]:
     """content frame -> output frame: the stabiliser around the per-frame stylize, or that
-    alone with `stabilize=false`."""
+    alone with `stabilize=false`. `blend` false: nothing propagated into this frame (the
+    first one stylized after `_camera_tracker`)."""
     mix_for = _mix_maker(params, styles, backend)
     if not params.stabilize:
         return lambda content: backend.stylize(content, mix_for(content), params.controls.model)
-    from models.video import Placement, Stabilizer, placed_masks  # only for stabilised clips
+    from models.video import Placement, Stabilizer, StabilizerConfig, placed_masks
 
     def stylize(content: Tensor, placement: Placement) -> Tensor:
         mix = mix_for(content)
@@ -344,10 +391,38 @@ def _frame_step(
             mix = replace(mix, masks=placed_masks(mix.masks, placement))
         return backend.stylize(content, mix, params.controls.model)
 
-    stabilizer = Stabilizer(stylize)
+    stabilizer = Stabilizer(stylize, StabilizerConfig() if blend else _unblended())
     if state is not None:
         stabilizer.load_state_dict(state)
     return stabilizer
+
+
+def _unblended() -> StabilizerConfig:
+    """The stabiliser's default config, propagating nothing: it tracks the camera alone."""
+    from models.video import StabilizerConfig
+
+    config = StabilizerConfig()
+    return replace(config, blending=replace(config.blending, weight=0.0))
+
+
+def _state_of(step: Callable[[Tensor], Tensor] | None) -> dict[str, Tensor] | None:
+    """The stabiliser's state (None: no stabiliser, or none yet)."""
+    state_dict = getattr(step, "state_dict", None)
+    return state_dict() if state_dict else None
+
+
+def _camera_tracker() -> Callable[[Tensor], Tensor]:
+    """The stabiliser without the network (its network input comes back as its output):
+    the camera, the second layer and the cuts tracked as a single run tracks them, at the
+    cost of the optical flow. Its output is not a stylization, so the stabiliser that takes
+    over from its state must not propagate it (`_frame_step(blend=False)`)."""
+    from models.video import Stabilizer
+
+    config = _unblended()
+    # Where the frame lies on the network's input changes nothing that is tracked: the
+    # cheapest placement, never resampled.
+    tracking = replace(config.tracking, subpixel=False, resample="nearest")
+    return Stabilizer(lambda canvas, placement: canvas, replace(config, tracking=tracking))
 
 
 def stylize_frames(
@@ -359,21 +434,30 @@ def stylize_frames(
     settings: ClipSettings,
     *,
     state: ClipState = ClipState(),
+    part: FrameRange = WHOLE_CLIP,
     on_frame: Callable[[int], None] = lambda done: None,
     should_stop: Callable[[], bool] = lambda: False,
     on_checkpoint: Callable[[ClipState], None] = lambda state: None,
 ) -> ClipState:
-    """Stylizes the frames of `source` after `state.frames_done` into segments in `work` and
-    returns the final state. Every `settings.checkpoint_s` the open segment is closed and
-    `on_checkpoint` hears the state; `on_frame(frames done)` before each frame, then
-    `should_stop()`: true closes the segment and raises `ClipStopped`."""
+    """Stylizes the frames of `source` in `part` after `state.frames_done` into segments in
+    `work` and returns the final state. Every `settings.checkpoint_s` the open segment is
+    closed and `on_checkpoint` hears the state; `on_frame(frames done)` (counted from the
+    clip's first frame) before each frame, then `should_stop()`: true closes the segment and
+    raises `ClipStopped`. A part's first run (`state` without segments) brings the stabiliser
+    to the state a single run has at `part.start` first (`should_stop` is asked then too)."""
     segments = list(state.segments)
-    done = state.frames_done
+    done = max(state.frames_done, part.start)
     time_base, rate = Fraction(params.time_base), Fraction(params.rate)
     step: Callable[[Tensor], Tensor] | None = None
     writer: SegmentWriter | None = None
     first_pts = 0
     last_checkpoint = time.monotonic()
+    # The frames before `done` that are run through the stabiliser without being written:
+    # tracked from `track_from`, stylized from `warm_from` (none when resuming: the state has it).
+    priming = params.stabilize and not segments and part.start > 0
+    warm_from = max(0, part.start - part.warmup) if priming else done
+    track_from = 0 if priming else done
+    tracker: Callable[[Tensor], Tensor] | None = None
 
     def close_segment() -> ClipState:
         nonlocal writer
@@ -382,23 +466,43 @@ def stylize_frames(
         writer.close()
         segments.append(Segment(writer.path, first_pts, writer.frames))
         writer = None
-        state_dict = getattr(step, "state_dict", None)
-        closed = ClipState(done, tuple(segments), state_dict() if state_dict else None)
+        closed = ClipState(done, tuple(segments), _state_of(step))
         on_checkpoint(closed)
         return closed
+
+    def stylized(content: Tensor) -> Tensor:
+        nonlocal step
+        if step is not None:
+            return step(content)
+        tracked = _state_of(tracker)
+        step = _frame_step(params, styles, backend, tracked or state.stabilizer, blend=not tracked)
+        result = step(content)
+        if tracked:  # the first stylized frame; the next ones propagate it
+            step = _frame_step(params, styles, backend, _state_of(step))
+        return result
 
     index = -1
     max_pixels = params.max_frame_pixels or settings.limits.max_image_pixels
     for index, frame in enumerate(read_frames(source, max_pixels)):
+        if part.end is not None and index >= part.end:
+            break
         if index < done:
+            if index < track_from:
+                continue
+            if should_stop():
+                raise ClipStopped(close_segment())
+            content = frame_tensor(frame, params.controls.content_size, params.controls.crop)
+            if index < warm_from:
+                tracker = tracker or _camera_tracker()
+                tracker(content)
+            else:
+                stylized(content)
             continue
         on_frame(done)
         if should_stop():
             raise ClipStopped(close_segment())
         content = frame_tensor(frame, params.controls.content_size, params.controls.crop)
-        if step is None:
-            step = _frame_step(params, styles, backend, state.stabilizer)
-        result = step(content)
+        result = stylized(content)
         if writer is None:
             writer = SegmentWriter(
                 work / f"segment-{index:06d}.mp4",
@@ -415,14 +519,31 @@ def stylize_frames(
             close_segment()
             last_checkpoint = time.monotonic()
     final = close_segment()
-    if index + 1 == 0 or not final.segments:
+    if part.start == 0 and (index + 1 == 0 or not final.segments):
         raise DomainError("video: no frame could be decoded", "video")
     return final
 
 
 def join(state: ClipState, source: Path, output: Path, params: ClipParams) -> None:
     """The segments joined into `output`, with the input's timing and audio."""
-    finalize(list(state.segments), source, output, Fraction(params.time_base))
+    join_parts([state], source, output, params)
+
+
+def join_parts(parts: Sequence[ClipState], source: Path, output: Path, params: ClipParams) -> None:
+    """The final states of a clip's parts (`plan_parts`, in order) joined into `output`, as
+    `join` joins a single run's: every frame with its own timestamp, and the input's audio.
+    Raises ValueError when the parts' frames do not follow on from each other."""
+    segments = [segment for part in parts for segment in part.segments]
+    if not segments:
+        raise ValueError("no segment to join")
+    written = sum(segment.frames for segment in segments)
+    if written != parts[-1].frames_done or any(
+        later.first_pts <= earlier.first_pts for earlier, later in pairwise(segments)
+    ):
+        raise ValueError(
+            f"the parts hold {written} frames of {parts[-1].frames_done}, or out of order"
+        )
+    finalize(segments, source, output, Fraction(params.time_base))
 
 
 def own_size(info: VideoInfo) -> int:

@@ -11,3 +11,8 @@ MAX_OUTPUT_PIXELS = 7680 * 4320
 VIDEO_CRF = 18
 VIDEO_PRESET = "medium"
 CHECKPOINT_S = 10.0
+# A video job of at least twice this many frames is split into parts of at least this many,
+# stylized by idle workers in parallel (ADAIN_JOB_SPLIT_FRAMES; 0: never split); each part
+# stylizes this many frames before its first without writing them (docs/video.md).
+JOB_SPLIT_FRAMES = 300
+SPLIT_WARMUP_FRAMES = 8

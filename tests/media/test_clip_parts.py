@@ -1,0 +1,215 @@
+"""A clip stylized in parts (`plan_parts`, `stylize_frames(part=...)`, `join_parts`), as
+separate workers would run them: the joined result has the single run's frames, timestamps and
+audio, its frames after each seam stay close to the single run's, and a part resumes from its
+checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from devkit.images import encode, psnr, random_image
+from devkit.videos import decode_frames, make_video
+from media.clip import (
+    WHOLE_CLIP,
+    Clip,
+    ClipSettings,
+    ClipState,
+    ClipStopped,
+    FrameRange,
+    ModelBackend,
+    join,
+    join_parts,
+    open_clip,
+    plan_parts,
+    stylize_frames,
+)
+from media.controls import check_controls
+from media.imaging import ImageLimits
+from media.video import SegmentWriter
+from models.pipeline import Pipeline
+from models.weights import load_model
+
+# A segment per frame (checkpoint_s=0): the join handles many segments per part.
+SETTINGS = ClipSettings(
+    crf=18, preset="veryfast", checkpoint_s=0.0, limits=ImageLimits(10**7, 10**6)
+)
+FRAMES = 18
+# PSNR (dB) of a split run's frame against the single run's, at and after a seam: well below
+# what H.264 keeps of equal frames (> 40 dB), well above a stabiliser started without the
+# single run's grid and strokes (`test_the_seams_stay_close` shows that one falls below).
+SEAM_PSNR = 40.0
+
+
+@pytest.mark.parametrize(
+    ("frames", "part_frames", "expected"),
+    [
+        (0, 100, [(0, None)]),
+        (199, 100, [(0, None)]),  # shorter than two parts: one
+        (10**6, 0, [(0, None)]),  # 0: never split
+        (200, 100, [(0, 100), (100, None)]),
+        (601, 200, [(0, 200), (200, 401), (401, None)]),
+        (799, 200, [(0, 266), (266, 533), (533, None)]),
+    ],
+)
+def test_plan_parts(frames: int, part_frames: int, expected: list[tuple[int, int | None]]) -> None:
+    plan = plan_parts(frames, part_frames, warmup=5)
+    assert [(part.start, part.end) for part in plan] == expected
+    if len(plan) == 1:
+        assert plan == [WHOLE_CLIP]
+        return
+    assert all(part.warmup == 5 for part in plan)
+    lengths = [(part.end or frames) - part.start for part in plan]
+    assert min(lengths) >= part_frames and max(lengths) - min(lengths) <= 1
+
+
+@pytest.mark.parametrize(("start", "end", "warmup"), [(-1, None, 0), (5, 5, 0), (0, 3, -1)])
+def test_not_a_frame_range(start: int, end: int | None, warmup: int) -> None:
+    with pytest.raises(ValueError, match="not a frame range"):
+        FrameRange(start, end, warmup)
+
+
+@pytest.fixture(scope="module")
+def backend(reference_weights: tuple[Path, Path]) -> ModelBackend:
+    return ModelBackend({"full": Pipeline(load_model(*reference_weights))})
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Clip:
+    folder = tmp_path_factory.mktemp("parts-input")
+    video, style = folder / "clip.mp4", folder / "style.png"
+    # A random picture panning 3 px a frame, with a tone: the grid phase changes every frame.
+    video.write_bytes(make_video(frames=FRAMES, width=64, height=48, audio=True))
+    style.write_bytes(encode(random_image(48, 48, seed=1911)))
+    controls = check_controls(styles=1, content_size=0, style_size=48)
+    return open_clip(video, [style], [], controls, limits=SETTINGS.limits)
+
+
+def run(clip: Clip, backend: ModelBackend, work: Path, part: FrameRange, **kwargs) -> ClipState:
+    work.mkdir(parents=True, exist_ok=True)
+    return stylize_frames(
+        clip.video, work, clip.params, clip.styles, backend, SETTINGS, part=part, **kwargs
+    )
+
+
+@pytest.fixture(scope="module")
+def whole(clip: Clip, backend: ModelBackend, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("whole")
+    state = run(clip, backend, folder / "work", WHOLE_CLIP)
+    join(state, clip.video, folder / "whole.mp4", clip.params)
+    return folder / "whole.mp4"
+
+
+def split_run(clip: Clip, backend: ModelBackend, folder: Path, warmup: int) -> Path:
+    plan = plan_parts(FRAMES, FRAMES // 3, warmup)
+    assert len(plan) == 3
+    states = [run(clip, backend, folder / f"part-{i}", part) for i, part in enumerate(plan)]
+    joined = folder / f"split-{warmup}.mp4"
+    join_parts(states, clip.video, joined, clip.params)
+    return joined
+
+
+def timing(path: Path) -> tuple[list[Fraction], list[tuple[Fraction, bytes]]]:
+    """Each video frame's presentation time (s), and each audio packet's time and bytes."""
+    with av.open(str(path)) as container:
+        video, audio = container.streams.video[0], container.streams.audio[0]
+        frames, sound = [], []
+        for packet in container.demux(video, audio):
+            if packet.size == 0:
+                continue
+            if packet.stream.type == "video":
+                frames.append(packet.pts * video.time_base)
+            else:
+                sound.append((packet.pts * audio.time_base, bytes(packet)))
+    return sorted(frames), sound
+
+
+def test_a_split_run_joined_is_the_whole_run(
+    clip: Clip, backend: ModelBackend, whole: Path, tmp_path: Path
+) -> None:
+    """Every frame with the single run's timestamp, the same audio, and the frames close to
+    the single run's on both sides of each seam."""
+    joined = split_run(clip, backend, tmp_path, warmup=4)
+    one, other = decode_frames(whole.read_bytes()), decode_frames(joined.read_bytes())
+    assert len(one) == len(other) == FRAMES
+    whole_pts, whole_audio = timing(whole)
+    split_pts, split_audio = timing(joined)
+    assert split_pts == whole_pts and len(set(split_pts)) == FRAMES
+    assert whole_audio and split_audio == whole_audio
+    # The first part is the single run's beginning; the others differ by what a warm-up of
+    # 4 frames has not settled, never by a visible jump.
+    assert min(psnr(a / 255, b / 255) for a, b in zip(one[:6], other[:6], strict=True)) > 40
+    assert min(psnr(a / 255, b / 255) for a, b in zip(one, other, strict=True)) > SEAM_PSNR
+
+
+def test_the_seams_stay_close_only_with_the_tracked_state(
+    clip: Clip, backend: ModelBackend, whole: Path, tmp_path: Path
+) -> None:
+    """The check above can fail: a part whose stabiliser starts fresh at its first frame (a
+    file cut there: no camera tracked, no warm-up) draws the strokes on another grid."""
+    seam = FRAMES // 3
+    source = decode_frames(clip.video.read_bytes())[seam:]
+    cut = tmp_path / "from-the-seam.mp4"
+    writer = SegmentWriter(cut, source[0].shape[:2], Fraction(1, 12), Fraction(12), 0, "veryfast")
+    for index, rgb in enumerate(source):
+        writer.write(rgb, index)
+    writer.close()
+    fresh = run(replace(clip, video=cut), backend, tmp_path / "fresh", WHOLE_CLIP)
+    restarted = [f for s in fresh.segments for f in decode_frames(s.path.read_bytes())]
+    single = decode_frames(whole.read_bytes())[seam:]
+    pairs = zip(single, restarted, strict=True)
+    assert max(psnr(a / 255, b / 255) for a, b in pairs) < SEAM_PSNR
+
+
+def test_a_part_resumes_from_its_checkpoint(
+    clip: Clip, backend: ModelBackend, tmp_path: Path
+) -> None:
+    """The middle part stopped while it primes the stabiliser, then after two frames, and run
+    again from each state: the frames of the uninterrupted part."""
+    part = plan_parts(FRAMES, FRAMES // 3, warmup=4)[1]
+    straight = run(clip, backend, tmp_path / "straight", part)
+    assert straight.frames_done == part.end
+
+    asked = iter(range(100))
+    with pytest.raises(ClipStopped) as priming:
+        run(clip, backend, tmp_path / "stopped", part, should_stop=lambda: next(asked) == 3)
+    assert priming.value.state == ClipState(part.start, (), None)  # nothing written yet
+
+    checkpoints: list[ClipState] = []
+    with pytest.raises(ClipStopped) as writing:
+        run(
+            clip,
+            backend,
+            tmp_path / "stopped",
+            part,
+            state=priming.value.state,
+            should_stop=lambda: len(checkpoints) == 2,
+            on_checkpoint=checkpoints.append,
+        )
+    stopped = writing.value.state
+    assert stopped.frames_done == part.start + 2 and stopped.stabilizer is not None
+    resumed = run(clip, backend, tmp_path / "stopped", part, state=stopped)
+    assert resumed.frames_done == part.end
+    assert [s.frames for s in resumed.segments] == [1] * (part.end - part.start)
+
+    def frames(state: ClipState) -> list[np.ndarray]:
+        return [f for s in state.segments for f in decode_frames(s.path.read_bytes())]
+
+    pairs = zip(frames(straight), frames(resumed), strict=True)
+    assert min(psnr(a / 255, b / 255) for a, b in pairs) > 40
+
+
+def test_join_parts_refuses_a_missing_part(
+    clip: Clip, backend: ModelBackend, tmp_path: Path
+) -> None:
+    first, _, last = plan_parts(FRAMES, FRAMES // 3, warmup=0)
+    states = [
+        run(clip, backend, tmp_path / name, part) for name, part in [("a", first), ("c", last)]
+    ]
+    with pytest.raises(ValueError, match="frames of"):
+        join_parts(states, clip.video, tmp_path / "joined.mp4", clip.params)
