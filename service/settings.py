@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from media.defaults import (
     CHECKPOINT_S,
+    JOB_SPLIT_FRAMES,
     MAX_IMAGE_PIXELS,
     MAX_OUTPUT_PIXELS,
     VIDEO_CRF,
@@ -90,8 +91,11 @@ class Settings(BaseSettings):
     cache_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="style statistics lifetime in Redis")
     styles_dir: Path = Path("data/styles")
     redis_url: str = ""
-    presets: bool = Field(True, description="register the preset gallery's public-domain "
-                          "styles at start-up (service/gallery.py)")
+    presets: bool = Field(
+        True,
+        description="register the preset gallery's public-domain "
+        "styles at start-up (service/gallery.py)",
+    )
 
     # Access control (docs/security.md). Comma-separated lists; empty = off.
     api_keys: str = Field("", description="keys that may stylize and read the registry", repr=False)
@@ -145,6 +149,12 @@ class Settings(BaseSettings):
         "",
         description="s3://bucket/prefix: jobs' files in an S3-compatible store (AWS_ENDPOINT_URL, "
         "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION); empty: the folder jobs_dir",
+    )
+    job_split_frames: int = Field(
+        JOB_SPLIT_FRAMES,
+        ge=0,
+        description="with workers: a video of at least twice this many frames is split into "
+        "parts of about this many that idle workers stylize at once; 0: never split",
     )
     result_redirect: bool = Field(
         False,

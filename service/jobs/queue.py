@@ -69,8 +69,9 @@ class JobClaimedRetry(JobInterruptedRetry):
     about to expire (`service.jobs.records.LOCK_TTL_S`); the message comes back after that."""
 
 
-# run(job_id): the job to its end (succeeded, failed for its input, canceled) from its last
-# checkpoint; raises JobInterruptedRetry when this process stops first.
+# run(message): the job or part the message names (`message_of`) to its end (succeeded,
+# failed for its input, canceled) from its last checkpoint; raises JobInterruptedRetry when
+# this process stops first.
 JobFunction = Callable[[str], None]
 # give_up(job_id, reason): the job recorded failed, once its starts are used up.
 GiveUp = Callable[[str, str], None]
@@ -99,32 +100,32 @@ def declare_actor(
 ) -> dramatiq.Actor:
     """The one actor, on `broker`. A sender declares it with run=None: it never runs jobs."""
 
-    def run_video_job(job_id: str) -> None:
+    def run_video_job(message: str) -> None:
         if run is None or give_up is None:
             raise RuntimeError("this process only sends jobs")
         # Every start counts, whether the last one raised or its worker died: at most
         # max_retries + 1 starts, then the job is failed instead of redelivered forever.
-        starts = count_start(broker.client, job_id, +1)
+        starts = count_start(broker.client, message, +1)
         if starts > config.max_retries + 1:
             give_up(
-                job_id,
+                message,
                 f"given up after {starts - 1} start(s): each time the worker "
                 "running it died or failed (out of memory?)",
             )
             return
         try:
-            run(job_id)
+            run(message)
         except JobInterruptedRetry:
             # A clean stop is not a failed start (uncounted unless Redis is down right now).
             with contextlib.suppress(redis.RedisError, OSError):
-                count_start(broker.client, job_id, -1)
+                count_start(broker.client, message, -1)
             raise
         except Exception as exc:
             if starts > config.max_retries:
-                log.exception("job failed on its last start", extra={"job": job_id})
-                give_up(job_id, f"the job failed unexpectedly ({type(exc).__name__})")
+                log.exception("job failed on its last start", extra={"job": message})
+                give_up(message, f"the job failed unexpectedly ({type(exc).__name__})")
                 return
-            log.warning("job start failed; retried", extra={"job": job_id, "error": repr(exc)})
+            log.warning("job start failed; retried", extra={"job": message, "error": repr(exc)})
             raise
 
     def retry_when(retries: int, exception: Exception) -> bool:
@@ -140,6 +141,16 @@ def declare_actor(
         min_backoff=int(config.min_backoff_s * 1000),
         max_backoff=int(max(config.min_backoff_s, 30.0) * 1000),
     )
+
+
+def message_of(job_id: str, part: int | None) -> str:
+    """What a message carries: the job's id, and `/<part>` for a part of a long video's."""
+    return job_id if part is None else f"{job_id}/{part}"
+
+
+def parse_message(message: str) -> tuple[str, int | None]:
+    job_id, _, part = message.partition("/")
+    return job_id, int(part) if part else None
 
 
 def count_start(client: redis.Redis, job_id: str, change: int) -> int:
@@ -159,9 +170,9 @@ class JobQueue:
         self.broker = make_broker(config, socket_timeout_s=2.0)
         self._actor = declare_actor(self.broker, config, run=None, give_up=None)
 
-    def submit(self, job_id: str) -> None:
+    def submit(self, message: str) -> None:
         try:
-            self._actor.send(job_id)
+            self._actor.send(message)
         except (redis.RedisError, OSError, dramatiq.errors.ConnectionError) as exc:
             raise RedisUnavailableError(
                 "the job queue (Redis) does not answer; try again shortly", None
@@ -230,8 +241,9 @@ def job_handlers(
     one-machine runner's; and how it records a job it gives up."""
     counted = CountingBackend(backend)
 
-    def run(job_id: str) -> None:
-        record = run_job(job_id, store, counted, settings, should_stop)
+    def run(message: str) -> None:
+        job_id, part = parse_message(message)
+        record = run_job(job_id, store, counted, settings, should_stop, part=part)
         if record is None:
             if should_stop():
                 raise JobInterruptedRetry("this worker is stopping", delay=0)
@@ -244,7 +256,8 @@ def job_handlers(
             return
         observe_finished(record)
 
-    def give_up(job_id: str, reason: str) -> None:
+    def give_up(message: str, reason: str) -> None:
+        job_id, _ = parse_message(message)
         if store.get(job_id) is None:
             return
         observe_finished(store.fail(job_id, reason, None))
@@ -302,8 +315,12 @@ class QueueRunner(LocalRunner):
         self._tasks = [asyncio.create_task(self._clean()), asyncio.create_task(self._metrics())]
 
     def submit(self, job_id: str) -> None:
+        """A message per part of the job (one for a job in one part)."""
         try:
-            self.queue.submit(job_id)
+            record = self.store.get(job_id)
+            parts = range(len(record.parts)) if record is not None and record.parts else [None]
+            for part in parts:
+                self.queue.submit(message_of(job_id, part))
         except RedisUnavailableError:
             self.store.delete(job_id)  # never a job that nobody will run
             raise

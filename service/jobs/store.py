@@ -80,6 +80,9 @@ class JobRecord:
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
     expires: float | None = None  # set when the job finishes: the result is removed then
+    # A long video's parts, run at once by idle workers (`service.jobs.run`): each
+    # {"start", "end", "warmup"} (`media.clip.FrameRange`), "frames_done", "done".
+    parts: list[dict[str, Any]] | None = None
 
     def public(self) -> dict[str, Any]:
         """What GET /jobs/{id} answers: times in ISO 8601, UTC, as GET /styles gives them."""
@@ -110,6 +113,8 @@ class Checkpoint:
 
 
 JOB = "job"  # the record's document name
+CLAIM = "run"  # the lock held by the process running the job (or f"run-{part}")
+WHOLE = ""  # the checkpoint folder of a job in one part
 RESULT = "result.mp4"
 CHECKPOINT = "checkpoint.pt"
 SCRATCH = ".scratch"
@@ -169,14 +174,19 @@ class JobStore:
         shutil.rmtree(self.scratch(job_id), ignore_errors=True)
 
     def create(
-        self, job_id: str, owner: str, params: dict[str, Any], frames_total: int
+        self,
+        job_id: str,
+        owner: str,
+        params: dict[str, Any],
+        frames_total: int,
+        parts: list[dict[str, Any]] | None = None,
     ) -> JobRecord:
         """The job queued: its inputs (the scratch folder's files) stored, then its record.
         A store that does not answer leaves no job (503: the client submits again)."""
         try:
             for file in sorted(self.inputs(job_id).iterdir()):
                 self.blobs.put_file(f"{job_id}/inputs/{file.name}", file)
-            record = JobRecord(job_id, owner, JobStatus.queued, params, frames_total)
+            record = JobRecord(job_id, owner, JobStatus.queued, params, frames_total, parts=parts)
             self._write(record)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -196,11 +206,11 @@ class JobStore:
         record.updated = time.time()
         self.records.write(record.id, JOB, _serialized(record))
 
-    def claim(self, job_id: str) -> contextlib.AbstractContextManager[bool]:
+    def claim(self, job_id: str, name: str = CLAIM) -> contextlib.AbstractContextManager[bool]:
         """Whether this process may run the job now: a lock held while the job runs, and lost
         soon after its process dies, killed or not. Two processes (replicas, workers) never
         run the same job at once."""
-        return self.records.lock(job_id, "run")
+        return self.records.lock(job_id, name)
 
     def update(self, job_id: str, change: Callable[[JobRecord], None]) -> JobRecord:
         """`change(record)` applied and stored, nothing in between; the record as stored.
@@ -255,28 +265,28 @@ class JobStore:
                 self.blobs.fetch(info.key, local)
         return inputs
 
-    def save_checkpoint(self, job_id: str, checkpoint: Checkpoint) -> None:
-        """The new segments stored, then the checkpoint that names them."""
-        stored = {info.key.rsplit("/", 1)[1] for info in self.blobs.list(f"{job_id}/work/")}
+    def save_checkpoint(self, job_id: str, checkpoint: Checkpoint, folder: str = WHOLE) -> None:
+        """The new segments stored, then the checkpoint that names them (`folder`: a part's,
+        under the job's work)."""
+        prefix, local = _work_key(job_id, folder), self.work(job_id) / folder
+        stored = {info.key.rsplit("/", 1)[1] for info in self.blobs.list(prefix)}
         for segment in checkpoint.segments:
             if segment["file"] not in stored:
-                local = self.work(job_id) / segment["file"]
-                self.blobs.put_file(f"{job_id}/work/{segment['file']}", local)
+                self.blobs.put_file(prefix + segment["file"], local / segment["file"])
         serialized = io.BytesIO()
         torch.save(asdict(checkpoint), serialized)
-        self.blobs.put_bytes(f"{job_id}/work/{CHECKPOINT}", serialized.getvalue())
+        self.blobs.put_bytes(prefix + CHECKPOINT, serialized.getvalue())
 
-    def load_checkpoint(self, job_id: str) -> Checkpoint | None:
+    def load_checkpoint(self, job_id: str, folder: str = WHOLE) -> Checkpoint | None:
         """The last checkpoint, its segments copied to the scratch folder; None: none yet."""
-        raw = self.blobs.read_bytes(f"{job_id}/work/{CHECKPOINT}")
+        prefix, local = _work_key(job_id, folder), self.work(job_id) / folder
+        raw = self.blobs.read_bytes(prefix + CHECKPOINT)
         if raw is None:
             return None
         checkpoint = Checkpoint(**torch.load(io.BytesIO(raw), weights_only=True))
         for segment in checkpoint.segments:
-            local = self.work(job_id) / segment["file"]
-            if not local.is_file() and not self.blobs.fetch(
-                f"{job_id}/work/{segment['file']}", local
-            ):
+            file = local / segment["file"]
+            if not file.is_file() and not self.blobs.fetch(prefix + segment["file"], file):
                 return None  # a segment is missing: start over rather than lose frames
         return checkpoint
 
@@ -350,6 +360,10 @@ class JobStore:
                     shutil.rmtree(entry.path, ignore_errors=True)
                     cleared.append(entry.name)
         return cleared
+
+
+def _work_key(job_id: str, folder: str) -> str:
+    return f"{job_id}/work/{folder}/" if folder else f"{job_id}/work/"
 
 
 def _serialized(record: JobRecord) -> bytes:

@@ -371,6 +371,7 @@ async def submit_job(
             stabilize=stabilize,
             video_limits=video_limits,
             limits=services.limits,
+            part_frames=settings.job_split_frames if settings.redis_url else 0,
         )
     )
     if target is not None and services.webhooks is not None:

@@ -45,6 +45,7 @@ from tests.service.test_webhooks import receiver as receiver  # the fixture
 
 BUCKET, PREFIX = "adain-fleet", "jobs"
 FRAMES = 120
+SPLIT_FRAMES = 70  # a clip of twice this many frames or more comes in parts
 
 
 @dataclass
@@ -90,6 +91,7 @@ def fleet(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
             "ADAIN_WEBHOOK_SECRET": SECRET,
             "ADAIN_WEBHOOK_ALLOW_PRIVATE": "true",
             "ADAIN_WEBHOOK_RETRY_S": "0.3",
+            "ADAIN_JOB_SPLIT_FRAMES": str(SPLIT_FRAMES),
         }
         with running_server({**env, "ADAIN_SERVE_RUNS_JOBS": "false"}) as server:
             yield Fleet(server, redis, store, env, tmp)
@@ -114,6 +116,7 @@ def test_a_job_outlives_its_worker_and_the_store_with_nothing_shared_but_them(
 
     first = start_worker(fleet.worker_env("first"))
     try:
+        assert FRAMES < 2 * SPLIT_FRAMES, "one part: one worker at a time"
         answer = post_job(url, video, "fleet-video", **form)
         assert answer.status_code == 202, answer.text
         job_id = answer.json()["id"]
@@ -191,3 +194,29 @@ def test_a_result_can_be_fetched_from_the_store_by_a_redirect(fleet: Fleet) -> N
     assert direct.status_code == 200 and direct.headers["content-type"] == "video/mp4"
     streamed = httpx.get(f"{fleet.server.url}/jobs/{job_id}/result", timeout=30)
     assert streamed.status_code == 200 and streamed.content == direct.content
+
+
+def test_a_long_video_is_stylized_by_idle_workers_at_once(fleet: Fleet) -> None:
+    """A clip of three parts on two workers: both stylize some of it, at the same time, and
+    the joined result has every frame at its time; no part's work is left in the store."""
+    url, video = fleet.server.url, clip(3 * SPLIT_FRAMES, seed=44)
+    workers = [start_worker(fleet.worker_env(name), metrics=True) for name in ("p", "q")]
+    try:
+        answer = post_job(url, video, "long-video")
+        assert answer.status_code == 202, answer.text
+        job_id = answer.json()["id"]
+        both_busy = wait_until(
+            lambda: (
+                all(w.frames_stylized() > 0 for w in workers)
+                and job(url, job_id)["status"] == "running"
+            ),
+            180,
+            "both workers to stylize parts of it",
+        )
+        assert both_busy
+        assert wait_finished(url, job_id, timeout_s=300)["status"] == "succeeded"
+    finally:
+        for worker in workers:
+            stop_worker(worker)
+    assert_complete(url, job_id, video)
+    assert fleet.stored_keys(job_id) == ["result.mp4"]
