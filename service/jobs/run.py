@@ -116,7 +116,10 @@ def _run_claimed(
         return record
     try:
         progress = _Progress(store, job_id, record.frames_total, on_progress)
-        frames = _stylize_frames(record, store, backend, settings, should_stop, progress)
+        work = _stylize_frames
+        if record.params.get("kind") == "batch":
+            from service.jobs.batch import stylize_batch as work  # which imports this module
+        frames = work(record, store, backend, settings, should_stop, progress)
     except JobInterrupted:
         log.info("job interrupted; it resumes at the next start", extra={"job": job_id})
         return None
