@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Literal, Protocol
 
-import torch
 from pydantic import BaseModel, Field
 from torch import Tensor
 
@@ -46,7 +45,6 @@ from media.imaging import (
     prepare_style,
 )
 from models.errors import DomainError, InvalidInputError, error_body
-from models.model import StyleMix
 from service.files import write_atomically
 from service.jobs.run import JobInterrupted
 from service.jobs.store import STYLES_FILE, JobRecord, JobStore
@@ -322,14 +320,7 @@ def stylize_image(
         stats = [backend.style_statistics(style, tensor, model) for style in styles]
     else:
         stats = fixed_statistics()
-    mix = StyleMix(
-        torch.cat([mean for mean, _ in stats]),
-        torch.cat([std for _, std in stats]),
-        controls.weight_tensor,
-        mask_tensors,
-        controls.alpha,
-    )
-    stylized = backend.stylize(tensor, mix, model)
+    stylized = backend.stylize(tensor, controls.mix(stats, mask_tensors), model)
     return StillImage(encode_image(stylized, output_format, quality), grid[1], grid[0])
 
 
