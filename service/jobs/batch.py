@@ -58,6 +58,9 @@ ZIP_END_SIGNATURE = b"PK\x05\x06"
 ZIP64_COUNT = 0xFFFF  # an end record saying "the count is in the ZIP64 record": 65535+ entries
 MAX_ENTRY_NAME = 1024  # bytes of one entry's path (with its folders)
 MAX_ENTRY_DEPTH = 8  # folders above an entry
+# An entry's fixed part of the directory, and room for its extra fields and comment: what the
+# directory may hold per entry it declares (zipfile reads it all, whatever the count says).
+ZIP_DIRECTORY_BYTES_PER_ENTRY = 46 + MAX_ENTRY_NAME + 1024
 SKIPPED_ENTRIES = ("__MACOSX/",)  # macOS's resource forks, not pictures
 MAX_STEM = 80  # characters of an item's name kept in its output's name
 
@@ -163,8 +166,12 @@ def check_zip_directory(file: BinaryIO, limits: BatchLimits) -> None:
             f"entries; the limit is {limits.max_items} images (ADAIN_MAX_BATCH_ITEMS)",
             "content",
         )
-    if directory_bytes > entries * (46 + MAX_ENTRY_NAME + 2 * 0xFFFF):
-        raise InvalidInputError("content: the ZIP's directory is malformed", "content")
+    if directory_bytes > entries * ZIP_DIRECTORY_BYTES_PER_ENTRY:
+        raise InvalidInputError(
+            f"content: the ZIP's directory has {directory_bytes} bytes for {entries} entries: "
+            "more than this server reads",
+            "content",
+        )
 
 
 def checked_entry_name(name: str) -> bool:

@@ -247,6 +247,10 @@ def test_zip_bombs_and_unsafe_paths_are_refused_before_unpacking(
     assert time.monotonic() - start < 5  # nothing inflated
     many = zipped({f"{i}.png": b"" for i in range(5000)}, zipfile.ZIP_STORED)
     assert "ADAIN_MAX_BATCH_ITEMS" in refused(server.url, [("many.zip", many)], 413, "content")
+    # A directory of 300 entries whose end record claims 2: zipfile would read all 300.
+    lying = bytearray(zipped({f"{i}.png": b"" for i in range(300)}, zipfile.ZIP_STORED))
+    lying[-14:-10] = (2).to_bytes(2, "little") * 2  # the end record's two entry counts
+    assert "directory" in refused(server.url, [("lying.zip", bytes(lying))], 422, "content")
     six = zipped({f"{i}.png": STYLE for i in range(MAX_ITEMS + 1)})
     assert "ADAIN_MAX_BATCH_ITEMS" in refused(server.url, [("six.zip", six)], 413, "content")
     for name in ("../evil.png", "/etc/evil.png", "C:/evil.png", "a/" * 12 + "deep.png"):
