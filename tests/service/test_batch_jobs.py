@@ -334,3 +334,60 @@ def test_a_worker_runs_a_batch_job_with_the_same_images(
                 item = httpx.get(f"{service.url}/jobs/{job['id']}/items/{index}", timeout=10)
                 assert item.status_code == 200
                 assert_same_image(item.content, stylized(service.url, content))
+
+
+def test_a_mask_and_colour_preservation_per_image_and_a_mask_that_does_not_fit(
+    server: RunningServer,
+) -> None:
+    fitting = [(f"{i}.png", encode(random_image(80, 60, seed=3220 + i))) for i in range(2)]
+    other_size = ("wide.png", encode(random_image(120, 60, seed=3222)))
+    half = np.zeros((60, 80), np.uint8)
+    half[:, :40] = 255
+    mask = encode(Image.fromarray(half))
+    form = {"preserve_color": "true", "content_size": "0"}
+    files = [("content", item) for item in [*fitting, other_size]]
+    files += [("style", ("a.png", STYLE)), ("style", ("b.png", OTHER_STYLE))]
+    files.append(("mask", ("m.png", mask)))
+    response = httpx.post(f"{server.url}/jobs", files=files, data={**FORM, **form}, timeout=60)
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    final = wait_finished(server.url, job_id)[-1]
+    assert (final["status"], final["items_failed"]) == ("succeeded", 1), final
+    manifest = httpx.get(f"{server.url}/jobs/{job_id}/items", timeout=10).json()
+    assert manifest["items"][2]["error"]["field"].startswith("mask")
+    for index, (_, content) in enumerate(fitting):
+        expected = httpx.post(
+            f"{server.url}/stylize",
+            files=[
+                ("content", ("c.png", content)),
+                ("style", ("a.png", STYLE)),
+                ("style", ("b.png", OTHER_STYLE)),
+                ("mask", ("m.png", mask)),
+            ],
+            data={**FORM, **form},
+            timeout=60,
+        )
+        assert expected.status_code == 200, expected.text
+        item = httpx.get(f"{server.url}/jobs/{job_id}/items/{index}", timeout=10)
+        assert_same_image(item.content, expected.content)
+    # The two halves took different styles: the mask was applied, not ignored.
+    first = pixels(httpx.get(f"{server.url}/jobs/{job_id}/items/0", timeout=10).content)
+    assert np.abs(first[:, :36].mean(axis=(0, 1)) - first[:, 44:].mean(axis=(0, 1))).max() > 1
+
+
+def test_delete_cancels_a_running_batch_and_removes_its_files(
+    server: RunningServer, jobs_dir: Path
+) -> None:
+    contents = [(f"{i}.png", encode(random_image(400, 300, seed=3230 + i))) for i in range(5)]
+    job_id = accepted(server.url, contents, content_size="288")["id"]
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{server.url}/jobs/{job_id}", timeout=10).json()["items_done"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert httpx.delete(f"{server.url}/jobs/{job_id}", timeout=10).status_code == 204
+    final = wait_finished(server.url, job_id)[-1]
+    assert final["status"] == "canceled", final
+    assert final["items_done"] < len(contents)
+    assert not (jobs_dir / job_id / "work").exists()
+    assert not (jobs_dir / job_id / "inputs").exists()
+    assert httpx.get(f"{server.url}/jobs/{job_id}/items/0", timeout=10).status_code == 409
