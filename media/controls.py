@@ -17,7 +17,7 @@ from torch import Tensor
 
 from media.defaults import DEFAULT_SIZE, MAX_STYLES
 from models.errors import InvalidInputError
-from models.model import check_mask_count, normalise_mix_weights
+from models.model import Masks, StyleMix, check_mask_count, normalise_mix_weights
 
 
 class StyleControls(BaseModel):
@@ -38,6 +38,17 @@ class StyleControls(BaseModel):
     @property
     def weight_tensor(self) -> Tensor:
         return torch.tensor(self.weights, dtype=torch.float32)
+
+    def mix(self, statistics: Sequence[tuple[Tensor, Tensor]], masks: Masks | None) -> StyleMix:
+        """The styles' relu4_1 (mean, std), in order, mixed as these controls say: what
+        /stylize and a batch job's images are stylized with."""
+        return StyleMix(
+            torch.cat([mean for mean, _ in statistics]),
+            torch.cat([std for _, std in statistics]),
+            self.weight_tensor,
+            masks,
+            self.alpha,
+        )
 
 
 def check_controls(

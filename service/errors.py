@@ -29,6 +29,7 @@ from service.forms import UnsupportedFormError
 from service.hardening import HostNotAllowedError
 from service.idempotency import IdempotencyKeyInUseError, IdempotencyKeyReusedError
 from service.imaging import DecodeBudgetError
+from service.jobs.batch import BatchItemNotFoundError, BatchTooLargeError
 from service.jobs.blobs import JobFilesUnavailableError
 from service.jobs.store import JobNotDoneError, JobNotFoundError, JobStorageFullError
 from service.limits import BodyTimeoutError, BodyTooLargeError
@@ -169,7 +170,17 @@ HTTP_ERRORS: dict[type[DomainError], HttpStatus] = {
     VideoTooLargeError: HttpStatus(
         413, "A video over the limits on its size, frames or duration (`detail` names the setting)."
     ),
+    BatchTooLargeError: HttpStatus(
+        413,
+        "A batch job over ADAIN_MAX_BATCH_ITEMS images, or a ZIP that would unpack to more than "
+        "ADAIN_MAX_BATCH_BYTES (refused from its directory, before unpacking).",
+    ),
     JobNotFoundError: HttpStatus(404, "No job with that id, or the job of another API key."),
+    BatchItemNotFoundError: HttpStatus(
+        404,
+        "No such item in the batch job (an index from 0 or an output name of its manifest), "
+        "the item failed (`detail` says why), or the job is a video job.",
+    ),
     JobNotDoneError: HttpStatus(
         409,
         "The job has no result: still queued or running, failed or canceled "

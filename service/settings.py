@@ -174,6 +174,13 @@ class Settings(BaseSettings):
     max_job_pixels: int = Field(
         10_000_000_000, ge=1, description="frames x output pixels of one video job"
     )
+    # Batch image jobs (POST /jobs with `content`, docs/jobs.md#batch-image-jobs).
+    max_batch_items: int = Field(
+        500, ge=1, description="images per batch job (files or ZIP entries)"
+    )
+    max_batch_bytes: int = Field(
+        2 * 1024 * MIB, ge=1, description="a batch job's ZIP, unpacked (declared entry sizes)"
+    )
     video_crf: int = Field(
         VIDEO_CRF,
         ge=0,

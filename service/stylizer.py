@@ -13,7 +13,6 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import torch
 from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
@@ -28,7 +27,6 @@ from media.imaging import (
     prepare_masks,
     prepare_style,
 )
-from models.model import StyleMix
 from service import metrics
 from service.cache import StatsCache, stats_key
 from service.engine import Engine, StyleStats, StylizeItem
@@ -135,13 +133,7 @@ class Stylizer:
             stats.append(style_stats)
             cache_results.append(result)
             styles_ms += ms
-        mix = StyleMix(
-            torch.cat([s.mean for s in stats]),
-            torch.cat([s.std for s in stats]),
-            controls.weight_tensor,
-            masks,
-            controls.alpha,
-        )
+        mix = controls.mix([(s.mean, s.std) for s in stats], masks)
         stylized = await self.engine.stylize(StylizeItem(content, mix, model))
         encoded = await run_in_threadpool(
             encode_image, stylized.value, request.output_format, request.quality

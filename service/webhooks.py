@@ -36,6 +36,7 @@ import httpx
 from standardwebhooks.webhooks import Webhook
 
 from models.errors import InvalidInputError
+from service.jobs.batch import kind_fields
 from service.jobs.store import JobRecord, JobStatus, JobStore, iso_time
 
 log = logging.getLogger("service.webhooks")
@@ -202,7 +203,7 @@ class WebhookSender:
                 payload = {
                     "type": f"job.{event.value}",
                     "timestamp": iso_time(now),
-                    "data": record.public(),
+                    "data": {**record.public(), **kind_fields(record)},
                 }
                 state.pending.append(
                     Delivery(f"msg_{secrets.token_hex(16)}", event, payload, now, now)

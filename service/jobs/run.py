@@ -144,7 +144,11 @@ def _run_claimed(
     extra = {"job": job_id, "part": part}
     try:
         progress = _Progress(store, job_id, record.frames_total, part, on_progress)
-        if part is None:
+        if record.params.get("kind") == "batch":
+            from service.jobs.batch import stylize_batch  # which imports this module
+
+            frames = stylize_batch(record, store, backend, settings, should_stop, progress)
+        elif part is None:
             frames = _stylize_whole(record, store, backend, settings, should_stop, progress)
         else:
             if not record.parts[part]["done"]:  # type: ignore[index]

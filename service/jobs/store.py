@@ -184,8 +184,9 @@ class JobStore:
         """The job queued: its inputs (the scratch folder's files) stored, then its record.
         A store that does not answer leaves no job (503: the client submits again)."""
         try:
-            for file in sorted(self.inputs(job_id).iterdir()):
-                self.blobs.put_file(f"{job_id}/inputs/{file.name}", file)
+            inputs = self.inputs(job_id)
+            for file in sorted(path for path in inputs.rglob("*") if path.is_file()):
+                self.blobs.put_file(f"{job_id}/inputs/{file.relative_to(inputs).as_posix()}", file)
             record = JobRecord(job_id, owner, JobStatus.queued, params, frames_total, parts=parts)
             self._write(record)
         except BaseException:
@@ -258,9 +259,9 @@ class JobStore:
     def fetch_inputs(self, job_id: str) -> Path:
         """The job's stored inputs, copied to this process's scratch folder (kept there from
         an earlier start)."""
-        inputs = self.inputs(job_id)
-        for info in self.blobs.list(f"{job_id}/inputs/"):
-            local = inputs / info.key.rsplit("/", 1)[1]
+        inputs, prefix = self.inputs(job_id), f"{job_id}/inputs/"
+        for info in self.blobs.list(prefix):
+            local = inputs / info.key.removeprefix(prefix)
             if not local.is_file() or local.stat().st_size != info.size:
                 self.blobs.fetch(info.key, local)
         return inputs

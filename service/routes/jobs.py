@@ -1,5 +1,6 @@
-"""Video jobs: POST /jobs (a video and /stylize's style fields) -> 202; then GET /jobs/{id} (or
-its server-sent events) for progress, GET /jobs/{id}/result for the MP4, DELETE to cancel.
+"""Jobs: POST /jobs (a video, or `content` images for a batch job, and /stylize's style fields)
+-> 202; then GET /jobs/{id} (or its server-sent events) for progress, GET /jobs/{id}/result for
+the MP4 (a batch job: the ZIP; GET /jobs/{id}/items/{n} one image), DELETE to cancel.
 
 With API keys on, a job belongs to the key that submitted it: other keys get 404 for it, admin
 keys see every job. Only submissions count against the rate limit (polling does not).
@@ -23,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from media.controls import bounds, check_controls
 from media.defaults import DEFAULT_SIZE, MAX_STYLES
+from media.imaging import OutputFormat
 from media.video import UnsupportedVideoError, VideoLimits, VideoTooLargeError
 from models.errors import InvalidInputError
 from models.model import parse_mix_weights
@@ -31,6 +33,21 @@ from service.deps import RegistryDep, ServicesDep, StylizerDep
 from service.errors import RangeNotSatisfiableError
 from service.forms import FormFieldsDep, UnsupportedFormError
 from service.idempotency import idempotent
+from service.jobs.batch import (
+    BatchItemNotFoundError,
+    BatchLimits,
+    BatchManifest,
+    BatchTooLargeError,
+    JobKind,
+    create_batch_job,
+    find_item,
+    is_batch,
+    kind_fields,
+    media_type_of,
+    read_item,
+    read_manifest,
+    result_name,
+)
 from service.jobs.blobs import Blob, JobFilesUnavailableError
 from service.jobs.position import queue_positions
 from service.jobs.store import (
@@ -79,13 +96,27 @@ COPY_CHUNK = 1024 * 1024
 
 
 class JobState(BaseModel):
-    """A video job as GET /jobs/{id} answers it."""
+    """A job (a video, or a batch of images) as GET /jobs/{id} answers it."""
 
     id: str = Field(description="The job's id (32 hex digits).")
+    kind: JobKind = Field(
+        "video", description="video (POST /jobs with `video`) or batch (with `content`)."
+    )
     status: JobStatus = Field(description="queued -> running -> succeeded, failed or canceled.")
-    progress: float = Field(ge=0, le=1, description="Share of the frames done; never decreases.")
-    frames_done: int = Field(ge=0)
-    frames_total: int = Field(ge=0, description="Frames of the video (exact once succeeded).")
+    progress: float = Field(
+        ge=0, le=1, description="Share of the frames (batch: images) done; never decreases."
+    )
+    frames_done: int = Field(ge=0, description="A batch job: images done, as `items_done`.")
+    frames_total: int = Field(
+        ge=0, description="Frames of the video (exact once succeeded); a batch job: its images."
+    )
+    items_done: int | None = Field(
+        None, ge=0, description="A batch job: images done, failed ones included; null for videos."
+    )
+    items_failed: int | None = Field(
+        None, ge=0, description="A batch job: images that failed so far (the manifest says why)."
+    )
+    items_total: int | None = Field(None, ge=0, description="A batch job: its images.")
     model: str | None = Field(
         None, description="The network stylizing it: full or lite (the `model` asked for)."
     )
@@ -142,7 +173,7 @@ async def job_state(store: JobStore, record: JobRecord) -> dict[str, Any]:
     position = None
     if record.status is JobStatus.queued:
         position = queue_positions(await run_in_threadpool(store.jobs)).get(record.id)
-    return {**record.public(), "queue_position": position}
+    return {**record.public(), **kind_fields(record), "queue_position": position}
 
 
 async def visible_job(job_id: str, caller: Caller, store: JobStore) -> JobRecord:
@@ -168,6 +199,7 @@ SUBMIT_RESPONSES: Responses = {
         UnsupportedFormError,
         UnsupportedVideoError,
         VideoTooLargeError,
+        BatchTooLargeError,
         StyleNotFoundError,
         CapReachedError,
         JobStorageFullError,
@@ -179,15 +211,20 @@ SUBMIT_RESPONSES: Responses = {
 }
 VIEWING = (AuthenticationError, RateLimitedError, JobNotFoundError)
 VIEW_ERRORS: Responses = error_responses(*VIEWING)
+RESULT_CONTENT = {
+    media_type: {"schema": {**BINARY, "contentMediaType": media_type}}
+    for media_type in ("video/mp4", "application/zip")
+}
 RESULT_RESPONSES: Responses = {
     200: {
-        "description": "The stylized video (MP4, H.264). Range requests are answered with 206.",
-        "content": {"video/mp4": {"schema": {**BINARY, "contentMediaType": "video/mp4"}}},
+        "description": "The stylized video (MP4, H.264); a batch job's ZIP (`manifest.json` "
+        "and the images). Range requests are answered with 206.",
+        "content": RESULT_CONTENT,
         "headers": {"Accept-Ranges": header("`bytes`.", {"type": "string"})},
     },
     206: {
-        "description": "The requested byte range of the video.",
-        "content": {"video/mp4": {"schema": {**BINARY, "contentMediaType": "video/mp4"}}},
+        "description": "The requested byte range of the file.",
+        "content": RESULT_CONTENT,
         "headers": {"Content-Range": header("The range sent.", {"type": "string"})},
     },
     307: {
@@ -246,6 +283,20 @@ def check_room(store: JobStore, identity: str, settings: Settings, upload_bytes:
         )
 
 
+def check_job_kind(video: UploadFile | None, content: list[UploadFile] | None) -> None:
+    """A video job or a batch job: one of the two fields, not both."""
+    if video is not None and content:
+        raise InvalidInputError(
+            "content: send either `video` (a video job) or `content` images (a batch job), "
+            "not both",
+            "content",
+        )
+    if video is None and not content:
+        raise InvalidInputError(
+            "video: send `video` (a video job) or `content` images (a batch job)", "video"
+        )
+
+
 async def save_upload(upload: UploadFile, target: Path) -> None:
     """The upload copied to disk in chunks (a video is not held in memory)."""
     with target.open("wb") as file:
@@ -262,7 +313,17 @@ async def submit_job(
     services: ServicesDep,
     registry: RegistryDep,
     stylizer: StylizerDep,
-    video: Annotated[UploadFile, File(description="The video: MP4, MOV, WebM, animated GIF, ...")],
+    video: Annotated[
+        UploadFile | None,
+        File(description="The video: MP4, MOV, WebM, animated GIF, ... (a video job)."),
+    ] = None,
+    content: Annotated[
+        list[UploadFile] | None,
+        File(
+            description="Instead of `video`, a batch job: images (repeatable; PNG, JPEG or "
+            "WebP) or one ZIP of them, each stylized as /stylize would."
+        ),
+    ] = None,
     style: Annotated[
         list[UploadFile] | None,
         File(description="Style images (repeatable). They come first, in the order sent."),
@@ -301,9 +362,15 @@ async def submit_job(
         bool,
         Form(
             description="Temporal stabilisation (no flicker); false: "
-            "each frame on its own, as /stylize."
+            "each frame on its own, as /stylize. Video jobs only."
         ),
     ] = True,
+    output_format: Annotated[
+        OutputFormat, Form(alias="format", description="A batch job's images' format.")
+    ] = OutputFormat.png,
+    quality: Annotated[
+        int, Form(ge=1, le=100, description="A batch job's JPEG/WebP quality.")
+    ] = 90,
     model: Annotated[
         str | None,
         Form(
@@ -327,7 +394,10 @@ async def submit_job(
     ] = None,
 ) -> JobState:
     """Stylize a video as a job: 202 at once with its id and `Location`; the frames keep the
-    video's count, rate, timing and audio. Style fields as for /stylize."""
+    video's count, rate, timing and audio. Style fields as for /stylize. With `content` instead
+    of `video`, a batch job: each image (or each of one ZIP's) as /stylize answers it, the
+    result a ZIP with a manifest; an image that fails is named there, the others go on."""
+    check_job_kind(video, content)
     controls = check_controls(
         styles=len(style or []) + len(style_id or []),
         masks=len(mask or []),
@@ -345,22 +415,44 @@ async def submit_job(
     masks = [await m.read() for m in mask or []]
     runner, settings = services.jobs, services.settings
     job_id, inputs = await run_in_threadpool(runner.store.new_upload)
+    uploads: list[tuple[str, Path]] = []
     try:
-        await save_upload(video, inputs / "video")
-        await run_in_threadpool(
-            check_room, runner.store, caller.identity, settings, (inputs / "video").stat().st_size
-        )
+        if video is not None:
+            await save_upload(video, inputs / "video")
+        for index, upload in enumerate(content or []):
+            uploads.append((upload.filename or f"content[{index}]", inputs / f"upload-{index}"))
+            await save_upload(upload, uploads[-1][1])
+        uploaded = sum(path.stat().st_size for path in inputs.iterdir())
+        await run_in_threadpool(check_room, runner.store, caller.identity, settings, uploaded)
     except BaseException:
         await run_in_threadpool(runner.store.discard_upload, job_id)
         raise
-    video_limits = VideoLimits(
-        settings.max_video_frames,
-        settings.max_video_duration_s,
-        settings.max_video_frame_pixels,
-        settings.max_job_pixels,
-    )
-    record = await run_in_threadpool(
-        partial(
+    if video is None:
+        batch_limits = BatchLimits(
+            settings.max_batch_items, settings.max_batch_bytes, settings.max_upload_bytes
+        )
+        create = partial(
+            create_batch_job,
+            runner.store,
+            job_id,
+            caller.identity,
+            uploads,
+            styles,
+            masks,
+            controls,
+            output_format,
+            quality,
+            batch_limits,
+            services.limits,
+        )
+    else:
+        video_limits = VideoLimits(
+            settings.max_video_frames,
+            settings.max_video_duration_s,
+            settings.max_video_frame_pixels,
+            settings.max_job_pixels,
+        )
+        create = partial(
             create_job,
             runner.store,
             job_id,
@@ -373,7 +465,7 @@ async def submit_job(
             limits=services.limits,
             part_frames=settings.job_split_frames if settings.redis_url else 0,
         )
-    )
+    record = await run_in_threadpool(create)
     if target is not None and services.webhooks is not None:
         await run_in_threadpool(services.webhooks.attach, job_id, *target)
     runner.submit(job_id)
@@ -397,7 +489,7 @@ async def list_jobs(
     records = await run_in_threadpool(store.jobs)
     positions = queue_positions(records)
     states = [
-        JobState(**r.public(), queue_position=positions.get(r.id))
+        JobState(**r.public(), **kind_fields(r), queue_position=positions.get(r.id))
         for r in records
         if caller.role >= Role.admin or r.owner == caller.identity
     ]
@@ -510,12 +602,13 @@ async def job_result(
     record = await visible_job(job_id, caller, store)
     if record.status is not JobStatus.succeeded:
         raise not_done(record)
-    filename = f"stylized-{job_id[:8]}.mp4"
+    name, media_type = result_name(record)
+    filename = f"stylized-{job_id[:8]}.{name.rsplit('.', 1)[1]}"
     if services.settings.result_redirect:
-        url = await run_in_threadpool(store.result_url, job_id, filename, "video/mp4")
+        url = await run_in_threadpool(store.result_url, job_id, filename, media_type, name)
         if url is not None:
             return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
-    blob = await run_in_threadpool(store.open_result, job_id)
+    blob = await run_in_threadpool(store.open_result, job_id, name)
     if blob is None:  # removed in between (DELETE, expiry): its record goes next
         record = await visible_job(job_id, caller, store)
         raise not_found(job_id) if record.status is JobStatus.succeeded else not_done(record)
@@ -541,7 +634,64 @@ async def job_result(
         prepended(first, chunks),
         status_code=206 if chosen is not None else 200,
         headers=headers,
-        media_type="video/mp4",
+        media_type=media_type,
+    )
+
+
+async def batch_manifest(job_id: str, caller: Caller, store: JobStore) -> BatchManifest:
+    """The manifest of a batch job that succeeded (404 for a video job)."""
+    record = await visible_job(job_id, caller, store)
+    if not is_batch(record):
+        raise BatchItemNotFoundError(
+            f"job_id: job {job_id} is a video job: it has no items; its result is the video",
+            "job_id",
+        )
+    if record.status is not JobStatus.succeeded:
+        raise not_done(record)
+    manifest = await run_in_threadpool(read_manifest, store, job_id)
+    if manifest is None:  # removed in between (DELETE, expiry)
+        raise not_found(job_id)
+    return manifest
+
+
+ITEM_ERRORS = (*VIEWING, JobNotDoneError, BatchItemNotFoundError)
+
+
+@router.get(
+    "/jobs/{job_id}/items", response_model=BatchManifest, responses=error_responses(*ITEM_ERRORS)
+)
+async def job_items(job_id: str, caller: ViewerDep, store: StoreDep) -> BatchManifest:
+    """A batch job's manifest once it succeeded (the result ZIP's `manifest.json`): each item's
+    name, size, output name and image size, or its error."""
+    return await batch_manifest(job_id, caller, store)
+
+
+@router.get(
+    "/jobs/{job_id}/items/{item}",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The stylized image, as /stylize answers it.",
+            "content": {
+                f.media_type: {"schema": {**BINARY, "contentMediaType": f.media_type}}
+                for f in OutputFormat
+            },
+        },
+        **error_responses(*ITEM_ERRORS),
+    },
+)
+async def job_item(job_id: str, item: str, caller: ViewerDep, store: StoreDep) -> Response:
+    """One image of a batch job that succeeded, by its index (from 0) or its output name in the
+    manifest; an item that failed: 404 with its error."""
+    outcome = find_item(await batch_manifest(job_id, caller, store), item)
+    name = str(outcome.output)
+    image = await run_in_threadpool(read_item, store, job_id, name)
+    if image is None:  # removed in between (DELETE, expiry)
+        raise not_found(job_id)
+    return Response(
+        image,
+        media_type=media_type_of(name),
+        headers={"Content-Disposition": f'inline; filename="{name}"'},
     )
 
 

@@ -36,6 +36,7 @@ from service.forms import UnsupportedFormError
 from service.hardening import HostNotAllowedError
 from service.idempotency import IdempotencyKeyInUseError, IdempotencyKeyReusedError
 from service.imaging import DecodeBudgetError
+from service.jobs.batch import BatchItemNotFoundError, BatchTooLargeError
 from service.jobs.blobs import JobFilesUnavailableError
 from service.jobs.store import JobNotDoneError, JobNotFoundError, JobStorageFullError
 from service.limits import BodyTimeoutError, BodyTooLargeError
@@ -77,6 +78,10 @@ CASES: list[tuple[DomainError, int, str | None]] = [
     (VideoTooLargeError("video: 9000 frames; the limit is 3000 (ADAIN_MAX_VIDEO_FRAMES)",
                         "video"), 413, None),
     (JobNotFoundError("job_id: no job with id 'abc'", "job_id"), 404, None),
+    (BatchTooLargeError("content: 501 images; the limit is 500 per batch job "
+                        "(ADAIN_MAX_BATCH_ITEMS)", "content"), 413, None),
+    (BatchItemNotFoundError("item: no item '9': an index from 0 to 3 or an output name of the "
+                            "manifest (GET /jobs/{id}/items)", "item"), 404, None),
     (JobNotDoneError("job_id: job abc is running; the result is there once it has succeeded",
                      "job_id"), 409, None),
     (RangeNotSatisfiableError("Range 'bytes=9-' does not fit the file of 4 bytes", 4), 416,
