@@ -343,23 +343,21 @@ class JobStore:
         return removed + self.clear_scratch(now, orphan_age_s)
 
     def clear_scratch(self, now: float | None = None, upload_age_s: float = 3600) -> list[str]:
-        """Removes what this folder's scratch holds of jobs that no process runs (a process
-        killed mid-job leaves its copies; the store has what a resumption needs), and uploads
-        older than `upload_age_s` that never became a job; returns their ids."""
+        """Removes what this folder's scratch holds of finished jobs (a process killed mid-job
+        leaves its copies; whoever resumed the job has its own), and uploads older than
+        `upload_age_s` that never became a job; returns their ids. An unfinished job's copies
+        stay: a process resuming it here uses them."""
         now = now or time.time()
         cleared = []
         for entry in os.scandir(self.scratch_root):
             if not valid_id(entry.name):
                 continue
-            if self.get(entry.name) is None:
-                if now - entry.stat().st_mtime > upload_age_s:
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                    cleared.append(entry.name)
-                continue
-            with self.claim(entry.name) as held:  # nobody runs it, nor starts it meanwhile
-                if held:
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                    cleared.append(entry.name)
+            record = self.get(entry.name)
+            if (record is not None and record.status.finished) or (
+                record is None and now - entry.stat().st_mtime > upload_age_s
+            ):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                cleared.append(entry.name)
         return cleared
 
 
