@@ -8,3 +8,5 @@ Not in the wheel (pyproject installs `models*` and `service*` only) and never im
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# The team's shared images, beside the checkout (read by path, never copied into the repo).
+DATASETS = REPO.parent / "shared" / "datasets"

@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from devkit import DATASETS
 from media.video import SegmentWriter
 from models.images import prepare, to_uint8
 
 SUPERSAMPLE = 4
-DATASETS = Path("/work/shared/datasets")
 
 # A motion: frame index t and frame pixel coordinates (x, y) -> world coordinates (x, y).
 Motion = Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor]]

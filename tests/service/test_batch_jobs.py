@@ -21,11 +21,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from devkit import DATASETS
 from devkit.images import encode, random_image
 from devkit.server import RunningServer, running_redis, running_server
 from tests.service.test_queue import queue_env, workers
 
-PHOTOS = sorted(Path("/work/shared/datasets/content/train").glob("*.jpg"))[:4]
+PHOTOS = sorted((DATASETS / "content" / "train").glob("*.jpg"))[:4]
 STYLE = encode(random_image(48, 48, seed=3201))
 OTHER_STYLE = encode(random_image(40, 56, seed=3202))
 FORM = {"style_size": "48", "content_size": "64"}

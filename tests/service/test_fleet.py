@@ -10,17 +10,22 @@ and nothing is lost; the job ends with every frame; the receiver, once it recove
 
 from __future__ import annotations
 
+import io
 import json
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 from standardwebhooks.webhooks import Webhook
 
+from devkit.images import encode, random_image
 from devkit.server import (
     ObjectStore,
     RedisServer,
@@ -39,6 +44,7 @@ from tests.service.test_queue import (
     stop_worker,
     wait_finished,
     wait_until,
+    workers,
 )
 from tests.service.test_webhooks import REFUSED_FIRST, SECRET, Receiver
 from tests.service.test_webhooks import receiver as receiver  # the fixture
@@ -220,3 +226,44 @@ def test_a_long_video_is_stylized_by_idle_workers_at_once(fleet: Fleet) -> None:
             stop_worker(worker)
     assert_complete(url, job_id, video)
     assert fleet.stored_keys(job_id) == ["result.mp4"]
+
+
+def test_a_batch_job_runs_on_the_fleet(fleet: Fleet) -> None:
+    """Several images in one job, run by a worker from the store: a ZIP with its manifest, and
+    each image on its own, equal to what /stylize answers for it."""
+    url = fleet.server.url
+    contents = [encode(random_image(72, 56, seed=4500 + i)) for i in range(3)]
+    with workers(fleet.env | {"ADAIN_JOBS_DIR": str(fleet.tmp / "batch-worker")}):
+        answer = httpx.post(
+            f"{url}/jobs",
+            files=[("content", (f"{i}.png", c)) for i, c in enumerate(contents)]
+            + [("style", ("s.png", STYLE))],
+            data={"style_size": "48", "content_size": "0"},
+            timeout=60,
+        )
+        assert answer.status_code == 202, answer.text
+        job_id = answer.json()["id"]
+        final = wait_finished(url, job_id)
+    assert final["status"] == "succeeded" and final["items_done"] == 3, final
+    archive = zipfile.ZipFile(
+        io.BytesIO(httpx.get(f"{url}/jobs/{job_id}/result", timeout=30).content)
+    )
+    manifest = json.loads(archive.read("manifest.json"))
+    assert [item["error"] for item in manifest["items"]] == [None] * 3
+    for index, content in enumerate(contents):
+        item = httpx.get(f"{url}/jobs/{job_id}/items/{index}", timeout=30)
+        assert item.status_code == 200
+        assert item.content == archive.read(manifest["items"][index]["output"])
+        expected = httpx.post(
+            f"{url}/stylize",
+            files=[("content", ("c.png", content)), ("style", ("s.png", STYLE))],
+            data={"style_size": "48", "content_size": "0"},
+            timeout=60,
+        )
+        assert np.abs(pixels(item.content) - pixels(expected.content)).max() <= 2
+    assert set(fleet.stored_keys(job_id)) >= {"result.zip", "manifest.json"}
+    assert not [key for key in fleet.stored_keys(job_id) if key.startswith(("work/", "inputs/"))]
+
+
+def pixels(encoded: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB"), dtype=np.int16)
