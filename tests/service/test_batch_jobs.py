@@ -24,7 +24,7 @@ from PIL import Image
 from devkit import DATASETS
 from devkit.images import encode, random_image
 from devkit.server import RunningServer, running_redis, running_server
-from tests.service.test_queue import queue_env, workers
+from tests.service.test_queue import queue_env, wait_until, workers
 
 PHOTOS = sorted((DATASETS / "content" / "train").glob("*.jpg"))[:4]
 STYLE = encode(random_image(48, 48, seed=3201))
@@ -330,7 +330,8 @@ def test_a_worker_runs_a_batch_job_with_the_same_images(
             final = wait_finished(service.url, job["id"])[-1]
             assert final["status"] == "succeeded", final
             assert (final["kind"], final["items_done"], final["items_failed"]) == ("batch", 3, 1)
-            assert "job succeeded" in started[0].logs()
+            # Logged just after the record says so: the worker ran it, not the service.
+            wait_until(lambda: "job succeeded" in started[0].logs(), 10, "the worker's log")
             for index, (_, content) in enumerate(contents):
                 item = httpx.get(f"{service.url}/jobs/{job['id']}/items/{index}", timeout=10)
                 assert item.status_code == 200
