@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,11 +115,20 @@ S3_ADDRESS_ENV = {"AWS_ENDPOINT_URL", "AWS_REGION"}
 S3_CREDENTIAL_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 
 
-def compose_default(value: str | int) -> str:
-    """A compose value as it is when none of the variables it names is set: `${NAME:-x}` and
-    `${NAME-x}` give x, `${NAME}` nothing."""
-    variable = r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-([^}]*))?\}"
-    return re.sub(variable, lambda match: match.group(1) or "", str(value))
+def compose_default(value: str | int, shell: Mapping[str, str] | None = None) -> str:
+    """A compose value as compose makes it from the `shell`'s variables (by default none set):
+    `${NAME:-x}` is NAME, or x where NAME is unset or empty; `${NAME-x}` x only where unset;
+    `${NAME}` NAME or nothing."""
+    shell = shell or {}
+
+    def substitute(match: re.Match[str]) -> str:
+        name, colon, default = match.group(1), match.group(2) == ":", match.group(3) or ""
+        if name not in shell or (colon and not shell[name]):
+            return default
+        return shell[name]
+
+    variable = r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?)-([^}]*))?\}"
+    return re.sub(variable, substitute, str(value))
 
 
 def quantity_bytes(quantity: str) -> int:

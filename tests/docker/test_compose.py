@@ -235,13 +235,16 @@ def test_workers_compose_runs_api_and_workers_on_one_queue_and_store() -> None:
 STORE_FILES = ["compose.workers.yaml", "compose.multi-gpu.yaml"]
 
 
-def jobs_storage(service: dict[str, Any]) -> tuple[str, str, str, tuple[str, ...]]:
-    """Where a service's jobs go: storage URL, endpoint, region, credentials files."""
+def jobs_storage(
+    service: dict[str, Any], shell: dict[str, str] | None = None
+) -> tuple[str, str, str, tuple[str, ...]]:
+    """Where a service's jobs go (storage URL, endpoint, region, credentials files), with the
+    variables of the `shell` compose runs in (by default none set)."""
     environment = service["environment"]
     return (
-        compose_default(environment["ADAIN_STORAGE_URL"]),
-        compose_default(environment["AWS_ENDPOINT_URL"]),
-        compose_default(environment["AWS_REGION"]),
+        compose_default(environment["ADAIN_STORAGE_URL"], shell),
+        compose_default(environment["AWS_ENDPOINT_URL"], shell),
+        compose_default(environment["AWS_REGION"], shell),
         tuple(service["env_file"]),
     )
 
@@ -292,18 +295,29 @@ def test_the_object_store_keeps_its_data_and_is_health_checked(name: str) -> Non
     assert not S3_CREDENTIAL_ENV & set(store.get("environment") or {})
 
 
+# Another store, chosen in the shell as docs/deployment.md says.
+OWN_STORE = {
+    "ADAIN_STORAGE_URL": "s3://our-bucket/adain",
+    "AWS_ENDPOINT_URL": "https://s3.eu-west-3.amazonaws.com",
+    "AWS_REGION": "eu-west-3",
+}
+
+
+@pytest.mark.parametrize("shell", [{}, OWN_STORE], ids=["bundled", "own-store"])
 @pytest.mark.parametrize("name", STORE_FILES)
 def test_the_clients_read_the_compose_address_and_one_credentials_file(
-    name: str, monkeypatch: pytest.MonkeyPatch
+    name: str, shell: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What the service's S3 client (service.jobs.blobs) makes of a container's environment:
-    the compose endpoint and region; the keys only from the credentials file, whose default
-    exists and holds exactly the two keys."""
+    the bucket, endpoint and region compose gives (the shell's, where it sets them); the keys
+    only from the credentials file, whose default exists and holds exactly the two keys."""
     import boto3
 
     compose = load_compose(name)
     for service_name, service in adain_services(compose).items():
-        _, endpoint, region, (credentials_file,) = jobs_storage(service)
+        url, endpoint, region, (credentials_file,) = jobs_storage(service, shell)
+        if shell:
+            assert (url, endpoint, region) == tuple(OWN_STORE.values())
         assert not S3_CREDENTIAL_ENV & set(service["environment"]), service_name
         credentials = dotenv_values(DOCKER / compose_default(credentials_file))
         assert set(credentials) == S3_CREDENTIAL_ENV and all(credentials.values())
@@ -311,13 +325,15 @@ def test_the_clients_read_the_compose_address_and_one_credentials_file(
             monkeypatch.delenv(variable, raising=False)
         for variable, value in service["environment"].items():
             if variable in S3_ADDRESS_ENV:
-                monkeypatch.setenv(variable, compose_default(value))
+                monkeypatch.setenv(variable, compose_default(value, shell))
         for variable, value in credentials.items():
             monkeypatch.setenv(variable, str(value))
         monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # credentials are cached in it
-        client = S3Blobs("adain-jobs", "jobs", create_bucket=False).client
-        assert client.meta.endpoint_url == endpoint
-        assert client.meta.region_name == region
+        parts = urlsplit(url)
+        blobs = S3Blobs(parts.netloc, parts.path, create_bucket=False)
+        assert (blobs.bucket, blobs.prefix) == (parts.netloc, parts.path.strip("/") + "/")
+        assert blobs.client.meta.endpoint_url == endpoint
+        assert blobs.client.meta.region_name == region
         keys = boto3.DEFAULT_SESSION.get_credentials()  # the session the client was made in
         assert (keys.access_key, keys.secret_key) == (
             credentials["AWS_ACCESS_KEY_ID"],
