@@ -190,9 +190,10 @@ class FileBlob:
 
 
 class S3Blobs:
-    """Keys under `prefix` in `bucket`. boto3 reads AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
-    AWS_SECRET_ACCESS_KEY and AWS_REGION itself; short timeouts so that a store that does not
-    answer costs a request seconds, not minutes."""
+    """Keys under `prefix` in `bucket`. boto3 reads AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY itself, but of the regions only AWS_DEFAULT_REGION: AWS_REGION (the
+    other SDKs' name) is passed on. Short timeouts so that a store that does not answer costs a
+    request seconds, not minutes."""
 
     def __init__(self, bucket: str, prefix: str = "", create_bucket: bool = True) -> None:
         import boto3
@@ -207,7 +208,9 @@ class S3Blobs:
             signature_version="s3v4",
             s3={"addressing_style": "path"},
         )
-        self.client = boto3.client("s3", config=config)
+        self.client = boto3.client(
+            "s3", config=config, region_name=os.environ.get("AWS_REGION") or None
+        )
         if create_bucket:
             self._call(self._ensure_bucket)
 

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +110,42 @@ def settings_env_names() -> set[str]:
     return {f"ADAIN_{name.upper()}" for name in Settings.model_fields}
 
 
+# The object store's address and keys, as every S3 client reads them (service.jobs.blobs).
+S3_ADDRESS_ENV = {"AWS_ENDPOINT_URL", "AWS_REGION"}
+S3_CREDENTIAL_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+def compose_default(value: str | int, shell: Mapping[str, str] | None = None) -> str:
+    """A compose value as compose makes it from the `shell`'s variables (by default none set):
+    `${NAME:-x}` is NAME, or x where NAME is unset or empty; `${NAME-x}` x only where unset;
+    `${NAME}` NAME or nothing."""
+    shell = shell or {}
+
+    def substitute(match: re.Match[str]) -> str:
+        name, colon, default = match.group(1), match.group(2) == ":", match.group(3) or ""
+        if name not in shell or (colon and not shell[name]):
+            return default
+        return shell[name]
+
+    variable = r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?)-([^}]*))?\}"
+    return re.sub(variable, substitute, str(value))
+
+
+def quantity_bytes(quantity: str) -> int:
+    """A Kubernetes quantity with a binary suffix (`8Gi`, `512Mi`) or none, in bytes."""
+    match = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti)?", quantity)
+    assert match, f"not a binary quantity: {quantity}"
+    scale = {None: 1, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}[match.group(2)]
+    return int(match.group(1)) * scale
+
+
+def seaweedfs_image_version(image: str) -> str:
+    """`chrislusf/seaweedfs:4.48` -> 4.48."""
+    repository, _, tag = image.partition(":")
+    assert repository == "chrislusf/seaweedfs", image
+    return tag
+
+
 def nginx_upstream_servers(text: str) -> list[str]:
     """`host:port` of each `server` line in `upstream adain { ... }`."""
     block = re.search(r"upstream adain \{(.*?)\}", text, re.S)
@@ -136,8 +172,9 @@ def nginx_config_for(backends: list[int], listen_port: int, text: str | None = N
     assert len(servers) == len(backends), f"{len(servers)} upstream servers, {len(backends)} ports"
     for server, port in zip(servers, backends, strict=True):
         text = re.sub(rf"(\bserver\s+){re.escape(server)}\b", rf"\g<1>127.0.0.1:{port}", text)
-    text, listens = re.subn(r"^(\s*)listen\s+\S+;", rf"\g<1>listen 127.0.0.1:{listen_port};", text,
-                            flags=re.M)
+    text, listens = re.subn(
+        r"^(\s*)listen\s+\S+;", rf"\g<1>listen 127.0.0.1:{listen_port};", text, flags=re.M
+    )
     assert listens == 1, "docker/nginx.conf should have exactly one listen directive"
     return text
 
@@ -150,9 +187,19 @@ def running_nginx(config: str, folder: Path, port: int) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     with (folder / "error.log").open("wb") as error_log:
         process = subprocess.Popen(
-            [NGINX, "-e", "stderr", "-p", str(folder), "-c", str(folder / "nginx.conf"),
-             "-g", f"pid {folder / 'nginx.pid'}; daemon off;"],
-            stdout=subprocess.DEVNULL, stderr=error_log,
+            [
+                NGINX,
+                "-e",
+                "stderr",
+                "-p",
+                str(folder),
+                "-c",
+                str(folder / "nginx.conf"),
+                "-g",
+                f"pid {folder / 'nginx.pid'}; daemon off;",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=error_log,
         )
         try:
             deadline = time.monotonic() + 20
