@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -593,7 +593,18 @@ async def blob_chunks(blob: Blob, start: int, end: int) -> AsyncIterator[bytes]:
 
 @router.get("/jobs/{job_id}/result", response_class=FileResponse, responses=RESULT_RESPONSES)
 async def job_result(
-    job_id: str, request: Request, caller: ViewerDep, services: ServicesDep
+    job_id: str,
+    request: Request,
+    caller: ViewerDep,
+    services: ServicesDep,
+    redirect: Annotated[
+        bool,
+        Query(
+            description="false: stream the result through the service even where "
+            "ADAIN_RESULT_REDIRECT would redirect (the page does: a browser would send its "
+            "API key on to the store)."
+        ),
+    ] = True,
 ) -> Response:
     """The stylized video once the job succeeded (409 before); Range requests for seeking.
     The file is opened before the answer starts: a DELETE meanwhile does not cut it short.
@@ -604,7 +615,7 @@ async def job_result(
         raise not_done(record)
     name, media_type = result_name(record)
     filename = f"stylized-{job_id[:8]}.{name.rsplit('.', 1)[1]}"
-    if services.settings.result_redirect:
+    if redirect and services.settings.result_redirect:
         url = await run_in_threadpool(store.result_url, job_id, filename, media_type, name)
         if url is not None:
             return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})

@@ -93,7 +93,8 @@ async function finished(jobId, state) {
     setStatus("Canceled.");
     return;
   }
-  const response = await api(`jobs/${jobId}/result`);
+  // Through the service, never a redirect to the store: fetch would send the key on to it.
+  const response = await api(`jobs/${jobId}/result?redirect=false`);
   if (!response.ok) throw new Error(await errorMessage(response));
   if (video.url) URL.revokeObjectURL(video.url);
   video.url = URL.createObjectURL(await response.blob());

@@ -196,6 +196,8 @@ def test_a_result_can_be_fetched_from_the_store_by_a_redirect(fleet: Fleet) -> N
         assert moved.status_code == 307, moved.text
         location = moved.headers["location"]
         assert location.startswith(fleet.store.endpoint) and "Signature" in location
+        through = httpx.get(f"{redirecting.url}/jobs/{job_id}/result?redirect=false", timeout=30)
+        assert through.status_code == 200, "the page's way: streamed, the key never leaves"
     direct = httpx.get(location, timeout=30)
     assert direct.status_code == 200 and direct.headers["content-type"] == "video/mp4"
     streamed = httpx.get(f"{fleet.server.url}/jobs/{job_id}/result", timeout=30)
