@@ -459,10 +459,12 @@ def stylize_frames(
     track_from = 0 if priming else done
     tracker: Callable[[Tensor], Tensor] | None = None
 
+    closed = ClipState(done, tuple(segments), state.stabilizer)  # the last checkpoint's
+
     def close_segment() -> ClipState:
-        nonlocal writer
+        nonlocal writer, closed
         if writer is None:
-            return ClipState(done, tuple(segments), state.stabilizer)
+            return closed
         writer.close()
         segments.append(Segment(writer.path, first_pts, writer.frames))
         writer = None
