@@ -446,7 +446,8 @@ def track_camera(
     own tracking reaches there. A part's first run from its seed
     (`stylize_frames(part=..., state=seed)`) starts tracking there instead of at the clip's
     first frame: the flow of the clip computed once, not once per part. Stops (returns)
-    early when `should_stop()` says so."""
+    early when `should_stop()` says so: the parts not yielded then have no seed yet (a part
+    also runs without one, tracking from the clip's first frame itself)."""
     tracker: Callable[[Tensor], Tensor] | None = None
     pending = list(enumerate(parts))
     max_pixels = params.max_frame_pixels or settings.limits.max_image_pixels
@@ -575,7 +576,7 @@ def stylize_frames(
 
 def join(state: ClipState, source: Path, output: Path, params: ClipParams) -> None:
     """The segments joined into `output`, with the input's timing and audio."""
-    join_parts([state], source, output, params)
+    finalize(list(state.segments), source, output, Fraction(params.time_base))
 
 
 def join_parts(parts: Sequence[ClipState], source: Path, output: Path, params: ClipParams) -> None:
