@@ -41,9 +41,10 @@ SETTINGS = ClipSettings(
     crf=18, preset="veryfast", checkpoint_s=0.0, limits=ImageLimits(10**7, 10**6)
 )
 FRAMES = 18
-# PSNR (dB) of a split run's frame against the single run's, at and after a seam: well below
-# what H.264 keeps of equal frames (> 40 dB), well above a stabiliser started without the
-# single run's grid and strokes (`test_the_seams_stay_close` shows that one falls below).
+# PSNR (dB) a split run's frames keep against the single run's, at and after each seam (49 dB
+# and more with a warm-up of 4 frames, 42 with none, when written): a stabiliser started
+# without the single run's grid and strokes stays below (about 37 dB when written,
+# `test_the_seams_stay_close_only_with_the_tracked_state`).
 SEAM_PSNR = 40.0
 
 
@@ -144,7 +145,7 @@ def test_a_split_run_joined_is_the_whole_run(
     assert whole_audio and split_audio == whole_audio
     # The first part is the single run's beginning; the others differ by what a warm-up of
     # 4 frames has not settled, never by a visible jump.
-    assert min(psnr(a / 255, b / 255) for a, b in zip(one[:6], other[:6], strict=True)) > 40
+    assert min(psnr(a / 255, b / 255) for a, b in zip(one[:6], other[:6], strict=True)) > 45
     assert min(psnr(a / 255, b / 255) for a, b in zip(one, other, strict=True)) > SEAM_PSNR
 
 
