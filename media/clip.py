@@ -19,7 +19,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from itertools import pairwise
@@ -411,18 +411,60 @@ def _state_of(step: Callable[[Tensor], Tensor] | None) -> dict[str, Tensor] | No
     return state_dict() if state_dict else None
 
 
-def _camera_tracker() -> Callable[[Tensor], Tensor]:
+def _camera_tracker(state: dict[str, Tensor] | None = None) -> Callable[[Tensor], Tensor]:
     """The stabiliser without the network (its network input comes back as its output):
     the camera, the second layer and the cuts tracked as a single run tracks them, at the
-    cost of the optical flow. Its output is not a stylization, so the stabiliser that takes
-    over from its state must not propagate it (`_frame_step(blend=False)`)."""
+    cost of the optical flow; from a tracker's `state` when given. Its output is not a
+    stylization, so the stabiliser that takes over from its state must not propagate it
+    (`_frame_step(blend=False)`)."""
     from models.video import Stabilizer
 
     config = _unblended()
     # Where the frame lies on the network's input changes nothing that is tracked: the
     # cheapest placement, never resampled.
     tracking = replace(config.tracking, subpixel=False, resample="nearest")
-    return Stabilizer(lambda canvas, placement: canvas, replace(config, tracking=tracking))
+    tracker = Stabilizer(lambda canvas, placement: canvas, replace(config, tracking=tracking))
+    if state is not None:
+        tracker.load_state_dict(state)
+    return tracker
+
+
+def _primes(params: ClipParams, part: FrameRange) -> bool:
+    """Whether a part's first run brings the stabiliser to a single run's state first."""
+    return params.stabilize and part.start > 0
+
+
+def track_camera(
+    source: Path,
+    params: ClipParams,
+    settings: ClipSettings,
+    parts: Sequence[FrameRange],
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Iterator[tuple[int, ClipState]]:
+    """One pass of the camera tracker over the clip, for parts in order: (part number, its
+    seed) as soon as the pass reaches the part's warm-up, the seed being the state the part's
+    own tracking reaches there. A part's first run from its seed
+    (`stylize_frames(part=..., state=seed)`) starts tracking there instead of at the clip's
+    first frame: the flow of the clip computed once, not once per part. Stops (returns)
+    early when `should_stop()` says so: the parts not yielded then have no seed yet (a part
+    also runs without one, tracking from the clip's first frame itself)."""
+    tracker: Callable[[Tensor], Tensor] | None = None
+    pending = list(enumerate(parts))
+    max_pixels = params.max_frame_pixels or settings.limits.max_image_pixels
+    for index, frame in enumerate(read_frames(source, max_pixels)):
+        while pending and (
+            not _primes(params, pending[0][1])
+            or index >= pending[0][1].start - pending[0][1].warmup
+        ):
+            number, _ = pending.pop(0)
+            tracked = _state_of(tracker)
+            yield number, ClipState() if tracked is None else ClipState(index, (), tracked)
+        if not pending or should_stop():
+            return
+        tracker = tracker or _camera_tracker()
+        tracker(frame_tensor(frame, params.controls.content_size, params.controls.crop))
+    for number, _ in pending:  # past the clip's end: nothing to track, nor to write
+        yield number, ClipState()
 
 
 def stylize_frames(
@@ -443,8 +485,10 @@ def stylize_frames(
     `work` and returns the final state. Every `settings.checkpoint_s` the open segment is
     closed and `on_checkpoint` hears the state; `on_frame(frames done)` (counted from the
     clip's first frame) before each frame, then `should_stop()`: true closes the segment and
-    raises `ClipStopped`. A part's first run (`state` without segments) brings the stabiliser
-    to the state a single run has at `part.start` first (`should_stop` is asked then too)."""
+    raises `ClipStopped`. A part's first run (`state` without segments: `ClipState()`, or a
+    seed from `track_camera`) brings the stabiliser to the state a single run has at
+    `part.start` first; `should_stop` is asked then too, and `ClipStopped` carries the state
+    it was given."""
     segments = list(state.segments)
     done = max(state.frames_done, part.start)
     time_base, rate = Fraction(params.time_base), Fraction(params.rate)
@@ -453,16 +497,22 @@ def stylize_frames(
     first_pts = 0
     last_checkpoint = time.monotonic()
     # The frames before `done` that are run through the stabiliser without being written:
-    # tracked from `track_from`, stylized from `warm_from` (none when resuming: the state has it).
-    priming = params.stabilize and not segments and part.start > 0
+    # tracked from `track_from` (a seed's frame, or the first), stylized from `warm_from`
+    # (none when resuming: the state has it).
+    priming = _primes(params, part) and not segments
+    seed = state.stabilizer if priming else None
+    if seed is not None and state.frames_done > part.start:
+        raise ValueError(f"a seed of frame {state.frames_done} for a part from {part.start}")
     warm_from = max(0, part.start - part.warmup) if priming else done
-    track_from = 0 if priming else done
-    tracker: Callable[[Tensor], Tensor] | None = None
+    track_from = (state.frames_done if seed is not None else 0) if priming else done
+    tracker = None if seed is None else _camera_tracker(seed)
+
+    closed = ClipState(done, tuple(segments), state.stabilizer)  # the last checkpoint's
 
     def close_segment() -> ClipState:
-        nonlocal writer
+        nonlocal writer, closed
         if writer is None:
-            return ClipState(done, tuple(segments), state.stabilizer)
+            return closed
         writer.close()
         segments.append(Segment(writer.path, first_pts, writer.frames))
         writer = None
@@ -490,7 +540,7 @@ def stylize_frames(
             if index < track_from:
                 continue
             if should_stop():
-                raise ClipStopped(close_segment())
+                raise ClipStopped(state)  # nothing written yet
             content = frame_tensor(frame, params.controls.content_size, params.controls.crop)
             if index < warm_from:
                 tracker = tracker or _camera_tracker()
@@ -526,7 +576,7 @@ def stylize_frames(
 
 def join(state: ClipState, source: Path, output: Path, params: ClipParams) -> None:
     """The segments joined into `output`, with the input's timing and audio."""
-    join_parts([state], source, output, params)
+    finalize(list(state.segments), source, output, Fraction(params.time_base))
 
 
 def join_parts(parts: Sequence[ClipState], source: Path, output: Path, params: ClipParams) -> None:
