@@ -46,7 +46,7 @@ from media.imaging import (
 )
 from models.errors import DomainError, InvalidInputError, error_body
 from service.files import write_atomically
-from service.jobs.run import JobInterrupted
+from service.jobs.signals import JobInterrupted
 from service.jobs.store import RESULT, STYLES_FILE, JobRecord, JobStore
 
 BATCH_KIND = "batch"

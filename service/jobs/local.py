@@ -19,7 +19,8 @@ from torch import Tensor
 from media.clip import ClipSettings
 from models.model import StyleMix
 from service.engine import Engine, EngineBusyError, EngineClosedError, StylizeItem, Timed
-from service.jobs.run import JobInterrupted, run_job
+from service.jobs.run import run_job
+from service.jobs.signals import JobInterrupted
 from service.jobs.store import JobStatus, JobStore
 
 log = logging.getLogger("service.jobs")

@@ -36,6 +36,8 @@ from media.clip import (
 )
 from media.video import Segment
 from models.errors import DomainError
+from service.jobs.batch import is_batch, stylize_batch
+from service.jobs.signals import JobCanceled, JobInterrupted
 from service.jobs.store import (
     CLAIM,
     RESULT,
@@ -50,15 +52,6 @@ from service.jobs.store import (
 log = logging.getLogger("service.jobs")
 
 PROGRESS_EVERY_S = 0.25  # at most this often a progress report rewrites the record
-
-
-class JobCanceled(Exception):  # noqa: N818 (a signal, not a failure)
-    """The store says the job was canceled, or ended elsewhere (a part failed): stop, remove
-    the partial output."""
-
-
-class JobInterrupted(Exception):  # noqa: N818
-    """The process is stopping: checkpoint and leave the job for the next start."""
 
 
 @dataclass
@@ -144,9 +137,7 @@ def _run_claimed(
     extra = {"job": job_id, "part": part}
     try:
         progress = _Progress(store, job_id, record.frames_total, part, on_progress)
-        if record.params.get("kind") == "batch":
-            from service.jobs.batch import stylize_batch  # which imports this module
-
+        if is_batch(record):
             frames = stylize_batch(record, store, backend, settings, should_stop, progress)
         elif part is None:
             frames = _stylize_whole(record, store, backend, settings, should_stop, progress)
