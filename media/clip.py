@@ -36,6 +36,7 @@ from media.defaults import (
     JOB_SPLIT_FRAMES,
     MAX_IMAGE_PIXELS,
     MAX_OUTPUT_PIXELS,
+    MAX_PARTS,
     OWN_SIZE_LIMIT,
     SPLIT_WARMUP_FRAMES,
     VIDEO_CRF,
@@ -235,12 +236,17 @@ WHOLE_CLIP = FrameRange()
 
 
 def plan_parts(
-    frames: int, part_frames: int = JOB_SPLIT_FRAMES, warmup: int = SPLIT_WARMUP_FRAMES
+    frames: int,
+    part_frames: int = JOB_SPLIT_FRAMES,
+    warmup: int = SPLIT_WARMUP_FRAMES,
+    max_parts: int = MAX_PARTS,
 ) -> list[FrameRange]:
     """A clip of `frames` frames (as `probe` counts them) in parts of at least `part_frames`
-    (ADAIN_JOB_SPLIT_FRAMES), as even as whole frames allow: a clip shorter than two parts, or
-    `part_frames` 0, is one part. The last part runs to the clip's end, whatever the count."""
-    count = frames // part_frames if part_frames > 0 else 1
+    (ADAIN_JOB_SPLIT_FRAMES), at most `max_parts` of them, as even as whole frames allow: a clip
+    shorter than two parts, or `part_frames` 0, is one part. The last part runs to the clip's
+    end, whatever the count. (Each part tracks the camera from the clip's start: with more
+    parts, the last ones would spend longer tracking than stylizing.)"""
+    count = min(frames // part_frames, max_parts) if part_frames > 0 else 1
     if count < 2:
         return [WHOLE_CLIP]
     bounds = [round(i * frames / count) for i in range(count)]

@@ -16,3 +16,4 @@ CHECKPOINT_S = 10.0
 # stylizes this many frames before its first without writing them (docs/video.md).
 JOB_SPLIT_FRAMES = 300
 SPLIT_WARMUP_FRAMES = 8
+MAX_PARTS = 8  # a longer clip has longer parts (each tracks the camera from the clip's start)

@@ -70,6 +70,12 @@ def test_plan_parts(frames: int, part_frames: int, expected: list[tuple[int, int
     assert min(lengths) >= part_frames and max(lengths) - min(lengths) <= 1
 
 
+def test_a_long_clip_has_at_most_max_parts_longer_ones() -> None:
+    plan = plan_parts(18_000, 300, warmup=5, max_parts=8)
+    assert len(plan) == 8 and plan[0].start == 0 and plan[-1].end is None
+    assert [part.start for part in plan] == [i * 2250 for i in range(8)]
+
+
 @pytest.mark.parametrize(("start", "end", "warmup"), [(-1, None, 0), (5, 5, 0), (0, 3, -1)])
 def test_not_a_frame_range(start: int, end: int | None, warmup: int) -> None:
     with pytest.raises(ValueError, match="not a frame range"):
