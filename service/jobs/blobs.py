@@ -138,9 +138,11 @@ class FolderBlobs:
         for folder, _, files in os.walk(self._path(prefix.rstrip("/")) if prefix else self.root):
             for name in files:
                 path = Path(folder, name)
+                key = path.relative_to(self.root).as_posix()
+                if key.startswith("."):  # a process's scratch folder, not stored files
+                    continue
                 with contextlib.suppress(FileNotFoundError):  # removed meanwhile
                     stat = path.stat()
-                    key = path.relative_to(self.root).as_posix()
                     found.append(BlobInfo(key, stat.st_size, stat.st_mtime))
         return found
 

@@ -251,3 +251,15 @@ def test_a_job_s_files_move_between_processes_through_the_store(
         assert not second.has_work(job_id) and not second.scratch(job_id).exists()
         second.delete(job_id)
         assert first.get(job_id) is None and first.blobs.list(f"{job_id}/") == []
+
+
+def test_the_region_is_read_as_the_other_sdks_name_it(
+    object_store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AWS_REGION (boto3 itself reads only AWS_DEFAULT_REGION): requests are signed for it."""
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    blobs = S3Blobs("adain-tests", "region")
+    assert blobs.client.meta.region_name == "eu-west-3"
+    blobs.put_bytes("a/b", b"signed")
+    assert blobs.read_bytes("a/b") == b"signed"
