@@ -263,3 +263,32 @@ def test_the_region_is_read_as_the_other_sdks_name_it(
     assert blobs.client.meta.region_name == "eu-west-3"
     blobs.put_bytes("a/b", b"signed")
     assert blobs.read_bytes("a/b") == b"signed"
+
+
+def test_expiry_removes_a_job_s_objects_and_its_record(
+    object_store: ObjectStore, tmp_path: Path
+) -> None:
+    with running_redis() as url:
+        store = JobStore(
+            tmp_path,
+            ttl_s=60,
+            records=RedisRecords(redis.Redis.from_url(url)),
+            blobs=S3Blobs("adain-tests", "expiry"),
+        )
+        job_id, inputs = store.new_upload()
+        (inputs / "video").write_bytes(b"video")
+        store.create(job_id, "me", {}, 1)
+        (tmp_path / "result.mp4").write_bytes(b"result")
+        store.save_result(job_id, tmp_path / "result.mp4")
+
+        def succeed(record: object) -> None:
+            record.status = JobStatus.succeeded  # type: ignore[attr-defined]
+
+        expires = store.update(job_id, succeed).expires
+        assert expires is not None
+        orphan = "e" * 32  # files a crash left without a record
+        store.blobs.put_bytes(f"{orphan}/inputs/video", b"left behind")
+        assert store.cleanup(now=expires - 1, orphan_age_s=3600) == []
+        assert sorted(store.cleanup(now=expires + 1, orphan_age_s=0)) == sorted([job_id, orphan])
+        assert store.get(job_id) is None and store.jobs() == []
+        assert store.blobs.list() == []
