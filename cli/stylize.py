@@ -19,7 +19,7 @@ from cli.common import (
     usage_error,
     without_field_prefix,
 )
-from media.defaults import DEFAULT_SIZE, MAX_STYLES, OWN_SIZE_LIMIT
+from media.defaults import DEFAULT_SIZE, DEFAULT_STABILITY, MAX_STYLES, OWN_SIZE_LIMIT
 from models.config import (
     DEFAULT_TILE_SIZE,
     FEATURE_STRIDE,
@@ -141,6 +141,7 @@ def stylize_video(
     *,
     own_size: bool,
     stabilize: bool,
+    stability: float,
 ) -> int:
     """The video through `media.clip`: every input checked, then the network loaded and a
     progress bar shown; an error of the video names the CONTENT argument. `own_size`: the
@@ -152,7 +153,13 @@ def stylize_video(
 
     with naming_content(content):
         clip = open_clip(
-            content, styles, masks, controls, own_size_unless_asked=own_size, stabilize=stabilize
+            content,
+            styles,
+            masks,
+            controls,
+            own_size_unless_asked=own_size,
+            stabilize=stabilize,
+            stability=stability,
         )
     backend = ModelBackend({config.model.value: build_pipeline(config)})
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -200,6 +207,15 @@ def stylize(
     style_size: Annotated[int, typer.Option(help="Shorter side; 0 keeps it.")] = DEFAULT_SIZE,
     crop: Annotated[bool, typer.Option(help="Centre-crop to a square of the size.")] = False,
     stabilize: Annotated[bool, typer.Option(help="Videos: temporal stabilisation.")] = True,
+    stability: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Videos, stabilised: 0 each frame on its own (most detail, flickers) to 1 "
+            "the most stable (softer where the scene moves).",
+        ),
+    ] = DEFAULT_STABILITY,
     encoder: EncoderOption = None,
     decoder: DecoderOption = None,
     device: DeviceOption = Device.auto,
@@ -276,6 +292,7 @@ def stylize(
             controls,
             own_size=own_size,
             stabilize=stabilize,
+            stability=stability,
         )
         typer.echo(f"wrote {frames} frames to {output}")
         return

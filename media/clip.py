@@ -33,6 +33,7 @@ from torch import Tensor
 from media.controls import StyleControls, check_controls
 from media.defaults import (
     CHECKPOINT_S,
+    DEFAULT_STABILITY,
     JOB_SPLIT_FRAMES,
     MAX_IMAGE_PIXELS,
     MAX_OUTPUT_PIXELS,
@@ -57,7 +58,7 @@ from media.video import (
     read_frames,
     tensor_to_rgb,
 )
-from models.errors import DomainError
+from models.errors import DomainError, InvalidInputError
 from models.model import Masks, StyleMix
 from models.pipeline import Pipeline
 
@@ -137,6 +138,15 @@ class ClipParams:
     # ADAIN_MAX_VIDEO_FRAME_PIXELS when it was checked: no decoded frame may exceed it (None,
     # records from before: the image limit).
     max_frame_pixels: int | None = None
+    # With `stabilize`: the flicker/detail trade-off, 0 (each frame on its own) to 1 (the most
+    # stable; `models.video.with_strength`).
+    stability: float = DEFAULT_STABILITY
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.stability <= 1:
+            raise InvalidInputError(
+                f"stability: {self.stability} is not between 0 and 1", "stability"
+            )
 
     def record(self) -> dict[str, Any]:
         """As job records store it (flat, the controls among the video's fields)."""
@@ -157,6 +167,7 @@ class ClipParams:
             "audio": self.audio,
             "model": controls.model,
             "max_frame_pixels": self.max_frame_pixels,
+            "stability": self.stability,
         }
 
     @classmethod
@@ -184,6 +195,7 @@ class ClipParams:
             list(params["upright_size"]),
             params.get("audio"),
             params.get("max_frame_pixels"),
+            params.get("stability", DEFAULT_STABILITY),
         )
 
 
@@ -337,6 +349,7 @@ def clip_params(
     controls: StyleControls,
     stabilize: bool,
     video_limits: VideoLimits,
+    stability: float = DEFAULT_STABILITY,
 ) -> ClipParams:
     return ClipParams(
         controls=controls,
@@ -347,6 +360,7 @@ def clip_params(
         upright_size=[info.width, info.height],
         audio=info.audio_codec,
         max_frame_pixels=video_limits.max_frame_pixels,
+        stability=stability,
     )
 
 
@@ -389,7 +403,7 @@ def _frame_step(
     mix_for = _mix_maker(params, styles, backend)
     if not params.stabilize:
         return lambda content: backend.stylize(content, mix_for(content), params.controls.model)
-    from models.video import Placement, Stabilizer, StabilizerConfig, placed_masks
+    from models.video import Placement, Stabilizer, StabilizerConfig, placed_masks, with_strength
 
     def stylize(content: Tensor, placement: Placement) -> Tensor:
         mix = mix_for(content)
@@ -397,7 +411,8 @@ def _frame_step(
             mix = replace(mix, masks=placed_masks(mix.masks, placement))
         return backend.stylize(content, mix, params.controls.model)
 
-    stabilizer = Stabilizer(stylize, StabilizerConfig() if blend else _unblended())
+    config = with_strength(StabilizerConfig(), params.stability) if blend else _unblended()
+    stabilizer = Stabilizer(stylize, config)
     if state is not None:
         stabilizer.load_state_dict(state)
     return stabilizer
@@ -640,6 +655,7 @@ def open_clip(
     *,
     own_size_unless_asked: bool = False,
     stabilize: bool = True,
+    stability: float = DEFAULT_STABILITY,
     limits: ImageLimits = ClipSettings().limits,
 ) -> Clip:
     """The command's clip: the video, its styles and masks read and checked, without a limit
@@ -657,7 +673,7 @@ def open_clip(
     inputs = [StyleInput(path.read_bytes(), f"STYLES {path}") for path in styles]
     mask_data = [path.read_bytes() for path in masks]
     decoded = check_inputs(info, inputs, mask_data, controls, limits)
-    params = clip_params(info, inputs, controls, stabilize, unlimited)
+    params = clip_params(info, inputs, controls, stabilize, unlimited, stability)
     return Clip(video, params, decoded, info.frames)
 
 

@@ -17,3 +17,6 @@ CHECKPOINT_S = 10.0
 JOB_SPLIT_FRAMES = 300
 SPLIT_WARMUP_FRAMES = 8
 MAX_PARTS = 8  # a longer clip has longer parts (each tracks the camera from the clip's start)
+# A stabilised clip's flicker/detail trade-off (`stability`: 0 per-frame, 1 the most stable);
+# models.video.DEFAULT_STRENGTH, the stabiliser's own blending (a test keeps them equal).
+DEFAULT_STABILITY = 0.5

@@ -9,6 +9,7 @@ from dataclasses import asdict
 
 from media.clip import check_clip, clip_params, plan_parts, save_styles
 from media.controls import StyleControls
+from media.defaults import DEFAULT_STABILITY
 from media.imaging import ImageLimits, StyleInput
 from media.video import VideoLimits
 from service.jobs.store import STYLES_FILE, JobRecord, JobStore
@@ -26,6 +27,7 @@ def create_job(
     video_limits: VideoLimits,
     limits: ImageLimits,
     part_frames: int = 0,
+    stability: float = DEFAULT_STABILITY,
 ) -> JobRecord:
     """The job whose video is already at `store.inputs(job_id) / "video"` (`new_upload`),
     queued; on any refusal its upload is removed: nothing of a refused upload is kept. A video
@@ -34,7 +36,7 @@ def create_job(
     try:
         info, decoded = check_clip(inputs / "video", styles, masks, controls, video_limits, limits)
         save_styles(decoded, inputs / STYLES_FILE)  # decoded once: the job reads them back
-        params = clip_params(info, styles, controls, stabilize, video_limits)
+        params = clip_params(info, styles, controls, stabilize, video_limits, stability)
         planned = plan_parts(info.frames, part_frames)
         parts = (
             None

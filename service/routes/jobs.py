@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from media.controls import bounds, check_controls
-from media.defaults import DEFAULT_SIZE, MAX_STYLES
+from media.defaults import DEFAULT_SIZE, DEFAULT_STABILITY, MAX_STYLES
 from media.imaging import OutputFormat
 from media.video import UnsupportedVideoError, VideoLimits, VideoTooLargeError
 from models.errors import InvalidInputError
@@ -365,6 +365,16 @@ async def submit_job(
             "each frame on its own, as /stylize. Video jobs only."
         ),
     ] = True,
+    stability: Annotated[
+        float,
+        Form(
+            ge=0,
+            le=1,
+            allow_inf_nan=False,
+            description="With `stabilize`: the flicker/detail trade-off, 0 each frame on its "
+            "own (most detail) to 1 the most stable (softer where the scene moves).",
+        ),
+    ] = DEFAULT_STABILITY,
     output_format: Annotated[
         OutputFormat, Form(alias="format", description="A batch job's images' format.")
     ] = OutputFormat.png,
@@ -464,6 +474,7 @@ async def submit_job(
             video_limits=video_limits,
             limits=services.limits,
             part_frames=settings.job_split_frames if settings.redis_url else 0,
+            stability=stability,
         )
     record = await run_in_threadpool(create)
     if target is not None and services.webhooks is not None:
