@@ -24,6 +24,7 @@ from models.model import Masks, StyleMix
 from models.pipeline import Pipeline, build_pipeline
 from models.video import (
     Blending,
+    Carried,
     Placement,
     Renewal,
     Stabilizer,
@@ -31,6 +32,7 @@ from models.video import (
     Tracking,
     fit_similarity,
     placed_masks,
+    propagate,
     with_strength,
 )
 from models.video_metrics import sharpness, warping_error
@@ -384,6 +386,22 @@ def test_a_mix_of_unrelated_patterns_keeps_their_contrast() -> None:
     assert 0.85 * own < kept < 1.15 * own, (kept, own)
     same = contrast_preserving_mix(first, first, weight, 3.0)
     np.testing.assert_allclose(same, first, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("detail_sigma", [1.0, 0.0])
+def test_the_linear_blend_made_beside_the_network_equals_propagate(detail_sigma: float) -> None:
+    # With a plain linear mix (contrast_window 0) the blend is rearranged so that all but the
+    # new stylization's terms are made before the network answers: the same output.
+    rng = np.random.default_rng(1)
+    config = StabilizerConfig(blending=Blending(contrast_window=0, detail_sigma=detail_sigma))
+    stylized, stream = (gaussian_blur(rng.random((40, 50, 3), dtype=np.float32), 0.7) for _ in "ab")
+    smooth = gaussian_blur(stream, detail_sigma) if detail_sigma > 0 else stream
+    valid = rng.random((40, 50, 1), dtype=np.float32)
+    weight, detail = 0.8 * valid, valid * rng.uniform(0.1, 0.6, (40, 50, 1)).astype(np.float32)
+    expected = propagate(stylized, stream.copy(), smooth.copy(), weight, detail, config)
+    carried = Carried(valid, stream, smooth, weight, detail)
+    carried.prepare_linear(detail_sigma > 0)
+    np.testing.assert_allclose(carried.blend(stylized, config), expected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("side", [1, 2, 5])
