@@ -34,6 +34,7 @@ static mask follows the frame with `placed_masks`.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -106,8 +107,9 @@ class Tracking:
     # OpenCV DIS preset: "ultrafast", "fast" or "medium".
     flow_preset: str = "medium"
     # The flow is computed on the frames scaled down to this shorter side (px) when they are
-    # larger, and scaled back up (0: at the frame's size).
-    flow_short_side: int = 360
+    # larger, and scaled back up (0: at the frame's size): the motions tracked are smooth,
+    # and DIS's time grows with the pixels (benchmarks/bench_video_stability.py --speed).
+    flow_short_side: int = 180
     # Forward-backward check (Sundaram et al.): a pixel is occluded when
     # |f + b|^2 > consistency * (|f|^2 + |b|^2) + consistency_floor (px^2).
     consistency: float = 0.01
@@ -149,9 +151,9 @@ class Blending:
     # sigma (px); where the parts agree nothing changes (0: a plain linear mix).
     contrast_window: float = 3.0
     # Resampling of the previous output along the flow, repeated every frame: "lanczos"
-    # (OpenCV's, 4 lobes) keeps strokes sharper than "bicubic", and far sharper than
-    # "bilinear".
-    resample: str = "lanczos"
+    # (OpenCV's, 4 lobes, 8 x 8 taps) keeps strokes a little sharper than "bicubic" at five
+    # times its cost, and far sharper than "bilinear" (docs/video.md).
+    resample: str = "bicubic"
 
 
 @dataclass(frozen=True)
@@ -220,8 +222,14 @@ def with_strength(config: StabilizerConfig, strength: float) -> StabilizerConfig
 # blend (made ready beside the network, `Carried.prepare_linear`), as frames must keep up
 # with the camera.
 LIVE = StabilizerConfig(
-    tracking=Tracking(flow_preset="ultrafast", motion_layers=1, similarity=False, subpixel=False),
-    blending=Blending(resample="bicubic", contrast_window=0),
+    tracking=Tracking(
+        flow_preset="ultrafast",
+        flow_short_side=360,
+        motion_layers=1,
+        similarity=False,
+        subpixel=False,
+    ),
+    blending=Blending(contrast_window=0),
 )
 
 _PRESETS = {
@@ -378,11 +386,10 @@ class FlowEstimator:
 
 
 def _squared_norm(flow: np.ndarray) -> np.ndarray:
-    """(H, W) |flow|^2 of an (H, W, 2) flow."""
-    return cv2.transform(cv2.multiply(flow, flow), _SUM_OF_TWO)
-
-
-_SUM_OF_TWO = np.ones((1, 2), dtype=np.float32)
+    """(H, W) |flow|^2 of an (H, W, 2) flow (a sum of the two planes: several times faster
+    than cv2.transform's channel sum)."""
+    squares = cv2.multiply(flow, flow)
+    return squares[..., 0] + squares[..., 1]
 
 
 @dataclass
@@ -472,6 +479,12 @@ class Pending:
 _BESIDE_NETWORK = ThreadPoolExecutor(max_workers=2, thread_name_prefix="stabiliser")
 
 
+def _core_beside_network(device: torch.device) -> bool:
+    """Whether a core is left beside the network: it runs on an accelerator, or on fewer
+    threads than the CPU has cores."""
+    return device.type != "cpu" or (os.cpu_count() or 1) > torch.get_num_threads()
+
+
 class Stabilizer:
     """Causal: uses only previous frames, so video jobs and the live feed share it."""
 
@@ -542,11 +555,17 @@ class Stabilizer:
                 flow = None
             elif self.config.tracking.align_grid:
                 layer, renewed, residual = self._track(flow.flow, flow.reliable)
-        carried = None
+        carried: Future[Carried] | None = None
         if flow is not None and self.stream is not None and self.config.blending.weight > 0:
             # Moving the previous frames' images along the flow, and the blend's weights, need
-            # no new stylization: they are made beside the network.
-            carried = _BESIDE_NETWORK.submit(self._carry, flow, renewed, residual)
+            # no new stylization: they are made beside the network where a core is free for
+            # them; otherwise here (a thread would only contend with the network's for the
+            # cores and the interpreter lock).
+            if _core_beside_network(frame.device):
+                carried = _BESIDE_NETWORK.submit(self._carry, flow, renewed, residual)
+            else:
+                carried = Future()
+                carried.set_result(self._carry(flow, renewed, residual))
         inputs = self._network_inputs(image, frame.device, layer)
         return Pending(inputs, image, grey, layer, renewed, carried)
 
