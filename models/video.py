@@ -34,8 +34,9 @@ static mask follows the frame with `placed_masks`.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
@@ -69,7 +70,7 @@ NONRIGID_FULL_PX = 1.0
 # The camera's motion is fitted to about this many pixels of the flow (every k-th row and
 # column, k at least 4), its median translation to about MEDIAN_SAMPLES: more only costs time.
 SIMILARITY_SAMPLES = 8192
-MEDIAN_SAMPLES = 16384
+MEDIAN_SAMPLES = 4096
 # A fitted frame-to-frame similarity whose linear part moves no frame corner by more than this
 # (px) is taken as a translation: flow noise must not turn a pan into a resampled zoom (DIS's
 # noise on the clips of devkit/clips.py stays well below it; slower zooms stay translations).
@@ -106,8 +107,9 @@ class Tracking:
     # OpenCV DIS preset: "ultrafast", "fast" or "medium".
     flow_preset: str = "medium"
     # The flow is computed on the frames scaled down to this shorter side (px) when they are
-    # larger, and scaled back up (0: at the frame's size).
-    flow_short_side: int = 360
+    # larger, and scaled back up (0: at the frame's size): the motions tracked are smooth,
+    # and DIS's time grows with the pixels (benchmarks/bench_video_stability.py --speed).
+    flow_short_side: int = 180
     # Forward-backward check (Sundaram et al.): a pixel is occluded when
     # |f + b|^2 > consistency * (|f|^2 + |b|^2) + consistency_floor (px^2).
     consistency: float = 0.01
@@ -149,8 +151,8 @@ class Blending:
     # sigma (px); where the parts agree nothing changes (0: a plain linear mix).
     contrast_window: float = 3.0
     # Resampling of the previous output along the flow, repeated every frame: "lanczos"
-    # (OpenCV's, 4 lobes) keeps strokes sharper than "bicubic", and far sharper than
-    # "bilinear".
+    # (OpenCV's, 4 lobes, 8 x 8 taps) keeps strokes sharper than "bicubic" at five times its
+    # cost, and far sharper than "bilinear" (docs/video.md).
     resample: str = "lanczos"
 
 
@@ -215,12 +217,19 @@ def with_strength(config: StabilizerConfig, strength: float) -> StabilizerConfig
     return replace(config, blending=replace(blending, **{name: between(name) for name in weights}))
 
 
-# The live feed's form: the cheapest flow, one stylization per frame and no resampling of the
-# frame (a zoom's two resampling passes cost more than the propagation's), as frames must
-# keep up with the camera.
+# The live feed's form: the cheapest flow, one stylization per frame, no resampling of the
+# frame (a zoom's two resampling passes cost more than the propagation's) and a plain linear
+# blend (made ready beside the network, `Carried.prepare_linear`), as frames must keep up
+# with the camera.
 LIVE = StabilizerConfig(
-    tracking=Tracking(flow_preset="ultrafast", motion_layers=1, similarity=False, subpixel=False),
-    blending=Blending(resample="bicubic"),
+    tracking=Tracking(
+        flow_preset="ultrafast",
+        flow_short_side=360,
+        motion_layers=1,
+        similarity=False,
+        subpixel=False,
+    ),
+    blending=Blending(resample="bicubic", contrast_window=0),
 )
 
 _PRESETS = {
@@ -365,6 +374,7 @@ class FlowEstimator:
             mismatch
             <= self.config.tracking.consistency * size + self.config.tracking.consistency_floor
         )
+        reliable &= maps.inside()
         if scale > 1:
             back = cv2.resize(back, (width, height), interpolation=cv2.INTER_LINEAR)
             back *= np.float32(scale)
@@ -372,26 +382,96 @@ class FlowEstimator:
                 reliable.view(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST
             ).view(bool)
             maps = FlowMaps(back)
-        return Flow(back, reliable & maps.inside(), maps)
+        return Flow(back, reliable, maps)
 
 
 def _squared_norm(flow: np.ndarray) -> np.ndarray:
-    """(H, W) |flow|^2 of an (H, W, 2) flow."""
-    return cv2.transform(cv2.multiply(flow, flow), _SUM_OF_TWO)
-
-
-_SUM_OF_TWO = np.ones((1, 2), dtype=np.float32)
+    """(H, W) |flow|^2 of an (H, W, 2) flow (a sum of the two planes: several times faster
+    than cv2.transform's channel sum)."""
+    squares = cv2.multiply(flow, flow)
+    return squares[..., 0] + squares[..., 1]
 
 
 @dataclass
 class Carried:
-    """The previous frames' images moved onto the current frame (H, W, C): what is propagated
-    and its low-pass band, or a renewal's fading output and where it is valid."""
+    """The previous frames' images moved onto the current frame (H, W, C), where they are
+    valid (H, W, 1): what is propagated and its low-pass band with their weights (H, W, 1) in
+    the blend, or a renewal's fading output and where it is valid."""
 
+    valid: np.ndarray
     stream: np.ndarray | None = None
     stream_smooth: np.ndarray | None = None
+    weight: np.ndarray | None = None  # of the low-pass band
+    detail_weight: np.ndarray | None = None  # of the finer detail
     fading: np.ndarray | None = None
     fading_weight: np.ndarray | None = None
+    # A linear blend made ready beside the network (`prepare_linear`): output =
+    # keep * stylized - smooth_share * low-pass(stylized) + linear_part.
+    keep: np.ndarray | None = None
+    smooth_share: np.ndarray | None = None
+    linear_part: np.ndarray | None = None
+
+    def prepare_linear(self, split: bool) -> None:
+        """The linear blend's terms that do not depend on the new stylization (`propagate`
+        with `contrast_window` 0, rearranged: all but two products, a sum and a blur done
+        before the network answers). `split`: the low-pass band and the detail weighted
+        apart. The weights are repeated over the channels once: numpy's broadcasting of an
+        (H, W, 1) factor costs twice a product of equal shapes."""
+        assert self.stream is not None and self.stream_smooth is not None
+        assert self.weight is not None and self.detail_weight is not None
+        channels = self.stream.shape[2]
+        weight = _over_channels(self.weight, channels)
+        if not split:  # weight * stream + (1 - weight) * stylized
+            self.keep, self.smooth_share = np.subtract(1, weight), None
+            self.linear_part = np.multiply(weight, self.stream, out=weight)
+            return
+        # s + w (S' - S) + d ((s' - S') - (s - S)) = (1 - d) s - (w - d) S + (w - d) S' + d s'
+        # (s, S: the stylization and its low-pass band; s', S': the stream's).
+        detail = _over_channels(self.detail_weight, channels)
+        self.keep = np.subtract(1, detail)
+        self.smooth_share = np.subtract(weight, detail, out=weight)
+        self.linear_part = np.multiply(self.stream_smooth, self.smooth_share)
+        self.linear_part += np.multiply(detail, self.stream, out=detail)
+
+    def blend(self, stylized: np.ndarray, config: StabilizerConfig) -> np.ndarray:
+        """The new stylization with the propagated stream blended in (`propagate`)."""
+        assert self.stream is not None and self.stream_smooth is not None
+        assert self.weight is not None and self.detail_weight is not None
+        if self.keep is None or self.linear_part is None:
+            return propagate(
+                stylized, self.stream, self.stream_smooth, self.weight, self.detail_weight, config
+            )
+        output = np.multiply(stylized, self.keep)
+        if self.smooth_share is not None:
+            smooth = gaussian_blur(stylized, config.blending.detail_sigma)
+            output -= np.multiply(
+                smooth, self.smooth_share, out=None if smooth is stylized else smooth
+            )
+        output += self.linear_part
+        return np.clip(output, 0, 1, out=output)
+
+
+def _over_channels(weight: np.ndarray, channels: int) -> np.ndarray:
+    """An (H, W, 1) weight repeated over `channels`: (H, W, channels)."""
+    if weight.shape[2] == channels:
+        return weight.copy()
+    return cv2.merge([np.ascontiguousarray(weight[..., 0])] * channels).reshape(
+        *weight.shape[:2], channels
+    )
+
+
+@dataclass
+class Pending:
+    """A frame between `Stabilizer.begin` and `Stabilizer.finish`: the network's inputs, each
+    with where the frame lies on it (`image` None: the stabiliser is off, the output is the
+    network's own)."""
+
+    inputs: list[tuple[Tensor, Placement]]
+    image: np.ndarray | None = None
+    grey: np.ndarray | None = None
+    layer: np.ndarray | None = None  # the second motion layer's pixels (H, W) bool
+    renewed: bool = False
+    carried: Future[Carried] | None = None
 
 
 # Runs the stabiliser's work that needs no new stylization while the network runs (OpenCV and
@@ -399,12 +479,21 @@ class Carried:
 _BESIDE_NETWORK = ThreadPoolExecutor(max_workers=2, thread_name_prefix="stabiliser")
 
 
+def _core_beside_network(device: torch.device) -> bool:
+    """Whether a core is left beside the network: it runs on an accelerator, or on fewer
+    threads than the CPU has cores."""
+    return device.type != "cpu" or (os.cpu_count() or 1) > torch.get_num_threads()
+
+
 class Stabilizer:
     """Causal: uses only previous frames, so video jobs and the live feed share it."""
 
-    def __init__(self, stylize: Stylize, config: StabilizerConfig = StabilizerConfig()) -> None:
+    def __init__(
+        self, stylize: Stylize | None, config: StabilizerConfig = StabilizerConfig()
+    ) -> None:
         # stylize: see `Stylize`; the caller closes over style statistics, alpha, colour
-        # preservation, and moves its masks with `placed_masks`.
+        # preservation, and moves its masks with `placed_masks`. None: the caller runs the
+        # network itself between `begin` and `finish`.
         self.stylize = stylize
         self.config = config
         self.flow = FlowEstimator(config)
@@ -431,12 +520,25 @@ class Stabilizer:
         self.second_layer = False
         self.frames = 0
 
-    @torch.inference_mode()
     def __call__(self, frame: Tensor) -> Tensor:
         """(1, 3, H, W) in [0, 1] -> stylized (1, 3, H, W) in [0, 1]."""
+        if self.stylize is None:
+            raise TypeError("a Stabilizer made without a stylize callable runs by begin/finish")
+        pending = self.begin(frame)
+        return self.finish(
+            pending, [self.stylize(canvas, placement) for canvas, placement in pending.inputs]
+        )
+
+    @torch.inference_mode()
+    def begin(self, frame: Tensor) -> Pending:
+        """The first half of a frame (1, 3, H, W) in [0, 1], before the network: the flow, the
+        tracking and the network's inputs; the previous output starts moving along the flow
+        beside the network. A caller that runs the network itself (the live feed, through
+        the engine) stylizes `Pending.inputs` and hands the outputs to `finish`, one frame
+        at a time."""
         size = (frame.shape[-2], frame.shape[-1])
         if not self.config.enabled:
-            return self.stylize(frame, Placement.identity(size))
+            return Pending([(frame, Placement.identity(size))])
         image = to_image(frame)
         grey = grey_uint8(image)
         if self.previous_grey is not None and self.previous_grey.shape != grey.shape:
@@ -453,23 +555,35 @@ class Stabilizer:
                 flow = None
             elif self.config.tracking.align_grid:
                 layer, renewed, residual = self._track(flow.flow, flow.reliable)
-        carried = None
+        carried: Future[Carried] | None = None
         if flow is not None and self.stream is not None and self.config.blending.weight > 0:
-            # Moving the previous frames' images along the flow needs no new stylization: it
-            # runs beside the network.
-            carried = _BESIDE_NETWORK.submit(self._carry, flow, renewed)
-        stylized, device = self._stylize(image, frame.device, layer)
+            # Moving the previous frames' images along the flow, and the blend's weights, need
+            # no new stylization: they are made beside the network where a core is free for
+            # them; otherwise here (a thread would only contend with the network's for the
+            # cores and the interpreter lock).
+            if _core_beside_network(frame.device):
+                carried = _BESIDE_NETWORK.submit(self._carry, flow, renewed, residual)
+            else:
+                carried = Future()
+                carried.set_result(self._carry(flow, renewed, residual))
+        inputs = self._network_inputs(image, frame.device, layer)
+        return Pending(inputs, image, grey, layer, renewed, carried)
+
+    @torch.inference_mode()
+    def finish(self, pending: Pending, outputs: list[Tensor]) -> Tensor:
+        """The second half: the network's outputs (1, 3, h, w) for `pending.inputs`, in order
+        -> the stabilised frame (1, 3, H, W) in [0, 1]."""
+        if pending.image is None or pending.grey is None:
+            return outputs[0]
+        stylized = self._back(pending, outputs)
+        renewed, carried = pending.renewed, pending.carried
         stream = stylized
         if carried is not None:
-            valid, moved = carried.result()
+            moved = carried.result()
             if renewed and self.config.renewal.fade:
-                self.fading, self.fading_weight, self.fade_step = moved.fading, valid, 0
+                self.fading, self.fading_weight, self.fade_step = moved.fading, moved.valid, 0
             else:
-                weight = self.config.blending.weight * valid
-                detail = valid * self._detail_share(residual)
-                stream = propagate(
-                    stylized, moved.stream, moved.stream_smooth, weight, detail, self.config
-                )
+                stream = moved.blend(stylized, self.config)
                 if self.fading is not None:
                     self.fading, self.fading_weight = moved.fading, moved.fading_weight
                     self.fade_step += 1
@@ -479,27 +593,35 @@ class Stabilizer:
             output = np.clip(mix(self.fading, stream, share, self.config), 0, 1)
         else:
             self.fading = self.fading_weight = None
-        self.previous_grey, self.stream, self.previous_output = grey, stream, output
+        self.previous_grey, self.stream, self.previous_output = pending.grey, stream, output
         self.frames += 1
-        return to_tensor(output, device)
+        return to_tensor(output, outputs[0].device)
 
-    def _carry(self, flow: Flow, renewed: bool) -> tuple[np.ndarray, Carried]:
-        """Where the previous output is valid on this frame (H, W, 1): reliable flow, trusted
-        less near the border; and the previous frames' images moved along the flow."""
+    def _carry(self, flow: Flow, renewed: bool, residual: np.ndarray | None) -> Carried:
+        """The previous frames' images moved along the flow onto this frame, where they are
+        valid (reliable flow, trusted less near the border), and the blend's weights."""
         valid = flow.reliable.astype(np.float32)[..., None]
         size = (valid.shape[0], valid.shape[1])
         if self.config.blending.border_trust_px > 0:
             valid *= flow.maps.warp(border_trust(size, self.config.blending.border_trust_px))
         resample = self.config.blending.resample
         if renewed and self.config.renewal.fade:
-            return valid, Carried(fading=flow.maps.warp(self.previous_output, resample))
+            return Carried(valid, fading=flow.maps.warp(self.previous_output, resample))
         stream = flow.maps.warp(self.stream, resample)
         sigma = self.config.blending.detail_sigma
-        moved = Carried(stream, gaussian_blur(stream, sigma) if sigma > 0 else stream)
+        moved = Carried(
+            valid,
+            stream,
+            gaussian_blur(stream, sigma) if sigma > 0 else stream,
+            self.config.blending.weight * valid,
+            valid * self._detail_share(residual),
+        )
+        if self.config.blending.contrast_window <= 0:
+            moved.prepare_linear(sigma > 0)
         if self.fading is not None and self.fading_weight is not None:
             moved.fading = flow.maps.warp(self.fading, resample)
             moved.fading_weight = flow.maps.warp(self.fading_weight) * valid
-        return valid, moved
+        return moved
 
     def _detail_share(self, residual: np.ndarray | None) -> np.ndarray | float:
         """The propagated output's share of the fine detail: `detail_weight` where the aligned
@@ -602,28 +724,33 @@ class Stabilizer:
         )
         return Placement(size, canvas, _invert(to_canvas), False)
 
-    def _stylize(
+    def _network_inputs(
         self, image: np.ndarray, device: torch.device, layer: np.ndarray | None
-    ) -> tuple[np.ndarray, torch.device]:
-        """The frame (H, W, 3) stylized on the aligned grid, as an (H, W, 3) array, and the
-        device the network answered on."""
+    ) -> list[tuple[Tensor, Placement]]:
+        """The frame (H, W, 3) placed on the aligned grid, and with a second motion layer on
+        that layer's phase too (when it differs): the network's inputs."""
         size = (image.shape[0], image.shape[1])
         placement = (
             self._placement(size) if self.config.tracking.align_grid else Placement.identity(size)
         )
         resample = self.config.tracking.resample
-        canvas = self.stylize(placement.place_image(image, device, resample), placement)
-        stylized = placement.back_image(canvas, resample)
+        inputs = [(placement.place_image(image, device, resample), placement)]
         if layer is None:
-            return stylized, canvas.device
+            return inputs
         second = Placement.shift(size, _phase(self.layer_displacement))
-        if placement.integer and torch.equal(second.to_frame, placement.to_frame):
-            return stylized, canvas.device
-        restyled = second.back_image(
-            self.stylize(second.place_image(image, device, resample), second)
-        )
-        stylized[layer] = restyled[layer]
-        return stylized, canvas.device
+        if not (placement.integer and torch.equal(second.to_frame, placement.to_frame)):
+            inputs.append((second.place_image(image, device, resample), second))
+        return inputs
+
+    def _back(self, pending: Pending, outputs: list[Tensor]) -> np.ndarray:
+        """The network's outputs taken back onto the frame's pixels, as one (H, W, 3) array:
+        the second layer's pixels from its own stylization."""
+        resample = self.config.tracking.resample
+        stylized = pending.inputs[0][1].back_image(outputs[0], resample)
+        if len(outputs) > 1 and pending.layer is not None:
+            restyled = pending.inputs[1][1].back_image(outputs[1], resample)
+            stylized[pending.layer] = restyled[pending.layer]
+        return stylized
 
     def state_dict(self) -> dict[str, Tensor]:
         """Enough to resume after the last frame: the previous input (as DIS saw it), the

@@ -62,19 +62,26 @@ def pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     return xs, ys
 
 
+@lru_cache(maxsize=8)
+def pixel_points(height: int, width: int) -> np.ndarray:
+    """(x, y) of every pixel, (H, W, 2) float32 (read-only: shared between calls)."""
+    points = cv2.merge(list(pixel_grid(height, width)))
+    points.flags.writeable = False
+    return points
+
+
 class FlowMaps:
     """A backward flow made into OpenCV's fixed-point remapping tables once, for the several
     images moved along it in a frame."""
 
     def __init__(self, flow: np.ndarray) -> None:
-        xs, ys = pixel_grid(*flow.shape[:2])
-        self.x, self.y = xs + flow[..., 0], ys + flow[..., 1]
-        self.fixed, self.fraction = cv2.convertMaps(self.x, self.y, cv2.CV_16SC2)
+        self.points = cv2.add(flow, pixel_points(*flow.shape[:2]))  # (H, W, 2): where p goes
+        self.fixed, self.fraction = cv2.convertMaps(self.points, None, cv2.CV_16SC2)
 
     def inside(self) -> np.ndarray:
         """(H, W) bool: the matches that lie in the other frame."""
-        height, width = self.x.shape
-        return (self.x >= 0) & (self.x <= width - 1) & (self.y >= 0) & (self.y <= height - 1)
+        height, width = self.points.shape[:2]
+        return cv2.inRange(self.points, (0, 0), (width - 1, height - 1)) > 0
 
     def warp(self, image: np.ndarray, resample: str = "bilinear") -> np.ndarray:
         """`image` (H, W[, C]) sampled at p + flow(p), edges clamped."""

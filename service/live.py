@@ -23,7 +23,6 @@ each into its JSON message and close code.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import logging
 import time
@@ -52,10 +51,10 @@ from media.imaging import (
 from models import images
 from models.errors import DomainError, InvalidInputError
 from models.model import StyleMix
-from models.video import LIVE, Placement, Stabilizer
+from models.video import LIVE, Stabilizer
 from service import metrics
 from service.caps import OpenCounts
-from service.engine import EngineClosedError, StylizeItem, Timed
+from service.engine import EngineClosedError, StylizeItem
 from service.registry import StyleRegistry, style_image
 from service.security import Caller
 from service.stylizer import Stylizer
@@ -68,8 +67,6 @@ MAX_TEXT_BYTES = 4096
 MAX_PENDING_SETTINGS = 4
 # Errors after which the stream cannot go on: it is closed after their message.
 FATAL_FRAME_ERRORS = (ImageTooLargeError, EngineClosedError)
-# How long the stabiliser's thread waits for the engine before it gives up on a frame.
-ENGINE_WAIT_S = 120.0
 
 
 class LiveBusyError(DomainError):
@@ -223,9 +220,6 @@ class LiveStyle:
     mix: StyleMix
     model: str  # the network `config.model` names (None there: the service's default)
     stabilizer: Stabilizer | None = None  # made at the first frame; it restarts at a new size
-    network_ms: float = 0.0  # the engine's time for the frame being stabilised
-    # The stabiliser thread's engine item: canceled (dropped from the queue) if the stream ends.
-    pending: concurrent.futures.Future[Timed[Tensor]] | None = None
 
 
 Describe = Callable[[DomainError], tuple[dict[str, object], int]]
@@ -423,16 +417,16 @@ class LiveSession:
         )
         decoded = time.perf_counter()
         if style.config.stabilize:
-            stylized, network_ms = await self.stabilized(style, content)
+            stylized, encoded, network_ms = await self.stabilized(style, content)
+            done = time.perf_counter()
         else:
             item = StylizeItem(content, style.mix, style.model)
             result = await self.stylizer.engine.stylize(item)
             stylized, network_ms = result.value, result.compute_ms
-        done = time.perf_counter()
-        output_format = OutputFormat(style.config.format)
-        encoded = await run_in_threadpool(
-            encode_image, stylized, output_format, style.config.quality
-        )
+            done = time.perf_counter()
+            encoded = await run_in_threadpool(
+                encode_image, stylized, OutputFormat(style.config.format), style.config.quality
+            )
         finished = time.perf_counter()
         header = {
             "frame": frame.index,
@@ -443,8 +437,9 @@ class LiveSession:
             "wait_ms": ms(frame.received, started),  # waiting for the previous frame
             "decode_ms": ms(started, decoded),
             "network_ms": round(network_ms, 1),  # the engine's time for this frame's batch
-            "stylize_ms": ms(decoded, done),  # queue + network + stabiliser
-            "encode_ms": ms(done, finished),
+            # queue + network (+ the stabiliser and, with it, the encoding)
+            "stylize_ms": ms(decoded, done),
+            "encode_ms": ms(done, finished),  # 0 when stabilised: it is in stylize_ms
             "server_ms": ms(frame.received, finished),  # arrival to sending
         }
         async with self.send_lock:
@@ -453,34 +448,33 @@ class LiveSession:
                 await self.socket.send_bytes(encoded)
         metrics.LIVE_FRAMES.labels("stylized").inc()
 
-    async def stabilized(self, style: LiveStyle, content: Tensor) -> tuple[Tensor, float]:
-        """The stabiliser's output for `content`, in a thread: it calls the network through
-        the engine (on this loop) and computes its flow and blending itself."""
+    async def stabilized(self, style: LiveStyle, content: Tensor) -> tuple[Tensor, bytes, float]:
+        """The stabiliser's output for `content`, encoded, and the network's time. The
+        stabiliser's two halves run in threads (the second with the encoding: one hand-over
+        each way, as the unstabilised path's decoding and encoding have), the network in the
+        engine between them."""
         if style.stabilizer is None:
-            style.stabilizer = Stabilizer(self.engine_stylize(style), LIVE)
-        style.network_ms = 0.0
+            style.stabilizer = Stabilizer(None, LIVE)
+        stabilizer = style.stabilizer
+        pending = await run_in_threadpool(stabilizer.begin, content)
+        outputs, network_ms = [], 0.0
         try:
-            output = await run_in_threadpool(style.stabilizer, content)
-        except asyncio.CancelledError:
-            if style.pending is not None:
-                style.pending.cancel()  # the thread then stops waiting for it
+            for canvas, _ in pending.inputs:
+                item = StylizeItem(canvas, style.mix, style.model)
+                result = await self.stylizer.engine.stylize(item)
+                outputs.append(result.value)
+                network_ms += result.compute_ms
+        except BaseException:
+            stabilizer.reset()  # it tracked a frame that will not be finished
             raise
-        return output, style.network_ms
+        output_format = OutputFormat(style.config.format)
 
-    def engine_stylize(self, style: LiveStyle) -> Callable[[Tensor, Placement], Tensor]:
-        """stylize(frame, placement) for the stabiliser's thread: one engine item on this event
-        loop (no masks here, so the placement changes nothing)."""
-        loop = asyncio.get_running_loop()
-        engine = self.stylizer.engine
+        def finish_and_encode() -> tuple[Tensor, bytes]:
+            output = stabilizer.finish(pending, outputs)
+            return output, encode_image(output, output_format, style.config.quality)
 
-        def stylize(frame: Tensor, placement: Placement) -> Tensor:
-            item = StylizeItem(frame, style.mix, style.model)
-            style.pending = asyncio.run_coroutine_threadsafe(engine.stylize(item), loop)
-            result = style.pending.result(ENGINE_WAIT_S)
-            style.network_ms += result.compute_ms
-            return result.value
-
-        return stylize
+        stylized, encoded = await run_in_threadpool(finish_and_encode)
+        return stylized, encoded, network_ms
 
     # --- messages to the client -------------------------------------------------------------
 

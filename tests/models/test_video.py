@@ -19,11 +19,14 @@ from PIL import Image
 from torch import Tensor
 
 from devkit.clips import Clip, Deforming, moving_disc, pan, render, rotate, zoom
+from models import video
 from models.config import FEATURE_STRIDE, Device, PipelineConfig, Precision
 from models.model import Masks, StyleMix
 from models.pipeline import Pipeline, build_pipeline
 from models.video import (
+    LIVE,
     Blending,
+    Carried,
     Placement,
     Renewal,
     Stabilizer,
@@ -31,6 +34,7 @@ from models.video import (
     Tracking,
     fit_similarity,
     placed_masks,
+    propagate,
     with_strength,
 )
 from models.video_metrics import sharpness, warping_error
@@ -148,6 +152,41 @@ def test_resuming_from_the_state_gives_the_same_frames(stylize, clip) -> None:
     resumed.load_state_dict(state)
     tail = run(resumed, clip.frames[4:])
     torch.testing.assert_close(torch.cat([head, tail]), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("config", [StabilizerConfig(), LIVE], ids=["default", "live"])
+def test_begin_and_finish_around_the_callers_network_give_the_same_frames(
+    stylize, config: StabilizerConfig
+) -> None:
+    # The live feed runs the network itself (through the engine) between the two halves; a
+    # second motion layer (the default's, for the disc) asks for a second input. The same
+    # frames as with the stylize callable.
+    layer = (texture(2 * SIZE, seed=5), moving_disc((30.0, 40.0), (2.5, 0.0)), 15.0)
+    clip = render(texture(2 * SIZE, seed=3), pan((0.5, 0.25)), FRAMES, (SIZE, SIZE), layer=layer)
+    expected = run(Stabilizer(stylize, config), clip.frames)
+    halves = Stabilizer(None, config)
+    outputs, inputs = [], []
+    for frame in clip.frames:
+        pending = halves.begin(frame[None])
+        assert all(canvas.shape[-2:] == placement.size for canvas, placement in pending.inputs)
+        inputs.append(len(pending.inputs))
+        outputs.append(halves.finish(pending, [stylize(*pair) for pair in pending.inputs]))
+    torch.testing.assert_close(torch.cat(outputs), expected, rtol=0, atol=1e-6)
+    assert max(inputs) == config.tracking.motion_layers, inputs
+    with pytest.raises(TypeError):
+        halves(clip.frames[:1])
+
+
+def test_the_propagation_beside_the_network_or_in_line_gives_the_same_frames(
+    stylize, clip, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whether a core is free beside the network decides where the previous output is moved,
+    # not what comes out.
+    outputs = []
+    for beside in (True, False):
+        monkeypatch.setattr(video, "_core_beside_network", lambda device, beside=beside: beside)
+        outputs.append(run(Stabilizer(stylize), clip.frames))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
 
 
 def test_the_phase_shift_is_an_exact_integer_shift() -> None:
@@ -384,6 +423,22 @@ def test_a_mix_of_unrelated_patterns_keeps_their_contrast() -> None:
     assert 0.85 * own < kept < 1.15 * own, (kept, own)
     same = contrast_preserving_mix(first, first, weight, 3.0)
     np.testing.assert_allclose(same, first, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("detail_sigma", [1.0, 0.0])
+def test_the_linear_blend_made_beside_the_network_equals_propagate(detail_sigma: float) -> None:
+    # With a plain linear mix (contrast_window 0) the blend is rearranged so that all but the
+    # new stylization's terms are made before the network answers: the same output.
+    rng = np.random.default_rng(1)
+    config = StabilizerConfig(blending=Blending(contrast_window=0, detail_sigma=detail_sigma))
+    stylized, stream = (gaussian_blur(rng.random((40, 50, 3), dtype=np.float32), 0.7) for _ in "ab")
+    smooth = gaussian_blur(stream, detail_sigma) if detail_sigma > 0 else stream
+    valid = rng.random((40, 50, 1), dtype=np.float32)
+    weight, detail = 0.8 * valid, valid * rng.uniform(0.1, 0.6, (40, 50, 1)).astype(np.float32)
+    expected = propagate(stylized, stream.copy(), smooth.copy(), weight, detail, config)
+    carried = Carried(valid, stream, smooth, weight, detail)
+    carried.prepare_linear(detail_sigma > 0)
+    np.testing.assert_allclose(carried.blend(stylized, config), expected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("side", [1, 2, 5])
