@@ -37,7 +37,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from torch import Tensor
 
 from media.controls import check_controls, invalid
-from media.defaults import DEFAULT_SIZE
+from media.defaults import DEFAULT_SIZE, DEFAULT_STABILITY
 from media.imaging import (
     ImageLimits,
     ImageTooLargeError,
@@ -51,7 +51,7 @@ from media.imaging import (
 from models import images
 from models.errors import DomainError, InvalidInputError
 from models.model import StyleMix
-from models.video import LIVE, Stabilizer
+from models.video import LIVE, Stabilizer, with_strength
 from service import metrics
 from service.caps import OpenCounts
 from service.engine import EngineClosedError, StylizeItem
@@ -96,6 +96,13 @@ class LiveConfig(BaseModel):
     # /stylize's default, so that both share the style statistics' cache.
     style_size: int = Field(DEFAULT_SIZE, description="the style's shorter side; 0 keeps it")
     stabilize: bool = Field(True, description="temporal stabilisation (previous frames only)")
+    stability: float = Field(
+        DEFAULT_STABILITY,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="with stabilize: 0 each frame on its own (most detail) to 1 the most stable",
+    )
     model: str | None = Field(
         None,
         max_length=40,
@@ -454,7 +461,7 @@ class LiveSession:
         each way, as the unstabilised path's decoding and encoding have), the network in the
         engine between them."""
         if style.stabilizer is None:
-            style.stabilizer = Stabilizer(None, LIVE)
+            style.stabilizer = Stabilizer(None, with_strength(LIVE, style.config.stability))
         stabilizer = style.stabilizer
         pending = await run_in_threadpool(stabilizer.begin, content)
         outputs, network_ms = [], 0.0

@@ -353,6 +353,7 @@ def test_bad_videos_are_refused_naming_the_field_and_nothing_is_stored(
         ({"styles": (b"not an image",)}, 415, "style[0]"),
         ({"alpha": "2"}, 422, "alpha"),
         ({"content_size": "4"}, 422, "content_size"),
+        ({"stability": "2"}, 422, "stability"),
         ({"masks": (encode(Image.new("L", (10, 10), 255)),)}, 422, "mask[0]"),  # not the frame size
     ],
 )

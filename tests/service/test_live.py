@@ -253,23 +253,25 @@ def test_the_stabiliser_is_on_by_default_and_uses_the_previous_frames(
 ) -> None:
     # 4 px a frame at 64 px high: 3 px at the SIZE = 48 the server works at.
     clip = panning_frames(6, step=4)
-    outputs = {}
-    for stabilize in (True, False):
-        first = {"style_id": style_ids[0], "size": SIZE, "style_size": 0}
-        if not stabilize:
-            first["stabilize"] = False
+    outputs: dict[str, list[np.ndarray]] = {}
+    runs = {"on": {}, "off": {"stabilize": False}, "stability 0": {"stability": 0}}
+    for name, extra in runs.items():
+        first = {"style_id": style_ids[0], "size": SIZE, "style_size": 0, **extra}
         with live_stream(server.url, first) as stream:
-            assert stream.ready["settings"]["stabilize"] is stabilize
-            outputs[stabilize] = []
+            assert stream.ready["settings"]["stabilize"] is (name != "off")
+            outputs[name] = []
             for data in clip:  # closed loop: each frame is processed
                 stream.send_frame(data)
                 header, image = stream.result()
                 assert header["dropped"] == 0
-                outputs[stabilize].append(pixels(image))
-    assert all(image.shape == (SIZE, SIZE * 3 // 2, 3) for image in outputs[True])
+                outputs[name].append(pixels(image))
+    assert all(image.shape == (SIZE, SIZE * 3 // 2, 3) for image in outputs["on"])
     # Later frames blend in the previous output moved along the flow: they flicker less.
-    assert np.abs(outputs[True][-1] - outputs[False][-1]).mean() > 0.005
-    assert flicker(outputs[True], 3) < 0.8 * flicker(outputs[False], 3)
+    assert np.abs(outputs["on"][-1] - outputs["off"][-1]).mean() > 0.005
+    assert flicker(outputs["on"], 3) < 0.8 * flicker(outputs["off"], 3)
+    # Stability 0, the user's choice of detail over steadiness: each frame on its own.
+    for own, alone in zip(outputs["stability 0"], outputs["off"], strict=True):
+        assert np.abs(own - alone).mean() < 0.01
 
 
 def test_a_frame_that_does_not_decode_gets_an_error_and_the_stream_goes_on(
@@ -294,6 +296,7 @@ def test_a_frame_that_does_not_decode_gets_an_error_and_the_stream_goes_on(
         ({"style_id": "x", "format": "png"}, 422, "format"),
         ({"alpha": 0.5}, 422, "style_id"),
         ({"style_id": "x", "size": 100_000}, 422, "size"),
+        ({"style_id": "x", "stability": 1.5}, 422, "stability"),
         ("not json", 422, "settings"),
     ],
 )
