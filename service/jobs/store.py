@@ -93,6 +93,8 @@ class JobRecord:
             "frames_done": self.frames_done,
             "frames_total": self.frames_total,
             "model": self.params.get("model"),
+            # A stabilised video's flicker/detail trade-off (`media.clip.ClipParams`).
+            "stability": self.params.get("stability") if self.params.get("stabilize") else None,
             "error": self.error,
             "created": iso_time(self.created),
             "expires": None if self.expires is None else iso_time(self.expires),

@@ -120,6 +120,13 @@ class JobState(BaseModel):
     model: str | None = Field(
         None, description="The network stylizing it: full or lite (the `model` asked for)."
     )
+    stability: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="A stabilised video's flicker/detail trade-off (the `stability` asked "
+        "for); null for a video without `stabilize` and for a batch job.",
+    )
     error: ErrorBody | None = Field(description="Why it failed; null unless failed.")
     created: str = Field(description="When it was submitted: ISO 8601, UTC.")
     queue_position: int | None = Field(

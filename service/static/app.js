@@ -513,6 +513,9 @@ function init() {
     $("alpha-value").textContent = Number($("alpha").value).toFixed(2);
     inputsChanged(["alpha"]);
   });
+  $("stability").addEventListener("input", () => {
+    $("stability-value").textContent = Number($("stability").value).toFixed(2);
+  });
   for (const [id, field] of [["content-size", "content_size"], ["style-size", "style_size"],
     ["format", "format"], ["preserve-color", "preserve_color"], ["crop", "crop"], ["model", "model"]]) {
     $(id).addEventListener("change", () => inputsChanged([field]));

@@ -43,6 +43,10 @@ const LIVE_MARKUP = `
         </div>
       </div>
       <label class="check"><input id="live-stabilize" type="checkbox" checked> Steady (no flicker)</label>
+      <div class="field">
+        <label for="live-stability">Steadiness <output id="live-stability-value" for="live-stability">0.50</output></label>
+        <input id="live-stability" type="range" min="0" max="1" step="0.05" value="0.5">
+      </div>
       <div class="row">
         <button id="live-start" type="button">Start camera</button>
         <button id="live-stop" type="button" class="secondary" disabled>Stop</button>
@@ -169,6 +173,7 @@ function liveSettings() {
     size: Number($("live-size").value),
     style_size: Number($("live-style-size").value),
     stabilize: $("live-stabilize").checked,
+    stability: Number($("live-stability").value),
     format: "jpeg",
     ...($("live-model").value ? { model: $("live-model").value } : {}),
   };
@@ -364,6 +369,10 @@ function initLive() {
   $("live-size").addEventListener("change", () => changeLiveSettings({ size: Number($("live-size").value) }));
   $("live-style-size").addEventListener("change", () => changeLiveSettings({ style_size: Number($("live-style-size").value) }));
   $("live-stabilize").addEventListener("change", () => changeLiveSettings({ stabilize: $("live-stabilize").checked }));
+  $("live-stability").addEventListener("input", () => {
+    $("live-stability-value").textContent = Number($("live-stability").value).toFixed(2);
+    changeLiveSettings({ stability: Number($("live-stability").value) });
+  });
   $("live-model").addEventListener("change", () => changeLiveSettings({ model: $("live-model").value }));
 }
 

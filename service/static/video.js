@@ -29,6 +29,7 @@ async function submitVideo(file, styles) {
   form.append("video", file);
   appendStyleFields(form, styles);
   form.append("stabilize", String($("stabilize").checked));
+  form.append("stability", $("stability").value);
 
   setStatus("Uploading the video…");
   const response = await api("jobs", { method: "POST", body: form });

@@ -155,6 +155,8 @@ def test_live_mode_shows_the_stylized_camera_and_counts(
     name = "live-page-1"
     context = camera_browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
+    sent: list[str] = []  # the settings the page sends on the live socket
+    page.on("websocket", lambda socket: socket.on("framesent", lambda data: sent.append(data)))
     page.goto(server.url + "/")
     run_live(page, name)
     expect(page.get_by_label("Content photo")).to_be_hidden()  # the image form gives way
@@ -162,6 +164,13 @@ def test_live_mode_shows_the_stylized_camera_and_counts(
     assert counter(page, "live-fps") > 0
     assert counter(page, "live-latency") > 0
     check_stylized(page, server.url, style_id)
+    page.locator("#live-stability").fill("0.2")
+    expect(page.locator("#live-stability-value")).to_have_text("0.20")
+    deadline = time.monotonic() + 10
+    while not any(isinstance(f, str) and '"stability":0.2' in f for f in sent):
+        assert time.monotonic() < deadline, sent[-3:]
+        page.wait_for_timeout(100)
+    expect(page.locator("#live-error")).to_be_hidden()  # the server took it
 
     page.get_by_role("button", name="Stop", exact=True).click()
     expect(page.locator("#live-status")).to_have_text("Stopped.")

@@ -52,6 +52,8 @@ def test_a_video_shows_progress_then_plays_and_downloads(page: Page, base_url: s
 
 def test_cancel_stops_the_job(page: Page, base_url: str) -> None:
     choose(page, video_file(frames=60, width=128, height=96))
+    page.get_by_label("Videos: steadiness").fill("0.85")  # the user's trade-off goes along
+    expect(page.locator("#stability-value")).to_have_text("0.85")
     page.get_by_role("button", name="Stylize").click()
     expect(page.locator("#video-progress-text")).to_contain_text("running", timeout=60_000)
     page.get_by_role("button", name="Cancel").click()
@@ -60,6 +62,7 @@ def test_cancel_stops_the_job(page: Page, base_url: str) -> None:
     jobs = httpx.get(f"{base_url}/jobs").json()["jobs"]
     assert jobs[-1]["status"] == "canceled"
     assert jobs[-1]["frames_done"] < 60
+    assert jobs[-1]["stability"] == 0.85
 
 
 def test_a_refused_video_is_explained(page: Page) -> None:
