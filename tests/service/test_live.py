@@ -103,6 +103,7 @@ def test_frames_come_back_stylized_as_post_stylize_makes_them(
             "size": SIZE,
             "style_size": 0,
             "stabilize": False,
+            "stability": 0.5,  # the default trade-off, kept for when `stabilize` comes on
             "format": "jpeg",
             "quality": 80,
             "model": "full",  # the service's default (ADAIN_MODEL)
