@@ -42,13 +42,13 @@ def record_batch(kind: str, size: int, seconds: float) -> None:
     if kind == "stylize":
         BATCH_SIZE.observe(size)
 
-# Video jobs (docs/jobs.md). The queue and the states are read from Redis and the job folder by
+# Video jobs (docs/jobs.md). The queue and the states are read from Redis and the job records by
 # whoever exports them (the service; each worker); frames and durations are counted where the
 # job runs.
 JOB_QUEUE_LENGTH = Gauge(
     "adain_job_queue_length", "Video jobs in the task queue: waiting, being run or to be retried"
 )
-JOBS = Gauge("adain_jobs", "Video jobs in the job folder, by state", ["state"])
+JOBS = Gauge("adain_jobs", "Jobs in the store, by state", ["state"])
 JOB_FRAMES = Counter("adain_job_frames_total", "Video frames stylized by jobs in this process")
 JOB_SECONDS = Histogram(
     "adain_job_duration_seconds", "Video jobs from submission to their end, by outcome",

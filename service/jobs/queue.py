@@ -274,7 +274,7 @@ def observe_finished(record: JobRecord) -> None:
 
 
 def refresh_metrics(store: JobStore, queue: JobQueue | None) -> None:
-    """Jobs by state from the folder, the queue's length from Redis."""
+    """Jobs by state from their records, the queue's length from Redis."""
     counts = dict.fromkeys(JobStatus, 0)
     for record in store.jobs():
         counts[record.status] += 1
@@ -290,7 +290,7 @@ class QueueRunner(LocalRunner):
     """The service's side with ADAIN_REDIS_URL set: jobs go to the queue; the service also
     takes some from it through its engine (ADAIN_SERVE_RUNS_JOBS), frames interleaved with
     /stylize as in the one-machine mode. Cancel and cleanup are the one-machine runner's: they
-    go through the shared folder, which reaches a job running on any worker."""
+    go through the job's record (in Redis), which reaches a job running on any worker."""
 
     def __init__(
         self,
