@@ -304,10 +304,18 @@ def test_a_stopped_worker_hands_its_job_back_at_once(deployment: Deployment) -> 
     url = deployment.server.url
     video = clip(40, seed=11)
     first = start_worker(deployment.env)
-    job_id = submit(url, video)
-    wait_until(lambda: job(url, job_id)["frames_done"] >= 4, 120, "the job to run")
-    first.process.terminate()
-    assert first.process.wait(60) == 0, first.logs()
+    try:
+        job_id = submit(url, video)
+        wait_until(lambda: job(url, job_id)["frames_done"] >= 4, 120, "the job to run")
+        first.process.terminate()
+        try:
+            code = first.process.wait(90)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the worker did not stop:\n{first.logs()}") from None
+        assert code == 0, first.logs()
+    finally:  # never left running to take the next tests' jobs
+        first.process.kill()
+        first.process.wait()
     assert "job interrupted" in first.logs()
     assert job(url, job_id)["status"] == "running"
     with workers(deployment.env, count=1):
