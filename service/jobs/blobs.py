@@ -242,6 +242,15 @@ class S3Blobs:
         except BotoCoreError as exc:  # connection refused, timeouts, ...
             raise unavailable(exc) from exc
 
+    def _found(self, operation: Callable[[], Any]) -> Any:
+        """`operation`'s answer, or None where the store has no such file (404)."""
+        try:
+            return self._call(operation)
+        except Exception as exc:
+            if _missing(exc):
+                return None
+            raise
+
     def put_file(self, key: str, source: Path) -> None:
         self._call(lambda: self.client.upload_file(str(source), self.bucket, self._key(key)))
 
@@ -254,36 +263,25 @@ class S3Blobs:
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.part")
         try:
-            self._call(lambda: self.client.download_file(self.bucket, self._key(key), str(partial)))
-        except Exception as exc:
+            found = self._found(  # download_file answers None: True once it has downloaded
+                lambda: self.client.download_file(self.bucket, self._key(key), str(partial)) or True
+            )
+        except BaseException:
             partial.unlink(missing_ok=True)
-            if _missing(exc):
-                return False
             raise
+        if found is None:
+            partial.unlink(missing_ok=True)
+            return False
         os.replace(partial, target)
         return True
 
     def read_bytes(self, key: str) -> bytes | None:
-        try:
-            answer = self._call(
-                lambda: self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-            )
-        except Exception as exc:
-            if _missing(exc):
-                return None
-            raise
-        return self._call(answer["Body"].read)
+        answer = self._found(lambda: self.client.get_object(Bucket=self.bucket, Key=self._key(key)))
+        return None if answer is None else self._call(answer["Body"].read)
 
     def open(self, key: str) -> Blob | None:
-        try:
-            head = self._call(
-                lambda: self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-            )
-        except Exception as exc:
-            if _missing(exc):
-                return None
-            raise
-        return S3Blob(self, self._key(key), head)
+        head = self._found(lambda: self.client.head_object(Bucket=self.bucket, Key=self._key(key)))
+        return None if head is None else S3Blob(self, self._key(key), head)
 
     def exists(self, prefix: str) -> bool:
         answer = self._call(
