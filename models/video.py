@@ -53,6 +53,8 @@ from models.warping import (
     contrast_preserving_mix,
     gaussian_blur,
     pixel_grid,
+    pixel_points,
+    remap_points,
     to_contiguous_tensor,
     to_image,
     to_tensor,
@@ -82,6 +84,20 @@ INTEGER_TOLERANCE_PX = 0.5
 RENEWED_SHARE = 0.9
 # A translation's fractional part below this (px, per axis) is placed by a whole-pixel shift.
 SUBPIXEL_TOLERANCE_PX = 0.1
+# The deforming scene's displacement field is followed on a grid of about this many cells on
+# the frame's shorter side (it is smooth: the flow it comes from is computed at 180 px), and
+# its per-frame increment smoothed over about one cell (a Gaussian of this many cells) where
+# the flow is reliable (normalised convolution: occlusions filled from around them).
+DEFORMATION_CELLS = 64
+# A second layer is a moving object only when at least this share of the pixels apart from the
+# camera's motion move within RIGID_LAYER_PX (px per frame) of one translation; otherwise they
+# deform (a deforming scene's flow departs from any one translation by more than DIS's noise).
+RIGID_LAYER_SHARE = 0.5
+RIGID_LAYER_PX = 0.5
+DEFORMATION_SIGMA_CELLS = 1.0
+# Fixed-point steps inverting frame -> reference into reference -> frame (a smooth field
+# displacing less than a cell converges to well under 0.01 px in three).
+INVERSION_STEPS = 3
 
 
 @dataclass(frozen=True)
@@ -101,6 +117,12 @@ class Tracking:
     # Motions aligned: 1 the dominant one (camera), 2 also a second one (a moving object, for
     # which the frame is stylized a second time on that object's phase).
     motion_layers: int = 2
+    # Where the scene deforms (water, foliage, cloth, faces: the flow departs from the aligned
+    # motions by NONRIGID_FROM_PX or more on SECOND_LAYER_SHARE of the frame), follow it with a
+    # smooth displacement field on top of the camera, and resample the frame through it onto the
+    # reference's grid (and the output back): the network then draws each stroke at the same
+    # scene point, frame after frame, instead of anew wherever the scene moved.
+    deforming: bool = True
     # Resampling of the frame into the reference's grid and of the output back (once per
     # frame, not repeated): "lanczos" keeps the strokes sharper than "bicubic" ("bilinear").
     resample: str = "lanczos"
@@ -170,6 +192,10 @@ class Renewal:
     # Angle (radians): strokes of oriented styles (brush strokes) turned by a few degrees change
     # the style's statistics.
     angle_range: float = 0.05
+    # Deformation: the reference is renewed when the followed field stretches the strokes by
+    # more than this anywhere (the largest local strain, |d displacement / d position|), as a
+    # zoom's scale range does for the whole frame.
+    strain_range: float = 0.3
     # A renewed reference draws the strokes afresh, unrelated to those shown: the new pattern
     # is propagated alone from then on, and what was shown fades out over these frames (its
     # share of each, mixed keeping the contrast). Blending it into the new pattern instead
@@ -228,6 +254,7 @@ LIVE = StabilizerConfig(
         motion_layers=1,
         similarity=False,
         subpixel=False,
+        deforming=False,
     ),
     blending=Blending(resample="bicubic", contrast_window=0),
 )
@@ -243,12 +270,17 @@ _PRESETS = {
 class Placement:
     """Where a frame lies on the network's input (the canvas): canvas pixel (x, y) shows the
     frame's point `to_frame` @ (x, y, 1). `integer`: a whole-pixel shift (the canvas is the
-    frame reflect-padded, its pixels unresampled); otherwise the frame is resampled."""
+    frame reflect-padded, its pixels unresampled); otherwise the frame is resampled. A
+    deforming scene's placement is dense: canvas pixel p shows the frame's point
+    `frame_points[p]`, frame pixel p lies at the canvas's point `canvas_points[p]` ((h, w, 2)
+    and (H, W, 2) float32 (x, y)), `to_frame` their affine part."""
 
     frame_size: tuple[int, int]  # (H, W)
     size: tuple[int, int]  # the canvas's (H, W)
     to_frame: Tensor  # (2, 3) float64
     integer: bool
+    frame_points: np.ndarray | None = None
+    canvas_points: np.ndarray | None = None
 
     @staticmethod
     def shift(frame_size: tuple[int, int], phase: tuple[int, int] = (0, 0)) -> Placement:
@@ -276,11 +308,7 @@ class Placement:
             ox, oy = int(-self.to_frame[0, 2]), int(-self.to_frame[1, 2])
             pads = (ox, self.size[1] - width - ox, oy, self.size[0] - height - oy)
             return F.pad(image, pads, mode="reflect") if any(pads) else image
-        to_frame = self.to_frame.numpy()
-        placed = [
-            warp_affine(to_image(item[None]), to_frame, self.size, mode, cv2.BORDER_REFLECT_101)
-            for item in image
-        ]
+        placed = [self._resampled(to_image(item[None]), mode) for item in image]
         canvas = torch.cat([to_tensor(item, image.device) for item in placed])
         return canvas.clamp(0, 1) if mode in ("lanczos", "bicubic") else canvas
 
@@ -292,10 +320,16 @@ class Placement:
             right, bottom = self.size[1] - width - ox, self.size[0] - height - oy
             canvas = cv2.copyMakeBorder(image, oy, bottom, ox, right, cv2.BORDER_REFLECT_101)
         else:
-            to_frame = self.to_frame.numpy()
-            canvas = warp_affine(image, to_frame, self.size, mode, cv2.BORDER_REFLECT_101)
+            canvas = self._resampled(image, mode)
             np.clip(canvas, 0, 1, out=canvas)
         return to_contiguous_tensor(canvas, device)
+
+    def _resampled(self, image: np.ndarray, mode: str) -> np.ndarray:
+        """The frame (H, W, C) resampled onto the canvas, mirrored outside the frame."""
+        if self.frame_points is not None:
+            return remap_points(image, self.frame_points, mode, cv2.BORDER_REFLECT_101)
+        to_frame = self.to_frame.numpy()
+        return warp_affine(image, to_frame, self.size, mode, cv2.BORDER_REFLECT_101)
 
     def back(self, canvas: Tensor, resample: str = "lanczos") -> Tensor:
         """The network's output on the canvas (1, C, h, w) -> on the frame's pixels."""
@@ -307,10 +341,15 @@ class Placement:
         if self.integer:
             ox, oy = int(-self.to_frame[0, 2]), int(-self.to_frame[1, 2])
             return to_image(canvas[..., oy : oy + height, ox : ox + width])
-        to_canvas = _invert(self.to_frame).numpy()
-        frame = warp_affine(
-            to_image(canvas), to_canvas, self.frame_size, resample, cv2.BORDER_REPLICATE
-        )
+        if self.canvas_points is not None:
+            frame = remap_points(
+                to_image(canvas), self.canvas_points, resample, cv2.BORDER_REPLICATE
+            )
+        else:
+            to_canvas = _invert(self.to_frame).numpy()
+            frame = warp_affine(
+                to_image(canvas), to_canvas, self.frame_size, resample, cv2.BORDER_REPLICATE
+            )
         return np.clip(frame, 0, 1, out=frame)
 
 
@@ -515,6 +554,10 @@ class Stabilizer:
         # The camera: the map (2, 3) from the current frame's pixels to the reference's, where
         # the grid is aligned.
         self.camera = _IDENTITY.clone()
+        # A deforming scene: where each frame point lies in the reference beyond the camera's
+        # map, (x, y) px on a coarse grid of the frame's points (`_deformation_step` apart);
+        # None while the scene moves rigidly.
+        self.deformation: np.ndarray | None = None
         # Displacement (x, y), px, of a second moving layer since it was first seen.
         self.layer_displacement = torch.zeros(2, dtype=torch.float64)
         self.second_layer = False
@@ -653,28 +696,113 @@ class Stabilizer:
         previous_camera = self.camera
         self.camera = _compose(self.camera, motion)
         renewed = self._renew_reference(size)
+        layer, distance = self._layers(flow, reliable, motion, previous_camera)
+        if self.config.tracking.deforming:
+            renewed = self._follow_deformation(
+                flow, reliable, layer, motion, previous_camera, renewed
+            )
+        return layer, renewed, distance
+
+    def _layers(
+        self, flow: np.ndarray, reliable: np.ndarray, motion: Tensor, previous_camera: Tensor
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """With two layers, a second motion's pixels (H, W) bool (None when there is none),
+        and how far (px, (H, W)) the flow is from the nearest aligned motion (None where
+        nothing uses it)."""
+        size = (flow.shape[0], flow.shape[1])
         blending = self.config.blending
         if (
             self.config.tracking.motion_layers < 2
             and blending.nonrigid_detail_weight == blending.detail_weight
         ):
-            return None, renewed, None  # the distance would go unused (`_detail_share`)
+            return None, None  # the distance would go unused (`_detail_share`)
         camera_flow = _affine_flow(motion, size)
         distance = cv2.magnitude(flow[..., 0] - camera_flow[0], flow[..., 1] - camera_flow[1])
         if self.config.tracking.motion_layers < 2:
-            return None, renewed, distance
+            return None, distance
         apart = reliable & (distance > SECOND_LAYER_APART)
         if np.count_nonzero(apart) < SECOND_LAYER_SHARE * apart.size:
             self.second_layer = False
-            return None, renewed, distance
+            return None, distance
         second = median_motion(flow, apart)
+        dx, dy = second.tolist()
+        closer = cv2.magnitude(flow[..., 0] - np.float32(dx), flow[..., 1] - np.float32(dy))
+        if self.config.tracking.deforming and not _one_motion(apart, closer):
+            # The pixels apart from the camera deform rather than move as one object: the
+            # deformation field follows them (`_follow_deformation`), not a second phase.
+            self.second_layer = False
+            return None, distance
         if not self.second_layer:  # a new layer starts on the phase the frame had there
             self.layer_displacement = -_centre_translation(previous_camera, size)
             self.second_layer = True
         self.layer_displacement -= second
-        dx, dy = second.tolist()
-        closer = cv2.magnitude(flow[..., 0] - np.float32(dx), flow[..., 1] - np.float32(dy))
-        return (closer < distance) & reliable, renewed, np.minimum(closer, distance)
+        return (closer < distance) & reliable, np.minimum(closer, distance)
+
+    def _follow_deformation(
+        self,
+        flow: np.ndarray,
+        reliable: np.ndarray,
+        layer: np.ndarray | None,
+        motion: Tensor,
+        previous_camera: Tensor,
+        renewed: bool,
+    ) -> bool:
+        """Carry the deformation field along the flow and add this frame's: the part of the
+        flow the camera's motion does not explain, smoothed where the flow is reliable (and
+        not a second layer's), in the reference's axes. A rigid scene leaves it None. Returns
+        whether the reference is renewed (also when the field strains the strokes past
+        `renewal.strain_range`: they are drawn afresh, the field starts again)."""
+        if renewed:
+            self.deformation = None
+            return True
+        step = _deformation_step((flow.shape[0], flow.shape[1]))
+        samples = flow[::step, ::step]
+        trusted = reliable[::step, ::step]
+        if layer is not None:
+            trusted = trusted & ~layer[::step, ::step]
+        xs, ys = pixel_grid(*samples.shape[:2])
+        a, b, c, d, e, f = np.asarray(motion, dtype=np.float32).reshape(-1)
+        sx, sy = xs * np.float32(step), ys * np.float32(step)
+        departure = cv2.merge(
+            [
+                samples[..., 0] - ((a - 1) * sx + b * sy + c),
+                samples[..., 1] - (d * sx + (e - 1) * sy + f),
+            ]
+        )
+        weight = trusted.astype(np.float32)
+        spread = gaussian_blur(weight, DEFORMATION_SIGMA_CELLS)
+        increment = gaussian_blur(departure * weight[..., None], DEFORMATION_SIGMA_CELLS)
+        increment /= np.maximum(spread, 1e-3)[..., None]
+        # In the reference's axes: the camera's linear part before this frame's motion.
+        linear = np.asarray(previous_camera[:, :2], dtype=np.float32)
+        increment = cv2.transform(increment, linear)
+        deforms = trusted & (
+            cv2.magnitude(increment[..., 0], increment[..., 1]) >= NONRIGID_FROM_PX
+        )
+        moving = np.count_nonzero(deforms) >= SECOND_LAYER_SHARE * deforms.size
+        if self.deformation is None and not moving:
+            return False
+        field = (
+            np.zeros_like(increment)
+            if self.deformation is None or self.deformation.shape != increment.shape
+            else self._carried_deformation(samples, step)
+        )
+        if moving:
+            field += increment
+        if _largest_strain(field, step) > self.config.renewal.strain_range:
+            self.deformation = None
+            return True
+        self.deformation = field
+        return False
+
+    def _carried_deformation(self, samples: np.ndarray, step: int) -> np.ndarray:
+        """The field moved along the backward flow sampled on its grid (`samples`, px)."""
+        assert self.deformation is not None
+        grid = pixel_points(*samples.shape[:2])
+        points = cv2.scaleAdd(samples, 1 / step, grid)
+        return cv2.remap(
+            self.deformation, points, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
 
     def _renew_reference(self, size: tuple[int, int]) -> bool:
         """Past the scale or angle range the reference is renewed on the mirrored side (the
@@ -706,7 +834,8 @@ class Stabilizer:
         shift = -_centre_translation(self.camera, size)
         fraction = float((shift - torch.round(shift)).abs().max())
         whole = not self.config.tracking.subpixel or fraction < SUBPIXEL_TOLERANCE_PX
-        if whole and _corner_shift(self.camera[:, :2], size) < INTEGER_TOLERANCE_PX:
+        rigid = self.deformation is None
+        if rigid and whole and _corner_shift(self.camera[:, :2], size) < INTEGER_TOLERANCE_PX:
             return Placement.shift(size, _phase(shift))
         height, width = size
         corners = torch.tensor(
@@ -715,14 +844,45 @@ class Stabilizer:
         )
         footprint = corners @ self.camera.T  # the frame's corners in the reference
         # The canvas's origin on a multiple of the stride (the reference's grid), 3 px around
-        # the frame's footprint for the resampling taps of the way back.
-        low = torch.floor((footprint.min(0).values - 3) / FEATURE_STRIDE) * FEATURE_STRIDE
-        high = torch.ceil(footprint.max(0).values + 3)
+        # the frame's footprint for the resampling taps of the way back (and as far as the
+        # deformation reaches).
+        margin = 3 if rigid else 3 + float(np.abs(self.deformation).max())
+        low = torch.floor((footprint.min(0).values - margin) / FEATURE_STRIDE) * FEATURE_STRIDE
+        high = torch.ceil(footprint.max(0).values + margin)
         canvas = (int(high[1] - low[1]) + 1, int(high[0] - low[0]) + 1)
         to_canvas = self.camera - torch.cat(
             [torch.zeros(2, 2, dtype=torch.float64), low[:, None]], 1
         )
-        return Placement(size, canvas, _invert(to_canvas), False)
+        to_frame = _invert(to_canvas)
+        if rigid:
+            return Placement(size, canvas, to_frame, False)
+        return self._dense_placement(size, canvas, to_canvas, to_frame)
+
+    def _dense_placement(
+        self, size: tuple[int, int], canvas: tuple[int, int], to_canvas: Tensor, to_frame: Tensor
+    ) -> Placement:
+        """The placement through the camera's map and the deformation field: frame pixel p lies
+        at the canvas's to_canvas(p) + deformation(p); the way from the canvas to the frame
+        inverts that by fixed-point steps (the field is smooth and displaces by a few px)."""
+        assert self.deformation is not None
+        step = _deformation_step(size)
+        field = self.deformation
+        on_frame = cv2.remap(field, _coarse_points(size, step), None, cv2.INTER_LINEAR)
+        to_canvas_map = np.asarray(to_canvas, dtype=np.float32)
+        canvas_points = cv2.transform(pixel_points(*size), to_canvas_map) + on_frame
+        start = cv2.transform(pixel_points(*canvas), np.asarray(to_frame, dtype=np.float32))
+        inverse_linear = np.asarray(to_frame[:, :2], dtype=np.float32)
+        frame_points = start
+        for _ in range(INVERSION_STEPS):
+            displaced = cv2.remap(
+                field,
+                frame_points * np.float32(1 / step),
+                None,
+                cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_REPLICATE,
+            )
+            frame_points = start - cv2.transform(displaced, inverse_linear)
+        return Placement(size, canvas, to_frame, False, frame_points, canvas_points)
 
     def _network_inputs(
         self, image: np.ndarray, device: torch.device, layer: np.ndarray | None
@@ -767,6 +927,8 @@ class Stabilizer:
             "layer_displacement": self.layer_displacement.clone(),
             "second_layer": torch.tensor(self.second_layer),
         }
+        if self.deformation is not None:
+            state["deformation"] = torch.from_numpy(self.deformation.copy())
         if self.fading is not None and self.fading_weight is not None:
             state["fading"] = to_tensor(self.fading.copy())
             state["fading_weight"] = to_tensor(self.fading_weight.copy())
@@ -789,6 +951,8 @@ class Stabilizer:
                 displacement = state["displacement"].double()
                 self.camera = _translation(-displacement[0])
                 self.layer_displacement = displacement[1].clone()
+        if "deformation" in state:
+            self.deformation = state["deformation"].numpy().copy()
         if "fading" in state:
             self.fading = to_image(state["fading"])
             self.fading_weight = to_image(state["fading_weight"])
@@ -796,6 +960,34 @@ class Stabilizer:
 
 
 _IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+
+
+def _one_motion(apart: np.ndarray, closer: np.ndarray) -> bool:
+    """Whether most pixels apart from the camera's motion (`apart` (H, W) bool) move within
+    RIGID_LAYER_PX of one translation (`closer`: px from it): an object, not a deformation."""
+    fitting = np.count_nonzero(apart & (closer < RIGID_LAYER_PX))
+    return fitting >= RIGID_LAYER_SHARE * np.count_nonzero(apart)
+
+
+def _deformation_step(size: tuple[int, int]) -> int:
+    """Frame pixels between two points of the deformation field's grid."""
+    return max(1, min(size) // DEFORMATION_CELLS)
+
+
+@lru_cache(maxsize=8)
+def _coarse_points(size: tuple[int, int], step: int) -> np.ndarray:
+    """Each frame pixel's place (x, y) on the deformation field's grid, (H, W, 2) float32."""
+    points = pixel_points(*size) * np.float32(1 / step)
+    points.flags.writeable = False
+    return points
+
+
+def _largest_strain(field: np.ndarray, step: int) -> float:
+    """The largest derivative of a deformation field (px per px) on its grid."""
+    if min(field.shape[:2]) < 2:
+        return 0.0
+    derivatives = [np.gradient(field[..., axis], axis=(0, 1)) for axis in range(2)]
+    return max(float(np.abs(part).max()) for pair in derivatives for part in pair) / step
 
 
 def _mirrored_share(value: float, side: float) -> float:

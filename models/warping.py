@@ -118,6 +118,15 @@ def warp_affine(
     return _per_channels(image, apply)
 
 
+def remap_points(image: np.ndarray, points: np.ndarray, resample: str, border: int) -> np.ndarray:
+    """(h, w[, C]) whose pixel p is `image` at `points[p]` ((h, w, 2) float32 (x, y)): a dense
+    placement (a deforming scene's)."""
+    return _per_channels(
+        image,
+        lambda part: cv2.remap(part, points, None, INTERPOLATION[resample], borderMode=border),
+    )
+
+
 def _lanczos_taps(fraction: float) -> np.ndarray:
     """The 6 normalised Lanczos-3 weights of the samples at offsets -2..3 for a point
     `fraction` in [0, 1) past the first of the middle two."""
