@@ -93,6 +93,9 @@ DEFORMATION_CELLS = 64
 # camera's motion move within RIGID_LAYER_PX (px per frame) of one translation; otherwise they
 # deform (a deforming scene's flow departs from any one translation by more than DIS's noise).
 RIGID_LAYER_SHARE = 0.5
+# The deformation's increment is filled into regions without reliable flow from a window four
+# times wider, weighted by this against the narrow one (so it takes over only in those holes).
+WIDE_FILL_SHARE = 0.05
 RIGID_LAYER_PX = 0.5
 DEFORMATION_SIGMA_CELLS = 1.0
 # Fixed-point steps inverting frame -> reference into reference -> frame (a smooth field
@@ -195,7 +198,7 @@ class Renewal:
     # Deformation: the reference is renewed when the followed field stretches the strokes by
     # more than this anywhere (the largest local strain, |d displacement / d position|), as a
     # zoom's scale range does for the whole frame.
-    strain_range: float = 0.3
+    strain_range: float = 0.5
     # A renewed reference draws the strokes afresh, unrelated to those shown: the new pattern
     # is propagated alone from then on, and what was shown fades out over these frames (its
     # share of each, mixed keeping the contrast). Blending it into the new pattern instead
@@ -558,6 +561,8 @@ class Stabilizer:
         # map, (x, y) px on a coarse grid of the frame's points (`_deformation_step` apart);
         # None while the scene moves rigidly.
         self.deformation: np.ndarray | None = None
+        # The last frame's second-layer pixels (H, W) bool, kept out of the deformation field.
+        self.layer_pixels: np.ndarray | None = None
         # Displacement (x, y), px, of a second moving layer since it was first seen.
         self.layer_displacement = torch.zeros(2, dtype=torch.float64)
         self.second_layer = False
@@ -597,7 +602,7 @@ class Stabilizer:
                 self.reset()  # a new shot, stylized as a first frame
                 flow = None
             elif self.config.tracking.align_grid:
-                layer, renewed, residual = self._track(flow.flow, flow.reliable)
+                layer, renewed, residual = self._track(flow)
         carried: Future[Carried] | None = None
         if flow is not None and self.stream is not None and self.config.blending.weight > 0:
             # Moving the previous frames' images along the flow, and the blend's weights, need
@@ -679,13 +684,12 @@ class Stabilizer:
         rise = blending.nonrigid_detail_weight - blending.detail_weight
         return (blending.detail_weight + rise * deforming)[..., None]
 
-    def _track(
-        self, flow: np.ndarray, reliable: np.ndarray
-    ) -> tuple[np.ndarray | None, bool, np.ndarray | None]:
+    def _track(self, estimate: Flow) -> tuple[np.ndarray | None, bool, np.ndarray | None]:
         """Follow the camera and, with two layers, a second motion; returns the second layer's
         pixels (H, W) bool, or None when there is no second motion, whether the reference
         was renewed, and how far (px, (H, W)) the flow is from the nearest aligned motion
         (None where nothing uses it)."""
+        flow, reliable = estimate.flow, estimate.reliable
         size = (flow.shape[0], flow.shape[1])
         if self.config.tracking.similarity:
             motion = fit_similarity(flow, reliable)
@@ -696,70 +700,96 @@ class Stabilizer:
         previous_camera = self.camera
         self.camera = _compose(self.camera, motion)
         renewed = self._renew_reference(size)
-        layer, distance = self._layers(flow, reliable, motion, previous_camera)
+        layer, distance, second = self._layers(flow, reliable, motion)
         if self.config.tracking.deforming:
-            renewed = self._follow_deformation(
-                flow, reliable, layer, motion, previous_camera, renewed
+            # The field follows what no layer explains: this frame's layer and the last one's
+            # moved along the flow (a moving object is a layer of its own, not a deformation).
+            excluded = layer
+            if self.layer_pixels is not None:
+                moved = estimate.maps.warp(self.layer_pixels.view(np.uint8), "nearest") > 0
+                excluded = moved if layer is None else moved | layer
+            renewed, increment = self._follow_deformation(
+                flow, reliable, excluded, motion, previous_camera, renewed
             )
+            if layer is None and increment is not None:
+                # Apart from the camera and the deformation, something may still move as one.
+                layer, distance, second = self._layers(flow, reliable, motion, increment)
+            self.layer_pixels = layer
+        if second is None:
+            self.second_layer = False
+        else:
+            if not self.second_layer:  # a new layer starts on the phase the frame had there
+                self.layer_displacement = -_centre_translation(previous_camera, size)
+                self.second_layer = True
+            self.layer_displacement -= second
         return layer, renewed, distance
 
     def _layers(
-        self, flow: np.ndarray, reliable: np.ndarray, motion: Tensor, previous_camera: Tensor
-    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        self,
+        flow: np.ndarray,
+        reliable: np.ndarray,
+        motion: Tensor,
+        deformation: np.ndarray | None = None,
+    ) -> tuple[np.ndarray | None, np.ndarray | None, Tensor | None]:
         """With two layers, a second motion's pixels (H, W) bool (None when there is none),
-        and how far (px, (H, W)) the flow is from the nearest aligned motion (None where
-        nothing uses it)."""
+        how far (px, (H, W)) the flow is from the nearest aligned motion (None where nothing
+        uses it) and the second motion's backward translation. The aligned motions: the
+        camera's `motion`, with a deforming scene's increment of the frame (its field's grid,
+        in the frame's axes) on top."""
         size = (flow.shape[0], flow.shape[1])
         blending = self.config.blending
         if (
             self.config.tracking.motion_layers < 2
             and blending.nonrigid_detail_weight == blending.detail_weight
         ):
-            return None, None  # the distance would go unused (`_detail_share`)
-        camera_flow = _affine_flow(motion, size)
-        distance = cv2.magnitude(flow[..., 0] - camera_flow[0], flow[..., 1] - camera_flow[1])
+            return None, None, None  # the distance would go unused (`_detail_share`)
+        explained_x, explained_y = _affine_flow(motion, size)
+        if deformation is not None:
+            on_frame = cv2.remap(
+                deformation, _coarse_points(size, _deformation_step(size)), None, cv2.INTER_LINEAR
+            )
+            explained_x, explained_y = (
+                explained_x + on_frame[..., 0],
+                explained_y + on_frame[..., 1],
+            )
+        distance = cv2.magnitude(flow[..., 0] - explained_x, flow[..., 1] - explained_y)
         if self.config.tracking.motion_layers < 2:
-            return None, distance
+            return None, distance, None
         apart = reliable & (distance > SECOND_LAYER_APART)
         if np.count_nonzero(apart) < SECOND_LAYER_SHARE * apart.size:
-            self.second_layer = False
-            return None, distance
+            return None, distance, None
         second = median_motion(flow, apart)
         dx, dy = second.tolist()
         closer = cv2.magnitude(flow[..., 0] - np.float32(dx), flow[..., 1] - np.float32(dy))
         if self.config.tracking.deforming and not _one_motion(apart, closer):
-            # The pixels apart from the camera deform rather than move as one object: the
-            # deformation field follows them (`_follow_deformation`), not a second phase.
-            self.second_layer = False
-            return None, distance
-        if not self.second_layer:  # a new layer starts on the phase the frame had there
-            self.layer_displacement = -_centre_translation(previous_camera, size)
-            self.second_layer = True
-        self.layer_displacement -= second
-        return (closer < distance) & reliable, np.minimum(closer, distance)
+            # The pixels apart from the aligned motions deform rather than move as one
+            # object: the deformation field follows them (`_follow_deformation`).
+            return None, distance, None
+        return (closer < distance) & reliable, np.minimum(closer, distance), second
 
     def _follow_deformation(
         self,
         flow: np.ndarray,
         reliable: np.ndarray,
-        layer: np.ndarray | None,
+        excluded: np.ndarray | None,
         motion: Tensor,
         previous_camera: Tensor,
         renewed: bool,
-    ) -> bool:
+    ) -> tuple[bool, np.ndarray | None]:
         """Carry the deformation field along the flow and add this frame's: the part of the
         flow the camera's motion does not explain, smoothed where the flow is reliable (and
-        not a second layer's), in the reference's axes. A rigid scene leaves it None. Returns
-        whether the reference is renewed (also when the field strains the strokes past
-        `renewal.strain_range`: they are drawn afresh, the field starts again)."""
+        not `excluded`: a layer's), in the reference's axes. A rigid scene leaves it None.
+        Returns whether the reference is renewed (also when the field strains the strokes past
+        `renewal.strain_range`: they are drawn afresh, the field starts again), and this
+        frame's increment in the frame's axes while the field is followed (else None)."""
         if renewed:
             self.deformation = None
-            return True
+            return True, None
         step = _deformation_step((flow.shape[0], flow.shape[1]))
         samples = flow[::step, ::step]
         trusted = reliable[::step, ::step]
-        if layer is not None:
-            trusted = trusted & ~layer[::step, ::step]
+        if excluded is not None:
+            trusted = trusted & ~excluded[::step, ::step]
         xs, ys = pixel_grid(*samples.shape[:2])
         a, b, c, d, e, f = np.asarray(motion, dtype=np.float32).reshape(-1)
         sx, sy = xs * np.float32(step), ys * np.float32(step)
@@ -769,31 +799,28 @@ class Stabilizer:
                 samples[..., 1] - (d * sx + (e - 1) * sy + f),
             ]
         )
-        weight = trusted.astype(np.float32)
-        spread = gaussian_blur(weight, DEFORMATION_SIGMA_CELLS)
-        increment = gaussian_blur(departure * weight[..., None], DEFORMATION_SIGMA_CELLS)
-        increment /= np.maximum(spread, 1e-3)[..., None]
-        # In the reference's axes: the camera's linear part before this frame's motion.
-        linear = np.asarray(previous_camera[:, :2], dtype=np.float32)
-        increment = cv2.transform(increment, linear)
+        increment = _normalised_blur(departure, trusted.astype(np.float32))
         deforms = trusted & (
             cv2.magnitude(increment[..., 0], increment[..., 1]) >= NONRIGID_FROM_PX
         )
         moving = np.count_nonzero(deforms) >= SECOND_LAYER_SHARE * deforms.size
         if self.deformation is None and not moving:
-            return False
+            return False, None
         field = (
             np.zeros_like(increment)
             if self.deformation is None or self.deformation.shape != increment.shape
             else self._carried_deformation(samples, step)
         )
         if moving:
-            field += increment
+            # In the reference's axes: the camera's linear part before this frame's motion.
+            field += cv2.transform(increment, np.asarray(previous_camera[:, :2], np.float32))
+        else:
+            increment[:] = 0
         if _largest_strain(field, step) > self.config.renewal.strain_range:
             self.deformation = None
-            return True
+            return True, None
         self.deformation = field
-        return False
+        return False, increment
 
     def _carried_deformation(self, samples: np.ndarray, step: int) -> np.ndarray:
         """The field moved along the backward flow sampled on its grid (`samples`, px)."""
@@ -960,6 +987,18 @@ class Stabilizer:
 
 
 _IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+
+
+def _normalised_blur(values: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """`values` (h, w, 2) smoothed where `weight` (h, w) is 1 and filled in where it is 0
+    (normalised convolution) over DEFORMATION_SIGMA_CELLS, a window four times wider taking
+    over smoothly where that one holds too few weighted points (a large occluded or excluded
+    region)."""
+    weighted = values * weight[..., None]
+    narrow, wide = DEFORMATION_SIGMA_CELLS, 4 * DEFORMATION_SIGMA_CELLS
+    spread = gaussian_blur(weight, narrow) + WIDE_FILL_SHARE * gaussian_blur(weight, wide)
+    total = gaussian_blur(weighted, narrow) + WIDE_FILL_SHARE * gaussian_blur(weighted, wide)
+    return total / np.maximum(spread, 1e-6)[..., None]
 
 
 def _one_motion(apart: np.ndarray, closer: np.ndarray) -> bool:
