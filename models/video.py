@@ -89,15 +89,18 @@ SUBPIXEL_TOLERANCE_PX = 0.1
 # its per-frame increment smoothed over about one cell (a Gaussian of this many cells) where
 # the flow is reliable (normalised convolution: occlusions filled from around them).
 DEFORMATION_CELLS = 64
-# A second layer is a moving object only when at least this share of the pixels apart from the
-# camera's motion move within RIGID_LAYER_PX (px per frame) of one translation; otherwise they
-# deform (a deforming scene's flow departs from any one translation by more than DIS's noise).
-RIGID_LAYER_SHARE = 0.5
-# The deformation's increment is filled into regions without reliable flow from a window four
-# times wider, weighted by this against the narrow one (so it takes over only in those holes).
-WIDE_FILL_SHARE = 0.05
-RIGID_LAYER_PX = 0.5
 DEFORMATION_SIGMA_CELLS = 1.0
+# The increment is filled into regions without reliable flow from a window four times wider,
+# weighted by this against the narrow one (so that it takes over only in those holes).
+WIDE_FILL_SHARE = 0.05
+# A second layer is a moving object only when at least this share of the pixels apart from the
+# aligned motions move within RIGID_LAYER_PX (px per frame) of one translation, and those cover
+# at least RIGID_LAYER_MIN_SHARE of the frame; otherwise they deform (a deforming scene's flow
+# departs from any one translation by more than DIS's noise, but may have small patches that
+# happen to move as one).
+RIGID_LAYER_SHARE = 0.6
+RIGID_LAYER_PX = 0.25
+RIGID_LAYER_MIN_SHARE = 0.04
 # Fixed-point steps inverting frame -> reference into reference -> frame (a smooth field
 # displacing less than a cell converges to well under 0.01 px in three).
 INVERSION_STEPS = 3
@@ -956,6 +959,8 @@ class Stabilizer:
         }
         if self.deformation is not None:
             state["deformation"] = torch.from_numpy(self.deformation.copy())
+        if self.layer_pixels is not None:
+            state["layer_pixels"] = torch.from_numpy(self.layer_pixels.copy())
         if self.fading is not None and self.fading_weight is not None:
             state["fading"] = to_tensor(self.fading.copy())
             state["fading_weight"] = to_tensor(self.fading_weight.copy())
@@ -980,6 +985,8 @@ class Stabilizer:
                 self.layer_displacement = displacement[1].clone()
         if "deformation" in state:
             self.deformation = state["deformation"].numpy().copy()
+        if "layer_pixels" in state:
+            self.layer_pixels = state["layer_pixels"].numpy().copy()
         if "fading" in state:
             self.fading = to_image(state["fading"])
             self.fading_weight = to_image(state["fading_weight"])
@@ -1002,10 +1009,12 @@ def _normalised_blur(values: np.ndarray, weight: np.ndarray) -> np.ndarray:
 
 
 def _one_motion(apart: np.ndarray, closer: np.ndarray) -> bool:
-    """Whether most pixels apart from the camera's motion (`apart` (H, W) bool) move within
-    RIGID_LAYER_PX of one translation (`closer`: px from it): an object, not a deformation."""
+    """Whether the pixels apart from the aligned motions (`apart` (H, W) bool) move as one
+    object (`closer`: px from its translation), not as a deformation."""
     fitting = np.count_nonzero(apart & (closer < RIGID_LAYER_PX))
-    return fitting >= RIGID_LAYER_SHARE * np.count_nonzero(apart)
+    return fitting >= max(
+        RIGID_LAYER_SHARE * np.count_nonzero(apart), RIGID_LAYER_MIN_SHARE * apart.size
+    )
 
 
 def _deformation_step(size: tuple[int, int]) -> int:

@@ -111,20 +111,72 @@ def test_stabilised_frames_flicker_far_less_and_stay_sharp(stylize, clip, per_fr
     assert sharpness(stabilised) > 0.85 * sharpness(per_frame)
 
 
-def test_a_deforming_scene_flickers_less_and_more_so_at_full_strength(stylize) -> None:
-    # Non-rigid motion (a smooth displacement field changing every frame over a slow pan): the
-    # rigid grid alignment cannot follow it, the propagation along the dense flow must still
-    # remove a good part of the flicker, and the strongest setting more of it.
+@pytest.fixture(scope="module")
+def deforming_clip() -> Clip:
+    # Non-rigid motion: a smooth displacement field changing every frame over a slow pan.
     motion = Deforming(SIZE, 2.5, 0.8, (0.5, 0.25), (8.0, 8.0), seed=1)
-    clip = render(texture(2 * SIZE, seed=3), motion, FRAMES, (SIZE, SIZE))
+    return render(texture(2 * SIZE, seed=3), motion, FRAMES, (SIZE, SIZE))
+
+
+def test_a_deforming_scene_flickers_far_less_and_less_at_full_strength(
+    stylize, deforming_clip: Clip
+) -> None:
+    # The deformation field keeps the grid on the deforming scene, so the stabilised frames
+    # flicker far less than per-frame ones (without it: about 0.5x), and stay sharp.
+    clip = deforming_clip
     with torch.inference_mode():
         per_frame = torch.cat([stylize(frame[None], None) for frame in clip.frames])
     base = warping_error(per_frame, clip.flows, clip.valid)
-    default = warping_error(run(Stabilizer(stylize), clip.frames), clip.flows, clip.valid)
+    stabilised = run(Stabilizer(stylize), clip.frames)
+    default = warping_error(stabilised, clip.flows, clip.valid)
     strongest = Stabilizer(stylize, with_strength(StabilizerConfig(), 1.0))
     strong = warping_error(run(strongest, clip.frames), clip.flows, clip.valid)
-    assert default < 0.75 * base, (default, base)
-    assert strong < 0.9 * default, (strong, default)
+    assert default < 0.35 * base, (default, base)
+    assert sharpness(stabilised) > 0.9 * sharpness(per_frame)
+    assert strong < 0.97 * default, (strong, default)
+
+
+def test_the_deformation_field_keeps_the_grid_on_a_deforming_scene(deforming_clip: Clip) -> None:
+    # No propagation: only the alignment of the fresh stylizations is compared, with the
+    # camera's motion alone and with the deformation followed too.
+    errors = {}
+    for deforming in (False, True):
+        config = StabilizerConfig(tracking=Tracking(deforming=deforming), blending=NO_BLEND)
+        outputs = run(Stabilizer(block_network, config), deforming_clip.frames)
+        errors[deforming] = warping_error(outputs, deforming_clip.flows, deforming_clip.valid)
+    assert errors[True] < 0.5 * errors[False], errors
+
+
+def test_a_rigid_scene_is_not_taken_for_a_deforming_one(clip: Clip) -> None:
+    stabilizer = Stabilizer(block_network)
+    run(stabilizer, clip.frames)
+    assert stabilizer.deformation is None
+
+
+def test_a_deformation_straining_the_strokes_renews_the_reference(deforming_clip: Clip) -> None:
+    renewed = []
+    config = StabilizerConfig(renewal=Renewal(strain_range=0.05))
+    stabilizer = Stabilizer(block_network, config)
+    for frame in deforming_clip.frames:
+        pending = stabilizer.begin(frame[None])
+        renewed.append(pending.renewed)
+        stabilizer.finish(pending, [block_network(*item) for item in pending.inputs])
+    assert any(renewed), renewed
+    assert not any(
+        Stabilizer(block_network).begin(f[None]).renewed for f in deforming_clip.frames[:1]
+    )
+
+
+def test_resuming_a_deforming_scene_gives_the_same_frames(stylize, deforming_clip: Clip) -> None:
+    frames = deforming_clip.frames
+    expected = run(Stabilizer(stylize), frames)
+    first = Stabilizer(stylize)
+    head = run(first, frames[:4])
+    assert first.deformation is not None
+    resumed = Stabilizer(stylize)
+    resumed.load_state_dict({key: value.clone() for key, value in first.state_dict().items()})
+    tail = run(resumed, frames[4:])
+    torch.testing.assert_close(torch.cat([head, tail]), expected, rtol=0, atol=1e-6)
 
 
 def test_the_strength_spans_per_frame_to_the_strongest() -> None:
