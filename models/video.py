@@ -792,7 +792,10 @@ class Stabilizer:
         samples = flow[::step, ::step]
         trusted = reliable[::step, ::step]
         if excluded is not None:
-            trusted = trusted & ~excluded[::step, ::step]
+            # With the band around the layer where DIS's flow runs between its motion and
+            # the scene's (its windows straddle the edge).
+            near = cv2.dilate(excluded[::step, ::step].view(np.uint8), _LAYER_MARGIN)
+            trusted = trusted & (near == 0)
         xs, ys = pixel_grid(*samples.shape[:2])
         a, b, c, d, e, f = np.asarray(motion, dtype=np.float32).reshape(-1)
         sx, sy = xs * np.float32(step), ys * np.float32(step)
@@ -994,6 +997,10 @@ class Stabilizer:
 
 
 _IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+
+
+# The band kept out of the deformation field around a layer: 2 cells each way.
+_LAYER_MARGIN = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
 
 
 def _normalised_blur(values: np.ndarray, weight: np.ndarray) -> np.ndarray:
