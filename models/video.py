@@ -89,6 +89,10 @@ SUBPIXEL_TOLERANCE_PX = 0.1
 # its per-frame increment smoothed over about one cell (a Gaussian of this many cells) where
 # the flow is reliable (normalised convolution: occlusions filled from around them).
 DEFORMATION_CELLS = 64
+# The scene deforms when the smoothed flow departs from the camera's motion by NONRIGID_FROM_PX
+# or more on this share of the reliable flow: DIS's errors on rigid motion (a low-contrast
+# region on a zoom) stay on far less, the clips of `devkit.clips.Deforming` cover most of it.
+DEFORMING_SHARE = 0.15
 DEFORMATION_SIGMA_CELLS = 1.0
 # The increment is filled into regions without reliable flow from a window four times wider,
 # weighted by this against the narrow one (so that it takes over only in those holes).
@@ -124,7 +128,7 @@ class Tracking:
     # which the frame is stylized a second time on that object's phase).
     motion_layers: int = 2
     # Where the scene deforms (water, foliage, cloth, faces: the flow departs from the aligned
-    # motions by NONRIGID_FROM_PX or more on SECOND_LAYER_SHARE of the frame), follow it with a
+    # motions by NONRIGID_FROM_PX or more on DEFORMING_SHARE of the frame), follow it with a
     # smooth displacement field on top of the camera, and resample the frame through it onto the
     # reference's grid (and the output back): the network then draws each stroke at the same
     # scene point, frame after frame, instead of anew wherever the scene moved.
@@ -809,7 +813,7 @@ class Stabilizer:
         deforms = trusted & (
             cv2.magnitude(increment[..., 0], increment[..., 1]) >= NONRIGID_FROM_PX
         )
-        moving = np.count_nonzero(deforms) >= SECOND_LAYER_SHARE * deforms.size
+        moving = np.count_nonzero(deforms) >= DEFORMING_SHARE * max(1, np.count_nonzero(trusted))
         if self.deformation is None and not moving:
             return False, None
         field = (
