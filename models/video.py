@@ -102,7 +102,7 @@ WIDE_FILL_SHARE = 0.05
 # at least RIGID_LAYER_MIN_SHARE of the frame; otherwise they deform (a deforming scene's flow
 # departs from any one translation by more than DIS's noise, but may have small patches that
 # happen to move as one).
-RIGID_LAYER_SHARE = 0.6
+RIGID_LAYER_SHARE = 0.55
 RIGID_LAYER_PX = 0.25
 RIGID_LAYER_MIN_SHARE = 0.04
 # Fixed-point steps inverting frame -> reference into reference -> frame (a smooth field
