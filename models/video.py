@@ -13,7 +13,10 @@ measures, both using only the frames seen so far:
    the frame is resampled (bicubic, through OpenCV) into the reference's grid and the output
    back, so the scene lies on the reference's grid to a fraction of a pixel; the reference is
    renewed when its scale or angle drifts too far, since strokes drawn at another scale and
-   magnified back lose sharpness.
+   magnified back lose sharpness. Where the scene deforms (water, foliage, cloth, faces), a
+   smooth displacement field on top of the camera's map follows it, accumulated from the flow
+   frame by frame, and the frame is resampled through it: each stroke stays on its scene
+   point. A moving object is a second layer with a phase of its own.
 2. Propagation. The previous output, moved along the optical flow (OpenCV's DIS on the input
    frames), is blended into the new stylization where the flow is reliable (forward-backward
    consistent, Sundaram et al. 2010 / Ruder et al. 2016), and the new stylization is taken as
