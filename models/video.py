@@ -93,7 +93,8 @@ SUBPIXEL_TOLERANCE_PX = 0.1
 # the flow is reliable (normalised convolution: occlusions filled from around them).
 DEFORMATION_CELLS = 64
 # The scene deforms when the smoothed flow departs from the camera's motion by NONRIGID_FROM_PX
-# or more on this share of the reliable flow: DIS's errors on rigid motion (a low-contrast
+# (in the pixels of the frames the flow was computed on) or more on this share of the reliable
+# flow: DIS's errors on rigid motion (a low-contrast
 # region on a zoom) stay on far less, the clips of `devkit.clips.Deforming` cover most of it.
 DEFORMING_SHARE = 0.15
 DEFORMATION_SIGMA_CELLS = 1.0
@@ -813,8 +814,11 @@ class Stabilizer:
             ]
         )
         increment = _normalised_blur(departure, trusted.astype(np.float32))
+        # DIS's noise is in the pixels of the frames it saw: scaled up with the flow.
+        short, flow_short = min(flow.shape[:2]), self.config.tracking.flow_short_side
+        noise_scale = max(1.0, short / flow_short) if flow_short else 1.0
         deforms = trusted & (
-            cv2.magnitude(increment[..., 0], increment[..., 1]) >= NONRIGID_FROM_PX
+            cv2.magnitude(increment[..., 0], increment[..., 1]) >= NONRIGID_FROM_PX * noise_scale
         )
         moving = np.count_nonzero(deforms) >= DEFORMING_SHARE * max(1, np.count_nonzero(trusted))
         if self.deformation is None and not moving:
