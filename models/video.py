@@ -52,7 +52,10 @@ from models.warping import (
     FlowMaps,
     contrast_preserving_mix,
     gaussian_blur,
+    in_bands,
+    over_channels,
     pixel_grid,
+    rigid_part,
     to_contiguous_tensor,
     to_image,
     to_tensor,
@@ -375,14 +378,15 @@ class FlowEstimator:
             <= self.config.tracking.consistency * size + self.config.tracking.consistency_floor
         )
         reliable &= maps.inside()
+        translation = median_motion(back, reliable).tolist()
+        rigid = rigid_part(back, reliable, (translation[0], translation[1]), (height, width))
         if scale > 1:
             back = cv2.resize(back, (width, height), interpolation=cv2.INTER_LINEAR)
             back *= np.float32(scale)
             reliable = cv2.resize(
                 reliable.view(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST
             ).view(bool)
-            maps = FlowMaps(back)
-        return Flow(back, reliable, maps)
+        return Flow(back, reliable, FlowMaps(back, rigid))
 
 
 def _squared_norm(flow: np.ndarray) -> np.ndarray:
@@ -395,7 +399,7 @@ def _squared_norm(flow: np.ndarray) -> np.ndarray:
 @dataclass
 class Carried:
     """The previous frames' images moved onto the current frame (H, W, C), where they are
-    valid (H, W, 1): what is propagated and its low-pass band with their weights (H, W, 1) in
+    valid (H, W, 1): what is propagated and its low-pass band with their weights (H, W, C) in
     the blend, or a renewal's fading output and where it is valid."""
 
     valid: np.ndarray
@@ -420,14 +424,14 @@ class Carried:
         assert self.stream is not None and self.stream_smooth is not None
         assert self.weight is not None and self.detail_weight is not None
         channels = self.stream.shape[2]
-        weight = _over_channels(self.weight, channels)
+        weight = over_channels(self.weight, channels)
         if not split:  # weight * stream + (1 - weight) * stylized
             self.keep, self.smooth_share = np.subtract(1, weight), None
             self.linear_part = np.multiply(weight, self.stream, out=weight)
             return
         # s + w (S' - S) + d ((s' - S') - (s - S)) = (1 - d) s - (w - d) S + (w - d) S' + d s'
         # (s, S: the stylization and its low-pass band; s', S': the stream's).
-        detail = _over_channels(self.detail_weight, channels)
+        detail = over_channels(self.detail_weight, channels)
         self.keep = np.subtract(1, detail)
         self.smooth_share = np.subtract(weight, detail, out=weight)
         self.linear_part = np.multiply(self.stream_smooth, self.smooth_share)
@@ -438,9 +442,21 @@ class Carried:
         assert self.stream is not None and self.stream_smooth is not None
         assert self.weight is not None and self.detail_weight is not None
         if self.keep is None or self.linear_part is None:
-            return propagate(
-                stylized, self.stream, self.stream_smooth, self.weight, self.detail_weight, config
-            )
+            stream, smooth = self.stream, self.stream_smooth
+            weight, detail_weight = self.weight, self.detail_weight
+
+            def rows(band: slice) -> np.ndarray:
+                return propagate(
+                    stylized[band],
+                    stream[band],
+                    smooth[band],
+                    weight[band],
+                    detail_weight[band],
+                    config,
+                )
+
+            banded = in_bands(rows, stylized.shape[0], _propagation_reach(config))
+            return rows(slice(None)) if banded is None else banded
         output = np.multiply(stylized, self.keep)
         if self.smooth_share is not None:
             smooth = gaussian_blur(stylized, config.blending.detail_sigma)
@@ -449,15 +465,6 @@ class Carried:
             )
         output += self.linear_part
         return np.clip(output, 0, 1, out=output)
-
-
-def _over_channels(weight: np.ndarray, channels: int) -> np.ndarray:
-    """An (H, W, 1) weight repeated over `channels`: (H, W, channels)."""
-    if weight.shape[2] == channels:
-        return weight.copy()
-    return cv2.merge([np.ascontiguousarray(weight[..., 0])] * channels).reshape(
-        *weight.shape[:2], channels
-    )
 
 
 @dataclass
@@ -609,12 +616,14 @@ class Stabilizer:
             return Carried(valid, fading=flow.maps.warp(self.previous_output, resample))
         stream = flow.maps.warp(self.stream, resample)
         sigma = self.config.blending.detail_sigma
+        # The weights over the channels: the blend's products then need no broadcasting.
+        trusted = over_channels(valid, stream.shape[2])
         moved = Carried(
             valid,
             stream,
             gaussian_blur(stream, sigma) if sigma > 0 else stream,
-            self.config.blending.weight * valid,
-            valid * self._detail_share(residual),
+            np.multiply(trusted, np.float32(self.config.blending.weight)),
+            np.multiply(trusted, self._detail_share(residual), out=trusted),
         )
         if self.config.blending.contrast_window <= 0:
             moved.prepare_linear(sigma > 0)
@@ -716,8 +725,8 @@ class Stabilizer:
         footprint = corners @ self.camera.T  # the frame's corners in the reference
         # The canvas's origin on a multiple of the stride (the reference's grid), 3 px around
         # the frame's footprint for the resampling taps of the way back.
-        low = torch.floor((footprint.min(0).values - 3) / FEATURE_STRIDE) * FEATURE_STRIDE
-        high = torch.ceil(footprint.max(0).values + 3)
+        low = torch.floor((footprint.amin(0) - 3) / FEATURE_STRIDE) * FEATURE_STRIDE
+        high = torch.ceil(footprint.amax(0) + 3)
         canvas = (int(high[1] - low[1]) + 1, int(high[0] - low[0]) + 1)
         to_canvas = self.camera - torch.cat(
             [torch.zeros(2, 2, dtype=torch.float64), low[:, None]], 1
@@ -914,14 +923,23 @@ def propagate(
         return weight * warped + (1 - weight) * stylized
     smooth = gaussian_blur(stylized, config.blending.detail_sigma)
     output = mix(warped_smooth, smooth, weight, config)
-    # detail + detail_weight * (warped detail - detail), in place: one product, no temporary.
-    warped_detail = np.subtract(warped, warped_smooth, out=warped_smooth)
+    # detail + detail_weight * (warped detail - detail): one product (the inputs are left as
+    # they are: `in_bands` hands overlapping views to its threads).
+    warped_detail = np.subtract(warped, warped_smooth)
     detail = np.subtract(stylized, smooth, out=smooth)
     warped_detail -= detail
     warped_detail *= detail_weight
     output += detail
     output += warped_detail
     return np.clip(output, 0, 1, out=output)
+
+
+def _propagation_reach(config: StabilizerConfig) -> int:
+    """How many rows (even) `propagate` reads on either side of a pixel: the detail's blur,
+    the contrast's moments (their blurs and the coarser grid's resizing), with a margin."""
+    blending = config.blending
+    reach = 3 * blending.detail_sigma + 3 * blending.contrast_window + 6
+    return 2 * math.ceil(reach / 2)
 
 
 def mix(

@@ -10,8 +10,11 @@ p + flow(p), channel 0 = x, 1 = y.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
-from functools import lru_cache
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
 
 import cv2
 import numpy as np
@@ -34,6 +37,38 @@ MOMENTS_COARSE_SIGMA = 2.0
 LANCZOS_LOBES = 3  # the separable shift's kernel: Lanczos-3, 6 taps per axis
 # OpenCV's remap and warpAffine take at most this many channels at once.
 MAX_CHANNELS = 4
+# `in_bands`: a frame is split into one band of rows per core, each at least this many
+# times its halo high (a smaller band would spend more on its halo than it saves).
+BAND_HALO_SHARE = 4
+# `rigid_part`: a flow's reliable pixels, averaged over a window of RIGID_WINDOW px (at the
+# flow's scale), that depart from the camera's translation by at most RIGID_TOLERANCE_PX
+# there are the translation plus DIS's noise; tiles of RIGID_TILE px are moved either way.
+RIGID_WINDOW = 5
+RIGID_TOLERANCE_PX = 0.2
+RIGID_TILE = 8
+
+
+# Runs `in_bands`' bands (OpenCV and numpy release the interpreter lock).
+_BANDS = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="bands")
+
+
+def in_bands(compute: Callable[[slice], np.ndarray], height: int, halo: int) -> np.ndarray | None:
+    """`compute(rows)`, a frame's result (H, ...) computed from its `rows` only, made by one
+    thread per core on bands of rows, each with `halo` rows (even) more on either side that
+    are cropped again: the same result as on the whole frame where the computation reaches
+    no further than `halo` rows. Much of the stabiliser's work (numpy, OpenCV's filters) runs
+    on one core otherwise. None: the frame is too small to split."""
+    bands = min(os.cpu_count() or 1, height // (BAND_HALO_SHARE * halo))
+    if bands < 2:
+        return None
+    edges = [2 * round(band * height / bands / 2) for band in range(bands)] + [height]
+
+    def band(start: int, stop: int) -> np.ndarray:
+        low, high = max(0, start - halo), min(height, stop + halo)
+        return compute(slice(low, high))[start - low : stop - low]
+
+    parts = list(_BANDS.map(band, edges[:-1], edges[1:]))
+    return np.concatenate(parts)
 
 
 def to_image(tensor: Tensor) -> np.ndarray:
@@ -70,13 +105,83 @@ def pixel_points(height: int, width: int) -> np.ndarray:
     return points
 
 
+@dataclass(frozen=True)
+class RigidPart:
+    """Where a backward flow is one translation to within its noise: the whole frame moves
+    by `translation` (x, y, px) but for the `irregular` rectangles (top, bottom, left, right),
+    which follow the flow itself."""
+
+    translation: tuple[float, float]
+    irregular: tuple[tuple[int, int, int, int], ...]
+
+
+def rigid_part(
+    flow: np.ndarray,
+    reliable: np.ndarray,
+    translation: tuple[float, float],
+    size: tuple[int, int],
+) -> RigidPart | None:
+    """The rigid part of a backward flow (H, W, 2) computed at a reduced scale, for the frame
+    of `size` (H, W) it is scaled up to: the tiles (RIGID_TILE px at the flow's scale) where
+    the flow's reliable pixels, averaged over a RIGID_WINDOW px window to take out DIS's
+    noise, depart from `translation` (at the flow's scale) by more than RIGID_TOLERANCE_PX
+    anywhere are irregular (a moving object, a zoom, a deforming scene). None: no tile is
+    rigid."""
+    weight = reliable.astype(np.float32)
+    residual = (flow - np.asarray(translation, dtype=np.float32)) * weight[..., None]
+    window = (RIGID_WINDOW, RIGID_WINDOW)
+    mean = cv2.boxFilter(residual, -1, window)
+    mean = cv2.magnitude(mean[..., 0], mean[..., 1])
+    irregular = mean > RIGID_TOLERANCE_PX * np.maximum(cv2.boxFilter(weight, -1, window), 1e-3)
+    height, width = irregular.shape
+    rows, columns = -(-height // RIGID_TILE), -(-width // RIGID_TILE)
+    padded = np.zeros((rows * RIGID_TILE, columns * RIGID_TILE), dtype=bool)
+    padded[:height, :width] = irregular
+    tiles = padded.reshape(rows, RIGID_TILE, columns, RIGID_TILE).any(axis=(1, 3))
+    if tiles.all():
+        return None
+    # Tile edges on the frame (the flow's pixel i covers the frame's i * scale onwards).
+    frame_height, frame_width = size
+    row_edges = np.minimum(np.arange(rows + 1) * RIGID_TILE * frame_height / height, frame_height)
+    column_edges = np.minimum(
+        np.arange(columns + 1) * RIGID_TILE * frame_width / width, frame_width
+    )
+    row_edges, column_edges = np.round(row_edges).astype(int), np.round(column_edges).astype(int)
+    rectangles = []
+    for row, flagged in enumerate(tiles):
+        # Runs of irregular tiles along the row: one rectangle each.
+        steps = np.diff(np.concatenate([[0], flagged.view(np.int8), [0]]))
+        for start, stop in zip(
+            np.flatnonzero(steps == 1), np.flatnonzero(steps == -1), strict=True
+        ):
+            rectangles.append(
+                (row_edges[row], row_edges[row + 1], column_edges[start], column_edges[stop])
+            )
+    scale_x, scale_y = frame_width / width, frame_height / height
+    return RigidPart(
+        (translation[0] * scale_x, translation[1] * scale_y),
+        tuple(tuple(int(edge) for edge in rectangle) for rectangle in rectangles),
+    )
+
+
 class FlowMaps:
     """A backward flow made into OpenCV's fixed-point remapping tables once, for the several
-    images moved along it in a frame."""
+    images moved along it in a frame; with its `rigid` part, the frame is moved by the
+    translation (a separable filter, many times cheaper than a remap with Lanczos) and only
+    the irregular rectangles along the flow."""
 
-    def __init__(self, flow: np.ndarray) -> None:
-        self.points = cv2.add(flow, pixel_points(*flow.shape[:2]))  # (H, W, 2): where p goes
-        self.fixed, self.fraction = cv2.convertMaps(self.points, None, cv2.CV_16SC2)
+    def __init__(self, flow: np.ndarray, rigid: RigidPart | None = None) -> None:
+        self.flow = flow
+        self.rigid = rigid
+
+    @cached_property
+    def points(self) -> np.ndarray:
+        """(H, W, 2): where each pixel's match lies."""
+        return cv2.add(self.flow, pixel_points(*self.flow.shape[:2]))
+
+    @cached_property
+    def tables(self) -> tuple[np.ndarray, np.ndarray]:
+        return cv2.convertMaps(self.points, None, cv2.CV_16SC2)
 
     def inside(self) -> np.ndarray:
         """(H, W) bool: the matches that lie in the other frame."""
@@ -85,12 +190,25 @@ class FlowMaps:
 
     def warp(self, image: np.ndarray, resample: str = "bilinear") -> np.ndarray:
         """`image` (H, W[, C]) sampled at p + flow(p), edges clamped."""
+        if self.rigid is None:
+            return self._remap(image, resample, slice(None), slice(None))
+        dx, dy = self.rigid.translation
+        to_source = np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]])
+        moved = warp_affine(image, to_source, image.shape[:2], resample, cv2.BORDER_REPLICATE)
+        for top, bottom, left, right in self.rigid.irregular:
+            rows, columns = slice(top, bottom), slice(left, right)
+            moved[rows, columns] = self._remap(image, resample, rows, columns)
+        return moved
+
+    def _remap(self, image: np.ndarray, resample: str, rows: slice, columns: slice) -> np.ndarray:
+        """The pixels (rows, columns) of `image` moved along the flow."""
+        fixed, fraction = self.tables
         return _per_channels(
             image,
             lambda part: cv2.remap(
                 part,
-                self.fixed,
-                self.fraction,
+                fixed[rows, columns],
+                fraction[rows, columns],
                 INTERPOLATION[resample],
                 borderMode=cv2.BORDER_REPLICATE,
             ),
@@ -181,43 +299,59 @@ def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
     return blurred[..., None] if image.ndim == 3 and blurred.ndim == 2 else blurred
 
 
+def over_channels(weight: np.ndarray, channels: int) -> np.ndarray:
+    """An (H, W, 1) weight repeated over `channels`, (H, W, channels), a new array: numpy's
+    broadcasting of an (H, W, 1) factor costs several times a product of equal shapes."""
+    if weight.shape[2] == channels:
+        return weight.copy()
+    if channels in (3, 4):
+        code = cv2.COLOR_GRAY2RGB if channels == 3 else cv2.COLOR_GRAY2RGBA
+        return cv2.cvtColor(weight, code)
+    return np.repeat(weight, channels, axis=2)
+
+
 def contrast_preserving_mix(
     first: np.ndarray, second: np.ndarray, weight: np.ndarray, sigma: float
 ) -> np.ndarray:
-    """weight * first + (1 - weight) * second ((H, W, C), weight (H, W, 1)), its deviation from
-    the local mean scaled so that its local variance is the weighted mean of the parts'
-    (Heitz and Neyret 2018's variance-preserving blend, with the parts' local covariance): the
-    gain is 1 where the parts agree, up to 2 where they are unrelated. Local moments in a
-    Gaussian window of `sigma` px; they vary no faster than the window, so from a sigma of
-    MOMENTS_COARSE_SIGMA on they are computed on a grid twice as coarse (the arithmetic,
-    not the blurs, is what costs at video sizes) and interpolated back."""
-    height, width = first.shape[:2]
+    """weight * first + (1 - weight) * second ((H, W, C), weight (H, W, 1) or (H, W, C)), its
+    deviation from the local mean scaled so that its local variance is the weighted mean of
+    the parts' (Heitz and Neyret 2018's variance-preserving blend, with the parts' local
+    covariance): the gain is 1 where the parts agree, up to 2 where they are unrelated. Local
+    moments in a Gaussian window of `sigma` px; they vary no faster than the window, so from
+    a sigma of MOMENTS_COARSE_SIGMA on they are computed on a grid twice as coarse (the
+    arithmetic, not the blurs, is what costs at video sizes) and interpolated back."""
+    height, width, channels = first.shape
+    if weight.shape[2] != channels:
+        weight = over_channels(weight, channels)
     if sigma >= MOMENTS_COARSE_SIGMA and min(height, width) >= 4:
         half = ((width + 1) // 2, (height + 1) // 2)
-        parts = [cv2.resize(part, half, interpolation=cv2.INTER_AREA) for part in (first, second)]
-        shares = cv2.resize(weight, half, interpolation=cv2.INTER_AREA).reshape(*half[::-1], 1)
-        mean, gain = (
-            cv2.resize(part, (width, height), interpolation=cv2.INTER_LINEAR)
-            for part in _contrast_gain(*parts, shares, sigma / 2)
+        parts = [
+            cv2.resize(part, half, interpolation=cv2.INTER_AREA).reshape(*half[::-1], channels)
+            for part in (first, second, weight)
+        ]
+        offset, gain = (
+            cv2.resize(part, (width, height), interpolation=cv2.INTER_LINEAR).reshape(
+                height, width, channels
+            )
+            for part in _contrast_gain(*parts, sigma / 2)
         )
     else:
-        mean, gain = _contrast_gain(first, second, weight, sigma)
-    # mean + (linear mix - mean) * gain
+        offset, gain = _contrast_gain(first, second, weight, sigma)
+    # mean + (linear mix - mean) * gain = linear mix * gain + offset
     mixed = np.subtract(first, second)
     mixed *= weight
     mixed += second
-    mixed -= mean
     mixed *= gain
-    mixed += mean
+    mixed += offset
     return mixed
 
 
 def _contrast_gain(
     first: np.ndarray, second: np.ndarray, weight: np.ndarray, sigma: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The local mean of the mix and its contrast gain (see contrast_preserving_mix), in place
-    on a few buffers."""
-    other = 1 - weight
+    """The mix's contrast gain (see contrast_preserving_mix) and its local mean times
+    (1 - gain), in place on a few buffers; `weight` of the parts' shape."""
+    other = np.subtract(1, weight)
     mean_first, mean_second = gaussian_blur(first, sigma), gaussian_blur(second, sigma)
     scratch = np.multiply(first, first)
     var_first = gaussian_blur(scratch, sigma)
@@ -235,7 +369,8 @@ def _contrast_gain(
     apart *= -2
     apart += var_first
     apart += var_second
-    apart *= weight * other
+    apart *= weight
+    apart *= other
     var_first *= weight
     var_second *= other
     wanted = np.add(var_first, var_second, out=var_first)
@@ -245,7 +380,10 @@ def _contrast_gain(
     gain = np.divide(wanted, mixed, out=wanted)
     np.sqrt(gain, out=gain)
     np.clip(gain, 1, 2, out=gain)
+    # The mix's local mean, times 1 - gain.
     mean_first *= weight
     mean_second *= other
     mean_first += mean_second
+    np.subtract(1, gain, out=scratch)
+    mean_first *= scratch
     return mean_first, gain
