@@ -378,9 +378,13 @@ class FlowEstimator:
             <= self.config.tracking.consistency * size + self.config.tracking.consistency_floor
         )
         reliable &= maps.inside()
-        translation = median_motion(back, reliable).tolist()
-        rigid = rigid_part(back, reliable, (translation[0], translation[1]), (height, width))
+        rigid = None
         if scale > 1:
+            # Scaled up, DIS's noise grows with the scale (up to about 1 px at 720p): where the
+            # flow is the camera's translation to within it, the translation is the better
+            # estimate, and moving by it is far cheaper.
+            translation = median_motion(back, reliable).tolist()
+            rigid = rigid_part(back, reliable, (translation[0], translation[1]), (height, width))
             back = cv2.resize(back, (width, height), interpolation=cv2.INTER_LINEAR)
             back *= np.float32(scale)
             reliable = cv2.resize(

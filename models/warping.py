@@ -35,6 +35,7 @@ CONTRAST_FLOOR = 1e-5
 # twice as coarse.
 MOMENTS_COARSE_SIGMA = 2.0
 LANCZOS_LOBES = 3  # the separable shift's kernel: Lanczos-3, 6 taps per axis
+REMAP_LANCZOS_LOBES = 4  # OpenCV's INTER_LANCZOS4: 8 taps per axis
 # OpenCV's remap and warpAffine take at most this many channels at once.
 MAX_CHANNELS = 4
 # `in_bands`: a frame is split into one band of rows per core, each at least this many
@@ -46,6 +47,8 @@ BAND_HALO_SHARE = 4
 RIGID_WINDOW = 5
 RIGID_TOLERANCE_PX = 0.2
 RIGID_TILE = 8
+# Past this share of irregular tiles the whole frame follows the flow (one remap).
+RIGID_SHARE = 0.5
 
 
 # Runs `in_bands`' bands (OpenCV and numpy release the interpreter lock).
@@ -125,8 +128,8 @@ def rigid_part(
     of `size` (H, W) it is scaled up to: the tiles (RIGID_TILE px at the flow's scale) where
     the flow's reliable pixels, averaged over a RIGID_WINDOW px window to take out DIS's
     noise, depart from `translation` (at the flow's scale) by more than RIGID_TOLERANCE_PX
-    anywhere are irregular (a moving object, a zoom, a deforming scene). None: no tile is
-    rigid."""
+    anywhere are irregular (a moving object, a zoom, a deforming scene). None: more than
+    RIGID_SHARE of the tiles are."""
     weight = reliable.astype(np.float32)
     residual = (flow - np.asarray(translation, dtype=np.float32)) * weight[..., None]
     window = (RIGID_WINDOW, RIGID_WINDOW)
@@ -138,7 +141,7 @@ def rigid_part(
     padded = np.zeros((rows * RIGID_TILE, columns * RIGID_TILE), dtype=bool)
     padded[:height, :width] = irregular
     tiles = padded.reshape(rows, RIGID_TILE, columns, RIGID_TILE).any(axis=(1, 3))
-    if tiles.all():
+    if np.count_nonzero(tiles) > RIGID_SHARE * tiles.size:
         return None
     # Tile edges on the frame (the flow's pixel i covers the frame's i * scale onwards).
     frame_height, frame_width = size
@@ -193,8 +196,13 @@ class FlowMaps:
         if self.rigid is None:
             return self._remap(image, resample, slice(None), slice(None))
         dx, dy = self.rigid.translation
-        to_source = np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]])
-        moved = warp_affine(image, to_source, image.shape[:2], resample, cv2.BORDER_REPLICATE)
+        size, border = (image.shape[0], image.shape[1]), cv2.BORDER_REPLICATE
+        if resample == "lanczos":  # OpenCV's remap has 4 lobes: the tiles' kernel too
+            moved = _shift(image, dx, dy, size, border, lobes=REMAP_LANCZOS_LOBES)
+        else:
+            moved = warp_affine(
+                image, np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]]), size, resample, border
+            )
         for top, bottom, left, right in self.rigid.irregular:
             rows, columns = slice(top, bottom), slice(left, right)
             moved[rows, columns] = self._remap(image, resample, rows, columns)
@@ -236,24 +244,31 @@ def warp_affine(
     return _per_channels(image, apply)
 
 
-def _lanczos_taps(fraction: float) -> np.ndarray:
-    """The 6 normalised Lanczos-3 weights of the samples at offsets -2..3 for a point
-    `fraction` in [0, 1) past the first of the middle two."""
-    distance = fraction - np.arange(-LANCZOS_LOBES + 1, LANCZOS_LOBES + 1, dtype=np.float64)
-    taps = np.sinc(distance) * np.sinc(distance / LANCZOS_LOBES)
+def _lanczos_taps(fraction: float, lobes: int) -> np.ndarray:
+    """The 2 * lobes normalised Lanczos weights of the samples at offsets 1 - lobes .. lobes
+    for a point `fraction` in [0, 1) past the first of the middle two."""
+    distance = fraction - np.arange(1 - lobes, lobes + 1, dtype=np.float64)
+    taps = np.sinc(distance) * np.sinc(distance / lobes)
     return (taps / taps.sum()).astype(np.float32)
 
 
 def _shift(
-    image: np.ndarray, shift_x: float, shift_y: float, size: tuple[int, int], border: int
+    image: np.ndarray,
+    shift_x: float,
+    shift_y: float,
+    size: tuple[int, int],
+    border: int,
+    lobes: int = LANCZOS_LOBES,
 ) -> np.ndarray:
-    """(h, w[, C]) whose pixel (x, y) is `image` at (x + shift_x, y + shift_y), Lanczos-3."""
+    """(h, w[, C]) whose pixel (x, y) is `image` at (x + shift_x, y + shift_y), Lanczos with
+    `lobes` lobes as two 1-D filters."""
     height, width = size
     base_x, base_y = math.floor(shift_x), math.floor(shift_y)
-    reach = LANCZOS_LOBES - 1
-    # The source pixels the taps read: columns base_x - 2 .. base_x + width + 2, rows alike.
+    reach = lobes - 1
+    # The source pixels the taps read: columns base_x - reach .. base_x + width + reach + 1,
+    # rows alike.
     left, top = base_x - reach, base_y - reach
-    right, bottom = left + width + 2 * LANCZOS_LOBES - 1, top + height + 2 * LANCZOS_LOBES - 1
+    right, bottom = left + width + 2 * lobes - 1, top + height + 2 * lobes - 1
     source_height, source_width = image.shape[:2]
     pads = (
         max(0, -top),
@@ -263,7 +278,7 @@ def _shift(
     )
     padded = cv2.copyMakeBorder(image, *pads, border) if any(pads) else image
     window = padded[top + pads[0] : bottom + pads[0], left + pads[2] : right + pads[2]]
-    taps_x, taps_y = _lanczos_taps(shift_x - base_x), _lanczos_taps(shift_y - base_y)
+    taps_x, taps_y = _lanczos_taps(shift_x - base_x, lobes), _lanczos_taps(shift_y - base_y, lobes)
     filtered = cv2.sepFilter2D(
         window,  # a view: OpenCV takes rows at any stride, no copy needed
         -1,
