@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
@@ -53,6 +53,7 @@ from models.warping import (
     contrast_preserving_mix,
     gaussian_blur,
     in_bands,
+    linear_mix,
     over_channels,
     pixel_grid,
     rigid_part,
@@ -403,7 +404,7 @@ def _squared_norm(flow: np.ndarray) -> np.ndarray:
 @dataclass
 class Carried:
     """The previous frames' images moved onto the current frame (H, W, C), where they are
-    valid (H, W, 1): what is propagated and its low-pass band with their weights (H, W, C) in
+    valid (H, W, 1): what is propagated and its low-pass band with their weights (H, W, 1) in
     the blend, or a renewal's fading output and where it is valid."""
 
     valid: np.ndarray
@@ -569,15 +570,13 @@ class Stabilizer:
         carried: Future[Carried] | None = None
         if flow is not None and self.stream is not None and self.config.blending.weight > 0:
             # Moving the previous frames' images along the flow, and the blend's weights, need
-            # no new stylization: they are made beside the network where a core is free for
-            # them; otherwise here (a thread would only contend with the network's for the
-            # cores and the interpreter lock).
-            if _core_beside_network(frame.device):
-                carried = _BESIDE_NETWORK.submit(self._carry, flow, renewed, residual)
-            else:
-                carried = Future()
-                carried.set_result(self._carry(flow, renewed, residual))
+            # no new stylization: they are made beside the network's inputs, and beside the
+            # network too where a core is free for them (otherwise they would only contend
+            # with the network's threads for the cores and the interpreter lock).
+            carried = _BESIDE_NETWORK.submit(self._carry, flow, renewed, residual)
         inputs = self._network_inputs(image, frame.device, layer)
+        if carried is not None and not _core_beside_network(frame.device):
+            wait([carried])
         return Pending(inputs, image, grey, layer, renewed, carried)
 
     @torch.inference_mode()
@@ -620,14 +619,12 @@ class Stabilizer:
             return Carried(valid, fading=flow.maps.warp(self.previous_output, resample))
         stream = flow.maps.warp(self.stream, resample)
         sigma = self.config.blending.detail_sigma
-        # The weights over the channels: the blend's products then need no broadcasting.
-        trusted = over_channels(valid, stream.shape[2])
         moved = Carried(
             valid,
             stream,
             gaussian_blur(stream, sigma) if sigma > 0 else stream,
-            np.multiply(trusted, np.float32(self.config.blending.weight)),
-            np.multiply(trusted, self._detail_share(residual), out=trusted),
+            np.multiply(valid, np.float32(self.config.blending.weight)),
+            np.multiply(valid, self._detail_share(residual)),
         )
         if self.config.blending.contrast_window <= 0:
             moved.prepare_linear(sigma > 0)
@@ -927,14 +924,10 @@ def propagate(
         return weight * warped + (1 - weight) * stylized
     smooth = gaussian_blur(stylized, config.blending.detail_sigma)
     output = mix(warped_smooth, smooth, weight, config)
-    # detail + detail_weight * (warped detail - detail): one product (the inputs are left as
-    # they are: `in_bands` hands overlapping views to its threads).
+    # The inputs are left as they are: `in_bands` hands overlapping views to its threads.
     warped_detail = np.subtract(warped, warped_smooth)
     detail = np.subtract(stylized, smooth, out=smooth)
-    warped_detail -= detail
-    warped_detail *= detail_weight
-    output += detail
-    output += warped_detail
+    output += linear_mix(warped_detail, detail, detail_weight)
     return np.clip(output, 0, 1, out=output)
 
 
@@ -952,7 +945,7 @@ def mix(
     """weight * first + (1 - weight) * second, keeping the contrast (`contrast_window`)."""
     if config.blending.contrast_window > 0:
         return contrast_preserving_mix(first, second, weight, config.blending.contrast_window)
-    return weight * first + (1 - weight) * second
+    return linear_mix(first, second, weight)
 
 
 @lru_cache(maxsize=8)

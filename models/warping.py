@@ -279,14 +279,16 @@ def _shift(
     padded = cv2.copyMakeBorder(image, *pads, border) if any(pads) else image
     window = padded[top + pads[0] : bottom + pads[0], left + pads[2] : right + pads[2]]
     taps_x, taps_y = _lanczos_taps(shift_x - base_x, lobes), _lanczos_taps(shift_y - base_y, lobes)
-    filtered = cv2.sepFilter2D(
-        window,  # a view: OpenCV takes rows at any stride, no copy needed
-        -1,
-        taps_x,
-        taps_y,
-        anchor=(0, 0),
-        borderType=cv2.BORDER_REPLICATE,
-    )
+
+    def rows(band: slice) -> np.ndarray:
+        # A view: OpenCV takes rows at any stride, no copy needed. Row y of the result reads
+        # rows y .. y + 2 * lobes - 1 of the window.
+        return cv2.sepFilter2D(
+            window[band], -1, taps_x, taps_y, anchor=(0, 0), borderType=cv2.BORDER_REPLICATE
+        )
+
+    filtered = in_bands(rows, window.shape[0], 2 * lobes)
+    filtered = rows(slice(None)) if filtered is None else filtered
     result = filtered[:height, :width]
     return result[..., None] if image.ndim == 3 and result.ndim == 2 else result
 
@@ -325,25 +327,37 @@ def over_channels(weight: np.ndarray, channels: int) -> np.ndarray:
     return np.repeat(weight, channels, axis=2)
 
 
+def linear_mix(first: np.ndarray, second: np.ndarray, weight: np.ndarray | float) -> np.ndarray:
+    """weight * first + (1 - weight) * second, (H, W, C) each and weight (H, W, 1) or a
+    number: one pass of OpenCV's blendLinear (its per-pixel weights need no repeating over
+    the channels; it divides by the weights' sum plus 1e-5, a relative error of 1e-5)."""
+    if not isinstance(weight, np.ndarray):
+        mixed = np.multiply(first, np.float32(weight))
+        mixed += np.multiply(second, np.float32(1 - weight))
+        return mixed
+    plane = weight.reshape(weight.shape[:2])
+    mixed = cv2.blendLinear(first, second, plane, np.subtract(1, plane))
+    return mixed.reshape(first.shape)
+
+
 def contrast_preserving_mix(
     first: np.ndarray, second: np.ndarray, weight: np.ndarray, sigma: float
 ) -> np.ndarray:
-    """weight * first + (1 - weight) * second ((H, W, C), weight (H, W, 1) or (H, W, C)), its
-    deviation from the local mean scaled so that its local variance is the weighted mean of
-    the parts' (Heitz and Neyret 2018's variance-preserving blend, with the parts' local
-    covariance): the gain is 1 where the parts agree, up to 2 where they are unrelated. Local
-    moments in a Gaussian window of `sigma` px; they vary no faster than the window, so from
-    a sigma of MOMENTS_COARSE_SIGMA on they are computed on a grid twice as coarse (the
-    arithmetic, not the blurs, is what costs at video sizes) and interpolated back."""
+    """weight * first + (1 - weight) * second ((H, W, C), weight (H, W, 1)), its deviation
+    from the local mean scaled so that its local variance is the weighted mean of the parts'
+    (Heitz and Neyret 2018's variance-preserving blend, with the parts' local covariance):
+    the gain is 1 where the parts agree, up to 2 where they are unrelated. Local moments in a
+    Gaussian window of `sigma` px; they vary no faster than the window, so from a sigma of
+    MOMENTS_COARSE_SIGMA on they are computed on a grid twice as coarse (the arithmetic,
+    not the blurs, is what costs at video sizes) and interpolated back."""
     height, width, channels = first.shape
-    if weight.shape[2] != channels:
-        weight = over_channels(weight, channels)
     if sigma >= MOMENTS_COARSE_SIGMA and min(height, width) >= 4:
         half = ((width + 1) // 2, (height + 1) // 2)
         parts = [
-            cv2.resize(part, half, interpolation=cv2.INTER_AREA).reshape(*half[::-1], channels)
+            cv2.resize(part, half, interpolation=cv2.INTER_AREA).reshape(*half[::-1], -1)
             for part in (first, second, weight)
         ]
+        parts[2] = over_channels(parts[2], channels)
         offset, gain = (
             cv2.resize(part, (width, height), interpolation=cv2.INTER_LINEAR).reshape(
                 height, width, channels
@@ -351,11 +365,9 @@ def contrast_preserving_mix(
             for part in _contrast_gain(*parts, sigma / 2)
         )
     else:
-        offset, gain = _contrast_gain(first, second, weight, sigma)
+        offset, gain = _contrast_gain(first, second, over_channels(weight, channels), sigma)
     # mean + (linear mix - mean) * gain = linear mix * gain + offset
-    mixed = np.subtract(first, second)
-    mixed *= weight
-    mixed += second
+    mixed = linear_mix(first, second, weight)
     mixed *= gain
     mixed += offset
     return mixed
