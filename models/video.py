@@ -386,8 +386,8 @@ class FlowEstimator:
             # estimate, and moving by it is far cheaper.
             translation = median_motion(back, reliable).tolist()
             rigid = rigid_part(back, reliable, (translation[0], translation[1]), (height, width))
+            back *= np.float32(scale)  # at the small size: a sixteenth of the pixels at 720p
             back = cv2.resize(back, (width, height), interpolation=cv2.INTER_LINEAR)
-            back *= np.float32(scale)
             reliable = cv2.resize(
                 reliable.view(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST
             ).view(bool)

@@ -186,6 +186,18 @@ class FlowMaps:
     def tables(self) -> tuple[np.ndarray, np.ndarray]:
         return cv2.convertMaps(self.points, None, cv2.CV_16SC2)
 
+    @cached_property
+    def irregular_tables(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The tables of the rigid part's irregular rectangles only (the rest of the frame
+        needs none)."""
+        assert self.rigid is not None
+        grid = pixel_points(*self.flow.shape[:2])
+        tables = []
+        for top, bottom, left, right in self.rigid.irregular:
+            points = cv2.add(self.flow[top:bottom, left:right], grid[top:bottom, left:right])
+            tables.append(cv2.convertMaps(points, None, cv2.CV_16SC2))
+        return tables
+
     def inside(self) -> np.ndarray:
         """(H, W) bool: the matches that lie in the other frame."""
         height, width = self.points.shape[:2]
@@ -194,7 +206,7 @@ class FlowMaps:
     def warp(self, image: np.ndarray, resample: str = "bilinear") -> np.ndarray:
         """`image` (H, W[, C]) sampled at p + flow(p), edges clamped."""
         if self.rigid is None:
-            return self._remap(image, resample, slice(None), slice(None))
+            return self._remap(image, resample, self.tables)
         dx, dy = self.rigid.translation
         size, border = (image.shape[0], image.shape[1]), cv2.BORDER_REPLICATE
         if resample == "lanczos":  # OpenCV's remap has 4 lobes: the tiles' kernel too
@@ -203,22 +215,22 @@ class FlowMaps:
             moved = warp_affine(
                 image, np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]]), size, resample, border
             )
-        for top, bottom, left, right in self.rigid.irregular:
-            rows, columns = slice(top, bottom), slice(left, right)
-            moved[rows, columns] = self._remap(image, resample, rows, columns)
+        for (top, bottom, left, right), tables in zip(
+            self.rigid.irregular, self.irregular_tables, strict=True
+        ):
+            moved[top:bottom, left:right] = self._remap(image, resample, tables)
         return moved
 
-    def _remap(self, image: np.ndarray, resample: str, rows: slice, columns: slice) -> np.ndarray:
-        """The pixels (rows, columns) of `image` moved along the flow."""
-        fixed, fraction = self.tables
+    @staticmethod
+    def _remap(
+        image: np.ndarray, resample: str, tables: tuple[np.ndarray, np.ndarray]
+    ) -> np.ndarray:
+        """`image` sampled where `tables` (OpenCV's fixed-point maps) say."""
+        fixed, fraction = tables
         return _per_channels(
             image,
             lambda part: cv2.remap(
-                part,
-                fixed[rows, columns],
-                fraction[rows, columns],
-                INTERPOLATION[resample],
-                borderMode=cv2.BORDER_REPLICATE,
+                part, fixed, fraction, INTERPOLATION[resample], borderMode=cv2.BORDER_REPLICATE
             ),
         )
 
@@ -265,26 +277,32 @@ def _shift(
     height, width = size
     base_x, base_y = math.floor(shift_x), math.floor(shift_y)
     reach = lobes - 1
+    taps_x, taps_y = _lanczos_taps(shift_x - base_x, lobes), _lanczos_taps(shift_y - base_y, lobes)
     # The source pixels the taps read: columns base_x - reach .. base_x + width + reach + 1,
     # rows alike.
     left, top = base_x - reach, base_y - reach
-    right, bottom = left + width + 2 * lobes - 1, top + height + 2 * lobes - 1
     source_height, source_width = image.shape[:2]
-    pads = (
-        max(0, -top),
-        max(0, bottom - source_height),
-        max(0, -left),
-        max(0, right - source_width),
-    )
-    padded = cv2.copyMakeBorder(image, *pads, border) if any(pads) else image
-    window = padded[top + pads[0] : bottom + pads[0], left + pads[2] : right + pads[2]]
-    taps_x, taps_y = _lanczos_taps(shift_x - base_x, lobes), _lanczos_taps(shift_y - base_y, lobes)
+    if size == (source_height, source_width) and {-left, -top} <= set(range(2 * lobes)):
+        # A shift by less than the taps' reach (a frame-to-frame motion): the filter's anchor
+        # moves the image and OpenCV's border the pixels outside it, without a padded copy.
+        window, anchor, border_type = image, (-left, -top), border
+    else:
+        right, bottom = left + width + 2 * lobes - 1, top + height + 2 * lobes - 1
+        pads = (
+            max(0, -top),
+            max(0, bottom - source_height),
+            max(0, -left),
+            max(0, right - source_width),
+        )
+        padded = cv2.copyMakeBorder(image, *pads, border) if any(pads) else image
+        # A view: OpenCV takes rows at any stride, no copy needed. Row y of the result reads
+        # rows y .. y + 2 * lobes - 1 of the window (the rows past it are cropped).
+        window = padded[top + pads[0] : bottom + pads[0], left + pads[2] : right + pads[2]]
+        anchor, border_type = (0, 0), cv2.BORDER_REPLICATE
 
     def rows(band: slice) -> np.ndarray:
-        # A view: OpenCV takes rows at any stride, no copy needed. Row y of the result reads
-        # rows y .. y + 2 * lobes - 1 of the window.
         return cv2.sepFilter2D(
-            window[band], -1, taps_x, taps_y, anchor=(0, 0), borderType=cv2.BORDER_REPLICATE
+            window[band], -1, taps_x, taps_y, anchor=anchor, borderType=border_type
         )
 
     filtered = in_bands(rows, window.shape[0], 2 * lobes)
