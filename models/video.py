@@ -622,7 +622,7 @@ class Stabilizer:
         moved = Carried(
             valid,
             stream,
-            gaussian_blur(stream, sigma) if sigma > 0 else stream,
+            gaussian_blur(stream, sigma, banded=True) if sigma > 0 else stream,
             np.multiply(valid, np.float32(self.config.blending.weight)),
             np.multiply(valid, self._detail_share(residual)),
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,7 +53,8 @@ RIGID_SHARE = 0.5
 
 
 # Runs `in_bands`' bands (OpenCV and numpy release the interpreter lock).
-_BANDS = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="bands")
+_BAND_THREADS = "bands"
+_BANDS = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix=_BAND_THREADS)
 
 
 def in_bands(compute: Callable[[slice], np.ndarray], height: int, halo: int) -> np.ndarray | None:
@@ -62,8 +64,8 @@ def in_bands(compute: Callable[[slice], np.ndarray], height: int, halo: int) -> 
     no further than `halo` rows. Much of the stabiliser's work (numpy, OpenCV's filters) runs
     on one core otherwise. None: the frame is too small to split."""
     bands = min(os.cpu_count() or 1, height // (BAND_HALO_SHARE * halo))
-    if bands < 2:
-        return None
+    if bands < 2 or threading.current_thread().name.startswith(_BAND_THREADS):
+        return None  # too small, or in a band already: its pool's threads may all be waiting
     edges = [2 * round(band * height / bands / 2) for band in range(bands)] + [height]
 
     def band(start: int, stop: int) -> np.ndarray:
@@ -323,15 +325,23 @@ def _per_channels(image: np.ndarray, apply: Callable[[np.ndarray], np.ndarray]) 
     return np.concatenate([p[..., None] if p.ndim == 2 else p for p in parts], axis=2)
 
 
-def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+def gaussian_blur(image: np.ndarray, sigma: float, banded: bool = False) -> np.ndarray:
     """Gaussian blur of (H, W[, C]), reflect-padded (3 sigma each side, less on an image too
-    small for that: reflection needs fewer pixels of padding than of image)."""
+    small for that: reflection needs fewer pixels of padding than of image); `banded`: in
+    bands of rows on all cores (`in_bands`; OpenCV's Gaussian filter uses one)."""
     radius = min(max(1, int(3 * sigma + 0.5)), min(image.shape[:2]) - 1)
     if radius < 1:
         return image
     side = 2 * radius + 1
-    blurred = cv2.GaussianBlur(image, (side, side), sigma, borderType=cv2.BORDER_REFLECT_101)
-    return blurred[..., None] if image.ndim == 3 and blurred.ndim == 2 else blurred
+
+    def rows(band: slice) -> np.ndarray:
+        blurred = cv2.GaussianBlur(
+            image[band], (side, side), sigma, borderType=cv2.BORDER_REFLECT_101
+        )
+        return blurred[..., None] if image.ndim == 3 and blurred.ndim == 2 else blurred
+
+    blurred = in_bands(rows, image.shape[0], 2 * math.ceil(radius / 2)) if banded else None
+    return rows(slice(None)) if blurred is None else blurred
 
 
 def over_channels(weight: np.ndarray, channels: int) -> np.ndarray:
