@@ -932,11 +932,11 @@ def propagate(
 
 
 def _propagation_reach(config: StabilizerConfig) -> int:
-    """How many rows (even) `propagate` reads on either side of a pixel: the detail's blur,
-    the contrast's moments (their blurs and the coarser grid's resizing), with a margin."""
+    """How many rows `propagate` reads on either side of a pixel: the detail's blur, the
+    contrast's moments (their blurs, and the coarser grid's resizing: a few grid steps),
+    with a margin."""
     blending = config.blending
-    reach = 3 * blending.detail_sigma + 3 * blending.contrast_window + 6
-    return 2 * math.ceil(reach / 2)
+    return math.ceil(3 * blending.detail_sigma + 3 * blending.contrast_window + 16)
 
 
 def mix(

@@ -32,9 +32,11 @@ INTERPOLATION = {
 # Local variance (of [0, 1] pixel values) under which contrast_preserving_mix leaves a mix as
 # it is: flat regions have no strokes to fade.
 CONTRAST_FLOOR = 1e-5
-# From this window (sigma, px) on, contrast_preserving_mix computes the local moments on a grid
-# twice as coarse.
+# From this window (sigma, px) on, contrast_preserving_mix computes the local moments on a
+# coarser grid: 2, 4, ... times, as long as the window keeps a sigma of MOMENTS_GRID_SIGMA
+# grid steps (the default window of 3 px: 4 times, 0.75 steps).
 MOMENTS_COARSE_SIGMA = 2.0
+MOMENTS_GRID_SIGMA = 0.75
 LANCZOS_LOBES = 3  # the separable shift's kernel: Lanczos-3, 6 taps per axis
 REMAP_LANCZOS_LOBES = 4  # OpenCV's INTER_LANCZOS4: 8 taps per axis
 # OpenCV's remap and warpAffine take at most this many channels at once.
@@ -42,6 +44,7 @@ MAX_CHANNELS = 4
 # `in_bands`: a frame is split into one band of rows per core, each at least this many
 # times its halo high (a smaller band would spend more on its halo than it saves).
 BAND_HALO_SHARE = 4
+BAND_ALIGN = 8
 # `rigid_part`: a flow's reliable pixels, averaged over a window of RIGID_WINDOW px (at the
 # flow's scale), that depart from the camera's translation by at most RIGID_TOLERANCE_PX
 # there are the translation plus DIS's noise; tiles of RIGID_TILE px are moved either way.
@@ -59,14 +62,18 @@ _BANDS = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix=
 
 def in_bands(compute: Callable[[slice], np.ndarray], height: int, halo: int) -> np.ndarray | None:
     """`compute(rows)`, a frame's result (H, ...) computed from its `rows` only, made by one
-    thread per core on bands of rows, each with `halo` rows (even) more on either side that
-    are cropped again: the same result as on the whole frame where the computation reaches
-    no further than `halo` rows. Much of the stabiliser's work (numpy, OpenCV's filters) runs
-    on one core otherwise. None: the frame is too small to split."""
+    thread per core on bands of rows, each with `halo` rows more on either side that are
+    cropped again: the same result as on the whole frame where the computation reaches no
+    further than `halo` rows. Band edges and halos lie on multiples of BAND_ALIGN rows, so
+    that a computation on a coarser grid (up to that factor) sees the frame's grid. Much of
+    the stabiliser's work (numpy, OpenCV's filters) runs on one core otherwise. None: the
+    frame is too small to split."""
+    halo = BAND_ALIGN * math.ceil(halo / BAND_ALIGN)
     bands = min(os.cpu_count() or 1, height // (BAND_HALO_SHARE * halo))
     if bands < 2 or threading.current_thread().name.startswith(_BAND_THREADS):
         return None  # too small, or in a band already: its pool's threads may all be waiting
-    edges = [2 * round(band * height / bands / 2) for band in range(bands)] + [height]
+    edges = [BAND_ALIGN * round(band * height / bands / BAND_ALIGN) for band in range(bands)]
+    edges.append(height)
 
     def band(start: int, stop: int) -> np.ndarray:
         low, high = max(0, start - halo), min(height, stop + halo)
@@ -346,7 +353,7 @@ def gaussian_blur(image: np.ndarray, sigma: float, banded: bool = False) -> np.n
         )
         return blurred[..., None] if image.ndim == 3 and blurred.ndim == 2 else blurred
 
-    blurred = in_bands(rows, image.shape[0], 2 * math.ceil(radius / 2)) if banded else None
+    blurred = in_bands(rows, image.shape[0], radius) if banded else None
     return rows(slice(None)) if blurred is None else blurred
 
 
@@ -382,13 +389,16 @@ def contrast_preserving_mix(
     (Heitz and Neyret 2018's variance-preserving blend, with the parts' local covariance):
     the gain is 1 where the parts agree, up to 2 where they are unrelated. Local moments in a
     Gaussian window of `sigma` px; they vary no faster than the window, so from a sigma of
-    MOMENTS_COARSE_SIGMA on they are computed on a grid twice as coarse (the arithmetic,
-    not the blurs, is what costs at video sizes) and interpolated back."""
+    MOMENTS_COARSE_SIGMA on they are computed on a coarser grid (the arithmetic, not the
+    blurs, is what costs at video sizes) and interpolated back."""
     height, width, channels = first.shape
-    if sigma >= MOMENTS_COARSE_SIGMA and min(height, width) >= 4:
-        half = ((width + 1) // 2, (height + 1) // 2)
+    factor = 1
+    while sigma >= MOMENTS_COARSE_SIGMA and sigma / (2 * factor) >= MOMENTS_GRID_SIGMA:
+        factor *= 2
+    if factor > 1 and min(height, width) >= 2 * factor:
+        coarse = (-(-width // factor), -(-height // factor))
         parts = [
-            cv2.resize(part, half, interpolation=cv2.INTER_AREA).reshape(*half[::-1], -1)
+            cv2.resize(part, coarse, interpolation=cv2.INTER_AREA).reshape(*coarse[::-1], -1)
             for part in (first, second, weight)
         ]
         parts[2] = over_channels(parts[2], channels)
@@ -396,7 +406,7 @@ def contrast_preserving_mix(
             cv2.resize(part, (width, height), interpolation=cv2.INTER_LINEAR).reshape(
                 height, width, channels
             )
-            for part in _contrast_gain(*parts, sigma / 2)
+            for part in _contrast_gain(*parts, sigma / factor)
         )
     else:
         offset, gain = _contrast_gain(first, second, over_channels(weight, channels), sigma)

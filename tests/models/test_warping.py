@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from models import warping
-from models.warping import FlowMaps, gaussian_blur, linear_mix, rigid_part
+from models.warping import (
+    FlowMaps,
+    contrast_preserving_mix,
+    gaussian_blur,
+    in_bands,
+    linear_mix,
+    rigid_part,
+)
 
 
 def noise(height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:
@@ -22,6 +29,20 @@ def test_bands_of_rows_give_the_whole_frames_blur(monkeypatch: pytest.MonkeyPatc
     banded = gaussian_blur(image, 2.0, banded=True)
     monkeypatch.setattr(warping, "BAND_HALO_SHARE", 10**9)
     np.testing.assert_array_equal(banded, gaussian_blur(image, 2.0))
+
+
+def test_bands_of_rows_give_the_whole_frames_mix_on_its_coarser_grid() -> None:
+    """The contrast-preserving mix computes its moments on a grid 4 times coarser: bands on
+    multiples of 8 rows see the same grid."""
+    first, second = noise(320, 150, seed=1), noise(320, 150, seed=2)
+    weight = np.full((320, 150, 1), 0.8, np.float32)
+
+    def rows(band: slice) -> np.ndarray:
+        return contrast_preserving_mix(first[band], second[band], weight[band], 3.0)
+
+    banded = in_bands(rows, 320, 26)  # rounded up to 32 rows: 26 would shift the grid
+    assert banded is not None
+    np.testing.assert_array_equal(banded, rows(slice(None)))
 
 
 @pytest.mark.parametrize("shift", [(0.5, 0.25), (-2.3, 1.7), (2.9, -0.6), (0.0, 0.0)])
