@@ -82,6 +82,10 @@ LINEAR_NOISE_PX = 0.25
 # While the tracked linear part moves no frame corner by more than this (px), the frame is
 # placed by an integer shift (the rounding of the translation errs by up to 0.5 px already).
 INTEGER_TOLERANCE_PX = 0.5
+# From this many pixels on, a frame's propagation is made beside the making of the network's
+# input (about 15 ms at 1280 x 720, 0.5 ms at 256 x 341) even where no core is left beside the
+# network.
+OVERLAP_PIXELS = 512 * 512
 # A renewed reference starts at this share of the range, on the side opposite the motion.
 RENEWED_SHARE = 0.9
 # A translation's fractional part below this (px, per axis) is placed by a whole-pixel shift.
@@ -568,14 +572,20 @@ class Stabilizer:
             elif self.config.tracking.align_grid:
                 layer, renewed, residual = self._track(flow.flow, flow.reliable)
         carried: Future[Carried] | None = None
+        beside = _core_beside_network(frame.device)
         if flow is not None and self.stream is not None and self.config.blending.weight > 0:
             # Moving the previous frames' images along the flow, and the blend's weights, need
-            # no new stylization: they are made beside the network's inputs, and beside the
-            # network too where a core is free for them (otherwise they would only contend
-            # with the network's threads for the cores and the interpreter lock).
-            carried = _BESIDE_NETWORK.submit(self._carry, flow, renewed, residual)
+            # no new stylization: they are made beside the network where a core is free for
+            # them (otherwise they would only contend with the network's threads for the
+            # cores and the interpreter lock), else beside the making of the network's input
+            # on a large frame, else here (a small frame's input takes less than the hand-over).
+            if beside or image.shape[0] * image.shape[1] >= OVERLAP_PIXELS:
+                carried = _BESIDE_NETWORK.submit(self._carry, flow, renewed, residual)
+            else:
+                carried = Future()
+                carried.set_result(self._carry(flow, renewed, residual))
         inputs = self._network_inputs(image, frame.device, layer)
-        if carried is not None and not _core_beside_network(frame.device):
+        if carried is not None and not beside:
             wait([carried])
         return Pending(inputs, image, grey, layer, renewed, carried)
 
