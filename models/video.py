@@ -464,7 +464,7 @@ class Carried:
                     config,
                 )
 
-            banded = in_bands(rows, stylized.shape[0], _propagation_reach(config))
+            banded = in_bands(rows, stylized, _propagation_reach(config))
             return rows(slice(None)) if banded is None else banded
         output = np.multiply(stylized, self.keep)
         if self.smooth_share is not None:

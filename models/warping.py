@@ -9,6 +9,7 @@ p + flow(p), channel 0 = x, 1 = y.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import threading
@@ -60,27 +61,34 @@ _BAND_THREADS = "bands"
 _BANDS = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix=_BAND_THREADS)
 
 
-def in_bands(compute: Callable[[slice], np.ndarray], height: int, halo: int) -> np.ndarray | None:
-    """`compute(rows)`, a frame's result (H, ...) computed from its `rows` only, made by one
-    thread per core on bands of rows, each with `halo` rows more on either side that are
-    cropped again: the same result as on the whole frame where the computation reaches no
-    further than `halo` rows. Band edges and halos lie on multiples of BAND_ALIGN rows, so
-    that a computation on a coarser grid (up to that factor) sees the frame's grid. Much of
+def in_bands(
+    compute: Callable[[slice], np.ndarray], like: np.ndarray, halo: int
+) -> np.ndarray | None:
+    """`compute(rows)`, a frame's result (of `like`'s shape and type, (H, ...)) computed from
+    its `rows` only, made by one thread per core on bands of rows, each with `halo` rows more
+    on either side that are cropped again: the same result as on the whole frame where the
+    computation reaches no further than `halo` rows. Band edges and halos lie on multiples of
+    BAND_ALIGN rows, so that a computation on a coarser grid (up to that factor) sees the
+    frame's grid. Each band writes its rows into the result (no joining copy after). Much of
     the stabiliser's work (numpy, OpenCV's filters) runs on one core otherwise. None: the
     frame is too small to split."""
+    height = like.shape[0]
     halo = BAND_ALIGN * math.ceil(halo / BAND_ALIGN)
     bands = min(os.cpu_count() or 1, height // (BAND_HALO_SHARE * halo))
     if bands < 2 or threading.current_thread().name.startswith(_BAND_THREADS):
         return None  # too small, or in a band already: its pool's threads may all be waiting
     edges = [BAND_ALIGN * round(band * height / bands / BAND_ALIGN) for band in range(bands)]
     edges.append(height)
+    result = np.empty_like(like)
 
-    def band(start: int, stop: int) -> np.ndarray:
+    def band(start: int, stop: int) -> None:
         low, high = max(0, start - halo), min(height, stop + halo)
-        return compute(slice(low, high))[start - low : stop - low]
+        rows = result[start:stop]
+        rows[...] = compute(slice(low, high))[start - low : stop - low].reshape(rows.shape)
 
-    parts = list(_BANDS.map(band, edges[:-1], edges[1:]))
-    return np.concatenate(parts)
+    for done in [_BANDS.submit(band, start, stop) for start, stop in itertools.pairwise(edges)]:
+        done.result()
+    return result
 
 
 def to_image(tensor: Tensor) -> np.ndarray:
@@ -320,7 +328,7 @@ def _shift(
             window[band], -1, taps_x, taps_y, anchor=anchor, borderType=border_type
         )
 
-    filtered = in_bands(rows, window.shape[0], 2 * lobes)
+    filtered = in_bands(rows, window, 2 * lobes)
     filtered = rows(slice(None)) if filtered is None else filtered
     result = filtered[:height, :width]
     return result[..., None] if image.ndim == 3 and result.ndim == 2 else result
@@ -353,7 +361,7 @@ def gaussian_blur(image: np.ndarray, sigma: float, banded: bool = False) -> np.n
         )
         return blurred[..., None] if image.ndim == 3 and blurred.ndim == 2 else blurred
 
-    blurred = in_bands(rows, image.shape[0], radius) if banded else None
+    blurred = in_bands(rows, image, radius) if banded else None
     return rows(slice(None)) if blurred is None else blurred
 
 

@@ -40,7 +40,7 @@ def test_bands_of_rows_give_the_whole_frames_mix_on_its_coarser_grid() -> None:
     def rows(band: slice) -> np.ndarray:
         return contrast_preserving_mix(first[band], second[band], weight[band], 3.0)
 
-    banded = in_bands(rows, 320, 26)  # rounded up to 32 rows: 26 would shift the grid
+    banded = in_bands(rows, first, 26)  # rounded up to 32 rows: 26 would shift the grid
     assert banded is not None
     np.testing.assert_array_equal(banded, rows(slice(None)))
 
