@@ -359,7 +359,11 @@ class FlowEstimator:
 
     def __init__(self, config: StabilizerConfig) -> None:
         self.config = config
-        self.dis = cv2.DISOpticalFlow_create(_PRESETS[config.tracking.flow_preset])
+        # One per direction: the two are computed at once (DIS leaves much of a second core
+        # idle on small frames; an instance is not to be shared between threads).
+        self.dis, self.forward_dis = (
+            cv2.DISOpticalFlow_create(_PRESETS[config.tracking.flow_preset]) for _ in range(2)
+        )
 
     def backward(self, current: np.ndarray, previous: np.ndarray) -> Flow:
         """Pixel p of `current` shows what `previous` shows at p + flow(p), reliably where the
@@ -371,8 +375,9 @@ class FlowEstimator:
             small = (round(width / scale), round(height / scale))
             current = cv2.resize(current, small, interpolation=cv2.INTER_AREA)
             previous = cv2.resize(previous, small, interpolation=cv2.INTER_AREA)
+        forward = _BESIDE_NETWORK.submit(self.forward_dis.calc, previous, current, None)
         back = self.dis.calc(current, previous, None)
-        fwd = self.dis.calc(previous, current, None)
+        fwd = forward.result()
         maps = FlowMaps(back)
         fwd_at_match = maps.warp(fwd)
         size = _squared_norm(back) + _squared_norm(fwd_at_match)
@@ -865,9 +870,13 @@ def _invert(affine: Tensor) -> Tensor:
 
 
 def _affine_flow(affine: Tensor, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The backward flow (x, y), (H, W) float32 each, of a frame-to-previous-frame map."""
-    xs, ys = pixel_grid(*size)
+    """The backward flow (x, y), (H, W) float32 each, of a frame-to-previous-frame map; 0-d
+    for a translation (the same everywhere: it broadcasts, without eight passes over the
+    frame)."""
     a, b, c, d, e, f = np.asarray(affine, dtype=np.float32).reshape(-1)
+    if a == 1 and b == 0 and d == 0 and e == 1:
+        return np.full((), c, dtype=np.float32), np.full((), f, dtype=np.float32)
+    xs, ys = pixel_grid(*size)
     return (a - 1) * xs + b * ys + c, d * xs + (e - 1) * ys + f
 
 
