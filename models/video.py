@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
@@ -55,9 +55,13 @@ from models.warping import (
     FlowMaps,
     contrast_preserving_mix,
     gaussian_blur,
+    in_bands,
+    linear_mix,
+    over_channels,
     pixel_grid,
     pixel_points,
     remap_points,
+    rigid_part,
     to_contiguous_tensor,
     to_image,
     to_tensor,
@@ -83,6 +87,10 @@ LINEAR_NOISE_PX = 0.25
 # While the tracked linear part moves no frame corner by more than this (px), the frame is
 # placed by an integer shift (the rounding of the translation errs by up to 0.5 px already).
 INTEGER_TOLERANCE_PX = 0.5
+# From this many pixels on, a frame's propagation is made beside the making of the network's
+# input (about 15 ms at 1280 x 720, 0.5 ms at 256 x 341) even where no core is left beside the
+# network.
+OVERLAP_PIXELS = 512 * 512
 # A renewed reference starts at this share of the range, on the side opposite the motion.
 RENEWED_SHARE = 0.9
 # A translation's fractional part below this (px, per axis) is placed by a whole-pixel shift.
@@ -404,7 +412,11 @@ class FlowEstimator:
 
     def __init__(self, config: StabilizerConfig) -> None:
         self.config = config
-        self.dis = cv2.DISOpticalFlow_create(_PRESETS[config.tracking.flow_preset])
+        # One per direction: the two are computed at once (DIS leaves much of a second core
+        # idle on small frames; an instance is not to be shared between threads).
+        self.dis, self.forward_dis = (
+            cv2.DISOpticalFlow_create(_PRESETS[config.tracking.flow_preset]) for _ in range(2)
+        )
 
     def backward(self, current: np.ndarray, previous: np.ndarray) -> Flow:
         """Pixel p of `current` shows what `previous` shows at p + flow(p), reliably where the
@@ -416,8 +428,9 @@ class FlowEstimator:
             small = (round(width / scale), round(height / scale))
             current = cv2.resize(current, small, interpolation=cv2.INTER_AREA)
             previous = cv2.resize(previous, small, interpolation=cv2.INTER_AREA)
+        forward = _BESIDE_NETWORK.submit(self.forward_dis.calc, previous, current, None)
         back = self.dis.calc(current, previous, None)
-        fwd = self.dis.calc(previous, current, None)
+        fwd = forward.result()
         maps = FlowMaps(back)
         fwd_at_match = maps.warp(fwd)
         size = _squared_norm(back) + _squared_norm(fwd_at_match)
@@ -428,14 +441,19 @@ class FlowEstimator:
             <= self.config.tracking.consistency * size + self.config.tracking.consistency_floor
         )
         reliable &= maps.inside()
+        rigid = None
         if scale > 1:
+            # Scaled up, DIS's noise grows with the scale (up to about 1 px at 720p): where the
+            # flow is the camera's translation to within it, the translation is the better
+            # estimate, and moving by it is far cheaper.
+            translation = median_motion(back, reliable).tolist()
+            rigid = rigid_part(back, reliable, (translation[0], translation[1]), (height, width))
+            back *= np.float32(scale)  # at the small size: a sixteenth of the pixels at 720p
             back = cv2.resize(back, (width, height), interpolation=cv2.INTER_LINEAR)
-            back *= np.float32(scale)
             reliable = cv2.resize(
                 reliable.view(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST
             ).view(bool)
-            maps = FlowMaps(back)
-        return Flow(back, reliable, maps)
+        return Flow(back, reliable, FlowMaps(back, rigid))
 
 
 def _squared_norm(flow: np.ndarray) -> np.ndarray:
@@ -473,14 +491,14 @@ class Carried:
         assert self.stream is not None and self.stream_smooth is not None
         assert self.weight is not None and self.detail_weight is not None
         channels = self.stream.shape[2]
-        weight = _over_channels(self.weight, channels)
+        weight = over_channels(self.weight, channels)
         if not split:  # weight * stream + (1 - weight) * stylized
             self.keep, self.smooth_share = np.subtract(1, weight), None
             self.linear_part = np.multiply(weight, self.stream, out=weight)
             return
         # s + w (S' - S) + d ((s' - S') - (s - S)) = (1 - d) s - (w - d) S + (w - d) S' + d s'
         # (s, S: the stylization and its low-pass band; s', S': the stream's).
-        detail = _over_channels(self.detail_weight, channels)
+        detail = over_channels(self.detail_weight, channels)
         self.keep = np.subtract(1, detail)
         self.smooth_share = np.subtract(weight, detail, out=weight)
         self.linear_part = np.multiply(self.stream_smooth, self.smooth_share)
@@ -491,9 +509,21 @@ class Carried:
         assert self.stream is not None and self.stream_smooth is not None
         assert self.weight is not None and self.detail_weight is not None
         if self.keep is None or self.linear_part is None:
-            return propagate(
-                stylized, self.stream, self.stream_smooth, self.weight, self.detail_weight, config
-            )
+            stream, smooth = self.stream, self.stream_smooth
+            weight, detail_weight = self.weight, self.detail_weight
+
+            def rows(band: slice) -> np.ndarray:
+                return propagate(
+                    stylized[band],
+                    stream[band],
+                    smooth[band],
+                    weight[band],
+                    detail_weight[band],
+                    config,
+                )
+
+            banded = in_bands(rows, stylized, _propagation_reach(config))
+            return rows(slice(None)) if banded is None else banded
         output = np.multiply(stylized, self.keep)
         if self.smooth_share is not None:
             smooth = gaussian_blur(stylized, config.blending.detail_sigma)
@@ -502,15 +532,6 @@ class Carried:
             )
         output += self.linear_part
         return np.clip(output, 0, 1, out=output)
-
-
-def _over_channels(weight: np.ndarray, channels: int) -> np.ndarray:
-    """An (H, W, 1) weight repeated over `channels`: (H, W, channels)."""
-    if weight.shape[2] == channels:
-        return weight.copy()
-    return cv2.merge([np.ascontiguousarray(weight[..., 0])] * channels).reshape(
-        *weight.shape[:2], channels
-    )
 
 
 @dataclass
@@ -615,17 +636,21 @@ class Stabilizer:
             elif self.config.tracking.align_grid:
                 layer, renewed, residual = self._track(flow)
         carried: Future[Carried] | None = None
+        beside = _core_beside_network(frame.device)
         if flow is not None and self.stream is not None and self.config.blending.weight > 0:
             # Moving the previous frames' images along the flow, and the blend's weights, need
             # no new stylization: they are made beside the network where a core is free for
-            # them; otherwise here (a thread would only contend with the network's for the
-            # cores and the interpreter lock).
-            if _core_beside_network(frame.device):
+            # them (otherwise they would only contend with the network's threads for the
+            # cores and the interpreter lock), else beside the making of the network's input
+            # on a large frame, else here (a small frame's input takes less than the hand-over).
+            if beside or image.shape[0] * image.shape[1] >= OVERLAP_PIXELS:
                 carried = _BESIDE_NETWORK.submit(self._carry, flow, renewed, residual)
             else:
                 carried = Future()
                 carried.set_result(self._carry(flow, renewed, residual))
         inputs = self._network_inputs(image, frame.device, layer)
+        if carried is not None and not beside:
+            wait([carried])
         return Pending(inputs, image, grey, layer, renewed, carried)
 
     @torch.inference_mode()
@@ -671,9 +696,9 @@ class Stabilizer:
         moved = Carried(
             valid,
             stream,
-            gaussian_blur(stream, sigma) if sigma > 0 else stream,
-            self.config.blending.weight * valid,
-            valid * self._detail_share(residual),
+            gaussian_blur(stream, sigma, banded=True) if sigma > 0 else stream,
+            np.multiply(valid, np.float32(self.config.blending.weight)),
+            np.multiply(valid, self._detail_share(residual)),
         )
         if self.config.blending.contrast_window <= 0:
             moved.prepare_linear(sigma > 0)
@@ -891,8 +916,8 @@ class Stabilizer:
         # the frame's footprint for the resampling taps of the way back (and as far as the
         # deformation reaches).
         margin = 3 if rigid else 3 + float(np.abs(self.deformation).max())
-        low = torch.floor((footprint.min(0).values - margin) / FEATURE_STRIDE) * FEATURE_STRIDE
-        high = torch.ceil(footprint.max(0).values + margin)
+        low = torch.floor((footprint.amin(0) - margin) / FEATURE_STRIDE) * FEATURE_STRIDE
+        high = torch.ceil(footprint.amax(0) + margin)
         canvas = (int(high[1] - low[1]) + 1, int(high[0] - low[0]) + 1)
         to_canvas = self.camera - torch.cat(
             [torch.zeros(2, 2, dtype=torch.float64), low[:, None]], 1
@@ -1103,9 +1128,13 @@ def _invert(affine: Tensor) -> Tensor:
 
 
 def _affine_flow(affine: Tensor, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The backward flow (x, y), (H, W) float32 each, of a frame-to-previous-frame map."""
-    xs, ys = pixel_grid(*size)
+    """The backward flow (x, y), (H, W) float32 each, of a frame-to-previous-frame map; 0-d
+    for a translation (the same everywhere: it broadcasts, without eight passes over the
+    frame)."""
     a, b, c, d, e, f = np.asarray(affine, dtype=np.float32).reshape(-1)
+    if a == 1 and b == 0 and d == 0 and e == 1:
+        return np.full((), c, dtype=np.float32), np.full((), f, dtype=np.float32)
+    xs, ys = pixel_grid(*size)
     return (a - 1) * xs + b * ys + c, d * xs + (e - 1) * ys + f
 
 
@@ -1172,14 +1201,19 @@ def propagate(
         return weight * warped + (1 - weight) * stylized
     smooth = gaussian_blur(stylized, config.blending.detail_sigma)
     output = mix(warped_smooth, smooth, weight, config)
-    # detail + detail_weight * (warped detail - detail), in place: one product, no temporary.
-    warped_detail = np.subtract(warped, warped_smooth, out=warped_smooth)
+    # The inputs are left as they are: `in_bands` hands overlapping views to its threads.
+    warped_detail = np.subtract(warped, warped_smooth)
     detail = np.subtract(stylized, smooth, out=smooth)
-    warped_detail -= detail
-    warped_detail *= detail_weight
-    output += detail
-    output += warped_detail
+    output += linear_mix(warped_detail, detail, detail_weight)
     return np.clip(output, 0, 1, out=output)
+
+
+def _propagation_reach(config: StabilizerConfig) -> int:
+    """How many rows `propagate` reads on either side of a pixel: the detail's blur, the
+    contrast's moments (their blurs, and the coarser grid's resizing: a few grid steps),
+    with a margin."""
+    blending = config.blending
+    return math.ceil(3 * blending.detail_sigma + 3 * blending.contrast_window + 16)
 
 
 def mix(
@@ -1188,7 +1222,7 @@ def mix(
     """weight * first + (1 - weight) * second, keeping the contrast (`contrast_window`)."""
     if config.blending.contrast_window > 0:
         return contrast_preserving_mix(first, second, weight, config.blending.contrast_window)
-    return weight * first + (1 - weight) * second
+    return linear_mix(first, second, weight)
 
 
 @lru_cache(maxsize=8)

@@ -9,9 +9,14 @@ p + flow(p), channel 0 = x, 1 = y.
 
 from __future__ import annotations
 
+import itertools
 import math
+import os
+import threading
 from collections.abc import Callable
-from functools import lru_cache
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
 
 import cv2
 import numpy as np
@@ -28,12 +33,62 @@ INTERPOLATION = {
 # Local variance (of [0, 1] pixel values) under which contrast_preserving_mix leaves a mix as
 # it is: flat regions have no strokes to fade.
 CONTRAST_FLOOR = 1e-5
-# From this window (sigma, px) on, contrast_preserving_mix computes the local moments on a grid
-# twice as coarse.
+# From this window (sigma, px) on, contrast_preserving_mix computes the local moments on a
+# coarser grid: 2, 4, ... times, as long as the window keeps a sigma of MOMENTS_GRID_SIGMA
+# grid steps (the default window of 3 px: 4 times, 0.75 steps).
 MOMENTS_COARSE_SIGMA = 2.0
+MOMENTS_GRID_SIGMA = 0.75
 LANCZOS_LOBES = 3  # the separable shift's kernel: Lanczos-3, 6 taps per axis
+REMAP_LANCZOS_LOBES = 4  # OpenCV's INTER_LANCZOS4: 8 taps per axis
 # OpenCV's remap and warpAffine take at most this many channels at once.
 MAX_CHANNELS = 4
+# `in_bands`: a frame is split into one band of rows per core, each at least this many
+# times its halo high (a smaller band would spend more on its halo than it saves).
+BAND_HALO_SHARE = 4
+BAND_ALIGN = 8
+# `rigid_part`: a flow's reliable pixels, averaged over a window of RIGID_WINDOW px (at the
+# flow's scale), that depart from the camera's translation by at most RIGID_TOLERANCE_PX
+# there are the translation plus DIS's noise; tiles of RIGID_TILE px are moved either way.
+RIGID_WINDOW = 5
+RIGID_TOLERANCE_PX = 0.2
+RIGID_TILE = 8
+# Past this share of irregular tiles the whole frame follows the flow (one remap).
+RIGID_SHARE = 0.5
+
+
+# Runs `in_bands`' bands (OpenCV and numpy release the interpreter lock).
+_BAND_THREADS = "bands"
+_BANDS = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix=_BAND_THREADS)
+
+
+def in_bands(
+    compute: Callable[[slice], np.ndarray], like: np.ndarray, halo: int
+) -> np.ndarray | None:
+    """`compute(rows)`, a frame's result (of `like`'s shape and type, (H, ...)) computed from
+    its `rows` only, made by one thread per core on bands of rows, each with `halo` rows more
+    on either side that are cropped again: the same result as on the whole frame where the
+    computation reaches no further than `halo` rows. Band edges and halos lie on multiples of
+    BAND_ALIGN rows, so that a computation on a coarser grid (up to that factor) sees the
+    frame's grid. Each band writes its rows into the result (no joining copy after). Much of
+    the stabiliser's work (numpy, OpenCV's filters) runs on one core otherwise. None: the
+    frame is too small to split."""
+    height = like.shape[0]
+    halo = BAND_ALIGN * math.ceil(halo / BAND_ALIGN)
+    bands = min(os.cpu_count() or 1, height // (BAND_HALO_SHARE * halo))
+    if bands < 2 or threading.current_thread().name.startswith(_BAND_THREADS):
+        return None  # too small, or in a band already: its pool's threads may all be waiting
+    edges = [BAND_ALIGN * round(band * height / bands / BAND_ALIGN) for band in range(bands)]
+    edges.append(height)
+    result = np.empty_like(like)
+
+    def band(start: int, stop: int) -> None:
+        low, high = max(0, start - halo), min(height, stop + halo)
+        rows = result[start:stop]
+        rows[...] = compute(slice(low, high))[start - low : stop - low].reshape(rows.shape)
+
+    for done in [_BANDS.submit(band, start, stop) for start, stop in itertools.pairwise(edges)]:
+        done.result()
+    return result
 
 
 def to_image(tensor: Tensor) -> np.ndarray:
@@ -50,8 +105,14 @@ def to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
 
 
 def to_contiguous_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
-    """(H, W, C) array -> (1, C, H, W) contiguous tensor (one copy, what a network takes)."""
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(device)
+    """(H, W, C) array -> (1, C, H, W) contiguous tensor (one copy, what a network takes):
+    OpenCV's transpose of the (H * W, C) matrix, about twice as fast as numpy's strided copy."""
+    height, width, channels = image.shape
+    if image.flags.c_contiguous:
+        planes = cv2.transpose(image.reshape(height * width, channels))
+    else:
+        planes = np.ascontiguousarray(image.transpose(2, 0, 1))
+    return torch.from_numpy(planes.reshape(channels, height, width))[None].to(device)
 
 
 @lru_cache(maxsize=8)
@@ -70,13 +131,95 @@ def pixel_points(height: int, width: int) -> np.ndarray:
     return points
 
 
+@dataclass(frozen=True)
+class RigidPart:
+    """Where a backward flow is one translation to within its noise: the whole frame moves
+    by `translation` (x, y, px) but for the `irregular` rectangles (top, bottom, left, right),
+    which follow the flow itself."""
+
+    translation: tuple[float, float]
+    irregular: tuple[tuple[int, int, int, int], ...]
+
+
+def rigid_part(
+    flow: np.ndarray,
+    reliable: np.ndarray,
+    translation: tuple[float, float],
+    size: tuple[int, int],
+) -> RigidPart | None:
+    """The rigid part of a backward flow (H, W, 2) computed at a reduced scale, for the frame
+    of `size` (H, W) it is scaled up to: the tiles (RIGID_TILE px at the flow's scale) where
+    the flow's reliable pixels, averaged over a RIGID_WINDOW px window to take out DIS's
+    noise, depart from `translation` (at the flow's scale) by more than RIGID_TOLERANCE_PX
+    anywhere are irregular (a moving object, a zoom, a deforming scene). None: more than
+    RIGID_SHARE of the tiles are."""
+    weight = reliable.astype(np.float32)
+    residual = (flow - np.asarray(translation, dtype=np.float32)) * weight[..., None]
+    window = (RIGID_WINDOW, RIGID_WINDOW)
+    mean = cv2.boxFilter(residual, -1, window)
+    mean = cv2.magnitude(mean[..., 0], mean[..., 1])
+    irregular = mean > RIGID_TOLERANCE_PX * np.maximum(cv2.boxFilter(weight, -1, window), 1e-3)
+    height, width = irregular.shape
+    rows, columns = -(-height // RIGID_TILE), -(-width // RIGID_TILE)
+    padded = np.zeros((rows * RIGID_TILE, columns * RIGID_TILE), dtype=bool)
+    padded[:height, :width] = irregular
+    tiles = padded.reshape(rows, RIGID_TILE, columns, RIGID_TILE).any(axis=(1, 3))
+    if np.count_nonzero(tiles) > RIGID_SHARE * tiles.size:
+        return None
+    # Tile edges on the frame (the flow's pixel i covers the frame's i * scale onwards).
+    frame_height, frame_width = size
+    row_edges = np.minimum(np.arange(rows + 1) * RIGID_TILE * frame_height / height, frame_height)
+    column_edges = np.minimum(
+        np.arange(columns + 1) * RIGID_TILE * frame_width / width, frame_width
+    )
+    row_edges, column_edges = np.round(row_edges).astype(int), np.round(column_edges).astype(int)
+    rectangles = []
+    for row, flagged in enumerate(tiles):
+        # Runs of irregular tiles along the row: one rectangle each.
+        steps = np.diff(np.concatenate([[0], flagged.view(np.int8), [0]]))
+        for start, stop in zip(
+            np.flatnonzero(steps == 1), np.flatnonzero(steps == -1), strict=True
+        ):
+            rectangles.append(
+                (row_edges[row], row_edges[row + 1], column_edges[start], column_edges[stop])
+            )
+    scale_x, scale_y = frame_width / width, frame_height / height
+    return RigidPart(
+        (translation[0] * scale_x, translation[1] * scale_y),
+        tuple(tuple(int(edge) for edge in rectangle) for rectangle in rectangles),
+    )
+
+
 class FlowMaps:
     """A backward flow made into OpenCV's fixed-point remapping tables once, for the several
-    images moved along it in a frame."""
+    images moved along it in a frame; with its `rigid` part, the frame is moved by the
+    translation (a separable filter, many times cheaper than a remap with Lanczos) and only
+    the irregular rectangles along the flow."""
 
-    def __init__(self, flow: np.ndarray) -> None:
-        self.points = cv2.add(flow, pixel_points(*flow.shape[:2]))  # (H, W, 2): where p goes
-        self.fixed, self.fraction = cv2.convertMaps(self.points, None, cv2.CV_16SC2)
+    def __init__(self, flow: np.ndarray, rigid: RigidPart | None = None) -> None:
+        self.flow = flow
+        self.rigid = rigid
+
+    @cached_property
+    def points(self) -> np.ndarray:
+        """(H, W, 2): where each pixel's match lies."""
+        return cv2.add(self.flow, pixel_points(*self.flow.shape[:2]))
+
+    @cached_property
+    def tables(self) -> tuple[np.ndarray, np.ndarray]:
+        return cv2.convertMaps(self.points, None, cv2.CV_16SC2)
+
+    @cached_property
+    def irregular_tables(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The tables of the rigid part's irregular rectangles only (the rest of the frame
+        needs none)."""
+        assert self.rigid is not None
+        grid = pixel_points(*self.flow.shape[:2])
+        tables = []
+        for top, bottom, left, right in self.rigid.irregular:
+            points = cv2.add(self.flow[top:bottom, left:right], grid[top:bottom, left:right])
+            tables.append(cv2.convertMaps(points, None, cv2.CV_16SC2))
+        return tables
 
     def inside(self) -> np.ndarray:
         """(H, W) bool: the matches that lie in the other frame."""
@@ -85,14 +228,32 @@ class FlowMaps:
 
     def warp(self, image: np.ndarray, resample: str = "bilinear") -> np.ndarray:
         """`image` (H, W[, C]) sampled at p + flow(p), edges clamped."""
+        if self.rigid is None:
+            return self._remap(image, resample, self.tables)
+        dx, dy = self.rigid.translation
+        size, border = (image.shape[0], image.shape[1]), cv2.BORDER_REPLICATE
+        if resample == "lanczos":  # OpenCV's remap has 4 lobes: the tiles' kernel too
+            moved = _shift(image, dx, dy, size, border, lobes=REMAP_LANCZOS_LOBES)
+        else:
+            moved = warp_affine(
+                image, np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]]), size, resample, border
+            )
+        for (top, bottom, left, right), tables in zip(
+            self.rigid.irregular, self.irregular_tables, strict=True
+        ):
+            moved[top:bottom, left:right] = self._remap(image, resample, tables)
+        return moved
+
+    @staticmethod
+    def _remap(
+        image: np.ndarray, resample: str, tables: tuple[np.ndarray, np.ndarray]
+    ) -> np.ndarray:
+        """`image` sampled where `tables` (OpenCV's fixed-point maps) say."""
+        fixed, fraction = tables
         return _per_channels(
             image,
             lambda part: cv2.remap(
-                part,
-                self.fixed,
-                self.fraction,
-                INTERPOLATION[resample],
-                borderMode=cv2.BORDER_REPLICATE,
+                part, fixed, fraction, INTERPOLATION[resample], borderMode=cv2.BORDER_REPLICATE
             ),
         )
 
@@ -127,42 +288,57 @@ def remap_points(image: np.ndarray, points: np.ndarray, resample: str, border: i
     )
 
 
-def _lanczos_taps(fraction: float) -> np.ndarray:
-    """The 6 normalised Lanczos-3 weights of the samples at offsets -2..3 for a point
-    `fraction` in [0, 1) past the first of the middle two."""
-    distance = fraction - np.arange(-LANCZOS_LOBES + 1, LANCZOS_LOBES + 1, dtype=np.float64)
-    taps = np.sinc(distance) * np.sinc(distance / LANCZOS_LOBES)
+def _lanczos_taps(fraction: float, lobes: int) -> np.ndarray:
+    """The 2 * lobes normalised Lanczos weights of the samples at offsets 1 - lobes .. lobes
+    for a point `fraction` in [0, 1) past the first of the middle two."""
+    distance = fraction - np.arange(1 - lobes, lobes + 1, dtype=np.float64)
+    taps = np.sinc(distance) * np.sinc(distance / lobes)
     return (taps / taps.sum()).astype(np.float32)
 
 
 def _shift(
-    image: np.ndarray, shift_x: float, shift_y: float, size: tuple[int, int], border: int
+    image: np.ndarray,
+    shift_x: float,
+    shift_y: float,
+    size: tuple[int, int],
+    border: int,
+    lobes: int = LANCZOS_LOBES,
 ) -> np.ndarray:
-    """(h, w[, C]) whose pixel (x, y) is `image` at (x + shift_x, y + shift_y), Lanczos-3."""
+    """(h, w[, C]) whose pixel (x, y) is `image` at (x + shift_x, y + shift_y), Lanczos with
+    `lobes` lobes as two 1-D filters."""
     height, width = size
     base_x, base_y = math.floor(shift_x), math.floor(shift_y)
-    reach = LANCZOS_LOBES - 1
-    # The source pixels the taps read: columns base_x - 2 .. base_x + width + 2, rows alike.
+    reach = lobes - 1
+    taps_x, taps_y = _lanczos_taps(shift_x - base_x, lobes), _lanczos_taps(shift_y - base_y, lobes)
+    # The source pixels the taps read: columns base_x - reach .. base_x + width + reach + 1,
+    # rows alike.
     left, top = base_x - reach, base_y - reach
-    right, bottom = left + width + 2 * LANCZOS_LOBES - 1, top + height + 2 * LANCZOS_LOBES - 1
     source_height, source_width = image.shape[:2]
-    pads = (
-        max(0, -top),
-        max(0, bottom - source_height),
-        max(0, -left),
-        max(0, right - source_width),
-    )
-    padded = cv2.copyMakeBorder(image, *pads, border) if any(pads) else image
-    window = padded[top + pads[0] : bottom + pads[0], left + pads[2] : right + pads[2]]
-    taps_x, taps_y = _lanczos_taps(shift_x - base_x), _lanczos_taps(shift_y - base_y)
-    filtered = cv2.sepFilter2D(
-        window,  # a view: OpenCV takes rows at any stride, no copy needed
-        -1,
-        taps_x,
-        taps_y,
-        anchor=(0, 0),
-        borderType=cv2.BORDER_REPLICATE,
-    )
+    if size == (source_height, source_width) and {-left, -top} <= set(range(2 * lobes)):
+        # A shift by less than the taps' reach (a frame-to-frame motion): the filter's anchor
+        # moves the image and OpenCV's border the pixels outside it, without a padded copy.
+        window, anchor, border_type = image, (-left, -top), border
+    else:
+        right, bottom = left + width + 2 * lobes - 1, top + height + 2 * lobes - 1
+        pads = (
+            max(0, -top),
+            max(0, bottom - source_height),
+            max(0, -left),
+            max(0, right - source_width),
+        )
+        padded = cv2.copyMakeBorder(image, *pads, border) if any(pads) else image
+        # A view: OpenCV takes rows at any stride, no copy needed. Row y of the result reads
+        # rows y .. y + 2 * lobes - 1 of the window (the rows past it are cropped).
+        window = padded[top + pads[0] : bottom + pads[0], left + pads[2] : right + pads[2]]
+        anchor, border_type = (0, 0), cv2.BORDER_REPLICATE
+
+    def rows(band: slice) -> np.ndarray:
+        return cv2.sepFilter2D(
+            window[band], -1, taps_x, taps_y, anchor=anchor, borderType=border_type
+        )
+
+    filtered = in_bands(rows, window, 2 * lobes)
+    filtered = rows(slice(None)) if filtered is None else filtered
     result = filtered[:height, :width]
     return result[..., None] if image.ndim == 3 and result.ndim == 2 else result
 
@@ -179,54 +355,91 @@ def _per_channels(image: np.ndarray, apply: Callable[[np.ndarray], np.ndarray]) 
     return np.concatenate([p[..., None] if p.ndim == 2 else p for p in parts], axis=2)
 
 
-def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+def gaussian_blur(image: np.ndarray, sigma: float, banded: bool = False) -> np.ndarray:
     """Gaussian blur of (H, W[, C]), reflect-padded (3 sigma each side, less on an image too
-    small for that: reflection needs fewer pixels of padding than of image)."""
+    small for that: reflection needs fewer pixels of padding than of image); `banded`: in
+    bands of rows on all cores (`in_bands`; OpenCV's Gaussian filter uses one)."""
     radius = min(max(1, int(3 * sigma + 0.5)), min(image.shape[:2]) - 1)
     if radius < 1:
         return image
     side = 2 * radius + 1
-    blurred = cv2.GaussianBlur(image, (side, side), sigma, borderType=cv2.BORDER_REFLECT_101)
-    return blurred[..., None] if image.ndim == 3 and blurred.ndim == 2 else blurred
+
+    def rows(band: slice) -> np.ndarray:
+        blurred = cv2.GaussianBlur(
+            image[band], (side, side), sigma, borderType=cv2.BORDER_REFLECT_101
+        )
+        return blurred[..., None] if image.ndim == 3 and blurred.ndim == 2 else blurred
+
+    blurred = in_bands(rows, image, radius) if banded else None
+    return rows(slice(None)) if blurred is None else blurred
+
+
+def over_channels(weight: np.ndarray, channels: int) -> np.ndarray:
+    """An (H, W, 1) weight repeated over `channels`, (H, W, channels), a new array: numpy's
+    broadcasting of an (H, W, 1) factor costs several times a product of equal shapes."""
+    if weight.shape[2] == channels:
+        return weight.copy()
+    if channels in (3, 4):
+        code = cv2.COLOR_GRAY2RGB if channels == 3 else cv2.COLOR_GRAY2RGBA
+        return cv2.cvtColor(weight, code)
+    return np.repeat(weight, channels, axis=2)
+
+
+def linear_mix(first: np.ndarray, second: np.ndarray, weight: np.ndarray | float) -> np.ndarray:
+    """weight * first + (1 - weight) * second, (H, W, C) each and weight (H, W, 1) or a
+    number: one pass of OpenCV's blendLinear (its per-pixel weights need no repeating over
+    the channels; it divides by the weights' sum plus 1e-5, a relative error of 1e-5)."""
+    if not isinstance(weight, np.ndarray):
+        mixed = np.multiply(first, np.float32(weight))
+        mixed += np.multiply(second, np.float32(1 - weight))
+        return mixed
+    plane = weight.reshape(weight.shape[:2])
+    mixed = cv2.blendLinear(first, second, plane, np.subtract(1, plane))
+    return mixed.reshape(first.shape)
 
 
 def contrast_preserving_mix(
     first: np.ndarray, second: np.ndarray, weight: np.ndarray, sigma: float
 ) -> np.ndarray:
-    """weight * first + (1 - weight) * second ((H, W, C), weight (H, W, 1)), its deviation from
-    the local mean scaled so that its local variance is the weighted mean of the parts'
-    (Heitz and Neyret 2018's variance-preserving blend, with the parts' local covariance): the
-    gain is 1 where the parts agree, up to 2 where they are unrelated. Local moments in a
+    """weight * first + (1 - weight) * second ((H, W, C), weight (H, W, 1)), its deviation
+    from the local mean scaled so that its local variance is the weighted mean of the parts'
+    (Heitz and Neyret 2018's variance-preserving blend, with the parts' local covariance):
+    the gain is 1 where the parts agree, up to 2 where they are unrelated. Local moments in a
     Gaussian window of `sigma` px; they vary no faster than the window, so from a sigma of
-    MOMENTS_COARSE_SIGMA on they are computed on a grid twice as coarse (the arithmetic,
-    not the blurs, is what costs at video sizes) and interpolated back."""
-    height, width = first.shape[:2]
-    if sigma >= MOMENTS_COARSE_SIGMA and min(height, width) >= 4:
-        half = ((width + 1) // 2, (height + 1) // 2)
-        parts = [cv2.resize(part, half, interpolation=cv2.INTER_AREA) for part in (first, second)]
-        shares = cv2.resize(weight, half, interpolation=cv2.INTER_AREA).reshape(*half[::-1], 1)
-        mean, gain = (
-            cv2.resize(part, (width, height), interpolation=cv2.INTER_LINEAR)
-            for part in _contrast_gain(*parts, shares, sigma / 2)
+    MOMENTS_COARSE_SIGMA on they are computed on a coarser grid (the arithmetic, not the
+    blurs, is what costs at video sizes) and interpolated back."""
+    height, width, channels = first.shape
+    factor = 1
+    while sigma >= MOMENTS_COARSE_SIGMA and sigma / (2 * factor) >= MOMENTS_GRID_SIGMA:
+        factor *= 2
+    if factor > 1 and min(height, width) >= 2 * factor:
+        coarse = (-(-width // factor), -(-height // factor))
+        parts = [
+            cv2.resize(part, coarse, interpolation=cv2.INTER_AREA).reshape(*coarse[::-1], -1)
+            for part in (first, second, weight)
+        ]
+        parts[2] = over_channels(parts[2], channels)
+        offset, gain = (
+            cv2.resize(part, (width, height), interpolation=cv2.INTER_LINEAR).reshape(
+                height, width, channels
+            )
+            for part in _contrast_gain(*parts, sigma / factor)
         )
     else:
-        mean, gain = _contrast_gain(first, second, weight, sigma)
-    # mean + (linear mix - mean) * gain
-    mixed = np.subtract(first, second)
-    mixed *= weight
-    mixed += second
-    mixed -= mean
+        offset, gain = _contrast_gain(first, second, over_channels(weight, channels), sigma)
+    # mean + (linear mix - mean) * gain = linear mix * gain + offset
+    mixed = linear_mix(first, second, weight)
     mixed *= gain
-    mixed += mean
+    mixed += offset
     return mixed
 
 
 def _contrast_gain(
     first: np.ndarray, second: np.ndarray, weight: np.ndarray, sigma: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The local mean of the mix and its contrast gain (see contrast_preserving_mix), in place
-    on a few buffers."""
-    other = 1 - weight
+    """The mix's contrast gain (see contrast_preserving_mix) and its local mean times
+    (1 - gain), in place on a few buffers; `weight` of the parts' shape."""
+    other = np.subtract(1, weight)
     mean_first, mean_second = gaussian_blur(first, sigma), gaussian_blur(second, sigma)
     scratch = np.multiply(first, first)
     var_first = gaussian_blur(scratch, sigma)
@@ -244,7 +457,8 @@ def _contrast_gain(
     apart *= -2
     apart += var_first
     apart += var_second
-    apart *= weight * other
+    apart *= weight
+    apart *= other
     var_first *= weight
     var_second *= other
     wanted = np.add(var_first, var_second, out=var_first)
@@ -254,7 +468,10 @@ def _contrast_gain(
     gain = np.divide(wanted, mixed, out=wanted)
     np.sqrt(gain, out=gain)
     np.clip(gain, 1, 2, out=gain)
+    # The mix's local mean, times 1 - gain.
     mean_first *= weight
     mean_second *= other
     mean_first += mean_second
+    np.subtract(1, gain, out=scratch)
+    mean_first *= scratch
     return mean_first, gain
