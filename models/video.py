@@ -100,12 +100,12 @@ SUBPIXEL_TOLERANCE_PX = 0.1
 # its per-frame increment smoothed over about one cell (a Gaussian of this many cells) where
 # the flow is reliable (normalised convolution: occlusions filled from around them).
 DEFORMATION_CELLS = 64
+DEFORMATION_SIGMA_CELLS = 1.0
 # The scene deforms when the smoothed flow departs from the camera's motion by NONRIGID_FROM_PX
 # (in the pixels of the frames the flow was computed on) or more on this share of the reliable
-# flow: DIS's errors on rigid motion (a low-contrast
-# region on a zoom) stay on far less, the clips of `devkit.clips.Deforming` cover most of it.
+# flow: DIS's errors on rigid motion (a low-contrast region on a zoom) cover far less, the
+# clips of `devkit.clips.Deforming` most of it.
 DEFORMING_SHARE = 0.15
-DEFORMATION_SIGMA_CELLS = 1.0
 # The increment is filled into regions without reliable flow from a window four times wider,
 # weighted by this against the narrow one (so that it takes over only in those holes).
 WIDE_FILL_SHARE = 0.05
@@ -829,15 +829,8 @@ class Stabilizer:
             # the scene's (its windows straddle the edge).
             near = cv2.dilate(excluded[::step, ::step].view(np.uint8), _LAYER_MARGIN)
             trusted = trusted & (near == 0)
-        xs, ys = pixel_grid(*samples.shape[:2])
-        a, b, c, d, e, f = np.asarray(motion, dtype=np.float32).reshape(-1)
-        sx, sy = xs * np.float32(step), ys * np.float32(step)
-        departure = cv2.merge(
-            [
-                samples[..., 0] - ((a - 1) * sx + b * sy + c),
-                samples[..., 1] - (d * sx + (e - 1) * sy + f),
-            ]
-        )
+        camera_x, camera_y = _affine_flow(motion, samples.shape[:2], step)
+        departure = cv2.merge([samples[..., 0] - camera_x, samples[..., 1] - camera_y])
         increment = _normalised_blur(departure, trusted.astype(np.float32))
         # DIS's noise is in the pixels of the frames it saw: scaled up with the flow.
         short, flow_short = min(flow.shape[:2]), self.config.tracking.flow_short_side
@@ -1127,14 +1120,18 @@ def _invert(affine: Tensor) -> Tensor:
     return torch.cat([inverse, (-inverse @ affine[:, 2])[:, None]], dim=1)
 
 
-def _affine_flow(affine: Tensor, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The backward flow (x, y), (H, W) float32 each, of a frame-to-previous-frame map; 0-d
-    for a translation (the same everywhere: it broadcasts, without eight passes over the
-    frame)."""
+def _affine_flow(
+    affine: Tensor, size: tuple[int, int], step: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """The backward flow (x, y), `size` float32 each, of a frame-to-previous-frame map at the
+    frame's points `step` px apart (every pixel: 1); 0-d for a translation (the same
+    everywhere: it broadcasts, without eight passes over the frame)."""
     a, b, c, d, e, f = np.asarray(affine, dtype=np.float32).reshape(-1)
     if a == 1 and b == 0 and d == 0 and e == 1:
         return np.full((), c, dtype=np.float32), np.full((), f, dtype=np.float32)
     xs, ys = pixel_grid(*size)
+    if step > 1:
+        xs, ys = xs * np.float32(step), ys * np.float32(step)
     return (a - 1) * xs + b * ys + c, d * xs + (e - 1) * ys + f
 
 
