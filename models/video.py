@@ -158,6 +158,10 @@ class Tracking:
     # |f + b|^2 > consistency * (|f|^2 + |b|^2) + consistency_floor (px^2).
     consistency: float = 0.01
     consistency_floor: float = 0.5
+    # The check on every `consistency_step`-th pixel of each row and column, each answer
+    # standing for its block (the flow's occlusions are a few px wide at the least): a
+    # quarter of its cost at 2.
+    consistency_step: int = 1
     # A cut: when less than this share of a frame's pixels match the previous frame reliably,
     # a new shot starts and the previous frames are forgotten. Otherwise the old shot's strokes
     # would be blended in wherever the flow matches by chance, and the motion fitted to that
@@ -267,12 +271,12 @@ def with_strength(config: StabilizerConfig, strength: float) -> StabilizerConfig
 
 # The live feed's form: the cheapest flow, one stylization per frame, no resampling of the
 # frame (a zoom's two resampling passes cost more than the propagation's) and a plain linear
-# blend (made ready beside the network, `Carried.prepare_linear`), as frames must keep up
-# with the camera.
+# blend (`premix`), as frames must keep up with the camera.
 LIVE = StabilizerConfig(
     tracking=Tracking(
         flow_preset="ultrafast",
         flow_short_side=360,
+        consistency_step=2,
         motion_layers=1,
         similarity=False,
         subpixel=False,
@@ -431,16 +435,7 @@ class FlowEstimator:
         forward = _BESIDE_NETWORK.submit(self.forward_dis.calc, previous, current, None)
         back = self.dis.calc(current, previous, None)
         fwd = forward.result()
-        maps = FlowMaps(back)
-        fwd_at_match = maps.warp(fwd)
-        size = _squared_norm(back) + _squared_norm(fwd_at_match)
-        fwd_at_match += back
-        mismatch = _squared_norm(fwd_at_match)
-        reliable = (
-            mismatch
-            <= self.config.tracking.consistency * size + self.config.tracking.consistency_floor
-        )
-        reliable &= maps.inside()
+        reliable = self._consistent(back, fwd)
         rigid = None
         if scale > 1:
             # Scaled up, DIS's noise grows with the scale (up to about 1 px at 720p): where the
@@ -455,83 +450,110 @@ class FlowEstimator:
             ).view(bool)
         return Flow(back, reliable, FlowMaps(back, rigid))
 
+    def _consistent(self, back: np.ndarray, forward: np.ndarray) -> np.ndarray:
+        """(H, W) bool: where the forward flow at the backward flow's match leads back (within
+        `consistency`) and the match lies in the frame, checked every `consistency_step`-th
+        pixel."""
+        tracking = self.config.tracking
+        step = tracking.consistency_step
+        height, width = back.shape[:2]
+        sampled = _sampled(back, step)
+        points = cv2.add(sampled, _sampled(pixel_points(height, width), step))
+        forward_at_match = cv2.remap(
+            forward, points, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
+        # |f + b|^2 - consistency (|f|^2 + |b|^2), both components at once.
+        round_trip = cv2.add(forward_at_match, sampled)
+        excess = cv2.multiply(round_trip, round_trip)
+        excess -= tracking.consistency * cv2.add(
+            cv2.multiply(sampled, sampled), cv2.multiply(forward_at_match, forward_at_match)
+        )
+        reliable = excess[..., 0] + excess[..., 1] <= tracking.consistency_floor
+        reliable &= cv2.inRange(points, (0, 0), (width - 1, height - 1)) > 0
+        if step == 1:
+            return reliable
+        return cv2.resize(
+            reliable.view(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST
+        ).view(bool)
 
-def _squared_norm(flow: np.ndarray) -> np.ndarray:
-    """(H, W) |flow|^2 of an (H, W, 2) flow (a sum of the two planes: several times faster
-    than cv2.transform's channel sum)."""
-    squares = cv2.multiply(flow, flow)
-    return squares[..., 0] + squares[..., 1]
+
+def _sampled(image: np.ndarray, step: int) -> np.ndarray:
+    """About every `step`-th row and column of (H, W[, C]) (OpenCV's nearest resizing: a pixel
+    grid sampled alike gives the pixels' places)."""
+    if step == 1:
+        return image
+    height, width = image.shape[:2]
+    small = (-(-width // step), -(-height // step))
+    return cv2.resize(image, small, interpolation=cv2.INTER_NEAREST)
 
 
 @dataclass
 class Carried:
     """The previous frames' images moved onto the current frame (H, W, C), where they are
     valid (H, W, 1): what is propagated and its low-pass band with their weights (H, W, 1) in
-    the blend, or a renewal's fading output and where it is valid."""
+    the blend, or a linear blend's premixed output (`premix`), or a renewal's fading output
+    and where it is valid."""
 
     valid: np.ndarray
     stream: np.ndarray | None = None
     stream_smooth: np.ndarray | None = None
     weight: np.ndarray | None = None  # of the low-pass band
     detail_weight: np.ndarray | None = None  # of the finer detail
+    premixed: np.ndarray | None = None
     fading: np.ndarray | None = None
     fading_weight: np.ndarray | None = None
-    # A linear blend made ready beside the network (`prepare_linear`): output =
-    # keep * stylized - smooth_share * low-pass(stylized) + linear_part.
-    keep: np.ndarray | None = None
-    smooth_share: np.ndarray | None = None
-    linear_part: np.ndarray | None = None
-
-    def prepare_linear(self, split: bool) -> None:
-        """The linear blend's terms that do not depend on the new stylization (`propagate`
-        with `contrast_window` 0, rearranged: all but two products, a sum and a blur done
-        before the network answers). `split`: the low-pass band and the detail weighted
-        apart. The weights are repeated over the channels once: numpy's broadcasting of an
-        (H, W, 1) factor costs twice a product of equal shapes."""
-        assert self.stream is not None and self.stream_smooth is not None
-        assert self.weight is not None and self.detail_weight is not None
-        channels = self.stream.shape[2]
-        weight = over_channels(self.weight, channels)
-        if not split:  # weight * stream + (1 - weight) * stylized
-            self.keep, self.smooth_share = np.subtract(1, weight), None
-            self.linear_part = np.multiply(weight, self.stream, out=weight)
-            return
-        # s + w (S' - S) + d ((s' - S') - (s - S)) = (1 - d) s - (w - d) S + (w - d) S' + d s'
-        # (s, S: the stylization and its low-pass band; s', S': the stream's).
-        detail = over_channels(self.detail_weight, channels)
-        self.keep = np.subtract(1, detail)
-        self.smooth_share = np.subtract(weight, detail, out=weight)
-        self.linear_part = np.multiply(self.stream_smooth, self.smooth_share)
-        self.linear_part += np.multiply(detail, self.stream, out=detail)
 
     def blend(self, stylized: np.ndarray, config: StabilizerConfig) -> np.ndarray:
         """The new stylization with the propagated stream blended in (`propagate`)."""
+        if self.premixed is not None:
+            # propagate's linear blend, rearranged: s + valid (premix(s') - premix(s)).
+            difference = np.subtract(self.premixed, premix(stylized, config))
+            difference *= over_channels(self.valid, difference.shape[2])
+            difference += stylized
+            return np.clip(difference, 0, 1, out=difference)
         assert self.stream is not None and self.stream_smooth is not None
         assert self.weight is not None and self.detail_weight is not None
-        if self.keep is None or self.linear_part is None:
-            stream, smooth = self.stream, self.stream_smooth
-            weight, detail_weight = self.weight, self.detail_weight
+        stream, smooth = self.stream, self.stream_smooth
+        weight, detail_weight = self.weight, self.detail_weight
 
-            def rows(band: slice) -> np.ndarray:
-                return propagate(
-                    stylized[band],
-                    stream[band],
-                    smooth[band],
-                    weight[band],
-                    detail_weight[band],
-                    config,
-                )
-
-            banded = in_bands(rows, stylized, _propagation_reach(config))
-            return rows(slice(None)) if banded is None else banded
-        output = np.multiply(stylized, self.keep)
-        if self.smooth_share is not None:
-            smooth = gaussian_blur(stylized, config.blending.detail_sigma)
-            output -= np.multiply(
-                smooth, self.smooth_share, out=None if smooth is stylized else smooth
+        def rows(band: slice) -> np.ndarray:
+            return propagate(
+                stylized[band],
+                stream[band],
+                smooth[band],
+                weight[band],
+                detail_weight[band],
+                config,
             )
-        output += self.linear_part
-        return np.clip(output, 0, 1, out=output)
+
+        banded = in_bands(rows, stylized, _propagation_reach(config))
+        return rows(slice(None)) if banded is None else banded
+
+
+def premixes(config: StabilizerConfig) -> bool:
+    """Whether the blend is linear with the same weights everywhere it is valid: then the
+    previous output's part of it (`premix`) is made once, after that output, and moved along
+    the flow alone (one resampling, no blur, before the network); otherwise the output and
+    its low-pass band are moved and weighted per pixel."""
+    blending = config.blending
+    return (
+        blending.contrast_window <= 0 and blending.nonrigid_detail_weight == blending.detail_weight
+    )
+
+
+def premix(image: np.ndarray, config: StabilizerConfig) -> np.ndarray:
+    """(weight - detail_weight) * low-pass(image) + detail_weight * image: an image's part of
+    `propagate`'s linear blend (where it is valid), s + w (S' - S) + d ((s' - S') - (s - S))
+    = s + premix(s') - premix(s) (s, S: the new stylization and its low-pass band; s', S':
+    the previous output's, moved; the blur and the motion commute but at occlusions, where the
+    flow is not valid)."""
+    blending = config.blending
+    sigma = blending.detail_sigma
+    smooth = gaussian_blur(image, sigma) if sigma > 0 else image
+    detail = blending.detail_weight if sigma > 0 else 0.0
+    return cv2.addWeighted(smooth, blending.weight - detail, image, detail, 0.0).reshape(
+        image.shape
+    )
 
 
 @dataclass
@@ -581,6 +603,8 @@ class Stabilizer:
         # What is propagated: the output of the current reference's strokes (the output itself
         # but while a renewal fades the old strokes out).
         self.stream: np.ndarray | None = None
+        # `premix` of the stream, where the blend premixes.
+        self.premixed: Future[np.ndarray] | None = None
         # The output shown when the reference was renewed, moved along with the scene, with
         # where it is still valid (H, W, 1), while it fades out; and how far it has faded.
         self.fading: np.ndarray | None = None
@@ -633,11 +657,16 @@ class Stabilizer:
             ):
                 self.reset()  # a new shot, stylized as a first frame
                 flow = None
-            elif self.config.tracking.align_grid:
-                layer, renewed, residual = self._track(flow)
+        carries = flow is not None and self.stream is not None and self.config.blending.weight > 0
         carried: Future[Carried] | None = None
+        if carries and premixes(self.config):
+            # The premixed output moves along the flow whatever the tracking finds but a
+            # renewal (then made anew below): beside the tracking and the network's input.
+            carried = _BESIDE_NETWORK.submit(self._carry, flow, False, None)
+        if flow is not None and self.config.tracking.align_grid:
+            layer, renewed, residual = self._track(flow)
         beside = _core_beside_network(frame.device)
-        if flow is not None and self.stream is not None and self.config.blending.weight > 0:
+        if carries and (carried is None or renewed):
             # Moving the previous frames' images along the flow, and the blend's weights, need
             # no new stylization: they are made beside the network where a core is free for
             # them (otherwise they would only contend with the network's threads for the
@@ -678,6 +707,9 @@ class Stabilizer:
         else:
             self.fading = self.fading_weight = None
         self.previous_grey, self.stream, self.previous_output = pending.grey, stream, output
+        if premixes(self.config):
+            # Made beside what follows (the encoding, the next frame's decoding).
+            self.premixed = _BESIDE_NETWORK.submit(premix, stream, self.config)
         self.frames += 1
         return to_tensor(output, outputs[0].device)
 
@@ -691,17 +723,21 @@ class Stabilizer:
         resample = self.config.blending.resample
         if renewed and self.config.renewal.fade:
             return Carried(valid, fading=flow.maps.warp(self.previous_output, resample))
-        stream = flow.maps.warp(self.stream, resample)
-        sigma = self.config.blending.detail_sigma
-        moved = Carried(
-            valid,
-            stream,
-            gaussian_blur(stream, sigma, banded=True) if sigma > 0 else stream,
-            np.multiply(valid, np.float32(self.config.blending.weight)),
-            np.multiply(valid, self._detail_share(residual)),
-        )
-        if self.config.blending.contrast_window <= 0:
-            moved.prepare_linear(sigma > 0)
+        if premixes(self.config):
+            premixed = self.premixed.result() if self.premixed is not None else None
+            if premixed is None:  # resumed from a state_dict
+                premixed = premix(self.stream, self.config)
+            moved = Carried(valid, premixed=flow.maps.warp(premixed, resample))
+        else:
+            stream = flow.maps.warp(self.stream, resample)
+            sigma = self.config.blending.detail_sigma
+            moved = Carried(
+                valid,
+                stream,
+                gaussian_blur(stream, sigma, banded=True) if sigma > 0 else stream,
+                np.multiply(valid, np.float32(self.config.blending.weight)),
+                np.multiply(valid, self._detail_share(residual)),
+            )
         if self.fading is not None and self.fading_weight is not None:
             moved.fading = flow.maps.warp(self.fading, resample)
             moved.fading_weight = flow.maps.warp(self.fading_weight) * valid

@@ -34,6 +34,8 @@ from models.video import (
     Tracking,
     fit_similarity,
     placed_masks,
+    premix,
+    premixes,
     propagate,
     with_strength,
 )
@@ -477,19 +479,23 @@ def test_a_mix_of_unrelated_patterns_keeps_their_contrast() -> None:
 
 
 @pytest.mark.parametrize("detail_sigma", [1.0, 0.0])
-def test_the_linear_blend_made_beside_the_network_equals_propagate(detail_sigma: float) -> None:
-    # With a plain linear mix (contrast_window 0) the blend is rearranged so that all but the
-    # new stylization's terms are made before the network answers: the same output.
+def test_the_premixed_linear_blend_equals_propagate(detail_sigma: float) -> None:
+    # With a plain linear mix (contrast_window 0) and one detail weight, the previous output's
+    # part of the blend is mixed before it moves (`premix`): the same output as `propagate`
+    # where it has not moved.
     rng = np.random.default_rng(1)
     config = StabilizerConfig(blending=Blending(contrast_window=0, detail_sigma=detail_sigma))
+    assert premixes(config)
     stylized, stream = (gaussian_blur(rng.random((40, 50, 3), dtype=np.float32), 0.7) for _ in "ab")
     smooth = gaussian_blur(stream, detail_sigma) if detail_sigma > 0 else stream
     valid = rng.random((40, 50, 1), dtype=np.float32)
-    weight, detail = 0.8 * valid, valid * rng.uniform(0.1, 0.6, (40, 50, 1)).astype(np.float32)
+    blending = config.blending
+    weight, detail = blending.weight * valid, blending.detail_weight * valid
     expected = propagate(stylized, stream.copy(), smooth.copy(), weight, detail, config)
-    carried = Carried(valid, stream, smooth, weight, detail)
-    carried.prepare_linear(detail_sigma > 0)
+    carried = Carried(valid, premixed=premix(stream, config))
     np.testing.assert_allclose(carried.blend(stylized, config), expected, rtol=0, atol=1e-5)
+    # A detail weight of its own where the scene deforms weighs each pixel apart.
+    assert not premixes(with_strength(config, 1.0))
 
 
 @pytest.mark.parametrize("side", [1, 2, 5])
