@@ -35,7 +35,6 @@ from models.config import Device, PipelineConfig
 from models.model import StyleMix
 from models.pipeline import Pipeline, build_pipeline
 from models.video import LIVE, FlowEstimator, Stabilizer, StabilizerConfig, Tracking, grey_uint8
-from models.warping import to_image
 
 SHOT_FRAMES = 8
 # Content photo indices of the two shots, in the dataset's sorted order.
@@ -45,7 +44,7 @@ PAIRS = ((3, 17), (42, 100), (5, 6), (200, 300), (7, 400), (60, 61), (250, 500),
 def reliable_shares(config: StabilizerConfig, frames: Tensor) -> list[float]:
     """The share of each frame's pixels that match the previous frame reliably."""
     flow = FlowEstimator(config)
-    greys = [grey_uint8(to_image(frame[None])) for frame in frames]
+    greys = [grey_uint8(frame[None]) for frame in frames]
     return [
         float(flow.backward(current, previous).reliable.mean())
         for previous, current in pairwise(greys)

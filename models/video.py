@@ -338,17 +338,14 @@ class Placement:
         canvas = torch.cat([to_tensor(item, image.device) for item in placed])
         return canvas.clamp(0, 1) if mode in ("lanczos", "bicubic") else canvas
 
-    def place_image(self, image: np.ndarray, device: torch.device, mode: str) -> Tensor:
-        """`place` of an (H, W, C) array, as the network's input (1, C, h, w) on `device`."""
-        height, width = self.frame_size
+    def place_frame(self, frame: Tensor, mode: str) -> Tensor:
+        """`place` of one frame (1, C, H, W) as the network's input: a shift pads the tensor, a
+        resampling goes through OpenCV's (H, W, C) layout."""
         if self.integer:
-            ox, oy = int(-self.to_frame[0, 2]), int(-self.to_frame[1, 2])
-            right, bottom = self.size[1] - width - ox, self.size[0] - height - oy
-            canvas = cv2.copyMakeBorder(image, oy, bottom, ox, right, cv2.BORDER_REFLECT_101)
-        else:
-            canvas = self._resampled(image, mode)
-            np.clip(canvas, 0, 1, out=canvas)
-        return to_contiguous_tensor(canvas, device)
+            return self.place(frame.float())
+        canvas = self._resampled(to_image(frame), mode)
+        np.clip(canvas, 0, 1, out=canvas)
+        return to_contiguous_tensor(canvas, frame.device)
 
     def _resampled(self, image: np.ndarray, mode: str) -> np.ndarray:
         """The frame (H, W, C) resampled onto the canvas, mirrored outside the frame."""
@@ -392,10 +389,12 @@ def placed_masks(masks: Masks, placement: Placement) -> Masks:
     return Masks(placement.place(values, mode)[:, 0].clamp(0, 1), masks.binary)
 
 
-def grey_uint8(image: np.ndarray) -> np.ndarray:
-    """(H, W) uint8 luminance (ITU-R BT.601) of an (H, W, 3) RGB frame in [0, 1]: what DIS
-    takes."""
-    return cv2.convertScaleAbs(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), alpha=255)
+def grey_uint8(frame: Tensor) -> np.ndarray:
+    """(H, W) uint8 luminance (ITU-R BT.601) of a (1, 3, H, W) RGB frame in [0, 1]: what DIS
+    takes. From its planes, without making the (H, W, 3) array."""
+    red, green, blue = frame[0].detach().float().cpu().numpy()
+    grey = cv2.scaleAdd(blue, 0.114, cv2.addWeighted(red, 0.299, green, 0.587, 0.0))
+    return cv2.convertScaleAbs(grey, alpha=255)
 
 
 @dataclass(frozen=True)
@@ -506,7 +505,8 @@ class Carried:
     def blend(self, stylized: np.ndarray, config: StabilizerConfig) -> np.ndarray:
         """The new stylization with the propagated stream blended in (`propagate`)."""
         if self.premixed is not None:
-            # propagate's linear blend, rearranged: s + valid (premix(s') - premix(s)).
+            # propagate's linear blend, rearranged: s + valid (premix(s') - premix(s)). Not in
+            # bands: on a live frame the hand-over to the bands' threads costs more.
             difference = np.subtract(self.premixed, premix(stylized, config))
             difference *= over_channels(self.valid, difference.shape[2])
             difference += stylized
@@ -559,12 +559,11 @@ def premix(image: np.ndarray, config: StabilizerConfig) -> np.ndarray:
 @dataclass
 class Pending:
     """A frame between `Stabilizer.begin` and `Stabilizer.finish`: the network's inputs, each
-    with where the frame lies on it (`image` None: the stabiliser is off, the output is the
+    with where the frame lies on it (`grey` None: the stabiliser is off, the output is the
     network's own)."""
 
     inputs: list[tuple[Tensor, Placement]]
-    image: np.ndarray | None = None
-    grey: np.ndarray | None = None
+    grey: np.ndarray | None = None  # the frame as DIS saw it
     layer: np.ndarray | None = None  # the second motion layer's pixels (H, W) bool
     renewed: bool = False
     carried: Future[Carried] | None = None
@@ -643,8 +642,7 @@ class Stabilizer:
         size = (frame.shape[-2], frame.shape[-1])
         if not self.config.enabled:
             return Pending([(frame, Placement.identity(size))])
-        image = to_image(frame)
-        grey = grey_uint8(image)
+        grey = grey_uint8(frame)
         if self.previous_grey is not None and self.previous_grey.shape != grey.shape:
             self.reset()  # a new size is a new clip
         flow: Flow | None = None
@@ -672,21 +670,21 @@ class Stabilizer:
             # them (otherwise they would only contend with the network's threads for the
             # cores and the interpreter lock), else beside the making of the network's input
             # on a large frame, else here (a small frame's input takes less than the hand-over).
-            if beside or image.shape[0] * image.shape[1] >= OVERLAP_PIXELS:
+            if beside or size[0] * size[1] >= OVERLAP_PIXELS:
                 carried = _BESIDE_NETWORK.submit(self._carry, flow, renewed, residual)
             else:
                 carried = Future()
                 carried.set_result(self._carry(flow, renewed, residual))
-        inputs = self._network_inputs(image, frame.device, layer)
+        inputs = self._network_inputs(frame, layer)
         if carried is not None and not beside:
             wait([carried])
-        return Pending(inputs, image, grey, layer, renewed, carried)
+        return Pending(inputs, grey, layer, renewed, carried)
 
     @torch.inference_mode()
     def finish(self, pending: Pending, outputs: list[Tensor]) -> Tensor:
         """The second half: the network's outputs (1, 3, h, w) for `pending.inputs`, in order
         -> the stabilised frame (1, 3, H, W) in [0, 1]."""
-        if pending.image is None or pending.grey is None:
+        if pending.grey is None:
             return outputs[0]
         stylized = self._back(pending, outputs)
         renewed, carried = pending.renewed, pending.carried
@@ -983,21 +981,21 @@ class Stabilizer:
         return Placement(size, canvas, to_frame, False, frame_points, canvas_points)
 
     def _network_inputs(
-        self, image: np.ndarray, device: torch.device, layer: np.ndarray | None
+        self, frame: Tensor, layer: np.ndarray | None
     ) -> list[tuple[Tensor, Placement]]:
-        """The frame (H, W, 3) placed on the aligned grid, and with a second motion layer on
+        """The frame (1, 3, H, W) placed on the aligned grid, and with a second motion layer on
         that layer's phase too (when it differs): the network's inputs."""
-        size = (image.shape[0], image.shape[1])
+        size = (frame.shape[-2], frame.shape[-1])
         placement = (
             self._placement(size) if self.config.tracking.align_grid else Placement.identity(size)
         )
         resample = self.config.tracking.resample
-        inputs = [(placement.place_image(image, device, resample), placement)]
+        inputs = [(placement.place_frame(frame, resample), placement)]
         if layer is None:
             return inputs
         second = Placement.shift(size, _phase(self.layer_displacement))
         if not (placement.integer and torch.equal(second.to_frame, placement.to_frame)):
-            inputs.append((second.place_image(image, device, resample), second))
+            inputs.append((second.place_frame(frame, resample), second))
         return inputs
 
     def _back(self, pending: Pending, outputs: list[Tensor]) -> np.ndarray:
