@@ -34,7 +34,15 @@ from devkit.clips import (
 from models.config import Device, PipelineConfig
 from models.model import StyleMix
 from models.pipeline import Pipeline, build_pipeline
-from models.video import LIVE, FlowEstimator, Stabilizer, StabilizerConfig, Tracking, grey_uint8
+from models.video import (
+    LIVE,
+    FlowEstimator,
+    Stabilizer,
+    StabilizerConfig,
+    Tracking,
+    grey_uint8,
+    placed_mix,
+)
 
 SHOT_FRAMES = 8
 # Content photo indices of the two shots, in the dataset's sorted order.
@@ -52,7 +60,9 @@ def reliable_shares(config: StabilizerConfig, frames: Tensor) -> list[float]:
 
 
 def run(net: Pipeline, mix: StyleMix, config: StabilizerConfig, frames: Tensor) -> Tensor:
-    stabilizer = Stabilizer(lambda frame, placement: net.stylize_batch(frame, [mix]), config)
+    stabilizer = Stabilizer(
+        lambda frame, placement: net.stylize_batch(frame, [placed_mix(mix, placement)]), config
+    )
     return torch.cat([stabilizer(frame[None]) for frame in frames])
 
 

@@ -38,7 +38,7 @@ from models.config import Device, ModelName, PipelineConfig
 from models.evaluate import ln_loss, measure
 from models.model import StyleMix
 from models.pipeline import Pipeline, build_pipeline
-from models.video import LIVE, Placement, Stabilizer, StabilizerConfig, Tracking
+from models.video import LIVE, Placement, Stabilizer, StabilizerConfig, Tracking, placed_mix
 from models.video_metrics import border_mask, sharpness, warping_error
 
 TARGET_SPEED = 0.5  # stabilised x the network's frame rate, 1280x720
@@ -92,7 +92,7 @@ def compare(
     mix = StyleMix(mean=mean, std=std, weights=torch.ones(1))
 
     def stylize(frame: Tensor, placement: Placement) -> Tensor:
-        return net.stylize_batch(frame, [mix])
+        return net.stylize_batch(frame, [placed_mix(mix, placement)])
 
     with torch.inference_mode():
         per_frame = torch.cat([net.stylize_batch(frame[None], [mix]) for frame in clip.frames])
@@ -133,7 +133,7 @@ def speed(models: list[str], frames: int, rounds: int) -> None:
         def stylize(
             frame: Tensor, placement: Placement, net: Pipeline = net, mix: StyleMix = mix
         ) -> Tensor:
-            return net.stylize_batch(frame, [mix])
+            return net.stylize_batch(frame, [placed_mix(mix, placement)])
 
         # Wall time, and the process's CPU time (all threads): on a machine shared with other
         # work the wall clock measures the load as much as the code, the CPU time much less.

@@ -403,12 +403,10 @@ def _frame_step(
     mix_for = _mix_maker(params, styles, backend)
     if not params.stabilize:
         return lambda content: backend.stylize(content, mix_for(content), params.controls.model)
-    from models.video import Placement, Stabilizer, StabilizerConfig, placed_masks, with_strength
+    from models.video import Placement, Stabilizer, StabilizerConfig, placed_mix, with_strength
 
     def stylize(content: Tensor, placement: Placement) -> Tensor:
-        mix = mix_for(content)
-        if mix.masks is not None:  # the masks go where the stabiliser puts the frame
-            mix = replace(mix, masks=placed_masks(mix.masks, placement))
+        mix = placed_mix(mix_for(content), placement)
         return backend.stylize(content, mix, params.controls.model)
 
     config = with_strength(StabilizerConfig(), params.stability) if blend else _unblended()

@@ -262,6 +262,9 @@ class StyleMix:
     mean, std: the styles' relu4_1 statistics (S, C, 1, 1); weights (S,): interpolation weights,
     stored normalised to sum 1; masks: spatial control or None; alpha in [0, 1]: the
     content-style trade-off. Built checked: the one place these controls are validated.
+    content_region: one mask of the pixels whose features give the content's statistics (None:
+    all of them): a frame placed on a larger canvas (the video stabiliser's padding and
+    margins) keeps those of its own pixels, as when it is stylized alone.
     """
 
     mean: Tensor
@@ -269,6 +272,7 @@ class StyleMix:
     weights: Tensor
     masks: Masks | None = None
     alpha: float = 1.0
+    content_region: Masks | None = None
 
     def __post_init__(self) -> None:
         n_styles = self.mean.shape[0]
@@ -287,6 +291,7 @@ def adain_target(
     style_std: Tensor,
     mix_weights: Tensor,
     masks: Masks | None = None,
+    content_region: Masks | None = None,
 ) -> Tensor:
     """The AdaIN target t for one content image and S styles.
 
@@ -298,13 +303,16 @@ def adain_target(
     share coverage(p) = min(1, sum_k mask_k(p)) and the unmasked t with the rest, so masks that
     cover every pixel (a partition, the binary form) are the masked mix alone and masks that
     cover nothing give the unmasked result. Computed in float32 whatever the network's precision.
+    `content_region` (`StyleMix`): the content's statistics, whole and by region, over it alone.
     """
     feat = content_feat.float()
-    whole = calc_mean_std(feat)
+    grid = (feat.shape[-2], feat.shape[-1])
+    own = None if content_region is None else content_region.to(feat.device).on_grid(grid)
+    whole = calc_mean_std(feat) if own is None else calc_region_mean_std(feat, own)
     if masks is None:
         return adain_target_from_stats(feat, whole, style_mean, style_std, mix_weights)
-    region = masks.to(feat.device).on_grid((feat.shape[-2], feat.shape[-1]))
-    by_region = calc_region_mean_std(feat, region, whole=whole)
+    region = masks.to(feat.device).on_grid(grid)
+    by_region = calc_region_mean_std(feat, region if own is None else region * own, whole=whole)
     return adain_target_from_stats(
         feat, whole, style_mean, style_std, mix_weights, region, by_region)
 

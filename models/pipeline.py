@@ -71,7 +71,11 @@ def stylize_batch(
         return outs[0] if len(outs) == 1 else torch.cat(outs)  # no copy of one 8K output
     feats = net.encode(contents)
     blended = [
-        blend(feat, adain_target(feat, mix.mean, mix.std, mix.weights, mix.masks), mix.alpha)
+        blend(
+            feat,
+            adain_target(feat, mix.mean, mix.std, mix.weights, mix.masks, mix.content_region),
+            mix.alpha,
+        )
         for feat, mix in zip(feats.split(1), mixes, strict=True)
     ]
     return net.decode(torch.cat(blended), (contents.shape[-2], contents.shape[-1]))

@@ -180,10 +180,20 @@ def stylize_tiled(
     height, width = content.shape[-2:]
     grid = (math.ceil(height / FEATURE_STRIDE), math.ceil(width / FEATURE_STRIDE))
     region = None if mix.masks is None else mix.masks.to(content.device).on_grid(grid)
-    if statistics is not None and region is None:
+    own = (
+        None if mix.content_region is None else mix.content_region.to(content.device).on_grid(grid)
+    )
+    if statistics is not None and region is None and own is None:
         whole, by_region = statistics, None
-    else:
+    elif own is None:
         whole, by_region = whole_and_region_statistics(net, content, tile_size, region)
+    else:
+        # The content region's statistics stand for the whole image's; the masks' regions
+        # within it.
+        regions = own if region is None else torch.cat([own, region * own])
+        _, (mean, std) = whole_and_region_statistics(net, content, tile_size, regions)
+        whole = mean[:1], std[:1]
+        by_region = None if region is None else (mean[1:], std[1:])
     out = torch.empty((1, 3, height, width), dtype=torch.float32, device=content.device)
     for rows, cols in tiles(height, width, tile_size):
         window = _window(content, rows, cols)

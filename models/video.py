@@ -30,8 +30,9 @@ measures, both using only the frames seen so far:
    match the previous one (a cut) starts afresh.
 
 `Stabilizer` takes a (network input, `Placement`) -> stylized callable, so every image control
-(alpha, interpolation, colour preservation) works unchanged: the caller closes over them; a
-static mask follows the frame with `placed_masks`.
+(alpha, interpolation, colour preservation) works unchanged: the caller closes over them and
+places its mix with `placed_mix` (a static mask follows the frame, and AdaIN's content
+statistics stay the frame's own, not its padding's).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models.config import FEATURE_STRIDE
-from models.model import Masks
+from models.model import Masks, StyleMix
 from models.warping import (
     FlowMaps,
     contrast_preserving_mix,
@@ -347,6 +348,20 @@ class Placement:
         np.clip(canvas, 0, 1, out=canvas)
         return to_contiguous_tensor(canvas, frame.device)
 
+    def coverage(self) -> Masks | None:
+        """Where a shift's canvas shows the frame's own pixels rather than its mirrored padding,
+        as one mask (`StyleMix.content_region`: AdaIN's content statistics are then the frame's,
+        as when it is stylized alone); None where the canvas is the frame, and where it is
+        resampled: the wider mirrored margins of a zoom's or a deforming scene's canvas, left
+        out, raised the style loss instead (docs/video.md)."""
+        if not self.integer or self.size == self.frame_size:
+            return None
+        height, width = self.frame_size
+        ox, oy = int(-self.to_frame[0, 2]), int(-self.to_frame[1, 2])
+        inside = torch.zeros(1, *self.size)
+        inside[:, oy : oy + height, ox : ox + width] = 1
+        return Masks(inside)
+
     def _resampled(self, image: np.ndarray, mode: str) -> np.ndarray:
         """The frame (H, W, C) resampled onto the canvas, mirrored outside the frame."""
         if self.frame_points is not None:
@@ -387,6 +402,13 @@ def placed_masks(masks: Masks, placement: Placement) -> Masks:
     values = masks.on_grid(placement.frame_size)  # each mask's own resizing rule
     mode = "nearest" if masks.binary else "bilinear"
     return Masks(placement.place(values, mode)[:, 0].clamp(0, 1), masks.binary)
+
+
+def placed_mix(mix: StyleMix, placement: Placement) -> StyleMix:
+    """A frame's style mix for its network input: static masks moved with the frame
+    (`placed_masks`), the content's statistics over the frame's own pixels (`coverage`)."""
+    masks = None if mix.masks is None else placed_masks(mix.masks, placement)
+    return replace(mix, masks=masks, content_region=placement.coverage())
 
 
 def grey_uint8(frame: Tensor) -> np.ndarray:
@@ -587,7 +609,7 @@ class Stabilizer:
         self, stylize: Stylize | None, config: StabilizerConfig = StabilizerConfig()
     ) -> None:
         # stylize: see `Stylize`; the caller closes over style statistics, alpha, colour
-        # preservation, and moves its masks with `placed_masks`. None: the caller runs the
+        # preservation, and places its mix with `placed_mix`. None: the caller runs the
         # network itself between `begin` and `finish`.
         self.stylize = stylize
         self.config = config

@@ -51,7 +51,7 @@ from media.imaging import (
 from models import images
 from models.errors import DomainError, InvalidInputError
 from models.model import StyleMix
-from models.video import LIVE, Stabilizer, with_strength
+from models.video import LIVE, Stabilizer, placed_mix, with_strength
 from service import metrics
 from service.caps import OpenCounts
 from service.engine import EngineClosedError, StylizeItem
@@ -466,8 +466,8 @@ class LiveSession:
         pending = await run_in_threadpool(stabilizer.begin, content)
         outputs, network_ms = [], 0.0
         try:
-            for canvas, _ in pending.inputs:
-                item = StylizeItem(canvas, style.mix, style.model)
+            for canvas, placement in pending.inputs:
+                item = StylizeItem(canvas, placed_mix(style.mix, placement), style.model)
                 result = await self.stylizer.engine.stylize(item)
                 outputs.append(result.value)
                 network_ms += result.compute_ms

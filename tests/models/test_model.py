@@ -203,6 +203,40 @@ def test_uncovered_pixels_take_the_unmasked_mix() -> None:
     torch.testing.assert_close(partial[..., :4], region_only, atol=1e-4, rtol=1e-4)
 
 
+def test_the_content_region_gives_the_content_statistics() -> None:
+    # A frame on a larger canvas (the video stabiliser's padding): the features outside its
+    # region, whatever they are, change neither the statistics nor the target inside it.
+    feat = features(8, (1, 8, 6, 10), scale=1.5, shift=0.5)
+    style_mean = features(9, (2, 8, 1, 1), shift=2.0)
+    style_std = features(10, (2, 8, 1, 1)).abs() + 0.5
+    weights = torch.tensor([0.25, 0.75])
+    inside = torch.zeros(1, 6, 10)
+    inside[:, 1:5, 2:9] = 1
+    padded = feat.clone()
+    padded[..., :, :2] = 40.0  # what the padding shows
+    framed = adain_target(padded, style_mean, style_std, weights, content_region=Masks(inside))
+    mean, std = hand_mean_std(feat[..., 1:5, 2:9])
+    alone = sum(
+        w * ((feat[..., 1:5, 2:9] - mean) / std * s + m)
+        for w, m, s in zip(weights, style_mean.split(1), style_std.split(1), strict=True)
+    )
+    torch.testing.assert_close(framed[..., 1:5, 2:9], alone, atol=1e-4, rtol=1e-4)
+    whole = adain_target(padded, style_mean, style_std, weights)
+    assert (whole[..., 1:5, 2:9] - alone).abs().max() > 0.1  # the padding would have moved it
+    # With masks too, each region's statistics are taken inside the content region.
+    left = torch.zeros(6, 10)
+    left[:, :5] = 1
+    masks = Masks(torch.stack([left, 1 - left]))
+    masked = adain_target(padded, style_mean, style_std, weights, masks, Masks(inside))
+    mean, std = hand_mean_std(feat[..., 1:5, 2:5])
+    torch.testing.assert_close(
+        masked[..., 1:5, 2:5],
+        (feat[..., 1:5, 2:5] - mean) / std * style_std[:1] + style_mean[:1],
+        atol=1e-4,
+        rtol=1e-4,
+    )
+
+
 def test_uncovered_masks_give_sane_images(net: StyleTransfer) -> None:
     """All-black masks are the unmasked result; a mask covering a corner gives finite pixels,
     the unmasked ones far from the corner (within the decoder's reach, they mix)."""
