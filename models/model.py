@@ -8,6 +8,7 @@ what its `function.py` computes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.config import FEATURE_STRIDE
 from models.errors import InvalidInputError
 
 # relu1_1, relu2_1, relu3_1, relu4_1 in the reference encoder `nn.Sequential`.
@@ -255,6 +257,31 @@ def masks_for_styles(values: Sequence[Tensor], n_styles: int) -> Masks:
     return Masks(torch.stack(list(values)))
 
 
+# Pixels (top, bottom, left, right), the bottom and right ones excluded.
+Box = tuple[int, int, int, int]
+
+
+def box_cells(box: Box, grid: tuple[int, int]) -> tuple[slice, slice]:
+    """The relu4_1 features (rows, columns) of a `grid` whose cells' centres lie in `box`."""
+    top, bottom, left, right = box
+
+    def cells(start: int, stop: int, length: int) -> slice:
+        # Cell i covers pixels FEATURE_STRIDE * i onwards; its centre lies half a cell on.
+        centre = (FEATURE_STRIDE - 1) / 2
+        first = max(0, math.ceil((start - centre) / FEATURE_STRIDE))
+        return slice(first, min(length, math.ceil((stop - centre) / FEATURE_STRIDE)))
+
+    return cells(top, bottom, grid[0]), cells(left, right, grid[1])
+
+
+def box_mask(box: Box, grid: tuple[int, int], device: torch.device) -> Tensor:
+    """(1, 1, h, w): 1 on `box_cells`, 0 elsewhere."""
+    rows, columns = box_cells(box, grid)
+    mask = torch.zeros((1, 1, *grid), device=device)
+    mask[..., rows, columns] = 1
+    return mask
+
+
 @dataclass(frozen=True)
 class StyleMix:
     """What one output image takes from its S styles: all the paper's controls for one item.
@@ -262,9 +289,9 @@ class StyleMix:
     mean, std: the styles' relu4_1 statistics (S, C, 1, 1); weights (S,): interpolation weights,
     stored normalised to sum 1; masks: spatial control or None; alpha in [0, 1]: the
     content-style trade-off. Built checked: the one place these controls are validated.
-    content_region: one mask of the pixels whose features give the content's statistics (None:
-    all of them): a frame placed on a larger canvas (the video stabiliser's padding and
-    margins) keeps those of its own pixels, as when it is stylized alone.
+    content_box: the pixels (top, bottom, left, right) whose features give the content's
+    statistics (None: all of them): a frame placed on a larger canvas (the video stabiliser's
+    padding) keeps those of its own pixels, as when it is stylized alone.
     """
 
     mean: Tensor
@@ -272,7 +299,7 @@ class StyleMix:
     weights: Tensor
     masks: Masks | None = None
     alpha: float = 1.0
-    content_region: Masks | None = None
+    content_box: Box | None = None
 
     def __post_init__(self) -> None:
         n_styles = self.mean.shape[0]
@@ -291,7 +318,7 @@ def adain_target(
     style_std: Tensor,
     mix_weights: Tensor,
     masks: Masks | None = None,
-    content_region: Masks | None = None,
+    content_box: Box | None = None,
 ) -> Tensor:
     """The AdaIN target t for one content image and S styles.
 
@@ -303,16 +330,20 @@ def adain_target(
     share coverage(p) = min(1, sum_k mask_k(p)) and the unmasked t with the rest, so masks that
     cover every pixel (a partition, the binary form) are the masked mix alone and masks that
     cover nothing give the unmasked result. Computed in float32 whatever the network's precision.
-    `content_region` (`StyleMix`): the content's statistics, whole and by region, over it alone.
+    `content_box` (`StyleMix`): the content's statistics, whole and by region, within it alone.
     """
     feat = content_feat.float()
     grid = (feat.shape[-2], feat.shape[-1])
-    own = None if content_region is None else content_region.to(feat.device).on_grid(grid)
-    whole = calc_mean_std(feat) if own is None else calc_region_mean_std(feat, own)
+    if content_box is None:
+        whole = calc_mean_std(feat)
+    else:
+        rows, columns = box_cells(content_box, grid)
+        whole = calc_mean_std(feat[..., rows, columns])
     if masks is None:
         return adain_target_from_stats(feat, whole, style_mean, style_std, mix_weights)
     region = masks.to(feat.device).on_grid(grid)
-    by_region = calc_region_mean_std(feat, region if own is None else region * own, whole=whole)
+    counted = region if content_box is None else region * box_mask(content_box, grid, feat.device)
+    by_region = calc_region_mean_std(feat, counted, whole=whole)
     return adain_target_from_stats(
         feat, whole, style_mean, style_std, mix_weights, region, by_region)
 

@@ -73,7 +73,7 @@ def stylize_batch(
     blended = [
         blend(
             feat,
-            adain_target(feat, mix.mean, mix.std, mix.weights, mix.masks, mix.content_region),
+            adain_target(feat, mix.mean, mix.std, mix.weights, mix.masks, mix.content_box),
             mix.alpha,
         )
         for feat, mix in zip(feats.split(1), mixes, strict=True)

@@ -33,6 +33,7 @@ from models.model import (
     StyleTransfer,
     adain_target_from_stats,
     blend,
+    box_mask,
     make_decoder,
     make_encoder,
     trusted_region_stats,
@@ -141,19 +142,28 @@ def accumulated_statistics(
 
 
 def whole_and_region_statistics(
-    net: StyleTransfer, image: Tensor, tile_size: int, region: Tensor | None = None
+    net: StyleTransfer,
+    image: Tensor,
+    tile_size: int,
+    region: Tensor | None = None,
+    counted: Tensor | None = None,
 ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None]:
     """The whole image's (mean, std) and, with region, each region's, in one pass over the
-    tiles: float64 sums over each tile's own features, row 0 weighted by ones."""
+    tiles: float64 sums over each tile's own features, row 0 weighted by ones, or by
+    `counted` (1, 1, h, w) on the whole feature grid: the features that stand for the whole
+    (`StyleMix.content_box`; the regions are then counted within it too)."""
     count = s1 = s2 = torch.zeros((), dtype=torch.float64, device=image.device)
     for rows, cols in tiles(image.shape[-2], image.shape[-1], tile_size):
         feat = net.encode(_window(image, rows, cols))[0, :, rows.features(), cols.features()]
         feat = feat.double()  # (C, h, w)
-        weight = torch.ones((1, *feat.shape[-2:]), dtype=torch.float64, device=feat.device)
+        weight = (
+            torch.ones((1, *feat.shape[-2:]), dtype=torch.float64, device=feat.device)
+            if counted is None
+            else _own_features(counted, rows, cols)
+        )
         if region is not None:
-            grid_rows, grid_cols = rows.window_features(), cols.window_features()
-            masks = region[:, 0, grid_rows, grid_cols][:, rows.features(), cols.features()]
-            weight = torch.cat([weight, masks.double()])  # (1 + S, h, w)
+            masks = _own_features(region, rows, cols) * weight[:1]
+            weight = torch.cat([weight, masks])  # (1 + S, h, w)
         count = count + weight.sum(dim=(1, 2))[:, None]
         s1 = s1 + torch.einsum("chw,shw->sc", feat, weight)
         s2 = s2 + torch.einsum("chw,shw->sc", feat * feat, weight)
@@ -165,6 +175,12 @@ def whole_and_region_statistics(
     if region is None:
         return whole, None
     return whole, trusted_region_stats(count[1:], mean[1:], var[1:], whole)
+
+
+def _own_features(grid: Tensor, rows: Span, cols: Span) -> Tensor:
+    """(S, h, w) float64: masks (S, 1, H, W) on the whole feature grid at a tile's own features."""
+    window = grid[:, 0, rows.window_features(), cols.window_features()]
+    return window[:, rows.features(), cols.features()].double()
 
 
 def stylize_tiled(
@@ -180,20 +196,11 @@ def stylize_tiled(
     height, width = content.shape[-2:]
     grid = (math.ceil(height / FEATURE_STRIDE), math.ceil(width / FEATURE_STRIDE))
     region = None if mix.masks is None else mix.masks.to(content.device).on_grid(grid)
-    own = (
-        None if mix.content_region is None else mix.content_region.to(content.device).on_grid(grid)
-    )
+    own = None if mix.content_box is None else box_mask(mix.content_box, grid, content.device)
     if statistics is not None and region is None and own is None:
         whole, by_region = statistics, None
-    elif own is None:
-        whole, by_region = whole_and_region_statistics(net, content, tile_size, region)
     else:
-        # The content region's statistics stand for the whole image's; the masks' regions
-        # within it.
-        regions = own if region is None else torch.cat([own, region * own])
-        _, (mean, std) = whole_and_region_statistics(net, content, tile_size, regions)
-        whole = mean[:1], std[:1]
-        by_region = None if region is None else (mean[1:], std[1:])
+        whole, by_region = whole_and_region_statistics(net, content, tile_size, region, own)
     out = torch.empty((1, 3, height, width), dtype=torch.float32, device=content.device)
     for rows, cols in tiles(height, width, tile_size):
         window = _window(content, rows, cols)

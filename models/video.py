@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models.config import FEATURE_STRIDE
-from models.model import Masks, StyleMix
+from models.model import Box, Masks, StyleMix
 from models.warping import (
     FlowMaps,
     contrast_preserving_mix,
@@ -348,19 +348,17 @@ class Placement:
         np.clip(canvas, 0, 1, out=canvas)
         return to_contiguous_tensor(canvas, frame.device)
 
-    def coverage(self) -> Masks | None:
-        """Where a shift's canvas shows the frame's own pixels rather than its mirrored padding,
-        as one mask (`StyleMix.content_region`: AdaIN's content statistics are then the frame's,
-        as when it is stylized alone); None where the canvas is the frame, and where it is
-        resampled: the wider mirrored margins of a zoom's or a deforming scene's canvas, left
-        out, raised the style loss instead (docs/video.md)."""
+    def frame_box(self) -> Box | None:
+        """Where a shift's canvas shows the frame's own pixels rather than its mirrored padding
+        (`StyleMix.content_box`: AdaIN's content statistics are then the frame's, as when it is
+        stylized alone); None where the canvas is the frame, and where it is resampled: the
+        wider mirrored margins of a zoom's or a deforming scene's canvas, left out, raised the
+        style loss instead (docs/video.md)."""
         if not self.integer or self.size == self.frame_size:
             return None
         height, width = self.frame_size
         ox, oy = int(-self.to_frame[0, 2]), int(-self.to_frame[1, 2])
-        inside = torch.zeros(1, *self.size)
-        inside[:, oy : oy + height, ox : ox + width] = 1
-        return Masks(inside)
+        return oy, oy + height, ox, ox + width
 
     def _resampled(self, image: np.ndarray, mode: str) -> np.ndarray:
         """The frame (H, W, C) resampled onto the canvas, mirrored outside the frame."""
@@ -406,9 +404,9 @@ def placed_masks(masks: Masks, placement: Placement) -> Masks:
 
 def placed_mix(mix: StyleMix, placement: Placement) -> StyleMix:
     """A frame's style mix for its network input: static masks moved with the frame
-    (`placed_masks`), the content's statistics over the frame's own pixels (`coverage`)."""
+    (`placed_masks`), the content's statistics over the frame's own pixels (`frame_box`)."""
     masks = None if mix.masks is None else placed_masks(mix.masks, placement)
-    return replace(mix, masks=masks, content_region=placement.coverage())
+    return replace(mix, masks=masks, content_box=placement.frame_box())
 
 
 def grey_uint8(frame: Tensor) -> np.ndarray:

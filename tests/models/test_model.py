@@ -203,18 +203,17 @@ def test_uncovered_pixels_take_the_unmasked_mix() -> None:
     torch.testing.assert_close(partial[..., :4], region_only, atol=1e-4, rtol=1e-4)
 
 
-def test_the_content_region_gives_the_content_statistics() -> None:
+def test_the_content_box_gives_the_content_statistics() -> None:
     # A frame on a larger canvas (the video stabiliser's padding): the features outside its
     # region, whatever they are, change neither the statistics nor the target inside it.
     feat = features(8, (1, 8, 6, 10), scale=1.5, shift=0.5)
     style_mean = features(9, (2, 8, 1, 1), shift=2.0)
     style_std = features(10, (2, 8, 1, 1)).abs() + 0.5
     weights = torch.tensor([0.25, 0.75])
-    inside = torch.zeros(1, 6, 10)
-    inside[:, 1:5, 2:9] = 1
+    inside = (8, 40, 16, 72)  # input pixels: the relu4_1 cells 1:5, 2:9 (stride 8)
     padded = feat.clone()
     padded[..., :, :2] = 40.0  # what the padding shows
-    framed = adain_target(padded, style_mean, style_std, weights, content_region=Masks(inside))
+    framed = adain_target(padded, style_mean, style_std, weights, content_box=inside)
     mean, std = hand_mean_std(feat[..., 1:5, 2:9])
     alone = sum(
         w * ((feat[..., 1:5, 2:9] - mean) / std * s + m)
@@ -227,7 +226,7 @@ def test_the_content_region_gives_the_content_statistics() -> None:
     left = torch.zeros(6, 10)
     left[:, :5] = 1
     masks = Masks(torch.stack([left, 1 - left]))
-    masked = adain_target(padded, style_mean, style_std, weights, masks, Masks(inside))
+    masked = adain_target(padded, style_mean, style_std, weights, masks, inside)
     mean, std = hand_mean_std(feat[..., 1:5, 2:5])
     torch.testing.assert_close(
         masked[..., 1:5, 2:5],
