@@ -334,11 +334,13 @@ def adain_target(
     """
     feat = content_feat.float()
     grid = (feat.shape[-2], feat.shape[-1])
-    if content_box is None:
-        whole = calc_mean_std(feat)
-    else:
+    own = feat
+    if content_box is not None:
         rows, columns = box_cells(content_box, grid)
-        whole = calc_mean_std(feat[..., rows, columns])
+        # One feature has no variance: a frame of a few pixels keeps the canvas's statistics.
+        if feat[..., rows, columns][0, 0].numel() > 1:
+            own = feat[..., rows, columns]
+    whole = calc_mean_std(own)
     if masks is None:
         return adain_target_from_stats(feat, whole, style_mean, style_std, mix_weights)
     region = masks.to(feat.device).on_grid(grid)

@@ -236,6 +236,16 @@ def test_the_content_box_gives_the_content_statistics() -> None:
     )
 
 
+def test_a_content_box_of_one_feature_keeps_the_whole_statistics() -> None:
+    # A frame of a few pixels on the stabiliser's canvas covers one relu4_1 cell: no variance.
+    feat = features(11, (1, 8, 3, 3), scale=1.5, shift=0.5)
+    style_mean, style_std = features(12, (1, 8, 1, 1)), features(13, (1, 8, 1, 1)).abs() + 0.5
+    weights = torch.ones(1)
+    tiny = adain_target(feat, style_mean, style_std, weights, content_box=(0, 9, 0, 9))
+    assert torch.isfinite(tiny).all()
+    torch.testing.assert_close(tiny, adain_target(feat, style_mean, style_std, weights))
+
+
 def test_uncovered_masks_give_sane_images(net: StyleTransfer) -> None:
     """All-black masks are the unmasked result; a mask covering a corner gives finite pixels,
     the unmasked ones far from the corner (within the decoder's reach, they mix)."""
