@@ -337,9 +337,9 @@ def adain_target(
     own = feat
     if content_box is not None:
         rows, columns = box_cells(content_box, grid)
+        boxed = feat[..., rows, columns]
         # One feature has no variance: a frame of a few pixels keeps the canvas's statistics.
-        if feat[..., rows, columns][0, 0].numel() > 1:
-            own = feat[..., rows, columns]
+        own = boxed if boxed.shape[-2] * boxed.shape[-1] > 1 else feat
     whole = calc_mean_std(own)
     if masks is None:
         return adain_target_from_stats(feat, whole, style_mean, style_std, mix_weights)

@@ -332,7 +332,7 @@ class Placement:
         mirrored."""
         height, width = self.frame_size
         if self.integer:
-            ox, oy = int(-self.to_frame[0, 2]), int(-self.to_frame[1, 2])
+            ox, oy = self._shift()
             pads = (ox, self.size[1] - width - ox, oy, self.size[0] - height - oy)
             return F.pad(image, pads, mode="reflect") if any(pads) else image
         placed = [self._resampled(to_image(item[None]), mode) for item in image]
@@ -357,8 +357,12 @@ class Placement:
         if not self.integer or self.size == self.frame_size:
             return None
         height, width = self.frame_size
-        ox, oy = int(-self.to_frame[0, 2]), int(-self.to_frame[1, 2])
+        ox, oy = self._shift()
         return oy, oy + height, ox, ox + width
+
+    def _shift(self) -> tuple[int, int]:
+        """A shift's offset (x, y) of the frame on the canvas."""
+        return int(-self.to_frame[0, 2]), int(-self.to_frame[1, 2])
 
     def _resampled(self, image: np.ndarray, mode: str) -> np.ndarray:
         """The frame (H, W, C) resampled onto the canvas, mirrored outside the frame."""
@@ -375,7 +379,7 @@ class Placement:
         """`back` as an (H, W, C) float32 array, what the stabiliser works on."""
         height, width = self.frame_size
         if self.integer:
-            ox, oy = int(-self.to_frame[0, 2]), int(-self.to_frame[1, 2])
+            ox, oy = self._shift()
             return to_image(canvas[..., oy : oy + height, ox : ox + width])
         if self.canvas_points is not None:
             frame = remap_points(
