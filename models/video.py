@@ -121,6 +121,9 @@ RIGID_LAYER_MIN_SHARE = 0.04
 # Fixed-point steps inverting frame -> reference into reference -> frame (a smooth field
 # displacing less than a cell converges to well under 0.01 px in three).
 INVERSION_STEPS = 3
+# The inversion is made on a grid this many times finer than the field's and interpolated
+# between its points: the inverse's kinks, where the field's cells meet, fall between them.
+INVERSE_GRID_SHARE = 4
 
 
 @dataclass(frozen=True)
@@ -839,9 +842,7 @@ class Stabilizer:
             return None, None, None  # the distance would go unused (`_detail_share`)
         explained_x, explained_y = _affine_flow(motion, size)
         if deformation is not None:
-            on_frame = cv2.remap(
-                deformation, _coarse_points(size, _deformation_step(size)), None, cv2.INTER_LINEAR
-            )
+            on_frame = _on_pixels(deformation, size, _deformation_step(size))
             explained_x, explained_y = (
                 explained_x + on_frame[..., 0],
                 explained_y + on_frame[..., 1],
@@ -983,25 +984,28 @@ class Stabilizer:
     ) -> Placement:
         """The placement through the camera's map and the deformation field: frame pixel p lies
         at the canvas's to_canvas(p) + deformation(p); the way from the canvas to the frame
-        inverts that by fixed-point steps (the field is smooth and displaces by a few px)."""
+        inverts that by fixed-point steps (the field is smooth and displaces by a few px) on
+        a grid of the canvas's points as coarse as the field's, and its displacement from
+        to_frame is interpolated between them as the field is."""
         assert self.deformation is not None
         step = _deformation_step(size)
         field = self.deformation
-        on_frame = cv2.remap(field, _coarse_points(size, step), None, cv2.INTER_LINEAR)
-        to_canvas_map = np.asarray(to_canvas, dtype=np.float32)
-        canvas_points = cv2.transform(pixel_points(*size), to_canvas_map) + on_frame
-        start = cv2.transform(pixel_points(*canvas), np.asarray(to_frame, dtype=np.float32))
-        inverse_linear = np.asarray(to_frame[:, :2], dtype=np.float32)
-        frame_points = start
+        canvas_points = cv2.transform(pixel_points(*size), np.asarray(to_canvas, np.float32))
+        canvas_points += _on_pixels(field, size, step)
+        to_frame_map = np.asarray(to_frame, dtype=np.float32)
+        spacing = step / INVERSE_GRID_SHARE
+        nodes = _grid_points(canvas, spacing)
+        start = cv2.transform(nodes, to_frame_map)
+        inverse_linear = to_frame_map[:, :2]
+        displacement = np.zeros_like(start)
         for _ in range(INVERSION_STEPS):
+            points = cv2.add(start, displacement) * np.float32(1 / step)
             displaced = cv2.remap(
-                field,
-                frame_points * np.float32(1 / step),
-                None,
-                cv2.INTER_LINEAR,
-                borderMode=cv2.BORDER_REPLICATE,
+                field, points, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
             )
-            frame_points = start - cv2.transform(displaced, inverse_linear)
+            displacement = -cv2.transform(displaced, inverse_linear)
+        frame_points = cv2.transform(pixel_points(*canvas), to_frame_map)
+        frame_points += _on_pixels(displacement, canvas, spacing)
         return Placement(size, canvas, to_frame, False, frame_points, canvas_points)
 
     def _network_inputs(
@@ -1116,10 +1120,23 @@ def _deformation_step(size: tuple[int, int]) -> int:
     return max(1, min(size) // DEFORMATION_CELLS)
 
 
+def _on_pixels(values: np.ndarray, size: tuple[int, int], step: float) -> np.ndarray:
+    """`values` (h, w, 2) given on a grid of points `step` px apart (the deformation field's)
+    at every pixel of `size` (H, W), bilinear, replicated past the grid's last point."""
+    height, width = size
+    scale = np.array([[1 / step, 0, 0], [0, 1 / step, 0]], dtype=np.float32)
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    return cv2.warpAffine(
+        values, scale, (width, height), flags=flags, borderMode=cv2.BORDER_REPLICATE
+    ).reshape(height, width, values.shape[2])
+
+
 @lru_cache(maxsize=8)
-def _coarse_points(size: tuple[int, int], step: int) -> np.ndarray:
-    """Each frame pixel's place (x, y) on the deformation field's grid, (H, W, 2) float32."""
-    points = pixel_points(*size) * np.float32(1 / step)
+def _grid_points(size: tuple[int, int], step: float) -> np.ndarray:
+    """(x, y) of a grid of points `step` px apart from (0, 0) that covers `size` (H, W)."""
+    height, width = size
+    rows, columns = math.ceil((height - 1) / step) + 1, math.ceil((width - 1) / step) + 1
+    points = pixel_points(rows, columns) * np.float32(step)
     points.flags.writeable = False
     return points
 
