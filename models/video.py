@@ -842,7 +842,7 @@ class Stabilizer:
             return None, None, None  # the distance would go unused (`_detail_share`)
         explained_x, explained_y = _affine_flow(motion, size)
         if deformation is not None:
-            on_frame = _on_pixels(deformation, size, _deformation_step(size))
+            on_frame = _field_on_pixels(deformation, size, _deformation_step(size))
             explained_x, explained_y = (
                 explained_x + on_frame[..., 0],
                 explained_y + on_frame[..., 1],
@@ -985,17 +985,16 @@ class Stabilizer:
         """The placement through the camera's map and the deformation field: frame pixel p lies
         at the canvas's to_canvas(p) + deformation(p); the way from the canvas to the frame
         inverts that by fixed-point steps (the field is smooth and displaces by a few px) on
-        a grid of the canvas's points as coarse as the field's, and its displacement from
-        to_frame is interpolated between them as the field is."""
+        a grid of the canvas's points, and its displacement from to_frame is interpolated
+        between them."""
         assert self.deformation is not None
         step = _deformation_step(size)
         field = self.deformation
         canvas_points = cv2.transform(pixel_points(*size), np.asarray(to_canvas, np.float32))
-        canvas_points += _on_pixels(field, size, step)
+        canvas_points += _field_on_pixels(field, size, step)
         to_frame_map = np.asarray(to_frame, dtype=np.float32)
-        spacing = step / INVERSE_GRID_SHARE
-        nodes = _grid_points(canvas, spacing)
-        start = cv2.transform(nodes, to_frame_map)
+        spacing = _grid_spacing(step)
+        start = cv2.transform(_grid_nodes(canvas, spacing), to_frame_map)
         inverse_linear = to_frame_map[:, :2]
         displacement = np.zeros_like(start)
         for _ in range(INVERSION_STEPS):
@@ -1120,25 +1119,50 @@ def _deformation_step(size: tuple[int, int]) -> int:
     return max(1, min(size) // DEFORMATION_CELLS)
 
 
-def _on_pixels(values: np.ndarray, size: tuple[int, int], step: float) -> np.ndarray:
-    """`values` (h, w, 2) given on a grid of points `step` px apart (the deformation field's)
-    at every pixel of `size` (H, W), bilinear, replicated past the grid's last point."""
-    height, width = size
-    scale = np.array([[1 / step, 0, 0], [0, 1 / step, 0]], dtype=np.float32)
-    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    return cv2.warpAffine(
-        values, scale, (width, height), flags=flags, borderMode=cv2.BORDER_REPLICATE
-    ).reshape(height, width, values.shape[2])
+def _grid_spacing(step: int) -> float:
+    """The spacing (px) of the grid on which a deformation field is resampled and inverted:
+    INVERSE_GRID_SHARE times finer than the field's, no finer than the pixels."""
+    return max(1.0, step / INVERSE_GRID_SHARE)
 
 
 @lru_cache(maxsize=8)
-def _grid_points(size: tuple[int, int], step: float) -> np.ndarray:
-    """(x, y) of a grid of points `step` px apart from (0, 0) that covers `size` (H, W)."""
+def _grid_nodes(size: tuple[int, int], spacing: float) -> np.ndarray:
+    """(x, y), (n, m, 2) float32, of a grid of points `spacing` px apart that covers `size`
+    (H, W) and a little past it on every side, where `_on_pixels` interpolates between them:
+    OpenCV's resize samples at pixel centres, node j at (j + 0.5) spacing - 0.5, here counted
+    from `_grid_margin` px before the first pixel (so that no pixel falls past the nodes,
+    where resize would hold the last value)."""
+    margin = _grid_margin(spacing)
     height, width = size
-    rows, columns = math.ceil((height - 1) / step) + 1, math.ceil((width - 1) / step) + 1
-    points = pixel_points(rows, columns) * np.float32(step)
-    points.flags.writeable = False
-    return points
+    rows, columns = (math.ceil((side + margin) / spacing) + 1 for side in (height, width))
+    xs = (np.arange(columns) + 0.5) * spacing - 0.5 - margin
+    ys = (np.arange(rows) + 0.5) * spacing - 0.5 - margin
+    grid = np.meshgrid(xs.astype(np.float32), ys.astype(np.float32))
+    nodes = cv2.merge(grid)
+    nodes.flags.writeable = False
+    return nodes
+
+
+def _grid_margin(spacing: float) -> int:
+    return math.ceil(spacing / 2)
+
+
+def _on_pixels(values: np.ndarray, size: tuple[int, int], spacing: float) -> np.ndarray:
+    """`values` (n, m, 2) given at `_grid_nodes(size, spacing)`, at every pixel of `size`
+    (H, W), bilinear: OpenCV's resize, several times faster than a warp or a remap."""
+    height, width = size
+    margin = _grid_margin(spacing)
+    upsampled = cv2.resize(values, None, fx=spacing, fy=spacing, interpolation=cv2.INTER_LINEAR)
+    return upsampled[margin : margin + height, margin : margin + width]
+
+
+def _field_on_pixels(field: np.ndarray, size: tuple[int, int], step: int) -> np.ndarray:
+    """A deformation field (or its increment) on its grid (points `step` px apart from the
+    frame's first pixel) at every pixel of the frame of `size` (H, W), bilinear."""
+    spacing = _grid_spacing(step)
+    nodes = _grid_nodes(size, spacing) * np.float32(1 / step)
+    at_nodes = cv2.remap(field, nodes, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return _on_pixels(at_nodes, size, spacing)
 
 
 def _largest_strain(field: np.ndarray, step: int) -> float:

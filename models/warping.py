@@ -63,6 +63,8 @@ RIGID_TOLERANCE_PX = 0.2
 RIGID_TILE = 8
 # Past this share of irregular tiles the whole frame follows the flow (one remap).
 RIGID_SHARE = 0.5
+# `pixel_points` and `pixel_grid` are cut from grids of sides rounded up to this (px).
+GRID_QUANTUM = 64
 
 
 # Runs `in_bands`' bands (OpenCV and numpy release the interpreter lock).
@@ -124,18 +126,33 @@ def to_contiguous_tensor(image: np.ndarray, device: torch.device | str = "cpu") 
     return torch.from_numpy(planes.reshape(channels, height, width))[None].to(device)
 
 
-@lru_cache(maxsize=8)
 def pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """x and y of every pixel, (H, W) float32 each (read-only: shared between calls)."""
+    """x and y of every pixel, (H, W) float32 each (read-only views of shared arrays)."""
+    xs, ys = _pixel_grid(_rounded_up(height), _rounded_up(width))
+    return xs[:height, :width], ys[:height, :width]
+
+
+def pixel_points(height: int, width: int) -> np.ndarray:
+    """(x, y) of every pixel, (H, W, 2) float32 (a read-only view of a shared array)."""
+    return _pixel_points(_rounded_up(height), _rounded_up(width))[:height, :width]
+
+
+def _rounded_up(side: int) -> int:
+    """A side rounded up to a multiple of GRID_QUANTUM: the grids are made once for sizes
+    that change by a few pixels from frame to frame (a resampled canvas's), and cropped."""
+    return GRID_QUANTUM * -(-side // GRID_QUANTUM)
+
+
+@lru_cache(maxsize=8)
+def _pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
     xs.flags.writeable = ys.flags.writeable = False
     return xs, ys
 
 
 @lru_cache(maxsize=8)
-def pixel_points(height: int, width: int) -> np.ndarray:
-    """(x, y) of every pixel, (H, W, 2) float32 (read-only: shared between calls)."""
-    points = cv2.merge(list(pixel_grid(height, width)))
+def _pixel_points(height: int, width: int) -> np.ndarray:
+    points = cv2.merge(list(_pixel_grid(height, width)))
     points.flags.writeable = False
     return points
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -299,6 +300,44 @@ def test_a_resampled_placement_comes_back_close_to_the_frame() -> None:
     back = placement.back(placement.place(frame))
     inner = (slice(None), slice(None), slice(8, -8), slice(8, -8))
     assert (back - frame)[inner].abs().mean() < 0.02
+
+
+@pytest.mark.parametrize("size", [(96, 128), (600, 800)])
+def test_a_deforming_scenes_two_maps_invert_each_other(size: tuple[int, int]) -> None:
+    # The way from the canvas to the frame is inverted on a grid of the canvas's points
+    # (2.25 px apart on the larger frame) and interpolated between them: through the way
+    # back it lands where it started.
+    height, width = size
+    stabilizer = Stabilizer(block_network)
+    stabilizer.camera = torch.tensor([[1.02, -0.03, 3.3], [0.03, 1.02, -2.1]], dtype=torch.float64)
+    step = video._deformation_step(size)
+    ys, xs = np.mgrid[0:height:step, 0:width:step].astype(np.float32)
+    stabilizer.deformation = np.stack(
+        [4 * np.sin(xs / 70 + ys / 110), 3 * np.cos(ys / 60 - xs / 90)], axis=-1
+    ).astype(np.float32)
+    placement = stabilizer._placement(size)
+    assert placement.frame_points is not None and placement.canvas_points is not None
+    frame_points = placement.frame_points
+    inside = cv2.inRange(frame_points, (1, 1), (width - 2, height - 2)) > 0
+    back = cv2.remap(placement.canvas_points, frame_points, None, cv2.INTER_LINEAR)
+    canvas_height, canvas_width = placement.size
+    grid = np.stack(np.meshgrid(np.arange(canvas_width), np.arange(canvas_height)), axis=-1)
+    error = np.linalg.norm(back - grid, axis=-1)[inside]
+    assert error.max() < 0.1 and error.mean() < 0.02, (error.max(), error.mean())
+
+
+def test_a_fields_grid_values_come_back_exactly_where_they_are_linear() -> None:
+    # Values given on the grid of nodes that OpenCV's resize interpolates between, at a
+    # spacing that is no whole number of pixels: a linear function comes back at every pixel.
+    size, spacing = (301, 403), 2.75
+    nodes = video._grid_nodes(size, spacing)
+    values = np.stack(
+        [0.3 * nodes[..., 0] - 0.2 * nodes[..., 1] + 1, 0.01 * nodes[..., 0] + 0.5 * nodes[..., 1]],
+        axis=-1,
+    )
+    ys, xs = np.mgrid[0 : size[0], 0 : size[1]].astype(np.float32)
+    expected = np.stack([0.3 * xs - 0.2 * ys + 1, 0.01 * xs + 0.5 * ys], axis=-1)
+    np.testing.assert_allclose(video._on_pixels(values, size, spacing), expected, atol=1e-3)
 
 
 def test_a_shift_covers_the_frames_own_pixels() -> None:
