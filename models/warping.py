@@ -23,23 +23,24 @@ import numpy as np
 import torch
 from torch import Tensor
 
-# Resampling kernels by name. "lanczos": Lanczos's sharpness, in the cheapest form the map
-# allows: a translation is two 1-D Lanczos filters; any other map (an affine warp, a dense
-# remap) is OpenCV's bicubic on the image sharpened by SHARPENING_TAPS first (`_resampling`).
+# Resampling kernels by name: OpenCV's Lanczos uses 4 lobes (8 x 8 taps). "sharp_bicubic":
+# OpenCV's bicubic on the image sharpened by SHARPENING_TAPS first (`_resampling`).
 INTERPOLATION = {
+    "lanczos": cv2.INTER_LANCZOS4,
+    "sharp_bicubic": cv2.INTER_CUBIC,
     "bicubic": cv2.INTER_CUBIC,
     "bilinear": cv2.INTER_LINEAR,
     "nearest": cv2.INTER_NEAREST,
 }
 # OpenCV's bicubic (Keys, a = -0.75) reads 4 x 4 taps, its Lanczos-4 8 x 8 at four times the
-# cost; the bicubic alone softens the finest detail, and that compounds over the stabiliser's
-# resamplings. This separable 7-tap prefilter, fitted by least squares so that it and the
-# bicubic have Lanczos-4's frequency response (averaged over the sub-pixel phases) over the
-# whole band, gives Lanczos-4's sharpness (docs/video.md).
+# cost, but the bicubic alone softens the finest detail. This separable 7-tap prefilter, fitted
+# by least squares so that it and the bicubic have Lanczos-4's frequency response (averaged
+# over the sub-pixel phases) over the whole band, gives Lanczos-4's sharpness on average
+# (docs/video.md). Not where an image is resampled again and again: at a whole-pixel phase the
+# bicubic passes the sharpening through, and repeated, it compounds.
 SHARPENING_TAPS = np.array(
     [0.0136, 0.0116, -0.0479, 1.0454, -0.0479, 0.0116, 0.0136], dtype=np.float32
 )
-CUBIC_A = -0.75  # OpenCV's bicubic
 # Local variance (of [0, 1] pixel values) under which contrast_preserving_mix leaves a mix as
 # it is: flat regions have no strokes to fade.
 CONTRAST_FLOOR = 1e-5
@@ -49,6 +50,7 @@ CONTRAST_FLOOR = 1e-5
 MOMENTS_COARSE_SIGMA = 2.0
 MOMENTS_GRID_SIGMA = 0.75
 LANCZOS_LOBES = 3  # the separable shift's kernel: Lanczos-3, 6 taps per axis
+REMAP_LANCZOS_LOBES = 4  # OpenCV's INTER_LANCZOS4: 8 taps per axis
 # OpenCV's remap and warpAffine take at most this many channels at once.
 MAX_CHANNELS = 4
 # `in_bands`: a frame is split into one band of rows per core, each at least this many
@@ -242,8 +244,8 @@ class FlowMaps:
             return remap_points(image, self.points, resample, cv2.BORDER_REPLICATE)
         dx, dy = self.rigid.translation
         size, border = (image.shape[0], image.shape[1]), cv2.BORDER_REPLICATE
-        if resample == "lanczos":  # the tiles' kernel, as two 1-D filters
-            moved = _shift(image, dx, dy, size, border, _sharpened_cubic_taps)
+        if resample == "lanczos":  # OpenCV's remap has 4 lobes: the tiles' kernel too
+            moved = _shift(image, dx, dy, size, border, lobes=REMAP_LANCZOS_LOBES)
         else:
             moved = warp_affine(
                 image, np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]]), size, resample, border
@@ -294,9 +296,9 @@ def _remap(source: np.ndarray, points: np.ndarray, kernel: int, border: int) -> 
 
 
 def _resampling(image: np.ndarray, resample: str, border: int) -> tuple[np.ndarray, int]:
-    """What OpenCV's warps and remaps read for `resample`, and their kernel: "lanczos" is the
-    bicubic on the image sharpened by SHARPENING_TAPS (in bands of rows on all cores)."""
-    if resample != "lanczos":
+    """What OpenCV's warps and remaps read for `resample`, and their kernel: "sharp_bicubic"
+    reads the image sharpened by SHARPENING_TAPS (in bands of rows on all cores)."""
+    if resample != "sharp_bicubic":
         return image, INTERPOLATION[resample]
     reach = len(SHARPENING_TAPS) // 2
 
@@ -310,22 +312,12 @@ def _resampling(image: np.ndarray, resample: str, border: int) -> tuple[np.ndarr
     return (rows(slice(None)) if sharpened is None else sharpened), cv2.INTER_CUBIC
 
 
-def _lanczos_taps(fraction: float, lobes: int = LANCZOS_LOBES) -> np.ndarray:
+def _lanczos_taps(fraction: float, lobes: int) -> np.ndarray:
     """The 2 * lobes normalised Lanczos weights of the samples at offsets 1 - lobes .. lobes
     for a point `fraction` in [0, 1) past the first of the middle two."""
     distance = fraction - np.arange(1 - lobes, lobes + 1, dtype=np.float64)
     taps = np.sinc(distance) * np.sinc(distance / lobes)
     return (taps / taps.sum()).astype(np.float32)
-
-
-def _sharpened_cubic_taps(fraction: float) -> np.ndarray:
-    """`_resampling`'s "lanczos" of a remap as one 1-D filter: SHARPENING_TAPS then OpenCV's
-    bicubic weights (Keys) at offsets -1 .. 2, 10 taps at offsets -4 .. 5."""
-    distance = np.abs(fraction - np.arange(-1, 3, dtype=np.float64))
-    near = ((CUBIC_A + 2) * distance - (CUBIC_A + 3)) * distance**2 + 1
-    far = CUBIC_A * (((distance - 5) * distance + 8) * distance - 4)
-    cubic = np.where(distance <= 1, near, far)
-    return np.convolve(SHARPENING_TAPS, cubic).astype(np.float32)
 
 
 def _shift(
@@ -334,16 +326,14 @@ def _shift(
     shift_y: float,
     size: tuple[int, int],
     border: int,
-    kernel: Callable[[float], np.ndarray] = _lanczos_taps,
+    lobes: int = LANCZOS_LOBES,
 ) -> np.ndarray:
-    """(h, w[, C]) whose pixel (x, y) is `image` at (x + shift_x, y + shift_y), as two 1-D
-    filters: `kernel(fraction)` gives the 2 * lobes taps at offsets 1 - lobes .. lobes (by
-    default Lanczos-3)."""
+    """(h, w[, C]) whose pixel (x, y) is `image` at (x + shift_x, y + shift_y), Lanczos with
+    `lobes` lobes as two 1-D filters."""
     height, width = size
     base_x, base_y = math.floor(shift_x), math.floor(shift_y)
-    taps_x, taps_y = kernel(shift_x - base_x), kernel(shift_y - base_y)
-    lobes = len(taps_x) // 2
     reach = lobes - 1
+    taps_x, taps_y = _lanczos_taps(shift_x - base_x, lobes), _lanczos_taps(shift_y - base_y, lobes)
     # The source pixels the taps read: columns base_x - reach .. base_x + width + reach + 1,
     # rows alike.
     left, top = base_x - reach, base_y - reach
