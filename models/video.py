@@ -210,6 +210,12 @@ class Blending:
     # (OpenCV's, 4 lobes, 8 x 8 taps) keeps strokes sharper than "bicubic" at five times its
     # cost, and far sharper than "bilinear" (docs/video.md).
     resample: str = "lanczos"
+    # The same where the flow is not one translation (a deforming scene, a moving object, a
+    # zoom): each frame keeps only `nonrigid_detail_weight`'s share of the propagated fine
+    # detail there, and "bicubic" gives what "lanczos" gives at a quarter of its cost
+    # (docs/video.md; `with_strength` above the default strength, which keeps more, moves it
+    # with `resample`).
+    irregular_resample: str = "bicubic"
 
 
 @dataclass(frozen=True)
@@ -273,8 +279,12 @@ def with_strength(config: StabilizerConfig, strength: float) -> StabilizerConfig
     def between(name: str) -> float:
         return (1 - share) * getattr(low, name) + share * getattr(high, name)
 
-    weights = ("weight", "detail_weight", "nonrigid_detail_weight")
-    return replace(config, blending=replace(blending, **{name: between(name) for name in weights}))
+    names = ("weight", "detail_weight", "nonrigid_detail_weight")
+    weights: dict[str, float | str] = {name: between(name) for name in names}
+    if strength > DEFAULT_STRENGTH:
+        # The propagated detail lasts longer: it moves with the translation's kernel everywhere.
+        weights["irregular_resample"] = blending.resample
+    return replace(config, blending=replace(blending, **weights))
 
 
 # The live feed's form: the cheapest flow, one stylization per frame, no resampling of the
@@ -379,20 +389,17 @@ class Placement:
         return int(-self.to_frame[0, 2]), int(-self.to_frame[1, 2])
 
     def _resampled(self, image: np.ndarray, mode: str) -> np.ndarray:
-        """The frame (H, W, C) resampled onto the canvas, mirrored outside the frame."""
-        mode = self._once(mode)
+        """The frame (H, W, C) resampled onto the canvas, mirrored outside the frame: with
+        "lanczos" through anything but a translation (two 1-D filters), the sharpened bicubic,
+        at a third of Lanczos-4's cost. The network's input only: it changes the outputs
+        little, where on the way back it softens them (docs/video.md)."""
+        translation = torch.equal(self.to_frame[:, :2], _IDENTITY[:, :2])
+        if mode == "lanczos" and (self.frame_points is not None or not translation):
+            mode = "sharp_bicubic"
         if self.frame_points is not None:
             return remap_points(image, self.frame_points, mode, cv2.BORDER_REFLECT_101)
         to_frame = self.to_frame.numpy()
         return warp_affine(image, to_frame, self.size, mode, cv2.BORDER_REFLECT_101)
-
-    def _once(self, mode: str) -> str:
-        """The kernel of a resampling between the frame and the canvas: made once per frame,
-        not repeated, so "lanczos" through anything but a translation (two 1-D filters) is the
-        sharpened bicubic, Lanczos-4's sharpness at a third of its cost."""
-        translation = torch.equal(self.to_frame[:, :2], _IDENTITY[:, :2])
-        dense = self.frame_points is not None
-        return "sharp_bicubic" if mode == "lanczos" and (dense or not translation) else mode
 
     def back(self, canvas: Tensor, resample: str = "lanczos") -> Tensor:
         """The network's output on the canvas (1, C, h, w) -> on the frame's pixels."""
@@ -404,7 +411,6 @@ class Placement:
         if self.integer:
             ox, oy = self._shift()
             return to_image(canvas[..., oy : oy + height, ox : ox + width])
-        resample = self._once(resample)
         if self.canvas_points is not None:
             frame = remap_points(
                 to_image(canvas), self.canvas_points, resample, cv2.BORDER_REPLICATE
@@ -766,16 +772,16 @@ class Stabilizer:
         size = (valid.shape[0], valid.shape[1])
         if self.config.blending.border_trust_px > 0:
             valid *= flow.maps.warp(border_trust(size, self.config.blending.border_trust_px))
-        resample = self.config.blending.resample
+        resample = self.config.blending.resample, self.config.blending.irregular_resample
         if renewed and self.config.renewal.fade:
-            return Carried(valid, fading=flow.maps.warp(self.previous_output, resample))
+            return Carried(valid, fading=flow.maps.warp(self.previous_output, *resample))
         if premixes(self.config):
             premixed = self.premixed.result() if self.premixed is not None else None
             if premixed is None:  # resumed from a state_dict
                 premixed = premix(self.stream, self.config)
-            moved = Carried(valid, premixed=flow.maps.warp(premixed, resample))
+            moved = Carried(valid, premixed=flow.maps.warp(premixed, *resample))
         else:
-            stream = flow.maps.warp(self.stream, resample)
+            stream = flow.maps.warp(self.stream, *resample)
             sigma = self.config.blending.detail_sigma
             moved = Carried(
                 valid,
@@ -785,7 +791,7 @@ class Stabilizer:
                 np.multiply(valid, self._detail_share(residual)),
             )
         if self.fading is not None and self.fading_weight is not None:
-            moved.fading = flow.maps.warp(self.fading, resample)
+            moved.fading = flow.maps.warp(self.fading, *resample)
             moved.fading_weight = flow.maps.warp(self.fading_weight) * valid
         return moved
 

@@ -238,10 +238,14 @@ class FlowMaps:
         height, width = self.points.shape[:2]
         return cv2.inRange(self.points, (0, 0), (width - 1, height - 1)) > 0
 
-    def warp(self, image: np.ndarray, resample: str = "bilinear") -> np.ndarray:
-        """`image` (H, W[, C]) sampled at p + flow(p), edges clamped."""
+    def warp(
+        self, image: np.ndarray, resample: str = "bilinear", irregular: str | None = None
+    ) -> np.ndarray:
+        """`image` (H, W[, C]) sampled at p + flow(p), edges clamped; `irregular`: the kernel
+        where the flow is not the rigid part's translation (by default `resample`)."""
+        remapped = irregular or resample
         if self.rigid is None:
-            return remap_points(image, self.points, resample, cv2.BORDER_REPLICATE)
+            return remap_points(image, self.points, remapped, cv2.BORDER_REPLICATE)
         dx, dy = self.rigid.translation
         size, border = (image.shape[0], image.shape[1]), cv2.BORDER_REPLICATE
         if resample == "lanczos":  # OpenCV's remap has 4 lobes: the tiles' kernel too
@@ -251,7 +255,7 @@ class FlowMaps:
                 image, np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]]), size, resample, border
             )
         if self.rigid.irregular:
-            source, kernel = _resampling(image, resample, border)
+            source, kernel = _resampling(image, remapped, border)
             for top, bottom, left, right in self.rigid.irregular:
                 moved[top:bottom, left:right] = _remap(
                     source, self.points[top:bottom, left:right], kernel, border
