@@ -210,12 +210,12 @@ class Blending:
     # (OpenCV's, 4 lobes, 8 x 8 taps) keeps strokes sharper than "bicubic" at five times its
     # cost, and far sharper than "bilinear" (docs/video.md).
     resample: str = "lanczos"
-    # The same where the flow is not one translation (a deforming scene, a moving object, a
-    # zoom): each frame keeps only `nonrigid_detail_weight`'s share of the propagated fine
-    # detail there, and "bicubic" gives what "lanczos" gives at a quarter of its cost
-    # (docs/video.md; `with_strength` above the default strength, which keeps more, moves it
-    # with `resample`).
-    irregular_resample: str = "bicubic"
+    # The same where the scene deforms (the deformation field is followed) and the flow is
+    # not one translation: there "bicubic" gives what "lanczos" gives at a quarter of its
+    # cost, as each frame keeps only `nonrigid_detail_weight`'s share of the propagated fine
+    # detail (docs/video.md; `with_strength` above the default strength, which keeps more,
+    # moves it with `resample`).
+    deforming_resample: str = "bicubic"
 
 
 @dataclass(frozen=True)
@@ -283,7 +283,7 @@ def with_strength(config: StabilizerConfig, strength: float) -> StabilizerConfig
     weights: dict[str, float | str] = {name: between(name) for name in names}
     if strength > DEFAULT_STRENGTH:
         # The propagated detail lasts longer: it moves with the translation's kernel everywhere.
-        weights["irregular_resample"] = blending.resample
+        weights["deforming_resample"] = blending.resample
     return replace(config, blending=replace(blending, **weights))
 
 
@@ -714,7 +714,8 @@ class Stabilizer:
         if carries and premixes(self.config):
             # The premixed output moves along the flow whatever the tracking finds but a
             # renewal (then made anew below): beside the tracking and the network's input.
-            carried = _BESIDE_NETWORK.submit(self._carry, flow, False, None)
+            deforming = self.deformation is not None
+            carried = _BESIDE_NETWORK.submit(self._carry, flow, False, None, deforming)
         if flow is not None and self.config.tracking.align_grid:
             layer, renewed, residual = self._track(flow)
         beside = _core_beside_network(frame.device)
@@ -724,11 +725,12 @@ class Stabilizer:
             # them (otherwise they would only contend with the network's threads for the
             # cores and the interpreter lock), else beside the making of the network's input
             # on a large frame, else here (a small frame's input takes less than the hand-over).
+            arguments = (flow, renewed, residual, self.deformation is not None)
             if beside or size[0] * size[1] >= OVERLAP_PIXELS:
-                carried = _BESIDE_NETWORK.submit(self._carry, flow, renewed, residual)
+                carried = _BESIDE_NETWORK.submit(self._carry, *arguments)
             else:
                 carried = Future()
-                carried.set_result(self._carry(flow, renewed, residual))
+                carried.set_result(self._carry(*arguments))
         inputs = self._network_inputs(frame, layer)
         if carried is not None and not beside:
             wait([carried])
@@ -765,14 +767,18 @@ class Stabilizer:
         self.frames += 1
         return to_tensor(output, outputs[0].device)
 
-    def _carry(self, flow: Flow, renewed: bool, residual: np.ndarray | None) -> Carried:
+    def _carry(
+        self, flow: Flow, renewed: bool, residual: np.ndarray | None, deforming: bool
+    ) -> Carried:
         """The previous frames' images moved along the flow onto this frame, where they are
-        valid (reliable flow, trusted less near the border), and the blend's weights."""
+        valid (reliable flow, trusted less near the border), and the blend's weights;
+        `deforming`: the deformation field is followed (`Blending.deforming_resample`)."""
+        blending = self.config.blending
         valid = flow.reliable.astype(np.float32)[..., None]
         size = (valid.shape[0], valid.shape[1])
-        if self.config.blending.border_trust_px > 0:
-            valid *= flow.maps.warp(border_trust(size, self.config.blending.border_trust_px))
-        resample = self.config.blending.resample, self.config.blending.irregular_resample
+        if blending.border_trust_px > 0:
+            valid *= flow.maps.warp(border_trust(size, blending.border_trust_px))
+        resample = blending.resample, blending.deforming_resample if deforming else None
         if renewed and self.config.renewal.fade:
             return Carried(valid, fading=flow.maps.warp(self.previous_output, *resample))
         if premixes(self.config):
@@ -782,12 +788,12 @@ class Stabilizer:
             moved = Carried(valid, premixed=flow.maps.warp(premixed, *resample))
         else:
             stream = flow.maps.warp(self.stream, *resample)
-            sigma = self.config.blending.detail_sigma
+            sigma = blending.detail_sigma
             moved = Carried(
                 valid,
                 stream,
                 gaussian_blur(stream, sigma, banded=True) if sigma > 0 else stream,
-                np.multiply(valid, np.float32(self.config.blending.weight)),
+                np.multiply(valid, np.float32(blending.weight)),
                 np.multiply(valid, self._detail_share(residual)),
             )
         if self.fading is not None and self.fading_weight is not None:
@@ -859,7 +865,8 @@ class Stabilizer:
         how far (px, (H, W)) the flow is from the nearest aligned motion (None where nothing
         uses it) and the second motion's backward translation. The aligned motions: the
         camera's `motion`, with a deforming scene's increment of the frame (its field's grid,
-        in the frame's axes) on top."""
+        in the frame's axes) on top. Told apart on the flow's own samples (`_flow_sampling`)
+        and scaled up."""
         size = (flow.shape[0], flow.shape[1])
         blending = self.config.blending
         if (
@@ -867,9 +874,33 @@ class Stabilizer:
             and blending.nonrigid_detail_weight == blending.detail_weight
         ):
             return None, None, None  # the distance would go unused (`_detail_share`)
-        explained_x, explained_y = _affine_flow(motion, size)
+        k = _flow_sampling(size, self.config.tracking)
+        field_step = _deformation_step(size) / k
+        layer, distance, second = self._sampled_layers(
+            flow[::k, ::k], reliable[::k, ::k], motion, k, deformation, field_step
+        )
+        if k > 1:
+            frame = (size[1], size[0])
+            distance = cv2.resize(distance, frame, interpolation=cv2.INTER_LINEAR)
+            if layer is not None:
+                layer = cv2.resize(layer.view(np.uint8), frame, interpolation=cv2.INTER_NEAREST)
+                layer = layer.view(bool)
+        return layer, distance, second
+
+    def _sampled_layers(
+        self,
+        flow: np.ndarray,
+        reliable: np.ndarray,
+        motion: Tensor,
+        step: int,
+        deformation: np.ndarray | None,
+        field_step: float,
+    ) -> tuple[np.ndarray | None, np.ndarray, Tensor | None]:
+        """`_layers` on the frame's pixels `step` apart (the field's grid `field_step` of
+        them apart)."""
+        explained_x, explained_y = _affine_flow(motion, (flow.shape[0], flow.shape[1]), step)
         if deformation is not None:
-            on_frame = _field_on_pixels(deformation, size, _deformation_step(size))
+            on_frame = _field_on_pixels(deformation, (flow.shape[0], flow.shape[1]), field_step)
             explained_x, explained_y = (
                 explained_x + on_frame[..., 0],
                 explained_y + on_frame[..., 1],
@@ -1147,6 +1178,13 @@ def _one_motion(apart: np.ndarray, closer: np.ndarray) -> bool:
     )
 
 
+def _flow_sampling(size: tuple[int, int], tracking: Tracking) -> int:
+    """Every how many pixels of a frame of `size` (H, W) its flow, computed at
+    `flow_short_side` and scaled up, has a sample of its own."""
+    short = tracking.flow_short_side
+    return max(1, min(size) // short) if short else 1
+
+
 def _deformation_step(size: tuple[int, int]) -> int:
     """Frame pixels between two points of the deformation field's grid."""
     return max(1, min(size) // DEFORMATION_CELLS)
@@ -1156,7 +1194,7 @@ def _quantised(side: int) -> int:
     return CANVAS_QUANTUM * -(-side // CANVAS_QUANTUM)
 
 
-def _grid_spacing(step: int) -> float:
+def _grid_spacing(step: float) -> float:
     """The spacing (px) of the grid on which a deformation field is resampled and inverted:
     INVERSE_GRID_SHARE times finer than the field's, no finer than the pixels."""
     return max(1.0, step / INVERSE_GRID_SHARE)
@@ -1193,9 +1231,9 @@ def _on_pixels(values: np.ndarray, size: tuple[int, int], spacing: float) -> np.
     return upsampled[margin : margin + height, margin : margin + width]
 
 
-def _field_on_pixels(field: np.ndarray, size: tuple[int, int], step: int) -> np.ndarray:
+def _field_on_pixels(field: np.ndarray, size: tuple[int, int], step: float) -> np.ndarray:
     """A deformation field (or its increment) on its grid (points `step` px apart from the
-    frame's first pixel) at every pixel of the frame of `size` (H, W), bilinear."""
+    first pixel) at every pixel of `size` (H, W), bilinear."""
     spacing = _grid_spacing(step)
     nodes = _grid_nodes(size, spacing) * np.float32(1 / step)
     at_nodes = cv2.remap(field, nodes, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

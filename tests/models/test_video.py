@@ -146,6 +146,33 @@ def test_the_deformation_field_keeps_the_grid_on_a_deforming_scene(deforming_cli
     assert on < 0.5 * off, (on, off)
 
 
+def test_layers_told_apart_on_the_flows_own_samples_match_every_pixels() -> None:
+    # A flow scaled up from a quarter of the frame's size is told apart on every fourth
+    # pixel: the same second layer and nearly the same distances as on every pixel.
+    size = (720, 800)
+    ys, xs = np.mgrid[0 : size[0], 0 : size[1]].astype(np.float32)
+    flow = np.stack([0.01 * (xs - 400) + 1.5, 0.01 * (ys - 360) - 0.5], axis=-1)
+    disc = (xs - 300) ** 2 + (ys - 380) ** 2 < 120**2
+    flow[disc] = (-3.0, 2.0)
+    flow = cv2.GaussianBlur(flow, (0, 0), 4)  # as smooth as a flow scaled up
+    reliable = np.ones(size, bool)
+    motion = fit_similarity(flow, reliable)
+    found = {}
+    for short_side in (0, 180):
+        stabilizer = Stabilizer(
+            block_network, StabilizerConfig(Tracking(flow_short_side=short_side))
+        )
+        found[short_side] = stabilizer._layers(flow, reliable, motion)
+    (every, every_distance, every_second), (sampled, sampled_distance, sampled_second) = (
+        found[0],
+        found[180],
+    )
+    assert every is not None and sampled is not None
+    assert sampled.shape == size and np.mean(every == sampled) > 0.99
+    assert np.abs(every_distance - sampled_distance).mean() < 0.05
+    torch.testing.assert_close(every_second, sampled_second, atol=0.05, rtol=0)
+
+
 def test_a_rigid_scene_is_not_taken_for_a_deforming_one(clip: Clip) -> None:
     stabilizer = Stabilizer(block_network)
     run(stabilizer, clip.frames)
