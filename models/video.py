@@ -124,10 +124,6 @@ INVERSION_STEPS = 3
 # The inversion is made on a grid this many times finer than the field's and interpolated
 # between its points: the inverse's kinks, where the field's cells meet, fall between them.
 INVERSE_GRID_SHARE = 4
-# A resampled canvas's sides are rounded up to a multiple of this (px), the rest mirrored
-# margin: the network then sees a few sizes over a clip, not a new one every frame (each new
-# size costs the network's CPU kernels a set-up of their own).
-CANVAS_QUANTUM = 32
 
 
 @dataclass(frozen=True)
@@ -325,9 +321,6 @@ class Placement:
     integer: bool
     frame_points: np.ndarray | None = None
     canvas_points: np.ndarray | None = None
-    # A resampled canvas's part (H, W) from its top-left corner that covers the frame's
-    # footprint and its margins, the rest padding it to multiples of CANVAS_QUANTUM (None: all).
-    covered: tuple[int, int] | None = None
 
     @staticmethod
     def shift(frame_size: tuple[int, int], phase: tuple[int, int] = (0, 0)) -> Placement:
@@ -371,14 +364,10 @@ class Placement:
     def frame_box(self) -> Box | None:
         """Where a shift's canvas shows the frame's own pixels rather than its mirrored padding
         (`StyleMix.content_box`: AdaIN's content statistics are then the frame's, as when it is
-        stylized alone); None where the canvas is the frame. A resampled canvas keeps its
-        mirrored margins around the footprint (left out, they raised the style loss:
-        docs/video.md), not the padding to CANVAS_QUANTUM."""
-        if not self.integer:
-            if self.covered is None or self.covered == self.size:
-                return None
-            return 0, self.covered[0], 0, self.covered[1]
-        if self.size == self.frame_size:
+        stylized alone); None where the canvas is the frame, and where it is resampled: the
+        wider mirrored margins of a zoom's or a deforming scene's canvas, left out, raised the
+        style loss instead (docs/video.md)."""
+        if not self.integer or self.size == self.frame_size:
             return None
         height, width = self.frame_size
         ox, oy = self._shift()
@@ -1028,23 +1017,17 @@ class Stabilizer:
         margin = 3 if rigid else 3 + float(np.abs(self.deformation).max())
         low = torch.floor((footprint.amin(0) - margin) / FEATURE_STRIDE) * FEATURE_STRIDE
         high = torch.ceil(footprint.amax(0) + margin)
-        covered = (int(high[1] - low[1]) + 1, int(high[0] - low[0]) + 1)
-        canvas = (_quantised(covered[0]), _quantised(covered[1]))
+        canvas = (int(high[1] - low[1]) + 1, int(high[0] - low[0]) + 1)
         to_canvas = self.camera - torch.cat(
             [torch.zeros(2, 2, dtype=torch.float64), low[:, None]], 1
         )
         to_frame = _invert(to_canvas)
         if rigid:
-            return Placement(size, canvas, to_frame, False, covered=covered)
-        return self._dense_placement(size, canvas, covered, to_canvas, to_frame)
+            return Placement(size, canvas, to_frame, False)
+        return self._dense_placement(size, canvas, to_canvas, to_frame)
 
     def _dense_placement(
-        self,
-        size: tuple[int, int],
-        canvas: tuple[int, int],
-        covered: tuple[int, int],
-        to_canvas: Tensor,
-        to_frame: Tensor,
+        self, size: tuple[int, int], canvas: tuple[int, int], to_canvas: Tensor, to_frame: Tensor
     ) -> Placement:
         """The placement through the camera's map and the deformation field: frame pixel p lies
         at the canvas's to_canvas(p) + deformation(p); the way from the canvas to the frame
@@ -1069,7 +1052,7 @@ class Stabilizer:
             displacement = -cv2.transform(displaced, inverse_linear)
         frame_points = cv2.transform(pixel_points(*canvas), to_frame_map)
         frame_points += _on_pixels(displacement, canvas, spacing)
-        return Placement(size, canvas, to_frame, False, frame_points, canvas_points, covered)
+        return Placement(size, canvas, to_frame, False, frame_points, canvas_points)
 
     def _network_inputs(
         self, frame: Tensor, layer: np.ndarray | None
@@ -1188,10 +1171,6 @@ def _flow_sampling(size: tuple[int, int], tracking: Tracking) -> int:
 def _deformation_step(size: tuple[int, int]) -> int:
     """Frame pixels between two points of the deformation field's grid."""
     return max(1, min(size) // DEFORMATION_CELLS)
-
-
-def _quantised(side: int) -> int:
-    return CANVAS_QUANTUM * -(-side // CANVAS_QUANTUM)
 
 
 def _grid_spacing(step: float) -> float:

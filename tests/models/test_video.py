@@ -381,26 +381,6 @@ def test_a_shift_covers_the_frames_own_pixels() -> None:
     assert placed_mix(mix, resampled).content_box is None
 
 
-def test_a_resampled_canvas_is_padded_to_a_few_sizes_outside_its_statistics() -> None:
-    # The network sees canvases in multiples of CANVAS_QUANTUM whatever the camera; AdaIN's
-    # statistics leave that padding out, as if the canvas had the size the footprint needs.
-    stabilizer = Stabilizer(block_network)
-    mix = StyleMix(torch.zeros(1, 4, 1, 1), torch.ones(1, 4, 1, 1), torch.ones(1))
-    sizes = set()
-    for scale in (0.97, 0.99, 1.01, 1.03):
-        stabilizer.camera = similarity(scale, 0.02, (0.4, 0.3))
-        placement = stabilizer._placement((SIZE, SIZE))
-        assert not placement.integer and placement.covered is not None
-        sizes.add(placement.size)
-        assert all(side % video.CANVAS_QUANTUM == 0 for side in placement.size)
-        height, width = placement.covered
-        assert height <= placement.size[0] and width <= placement.size[1]
-        padded = placement.covered != placement.size
-        expected = (0, height, 0, width) if padded else None
-        assert placed_mix(mix, placement).content_box == expected
-    assert len(sizes) == 1
-
-
 def block_network(canvas: Tensor, placement: Placement) -> Tensor:
     """A fake stylization with the networks' stride-8 grid: half the frame, half its 8 x 8
     block means (the blocks on the canvas's grid), so it changes when the grid moves."""
