@@ -150,7 +150,9 @@ class Tracking:
     # scene point, frame after frame, instead of anew wherever the scene moved.
     deforming: bool = True
     # Resampling of the frame into the reference's grid and of the output back (once per
-    # frame, not repeated): "lanczos" keeps the strokes sharper than "bicubic" ("bilinear").
+    # frame, not repeated): "lanczos" keeps the strokes sharper than "bicubic" ("bilinear");
+    # its way in through anything but a translation is the sharpened bicubic
+    # (`Placement._resampled`).
     resample: str = "lanczos"
     # OpenCV DIS preset: "ultrafast", "fast" or "medium".
     flow_preset: str = "medium"

@@ -248,7 +248,7 @@ class FlowMaps:
             return remap_points(image, self.points, remapped, cv2.BORDER_REPLICATE)
         dx, dy = self.rigid.translation
         size, border = (image.shape[0], image.shape[1]), cv2.BORDER_REPLICATE
-        if resample == "lanczos":  # OpenCV's remap has 4 lobes: the tiles' kernel too
+        if resample == "lanczos":  # OpenCV's remap's Lanczos has 4 lobes
             moved = _shift(image, dx, dy, size, border, lobes=REMAP_LANCZOS_LOBES)
         else:
             moved = warp_affine(
