@@ -215,6 +215,10 @@ def test_the_strength_spans_per_frame_to_the_strongest() -> None:
     assert with_strength(config, 0.5) == config
     weights = [with_strength(config, s).blending.weight for s in (0.25, 0.5, 0.75, 1.0)]
     assert weights == sorted(weights) and weights[0] < config.blending.weight < weights[-1]
+    # Above the default the propagated detail lasts longer: the translation's kernel moves it
+    # where the scene deforms too.
+    assert with_strength(config, 0.25).blending.deforming_resample == "bicubic"
+    assert with_strength(config, 0.75).blending.deforming_resample == config.blending.resample
     with pytest.raises(ValueError):
         with_strength(config, 1.5)
 
