@@ -27,7 +27,6 @@ target: stabilised >= 0.5x the network.
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 import time
 from dataclasses import dataclass
@@ -141,51 +140,57 @@ def speed(models: list[str], frames: int, rounds: int) -> None:
         "pan": pan((2.5, 1.25), start),
         "deforming": Deforming(height, 2.5 * scale, 0.8, (0.5 * scale, 0.25 * scale), start, 1),
     }
+    clips = {kind: render(photo, motion, frames, SPEED_SIZE) for kind, motion in motions.items()}
     style = load_photo(style_images()[3], 512)[None]
-    for model, (kind, motion) in itertools.product(models, motions.items()):
-        clip = render(photo, motion, frames, SPEED_SIZE)
+    for model in models:
         net = build_pipeline(PipelineConfig(Device.cpu, model=ModelName(model)))
         mean, std = net.style_statistics(style)
         mix = StyleMix(mean=mean, std=std, weights=torch.ones(1))
+        for kind, clip in clips.items():
+            _pace(net, mix, clip, f"{model} {kind}", rounds)
 
-        def stylize(
-            frame: Tensor, placement: Placement, net: Pipeline = net, mix: StyleMix = mix
-        ) -> Tensor:
-            return net.stylize_batch(frame, [placed_mix(mix, placement)])
 
-        # Wall time, and the process's CPU time (all threads): on a machine shared with other
-        # work the wall clock measures the load as much as the code, the CPU time much less.
-        seconds: dict[str, list[float]] = {"network": [], "stabilised": []}
-        cpu: dict[str, list[float]] = {"network": [], "stabilised": []}
-        with torch.inference_mode():
-            net.stylize_batch(clip.frames[:1], [mix])  # warm
-            for _ in range(rounds):
-                started, started_cpu = time.perf_counter(), time.process_time()
-                for frame in clip.frames:
-                    net.stylize_batch(frame[None], [mix])
-                seconds["network"].append((time.perf_counter() - started) / frames)
-                cpu["network"].append((time.process_time() - started_cpu) / frames)
-                stabilizer = Stabilizer(stylize)
-                stabilizer(clip.frames[:1])  # the first frame has no flow yet
-                started, started_cpu = time.perf_counter(), time.process_time()
-                for frame in clip.frames[1:]:
-                    stabilizer(frame[None])
-                seconds["stabilised"].append((time.perf_counter() - started) / (frames - 1))
-                cpu["stabilised"].append((time.process_time() - started_cpu) / (frames - 1))
-        network, stabilised = (statistics.median(seconds[k]) for k in ("network", "stabilised"))
-        ratio = network / stabilised
-        cpu_ratios = [n / s for n, s in zip(cpu["network"], cpu["stabilised"], strict=True)]
-        verdict = "met" if ratio >= TARGET_SPEED else "NOT met"
-        print(
-            f"{model} {width}x{height} {kind}, {net.dtype}, median of {rounds} rounds of {frames} "
-            f"frames: network alone {1 / network:.2f} frames/s ({network * 1000:.0f} ms), "
-            f"stabilised {1 / stabilised:.2f} frames/s ({stabilised * 1000:.0f} ms) -> "
-            f"{ratio:.2f}x (target >= {TARGET_SPEED}: {verdict}); CPU time per frame "
-            f"network {statistics.median(cpu['network']) * 1000:.0f} ms, stabilised "
-            f"{statistics.median(cpu['stabilised']) * 1000:.0f} ms, per round "
-            + ", ".join(f"{r:.2f}x" for r in cpu_ratios),
-            flush=True,
-        )
+def _pace(net: Pipeline, mix: StyleMix, clip: Clip, label: str, rounds: int) -> None:
+    """Print the network's and the stabiliser's frame rates on `clip`, rounds alternating."""
+    frames = len(clip.frames)
+    height, width = SPEED_SIZE
+
+    def stylize(frame: Tensor, placement: Placement) -> Tensor:
+        return net.stylize_batch(frame, [placed_mix(mix, placement)])
+
+    # Wall time, and the process's CPU time (all threads): on a machine shared with other
+    # work the wall clock measures the load as much as the code, the CPU time much less.
+    seconds: dict[str, list[float]] = {"network": [], "stabilised": []}
+    cpu: dict[str, list[float]] = {"network": [], "stabilised": []}
+    with torch.inference_mode():
+        net.stylize_batch(clip.frames[:1], [mix])  # warm
+        for _ in range(rounds):
+            started, started_cpu = time.perf_counter(), time.process_time()
+            for frame in clip.frames:
+                net.stylize_batch(frame[None], [mix])
+            seconds["network"].append((time.perf_counter() - started) / frames)
+            cpu["network"].append((time.process_time() - started_cpu) / frames)
+            stabilizer = Stabilizer(stylize)
+            stabilizer(clip.frames[:1])  # the first frame has no flow yet
+            started, started_cpu = time.perf_counter(), time.process_time()
+            for frame in clip.frames[1:]:
+                stabilizer(frame[None])
+            seconds["stabilised"].append((time.perf_counter() - started) / (frames - 1))
+            cpu["stabilised"].append((time.process_time() - started_cpu) / (frames - 1))
+    network, stabilised = (statistics.median(seconds[k]) for k in ("network", "stabilised"))
+    ratio = network / stabilised
+    cpu_ratios = [n / s for n, s in zip(cpu["network"], cpu["stabilised"], strict=True)]
+    verdict = "met" if ratio >= TARGET_SPEED else "NOT met"
+    print(
+        f"{label} {width}x{height}, {net.dtype}, median of {rounds} rounds of {frames} "
+        f"frames: network alone {1 / network:.2f} frames/s ({network * 1000:.0f} ms), "
+        f"stabilised {1 / stabilised:.2f} frames/s ({stabilised * 1000:.0f} ms) -> "
+        f"{ratio:.2f}x (target >= {TARGET_SPEED}: {verdict}); CPU time per frame "
+        f"network {statistics.median(cpu['network']) * 1000:.0f} ms, stabilised "
+        f"{statistics.median(cpu['stabilised']) * 1000:.0f} ms, per round "
+        + ", ".join(f"{r:.2f}x" for r in cpu_ratios),
+        flush=True,
+    )
 
 
 def main() -> None:

@@ -445,11 +445,13 @@ def grey_uint8(frame: Tensor) -> np.ndarray:
 @dataclass(frozen=True)
 class Flow:
     """The backward flow of a frame into the previous one: `maps` moves images of the previous
-    frame onto this one; `reliable` (H, W) bool where the forward flow agrees."""
+    frame onto this one; `reliable` (H, W) bool where the forward flow agrees; `scale`: frame
+    pixels per pixel of the frames DIS saw (1: the flow is computed at the frame's size)."""
 
     flow: np.ndarray  # (H, W, 2) float32
     reliable: np.ndarray
     maps: FlowMaps
+    scale: float = 1.0
 
 
 class FlowEstimator:
@@ -492,7 +494,7 @@ class FlowEstimator:
             reliable = cv2.resize(
                 reliable.view(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST
             ).view(bool)
-        return Flow(back, reliable, FlowMaps(back, rigid))
+        return Flow(back, reliable, FlowMaps(back, rigid), scale)
 
     def _consistent(self, back: np.ndarray, forward: np.ndarray) -> np.ndarray:
         """(H, W) bool: where the forward flow at the backward flow's match leads back (within
@@ -821,7 +823,7 @@ class Stabilizer:
         previous_camera = self.camera
         self.camera = _compose(self.camera, motion)
         renewed = self._renew_reference(size)
-        layer, distance, second = self._layers(flow, reliable, motion)
+        layer, distance, second = self._layers(estimate, motion)
         if self.config.tracking.deforming:
             # The field follows what no layer explains: this frame's layer and the last one's
             # moved along the flow (a moving object is a layer of its own, not a deformation).
@@ -830,11 +832,11 @@ class Stabilizer:
                 moved = estimate.maps.warp(self.layer_pixels.view(np.uint8), "nearest") > 0
                 excluded = moved if layer is None else moved | layer
             renewed, increment = self._follow_deformation(
-                flow, reliable, excluded, motion, previous_camera, renewed
+                estimate, excluded, motion, previous_camera, renewed
             )
             if layer is None and increment is not None:
                 # Apart from the camera and the deformation, something may still move as one.
-                layer, distance, second = self._layers(flow, reliable, motion, increment)
+                layer, distance, second = self._layers(estimate, motion, increment)
             self.layer_pixels = layer
         if second is None:
             self.second_layer = False
@@ -846,18 +848,15 @@ class Stabilizer:
         return layer, renewed, distance
 
     def _layers(
-        self,
-        flow: np.ndarray,
-        reliable: np.ndarray,
-        motion: Tensor,
-        deformation: np.ndarray | None = None,
+        self, estimate: Flow, motion: Tensor, deformation: np.ndarray | None = None
     ) -> tuple[np.ndarray | None, np.ndarray | None, Tensor | None]:
         """With two layers, a second motion's pixels (H, W) bool (None when there is none),
         how far (px, (H, W)) the flow is from the nearest aligned motion (None where nothing
         uses it) and the second motion's backward translation. The aligned motions: the
         camera's `motion`, with a deforming scene's increment of the frame (its field's grid,
-        in the frame's axes) on top. Told apart on the flow's own samples (`_flow_sampling`)
-        and scaled up."""
+        in the frame's axes) on top. Told apart on the flow's own samples (every
+        `estimate.scale`-th pixel) and scaled up."""
+        flow, reliable = estimate.flow, estimate.reliable
         size = (flow.shape[0], flow.shape[1])
         blending = self.config.blending
         if (
@@ -865,7 +864,7 @@ class Stabilizer:
             and blending.nonrigid_detail_weight == blending.detail_weight
         ):
             return None, None, None  # the distance would go unused (`_detail_share`)
-        k = _flow_sampling(size, self.config.tracking)
+        k = int(estimate.scale)
         field_step = _deformation_step(size) / k
         layer, distance, second = self._sampled_layers(
             flow[::k, ::k], reliable[::k, ::k], motion, k, deformation, field_step
@@ -913,8 +912,7 @@ class Stabilizer:
 
     def _follow_deformation(
         self,
-        flow: np.ndarray,
-        reliable: np.ndarray,
+        estimate: Flow,
         excluded: np.ndarray | None,
         motion: Tensor,
         previous_camera: Tensor,
@@ -929,6 +927,7 @@ class Stabilizer:
         if renewed:
             self.deformation = None
             return True, None
+        flow, reliable = estimate.flow, estimate.reliable
         step = _deformation_step((flow.shape[0], flow.shape[1]))
         samples = flow[::step, ::step]
         trusted = reliable[::step, ::step]
@@ -941,10 +940,9 @@ class Stabilizer:
         departure = cv2.merge([samples[..., 0] - camera_x, samples[..., 1] - camera_y])
         increment = _normalised_blur(departure, trusted.astype(np.float32))
         # DIS's noise is in the pixels of the frames it saw: scaled up with the flow.
-        short, flow_short = min(flow.shape[:2]), self.config.tracking.flow_short_side
-        noise_scale = max(1.0, short / flow_short) if flow_short else 1.0
         deforms = trusted & (
-            cv2.magnitude(increment[..., 0], increment[..., 1]) >= NONRIGID_FROM_PX * noise_scale
+            cv2.magnitude(increment[..., 0], increment[..., 1])
+            >= NONRIGID_FROM_PX * estimate.scale
         )
         moving = np.count_nonzero(deforms) >= DEFORMING_SHARE * max(1, np.count_nonzero(trusted))
         if self.deformation is None and not moving:
@@ -1161,13 +1159,6 @@ def _one_motion(apart: np.ndarray, closer: np.ndarray) -> bool:
     return fitting >= max(
         RIGID_LAYER_SHARE * np.count_nonzero(apart), RIGID_LAYER_MIN_SHARE * apart.size
     )
-
-
-def _flow_sampling(size: tuple[int, int], tracking: Tracking) -> int:
-    """Every how many pixels of a frame of `size` (H, W) its flow, computed at
-    `flow_short_side` and scaled up, has a sample of its own."""
-    short = tracking.flow_short_side
-    return max(1, min(size) // short) if short else 1
 
 
 def _deformation_step(size: tuple[int, int]) -> int:

@@ -254,12 +254,10 @@ class FlowMaps:
             moved = warp_affine(
                 image, np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]]), size, resample, border
             )
-        if self.rigid.irregular:
-            source, kernel = _resampling(image, remapped, border)
-            for top, bottom, left, right in self.rigid.irregular:
-                moved[top:bottom, left:right] = _remap(
-                    source, self.points[top:bottom, left:right], kernel, border
-                )
+        for top, bottom, left, right in self.rigid.irregular:
+            moved[top:bottom, left:right] = remap_points(
+                image, self.points[top:bottom, left:right], remapped, border
+            )
         return moved
 
 
@@ -290,10 +288,6 @@ def remap_points(image: np.ndarray, points: np.ndarray, resample: str, border: i
     float points rather than OpenCV's fixed-point tables: its bilinear remap of 1, 3 or 4
     channels runs twice as fast on them, the other kernels alike."""
     source, kernel = _resampling(image, resample, border)
-    return _remap(source, points, kernel, border)
-
-
-def _remap(source: np.ndarray, points: np.ndarray, kernel: int, border: int) -> np.ndarray:
     return _per_channels(
         source, lambda part: cv2.remap(part, points, None, kernel, borderMode=border)
     )

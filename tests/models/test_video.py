@@ -28,6 +28,7 @@ from models.video import (
     LIVE,
     Blending,
     Carried,
+    Flow,
     Placement,
     Renewal,
     Stabilizer,
@@ -42,7 +43,7 @@ from models.video import (
     with_strength,
 )
 from models.video_metrics import sharpness, warping_error
-from models.warping import contrast_preserving_mix, gaussian_blur
+from models.warping import FlowMaps, contrast_preserving_mix, gaussian_blur
 
 SIZE = 96
 FRAMES = 8
@@ -157,15 +158,12 @@ def test_layers_told_apart_on_the_flows_own_samples_match_every_pixels() -> None
     flow = cv2.GaussianBlur(flow, (0, 0), 4)  # as smooth as a flow scaled up
     reliable = np.ones(size, bool)
     motion = fit_similarity(flow, reliable)
-    found = {}
-    for short_side in (0, 180):
-        stabilizer = Stabilizer(
-            block_network, StabilizerConfig(Tracking(flow_short_side=short_side))
-        )
-        found[short_side] = stabilizer._layers(flow, reliable, motion)
-    (every, every_distance, every_second), (sampled, sampled_distance, sampled_second) = (
-        found[0],
-        found[180],
+    stabilizer = Stabilizer(block_network)
+    every, every_distance, every_second = stabilizer._layers(
+        Flow(flow, reliable, FlowMaps(flow)), motion
+    )
+    sampled, sampled_distance, sampled_second = stabilizer._layers(
+        Flow(flow, reliable, FlowMaps(flow), scale=4.0), motion
     )
     assert every is not None and sampled is not None
     assert sampled.shape == size and np.mean(every == sampled) > 0.99
