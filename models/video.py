@@ -168,6 +168,12 @@ class Tracking:
     # standing for its block (the flow's occlusions are a few px wide at the least): a
     # quarter of its cost at 2.
     consistency_step: int = 1
+    # Where the flow is checked by the previous frame moved along it instead (a pixel is
+    # occluded when its grey level differs from the match's by more than this, out of 255,
+    # after the frames' mean difference: a camera's exposure drifts): no second flow, at a
+    # fifth of the check's cost, as reliable on occlusions (docs/live.md); 0: the
+    # forward-backward check.
+    photometric_tolerance: int = 0
     # A cut: when less than this share of a frame's pixels match the previous frame reliably,
     # a new shot starts and the previous frames are forgotten. Otherwise the old shot's strokes
     # would be blended in wherever the flow matches by chance, and the motion fitted to that
@@ -292,7 +298,7 @@ LIVE = StabilizerConfig(
     tracking=Tracking(
         flow_preset="ultrafast",
         flow_short_side=360,
-        consistency_step=2,
+        photometric_tolerance=10,
         motion_layers=1,
         similarity=False,
         subpixel=False,
@@ -478,11 +484,15 @@ class FlowEstimator:
             small = (round(width / scale), round(height / scale))
             current = cv2.resize(current, small, interpolation=cv2.INTER_AREA)
             previous = cv2.resize(previous, small, interpolation=cv2.INTER_AREA)
-        forward = _BESIDE_NETWORK.submit(self.forward_dis.calc, previous, current, None)
-        back = self.dis.calc(current, previous, None)
-        fwd = forward.result()
-        reliable = self._consistent(back, fwd)
-        rigid = None
+        if self.config.tracking.photometric_tolerance > 0:
+            back = self.dis.calc(current, previous, None)
+            maps = FlowMaps(back)  # its points serve the check and, at scale 1, the warps
+            reliable = self._photometric(maps, current, previous)
+        else:
+            forward = _BESIDE_NETWORK.submit(self.forward_dis.calc, previous, current, None)
+            back = self.dis.calc(current, previous, None)
+            reliable = self._consistent(back, forward.result())
+            maps = FlowMaps(back)
         if scale > 1:
             # Scaled up, DIS's noise grows with the scale (up to about 1 px at 720p): where the
             # flow is the camera's translation to within it, the translation is the better
@@ -494,7 +504,8 @@ class FlowEstimator:
             reliable = cv2.resize(
                 reliable.view(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST
             ).view(bool)
-        return Flow(back, reliable, FlowMaps(back, rigid), scale)
+            maps = FlowMaps(back, rigid)
+        return Flow(back, reliable, maps, scale)
 
     def _consistent(self, back: np.ndarray, forward: np.ndarray) -> np.ndarray:
         """(H, W) bool: where the forward flow at the backward flow's match leads back (within
@@ -521,6 +532,19 @@ class FlowEstimator:
         return cv2.resize(
             reliable.view(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST
         ).view(bool)
+
+    def _photometric(self, maps: FlowMaps, current: np.ndarray, previous: np.ndarray) -> np.ndarray:
+        """(H, W) bool: where the previous grey frame moved along the backward flow matches
+        the current one within `photometric_tolerance` (beyond their mean difference) and the
+        match lies in the frame."""
+        moved = maps.warp(previous)
+        # Over 3 x 3 px: a camera's noise is then a third, an occlusion as wide stays.
+        difference = cv2.blur(cv2.subtract(current, moved, dtype=cv2.CV_16S), (3, 3))
+        drift = cv2.mean(current)[0] - cv2.mean(moved)[0]
+        tolerance = self.config.tracking.photometric_tolerance
+        reliable = cv2.inRange(difference, drift - tolerance, drift + tolerance) > 0
+        reliable &= maps.inside()
+        return reliable
 
 
 def _sampled(image: np.ndarray, step: int) -> np.ndarray:
@@ -596,7 +620,7 @@ def premix(image: np.ndarray, config: StabilizerConfig) -> np.ndarray:
     flow is not valid)."""
     blending = config.blending
     sigma = blending.detail_sigma
-    smooth = gaussian_blur(image, sigma) if sigma > 0 else image
+    smooth = low_pass(image, sigma) if sigma > 0 else image
     detail = blending.detail_weight if sigma > 0 else 0.0
     return cv2.addWeighted(smooth, blending.weight - detail, image, detail, 0.0).reshape(
         image.shape
@@ -785,7 +809,7 @@ class Stabilizer:
             moved = Carried(
                 valid,
                 stream,
-                gaussian_blur(stream, sigma, banded=True) if sigma > 0 else stream,
+                low_pass(stream, sigma, banded=True) if sigma > 0 else stream,
                 np.multiply(valid, np.float32(blending.weight)),
                 np.multiply(valid, self._detail_share(residual)),
             )
@@ -941,8 +965,7 @@ class Stabilizer:
         increment = _normalised_blur(departure, trusted.astype(np.float32))
         # DIS's noise is in the pixels of the frames it saw: scaled up with the flow.
         deforms = trusted & (
-            cv2.magnitude(increment[..., 0], increment[..., 1])
-            >= NONRIGID_FROM_PX * estimate.scale
+            cv2.magnitude(increment[..., 0], increment[..., 1]) >= NONRIGID_FROM_PX * estimate.scale
         )
         moving = np.count_nonzero(deforms) >= DEFORMING_SHARE * max(1, np.count_nonzero(trusted))
         if self.deformation is None and not moving:
@@ -1342,13 +1365,20 @@ def propagate(
     contrast, on the finer detail by `detail_weight` (H, W, 1)."""
     if config.blending.detail_sigma <= 0:
         return weight * warped + (1 - weight) * stylized
-    smooth = gaussian_blur(stylized, config.blending.detail_sigma)
+    smooth = low_pass(stylized, config.blending.detail_sigma)
     output = mix(warped_smooth, smooth, weight, config)
     # The inputs are left as they are: `in_bands` hands overlapping views to its threads.
     warped_detail = np.subtract(warped, warped_smooth)
     detail = np.subtract(stylized, smooth, out=smooth)
     output += linear_mix(warped_detail, detail, detail_weight)
     return np.clip(output, 0, 1, out=output)
+
+
+def low_pass(image: np.ndarray, sigma: float, banded: bool = False) -> np.ndarray:
+    """The blend's low-pass band (`Blending.detail_sigma`): a Gaussian reaching two sigmas
+    (five taps at sigma 1 against seven at three: the live feed blurs twice a frame), which
+    leaves out 5% of its weight."""
+    return gaussian_blur(image, sigma, banded, reach=2)
 
 
 def _propagation_reach(config: StabilizerConfig) -> int:

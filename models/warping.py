@@ -377,11 +377,13 @@ def _per_channels(image: np.ndarray, apply: Callable[[np.ndarray], np.ndarray]) 
     return np.concatenate([p[..., None] if p.ndim == 2 else p for p in parts], axis=2)
 
 
-def gaussian_blur(image: np.ndarray, sigma: float, banded: bool = False) -> np.ndarray:
-    """Gaussian blur of (H, W[, C]), reflect-padded (3 sigma each side, less on an image too
-    small for that: reflection needs fewer pixels of padding than of image); `banded`: in
-    bands of rows on all cores (`in_bands`; OpenCV's Gaussian filter uses one)."""
-    radius = min(max(1, int(3 * sigma + 0.5)), min(image.shape[:2]) - 1)
+def gaussian_blur(
+    image: np.ndarray, sigma: float, banded: bool = False, reach: float = 3.0
+) -> np.ndarray:
+    """Gaussian blur of (H, W[, C]), reflect-padded (`reach` sigmas each side, less on an
+    image too small for that: reflection needs fewer pixels of padding than of image);
+    `banded`: in bands of rows on all cores (`in_bands`; OpenCV's Gaussian filter uses one)."""
+    radius = min(max(1, int(reach * sigma + 0.5)), min(image.shape[:2]) - 1)
     if radius < 1:
         return image
     side = 2 * radius + 1

@@ -10,6 +10,7 @@ grid on the scene. Static masks must stay on the frame's pixels whatever the ali
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -29,12 +30,15 @@ from models.video import (
     Blending,
     Carried,
     Flow,
+    FlowEstimator,
     Placement,
     Renewal,
     Stabilizer,
     StabilizerConfig,
     Tracking,
     fit_similarity,
+    grey_uint8,
+    low_pass,
     placed_masks,
     placed_mix,
     premix,
@@ -543,6 +547,46 @@ def test_a_cut_starts_the_new_shot_afresh() -> None:
     assert panning.frames == FRAMES
 
 
+def reliable_shares(config: StabilizerConfig, clip: Clip) -> tuple[float, float]:
+    """The shares of the truly valid pixels and of the occluded ones that the flow's check
+    finds reliable, over the clip's frame pairs."""
+    estimator, valid_share, occluded_share = FlowEstimator(config), [], []
+    for index in range(1, len(clip.frames)):
+        current, previous = (grey_uint8(clip.frames[i][None]) for i in (index, index - 1))
+        reliable = estimator.backward(current, previous).reliable
+        valid = clip.valid[index - 1, 0].numpy()
+        valid_share.append(reliable[valid].mean())
+        occluded_share.append(reliable[~valid].mean())
+    return float(np.mean(valid_share)), float(np.mean(occluded_share))
+
+
+def test_the_photometric_check_finds_occlusions_as_the_forward_backward_one_does() -> None:
+    # A disc crossing a pan (LIVE's check, at the size a live frame has): the pixels it
+    # uncovers are found unreliable at least as well as by the forward flow's check, the
+    # others kept.
+    layer = (texture(4 * SIZE, seed=5), moving_disc((60.0, 80.0), (3.0, 1.0)), 40.0)
+    clip = render(
+        texture(4 * SIZE, seed=3), pan((1.5, 0.5), (8.0, 8.0)), FRAMES, (192, 256), layer=layer
+    )
+    assert LIVE.tracking.photometric_tolerance > 0
+    forward_backward = replace(LIVE, tracking=replace(LIVE.tracking, photometric_tolerance=0))
+    valid, occluded = reliable_shares(LIVE, clip)
+    valid_fb, occluded_fb = reliable_shares(forward_backward, clip)
+    assert valid > 0.9 and occluded < 0.6
+    assert occluded <= occluded_fb + 0.05 and valid >= valid_fb - 0.05
+
+
+def test_the_photometric_check_follows_a_cameras_exposure_drift() -> None:
+    # Each frame brighter by 6% (15 grey levels, past the tolerance): the frames' mean
+    # difference is taken out, so the pan stays reliable.
+    clip = render(texture(4 * SIZE, seed=3), pan((1.5, 0.5), (8.0, 8.0)), FRAMES, (192, 256))
+    brighter = torch.arange(FRAMES, dtype=torch.float32).view(-1, 1, 1, 1) * 0.06
+    drifting = replace(clip, frames=(0.4 * clip.frames + brighter).clamp(0, 1))
+    assert LIVE.tracking.photometric_tolerance < 0.06 * 255
+    valid, _ = reliable_shares(LIVE, drifting)
+    assert valid > 0.9
+
+
 def test_a_mix_of_unrelated_patterns_keeps_their_contrast() -> None:
     # Two unrelated stroke patterns mixed half and half lose about half their variance; the
     # contrast-preserving mix keeps it, and leaves a mix of a pattern with itself as it is.
@@ -570,7 +614,7 @@ def test_the_premixed_linear_blend_equals_propagate(detail_sigma: float) -> None
     config = StabilizerConfig(blending=Blending(contrast_window=0, detail_sigma=detail_sigma))
     assert premixes(config)
     stylized, stream = (gaussian_blur(rng.random((40, 50, 3), dtype=np.float32), 0.7) for _ in "ab")
-    smooth = gaussian_blur(stream, detail_sigma) if detail_sigma > 0 else stream
+    smooth = low_pass(stream, detail_sigma) if detail_sigma > 0 else stream
     valid = rng.random((40, 50, 1), dtype=np.float32)
     blending = config.blending
     weight, detail = blending.weight * valid, blending.detail_weight * valid
