@@ -1,9 +1,9 @@
 """The live feed (WebSocket /live) on a real uvicorn with the embedded default at the service's
 precision, against the bare networks in this process in the same run:
 
-0. the stabiliser's cost: closed loop at the first size with and without `stabilize`, for each
-   model (full and lite), beside that model's bare networks (issue 31: stabilised >= 0.8x
-   unstabilised);
+0. the stabiliser's cost: `LIVE`'s own time a frame (no network, in this process), then the
+   closed loop at the first size with and without `stabilize`, for each model (full and lite),
+   beside that model's bare networks (issue 31: stabilised >= 0.8x unstabilised);
 1. closed loop (the client sends the next frame when the previous one is back) at 256, 384 and
    512 px: frames/s and latency p50 / p95 beside the bare encoder + decoder rate;
 2. the client sending at twice the closed-loop rate: latency p95 and frames dropped (not queued);
@@ -42,6 +42,7 @@ from models.config import Device, ModelName, PipelineConfig
 from models.images import to_pil
 from models.model import StyleMix
 from models.pipeline import Pipeline, build_pipeline
+from models.video import LIVE, Stabilizer
 from models.video_metrics import sharpness, warping_error
 from service.engine import cpu_threads
 
@@ -236,6 +237,31 @@ def stabiliser_cost(
     return ratio
 
 
+def stabiliser_alone(frames: list[bytes], rounds: int) -> None:
+    """Prints `LIVE`'s own time a frame on the decoded camera frames, no network between its
+    halves (each frame's input handed back as its output): wall and CPU time (all threads), the
+    median of `rounds` passes over the clip. The closed loop's ratio moves with the machine's
+    load; these move far less."""
+    tensors = [decoded(data).contiguous() for data in frames]
+    wall, cpu = [], []
+    with torch.inference_mode():
+        for _ in range(rounds + 1):  # the first pass warms the buffers and OpenCV's threads
+            stabilizer = Stabilizer(None, LIVE)
+            started, started_cpu = time.perf_counter(), time.process_time()
+            for frame in tensors:
+                pending = stabilizer.begin(frame)
+                stabilizer.finish(pending, [canvas for canvas, _ in pending.inputs])
+            wall.append((time.perf_counter() - started) / len(tensors))
+            cpu.append((time.process_time() - started_cpu) / len(tensors))
+    height, width = tensors[0].shape[-2:]
+    print(
+        f"LIVE alone at {width}x{height}, median of {rounds}: "
+        f"{statistics.median(wall[1:]) * 1000:.2f} ms a frame, CPU time "
+        f"{statistics.median(cpu[1:]) * 1000:.2f} ms",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 384, 512])
@@ -267,6 +293,7 @@ def main() -> None:
         style_id = registered.json()["id"]
         cost: dict[str, float] = {}
         cost_frames = camera_clip(args.sizes[0], args.frames)
+        stabiliser_alone(cost_frames, args.rounds)
         for model in args.models:
             model_bare = bare if model == "full" else Bare.load(style, model)
             cost[model] = stabiliser_cost(
