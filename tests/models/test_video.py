@@ -279,14 +279,16 @@ def test_the_propagation_beside_the_network_or_in_line_gives_the_same_frames(
     torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
 
 
-def test_the_phase_shift_is_an_exact_integer_shift() -> None:
-    # Padding by (phase, 8 - phase) and cropping back leaves the frame's pixels where they were:
-    # with an identity "stylization" the frame comes back bit for bit.
-    frame = texture(SIZE, seed=11)[None]
-    for phase in [(0, 0), (3, 5), (FEATURE_STRIDE - 1, 1)]:
-        placement = Placement.shift((SIZE, SIZE), phase)
+@pytest.mark.parametrize(("width", "canvas_width"), [(SIZE, SIZE + 8), (SIZE + 5, SIZE + 16)])
+def test_the_phase_shift_is_an_exact_integer_shift(width: int, canvas_width: int) -> None:
+    # Padding by the phase before and the rest after, to a multiple of the stride, then
+    # cropping back leaves the frame's pixels where they were: with an identity "stylization"
+    # the frame comes back bit for bit. Every phase fits the same canvas.
+    frame = texture(2 * SIZE, seed=11)[None, :, :SIZE, :width]
+    for phase in [(0, 0), (3, 5), (FEATURE_STRIDE - 1, FEATURE_STRIDE - 1)]:
+        placement = Placement.shift((SIZE, width), phase)
         canvas = placement.place(frame)
-        assert canvas.shape[-2:] == (SIZE + FEATURE_STRIDE, SIZE + FEATURE_STRIDE)
+        assert canvas.shape[-2:] == (SIZE + FEATURE_STRIDE, canvas_width)
         torch.testing.assert_close(placement.back(canvas), frame, rtol=0, atol=0)
 
 
