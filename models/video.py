@@ -168,11 +168,11 @@ class Tracking:
     # standing for its block (the flow's occlusions are a few px wide at the least): a
     # quarter of its cost at 2.
     consistency_step: int = 1
-    # Where the flow is checked by the previous frame moved along it instead (a pixel is
-    # occluded when its grey level differs from the match's by more than this, out of 255,
-    # after the frames' mean difference: a camera's exposure drifts): no second flow, at a
-    # fifth of the check's cost, as reliable on occlusions (docs/live.md); 0: the
-    # forward-backward check.
+    # Check the flow by the previous frame moved along it instead: a pixel is occluded when
+    # its grey level, averaged over 3 x 3 px, differs from the match's by more than this (out
+    # of 255) beyond the frames' mean difference (a camera's exposure drifts). No second flow,
+    # a third of the check's cost; fewer occluded pixels pass, more where the frame is flat
+    # (docs/live.md). 0: the forward-backward check.
     photometric_tolerance: int = 0
     # A cut: when less than this share of a frame's pixels match the previous frame reliably,
     # a new shot starts and the previous frames are forgotten. Otherwise the old shot's strokes
@@ -291,9 +291,9 @@ def with_strength(config: StabilizerConfig, strength: float) -> StabilizerConfig
     return replace(config, blending=replace(blending, **weights))
 
 
-# The live feed's form: the cheapest flow, one stylization per frame, no resampling of the
-# frame (a zoom's two resampling passes cost more than the propagation's) and a plain linear
-# blend (`premix`), as frames must keep up with the camera.
+# The live feed's form: the cheapest flow, checked photometrically, one stylization per
+# frame, no resampling of the frame (a zoom's two resampling passes cost more than the
+# propagation's) and a plain linear blend (`premix`), as frames must keep up with the camera.
 LIVE = StabilizerConfig(
     tracking=Tracking(
         flow_preset="ultrafast",
@@ -335,8 +335,8 @@ class Placement:
         """The frame at offset phase = (x, y) in [0, 8) of the network's grid: reflect padding
         of `phase` before and the rest after, to the stride's first multiple at least 7 px
         larger on each axis: the network's input size does not change between frames, and its
-        pools need no padding of their own (the lite network on a 264 x 352 canvas takes less
-        time than on 264 x 349, benchmarks/bench_live.py)."""
+        pools need no padding of their own, which costs the lite network more than the wider
+        margin (docs/live.md)."""
         height, width = frame_size
         ox, oy = phase
         to_frame = torch.tensor([[1.0, 0.0, -ox], [0.0, 1.0, -oy]], dtype=torch.float64)
