@@ -406,7 +406,11 @@ def _frame_step(
     from models.video import Placement, Stabilizer, StabilizerConfig, placed_mix, with_strength
 
     def stylize(content: Tensor, placement: Placement) -> Tensor:
-        mix = placed_mix(mix_for(content), placement)
+        # Colour preservation recolours the styles to the frame's own pixels, not to a shift's
+        # mirrored padding (as AdaIN's content statistics, `placed_mix`).
+        box = placement.frame_box()
+        frame = content if box is None else content[..., box[0] : box[1], box[2] : box[3]]
+        mix = placed_mix(mix_for(frame), placement)
         return backend.stylize(content, mix, params.controls.model)
 
     config = with_strength(StabilizerConfig(), params.stability) if blend else _unblended()

@@ -77,3 +77,30 @@ def test_stability_is_checked_and_defaults_to_the_stabiliser_s_own(clip: Clip) -
     record = clip.params.record()
     del record["stability"]  # a job stored before the setting existed
     assert type(clip.params).from_record(record, ["full"]).stability == DEFAULT_STABILITY
+
+
+class RecolourTargets(ModelBackend):
+    """The backend, recording the size of each frame the styles are recoloured to."""
+
+    def __init__(self, backend: ModelBackend) -> None:
+        super().__init__(backend.pipelines)
+        self.sizes: list[tuple[int, int]] = []
+
+    def style_statistics(
+        self, style: torch.Tensor, recolour_to: torch.Tensor | None, model: str | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if recolour_to is not None:
+            self.sizes.append((recolour_to.shape[-2], recolour_to.shape[-1]))
+        return super().style_statistics(style, recolour_to, model)
+
+
+def test_colour_preservation_recolours_to_the_frame_not_its_padding(
+    clip: Clip, backend: ModelBackend, tmp_path: Path
+) -> None:
+    # The stabiliser hands the network the frame on a larger, mirrored canvas; the styles are
+    # recoloured to the frame's own pixels, as when each frame is stylized alone.
+    recording = RecolourTargets(backend)
+    controls = clip.params.controls.model_copy(update={"preserve_color": True})
+    frames_at(clip, recording, tmp_path / "colour", controls=controls)
+    assert len(recording.sizes) >= FRAMES
+    assert set(recording.sizes) == {(64, 64)}
