@@ -528,23 +528,24 @@ def test_a_renewal_fades_the_old_strokes_out_and_resumes_mid_fade() -> None:
     torch.testing.assert_close(tail, torch.cat(expected[middle:]), rtol=0, atol=1e-6)
 
 
-def test_a_cut_starts_the_new_shot_afresh() -> None:
+@pytest.mark.parametrize("config", [StabilizerConfig(), LIVE], ids=["default", "live"])
+def test_a_cut_starts_the_new_shot_afresh(config: StabilizerConfig) -> None:
     # Two shots of unrelated pictures, each panning: from the cut on, the output is the one a
     # stabiliser started on the second shot gives (nothing of the first leaks in, its motion is
     # not tracked on); without the cut's detection it is not. A pan itself is never a cut.
+    # Both checks of the flow find it: the forward-backward one and LIVE's photometric one.
     first = render(texture(2 * SIZE, seed=3), pan((2.5, 1.25), (8.0, 8.0)), FRAMES, (SIZE, SIZE))
     second = render(texture(2 * SIZE, seed=11), pan((-1.5, 2.0), (80, 8.0)), FRAMES, (SIZE, SIZE))
     frames = torch.cat([first.frames, second.frames])
-    fresh = run(Stabilizer(block_network), second.frames)
-    detected = Stabilizer(block_network)
+    fresh = run(Stabilizer(block_network, config), second.frames)
+    detected = Stabilizer(block_network, config)
     outputs = run(detected, frames)
     assert detected.frames == FRAMES  # the second shot's frames, none of the first's
     torch.testing.assert_close(outputs[FRAMES:], fresh, rtol=0, atol=1e-6)
-    undetected = run(
-        Stabilizer(block_network, StabilizerConfig(tracking=Tracking(cut_share=0))), frames
-    )
+    never = replace(config, tracking=replace(config.tracking, cut_share=0))
+    undetected = run(Stabilizer(block_network, never), frames)
     assert (undetected[FRAMES:] - fresh).abs().mean() > 0.01
-    panning = Stabilizer(block_network)
+    panning = Stabilizer(block_network, config)
     run(panning, first.frames)
     assert panning.frames == FRAMES
 
