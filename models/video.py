@@ -210,6 +210,14 @@ class Blending:
     # low-pass band gets back the contrast its parts had, measured in a Gaussian window of this
     # sigma (px); where the parts agree nothing changes (0: a plain linear mix).
     contrast_window: float = 3.0
+    # On a rigidly moving scene (no deformation field followed) the strokes are redrawn on
+    # the aligned grid at the same scene points, so the finer detail agrees too: there the
+    # whole images are mixed at `weight`, keeping the contrast in a Gaussian window of this
+    # sigma (px), with no band split. Carrying the detail lowers the flicker that the new
+    # stylization's detail brings (around a moving object, whose motion changes the strokes
+    # as far as the network's receptive field reaches), and the contrast keeps the strokes
+    # that do not line up from fading (0: the band split everywhere; docs/video.md).
+    rigid_contrast_window: float = 2.0
     # Resampling of the previous output along the flow, repeated every frame: "lanczos"
     # (OpenCV's, 4 lobes, 8 x 8 taps) keeps strokes sharper than "bicubic" at five times its
     # cost, and far sharper than "bilinear" (docs/video.md).
@@ -304,7 +312,7 @@ LIVE = StabilizerConfig(
         subpixel=False,
         deforming=False,
     ),
-    blending=Blending(resample="bicubic", contrast_window=0),
+    blending=Blending(resample="bicubic", contrast_window=0, rigid_contrast_window=0),
 )
 
 _PRESETS = {
@@ -569,8 +577,8 @@ class Carried:
 
     valid: np.ndarray
     stream: np.ndarray | None = None
-    stream_smooth: np.ndarray | None = None
-    weight: np.ndarray | None = None  # of the low-pass band
+    stream_smooth: np.ndarray | None = None  # None: the whole images are mixed
+    weight: np.ndarray | None = None  # of the low-pass band (of the whole image)
     detail_weight: np.ndarray | None = None  # of the finer detail
     premixed: np.ndarray | None = None
     fading: np.ndarray | None = None
@@ -585,8 +593,7 @@ class Carried:
             difference *= over_channels(self.valid, difference.shape[2])
             difference += stylized
             return np.clip(difference, 0, 1, out=difference)
-        assert self.stream is not None and self.stream_smooth is not None
-        assert self.weight is not None and self.detail_weight is not None
+        assert self.stream is not None and self.weight is not None
         stream, smooth = self.stream, self.stream_smooth
         weight, detail_weight = self.weight, self.detail_weight
 
@@ -594,9 +601,9 @@ class Carried:
             return propagate(
                 stylized[band],
                 stream[band],
-                smooth[band],
+                None if smooth is None else smooth[band],
                 weight[band],
-                detail_weight[band],
+                None if detail_weight is None else detail_weight[band],
                 config,
             )
 
@@ -808,14 +815,18 @@ class Stabilizer:
             moved = Carried(valid, premixed=flow.maps.warp(premixed, *resample))
         else:
             stream = flow.maps.warp(self.stream, *resample)
-            sigma = blending.detail_sigma
-            moved = Carried(
-                valid,
-                stream,
-                low_pass(stream, sigma, banded=True) if sigma > 0 else stream,
-                np.multiply(valid, np.float32(blending.weight)),
-                np.multiply(valid, self._detail_share(residual)),
-            )
+            weight = np.multiply(valid, np.float32(blending.weight))
+            if blending.rigid_contrast_window > 0 and not deforming:
+                moved = Carried(valid, stream, weight=weight)  # mixed whole
+            else:
+                sigma = blending.detail_sigma
+                moved = Carried(
+                    valid,
+                    stream,
+                    low_pass(stream, sigma, banded=True) if sigma > 0 else stream,
+                    weight,
+                    np.multiply(valid, self._detail_share(residual)),
+                )
         if self.fading is not None and self.fading_weight is not None:
             moved.fading = flow.maps.warp(self.fading, *resample)
             moved.fading_weight = flow.maps.warp(self.fading_weight) * valid
@@ -1363,14 +1374,21 @@ def median_motion(flow: np.ndarray, reliable: np.ndarray) -> Tensor:
 def propagate(
     stylized: np.ndarray,
     warped: np.ndarray,
-    warped_smooth: np.ndarray,
+    warped_smooth: np.ndarray | None,
     weight: np.ndarray,
-    detail_weight: np.ndarray,
+    detail_weight: np.ndarray | None,
     config: StabilizerConfig,
 ) -> np.ndarray:
     """The new stylization with the propagated previous output `warped` (its low-pass band
     `warped_smooth`) blended in: on the low-pass band by `weight` (H, W, 1), keeping its
-    contrast, on the finer detail by `detail_weight` (H, W, 1)."""
+    contrast, on the finer detail by `detail_weight` (H, W, 1); `warped_smooth` None: the whole
+    images by `weight`, keeping the contrast (`Blending.rigid_contrast_window`)."""
+    if warped_smooth is None:
+        output = contrast_preserving_mix(
+            warped, stylized, weight, config.blending.rigid_contrast_window
+        )
+        return np.clip(output, 0, 1, out=output)
+    assert detail_weight is not None
     if config.blending.detail_sigma <= 0:
         return weight * warped + (1 - weight) * stylized
     smooth = low_pass(stylized, config.blending.detail_sigma)
