@@ -1347,7 +1347,11 @@ def fit_similarity(flow: np.ndarray, reliable: np.ndarray) -> Tensor:
     # q = [[a, -b], [b, a]] p + t: unknowns (a, b, tx, ty).
     rows = np.concatenate([np.stack([px, -py, ones, zeros], 1), np.stack([py, px, zeros, ones], 1)])
     targets = np.concatenate([qx, qy])
-    inliers = mask
+    # The first fit takes the samples near the median motion: a moving object covering up to
+    # half the frame, least squares over all of them would turn into a zoom or a rotation.
+    moved_x, moved_y = qx - px, qy - py
+    residual = np.hypot(moved_x - np.median(moved_x[mask]), moved_y - np.median(moved_y[mask]))
+    inliers = mask & (residual <= max(0.5, 3 * float(np.median(residual[mask]))))
     for _ in range(3):
         keep = np.concatenate([inliers, inliers])
         a, b, tx, ty = np.linalg.lstsq(rows[keep], targets[keep], rcond=None)[0]
