@@ -333,10 +333,11 @@ def standard_clips(
     names: Sequence[str] = (),
 ) -> list[Clip]:
     """Sub-pixel pans (slow, diagonal, the issue's 3 px), a zoom in, a zoom out, a rotation, a
-    disc moving over a slowly panning photo and one over a still photo (occlusions), non-rigid
-    motion (`Deforming`: 2 and 3 px over slow pans, and under a moving disc), and a pan that
-    returns to its first frame, at size x size px, from the dataset's content photos; `names`:
-    only those (in that order)."""
+    disc moving over a slowly panning photo, one over a still photo (occlusions) and a large
+    one over a pan (a quarter of the frame: the camera's fit must not take it for a zoom),
+    non-rigid motion (`Deforming`: 2 and 3 px over slow pans, and under a moving disc), and a
+    pan that returns to its first frame, at size x size px, from the dataset's content photos;
+    `names`: only those (in that order)."""
     paths = photos or content_photos()
     first, second, third, fourth = (
         load_photo(paths[i % len(paths)], 2 * size) for i in (3, 17, 42, 64)
@@ -378,6 +379,14 @@ def standard_clips(
             shape,
             name=n,
             layer=(second, moving_disc((0.25 * size, 0.3 * size), (3.0, 1.5)), 0.2 * size),
+        ),
+        "big_disc_over_pan": lambda n: render(  # an object covering a quarter of the frame
+            third,
+            pan((-1.2, 0.6), offset),
+            frames,
+            shape,
+            name=n,
+            layer=(first, moving_disc((0.5 * size, 0.5 * size), (-3.5, 2.0)), 0.3 * size),
         ),
         "deform_2px": lambda n: render(
             fourth, Deforming(size, 2.5, 0.8, (0.5, 0.25), offset, seed=1), frames, shape, name=n
