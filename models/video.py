@@ -198,7 +198,8 @@ class Blending:
     # so repeated resampling and slightly misaligned strokes cannot wash it out (0: blend all).
     detail_sigma: float = 1.0
     # Weight of the propagated previous output in that finer detail (lower than `weight`:
-    # each resampling softens detail, and a short memory keeps it from accumulating).
+    # each resampling softens detail, and a short memory keeps it from accumulating). The
+    # band split applies where the deformation field is followed (`rigid_contrast_window`).
     detail_weight: float = 0.15
     # The same where the scene deforms (the flow departs from every aligned motion by
     # NONRIGID_FULL_PX or more): there the new stylization draws its strokes elsewhere each
@@ -1341,16 +1342,15 @@ def fit_similarity(flow: np.ndarray, reliable: np.ndarray) -> Tensor:
         indexing="ij",
     )
     px, py = xs.reshape(-1) - centre[0], ys.reshape(-1) - centre[1]
-    qx = px + flow[::step, ::step, 0].reshape(-1)
-    qy = py + flow[::step, ::step, 1].reshape(-1)
+    fx, fy = flow[::step, ::step, 0].reshape(-1), flow[::step, ::step, 1].reshape(-1)
+    qx, qy = px + fx, py + fy
     ones, zeros = np.ones_like(px), np.zeros_like(px)
     # q = [[a, -b], [b, a]] p + t: unknowns (a, b, tx, ty).
     rows = np.concatenate([np.stack([px, -py, ones, zeros], 1), np.stack([py, px, zeros, ones], 1)])
     targets = np.concatenate([qx, qy])
-    # The first fit takes the samples near the median motion: a moving object covering up to
-    # half the frame, least squares over all of them would turn into a zoom or a rotation.
-    moved_x, moved_y = qx - px, qy - py
-    residual = np.hypot(moved_x - np.median(moved_x[mask]), moved_y - np.median(moved_y[mask]))
+    # The first fit takes the samples near the median motion: with a moving object covering up
+    # to half the frame, least squares over every sample turn a pan into a zoom or a rotation.
+    residual = np.hypot(fx - np.median(fx[mask]), fy - np.median(fy[mask]))
     inliers = mask & (residual <= max(0.5, 3 * float(np.median(residual[mask]))))
     for _ in range(3):
         keep = np.concatenate([inliers, inliers])
