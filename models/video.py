@@ -382,12 +382,22 @@ class Placement:
         return to_contiguous_tensor(canvas, frame.device)
 
     def frame_box(self) -> Box | None:
-        """Where a shift's canvas shows the frame's own pixels rather than its mirrored padding
+        """Where the canvas shows the frame's own pixels rather than its mirrored padding
         (`StyleMix.content_box`: AdaIN's content statistics are then the frame's, as when it is
-        stylized alone); None where the canvas is the frame, and where it is resampled: the
-        wider mirrored margins of a zoom's or a deforming scene's canvas, left out, raised the
-        style loss instead (docs/video.md)."""
-        if not self.integer or self.size == self.frame_size:
+        stylized alone): a shift's frame, a deforming scene's box inside the frame's edges on
+        the canvas. None where the canvas is the frame, and under a zoom or a turn, where the
+        mirrored margins left out raised the style loss instead (docs/video.md)."""
+        if self.size == self.frame_size and self.integer:
+            return None
+        if self.canvas_points is not None:
+            edges = self.canvas_points
+            return (
+                math.ceil(float(edges[0, :, 1].max())),
+                math.floor(float(edges[-1, :, 1].min())) + 1,
+                math.ceil(float(edges[:, 0, 0].max())),
+                math.floor(float(edges[:, -1, 0].min())) + 1,
+            )
+        if not self.integer:
             return None
         height, width = self.frame_size
         ox, oy = self._shift()

@@ -422,6 +422,30 @@ def test_a_shift_covers_the_frames_own_pixels() -> None:
     assert placed_mix(mix, resampled).content_box is None
 
 
+def test_a_deforming_canvas_counts_the_frames_own_pixels_inside_its_edges() -> None:
+    # A deforming scene's canvas: the frame moved by (12, 7) px and bent by up to 3 px. The
+    # content's statistics come from the box inside the frame's bent edges: no mirrored
+    # padding, and all but the bend's reach of the frame.
+    height, width = SIZE, SIZE + 20
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    bend = 3 * np.sin(xs / 17 + ys / 23)
+    canvas_points = np.dstack([xs + 12 + bend, ys + 7 - bend]).astype(np.float32)
+    placement = Placement(
+        (height, width),
+        (height + 24, width + 32),
+        torch.tensor([[1.0, 0.0, -12.0], [0.0, 1.0, -7.0]], dtype=torch.float64),
+        False,
+        np.zeros((height + 24, width + 32, 2), np.float32),
+        canvas_points,
+    )
+    top, bottom, left, right = placed_mix(
+        StyleMix(torch.zeros(1, 4, 1, 1), torch.ones(1, 4, 1, 1), torch.ones(1)), placement
+    ).content_box
+    assert left >= canvas_points[:, 0, 0].max() and right - 1 <= canvas_points[:, -1, 0].min()
+    assert top >= canvas_points[0, :, 1].max() and bottom - 1 <= canvas_points[-1, :, 1].min()
+    assert right - left >= width - 7 and bottom - top >= height - 7
+
+
 def block_network(canvas: Tensor, placement: Placement) -> Tensor:
     """A fake stylization with the networks' stride-8 grid: half the frame, half its 8 x 8
     block means (the blocks on the canvas's grid), so it changes when the grid moves."""
