@@ -385,8 +385,8 @@ class Placement:
         """Where the canvas shows the frame's own pixels rather than its mirrored padding
         (`StyleMix.content_box`: AdaIN's content statistics are then the frame's, as when it is
         stylized alone): a shift's frame, a deforming scene's box inside the frame's edges on
-        the canvas. None where the canvas is the frame, and under a zoom or a turn, where the
-        mirrored margins left out raised the style loss instead (docs/video.md)."""
+        the canvas. None where the canvas is the frame, and under a zoom or a turn: there the
+        frame's own statistics raised the style loss of a zoom instead (docs/video.md)."""
         if self.size == self.frame_size and self.integer:
             return None
         if self.canvas_points is not None:
