@@ -62,6 +62,7 @@ from models.warping import (
     pixel_grid,
     pixel_points,
     remap_points,
+    rigid_around,
     rigid_part,
     to_contiguous_tensor,
     to_image,
@@ -118,6 +119,14 @@ WIDE_FILL_SHARE = 0.05
 RIGID_LAYER_SHARE = 0.55
 RIGID_LAYER_PX = 0.25
 RIGID_LAYER_MIN_SHARE = 0.04
+# A rigid scene with a moving object moves the previous output by the two motions, each pixel
+# by the one that moves the previous grey frame onto it within this many grey levels (out of
+# 255, over 3 x 3 px; `two_motion_flow`); no motion that close: an occlusion.
+LAYER_MATCH_TOLERANCE = 10
+# ...and stylizes afresh the background within this many px of where the object was: the
+# network's strokes along the object's edge reach over it, and carried with the background
+# they would stay behind as echoes of the edge.
+LAYER_EDGE_PX = 4
 # Fixed-point steps inverting frame -> reference into reference -> frame (a smooth field
 # displacing less than a cell converges to well under 0.01 px in three).
 INVERSION_STEPS = 3
@@ -569,6 +578,58 @@ class FlowEstimator:
         return reliable
 
 
+def two_motion_flow(
+    current: np.ndarray,
+    previous: np.ndarray,
+    motion: Tensor,
+    second: Tensor,
+    previous_layer: np.ndarray | None,
+) -> tuple[Flow, np.ndarray]:
+    """The backward flow of a rigid scene with a moving object, from the grey frames (H, W)
+    uint8: at each pixel the camera's `motion` (2, 3) or the object's translation `second`
+    (x, y), whichever moves `previous` onto `current` more closely (over 3 x 3 px), the
+    object's only where it comes from the object (`previous_layer` (H, W) bool, the last
+    frame's object, widened by 2 px). DIS's flow runs between the two motions for some px
+    across the object's edge, and follows a disocclusion smoothly past the flow's check:
+    carried along it, the object's strokes smear into the background. Reliable where the
+    chosen motion matches within LAYER_MATCH_TOLERANCE and, in the background, the pixel was
+    not within LAYER_EDGE_PX of the object before. Also returns the object's pixels (H, W)
+    bool."""
+    size = current.shape
+    # Each motion as the map from this frame's pixels to the previous frame's.
+    to_previous = (np.asarray(motion), np.asarray(_translation(second)))
+    border = cv2.BORDER_REPLICATE
+    mismatches = []
+    for affine in to_previous:
+        moved = warp_affine(previous, affine, size, "bilinear", border)
+        # Less the frames' mean difference (a camera's exposure drifts), then over 3 x 3 px.
+        difference = cv2.subtract(current, moved, dtype=cv2.CV_32F)
+        difference -= np.float32(cv2.mean(current)[0] - cv2.mean(moved)[0])
+        mismatches.append(cv2.blur(np.abs(difference), (3, 3)))
+    on_layer = mismatches[1] < mismatches[0]
+    reliable = np.minimum(*mismatches) <= LAYER_MATCH_TOLERANCE
+    if previous_layer is not None:
+        before = previous_layer.view(np.uint8)
+        from_layer = warp_affine(
+            cv2.dilate(before, _LAYER_MARGIN), to_previous[1], size, "nearest", border
+        )
+        was_near = warp_affine(
+            cv2.dilate(before, _LAYER_EDGE), to_previous[0], size, "nearest", border
+        )
+        on_layer &= from_layer > 0
+        reliable &= on_layer | (was_near == 0)
+    camera_x, camera_y = _affine_flow(motion, size)
+    flow = np.empty((*size, 2), np.float32)
+    flow[..., 0], flow[..., 1] = camera_x, camera_y
+    flow[on_layer] = np.asarray(second, dtype=np.float32)
+    maps = FlowMaps(flow)
+    reliable &= maps.inside()
+    if np.array_equal(np.asarray(motion[:, :2]), np.eye(2)):
+        translation = (float(camera_x), float(camera_y))
+        maps = FlowMaps(flow, rigid_around(on_layer, translation, size))
+    return Flow(flow, reliable, maps), on_layer
+
+
 def _sampled(image: np.ndarray, step: int) -> np.ndarray:
     """About every `step`-th row and column of (H, W[, C]) (OpenCV's nearest resizing: a pixel
     grid sampled alike gives the pixels' places)."""
@@ -754,8 +815,9 @@ class Stabilizer:
             # renewal (then made anew below): beside the tracking and the network's input.
             deforming = self.deformation is not None
             carried = _BESIDE_NETWORK.submit(self._carry, flow, False, None, deforming)
+        moved_by = flow  # the flow the previous output moves along
         if flow is not None and self.config.tracking.align_grid:
-            layer, renewed, residual = self._track(flow)
+            layer, renewed, residual, moved_by = self._track(flow, grey)
         beside = _core_beside_network(frame.device)
         if carries and (carried is None or renewed):
             # Moving the previous frames' images along the flow, and the blend's weights, need
@@ -763,7 +825,7 @@ class Stabilizer:
             # them (otherwise they would only contend with the network's threads for the
             # cores and the interpreter lock), else beside the making of the network's input
             # on a large frame, else here (a small frame's input takes less than the hand-over).
-            arguments = (flow, renewed, residual, self.deformation is not None)
+            arguments = (moved_by, renewed, residual, self.deformation is not None)
             if beside or size[0] * size[1] >= OVERLAP_PIXELS:
                 carried = _BESIDE_NETWORK.submit(self._carry, *arguments)
             else:
@@ -856,11 +918,15 @@ class Stabilizer:
         rise = blending.nonrigid_detail_weight - blending.detail_weight
         return (blending.detail_weight + rise * deforming)[..., None]
 
-    def _track(self, estimate: Flow) -> tuple[np.ndarray | None, bool, np.ndarray | None]:
+    def _track(
+        self, estimate: Flow, grey: np.ndarray
+    ) -> tuple[np.ndarray | None, bool, np.ndarray | None, Flow]:
         """Follow the camera and, with two layers, a second motion; returns the second layer's
         pixels (H, W) bool, or None when there is no second motion, whether the reference
-        was renewed, and how far (px, (H, W)) the flow is from the nearest aligned motion
-        (None where nothing uses it)."""
+        was renewed, how far (px, (H, W)) the flow is from the nearest aligned motion
+        (None where nothing uses it), and the flow the previous output moves along: a rigid
+        scene with a moving object's is the two motions' (`two_motion_flow`), else
+        `estimate`."""
         flow, reliable = estimate.flow, estimate.reliable
         size = (flow.shape[0], flow.shape[1])
         if self.config.tracking.similarity:
@@ -886,7 +952,14 @@ class Stabilizer:
             if layer is None and increment is not None:
                 # Apart from the camera and the deformation, something may still move as one.
                 layer, distance, second = self._layers(estimate, motion, increment)
-            self.layer_pixels = layer
+        moved_by, self_layer = estimate, layer
+        if second is not None and self.deformation is None and self.previous_grey is not None:
+            moved_by, self_layer = two_motion_flow(
+                grey, self.previous_grey, motion, second, self.layer_pixels
+            )
+        # The object's own pixels where its motion matches them (DIS's layer widens it by
+        # the band where the flow runs between the two motions).
+        self.layer_pixels = self_layer
         if second is None:
             self.second_layer = False
         else:
@@ -894,7 +967,7 @@ class Stabilizer:
                 self.layer_displacement = -_centre_translation(previous_camera, size)
                 self.second_layer = True
             self.layer_displacement -= second
-        return layer, renewed, distance
+        return layer, renewed, distance, moved_by
 
     def _layers(
         self, estimate: Flow, motion: Tensor, deformation: np.ndarray | None = None
@@ -1186,6 +1259,9 @@ _IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64
 
 # The band kept out of the deformation field around a layer: 2 cells each way.
 _LAYER_MARGIN = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+_LAYER_EDGE = cv2.getStructuringElement(
+    cv2.MORPH_ELLIPSE, (2 * LAYER_EDGE_PX + 1, 2 * LAYER_EDGE_PX + 1)
+)
 
 
 def _normalised_blur(values: np.ndarray, weight: np.ndarray) -> np.ndarray:

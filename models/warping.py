@@ -187,6 +187,16 @@ def rigid_part(
     mean = cv2.boxFilter(residual, -1, window)
     mean = cv2.magnitude(mean[..., 0], mean[..., 1])
     irregular = mean > RIGID_TOLERANCE_PX * np.maximum(cv2.boxFilter(weight, -1, window), 1e-3)
+    return rigid_around(irregular, translation, size)
+
+
+def rigid_around(
+    irregular: np.ndarray, translation: tuple[float, float], size: tuple[int, int]
+) -> RigidPart | None:
+    """The rigid part of a backward flow that is `translation` (x, y, px) but on the
+    `irregular` pixels ((h, w) bool, at the flow's scale), for the frame of `size` (H, W) it
+    is scaled up to: the tiles of RIGID_TILE px holding an irregular pixel follow the flow.
+    None: more than RIGID_SHARE of the tiles do."""
     height, width = irregular.shape
     rows, columns = -(-height // RIGID_TILE), -(-width // RIGID_TILE)
     padded = np.zeros((rows * RIGID_TILE, columns * RIGID_TILE), dtype=bool)

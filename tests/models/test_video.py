@@ -361,6 +361,38 @@ def test_a_large_moving_object_does_not_turn_a_pan_into_a_zoom() -> None:
     torch.testing.assert_close(fitted[:, 2], truth[:, 2], rtol=0, atol=0.03)
 
 
+def test_a_moving_objects_pixels_move_by_its_motion_up_to_its_edge() -> None:
+    # A textured disc moving (-3, 2) px over a pan: DIS's flow runs between the two motions
+    # for some px across the disc's edge and follows the background it uncovers smoothly.
+    # The two motions chosen by the grey levels give each pixel one of them, and find the
+    # uncovered background unreliable.
+    layer = (texture(4 * SIZE, seed=5), moving_disc((50.0, 44.0), (-3.0, 2.0)), 22.0)
+    clip = render(texture(2 * SIZE, seed=3), pan((1.2, -0.6)), 2, (SIZE, SIZE), layer=layer)
+    previous, current = (video.grey_uint8(frame[None]) for frame in clip.frames)
+    truth = clip.flows[0].permute(1, 2, 0).numpy()
+    camera, second = torch.from_numpy(truth[2, 2]), torch.from_numpy(truth[44, 47])
+    moved_by, on_layer = video.two_motion_flow(
+        current, previous, video._translation(camera), second, None
+    )
+    single = clip.valid[0, 0].numpy()  # pixels wholly in one layer in both frames
+    ys, xs = np.mgrid[0:SIZE, 0:SIZE]
+    from_edge = np.hypot(xs - 47.0, ys - 46.0) - 22.0  # the disc's edge now, px
+    edge_band = single & (np.abs(from_edge) < 6)
+    dis = FlowEstimator(StabilizerConfig()).backward(current, previous)
+    off = np.linalg.norm(moved_by.flow - truth, axis=2)
+    dis_off = np.linalg.norm(dis.flow - truth, axis=2)
+    assert off[edge_band & moved_by.reliable].mean() < 0.3 * dis_off[edge_band].mean()
+    assert np.mean(on_layer[single] == (from_edge[single] < 0)) > 0.97
+    assert np.mean(moved_by.reliable[single & (np.abs(from_edge) > 3)]) > 0.95
+    uncovered = ~single & (from_edge > 1)
+    assert np.mean(moved_by.reliable[uncovered]) < 0.6 * np.mean(dis.reliable[uncovered])
+    # With the disc's pixels in the last frame, none of the background within LAYER_EDGE_PX
+    # of where it was is carried: the strokes along its old edge are drawn afresh.
+    before = np.hypot(xs - 50.0, ys - 44.0) < 22.0
+    near, _ = video.two_motion_flow(current, previous, video._translation(camera), second, before)
+    assert not near.reliable[~single & (from_edge > 2)].any()
+
+
 def test_a_resampled_placement_comes_back_close_to_the_frame() -> None:
     frame = texture(SIZE, seed=11)[None]
     to_frame = similarity(0.97, 0.05, (-6.3, -5.7))  # canvas -> frame: a zoom and a turn
