@@ -769,7 +769,8 @@ class Stabilizer:
         # map, (x, y) px on a coarse grid of the frame's points (`_deformation_step` apart);
         # None while the scene moves rigidly.
         self.deformation: np.ndarray | None = None
-        # The last frame's second-layer pixels (H, W) bool, kept out of the deformation field.
+        # The last frame's second-layer pixels (H, W) bool: kept out of the deformation field,
+        # and where a moving object's pixels may come from (`two_motion_flow`).
         self.layer_pixels: np.ndarray | None = None
         # Displacement (x, y), px, of a second moving layer since it was first seen.
         self.layer_displacement = torch.zeros(2, dtype=torch.float64)
@@ -1257,7 +1258,8 @@ class Stabilizer:
 _IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
 
 
-# The band kept out of the deformation field around a layer: 2 cells each way.
+# The band kept out of the deformation field around a layer: 2 cells each way (on the
+# frame's pixels, the band whose pixels `two_motion_flow` lets come from the object).
 _LAYER_MARGIN = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
 _LAYER_EDGE = cv2.getStructuringElement(
     cv2.MORPH_ELLIPSE, (2 * LAYER_EDGE_PX + 1, 2 * LAYER_EDGE_PX + 1)
