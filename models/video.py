@@ -953,14 +953,14 @@ class Stabilizer:
             if layer is None and increment is not None:
                 # Apart from the camera and the deformation, something may still move as one.
                 layer, distance, second = self._layers(estimate, motion, increment)
-        moved_by, self_layer = estimate, layer
+        moved_by, object_pixels = estimate, layer
         if second is not None and self.deformation is None and self.previous_grey is not None:
-            moved_by, self_layer = two_motion_flow(
+            moved_by, object_pixels = two_motion_flow(
                 grey, self.previous_grey, motion, second, self.layer_pixels
             )
         # The object's own pixels where its motion matches them (DIS's layer widens it by
         # the band where the flow runs between the two motions).
-        self.layer_pixels = self_layer
+        self.layer_pixels = object_pixels
         if second is None:
             self.second_layer = False
         else:
