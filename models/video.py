@@ -127,6 +127,13 @@ LAYER_MATCH_TOLERANCE = 10
 # network's strokes along the object's edge reach over it, and carried with the background
 # they would stay behind as echoes of the edge.
 LAYER_EDGE_PX = 4
+# On a deforming scene the background's motion near a moving object is the deformation
+# field's (smooth, fitted away from the object) within this many px of it, where DIS's
+# windows straddle the object's edge; farther, DIS's own flow (`deforming_two_motion_flow`).
+LAYER_BAND_PX = 8
+# ...and the echoes' band (LAYER_EDGE_PX) there is narrower: on a deforming scene the wider
+# band raised the flicker near the object more than it lowered the style loss (docs/video.md).
+DEFORMING_LAYER_EDGE_PX = 2
 # Fixed-point steps inverting frame -> reference into reference -> frame (a smooth field
 # displacing less than a cell converges to well under 0.01 px in three).
 INVERSION_STEPS = 3
@@ -599,24 +606,18 @@ def two_motion_flow(
     # Each motion as the map from this frame's pixels to the previous frame's.
     to_previous = (np.asarray(motion), np.asarray(_translation(second)))
     border = cv2.BORDER_REPLICATE
-    mismatches = []
-    for affine in to_previous:
-        moved = warp_affine(previous, affine, size, "bilinear", border)
-        # Less the frames' mean difference (a camera's exposure drifts), then over 3 x 3 px.
-        difference = cv2.subtract(current, moved, dtype=cv2.CV_32F)
-        difference -= np.float32(cv2.mean(current)[0] - cv2.mean(moved)[0])
-        mismatches.append(cv2.blur(np.abs(difference), (3, 3)))
+    mismatches = [
+        _mismatch(current, warp_affine(previous, affine, size, "bilinear", border))
+        for affine in to_previous
+    ]
     on_layer = mismatches[1] < mismatches[0]
     reliable = np.minimum(*mismatches) <= LAYER_MATCH_TOLERANCE
     if previous_layer is not None:
         before = previous_layer.view(np.uint8)
-        from_layer = warp_affine(
-            cv2.dilate(before, _LAYER_MARGIN), to_previous[1], size, "nearest", border
-        )
+        on_layer &= _from_object(before, to_previous[1])
         was_near = warp_affine(
             cv2.dilate(before, _LAYER_EDGE), to_previous[0], size, "nearest", border
         )
-        on_layer &= from_layer > 0
         reliable &= on_layer | (was_near == 0)
     camera_x, camera_y = _affine_flow(motion, size)
     flow = np.empty((*size, 2), np.float32)
@@ -628,6 +629,66 @@ def two_motion_flow(
         translation = (float(camera_x), float(camera_y))
         maps = FlowMaps(flow, rigid_around(on_layer, translation, size))
     return Flow(flow, reliable, maps), on_layer
+
+
+def deforming_two_motion_flow(
+    current: np.ndarray,
+    previous: np.ndarray,
+    estimate: Flow,
+    field_flow: np.ndarray,
+    second: Tensor,
+    layers: tuple[np.ndarray | None, np.ndarray | None],
+) -> tuple[Flow, np.ndarray]:
+    """`two_motion_flow` on a deforming scene: the background's motion is DIS's flow
+    (`estimate`) but within LAYER_BAND_PX of the object, where DIS's flow runs between the two
+    motions; there it is `field_flow` (H, W, 2), the camera's and the deformation field's,
+    fitted away from the object. Each pixel takes the background's motion or the object's
+    translation `second` as `two_motion_flow` does, the object's only where it comes from the
+    last frame's object. `layers`: the object's pixels in the last frame and DIS's layer in
+    this one ((H, W) bool or None). Reliable where DIS's flow is kept as DIS's check found,
+    elsewhere within LAYER_MATCH_TOLERANCE, not within DEFORMING_LAYER_EDGE_PX of where the
+    object was."""
+    size = current.shape
+    previous_layer = layers[0]
+    near = np.zeros(size, np.uint8)
+    for pixels in layers:
+        if pixels is not None:
+            near |= pixels.view(np.uint8)
+    near = cv2.dilate(near, _LAYER_BAND) > 0
+    background = estimate.flow.copy()
+    background[near] = field_flow[near]
+    background_maps = FlowMaps(background)
+    shift = np.asarray(_translation(second))
+    border = cv2.BORDER_REPLICATE
+    background_mismatch = _mismatch(current, background_maps.warp(previous))
+    object_mismatch = _mismatch(current, warp_affine(previous, shift, size, "bilinear", border))
+    on_layer = object_mismatch < background_mismatch
+    reliable = np.where(near, background_mismatch <= LAYER_MATCH_TOLERANCE, estimate.reliable)
+    if previous_layer is not None:
+        before = previous_layer.view(np.uint8)
+        on_layer &= _from_object(before, shift)
+        was_near = background_maps.warp(cv2.dilate(before, _DEFORMING_LAYER_EDGE), "nearest")
+        reliable &= was_near == 0
+    reliable = np.where(on_layer, object_mismatch <= LAYER_MATCH_TOLERANCE, reliable)
+    background[on_layer] = np.asarray(second, dtype=np.float32)
+    maps = FlowMaps(background)
+    return Flow(background, reliable & maps.inside(), maps, estimate.scale), on_layer
+
+
+def _mismatch(current: np.ndarray, moved: np.ndarray) -> np.ndarray:
+    """How far (grey levels, (H, W) float32) `moved` is from `current`: less the frames' mean
+    difference (a camera's exposure drifts), then over 3 x 3 px."""
+    difference = cv2.subtract(current, moved, dtype=cv2.CV_32F)
+    difference -= np.float32(cv2.mean(current)[0] - cv2.mean(moved)[0])
+    return cv2.blur(np.abs(difference), (3, 3))
+
+
+def _from_object(before: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the pixels that the object's translation `shift` (2, 3) brings from the
+    last frame's object (`before` (H, W) uint8), widened by 2 px."""
+    size = before.shape
+    widened = cv2.dilate(before, _LAYER_MARGIN)
+    return warp_affine(widened, shift, size, "nearest", cv2.BORDER_REPLICATE) > 0
 
 
 def _sampled(image: np.ndarray, step: int) -> np.ndarray:
@@ -940,6 +1001,7 @@ class Stabilizer:
         self.camera = _compose(self.camera, motion)
         renewed = self._renew_reference(size)
         layer, distance, second = self._layers(estimate, motion)
+        increment = None
         if self.config.tracking.deforming:
             # The field follows what no layer explains: this frame's layer and the last one's
             # moved along the flow (a moving object is a layer of its own, not a deformation).
@@ -954,10 +1016,24 @@ class Stabilizer:
                 # Apart from the camera and the deformation, something may still move as one.
                 layer, distance, second = self._layers(estimate, motion, increment)
         moved_by, object_pixels = estimate, layer
-        if second is not None and self.deformation is None and self.previous_grey is not None:
-            moved_by, object_pixels = two_motion_flow(
-                grey, self.previous_grey, motion, second, self.layer_pixels
-            )
+        if second is not None and self.previous_grey is not None:
+            if self.deformation is None:
+                moved_by, object_pixels = two_motion_flow(
+                    grey, self.previous_grey, motion, second, self.layer_pixels
+                )
+            elif increment is not None:
+                field_flow = _field_on_pixels(increment, size, _deformation_step(size))
+                camera_x, camera_y = _affine_flow(motion, size)
+                field_flow[..., 0] += camera_x
+                field_flow[..., 1] += camera_y
+                moved_by, object_pixels = deforming_two_motion_flow(
+                    grey,
+                    self.previous_grey,
+                    estimate,
+                    field_flow,
+                    second,
+                    (self.layer_pixels, layer),
+                )
         # The object's own pixels where its motion matches them (DIS's layer widens it by
         # the band where the flow runs between the two motions).
         self.layer_pixels = object_pixels
@@ -1258,12 +1334,17 @@ class Stabilizer:
 _IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
 
 
+def _disc(radius: int) -> np.ndarray:
+    """A disc of `radius` px: the structuring element that widens a mask by it."""
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
 # The band kept out of the deformation field around a layer: 2 cells each way (on the
-# frame's pixels, the band whose pixels `two_motion_flow` lets come from the object).
-_LAYER_MARGIN = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
-_LAYER_EDGE = cv2.getStructuringElement(
-    cv2.MORPH_ELLIPSE, (2 * LAYER_EDGE_PX + 1, 2 * LAYER_EDGE_PX + 1)
-)
+# frame's pixels, the band whose pixels the two motions let come from the object).
+_LAYER_MARGIN = _disc(2)
+_LAYER_EDGE = _disc(LAYER_EDGE_PX)
+_DEFORMING_LAYER_EDGE = _disc(DEFORMING_LAYER_EDGE_PX)
+_LAYER_BAND = _disc(LAYER_BAND_PX)
 
 
 def _normalised_blur(values: np.ndarray, weight: np.ndarray) -> np.ndarray:

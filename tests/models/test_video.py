@@ -393,6 +393,41 @@ def test_a_moving_objects_pixels_move_by_its_motion_up_to_its_edge() -> None:
     assert not near.reliable[~single & (from_edge > 2)].any()
 
 
+def test_a_deforming_scenes_object_and_background_near_it_move_by_their_own_motions() -> None:
+    # The same disc over a deforming scene: DIS's flow runs between the disc's motion and the
+    # scene's across the edge. Near the disc the background moves by the deformation field
+    # (here the scene's true flow, which the field is fitted to away from the disc), the
+    # disc by its translation; farther away DIS's flow and its check are kept as they are.
+    motion = Deforming(SIZE, 2.5, 0.8, (0.5, 0.25), seed=3)
+    background = texture(2 * SIZE, seed=3)
+    layer = (texture(4 * SIZE, seed=5), moving_disc((50.0, 44.0), (-3.0, 2.0)), 22.0)
+    clip = render(background, motion, 2, (SIZE, SIZE), layer=layer)
+    scene = render(background, motion, 2, (SIZE, SIZE)).flows[0].permute(1, 2, 0).numpy()
+    previous, current = (video.grey_uint8(frame[None]) for frame in clip.frames)
+    truth = clip.flows[0].permute(1, 2, 0).numpy()
+    second = torch.from_numpy(truth[44, 47])
+    ys, xs = np.mgrid[0:SIZE, 0:SIZE]
+    before = np.hypot(xs - 50.0, ys - 44.0) < 22.0
+    dis = FlowEstimator(StabilizerConfig()).backward(current, previous)
+    moved_by, on_layer = video.deforming_two_motion_flow(
+        current, previous, dis, scene, second, (before, None)
+    )
+    single = clip.valid[0, 0].numpy()
+    from_edge = np.hypot(xs - 47.0, ys - 46.0) - 22.0
+    edge_band = single & (np.abs(from_edge) < 6)
+    off = np.linalg.norm(moved_by.flow - truth, axis=2)
+    dis_off = np.linalg.norm(dis.flow - truth, axis=2)
+    # (DIS's flow as the background's there too leaves 0.31x of DIS's error.)
+    assert off[edge_band & moved_by.reliable].mean() < 0.1 * dis_off[edge_band].mean()
+    assert np.mean(moved_by.reliable[edge_band]) > 0.9
+    assert np.mean(on_layer[single] == (from_edge[single] < 0)) > 0.97
+    assert np.mean(moved_by.reliable[single & (from_edge < -3)]) > 0.95
+    # Past the band around where the disc was and is, DIS's flow and its check are kept.
+    far = (np.hypot(xs - 50.0, ys - 44.0) > 22.0 + video.LAYER_BAND_PX + 2) & (from_edge > 12)
+    assert np.array_equal(moved_by.flow[far], dis.flow[far])
+    assert np.array_equal(moved_by.reliable[far], dis.reliable[far])
+
+
 def test_a_resampled_placement_comes_back_close_to_the_frame() -> None:
     frame = texture(SIZE, seed=11)[None]
     to_frame = similarity(0.97, 0.05, (-6.3, -5.7))  # canvas -> frame: a zoom and a turn
