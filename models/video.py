@@ -986,9 +986,9 @@ class Stabilizer:
         """Follow the camera and, with two layers, a second motion; returns the second layer's
         pixels (H, W) bool, or None when there is no second motion, whether the reference
         was renewed, how far (px, (H, W)) the flow is from the nearest aligned motion
-        (None where nothing uses it), and the flow the previous output moves along: a rigid
-        scene with a moving object's is the two motions' (`two_motion_flow`), else
-        `estimate`."""
+        (None where nothing uses it), and the flow the previous output moves along: with a
+        moving object, the two motions' (`two_motion_flow`, `deforming_two_motion_flow` on a
+        deforming scene), else `estimate`."""
         flow, reliable = estimate.flow, estimate.reliable
         size = (flow.shape[0], flow.shape[1])
         if self.config.tracking.similarity:
