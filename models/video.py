@@ -656,21 +656,22 @@ def deforming_two_motion_flow(
             near |= pixels.view(np.uint8)
     near = cv2.dilate(near, _LAYER_BAND) > 0
     background = estimate.flow.copy()
-    background[near] = field_flow[near]
+    np.copyto(background, field_flow, where=near[..., None])
     background_maps = FlowMaps(background)
     shift = np.asarray(_translation(second))
     border = cv2.BORDER_REPLICATE
     background_mismatch = _mismatch(current, background_maps.warp(previous))
     object_mismatch = _mismatch(current, warp_affine(previous, shift, size, "bilinear", border))
     on_layer = object_mismatch < background_mismatch
-    reliable = np.where(near, background_mismatch <= LAYER_MATCH_TOLERANCE, estimate.reliable)
+    reliable = estimate.reliable.copy()
+    np.copyto(reliable, background_mismatch <= LAYER_MATCH_TOLERANCE, where=near)
     if previous_layer is not None:
         before = previous_layer.view(np.uint8)
         on_layer &= _from_object(before, shift)
         was_near = background_maps.warp(cv2.dilate(before, _DEFORMING_LAYER_EDGE), "nearest")
         reliable &= was_near == 0
-    reliable = np.where(on_layer, object_mismatch <= LAYER_MATCH_TOLERANCE, reliable)
-    background[on_layer] = np.asarray(second, dtype=np.float32)
+    np.copyto(reliable, object_mismatch <= LAYER_MATCH_TOLERANCE, where=on_layer)
+    np.copyto(background, np.asarray(second, dtype=np.float32), where=on_layer[..., None])
     maps = FlowMaps(background)
     return Flow(background, reliable & maps.inside(), maps, estimate.scale), on_layer
 
