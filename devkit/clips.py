@@ -236,6 +236,37 @@ def rotate(
     return motion
 
 
+def shake(
+    amplitude: float,
+    angle: float,
+    centre: tuple[float, float],
+    start: tuple[float, float] = (0.0, 0.0),
+    seed: int = 0,
+    frames: int = 256,
+) -> Motion:
+    """A hand-held camera: it shifts and turns about the frame point `centre` by a random tremor
+    that changes direction every frame or two (an AR(1) process, coefficient 0.5), `amplitude`
+    px and `angle` radians its standard deviations; motion defined for t < `frames`."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(frames, 3, generator=generator, dtype=torch.float64)
+    tremor = torch.zeros_like(noise)
+    for t in range(frames):  # stationary: unit variance at every frame
+        tremor[t] = noise[t] if t == 0 else 0.5 * tremor[t - 1] + math.sqrt(0.75) * noise[t]
+    scales = torch.tensor([amplitude, amplitude, angle], dtype=torch.float64)
+    offsets = (tremor * scales).tolist()
+
+    def motion(t: int, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        shift_x, shift_y, turn = offsets[t]
+        cos, sin = math.cos(turn), math.sin(turn)
+        dx, dy = x - centre[0], y - centre[1]
+        return (
+            centre[0] + cos * dx - sin * dy + start[0] + shift_x,
+            centre[1] + sin * dx + cos * dy + start[1] + shift_y,
+        )
+
+    return motion
+
+
 def moving_disc(start: tuple[float, float], velocity: tuple[float, float]) -> Motion:
     """A layer whose centre is at frame point start + velocity * t (world origin = its centre)."""
 
@@ -333,11 +364,11 @@ def standard_clips(
     names: Sequence[str] = (),
 ) -> list[Clip]:
     """Sub-pixel pans (slow, diagonal, the issue's 3 px), a zoom in, a zoom out, a rotation, a
-    disc moving over a slowly panning photo, one over a still photo (occlusions) and a large
-    one over a pan (a quarter of the frame: the camera's fit must not take it for a zoom),
-    non-rigid motion (`Deforming`: 2 and 3 px over slow pans, and under a moving disc), and a
-    pan that returns to its first frame, at size x size px, from the dataset's content photos;
-    `names`: only those (in that order)."""
+    hand-held camera's tremor (`shake`), a disc moving over a slowly panning photo, one over a
+    still photo (occlusions) and a large one over a pan (a quarter of the frame: the camera's
+    fit must not take it for a zoom), non-rigid motion (`Deforming`: 2 and 3 px over slow pans,
+    and under a moving disc), and a pan that returns to its first frame, at size x size px, from
+    the dataset's content photos; `names`: only those (in that order)."""
     paths = photos or content_photos()
     first, second, third, fourth = (
         load_photo(paths[i % len(paths)], 2 * size) for i in (3, 17, 42, 64)
@@ -360,6 +391,13 @@ def standard_clips(
         "rotate_0.5deg": lambda n: render(
             second,
             rotate(math.radians(0.5), centre, (0.25 * size, 0.25 * size)),
+            frames,
+            shape,
+            name=n,
+        ),
+        "shake": lambda n: render(  # a hand-held camera's tremor
+            fourth,
+            shake(2.0, math.radians(0.3), centre, (0.2 * size, 0.2 * size), seed=4),
             frames,
             shape,
             name=n,
