@@ -49,7 +49,16 @@ from models.config import Device, ModelName, PipelineConfig
 from models.evaluate import ln_loss, measure
 from models.model import StyleMix
 from models.pipeline import Pipeline, build_pipeline
-from models.video import LIVE, Placement, Stabilizer, StabilizerConfig, Tracking, placed_mix
+from models.video import (
+    LIVE,
+    Placement,
+    Stabilizer,
+    StabilizerConfig,
+    Tracking,
+    choose_start_phase,
+    placed_mix,
+    style_distance,
+)
 from models.video_metrics import border_mask, sharpness, warping_error
 
 TARGET_SPEED = 0.5  # stabilised x the network's frame rate, 1280x720
@@ -105,6 +114,9 @@ def compare(
     def stylize(frame: Tensor, placement: Placement) -> Tensor:
         return net.stylize_batch(frame, [placed_mix(mix, placement)])
 
+    def fit(frame: Tensor, stylized: Tensor) -> float:  # as a video job's (`media.clip`)
+        return style_distance(net.style_statistics(stylized), mix)
+
     with torch.inference_mode():
         per_frame = torch.cat([net.stylize_batch(frame[None], [mix]) for frame in clip.frames])
     base_error = warping_error(per_frame, clip.flows, clip.valid)
@@ -112,7 +124,9 @@ def compare(
     base_style, base_content = mean_ln_losses(net, clip, style, per_frame)
     rows = []
     for label, config in configs.items():
-        stabilizer = Stabilizer(stylize, config)
+        # The live feed runs its network itself, one input a frame: it chooses no start phase.
+        phase = (0, 0) if config == LIVE else choose_start_phase(clip.frames[:1], stylize, fit)
+        stabilizer = Stabilizer(stylize, config, phase)
         outputs = torch.cat([stabilizer(frame[None]) for frame in clip.frames])
         style_ln, content_ln = mean_ln_losses(net, clip, style, outputs)
         rows.append(

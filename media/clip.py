@@ -63,7 +63,7 @@ from models.model import Masks, StyleMix
 from models.pipeline import Pipeline
 
 if TYPE_CHECKING:
-    from models.video import StabilizerConfig
+    from models.video import Placement, StabilizerConfig, Stylize
 
 # Suffixes the command takes as videos (anything else is an image for `adain stylize`); a GIF of
 # one frame is a still image.
@@ -389,21 +389,15 @@ def _mix_maker(
     return lambda content: fixed
 
 
-def _frame_step(
+def _placed_stylize(
     params: ClipParams,
     styles: ClipStyles,
     backend: FrameBackend,
-    state: dict[str, Tensor] | None,
-    *,
-    blend: bool = True,
-) -> Callable[[Tensor], Tensor]:
-    """content frame -> output frame: the stabiliser around the per-frame stylize, or that
-    alone with `stabilize=false`. `blend` false: nothing propagated into this frame (the
-    first one stylized after `_camera_tracker`)."""
-    mix_for = _mix_maker(params, styles, backend)
-    if not params.stabilize:
-        return lambda content: backend.stylize(content, mix_for(content), params.controls.model)
-    from models.video import Placement, Stabilizer, StabilizerConfig, placed_mix, with_strength
+    mix_for: Callable[[Tensor], StyleMix],
+) -> Stylize:
+    """The per-frame stylize of a frame placed on the stabiliser's canvas (`mix_for`: the
+    frame's mix, `_mix_maker`)."""
+    from models.video import placed_mix
 
     def stylize(content: Tensor, placement: Placement) -> Tensor:
         # Colour preservation recolours the styles to the frame's own pixels, not to a shift's
@@ -413,8 +407,49 @@ def _frame_step(
         mix = placed_mix(mix_for(frame), placement)
         return backend.stylize(content, mix, params.controls.model)
 
+    return stylize
+
+
+def _start_phase(
+    content: Tensor, params: ClipParams, styles: ClipStyles, backend: FrameBackend
+) -> tuple[int, int]:
+    """The grid phase a clip's shots start at, chosen on its first frame (`content`) by the
+    stylization's distance to the styles (`models.video.choose_start_phase`); (0, 0) where
+    that distance does not measure the fit: under masks, or with alpha below 1."""
+    if not params.stabilize or styles.masks is not None or params.controls.alpha != 1:
+        return (0, 0)
+    from models.video import choose_start_phase, style_distance
+
+    mix_for = _mix_maker(params, styles, backend)
+    model = params.controls.model
+
+    def fit(frame: Tensor, stylized: Tensor) -> float:
+        return style_distance(backend.style_statistics(stylized, None, model), mix_for(frame))
+
+    return choose_start_phase(content, _placed_stylize(params, styles, backend, mix_for), fit)
+
+
+def _frame_step(
+    params: ClipParams,
+    styles: ClipStyles,
+    backend: FrameBackend,
+    state: dict[str, Tensor] | None,
+    *,
+    blend: bool = True,
+    start_phase: tuple[int, int] = (0, 0),
+) -> Callable[[Tensor], Tensor]:
+    """content frame -> output frame: the stabiliser around the per-frame stylize, or that
+    alone with `stabilize=false`. `blend` false: nothing propagated into this frame (the
+    first one stylized after `_camera_tracker`). `start_phase`: where a fresh stabiliser's
+    shots start (`_start_phase`; a `state` holds its own)."""
+    mix_for = _mix_maker(params, styles, backend)
+    if not params.stabilize:
+        return lambda content: backend.stylize(content, mix_for(content), params.controls.model)
+    from models.video import Stabilizer, StabilizerConfig, with_strength
+
+    stylize = _placed_stylize(params, styles, backend, mix_for)
     config = with_strength(StabilizerConfig(), params.stability) if blend else _unblended()
-    stabilizer = Stabilizer(stylize, config)
+    stabilizer = Stabilizer(stylize, config, start_phase)
     if state is not None:
         stabilizer.load_state_dict(state)
     return stabilizer
@@ -434,19 +469,23 @@ def _state_of(step: Callable[[Tensor], Tensor] | None) -> dict[str, Tensor] | No
     return state_dict() if state_dict else None
 
 
-def _camera_tracker(state: dict[str, Tensor] | None = None) -> Callable[[Tensor], Tensor]:
+def _camera_tracker(
+    state: dict[str, Tensor] | None = None, start_phase: tuple[int, int] = (0, 0)
+) -> Callable[[Tensor], Tensor]:
     """The stabiliser without the network (its network input comes back as its output):
     the camera, the second layer and the cuts tracked as a single run tracks them, at the
-    cost of the optical flow; from a tracker's `state` when given. Its output is not a
-    stylization, so the stabiliser that takes over from its state must not propagate it
-    (`_frame_step(blend=False)`)."""
+    cost of the optical flow, its shots starting at `start_phase`; from a tracker's `state`
+    when given. Its output is not a stylization, so the stabiliser that takes over from its
+    state must not propagate it (`_frame_step(blend=False)`)."""
     from models.video import Stabilizer
 
     config = _unblended()
     # Where the frame lies on the network's input changes nothing that is tracked: the
     # cheapest placement, never resampled.
     tracking = replace(config.tracking, subpixel=False, resample="nearest")
-    tracker = Stabilizer(lambda canvas, placement: canvas, replace(config, tracking=tracking))
+    tracker = Stabilizer(
+        lambda canvas, placement: canvas, replace(config, tracking=tracking), start_phase
+    )
     if state is not None:
         tracker.load_state_dict(state)
     return tracker
@@ -460,6 +499,8 @@ def _primes(params: ClipParams, part: FrameRange) -> bool:
 def track_camera(
     source: Path,
     params: ClipParams,
+    styles: ClipStyles,
+    backend: FrameBackend,
     settings: ClipSettings,
     parts: Sequence[FrameRange],
     should_stop: Callable[[], bool] = lambda: False,
@@ -470,7 +511,9 @@ def track_camera(
     (`stylize_frames(part=..., state=seed)`) starts tracking there instead of at the clip's
     first frame: the flow of the clip computed once, not once per part. Stops (returns)
     early when `should_stop()` says so: the parts not yielded then have no seed yet (a part
-    also runs without one, tracking from the clip's first frame itself)."""
+    also runs without one, tracking from the clip's first frame itself). The styles and the
+    networks choose the grid phase the shots start at on the first frame (`_start_phase`),
+    as every part does."""
     tracker: Callable[[Tensor], Tensor] | None = None
     pending = list(enumerate(parts))
     max_pixels = params.max_frame_pixels or settings.limits.max_image_pixels
@@ -484,8 +527,11 @@ def track_camera(
             yield number, ClipState() if tracked is None else ClipState(index, (), tracked)
         if not pending or should_stop():
             return
-        tracker = tracker or _camera_tracker()
-        tracker(frame_tensor(frame, params.controls.content_size, params.controls.crop))
+        content = frame_tensor(frame, params.controls.content_size, params.controls.crop)
+        tracker = tracker or _camera_tracker(
+            start_phase=_start_phase(content, params, styles, backend)
+        )
+        tracker(content)
     for number, _ in pending:  # past the clip's end: nothing to track, nor to write
         yield number, ClipState()
 
@@ -548,7 +594,11 @@ def stylize_frames(
         if step is not None:
             return step(content)
         tracked = _state_of(tracker)
-        step = _frame_step(params, styles, backend, tracked or state.stabilizer, blend=not tracked)
+        known = tracked or state.stabilizer
+        # A fresh stabiliser (its stylization starts at the clip's first frame) chooses where
+        # its shots start; a tracked or resumed one has it in its state.
+        phase = (0, 0) if known else _start_phase(content, params, styles, backend)
+        step = _frame_step(params, styles, backend, known, blend=not tracked, start_phase=phase)
         result = step(content)
         if tracked:  # the first stylized frame; the next ones propagate it
             step = _frame_step(params, styles, backend, _state_of(step))
@@ -565,8 +615,10 @@ def stylize_frames(
             if should_stop():
                 raise ClipStopped(state)  # nothing written yet
             content = frame_tensor(frame, params.controls.content_size, params.controls.crop)
-            if index < warm_from:
-                tracker = tracker or _camera_tracker()
+            if index < warm_from:  # the first is the clip's first frame
+                tracker = tracker or _camera_tracker(
+                    start_phase=_start_phase(content, params, styles, backend)
+                )
                 tracker(content)
             else:
                 stylized(content)

@@ -16,7 +16,10 @@ measures, both using only the frames seen so far:
    magnified back lose sharpness. Where the scene deforms (water, foliage, cloth, faces), a
    smooth displacement field on top of the camera's map follows it, accumulated from the flow
    frame by frame, and the frame is resampled through it: each stroke stays on its scene
-   point. A moving object is a second layer with a phase of its own.
+   point. A moving object is a second layer with a phase of its own. The phase a shot starts
+   at is free: the network's look changes with it (the style loss by up to 0.06 either way
+   over a clip), so a clip's first frame is stylized at a few phases and the one nearest the
+   style kept (`choose_start_phase`).
 2. Propagation. The previous output, moved along the optical flow (OpenCV's DIS on the input
    frames), is blended into the new stylization where the flow is reliable (forward-backward
    consistent, Sundaram et al. 2010 / Ruder et al. 2016), and the new stylization is taken as
@@ -463,6 +466,44 @@ class Placement:
 Stylize = Callable[[Tensor, Placement], Tensor]
 
 
+# fit(frame (1, 3, H, W), its stylization (1, 3, H, W)) -> how far the stylization lies from the
+# style (`style_distance`): lower fits better.
+StyleFit = Callable[[Tensor, Tensor], float]
+
+# The grid phases (x, y) a clip's first frame is stylized at to choose its start.
+START_PHASES: tuple[tuple[int, int], ...] = ((0, 0), (4, 0), (0, 4), (4, 4))
+
+
+def choose_start_phase(
+    frame: Tensor,
+    stylize: Stylize,
+    fit: StyleFit,
+    phases: tuple[tuple[int, int], ...] = START_PHASES,
+) -> tuple[int, int]:
+    """The grid phase at which `frame`'s (1, 3, H, W) stylization fits the style best: the
+    network's output changes with the phase at which the scene meets its stride-8 grid, and
+    the stabiliser keeps a shot's phase where per-frame stylization meets a new one every
+    frame (a clip's ln style spreads by about 0.06 either way with it: docs/video.md)."""
+    size = (frame.shape[-2], frame.shape[-1])
+    fits = []
+    with torch.inference_mode():
+        for phase in phases:
+            placement = Placement.shift(size, phase)
+            canvas = placement.place_frame(frame, "lanczos")
+            fits.append(fit(frame, placement.back(stylize(canvas, placement))))
+    return phases[int(np.argmin(fits))]
+
+
+def style_distance(statistics: tuple[Tensor, Tensor], mix: StyleMix) -> float:
+    """How far an image's relu4_1 (mean, std) (1, C, 1, 1) lie from its styles' (their mix's
+    weighted mean and std): the mean squared difference of both."""
+    weights = mix.weights.view(-1, 1, 1, 1).float().cpu()
+    mean = (weights * mix.mean.float().cpu()).sum(0, keepdim=True)
+    std = (weights * mix.std.float().cpu()).sum(0, keepdim=True)
+    image_mean, image_std = (part.float().cpu() for part in statistics)
+    return float((image_mean - mean).pow(2).mean() + (image_std - std).pow(2).mean())
+
+
 def placed_masks(masks: Masks, placement: Placement) -> Masks:
     """Static masks drawn on the frame, moved with it onto the network's input: they stay on
     the pixels they were drawn on, whatever the stabiliser's alignment."""
@@ -799,13 +840,18 @@ class Stabilizer:
     """Causal: uses only previous frames, so video jobs and the live feed share it."""
 
     def __init__(
-        self, stylize: Stylize | None, config: StabilizerConfig = StabilizerConfig()
+        self,
+        stylize: Stylize | None,
+        config: StabilizerConfig = StabilizerConfig(),
+        start_phase: tuple[int, int] = (0, 0),
     ) -> None:
         # stylize: see `Stylize`; the caller closes over style statistics, alpha, colour
         # preservation, and places its mix with `placed_mix`. None: the caller runs the
-        # network itself between `begin` and `finish`.
+        # network itself between `begin` and `finish`. start_phase: the grid phase (x, y) every
+        # shot starts at (`choose_start_phase`).
         self.stylize = stylize
         self.config = config
+        self.start_phase = start_phase
         self.flow = FlowEstimator(config)
         self.reset()
 
@@ -825,8 +871,8 @@ class Stabilizer:
         self.fading_weight: np.ndarray | None = None
         self.fade_step = 0
         # The camera: the map (2, 3) from the current frame's pixels to the reference's, where
-        # the grid is aligned.
-        self.camera = _IDENTITY.clone()
+        # the grid is aligned; a shot starts at `start_phase`.
+        self.camera = _translation(torch.tensor(self.start_phase, dtype=torch.float64))
         # A deforming scene: where each frame point lies in the reference beyond the camera's
         # map, (x, y) px on a coarse grid of the frame's points (`_deformation_step` apart);
         # None while the scene moves rigidly.
@@ -1284,11 +1330,13 @@ class Stabilizer:
     def state_dict(self) -> dict[str, Tensor]:
         """Enough to resume after the last frame: the previous input (as DIS saw it), the
         previous output and what is propagated, the tracked camera and layer, a renewal's
-        fading strokes, and the count of the shot's frames."""
+        fading strokes, the count of the shot's frames, and the phase shots start at."""
+        start_phase = torch.tensor(self.start_phase)
         if self.previous_grey is None or self.previous_output is None or self.stream is None:
-            return {"frames": torch.tensor(self.frames)}
+            return {"frames": torch.tensor(self.frames), "start_phase": start_phase}
         state = {
             "frames": torch.tensor(self.frames),
+            "start_phase": start_phase,
             "previous_grey": torch.from_numpy(self.previous_grey.copy()),
             "previous_output": to_tensor(self.previous_output.copy()),
             "stream": to_tensor(self.stream.copy()),
@@ -1307,6 +1355,9 @@ class Stabilizer:
         return state
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if "start_phase" in state:  # absent from checkpoints of before the choice
+            x, y = state["start_phase"].tolist()
+            self.start_phase = (int(x), int(y))
         self.reset()
         self.frames = int(state["frames"])
         if "previous_output" in state:

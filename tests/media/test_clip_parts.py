@@ -12,6 +12,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
 from devkit.images import encode, psnr, random_image
 from devkit.videos import decode_frames, make_video
@@ -32,8 +33,10 @@ from media.clip import (
 )
 from media.controls import check_controls
 from media.imaging import ImageLimits
-from media.video import SegmentWriter
+from media.video import SegmentWriter, frame_tensor, read_frames
+from models.model import StyleMix
 from models.pipeline import Pipeline
+from models.video import START_PHASES, Placement, placed_mix, style_distance
 from models.weights import load_model
 
 # A segment per frame (checkpoint_s=0): the join handles many segments per part.
@@ -227,7 +230,7 @@ def test_parts_from_one_tracking_pass(clip: Clip, backend: ModelBackend, tmp_pat
     """Seeds from `track_camera` (the flow computed once for all parts): each part's frames
     are those of the part that tracked the camera itself from the clip's first frame."""
     parts = plan_parts(FRAMES, FRAMES // 3, warmup=2)
-    seeds = list(track_camera(clip.video, clip.params, SETTINGS, parts))
+    seeds = list(track_camera(clip.video, clip.params, clip.styles, backend, SETTINGS, parts))
     assert [number for number, _ in seeds] == [0, 1, 2]
     assert seeds[0][1] == ClipState()  # the first part has nothing to track
     for (number, seed), part in zip(seeds[1:], parts[1:], strict=True):
@@ -241,3 +244,30 @@ def test_parts_from_one_tracking_pass(clip: Clip, backend: ModelBackend, tmp_pat
     late = replace(seeds[1][1], frames_done=parts[1].start + 1)
     with pytest.raises(ValueError, match="a seed of frame"):
         run(clip, backend, tmp_path / "late", parts[1], state=late)
+
+
+def test_every_run_of_a_clip_starts_its_shots_at_the_phase_the_first_frame_chose(
+    clip: Clip, backend: ModelBackend, tmp_path: Path
+) -> None:
+    """The whole run, each part and each part from a seed choose the same grid phase on the
+    clip's first frame: the phase whose stylization's relu4_1 statistics lie closest to the
+    style's (otherwise a part would draw on another grid than the part before it)."""
+    first = next(read_frames(clip.video, SETTINGS.limits.max_image_pixels))
+    content = frame_tensor(first, clip.params.controls.content_size, clip.params.controls.crop)
+    mean, std = backend.style_statistics(clip.styles.styles[0], None, None)
+    mix = StyleMix(mean=mean, std=std, weights=torch.ones(1))
+    fits = {}
+    for phase in START_PHASES:
+        placement = Placement.shift(tuple(content.shape[-2:]), phase)
+        canvas = placement.place_frame(content, "lanczos")
+        stylized = placement.back(backend.stylize(canvas, placed_mix(mix, placement), None))
+        fits[phase] = style_distance(backend.style_statistics(stylized, None, None), mix)
+    best = min(fits, key=fits.__getitem__)
+    parts = plan_parts(FRAMES, FRAMES // 3, warmup=2)
+    seeds = list(track_camera(clip.video, clip.params, clip.styles, backend, SETTINGS, parts))
+    states = [run(clip, backend, tmp_path / "whole", WHOLE_CLIP)]
+    states += [run(clip, backend, tmp_path / f"part-{i}", part) for i, part in enumerate(parts)]
+    states += [seed for _, seed in seeds[1:]]
+    for state in states:
+        assert state.stabilizer is not None
+        assert tuple(state.stabilizer["start_phase"].tolist()) == best

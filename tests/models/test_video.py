@@ -36,6 +36,7 @@ from models.video import (
     Stabilizer,
     StabilizerConfig,
     Tracking,
+    choose_start_phase,
     fit_similarity,
     grey_uint8,
     low_pass,
@@ -44,6 +45,7 @@ from models.video import (
     premix,
     premixes,
     propagate,
+    style_distance,
     with_strength,
 )
 from models.video_metrics import sharpness, warping_error
@@ -281,6 +283,42 @@ def test_resuming_from_the_state_gives_the_same_frames(stylize, clip) -> None:
     resumed.load_state_dict(state)
     tail = run(resumed, clip.frames[4:])
     torch.testing.assert_close(torch.cat([head, tail]), expected, rtol=0, atol=1e-6)
+
+
+def test_shots_start_at_the_phase_whose_stylization_fits_the_style_best(net, stylize) -> None:
+    # The phase is chosen on the clip's first frame by the distance of the stylization's
+    # relu4_1 statistics to the style's; every shot then starts at it, a cut's too, and a
+    # resumed stabiliser keeps it.
+    frame = texture(SIZE, seed=3)[None]
+    mean, std = net.style_statistics(texture(128, seed=7)[None])
+    mix = StyleMix(mean=mean, std=std, weights=torch.ones(1))
+    fits: dict[tuple[int, int], float] = {}
+
+    def fit(content: Tensor, stylized: Tensor) -> float:
+        fits[placements[-1]] = style_distance(net.style_statistics(stylized), mix)
+        return fits[placements[-1]]
+
+    placements: list[tuple[int, int]] = []
+
+    def recording(canvas: Tensor, placement: Placement) -> Tensor:
+        placements.append(placement._shift())
+        return stylize(canvas, placement)
+
+    chosen = choose_start_phase(frame, recording, fit)
+    assert placements == list(video.START_PHASES)
+    assert chosen == min(fits, key=fits.__getitem__)
+    assert len(set(fits.values())) == len(fits)  # the phases do stylize differently
+    phase = (4, 4)
+    stabilizer = Stabilizer(recording, StabilizerConfig(), phase)
+    moved = torch.roll(frame, 3, dims=-1)  # the grid follows the scene 3 px on
+    other = texture(SIZE, seed=11)[None]  # a cut: nothing of the first shot in it
+    placements.clear()
+    for image in (frame, moved, other):
+        stabilizer(image)
+    assert placements[0] == placements[2] == phase != placements[1]
+    resumed = Stabilizer(stylize)
+    resumed.load_state_dict(stabilizer.state_dict())
+    assert resumed.start_phase == phase
 
 
 @pytest.mark.parametrize("config", [StabilizerConfig(), LIVE], ids=["default", "live"])
