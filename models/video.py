@@ -17,9 +17,8 @@ measures, both using only the frames seen so far:
    smooth displacement field on top of the camera's map follows it, accumulated from the flow
    frame by frame, and the frame is resampled through it: each stroke stays on its scene
    point. A moving object is a second layer with a phase of its own. The phase a shot starts
-   at is free: the network's look changes with it (the style loss by up to 0.06 either way
-   over a clip), so a clip's first frame is stylized at a few phases and the one nearest the
-   style kept (`choose_start_phase`).
+   at is free, and the network's look changes with it, so a clip's first frame is stylized at
+   a few phases and the one nearest the style kept (`choose_start_phase`).
 2. Propagation. The previous output, moved along the optical flow (OpenCV's DIS on the input
    frames), is blended into the new stylization where the flow is reliable (forward-backward
    consistent, Sundaram et al. 2010 / Ruder et al. 2016), and the new stylization is taken as
@@ -483,7 +482,7 @@ def choose_start_phase(
     """The grid phase at which `frame`'s (1, 3, H, W) stylization fits the style best: the
     network's output changes with the phase at which the scene meets its stride-8 grid, and
     the stabiliser keeps a shot's phase where per-frame stylization meets a new one every
-    frame (a clip's ln style spreads by about 0.06 either way with it: docs/video.md)."""
+    frame (the style loss of a whole clip moves with it: docs/video.md)."""
     size = (frame.shape[-2], frame.shape[-1])
     fits = []
     with torch.inference_mode():
