@@ -136,6 +136,16 @@ LAYER_BAND_PX = 8
 # ...and the echoes' band (LAYER_EDGE_PX) there is narrower: on a deforming scene the wider
 # band raised the flicker near the object more than it lowered the style loss (docs/video.md).
 DEFORMING_LAYER_EDGE_PX = 2
+# The camera's motion and a moving object's are refined on about TRACKED_POINTS points tracked
+# by Lucas-Kanade in windows of TRACKING_WINDOW_PX (`tracked_points`); a window whose smaller
+# eigenvalue (of its gradients' matrix, per pixel) is under TRACKING_MIN_EIGENVALUE is too flat
+# to place. At least REFINE_MIN_POINTS tracked, and a refinement that moves the frame's corners
+# by at most REFINE_LIMIT_PX, or the motion fitted to DIS's flow is kept.
+TRACKED_POINTS = 400
+TRACKING_WINDOW_PX = 15
+TRACKING_MIN_EIGENVALUE = 1e-3
+REFINE_MIN_POINTS = 16
+REFINE_LIMIT_PX = 1.0
 # Fixed-point steps inverting frame -> reference into reference -> frame (a smooth field
 # displacing less than a cell converges to well under 0.01 px in three).
 INVERSION_STEPS = 3
@@ -158,6 +168,10 @@ class Tracking:
     # leaves the scene up to 0.5 px off the grid, enough for the strokes to move, and the
     # propagation then has to average them away (the style loss rises).
     subpixel: bool = True
+    # Refine the camera's motion and a moving object's, fitted to DIS's dense flow, on points
+    # tracked by Lucas-Kanade (`tracked_points`): DIS falls short of a zoom or an object's
+    # motion by up to a tenth, and the grid drifts off the scene by that every frame.
+    refine: bool = True
     # Motions aligned: 1 the dominant one (camera), 2 also a second one (a moving object, for
     # which the frame is stylized a second time on that object's phase).
     motion_layers: int = 2
@@ -330,6 +344,7 @@ LIVE = StabilizerConfig(
         similarity=False,
         subpixel=False,
         deforming=False,
+        refine=False,
     ),
     blending=Blending(resample="bicubic", contrast_window=0, rigid_contrast_window=0),
 )
@@ -716,6 +731,78 @@ def deforming_two_motion_flow(
     return Flow(background, reliable & maps.inside(), maps, estimate.scale), on_layer
 
 
+def tracked_points(
+    current: np.ndarray, previous: np.ndarray, pixels: np.ndarray, motion: Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """About TRACKED_POINTS points on a regular grid over `pixels` (H, W) bool of the current
+    grey frame (H, W) uint8 and where they lie in the previous one ((N, 2) float32 (x, y)
+    each), tracked by OpenCV's pyramidal Lucas-Kanade from where the backward `motion` (2, 3)
+    puts them; points in flat windows (that Lucas-Kanade cannot place) are left out. DIS's
+    dense flow, smoothed coarse to fine, falls short of the motion by a few hundredths of a px
+    to a tenth of it (docs/video.md); the tracked points, each its own least squares, do not."""
+    step = max(1, int(math.sqrt(np.count_nonzero(pixels) / TRACKED_POINTS)))
+    ys, xs = np.nonzero(pixels[step // 2 :: step, step // 2 :: step])
+    start = np.stack([xs, ys], 1).astype(np.float32) * step + step // 2
+    if len(start) == 0:
+        return start, start
+    guess = cv2.transform(start[:, None], np.asarray(motion, dtype=np.float32))
+    end, found, _ = cv2.calcOpticalFlowPyrLK(
+        current,
+        previous,
+        start[:, None],
+        guess,
+        winSize=(TRACKING_WINDOW_PX, TRACKING_WINDOW_PX),
+        maxLevel=1,
+        criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.001),
+        flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
+        minEigThreshold=TRACKING_MIN_EIGENVALUE,
+    )
+    found = found[:, 0] == 1
+    return start[found], end[found, 0]
+
+
+def refine_translation(
+    current: np.ndarray, previous: np.ndarray, pixels: np.ndarray, initial: Tensor
+) -> Tensor:
+    """A moving object's backward translation (x, y) from `initial` (DIS's median over its
+    `pixels` (H, W) bool), refined on the grey frames: the median motion of the points tracked
+    inside it (`tracked_points`), away from its edge, where the background reaches the
+    windows. Kept as it was where too few points are tracked or they moved it by more than
+    REFINE_LIMIT_PX (they found something else)."""
+    inside = cv2.erode(pixels.view(np.uint8), _disc(TRACKING_WINDOW_PX // 2)).view(bool)
+    start, end = tracked_points(current, previous, inside, _translation(initial))
+    if len(start) < REFINE_MIN_POINTS:
+        return initial
+    refined = torch.from_numpy(np.median(end - start, axis=0).astype(np.float64))
+    return refined if float((refined - initial).abs().max()) <= REFINE_LIMIT_PX else initial
+
+
+def refine_camera(
+    current: np.ndarray, previous: np.ndarray, reliable: np.ndarray, motion: Tensor
+) -> Tensor:
+    """The camera's backward motion (2, 3) fitted to DIS's flow, refined on the points tracked
+    over the `reliable` pixels (`tracked_points`): their median motion for a translation, the
+    similarity RANSAC fits to them (a moving object's points are its outliers) otherwise.
+    Kept as it was where too few points are tracked or the refinement moves a frame corner
+    by more than REFINE_LIMIT_PX."""
+    start, end = tracked_points(current, previous, reliable, motion)
+    if len(start) < REFINE_MIN_POINTS:
+        return motion
+    if torch.equal(motion[:, :2], _IDENTITY[:, :2]):
+        refined = _translation(torch.from_numpy(np.median(end - start, axis=0)))
+    else:
+        fitted, _ = cv2.estimateAffinePartial2D(
+            start, end, method=cv2.RANSAC, ransacReprojThreshold=0.5, refineIters=20
+        )
+        if fitted is None:
+            return motion
+        refined = torch.from_numpy(fitted.astype(np.float64))
+    size = (current.shape[0], current.shape[1])
+    corners = _frame_corners(size)
+    moved = float((corners @ (refined - motion).T).abs().max())
+    return refined if moved <= REFINE_LIMIT_PX else motion
+
+
 def _mismatch(current: np.ndarray, moved: np.ndarray) -> np.ndarray:
     """How far (grey levels, (H, W) float32) `moved` is from `current`: less the frames' mean
     difference (a camera's exposure drifts), then over 3 x 3 px."""
@@ -1043,6 +1130,9 @@ class Stabilizer:
                 motion = _translation(median_motion(flow, reliable))
         else:
             motion = _translation(median_motion(flow, reliable))
+        refine = self.config.tracking.refine and self.previous_grey is not None
+        if refine and self.deformation is None:
+            motion = refine_camera(grey, self.previous_grey, reliable, motion)
         previous_camera = self.camera
         self.camera = _compose(self.camera, motion)
         renewed = self._renew_reference(size)
@@ -1062,7 +1152,8 @@ class Stabilizer:
                 # Apart from the camera and the deformation, something may still move as one.
                 layer, distance, second = self._layers(estimate, motion, increment)
         moved_by, object_pixels = estimate, layer
-        if second is not None and self.previous_grey is not None:
+        if refine and second is not None and layer is not None:
+            second = refine_translation(grey, self.previous_grey, layer, second)
             if self.deformation is None:
                 moved_by, object_pixels = two_motion_flow(
                     grey, self.previous_grey, motion, second, self.layer_pixels
@@ -1243,32 +1334,36 @@ class Stabilizer:
         """Where the frame goes on the network's input so that the scene falls on the
         reference's grid: a whole-pixel shift while the camera is close enough to a whole-pixel
         translation, a resampling into the reference's grid otherwise."""
-        shift = -_centre_translation(self.camera, size)
+        if self.deformation is None:
+            return self._rigid_placement(size, self.camera)
+        canvas, to_canvas = self._canvas(
+            size, self.camera, 3 + float(np.abs(self.deformation).max())
+        )
+        return self._dense_placement(size, canvas, to_canvas, _invert(to_canvas))
+
+    def _rigid_placement(self, size: tuple[int, int], camera: Tensor) -> Placement:
+        """The frame placed by an affine `camera` (frame -> reference) alone: a whole-pixel
+        shift where it is close enough to one, else resampled (`Tracking.subpixel`)."""
+        shift = -_centre_translation(camera, size)
         fraction = float((shift - torch.round(shift)).abs().max())
         whole = not self.config.tracking.subpixel or fraction < SUBPIXEL_TOLERANCE_PX
-        rigid = self.deformation is None
-        if rigid and whole and _corner_shift(self.camera[:, :2], size) < INTEGER_TOLERANCE_PX:
+        if whole and _corner_shift(camera[:, :2], size) < INTEGER_TOLERANCE_PX:
             return Placement.shift(size, _phase(shift))
-        height, width = size
-        corners = torch.tensor(
-            [[0, 0, 1], [width - 1, 0, 1], [0, height - 1, 1], [width - 1, height - 1, 1]],
-            dtype=torch.float64,
-        )
-        footprint = corners @ self.camera.T  # the frame's corners in the reference
-        # The canvas's origin on a multiple of the stride (the reference's grid), 3 px around
-        # the frame's footprint for the resampling taps of the way back (and as far as the
-        # deformation reaches).
-        margin = 3 if rigid else 3 + float(np.abs(self.deformation).max())
+        canvas, to_canvas = self._canvas(size, camera, 3)
+        return Placement(size, canvas, _invert(to_canvas), False)
+
+    @staticmethod
+    def _canvas(
+        size: tuple[int, int], camera: Tensor, margin: float
+    ) -> tuple[tuple[int, int], Tensor]:
+        """The canvas (H, W) around the frame's footprint in the reference, its origin on a
+        multiple of the stride (the reference's grid), `margin` px around it (the resampling
+        taps of the way back, and as far as a deformation reaches), and the frame -> canvas map."""
+        footprint = _frame_corners(size) @ camera.T
         low = torch.floor((footprint.amin(0) - margin) / FEATURE_STRIDE) * FEATURE_STRIDE
         high = torch.ceil(footprint.amax(0) + margin)
         canvas = (int(high[1] - low[1]) + 1, int(high[0] - low[0]) + 1)
-        to_canvas = self.camera - torch.cat(
-            [torch.zeros(2, 2, dtype=torch.float64), low[:, None]], 1
-        )
-        to_frame = _invert(to_canvas)
-        if rigid:
-            return Placement(size, canvas, to_frame, False)
-        return self._dense_placement(size, canvas, to_canvas, to_frame)
+        return canvas, camera - torch.cat([torch.zeros(2, 2, dtype=torch.float64), low[:, None]], 1)
 
     def _dense_placement(
         self, size: tuple[int, int], canvas: tuple[int, int], to_canvas: Tensor, to_frame: Tensor
@@ -1311,8 +1406,11 @@ class Stabilizer:
         inputs = [(placement.place_frame(frame, resample), placement)]
         if layer is None:
             return inputs
-        second = Placement.shift(size, _phase(self.layer_displacement))
-        if not (placement.integer and torch.equal(second.to_frame, placement.to_frame)):
+        # The object's own motion is followed to the sub-pixel, as the camera's is.
+        second = self._rigid_placement(size, _translation(-self.layer_displacement))
+        if placement.frame_points is not None or not torch.equal(
+            second.to_frame, placement.to_frame
+        ):
             inputs.append((second.place_frame(frame, resample), second))
         return inputs
 
@@ -1493,6 +1591,15 @@ def _phase(displacement: Tensor) -> tuple[int, int]:
     """The grid phase (x, y) in [0, 8) that puts a scene moved by `displacement` back."""
     shift = torch.round(displacement).long()
     return int(-shift[0]) % FEATURE_STRIDE, int(-shift[1]) % FEATURE_STRIDE
+
+
+def _frame_corners(size: tuple[int, int]) -> Tensor:
+    """The frame's corner pixels (4, 3) (x, y, 1) float64."""
+    height, width = size
+    return torch.tensor(
+        [[0, 0, 1], [width - 1, 0, 1], [0, height - 1, 1], [width - 1, height - 1, 1]],
+        dtype=torch.float64,
+    )
 
 
 def _centre(size: tuple[int, int]) -> Tensor:

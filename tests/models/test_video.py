@@ -454,6 +454,72 @@ def test_a_moving_objects_pixels_move_by_its_motion_up_to_its_edge() -> None:
     assert not near.reliable[~single & (from_edge > 2)].any()
 
 
+def smooth_texture(size: int, seed: int) -> Tensor:
+    """`texture` with its fine detail blurred (sigma 1 px): a photo's spectrum rather than
+    per-pixel noise, which resampling at half a pixel blurs more than at a whole one."""
+    image = texture(size, seed).permute(1, 2, 0).numpy()
+    return torch.from_numpy(cv2.GaussianBlur(image, (0, 0), 1.0)).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize("velocity", [(-3.5, 2.0), (2.25, -1.0), (1.3, 0.7)])
+def test_a_moving_objects_translation_is_refined_on_the_grey_frames(
+    velocity: tuple[float, float],
+) -> None:
+    # DIS's median over a disc moving over a pan falls short of its motion (here by 0.2-0.3
+    # px), and the object's grid phase would drift by that every frame. Refined on the grey
+    # frames it is within a few hundredths of a pixel.
+    layer = (smooth_texture(4 * SIZE, seed=5), moving_disc((45.0, 48.0), velocity), 24.0)
+    clip = render(smooth_texture(2 * SIZE, seed=3), pan((-1.2, 0.6)), 2, (SIZE, SIZE), layer=layer)
+    previous, current = (video.grey_uint8(frame[None]) for frame in clip.frames)
+    truth = clip.flows[0][:, 48, 45].double()
+    on_disc = (clip.flows[0] - truth[:, None, None].float()).abs().amax(0).numpy() < 1e-3
+    flow = FlowEstimator(StabilizerConfig()).backward(current, previous)
+    median = video.median_motion(flow.flow, on_disc & flow.reliable)
+    refined = video.refine_translation(current, previous, on_disc, median)
+    error, median_error = (float((t - truth).abs().max()) for t in (refined, median))
+    assert error < min(0.5 * median_error, 0.06), (refined, median, truth)
+    # From half a pixel off too; a flat object (nothing to align) keeps the estimate.
+    off = truth + torch.tensor([0.4, -0.3], dtype=torch.float64)
+    refined_from_off = video.refine_translation(current, previous, on_disc, off)
+    assert float((refined_from_off - truth).abs().max()) < 0.06
+    flat = np.full_like(current, 128)
+    assert torch.equal(video.refine_translation(flat, flat, on_disc, off), off)
+
+
+def test_a_moving_objects_grid_phase_follows_it_to_the_sub_pixel() -> None:
+    # A disc moving (-3.5, 2) px a frame over a pan: the object's own network input is placed
+    # by its tracked displacement, resampled at its fraction of a pixel as the camera's is,
+    # and that displacement follows the disc's (DIS's median alone falls behind by 0.1-0.3 px
+    # a frame here).
+    size = 160
+    layer = (smooth_texture(2 * size, seed=5), moving_disc((70.0, 80.0), (-3.5, 2.0)), 40.0)
+    motion = pan((-1.2, 0.6), (16.0, 16.0))
+    clip = render(smooth_texture(2 * size, seed=3), motion, FRAMES, (size, size), layer=layer)
+    placements: list[Placement] = []
+
+    def recording(canvas: Tensor, placement: Placement) -> Tensor:
+        placements.append(placement)
+        return block_network(canvas, placement)
+
+    stabilizer = Stabilizer(recording)
+    displacements = []
+    for frame in clip.frames[:1]:
+        stabilizer(frame[None])
+    for frame in clip.frames[1:]:
+        placements.clear()
+        stabilizer(frame[None])
+        assert stabilizer.second_layer and len(placements) == 2
+        displacements.append(stabilizer.layer_displacement.clone())
+        # The object's canvas puts the disc's scene points on the grid where they first were
+        # (a whole-pixel shift within SUBPIXEL_TOLERANCE_PX of it).
+        on_grid = (placements[1].to_frame[:, 2] - displacements[-1]) % FEATURE_STRIDE
+        off_grid = float(torch.minimum(on_grid, FEATURE_STRIDE - on_grid).max())
+        assert off_grid <= video.SUBPIXEL_TOLERANCE_PX
+    travelled = displacements[-1] - displacements[0]
+    truth = torch.tensor([-3.5, 2.0], dtype=torch.float64) * (len(displacements) - 1)
+    assert float((travelled - truth).abs().max()) < 0.2, (travelled, truth)
+
+
 def test_a_deforming_scenes_object_and_background_near_it_move_by_their_own_motions() -> None:
     # The same disc over a deforming scene: DIS's flow runs between the disc's motion and the
     # scene's across the edge. Near the disc the background moves by the deformation field
@@ -658,8 +724,10 @@ def test_the_reference_is_renewed_on_the_mirrored_side_of_the_scale_range(rate: 
     for frame in clip.frames:
         stabilizer(frame[None])
         log_scales.append(0.5 * math.log(float(torch.linalg.det(stabilizer.camera[:, :2]))))
-    assert -0.02 <= min(log_scales) < -0.01, log_scales
-    assert 0.03 < max(log_scales) <= 0.04, log_scales
+    # Each bound is reached within a frame's step of the scale.
+    step = abs(math.log(rate))
+    assert -0.02 <= min(log_scales) < -0.02 + step, log_scales
+    assert 0.04 - step < max(log_scales) <= 0.04, log_scales
 
 
 def test_the_reference_is_renewed_within_the_angle_range() -> None:
