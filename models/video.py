@@ -137,13 +137,17 @@ LAYER_BAND_PX = 8
 # band raised the flicker near the object more than it lowered the style loss (docs/video.md).
 DEFORMING_LAYER_EDGE_PX = 2
 # The camera's motion and a moving object's are refined on about TRACKED_POINTS points tracked
-# by Lucas-Kanade in windows of TRACKING_WINDOW_PX (`tracked_points`); a window whose smaller
-# eigenvalue (of its gradients' matrix, per pixel) is under TRACKING_MIN_EIGENVALUE is too flat
-# to place. At least REFINE_MIN_POINTS tracked, and a refinement that moves the frame's corners
-# by at most REFINE_LIMIT_PX, or the motion fitted to DIS's flow is kept.
+# by Lucas-Kanade in windows of TRACKING_WINDOW_PX (`tracked_points`) on the grey frames
+# blurred by TRACKING_BLUR_SIGMA; a window whose smaller eigenvalue (of its gradients' matrix,
+# per pixel) is under TRACKING_MIN_EIGENVALUE is too flat to place; a translation is the
+# median of the points within TRACKING_INLIER_PX of their median. At least REFINE_MIN_POINTS
+# tracked, and a refinement that moves the frame's corners by at most REFINE_LIMIT_PX, or the
+# motion fitted to DIS's flow is kept.
 TRACKED_POINTS = 400
 TRACKING_WINDOW_PX = 15
 TRACKING_MIN_EIGENVALUE = 1e-3
+TRACKING_BLUR_SIGMA = 1.5
+TRACKING_INLIER_PX = 0.5
 REFINE_MIN_POINTS = 16
 REFINE_LIMIT_PX = 1.0
 # Fixed-point steps inverting frame -> reference into reference -> frame (a smooth field
@@ -746,6 +750,12 @@ def tracked_points(
     if len(start) == 0:
         return start, start
     guess = cv2.transform(start[:, None], np.asarray(motion, dtype=np.float32))
+    # Blurred first: Lucas-Kanade's bilinear interpolation filters the previous frame by an
+    # amount that depends on the fraction of a px, which pulls the estimates towards the half
+    # px (by 0.03 px on a 0.75 px pan; 0.005 blurred).
+    current, previous = (
+        cv2.GaussianBlur(image, (0, 0), TRACKING_BLUR_SIGMA) for image in (current, previous)
+    )
     end, found, _ = cv2.calcOpticalFlowPyrLK(
         current,
         previous,
@@ -773,8 +783,17 @@ def refine_translation(
     start, end = tracked_points(current, previous, inside, _translation(initial))
     if len(start) < REFINE_MIN_POINTS:
         return initial
-    refined = torch.from_numpy(np.median(end - start, axis=0).astype(np.float64))
+    refined = _inliers_median(end - start)
     return refined if float((refined - initial).abs().max()) <= REFINE_LIMIT_PX else initial
+
+
+def _inliers_median(shifts: np.ndarray) -> Tensor:
+    """The median (x, y) float64 of the shifts (N, 2) within TRACKING_INLIER_PX of their
+    median: a moving object's points, up to half of them, pull the plain median off the rest's
+    by a fraction of the rest's spread."""
+    median = np.median(shifts, axis=0)
+    near = np.abs(shifts - median).max(axis=1) <= TRACKING_INLIER_PX
+    return torch.from_numpy(np.median(shifts[near], axis=0).astype(np.float64))
 
 
 def refine_camera(
@@ -789,7 +808,7 @@ def refine_camera(
     if len(start) < REFINE_MIN_POINTS:
         return motion
     if torch.equal(motion[:, :2], _IDENTITY[:, :2]):
-        refined = _translation(torch.from_numpy(np.median(end - start, axis=0)))
+        refined = _translation(_inliers_median(end - start))
     else:
         fitted, _ = cv2.estimateAffinePartial2D(
             start, end, method=cv2.RANSAC, ransacReprojThreshold=0.5, refineIters=20
