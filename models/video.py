@@ -136,18 +136,16 @@ LAYER_BAND_PX = 8
 # ...and the echoes' band (LAYER_EDGE_PX) there is narrower: on a deforming scene the wider
 # band raised the flicker near the object more than it lowered the style loss (docs/video.md).
 DEFORMING_LAYER_EDGE_PX = 2
-# The camera's motion and a moving object's are refined on about TRACKED_POINTS points tracked
-# by Lucas-Kanade in windows of TRACKING_WINDOW_PX (`tracked_points`) on the grey frames
+# A moving object's translation is refined on about TRACKED_POINTS points tracked by
+# Lucas-Kanade in windows of TRACKING_WINDOW_PX (`refine_translation`) on the grey frames
 # blurred by TRACKING_BLUR_SIGMA; a window whose smaller eigenvalue (of its gradients' matrix,
-# per pixel) is under TRACKING_MIN_EIGENVALUE is too flat to place; a translation is the
-# median of the points within TRACKING_INLIER_PX of their median. At least REFINE_MIN_POINTS
-# tracked, and a refinement that moves the frame's corners by at most REFINE_LIMIT_PX, or the
-# motion fitted to DIS's flow is kept.
+# per pixel) is under TRACKING_MIN_EIGENVALUE is too flat to place. Unless fewer than
+# REFINE_MIN_POINTS are tracked or the refinement moves it by more than REFINE_LIMIT_PX (the
+# points found something else): then DIS's estimate is kept.
 TRACKED_POINTS = 400
 TRACKING_WINDOW_PX = 15
 TRACKING_MIN_EIGENVALUE = 1e-3
 TRACKING_BLUR_SIGMA = 1.5
-TRACKING_INLIER_PX = 0.5
 REFINE_MIN_POINTS = 16
 REFINE_LIMIT_PX = 1.0
 # Fixed-point steps inverting frame -> reference into reference -> frame (a smooth field
@@ -172,10 +170,6 @@ class Tracking:
     # leaves the scene up to 0.5 px off the grid, enough for the strokes to move, and the
     # propagation then has to average them away (the style loss rises).
     subpixel: bool = True
-    # Refine the camera's motion and a moving object's, fitted to DIS's dense flow, on points
-    # tracked by Lucas-Kanade (`tracked_points`): DIS falls short of a zoom or an object's
-    # motion by up to a tenth, and the grid drifts off the scene by that every frame.
-    refine: bool = True
     # Motions aligned: 1 the dominant one (camera), 2 also a second one (a moving object, for
     # which the frame is stylized a second time on that object's phase).
     motion_layers: int = 2
@@ -348,7 +342,6 @@ LIVE = StabilizerConfig(
         similarity=False,
         subpixel=False,
         deforming=False,
-        refine=False,
     ),
     blending=Blending(resample="bicubic", contrast_window=0, rigid_contrast_window=0),
 )
@@ -735,32 +728,32 @@ def deforming_two_motion_flow(
     return Flow(background, reliable & maps.inside(), maps, estimate.scale), on_layer
 
 
-def tracked_points(
-    current: np.ndarray, previous: np.ndarray, pixels: np.ndarray, motion: Tensor
-) -> tuple[np.ndarray, np.ndarray]:
-    """About TRACKED_POINTS points on a regular grid over `pixels` (H, W) bool of the current
-    grey frame (H, W) uint8 and where they lie in the previous one ((N, 2) float32 (x, y)
-    each), tracked by OpenCV's pyramidal Lucas-Kanade from where the backward `motion` (2, 3)
-    puts them; points in flat windows (that Lucas-Kanade cannot place) are left out. DIS's
-    dense flow, smoothed coarse to fine, falls short of the motion by a few hundredths of a px
-    to a tenth of it (docs/video.md); the tracked points, each its own least squares, do not."""
-    step = max(1, int(math.sqrt(np.count_nonzero(pixels) / TRACKED_POINTS)))
-    ys, xs = np.nonzero(pixels[step // 2 :: step, step // 2 :: step])
-    start = np.stack([xs, ys], 1).astype(np.float32) * step + step // 2
-    if len(start) == 0:
-        return start, start
-    guess = cv2.transform(start[:, None], np.asarray(motion, dtype=np.float32))
+def refine_translation(
+    current: np.ndarray, previous: np.ndarray, pixels: np.ndarray, initial: Tensor
+) -> Tensor:
+    """A moving object's backward translation (x, y) from `initial` (DIS's median over its
+    `pixels` (H, W) bool), refined on the grey frames (H, W) uint8: the median shift of about
+    TRACKED_POINTS points on a grid over its pixels, away from its edge (the background
+    reaches the windows there), tracked into the previous frame by OpenCV's pyramidal
+    Lucas-Kanade from `initial`. DIS's coarse-to-fine smoothing shortens an object's motion by
+    up to a tenth; its grid phase and carried strokes would drift off it by that every frame."""
+    inside = cv2.erode(pixels.view(np.uint8), _disc(TRACKING_WINDOW_PX // 2))
+    step = max(1, int(math.sqrt(np.count_nonzero(inside) / TRACKED_POINTS)))
+    ys, xs = np.nonzero(inside[step // 2 :: step, step // 2 :: step])
+    if len(ys) < REFINE_MIN_POINTS:
+        return initial
+    start = (np.stack([xs, ys], 1) * step + step // 2).astype(np.float32)[:, None]
     # Blurred first: Lucas-Kanade's bilinear interpolation filters the previous frame by an
     # amount that depends on the fraction of a px, which pulls the estimates towards the half
-    # px (by 0.03 px on a 0.75 px pan; 0.005 blurred).
+    # px (docs/video.md).
     current, previous = (
         cv2.GaussianBlur(image, (0, 0), TRACKING_BLUR_SIGMA) for image in (current, previous)
     )
     end, found, _ = cv2.calcOpticalFlowPyrLK(
         current,
         previous,
-        start[:, None],
-        guess,
+        start,
+        start + np.asarray(initial, dtype=np.float32),
         winSize=(TRACKING_WINDOW_PX, TRACKING_WINDOW_PX),
         maxLevel=1,
         criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.001),
@@ -768,58 +761,11 @@ def tracked_points(
         minEigThreshold=TRACKING_MIN_EIGENVALUE,
     )
     found = found[:, 0] == 1
-    return start[found], end[found, 0]
-
-
-def refine_translation(
-    current: np.ndarray, previous: np.ndarray, pixels: np.ndarray, initial: Tensor
-) -> Tensor:
-    """A moving object's backward translation (x, y) from `initial` (DIS's median over its
-    `pixels` (H, W) bool), refined on the grey frames: the median motion of the points tracked
-    inside it (`tracked_points`), away from its edge, where the background reaches the
-    windows. Kept as it was where too few points are tracked or they moved it by more than
-    REFINE_LIMIT_PX (they found something else)."""
-    inside = cv2.erode(pixels.view(np.uint8), _disc(TRACKING_WINDOW_PX // 2)).view(bool)
-    start, end = tracked_points(current, previous, inside, _translation(initial))
-    if len(start) < REFINE_MIN_POINTS:
+    if np.count_nonzero(found) < REFINE_MIN_POINTS:
         return initial
-    refined = _inliers_median(end - start)
+    shift = np.median((end - start)[found, 0], axis=0)
+    refined = torch.from_numpy(shift.astype(np.float64))
     return refined if float((refined - initial).abs().max()) <= REFINE_LIMIT_PX else initial
-
-
-def _inliers_median(shifts: np.ndarray) -> Tensor:
-    """The median (x, y) float64 of the shifts (N, 2) within TRACKING_INLIER_PX of their
-    median: a moving object's points, up to half of them, pull the plain median off the rest's
-    by a fraction of the rest's spread."""
-    median = np.median(shifts, axis=0)
-    near = np.abs(shifts - median).max(axis=1) <= TRACKING_INLIER_PX
-    return torch.from_numpy(np.median(shifts[near], axis=0).astype(np.float64))
-
-
-def refine_camera(
-    current: np.ndarray, previous: np.ndarray, reliable: np.ndarray, motion: Tensor
-) -> Tensor:
-    """The camera's backward motion (2, 3) fitted to DIS's flow, refined on the points tracked
-    over the `reliable` pixels (`tracked_points`): their median motion for a translation, the
-    similarity RANSAC fits to them (a moving object's points are its outliers) otherwise.
-    Kept as it was where too few points are tracked or the refinement moves a frame corner
-    by more than REFINE_LIMIT_PX."""
-    start, end = tracked_points(current, previous, reliable, motion)
-    if len(start) < REFINE_MIN_POINTS:
-        return motion
-    if torch.equal(motion[:, :2], _IDENTITY[:, :2]):
-        refined = _translation(_inliers_median(end - start))
-    else:
-        fitted, _ = cv2.estimateAffinePartial2D(
-            start, end, method=cv2.RANSAC, ransacReprojThreshold=0.5, refineIters=20
-        )
-        if fitted is None:
-            return motion
-        refined = torch.from_numpy(fitted.astype(np.float64))
-    size = (current.shape[0], current.shape[1])
-    corners = _frame_corners(size)
-    moved = float((corners @ (refined - motion).T).abs().max())
-    return refined if moved <= REFINE_LIMIT_PX else motion
 
 
 def _mismatch(current: np.ndarray, moved: np.ndarray) -> np.ndarray:
@@ -1149,9 +1095,6 @@ class Stabilizer:
                 motion = _translation(median_motion(flow, reliable))
         else:
             motion = _translation(median_motion(flow, reliable))
-        refine = self.config.tracking.refine and self.previous_grey is not None
-        if refine and self.deformation is None:
-            motion = refine_camera(grey, self.previous_grey, reliable, motion)
         previous_camera = self.camera
         self.camera = _compose(self.camera, motion)
         renewed = self._renew_reference(size)
@@ -1171,7 +1114,7 @@ class Stabilizer:
                 # Apart from the camera and the deformation, something may still move as one.
                 layer, distance, second = self._layers(estimate, motion, increment)
         moved_by, object_pixels = estimate, layer
-        if refine and second is not None and layer is not None:
+        if second is not None and layer is not None and self.previous_grey is not None:
             second = refine_translation(grey, self.previous_grey, layer, second)
             if self.deformation is None:
                 moved_by, object_pixels = two_motion_flow(
@@ -1378,7 +1321,12 @@ class Stabilizer:
         """The canvas (H, W) around the frame's footprint in the reference, its origin on a
         multiple of the stride (the reference's grid), `margin` px around it (the resampling
         taps of the way back, and as far as a deformation reaches), and the frame -> canvas map."""
-        footprint = _frame_corners(size) @ camera.T
+        height, width = size
+        corners = torch.tensor(
+            [[0, 0, 1], [width - 1, 0, 1], [0, height - 1, 1], [width - 1, height - 1, 1]],
+            dtype=torch.float64,
+        )
+        footprint = corners @ camera.T  # the frame's corners in the reference
         low = torch.floor((footprint.amin(0) - margin) / FEATURE_STRIDE) * FEATURE_STRIDE
         high = torch.ceil(footprint.amax(0) + margin)
         canvas = (int(high[1] - low[1]) + 1, int(high[0] - low[0]) + 1)
@@ -1610,15 +1558,6 @@ def _phase(displacement: Tensor) -> tuple[int, int]:
     """The grid phase (x, y) in [0, 8) that puts a scene moved by `displacement` back."""
     shift = torch.round(displacement).long()
     return int(-shift[0]) % FEATURE_STRIDE, int(-shift[1]) % FEATURE_STRIDE
-
-
-def _frame_corners(size: tuple[int, int]) -> Tensor:
-    """The frame's corner pixels (4, 3) (x, y, 1) float64."""
-    height, width = size
-    return torch.tensor(
-        [[0, 0, 1], [width - 1, 0, 1], [0, height - 1, 1], [width - 1, height - 1, 1]],
-        dtype=torch.float64,
-    )
 
 
 def _centre(size: tuple[int, int]) -> Tensor:

@@ -486,36 +486,6 @@ def test_a_moving_objects_translation_is_refined_on_the_grey_frames(
     assert torch.equal(video.refine_translation(flat, flat, on_disc, off), off)
 
 
-@pytest.mark.parametrize("scene", ["zoom", "pan_under_an_object"])
-def test_the_cameras_motion_is_refined_on_tracked_points(scene: str) -> None:
-    # DIS's flow falls short of a zoom's scale, and an object covering a fifth of the frame
-    # pulls the fit of a pan; the camera's motion refined on the points Lucas-Kanade tracks
-    # over the reliable pixels moves the frame's corners within a few hundredths of a px of the
-    # true motion's.
-    size = 128
-    centre = ((size - 1) / 2, (size - 1) / 2)
-    if scene == "zoom":
-        motion, layer = zoom(1.015, centre, (24.0, 24.0)), None
-    else:
-        motion = pan((0.75, 0.25), (16.0, 16.0))
-        layer = (smooth_texture(4 * size, seed=5), moving_disc((60.0, 64.0), (-3.5, 2.0)), 36.0)
-    clip = render(smooth_texture(2 * size, seed=3), motion, 2, (size, size), layer=layer)
-    previous, current = (video.grey_uint8(frame[None]) for frame in clip.frames)
-    true_flow = clip.flows[0].permute(1, 2, 0).numpy()
-    camera_pixels = clip.valid[0, 0].numpy()
-    if layer is not None:  # the pan's pixels
-        camera_pixels &= np.abs(true_flow - true_flow[2, 2]).max(axis=2) < 1e-3
-    truth = fit_similarity(true_flow, camera_pixels)
-    flow = FlowEstimator(StabilizerConfig()).backward(current, previous)
-    fitted = fit_similarity(flow.flow, flow.reliable)
-    if video._corner_shift(fitted[:, :2], (size, size)) < video.LINEAR_NOISE_PX:
-        fitted = video._translation(video.median_motion(flow.flow, flow.reliable))
-    refined = video.refine_camera(current, previous, flow.reliable, fitted)
-    corners = video._frame_corners((size, size))
-    error, fitted_error = (float((corners @ (m - truth).T).abs().max()) for m in (refined, fitted))
-    assert error < min(0.5 * fitted_error, 0.03), (error, fitted_error)
-
-
 def test_a_moving_objects_grid_phase_follows_it_to_the_sub_pixel() -> None:
     # A disc moving (-3.5, 2) px a frame over a pan: the object's own network input is placed
     # by its tracked displacement, resampled at its fraction of a pixel as the camera's is,
@@ -754,10 +724,8 @@ def test_the_reference_is_renewed_on_the_mirrored_side_of_the_scale_range(rate: 
     for frame in clip.frames:
         stabilizer(frame[None])
         log_scales.append(0.5 * math.log(float(torch.linalg.det(stabilizer.camera[:, :2]))))
-    # Each bound is reached within a frame's step of the scale.
-    step = abs(math.log(rate))
-    assert -0.02 <= min(log_scales) < -0.02 + step, log_scales
-    assert 0.04 - step < max(log_scales) <= 0.04, log_scales
+    assert -0.02 <= min(log_scales) < -0.01, log_scales
+    assert 0.03 < max(log_scales) <= 0.04, log_scales
 
 
 def test_the_reference_is_renewed_within_the_angle_range() -> None:
