@@ -737,7 +737,15 @@ def refine_translation(
     reaches the windows there), tracked into the previous frame by OpenCV's pyramidal
     Lucas-Kanade from `initial`. DIS's coarse-to-fine smoothing shortens an object's motion by
     up to a tenth; its grid phase and carried strokes would drift off it by that every frame."""
-    inside = cv2.erode(pixels.view(np.uint8), _disc(TRACKING_WINDOW_PX // 2))
+    # Around the object only: as far as its points' windows reach in either frame, and the blur.
+    left, top, width, height = cv2.boundingRect(pixels.view(np.uint8))
+    reach = math.ceil(float(initial.abs().max()) + TRACKING_WINDOW_PX + 3 * TRACKING_BLUR_SIGMA)
+    box = (
+        slice(max(top - reach, 0), top + height + reach),
+        slice(max(left - reach, 0), left + width + reach),
+    )
+    current, previous = current[box], previous[box]
+    inside = cv2.erode(pixels[box].view(np.uint8), _disc(TRACKING_WINDOW_PX // 2))
     step = max(1, int(math.sqrt(np.count_nonzero(inside) / TRACKED_POINTS)))
     ys, xs = np.nonzero(inside[step // 2 :: step, step // 2 :: step])
     if len(ys) < REFINE_MIN_POINTS:
