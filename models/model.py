@@ -312,6 +312,19 @@ class StyleMix:
             check_mask_count(self.masks.values.shape[0], n_styles)
 
 
+def feature_range(feat: Tensor) -> tuple[Tensor, Tensor]:
+    """The (lowest, highest) (1, C, 1, 1) of each channel of feat (1, C, h, w)."""
+    return feat.amin(dim=(-2, -1), keepdim=True), feat.amax(dim=(-2, -1), keepdim=True)
+
+
+def held_within(feat: Tensor, bounds: tuple[Tensor, Tensor]) -> Tensor:
+    """feat clamped, channel by channel, to the range its content box spans (`feature_range`):
+    a canvas's mirrored margin can wake a channel that the frame's own features leave at zero,
+    and divided by their tiny std it would decode to a patch of saturated strokes that reaches
+    into the frame. Inside the box nothing changes."""
+    return feat.clamp(min=bounds[0], max=bounds[1])
+
+
 def adain_target(
     content_feat: Tensor,
     style_mean: Tensor,
@@ -330,7 +343,8 @@ def adain_target(
     share coverage(p) = min(1, sum_k mask_k(p)) and the unmasked t with the rest, so masks that
     cover every pixel (a partition, the binary form) are the masked mix alone and masks that
     cover nothing give the unmasked result. Computed in float32 whatever the network's precision.
-    `content_box` (`StyleMix`): the content's statistics, whole and by region, within it alone.
+    `content_box` (`StyleMix`): the content's statistics, whole and by region, within it alone,
+    and the features outside it held within the range of those inside (`held_within`).
     """
     feat = content_feat.float()
     grid = (feat.shape[-2], feat.shape[-1])
@@ -339,7 +353,9 @@ def adain_target(
         rows, columns = box_cells(content_box, grid)
         boxed = feat[..., rows, columns]
         # One feature has no variance: a frame of a few pixels keeps the canvas's statistics.
-        own = boxed if boxed.shape[-2] * boxed.shape[-1] > 1 else feat
+        if boxed.shape[-2] * boxed.shape[-1] > 1:
+            own = boxed
+            feat = held_within(feat, feature_range(boxed))
     whole = calc_mean_std(own)
     if masks is None:
         return adain_target_from_stats(feat, whole, style_mean, style_std, mix_weights)

@@ -34,6 +34,7 @@ from models.model import (
     adain_target_from_stats,
     blend,
     box_mask,
+    held_within,
     make_decoder,
     make_encoder,
     trusted_region_stats,
@@ -137,7 +138,7 @@ def accumulated_statistics(
     """relu4_1 mean and std of image (1, 3, H, W), as `calc_mean_std` (region None, -> (1, C,
     1, 1)) or `calc_region_mean_std` with region (S, 1, h, w) on the whole feature grid (-> (S,
     C, 1, 1)) compute them on the untiled features."""
-    whole, by_region = whole_and_region_statistics(net, image, tile_size, region)
+    whole, by_region, _ = whole_and_region_statistics(net, image, tile_size, region)
     return whole if by_region is None else by_region
 
 
@@ -147,12 +148,16 @@ def whole_and_region_statistics(
     tile_size: int,
     region: Tensor | None = None,
     counted: Tensor | None = None,
-) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None]:
+) -> tuple[
+    tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None, tuple[Tensor, Tensor] | None
+]:
     """The whole image's (mean, std) and, with region, each region's, in one pass over the
     tiles: float64 sums over each tile's own features, row 0 weighted by ones, or by
     `counted` (1, 1, h, w) on the whole feature grid: the features that stand for the whole
-    (`StyleMix.content_box`; the regions are then counted within it too)."""
+    (`StyleMix.content_box`; the regions are then counted within it too), and then also their
+    range (`models.model.feature_range`; else None)."""
     count = s1 = s2 = torch.zeros((), dtype=torch.float64, device=image.device)
+    bounds: tuple[Tensor, Tensor] | None = None  # the counted features' range, (C,) each
     for rows, cols in tiles(image.shape[-2], image.shape[-1], tile_size):
         feat = net.encode(_window(image, rows, cols))[0, :, rows.features(), cols.features()]
         feat = feat.double()  # (C, h, w)
@@ -161,6 +166,12 @@ def whole_and_region_statistics(
             if counted is None
             else _own_features(counted, rows, cols)
         )
+        if counted is not None and weight[0].any():
+            inside = feat[:, weight[0] > 0]  # (C, n)
+            low, high = inside.amin(dim=1), inside.amax(dim=1)
+            if bounds is not None:
+                low, high = torch.minimum(bounds[0], low), torch.maximum(bounds[1], high)
+            bounds = low, high
         if region is not None:
             masks = _own_features(region, rows, cols) * weight[:1]
             weight = torch.cat([weight, masks])  # (1 + S, h, w)
@@ -172,9 +183,13 @@ def whole_and_region_statistics(
     var = (s2 - 2 * mean * s1 + mean * mean * count) / (count - 1).clamp(min=1)
     mean, var, count = (x.float()[..., None, None] for x in (mean, var.clamp(min=0), count))
     whole = mean[:1], (var[:1] + EPS).sqrt()
+    held = None
+    if bounds is not None:
+        lowest, highest = (b.float()[None, :, None, None] for b in bounds)
+        held = lowest, highest
     if region is None:
-        return whole, None
-    return whole, trusted_region_stats(count[1:], mean[1:], var[1:], whole)
+        return whole, None, held
+    return whole, trusted_region_stats(count[1:], mean[1:], var[1:], whole), held
 
 
 def _own_features(grid: Tensor, rows: Span, cols: Span) -> Tensor:
@@ -197,10 +212,13 @@ def stylize_tiled(
     grid = (math.ceil(height / FEATURE_STRIDE), math.ceil(width / FEATURE_STRIDE))
     region = None if mix.masks is None else mix.masks.to(content.device).on_grid(grid)
     own = None if mix.content_box is None else box_mask(mix.content_box, grid, content.device)
+    held = None
     if statistics is not None and region is None and own is None:
         whole, by_region = statistics, None
     else:
-        whole, by_region = whole_and_region_statistics(net, content, tile_size, region, own)
+        whole, by_region, held = whole_and_region_statistics(
+            net, content, tile_size, region, own
+        )
     out = torch.empty((1, 3, height, width), dtype=torch.float32, device=content.device)
     for rows, cols in tiles(height, width, tile_size):
         window = _window(content, rows, cols)
@@ -209,7 +227,13 @@ def stylize_tiled(
             None if region is None else region[:, :, rows.window_features(), cols.window_features()]
         )
         target = adain_target_from_stats(
-            feat, whole, mix.mean, mix.std, mix.weights, tile_region, by_region
+            feat if held is None else held_within(feat, held),
+            whole,
+            mix.mean,
+            mix.std,
+            mix.weights,
+            tile_region,
+            by_region,
         )
         decoded = net.decode(blend(feat, target, mix.alpha), window.shape[-2:])
         out[..., rows.start : rows.stop, cols.start : cols.stop] = decoded[

@@ -236,6 +236,32 @@ def test_the_content_box_gives_the_content_statistics() -> None:
     )
 
 
+def test_a_content_box_holds_the_margin_within_the_frames_range() -> None:
+    # The stabiliser's mirrored margin can wake a channel the frame leaves at zero: divided by
+    # the frame's tiny std it would decode to a saturated patch. Held within the range the
+    # frame's own features span, the margin's targets stay within those of the frame.
+    feat = features(14, (1, 8, 6, 10), scale=1.5, shift=0.5).clamp(min=0)  # as after a ReLU
+    inside = (8, 40, 16, 72)  # the relu4_1 cells 1:5, 2:9
+    feat[:, 3, 1:5, 2:9] = 0  # silent in the frame
+    feat[:, 3, :, :2] = 5.0  # awake in the margin
+    feat[:, 5, :, :2] = 40.0  # far beyond the frame's range
+    style_mean = features(15, (2, 8, 1, 1), shift=2.0)
+    style_std = features(16, (2, 8, 1, 1)).abs() + 0.5
+    weights = torch.tensor([0.25, 0.75])
+    framed = adain_target(feat, style_mean, style_std, weights, content_box=inside)
+    frame = framed[..., 1:5, 2:9]
+    low, high = frame.amin(dim=(2, 3), keepdim=True), frame.amax(dim=(2, 3), keepdim=True)
+    assert bool(((framed >= low - 1e-4) & (framed <= high + 1e-4)).all())
+    mixed_mean = (weights.view(-1, 1) * style_mean.flatten(1)).sum(0)
+    torch.testing.assert_close(framed[0, 3], mixed_mean[3].expand(6, 10))
+    mean, std = hand_mean_std(feat[..., 1:5, 2:9])
+    alone = sum(
+        w * ((feat[..., 1:5, 2:9] - mean) / std * s + m)
+        for w, m, s in zip(weights, style_mean.split(1), style_std.split(1), strict=True)
+    )
+    torch.testing.assert_close(frame, alone, atol=1e-4, rtol=1e-4)  # the frame's own target
+
+
 def test_a_content_box_of_one_feature_keeps_the_whole_statistics() -> None:
     # A frame of a few pixels on the stabiliser's canvas covers one relu4_1 cell: no variance.
     feat = features(11, (1, 8, 3, 3), scale=1.5, shift=0.5)

@@ -92,6 +92,7 @@ def partial_masks(height: int, width: int) -> Masks:
         (203, 157, "partial masks"),
         (203, 157, "content box"),
         (131, 97, "content box and masks"),
+        (203, 157, "content box on a margin unlike the frame"),
     ],
 )
 def test_tiled_equals_untiled(tiled: Pipeline, height: int, width: int, control: str) -> None:
@@ -105,6 +106,12 @@ def test_tiled_equals_untiled(tiled: Pipeline, height: int, width: int, control:
     mix = two_styles(tiled, masks, alpha=0.6 if control == "alpha" else 1.0)
     if control.startswith("content box"):  # a frame on a padded canvas (the stabiliser's)
         mix = replace(mix, content_box=(5, height - 9, 11, width - 4))
+    if control.endswith("unlike the frame"):  # its features held within the frame's range
+        stripes = (torch.arange(width) // 2 % 2).float().expand(1, 3, height, width)
+        content = stripes.clone()
+        content[..., 5 : height - 9, 11 : width - 4] = (
+            0.4 + 0.2 * content[..., 5 : height - 9, 11 : width - 4]
+        )
     with torch.inference_mode():
         expected = untiled(tiled, content, mix)
         out = tiled.stylize_batch(content, [mix])
