@@ -99,6 +99,9 @@ OVERLAP_PIXELS = 512 * 512
 RENEWED_SHARE = 0.9
 # A translation's fractional part below this (px, per axis) is placed by a whole-pixel shift.
 SUBPIXEL_TOLERANCE_PX = 0.1
+# A canvas that turns the frame's corners by this much (px) takes AdaIN's content statistics
+# from the frame's own pixels (`Placement.frame_box`).
+TURNED_CORNER_PX = 0.5
 # The deforming scene's displacement field is followed on a grid of about this many cells on
 # the frame's shorter side (it is smooth: the flow it comes from is computed at 180 px), and
 # its per-frame increment smoothed over about one cell (a Gaussian of this many cells) where
@@ -414,9 +417,10 @@ class Placement:
     def frame_box(self) -> Box | None:
         """Where the canvas shows the frame's own pixels rather than its mirrored padding
         (`StyleMix.content_box`: AdaIN's content statistics are then the frame's, as when it is
-        stylized alone): a shift's frame, a deforming scene's box inside the frame's edges on
-        the canvas. None where the canvas is the frame, and under a zoom or a turn: there the
-        frame's own statistics raised the style loss of a zoom instead (docs/video.md)."""
+        stylized alone): a shift's frame, a deforming scene's or a turned frame's box inside
+        the frame's edges on the canvas. None where the canvas is the frame, and under a
+        sub-pixel shift or a zoom: there the frame's own statistics raised the style loss
+        instead (docs/video.md)."""
         if self.size == self.frame_size and self.integer:
             return None
         if self.canvas_points is not None:
@@ -428,10 +432,32 @@ class Placement:
                 math.floor(float(edges[:, -1, 0].min())) + 1,
             )
         if not self.integer:
-            return None
+            return self._turned_frame_box()
         height, width = self.frame_size
         ox, oy = self._shift()
         return oy, oy + height, ox, ox + width
+
+    def _turned_frame_box(self) -> Box | None:
+        """A turned frame's box inside its edges on the canvas: the mirrored triangles at its
+        corners left out, as a shift's padding is. None where the frame is not turned by
+        TURNED_CORNER_PX at its corners (a sub-pixel shift, a zoom): there the frame's own
+        statistics raised the style loss (docs/video.md)."""
+        height, width = self.frame_size
+        linear, offset = self.to_frame[:, :2], self.to_frame[:, 2]
+        angle = math.atan2(float(linear[1, 0]), float(linear[0, 0]))
+        if abs(angle) * math.hypot(height, width) / 2 < TURNED_CORNER_PX:
+            return None
+        corners = torch.tensor(
+            [[0, 0], [width - 1, 0], [0, height - 1], [width - 1, height - 1]],
+            dtype=torch.float64,
+        )
+        x, y = ((corners - offset) @ torch.linalg.inv(linear).T).T.tolist()
+        return (
+            max(0, math.ceil(max(y[0], y[1]))),
+            min(self.size[0], math.floor(min(y[2], y[3])) + 1),
+            max(0, math.ceil(max(x[0], x[2]))),
+            min(self.size[1], math.floor(min(x[1], x[3])) + 1),
+        )
 
     def _shift(self) -> tuple[int, int]:
         """A shift's offset (x, y) of the frame on the canvas."""

@@ -604,16 +604,40 @@ def test_a_fields_grid_values_come_back_exactly_where_they_are_linear() -> None:
 
 def test_a_shift_covers_the_frames_own_pixels() -> None:
     # AdaIN's content statistics are taken where the canvas shows the frame (`placed_mix`),
-    # not its mirrored padding; a resampled canvas keeps the whole canvas's.
+    # not its mirrored padding; a zoom's or a sub-pixel shift's canvas keeps the whole
+    # canvas's.
     size = (SIZE, SIZE + 20)
     shift = Placement.shift(size, (3, 5))
     mix = StyleMix(torch.zeros(1, 4, 1, 1), torch.ones(1, 4, 1, 1), torch.ones(1))
     assert placed_mix(mix, shift).content_box == (5, 5 + SIZE, 3, 3 + SIZE + 20)
     assert placed_mix(mix, Placement.identity(size)).content_box is None
-    resampled = Placement(
-        (SIZE, SIZE), (SIZE + 16, SIZE + 16), similarity(0.97, 0.05, (1, 2)), False
+    for scale, angle, offset in ((0.97, 0.0, (1, 2)), (1.0, 0.0, (0.4, 0.3))):
+        resampled = Placement(
+            (SIZE, SIZE), (SIZE + 16, SIZE + 16), similarity(scale, angle, offset), False
+        )
+        assert placed_mix(mix, resampled).content_box is None
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.97])
+def test_a_turned_canvas_counts_the_frames_own_pixels_inside_its_edges(scale: float) -> None:
+    # A turned frame leaves mirrored triangles at the canvas's corners: the content's
+    # statistics come from the box inside the frame's turned edges.
+    canvas = (SIZE + 24, SIZE + 24)
+    to_frame = similarity(scale, 0.05, (-12, -12))  # canvas point -> frame point
+    placement = Placement((SIZE, SIZE), canvas, to_frame, False)
+    mix = StyleMix(torch.zeros(1, 4, 1, 1), torch.ones(1, 4, 1, 1), torch.ones(1))
+    top, bottom, left, right = placed_mix(mix, placement).content_box
+    ys, xs = np.mgrid[top:bottom, left:right].astype(np.float64)
+    frame_x, frame_y = (
+        to_frame[axis, 0].item() * xs + to_frame[axis, 1].item() * ys + to_frame[axis, 2].item()
+        for axis in range(2)
     )
-    assert placed_mix(mix, resampled).content_box is None
+    assert frame_x.min() >= -1e-6 and frame_x.max() <= SIZE - 1 + 1e-6
+    assert frame_y.min() >= -1e-6 and frame_y.max() <= SIZE - 1 + 1e-6
+    # All but the turned corners' reach: 0.05 rad over the side, about 5% of it per edge.
+    assert min(bottom - top, right - left) >= SIZE / scale * (1 - 2 * 0.05) - 2
+    slight = Placement((SIZE, SIZE), canvas, similarity(scale, 0.002, (-12, -12)), False)
+    assert placed_mix(mix, slight).content_box is None  # under half a pixel at the corners
 
 
 def test_a_deforming_canvas_counts_the_frames_own_pixels_inside_its_edges() -> None:
