@@ -447,10 +447,7 @@ class Placement:
         angle = math.atan2(float(linear[1, 0]), float(linear[0, 0]))
         if abs(angle) * math.hypot(height, width) / 2 < TURNED_CORNER_PX:
             return None
-        corners = torch.tensor(
-            [[0, 0], [width - 1, 0], [0, height - 1], [width - 1, height - 1]],
-            dtype=torch.float64,
-        )
+        corners = _frame_corners(self.frame_size)[:, :2]
         x, y = ((corners - offset) @ torch.linalg.inv(linear).T).T.tolist()
         return (
             max(0, math.ceil(max(y[0], y[1]))),
@@ -1355,12 +1352,7 @@ class Stabilizer:
         """The canvas (H, W) around the frame's footprint in the reference, its origin on a
         multiple of the stride (the reference's grid), `margin` px around it (the resampling
         taps of the way back, and as far as a deformation reaches), and the frame -> canvas map."""
-        height, width = size
-        corners = torch.tensor(
-            [[0, 0, 1], [width - 1, 0, 1], [0, height - 1, 1], [width - 1, height - 1, 1]],
-            dtype=torch.float64,
-        )
-        footprint = corners @ camera.T  # the frame's corners in the reference
+        footprint = _frame_corners(size) @ camera.T  # the frame's corners in the reference
         low = torch.floor((footprint.amin(0) - margin) / FEATURE_STRIDE) * FEATURE_STRIDE
         high = torch.ceil(footprint.amax(0) + margin)
         canvas = (int(high[1] - low[1]) + 1, int(high[0] - low[0]) + 1)
@@ -1592,6 +1584,15 @@ def _phase(displacement: Tensor) -> tuple[int, int]:
     """The grid phase (x, y) in [0, 8) that puts a scene moved by `displacement` back."""
     shift = torch.round(displacement).long()
     return int(-shift[0]) % FEATURE_STRIDE, int(-shift[1]) % FEATURE_STRIDE
+
+
+def _frame_corners(size: tuple[int, int]) -> Tensor:
+    """The frame's corner pixels (4, 3) (x, y, 1) float64."""
+    height, width = size
+    return torch.tensor(
+        [[0, 0, 1], [width - 1, 0, 1], [0, height - 1, 1], [width - 1, height - 1, 1]],
+        dtype=torch.float64,
+    )
 
 
 def _centre(size: tuple[int, int]) -> Tensor:
