@@ -84,6 +84,10 @@ NONRIGID_FULL_PX = 1.0
 # column, k at least 4), its median translation to about MEDIAN_SAMPLES: more only costs time.
 SIMILARITY_SAMPLES = 8192
 MEDIAN_SAMPLES = 4096
+# A second motion is the peak of its pixels' flow histogram, in bins of this many px, at most
+# DOMINANT_BINS a side (flow farther from the lowest falls in the last: the peak lies nearer).
+DOMINANT_BIN_PX = 0.25
+DOMINANT_BINS = 256
 # A fitted frame-to-frame similarity whose linear part moves no frame corner by more than this
 # (px) is taken as a translation: flow noise must not turn a pan into a resampled zoom (DIS's
 # noise on the clips of devkit/clips.py stays well below it; slower zooms stay translations).
@@ -124,6 +128,13 @@ WIDE_FILL_SHARE = 0.05
 RIGID_LAYER_SHARE = 0.55
 RIGID_LAYER_PX = 0.25
 RIGID_LAYER_MIN_SHARE = 0.04
+# ...or when one connected region of them covers RIGID_LAYER_MIN_SHARE within RIGID_LAYER_PX
+# and stops at an edge: the region within OBJECT_EDGE_PX of the translation that holds it is
+# at most OBJECT_GROWTH times its size (a rigid object's grows by its edge's band, a smooth
+# deformation's spreads as the tolerance widens; over a deforming scene the object's pixels
+# are often fewer than the deforming ones apart from the camera's motion).
+OBJECT_EDGE_PX = 0.75
+OBJECT_GROWTH = 2.0
 # A rigid scene with a moving object moves the previous output by the two motions, each pixel
 # by the one that moves the previous grey frame onto it within this many grey levels (out of
 # 255, over 3 x 3 px; `two_motion_flow`); no motion that close: an occlusion.
@@ -1230,10 +1241,10 @@ class Stabilizer:
         apart = reliable & (distance > SECOND_LAYER_APART)
         if np.count_nonzero(apart) < SECOND_LAYER_SHARE * apart.size:
             return None, distance, None
-        second = median_motion(flow, apart)
+        second = dominant_translation(flow, apart)
         dx, dy = second.tolist()
         closer = cv2.magnitude(flow[..., 0] - np.float32(dx), flow[..., 1] - np.float32(dy))
-        if self.config.tracking.deforming and not _one_motion(apart, closer):
+        if self.config.tracking.deforming and not _one_motion(apart, closer, reliable):
             # The pixels apart from the aligned motions deform rather than move as one
             # object: the deformation field follows them (`_follow_deformation`).
             return None, distance, None
@@ -1501,13 +1512,25 @@ def _normalised_blur(values: np.ndarray, weight: np.ndarray) -> np.ndarray:
     return total / np.maximum(spread, 1e-6)[..., None]
 
 
-def _one_motion(apart: np.ndarray, closer: np.ndarray) -> bool:
+def _one_motion(apart: np.ndarray, closer: np.ndarray, reliable: np.ndarray) -> bool:
     """Whether the pixels apart from the aligned motions (`apart` (H, W) bool) move as one
-    object (`closer`: px from its translation), not as a deformation."""
-    fitting = np.count_nonzero(apart & (closer < RIGID_LAYER_PX))
-    return fitting >= max(
-        RIGID_LAYER_SHARE * np.count_nonzero(apart), RIGID_LAYER_MIN_SHARE * apart.size
-    )
+    object (`closer`: px from its translation), not as a deformation (`reliable`: the pixels
+    whose flow counts)."""
+    fitting = apart & (closer < RIGID_LAYER_PX)
+    count, least = np.count_nonzero(fitting), RIGID_LAYER_MIN_SHARE * apart.size
+    if count >= max(RIGID_LAYER_SHARE * np.count_nonzero(apart), least):
+        return True
+    if count < least:
+        return False
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(fitting.view(np.uint8))
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    area = int(stats[largest, cv2.CC_STAT_AREA])
+    if area < least:
+        return False
+    wider = (reliable & (closer < OBJECT_EDGE_PX)).view(np.uint8)
+    _, wider_labels, wider_stats, _ = cv2.connectedComponentsWithStats(wider)
+    holding = wider_labels.reshape(-1)[int(np.argmax(labels.reshape(-1) == largest))]
+    return int(wider_stats[holding, cv2.CC_STAT_AREA]) <= OBJECT_GROWTH * area
 
 
 def _deformation_step(size: tuple[int, int]) -> int:
@@ -1693,6 +1716,27 @@ def median_motion(flow: np.ndarray, reliable: np.ndarray) -> Tensor:
     if np.count_nonzero(reliable) < 16:
         return torch.zeros(2, dtype=torch.float64)
     return torch.from_numpy(np.median(flow[reliable], axis=0).astype(np.float64))
+
+
+def dominant_translation(flow: np.ndarray, pixels: np.ndarray) -> Tensor:
+    """The backward flow (x, y) most of `pixels` ((H, W) bool) share: the peak of their flow's
+    histogram (DOMINANT_BIN_PX bins, summed over 3 x 3), refined to the median of the flow
+    within 2 bins of it. Where a moving object's pixels are mixed with a deforming scene's,
+    the median of all would lie between their motions, matching neither."""
+    step = max(1, int(math.sqrt(pixels.size / MEDIAN_SAMPLES)))
+    pixels, flow = pixels[::step, ::step], flow[::step, ::step]
+    if np.count_nonzero(pixels) < 16:
+        return torch.zeros(2, dtype=torch.float64)
+    samples = flow[pixels]
+    low = samples.min(axis=0)
+    bins = np.minimum((samples - low) / DOMINANT_BIN_PX, DOMINANT_BINS - 1).astype(np.int64)
+    shape = (int(bins[:, 1].max()) + 1, int(bins[:, 0].max()) + 1)
+    counts = np.bincount(bins[:, 1] * shape[1] + bins[:, 0], minlength=shape[0] * shape[1])
+    summed = cv2.boxFilter(counts.reshape(shape).astype(np.float32), -1, (3, 3), normalize=False)
+    row, column = np.unravel_index(int(np.argmax(summed)), shape)
+    peak = low + (np.array([column, row]) + 0.5) * DOMINANT_BIN_PX
+    near = np.hypot(*(samples - peak).T) <= 2 * DOMINANT_BIN_PX
+    return torch.from_numpy(np.median(samples[near], axis=0).astype(np.float64))
 
 
 def propagate(

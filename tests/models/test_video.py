@@ -218,6 +218,40 @@ def test_layers_told_apart_on_the_flows_own_samples_match_every_pixels() -> None
     torch.testing.assert_close(every_second, sampled_second, atol=0.05, rtol=0)
 
 
+@pytest.mark.parametrize("with_object", [True, False], ids=["object", "deformation_alone"])
+def test_an_object_over_a_deforming_scene_is_told_apart_from_the_deformation(
+    with_object: bool,
+) -> None:
+    # A disc moving as one over a scene deforming by up to 2.5 px: the pixels apart from the
+    # camera's motion are mostly the deforming scene's, so their median motion is neither's.
+    # The disc is found by its own motion and its edge; the deformation alone is no object.
+    size = (240, 320)
+    ys, xs = np.mgrid[0 : size[0], 0 : size[1]].astype(np.float32)
+    camera = (1.0, 0.5)
+    waves = (np.sin(2 * np.pi * xs / 150 + 0.3), np.cos(2 * np.pi * ys / 110 + 1.1))
+    flow = np.stack([camera[0] + 2.5 * waves[0], camera[1] + 2.5 * waves[1]], axis=-1)
+    disc = (xs - 200) ** 2 + (ys - 110) ** 2 < 45**2
+    if with_object:
+        flow[disc] = (-3.0, 2.0)
+    flow = cv2.GaussianBlur(flow, (0, 0), 2)  # DIS's flow is smooth across an edge
+    reliable = np.ones(size, bool)
+    motion = video._translation(torch.tensor(camera, dtype=torch.float64))
+    layer, _, second = Stabilizer(block_network)._layers(
+        Flow(flow, reliable, FlowMaps(flow)), motion
+    )
+    if not with_object:
+        assert layer is None
+        return
+    apart = np.hypot(flow[..., 0] - camera[0], flow[..., 1] - camera[1]) > 1.0
+    assert np.count_nonzero(disc) < 0.2 * np.count_nonzero(apart)
+    assert layer is not None and second is not None
+    torch.testing.assert_close(
+        second, torch.tensor([-3.0, 2.0], dtype=torch.float64), atol=0.05, rtol=0
+    )
+    inner = cv2.erode(disc.view(np.uint8), np.ones((7, 7), np.uint8)) > 0
+    assert layer[inner].all()
+
+
 def test_a_rigid_scene_is_not_taken_for_a_deforming_one(clip: Clip) -> None:
     stabilizer = Stabilizer(block_network)
     run(stabilizer, clip.frames)
