@@ -128,11 +128,10 @@ WIDE_FILL_SHARE = 0.05
 RIGID_LAYER_SHARE = 0.55
 RIGID_LAYER_PX = 0.25
 RIGID_LAYER_MIN_SHARE = 0.04
-# ...or when one connected region of them covers RIGID_LAYER_MIN_SHARE within RIGID_LAYER_PX
-# and stops at an edge: the region within OBJECT_EDGE_PX of the translation that holds it is
-# at most OBJECT_GROWTH times its size (a rigid object's grows by its edge's band, a smooth
-# deformation's spreads as the tolerance widens; over a deforming scene the object's pixels
-# are often fewer than the deforming ones apart from the camera's motion).
+# ...or when one connected region of them covers RIGID_LAYER_MIN_SHARE within RIGID_LAYER_PX of
+# their most common translation and stops at an edge: the region within OBJECT_EDGE_PX of it
+# that holds the first is at most OBJECT_GROWTH times its size (a rigid object's grows by its
+# edge's band, a smooth deformation's spreads as the tolerance widens).
 OBJECT_EDGE_PX = 0.75
 OBJECT_GROWTH = 2.0
 # A rigid scene with a moving object moves the previous output by the two motions, each pixel
@@ -168,6 +167,8 @@ INVERSION_STEPS = 3
 # The inversion is made on a grid this many times finer than the field's and interpolated
 # between its points: the inverse's kinks, where the field's cells meet, fall between them.
 INVERSE_GRID_SHARE = 4
+# The share of the deformation field's cells whose strain does not count (`_field_strain`).
+STRAIN_OUTLIERS = 0.01
 
 
 @dataclass(frozen=True)
@@ -289,10 +290,11 @@ class Renewal:
     # Angle (radians): strokes of oriented styles (brush strokes) turned by a few degrees change
     # the style's statistics.
     angle_range: float = 0.05
-    # Deformation: the reference is renewed when the followed field stretches the strokes by
-    # more than this anywhere (the largest local strain, |d displacement / d position|), as a
-    # zoom's scale range does for the whole frame.
-    strain_range: float = 0.5
+    # Deformation: the reference is renewed when the followed field strains the strokes by more
+    # than this (`_field_strain`: its derivative, px per px, where all but STRAIN_OUTLIERS of
+    # its cells stay): at 1 the map folds. Renewing sooner cost more than the strain: each
+    # renewal redraws every stroke (docs/video.md).
+    strain_range: float = 1.0
     # A renewed reference draws the strokes afresh, unrelated to those shown: the new pattern
     # is propagated alone from then on, and what was shown fades out over these frames (its
     # share of each, mixed keeping the contrast). Blending it into the new pattern instead
@@ -1241,13 +1243,17 @@ class Stabilizer:
         apart = reliable & (distance > SECOND_LAYER_APART)
         if np.count_nonzero(apart) < SECOND_LAYER_SHARE * apart.size:
             return None, distance, None
-        second = dominant_translation(flow, apart)
-        dx, dy = second.tolist()
-        closer = cv2.magnitude(flow[..., 0] - np.float32(dx), flow[..., 1] - np.float32(dy))
-        if self.config.tracking.deforming and not _one_motion(apart, closer, reliable):
-            # The pixels apart from the aligned motions deform rather than move as one
-            # object: the deformation field follows them (`_follow_deformation`).
-            return None, distance, None
+        second = median_motion(flow, apart)
+        closer = _distance_from(flow, second)
+        if self.config.tracking.deforming and not _most_move_as_one(apart, closer):
+            # Over a deforming scene an object's pixels may be fewer than the deforming ones
+            # apart from the camera's motion, and the median of all then matches neither: the
+            # most common motion may be an object's, told from a deformation by its edge.
+            second = dominant_translation(flow, apart)
+            closer = _distance_from(flow, second)
+            if not _an_object_with_an_edge(apart, closer, reliable):
+                # They deform: the deformation field follows them (`_follow_deformation`).
+                return None, distance, None
         return (closer < distance) & reliable, np.minimum(closer, distance), second
 
     def _follow_deformation(
@@ -1296,7 +1302,7 @@ class Stabilizer:
             field += cv2.transform(increment, np.asarray(previous_camera[:, :2], np.float32))
         else:
             increment[:] = 0
-        if _largest_strain(field, step) > self.config.renewal.strain_range:
+        if _field_strain(field, step) > self.config.renewal.strain_range:
             self.deformation = None
             return True, None
         self.deformation = field
@@ -1512,20 +1518,32 @@ def _normalised_blur(values: np.ndarray, weight: np.ndarray) -> np.ndarray:
     return total / np.maximum(spread, 1e-6)[..., None]
 
 
-def _one_motion(apart: np.ndarray, closer: np.ndarray, reliable: np.ndarray) -> bool:
-    """Whether the pixels apart from the aligned motions (`apart` (H, W) bool) move as one
-    object (`closer`: px from its translation), not as a deformation (`reliable`: the pixels
-    whose flow counts)."""
-    fitting = apart & (closer < RIGID_LAYER_PX)
-    count, least = np.count_nonzero(fitting), RIGID_LAYER_MIN_SHARE * apart.size
-    if count >= max(RIGID_LAYER_SHARE * np.count_nonzero(apart), least):
-        return True
-    if count < least:
+def _distance_from(flow: np.ndarray, translation: Tensor) -> np.ndarray:
+    """How far (px) the flow (H, W, 2) is from a translation (x, y), per pixel."""
+    dx, dy = translation.tolist()
+    return cv2.magnitude(flow[..., 0] - np.float32(dx), flow[..., 1] - np.float32(dy))
+
+
+def _most_move_as_one(apart: np.ndarray, closer: np.ndarray) -> bool:
+    """Whether most pixels apart from the aligned motions (`apart` (H, W) bool) move as one
+    object (`closer`: px from its translation), not as a deformation."""
+    fitting = np.count_nonzero(apart & (closer < RIGID_LAYER_PX))
+    return fitting >= max(
+        RIGID_LAYER_SHARE * np.count_nonzero(apart), RIGID_LAYER_MIN_SHARE * apart.size
+    )
+
+
+def _an_object_with_an_edge(apart: np.ndarray, closer: np.ndarray, reliable: np.ndarray) -> bool:
+    """Whether one connected region of the pixels apart from the aligned motions moves as one
+    object (`closer`: px from its translation; `reliable`: the pixels whose flow counts) and
+    stops at an edge (OBJECT_EDGE_PX, OBJECT_GROWTH)."""
+    fitting = (apart & (closer < RIGID_LAYER_PX)).view(np.uint8)
+    regions, labels, stats, _ = cv2.connectedComponentsWithStats(fitting)
+    if regions < 2:
         return False
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(fitting.view(np.uint8))
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     area = int(stats[largest, cv2.CC_STAT_AREA])
-    if area < least:
+    if area < RIGID_LAYER_MIN_SHARE * apart.size:
         return False
     wider = (reliable & (closer < OBJECT_EDGE_PX)).view(np.uint8)
     _, wider_labels, wider_stats, _ = cv2.connectedComponentsWithStats(wider)
@@ -1584,12 +1602,16 @@ def _field_on_pixels(field: np.ndarray, size: tuple[int, int], step: float) -> n
     return _on_pixels(at_nodes, size, spacing)
 
 
-def _largest_strain(field: np.ndarray, step: int) -> float:
-    """The largest derivative of a deformation field (px per px) on its grid."""
+def _field_strain(field: np.ndarray, step: int) -> float:
+    """How far a deformation field strains the strokes (px per px): the largest of its four
+    derivatives, on its grid, at the cells where all but STRAIN_OUTLIERS of them stay. A patch
+    of wrong flow (DIS matching the wrong one of repeated letters) strains the field there,
+    and must not redraw the whole frame's strokes."""
     if min(field.shape[:2]) < 2:
         return 0.0
     derivatives = [np.gradient(field[..., axis], axis=(0, 1)) for axis in range(2)]
-    return max(float(np.abs(part).max()) for pair in derivatives for part in pair) / step
+    largest = np.max(np.abs([part for pair in derivatives for part in pair]), axis=0)
+    return float(np.quantile(largest, 1 - STRAIN_OUTLIERS)) / step
 
 
 def _mirrored_share(value: float, side: float) -> float:

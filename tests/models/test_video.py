@@ -276,6 +276,19 @@ def test_a_deformation_straining_the_strokes_renews_the_reference(deforming_clip
     assert not any(renewals(Stabilizer(block_network), deforming_clip.frames))
 
 
+def test_a_patch_of_wrong_flow_does_not_strain_the_whole_field() -> None:
+    # A field straining the scene by 0.1 everywhere, with a bump of 6 px over 3 x 3 of its
+    # 60 x 80 cells (DIS matching the wrong one of repeated letters): the bump's strain does
+    # not count, a strain over the whole field does.
+    step = 4
+    ys, xs = np.mgrid[0:60, 0:80].astype(np.float32) * step
+    smooth = np.stack([0.1 * xs, np.zeros_like(ys)], axis=-1)
+    bumped = smooth.copy()
+    bumped[30:33, 40:43] += 6.0
+    assert video._field_strain(bumped, step) == pytest.approx(0.1, abs=0.01)
+    assert video._field_strain(12 * smooth, step) == pytest.approx(1.2, abs=0.01)
+
+
 def test_resuming_a_deforming_scene_gives_the_same_frames(stylize, deforming_clip: Clip) -> None:
     frames = deforming_clip.frames
     expected = run(Stabilizer(stylize), frames)
