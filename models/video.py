@@ -134,6 +134,10 @@ RIGID_LAYER_MIN_SHARE = 0.04
 # edge's band, a smooth deformation's spreads as the tolerance widens).
 OBJECT_EDGE_PX = 0.75
 OBJECT_GROWTH = 2.0
+# ...and, unless a second layer is followed already, when the last frame's pixels did so too,
+# by a translation within OBJECT_STEADY_PX of this one: an object moves on, while a patch of a
+# deformation that happens to move as one does not last.
+OBJECT_STEADY_PX = 0.5
 # A rigid scene with a moving object moves the previous output by the two motions, each pixel
 # by the one that moves the previous grey frame onto it within this many grey levels (out of
 # 255, over 3 x 3 px; `two_motion_flow`); no motion that close: an occlusion.
@@ -978,6 +982,10 @@ class Stabilizer:
         # Displacement (x, y), px, of a second moving layer since it was first seen.
         self.layer_displacement = torch.zeros(2, dtype=torch.float64)
         self.second_layer = False
+        # The translation of an object found by its edge (`_an_object_with_an_edge`) in this
+        # frame and in the last one (OBJECT_STEADY_PX), before it is followed.
+        self.object_candidate: Tensor | None = None
+        self.last_object_candidate: Tensor | None = None
         self.frames = 0
 
     def __call__(self, frame: Tensor) -> Tensor:
@@ -1133,6 +1141,7 @@ class Stabilizer:
         deforming scene), else `estimate`."""
         flow, reliable = estimate.flow, estimate.reliable
         size = (flow.shape[0], flow.shape[1])
+        self.last_object_candidate, self.object_candidate = self.object_candidate, None
         if self.config.tracking.similarity:
             motion = fit_similarity(flow, reliable)
             if _corner_shift(motion[:, :2], size) < LINEAR_NOISE_PX:
@@ -1253,6 +1262,10 @@ class Stabilizer:
             closer = _distance_from(flow, second)
             if not _an_object_with_an_edge(apart, closer, reliable):
                 # They deform: the deformation field follows them (`_follow_deformation`).
+                return None, distance, None
+            self.object_candidate, last = second, self.last_object_candidate
+            steady = last is not None and float((second - last).norm()) < OBJECT_STEADY_PX
+            if not (self.second_layer or steady):
                 return None, distance, None
         return (closer < distance) & reliable, np.minimum(closer, distance), second
 
@@ -1455,6 +1468,8 @@ class Stabilizer:
             state["deformation"] = torch.from_numpy(self.deformation.copy())
         if self.layer_pixels is not None:
             state["layer_pixels"] = torch.from_numpy(self.layer_pixels.copy())
+        if self.object_candidate is not None:
+            state["object_candidate"] = self.object_candidate.clone()
         if self.fading is not None and self.fading_weight is not None:
             state["fading"] = to_tensor(self.fading.copy())
             state["fading_weight"] = to_tensor(self.fading_weight.copy())
@@ -1484,6 +1499,8 @@ class Stabilizer:
             self.deformation = state["deformation"].numpy().copy()
         if "layer_pixels" in state:
             self.layer_pixels = state["layer_pixels"].numpy().copy()
+        if "object_candidate" in state:
+            self.object_candidate = state["object_candidate"].clone().double()
         if "fading" in state:
             self.fading = to_image(state["fading"])
             self.fading_weight = to_image(state["fading_weight"])

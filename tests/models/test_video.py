@@ -224,7 +224,8 @@ def test_an_object_over_a_deforming_scene_is_told_apart_from_the_deformation(
 ) -> None:
     # A disc moving as one over a scene deforming by up to 2.5 px: the pixels apart from the
     # camera's motion are mostly the deforming scene's, so their median motion is neither's.
-    # The disc is found by its own motion and its edge; the deformation alone is no object.
+    # The disc is found by its own motion and its edge, and followed once it has moved so on
+    # two frames in a row; the deformation alone is no object.
     size = (240, 320)
     ys, xs = np.mgrid[0 : size[0], 0 : size[1]].astype(np.float32)
     camera = (1.0, 0.5)
@@ -234,11 +235,14 @@ def test_an_object_over_a_deforming_scene_is_told_apart_from_the_deformation(
     if with_object:
         flow[disc] = (-3.0, 2.0)
     flow = cv2.GaussianBlur(flow, (0, 0), 2)  # DIS's flow is smooth across an edge
-    reliable = np.ones(size, bool)
+    estimate = Flow(flow, np.ones(size, bool), FlowMaps(flow))
     motion = video._translation(torch.tensor(camera, dtype=torch.float64))
-    layer, _, second = Stabilizer(block_network)._layers(
-        Flow(flow, reliable, FlowMaps(flow)), motion
-    )
+    stabilizer = Stabilizer(block_network)
+    first_frame, _, _ = stabilizer._layers(estimate, motion)
+    assert first_frame is None
+    # The next frame (`_track` hands each frame's candidate on).
+    stabilizer.last_object_candidate = stabilizer.object_candidate
+    layer, _, second = stabilizer._layers(estimate, motion)
     if not with_object:
         assert layer is None
         return
