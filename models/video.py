@@ -1775,7 +1775,8 @@ def dominant_translation(flow: np.ndarray, pixels: np.ndarray) -> Tensor:
     row, column = np.unravel_index(int(np.argmax(summed)), shape)
     peak = low + (np.array([column, row]) + 0.5) * DOMINANT_BIN_PX
     near = np.hypot(*(samples - peak).T) <= 2 * DOMINANT_BIN_PX
-    return torch.from_numpy(np.median(samples[near], axis=0).astype(np.float64))
+    found = np.median(samples[near], axis=0) if near.any() else peak
+    return torch.from_numpy(found.astype(np.float64))
 
 
 def propagate(
