@@ -12,7 +12,9 @@ at sharpness >= 0.90x, losses within +0.10, long-term difference <= 0.3x; the li
 (issue 21, 256 px): error <= 0.50x at sharpness >= 0.85x.
 
     nice -n 19 python3 -m benchmarks.bench_video_stability [--size 256] [--frames 24] [--styles 3]
-        [--style-names adain__sketch,...] [--clips zoom_1.2%,...]
+        [--style-names adain__sketch,...] [--clips zoom_1.2%,...] [--models full lite]
+
+(`--models lite`: the lite networks' rows, their losses measured with lite's own encoder.)
 
 `--speed`: instead, the stabiliser's pace at 1280x720 (issue 31) on a pan and on a deforming
 scene (`deform_2px`'s motion scaled to the size: every frame resampled through the deformation
@@ -207,6 +209,43 @@ def _pace(net: Pipeline, mix: StyleMix, clip: Clip, label: str, rounds: int) -> 
     )
 
 
+def print_rows(
+    net: Pipeline, clips: list[Clip], configs: dict[str, StabilizerConfig], args: argparse.Namespace
+) -> None:
+    """Print each clip and style's row for `net`, then the worst figures of each config."""
+    by_name = {path.stem: path for path in style_images()}
+    print(
+        f"{'clip [config]':34s} {'style':22s} {'error':>7s} {'sharp':>7s} "
+        f"{'d ln style':>10s} {'d ln content':>12s}"
+    )
+    printed: list[Row] = []
+    for clip in clips:
+        names = list(filter(None, args.style_names.split(","))) or STYLE_NAMES[: args.styles]
+        for name in names:
+            started = time.perf_counter()
+            style = load_photo(by_name[name], args.size)[None]
+            for row in compare(net, clip, style, name, configs):
+                printed.append(row)
+                back = "" if row.return_ratio is None else f" return {row.return_ratio:.3f}"
+                print(
+                    f"{row.clip:34s} {row.style:22s} {row.error_ratio:7.3f} "
+                    f"{row.sharpness_ratio:7.3f} {row.style_delta:+10.3f} "
+                    f"{row.content_delta:+12.3f}{back}  ({time.perf_counter() - started:.0f} s)",
+                    flush=True,
+                )
+    for label in configs:
+        chosen = [row for row in printed if row.clip.endswith(f"[{label}]")]
+        if chosen:
+            back = [r.return_ratio for r in chosen if r.return_ratio is not None]
+            print(
+                f"worst [{label}]: error {max(r.error_ratio for r in chosen):.3f}x, sharpness "
+                f"{min(r.sharpness_ratio for r in chosen):.3f}x, ln style "
+                f"{max(r.style_delta for r in chosen):+.3f}, ln content "
+                f"{max(r.content_delta for r in chosen):+.3f}"
+                + (f", long-term difference {max(back):.3f}x" if back else "")
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=256, help="frame side, px")
@@ -221,19 +260,21 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--speed", action="store_true", help="the 1280x720 pace instead")
-    parser.add_argument("--models", nargs="+", default=["lite"], choices=["lite", "full"])
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=["lite", "full"],
+        help="networks (default: the embedded default's for the rows, lite for --speed)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="--speed rounds")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.speed:
         print(machine())
-        speed(args.models, args.frames, args.rounds)
+        speed(args.models or ["lite"], args.frames, args.rounds)
         return
-    net = build_pipeline(PipelineConfig(Device.cpu))
     print(machine())
-    print(f"embedded default, {net.dtype}, {args.size} px, {args.frames} frames per clip")
     clips = standard_clips(args.size, args.frames, names=list(filter(None, args.clips.split(","))))
-    by_name = {path.stem: path for path in style_images()}
     # translation: the grid aligned by whole-pixel shifts only (the stabiliser before issue 19's
     # zoom work), to compare with.
     known = {
@@ -242,36 +283,10 @@ def main() -> None:
         "translation": StabilizerConfig(tracking=Tracking(similarity=False)),
     }
     configs = {name: known[name] for name in args.configs.split(",")}
-    print(
-        f"{'clip [config]':34s} {'style':22s} {'error':>7s} {'sharp':>7s} "
-        f"{'d ln style':>10s} {'d ln content':>12s}"
-    )
-    rows: list[Row] = []
-    for clip in clips:
-        names = list(filter(None, args.style_names.split(","))) or STYLE_NAMES[: args.styles]
-        for name in names:
-            started = time.perf_counter()
-            style = load_photo(by_name[name], args.size)[None]
-            for row in compare(net, clip, style, name, configs):
-                rows.append(row)
-                back = "" if row.return_ratio is None else f" return {row.return_ratio:.3f}"
-                print(
-                    f"{row.clip:34s} {row.style:22s} {row.error_ratio:7.3f} "
-                    f"{row.sharpness_ratio:7.3f} {row.style_delta:+10.3f} "
-                    f"{row.content_delta:+12.3f}{back}  ({time.perf_counter() - started:.0f} s)",
-                    flush=True,
-                )
-    for label in configs:
-        chosen = [row for row in rows if row.clip.endswith(f"[{label}]")]
-        if chosen:
-            back = [r.return_ratio for r in chosen if r.return_ratio is not None]
-            print(
-                f"worst [{label}]: error {max(r.error_ratio for r in chosen):.3f}x, sharpness "
-                f"{min(r.sharpness_ratio for r in chosen):.3f}x, ln style "
-                f"{max(r.style_delta for r in chosen):+.3f}, ln content "
-                f"{max(r.content_delta for r in chosen):+.3f}"
-                + (f", long-term difference {max(back):.3f}x" if back else "")
-            )
+    for model in args.models or [PipelineConfig().model]:
+        net = build_pipeline(PipelineConfig(Device.cpu, model=ModelName(model)))
+        print(f"{model} networks, {net.dtype}, {args.size} px, {args.frames} frames per clip")
+        print_rows(net, clips, configs, args)
 
 
 if __name__ == "__main__":
