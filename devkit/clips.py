@@ -283,7 +283,9 @@ class Deforming:
     drifting in phase by up to `rate` radians per frame, scaled so that |D_t| <= `amplitude`
     px: frame to frame the scene moves up to about amplitude * rate px besides the pan. The
     steepest wave keeps the map invertible (|grad D| < 1), so the true flow is found by
-    fixed-point iteration and a pixel is occluded only when it leaves the frame."""
+    fixed-point iteration and a pixel is occluded only when it leaves the frame. `region` (x, y,
+    sigma), frame px: D_t only there, faded out by a Gaussian window (a waving arm, a face, a
+    flag in front of a still scene)."""
 
     def __init__(
         self,
@@ -294,6 +296,7 @@ class Deforming:
         start: tuple[float, float] = (0.0, 0.0),
         seed: int = 0,
         modes: int = 4,
+        region: tuple[float, float, float] | None = None,
     ) -> None:
         generator = torch.Generator().manual_seed(seed)
 
@@ -307,7 +310,7 @@ class Deforming:
         self.phase = uniform(0, 2 * math.pi)
         weights = uniform(0.5, 1.0)
         self.weights = amplitude * weights / weights.sum(dim=1, keepdim=True)  # |D| <= amplitude
-        self.velocity, self.start = velocity, start
+        self.velocity, self.start, self.region = velocity, start, region
 
     def displacement(self, t: int, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """D_t at frame points (x, y): (dx, dy), each shaped like x."""
@@ -323,6 +326,10 @@ class Deforming:
                 )
                 total = total + self.weights[axis, mode] * torch.sin(argument)
             shift.append(total)
+        if self.region is not None:
+            centre_x, centre_y, sigma = self.region
+            window = torch.exp(-((x - centre_x) ** 2 + (y - centre_y) ** 2) / (2 * sigma**2))
+            return shift[0] * window, shift[1] * window
         return shift[0], shift[1]
 
     def __call__(self, t: int, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -367,7 +374,8 @@ def standard_clips(
     hand-held camera's tremor (`shake`), a disc moving over a slowly panning photo, one over a
     still photo (occlusions) and a large one over a pan (a quarter of the frame: the camera's
     fit must not take it for a zoom), non-rigid motion (`Deforming`: 2 and 3 px over slow pans,
-    and under a moving disc), and a pan that returns to its first frame, at size x size px, from
+    under a moving disc, and 8 px in one region in front of a still camera), and a pan that
+    returns to its first frame, at size x size px, from
     the dataset's content photos; `names`: only those (in that order)."""
     paths = photos or content_photos()
     first, second, third, fourth = (
@@ -439,6 +447,15 @@ def standard_clips(
             shape,
             name=n,
             layer=(fourth, moving_disc((0.3 * size, 0.3 * size), (2.0, 1.5)), 0.2 * size),
+        ),
+        "deform_local": lambda n: render(  # a waving arm in front of a still camera
+            second,
+            Deforming(
+                size, 8.0, 0.8, start=offset, seed=5, region=(0.55 * size, 0.5 * size, 0.1 * size)
+            ),
+            frames,
+            shape,
+            name=n,
         ),
         "pan_returns": lambda n: render(  # an odd count: the last frame is the first
             second,
