@@ -1,7 +1,8 @@
 """Temporal stability of video: the stabiliser (`models.video`) against the same frames stylized
 one by one, on clips with exactly known motion (`devkit.clips`: sub-pixel pans, a zoom in and out, a
 rotation, a hand-held camera's tremor, a disc moving over a panning photo, non-rigid
-deformations, a pan that returns), with the embedded default networks at the service's precision.
+deformations of the whole frame and of one region in front of a still camera, a pan that
+returns), with the embedded default networks at the service's precision.
 
 Per clip and style: warping error ratio (Lai et al. 2018, true motion, occluded pixels and an
 8 px border left out), sharpness ratio (variance of the Laplacian), and the change of the mean
