@@ -22,9 +22,9 @@ grid, not the frame's.)
 
 `--speed`: instead, the stabiliser's pace at 1280x720 (issue 31) on a pan and on a deforming
 scene (`deform_2px`'s motion scaled to the size: every frame resampled through the deformation
-field): frames/s of the network alone and of the stabiliser (the job's form,
-`StabilizerConfig()`) around it, rounds alternating so the machine's noise hits both alike;
-target: stabilised >= 0.5x the network.
+field): frames/s of the network alone and of the stabiliser (the job's form for that network,
+`for_model(StabilizerConfig(), model)`) around it, rounds alternating so the machine's noise
+hits both alike; target: stabilised >= 0.5x the network.
 
     nice -n 19 python3 -m benchmarks.bench_video_stability --speed [--models lite full]
         [--frames 12] [--rounds 3]
@@ -35,7 +35,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -62,6 +62,7 @@ from models.video import (
     StabilizerConfig,
     Tracking,
     choose_start_phase,
+    for_model,
     placed_mix,
     style_distance,
 )
@@ -174,11 +175,12 @@ def speed(models: list[str], frames: int, rounds: int) -> None:
         mean, std = net.style_statistics(style)
         mix = StyleMix(mean=mean, std=std, weights=torch.ones(1))
         for kind, clip in clips.items():
-            _pace(net, mix, clip, f"{model} {kind}", rounds)
+            _pace(net, mix, clip, model, kind, rounds)
 
 
-def _pace(net: Pipeline, mix: StyleMix, clip: Clip, label: str, rounds: int) -> None:
-    """Print the network's and the stabiliser's frame rates on `clip`, rounds alternating."""
+def _pace(net: Pipeline, mix: StyleMix, clip: Clip, model: str, kind: str, rounds: int) -> None:
+    """Print the network's and the stabiliser's (a job's, for `model`) frame rates on `clip`,
+    rounds alternating."""
     frames = len(clip.frames)
     height, width = SPEED_SIZE
 
@@ -197,7 +199,7 @@ def _pace(net: Pipeline, mix: StyleMix, clip: Clip, label: str, rounds: int) -> 
                 net.stylize_batch(frame[None], [mix])
             seconds["network"].append((time.perf_counter() - started) / frames)
             cpu["network"].append((time.process_time() - started_cpu) / frames)
-            stabilizer = Stabilizer(stylize)
+            stabilizer = Stabilizer(stylize, for_model(StabilizerConfig(), model))
             stabilizer(clip.frames[:1])  # the first frame has no flow yet
             started, started_cpu = time.perf_counter(), time.process_time()
             for frame in clip.frames[1:]:
@@ -209,7 +211,7 @@ def _pace(net: Pipeline, mix: StyleMix, clip: Clip, label: str, rounds: int) -> 
     cpu_ratios = [n / s for n, s in zip(cpu["network"], cpu["stabilised"], strict=True)]
     verdict = "met" if ratio >= TARGET_SPEED else "NOT met"
     print(
-        f"{label} {width}x{height}, {net.dtype}, median of {rounds} rounds of {frames} "
+        f"{model} {kind} {width}x{height}, {net.dtype}, median of {rounds} rounds of {frames} "
         f"frames: network alone {1 / network:.2f} frames/s ({network * 1000:.0f} ms), "
         f"stabilised {1 / stabilised:.2f} frames/s ({stabilised * 1000:.0f} ms) -> "
         f"{ratio:.2f}x (target >= {TARGET_SPEED}: {verdict}); CPU time per frame "
@@ -290,14 +292,6 @@ def main() -> None:
         return
     print(machine())
     clips = standard_clips(args.size, args.frames, names=list(filter(None, args.clips.split(","))))
-    # translation: the grid aligned by whole-pixel shifts only (the stabiliser before issue 19's
-    # zoom work), to compare with.
-    known = {
-        "default": StabilizerConfig(),
-        "live": LIVE,
-        "translation": StabilizerConfig(tracking=Tracking(similarity=False)),
-    }
-    configs = {name: known[name] for name in args.configs.split(",")}
     judge = build_pipeline(PipelineConfig(Device.cpu, model=ModelName.full))
     for model in args.models or [PipelineConfig().model]:
         net = (
@@ -305,6 +299,15 @@ def main() -> None:
             if model == ModelName.full
             else build_pipeline(PipelineConfig(Device.cpu, model=ModelName(model)))
         )
+        # default: a job's config for this network; translation: the grid aligned by
+        # whole-pixel shifts only (the stabiliser before issue 19's zoom work), to compare with.
+        default = for_model(StabilizerConfig(), model)
+        known = {
+            "default": default,
+            "live": LIVE,
+            "translation": replace(default, tracking=Tracking(similarity=False)),
+        }
+        configs = {name: known[name] for name in args.configs.split(",")}
         print(f"{model} networks, {net.dtype}, {args.size} px, {args.frames} frames per clip")
         print_rows(net, judge, clips, configs, args)
 

@@ -445,14 +445,23 @@ def _frame_step(
     mix_for = _mix_maker(params, styles, backend)
     if not params.stabilize:
         return lambda content: backend.stylize(content, mix_for(content), params.controls.model)
-    from models.video import Stabilizer, StabilizerConfig, with_strength
+    from models.video import Stabilizer
 
     stylize = _placed_stylize(params, styles, backend, mix_for)
-    config = with_strength(StabilizerConfig(), params.stability) if blend else _unblended()
+    config = stabilizer_config(params, backend) if blend else _unblended()
     stabilizer = Stabilizer(stylize, config, start_phase)
     if state is not None:
         stabilizer.load_state_dict(state)
     return stabilizer
+
+
+def stabilizer_config(params: ClipParams, backend: FrameBackend) -> StabilizerConfig:
+    """The stabiliser a clip is stylized with: the one for its network (`models.video.for_model`:
+    the model it names, else the backend's default) at its strength."""
+    from models.video import StabilizerConfig, for_model, with_strength
+
+    model = params.controls.model or backend.models[0]
+    return with_strength(for_model(StabilizerConfig(), model), params.stability)
 
 
 def _unblended() -> StabilizerConfig:

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.config import FEATURE_STRIDE
+from models.config import FEATURE_STRIDE, ModelName
 from models.model import Box, Masks, StyleMix
 from models.warping import (
     FlowMaps,
@@ -365,6 +365,18 @@ LIVE = StabilizerConfig(
     ),
     blending=Blending(resample="bicubic", contrast_window=0, rigid_contrast_window=0),
 )
+
+
+def for_model(config: StabilizerConfig, model: str) -> StabilizerConfig:
+    """A job's `config` for the network `model` names (a `ModelName`). The lite networks draw
+    finer strokes than the full model (more of their detail lies near the Nyquist rate, which
+    every sub-pixel resampling of the propagated output softens): their blend takes the fine
+    detail from the new stylization alone, everywhere, over a wider band (docs/video.md)."""
+    if model != ModelName.lite:
+        return config
+    fine = replace(config.blending, rigid_contrast_window=0, detail_weight=0.0, detail_sigma=1.5)
+    return replace(config, blending=fine)
+
 
 _PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,

@@ -14,13 +14,22 @@ import torch
 from devkit.clips import write_video
 from devkit.images import encode, random_image
 from devkit.videos import decode_frames
-from media.clip import WHOLE_CLIP, Clip, ClipSettings, ModelBackend, join, open_clip, stylize_frames
+from media.clip import (
+    WHOLE_CLIP,
+    Clip,
+    ClipSettings,
+    ModelBackend,
+    join,
+    open_clip,
+    stabilizer_config,
+    stylize_frames,
+)
 from media.controls import check_controls
 from media.defaults import DEFAULT_STABILITY
 from media.imaging import ImageLimits
 from models.errors import InvalidInputError
 from models.pipeline import Pipeline
-from models.video import DEFAULT_STRENGTH
+from models.video import DEFAULT_STRENGTH, StabilizerConfig, for_model, with_strength
 from models.weights import load_model
 
 SETTINGS = ClipSettings(crf=10, preset="veryfast", limits=ImageLimits(10**7, 10**6))
@@ -92,6 +101,27 @@ class RecolourTargets(ModelBackend):
         if recolour_to is not None:
             self.sizes.append((recolour_to.shape[-2], recolour_to.shape[-1]))
         return super().style_statistics(style, recolour_to, model)
+
+
+@pytest.mark.parametrize(
+    ("models", "named", "blends_for"),
+    [
+        (["full", "lite"], None, "full"),
+        (["full", "lite"], "lite", "lite"),
+        (["lite", "full"], None, "lite"),  # the service's default is lite
+    ],
+)
+def test_a_clips_stabiliser_blends_for_the_network_that_draws_it(
+    clip: Clip, backend: ModelBackend, models: list[str], named: str | None, blends_for: str
+) -> None:
+    both = ModelBackend(dict.fromkeys(models, backend.pipeline(None)))
+    controls = clip.params.controls.model_copy(update={"model": named})
+    params = replace(clip.params, controls=controls, stability=0.75)
+    expected = with_strength(for_model(StabilizerConfig(), blends_for), 0.75)
+    assert stabilizer_config(params, both) == expected
+    # lite's blend differs from the full model's (its fine detail is not propagated).
+    lite, full = (for_model(StabilizerConfig(), name).blending for name in ("lite", "full"))
+    assert lite.detail_weight < full.detail_weight
 
 
 def test_colour_preservation_recolours_to_the_frame_not_its_padding(
