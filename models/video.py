@@ -92,6 +92,9 @@ DOMINANT_BINS = 256
 # (px) is taken as a translation: flow noise must not turn a pan into a resampled zoom (DIS's
 # noise on the clips of devkit/clips.py stays well below it; slower zooms stay translations).
 LINEAR_NOISE_PX = 0.25
+# A frame-to-frame camera motion within this of a whole-pixel translation (px) moves the
+# previous output as a whole-pixel shift would, all but DIS's noise (`_moves_whole_pixels`).
+WHOLE_PIXEL_PX = 0.1
 # While the tracked linear part moves no frame corner by more than this (px), the frame is
 # placed by an integer shift (the rounding of the translation errs by up to 0.5 px already).
 INTEGER_TOLERANCE_PX = 0.5
@@ -268,6 +271,10 @@ class Blending:
     # as far as the network's receptive field reaches), and the contrast keeps the strokes
     # that do not line up from fading (0: the band split everywhere; docs/video.md).
     rigid_contrast_window: float = 2.0
+    # ...also while the camera moves by a fraction of a pixel a frame (False: only while it
+    # moves by whole pixels, and the band split otherwise: each sub-pixel resampling of the
+    # carried detail softens it, which strokes at the pixel's scale, the lite networks', show).
+    rigid_mix_subpixel: bool = True
     # Resampling of the previous output along the flow, repeated every frame: "lanczos"
     # (OpenCV's, 4 lobes, 8 x 8 taps) keeps strokes sharper than "bicubic" at five times its
     # cost, and far sharper than "bilinear" (docs/video.md).
@@ -370,11 +377,12 @@ LIVE = StabilizerConfig(
 def for_model(config: StabilizerConfig, model: str) -> StabilizerConfig:
     """A job's `config` for the network `model` names (a `ModelName`). The lite networks draw
     finer strokes than the full model (more of their detail lies near the Nyquist rate, which
-    every sub-pixel resampling of the propagated output softens): their blend takes the fine
-    detail from the new stylization alone, everywhere, over a wider band (docs/video.md)."""
+    every sub-pixel resampling of the propagated output softens): unless the camera moved by
+    whole pixels, their blend takes the fine detail from the new stylization alone, over a
+    wider band (docs/video.md)."""
     if model != ModelName.lite:
         return config
-    fine = replace(config.blending, rigid_contrast_window=0, detail_weight=0.0, detail_sigma=1.5)
+    fine = replace(config.blending, rigid_mix_subpixel=False, detail_weight=0.0, detail_sigma=1.5)
     return replace(config, blending=fine)
 
 
@@ -984,6 +992,8 @@ class Stabilizer:
         # The camera: the map (2, 3) from the current frame's pixels to the reference's, where
         # the grid is aligned; a shot starts at `start_phase`.
         self.camera = _translation(torch.tensor(self.start_phase, dtype=torch.float64))
+        # Whether the camera moved by whole pixels since the last frame (WHOLE_PIXEL_PX).
+        self.whole_pixel_motion = False
         # A deforming scene: where each frame point lies in the reference beyond the camera's
         # map, (x, y) px on a coarse grid of the frame's points (`_deformation_step` apart);
         # None while the scene moves rigidly.
@@ -1038,7 +1048,7 @@ class Stabilizer:
             # The premixed output moves along the flow whatever the tracking finds but a
             # renewal (then made anew below): beside the tracking and the network's input.
             deforming = self.deformation is not None
-            carried = _BESIDE_NETWORK.submit(self._carry, flow, False, None, deforming)
+            carried = _BESIDE_NETWORK.submit(self._carry, flow, False, None, deforming, False)
         moved_by = flow  # the flow the previous output moves along
         if flow is not None and self.config.tracking.align_grid:
             layer, renewed, residual, moved_by = self._track(flow, grey)
@@ -1049,7 +1059,8 @@ class Stabilizer:
             # them (otherwise they would only contend with the network's threads for the
             # cores and the interpreter lock), else beside the making of the network's input
             # on a large frame, else here (a small frame's input takes less than the hand-over).
-            arguments = (moved_by, renewed, residual, self.deformation is not None)
+            deforming = self.deformation is not None
+            arguments = (moved_by, renewed, residual, deforming, self.whole_pixel_motion)
             if beside or size[0] * size[1] >= OVERLAP_PIXELS:
                 carried = _BESIDE_NETWORK.submit(self._carry, *arguments)
             else:
@@ -1092,11 +1103,17 @@ class Stabilizer:
         return to_tensor(output, outputs[0].device)
 
     def _carry(
-        self, flow: Flow, renewed: bool, residual: np.ndarray | None, deforming: bool
+        self,
+        flow: Flow,
+        renewed: bool,
+        residual: np.ndarray | None,
+        deforming: bool,
+        whole_pixels: bool,
     ) -> Carried:
         """The previous frames' images moved along the flow onto this frame, where they are
         valid (reliable flow, trusted less near the border), and the blend's weights;
-        `deforming`: the deformation field is followed (`Blending.deforming_resample`)."""
+        `deforming`: the deformation field is followed (`Blending.deforming_resample`);
+        `whole_pixels`: the camera moved by whole pixels (`Blending.rigid_mix_subpixel`)."""
         blending = self.config.blending
         valid = flow.reliable.astype(np.float32)[..., None]
         size = (valid.shape[0], valid.shape[1])
@@ -1113,7 +1130,8 @@ class Stabilizer:
         else:
             stream = flow.maps.warp(self.stream, *resample)
             weight = np.multiply(valid, np.float32(blending.weight))
-            if blending.rigid_contrast_window > 0 and not deforming:
+            mixed_whole = blending.rigid_mix_subpixel or whole_pixels
+            if blending.rigid_contrast_window > 0 and not deforming and mixed_whole:
                 moved = Carried(valid, stream, weight=weight)  # mixed whole
             else:
                 sigma = blending.detail_sigma
@@ -1160,6 +1178,7 @@ class Stabilizer:
                 motion = _translation(median_motion(flow, reliable))
         else:
             motion = _translation(median_motion(flow, reliable))
+        self.whole_pixel_motion = _moves_whole_pixels(motion, size)
         previous_camera = self.camera
         self.camera = _compose(self.camera, motion)
         renewed = self._renew_reference(size)
@@ -1677,6 +1696,15 @@ def _centre_translation(affine: Tensor, size: tuple[int, int]) -> Tensor:
     """How far `affine` moves the frame's centre (x, y)."""
     centre = _centre(size)
     return affine[:, :2] @ centre + affine[:, 2] - centre
+
+
+def _moves_whole_pixels(motion: Tensor, size: tuple[int, int]) -> bool:
+    """Whether a frame-to-frame motion (2, 3) is a translation by whole pixels, to WHOLE_PIXEL_PX
+    at the frame's corners."""
+    if _corner_shift(motion[:, :2], size) > WHOLE_PIXEL_PX:
+        return False
+    offset = motion[:, 2]
+    return bool((offset - offset.round()).abs().max() <= WHOLE_PIXEL_PX)
 
 
 def _corner_shift(linear: Tensor, size: tuple[int, int]) -> float:
