@@ -271,9 +271,11 @@ class Blending:
     # as far as the network's receptive field reaches), and the contrast keeps the strokes
     # that do not line up from fading (0: the band split everywhere; docs/video.md).
     rigid_contrast_window: float = 2.0
-    # ...also while the camera moves by a fraction of a pixel a frame (False: only while it
-    # moves by whole pixels, and the band split otherwise: each sub-pixel resampling of the
-    # carried detail softens it, which strokes at the pixel's scale, the lite networks', show).
+    # ...also while the camera moves by a fraction of a pixel a frame. False: only while it
+    # moves by whole pixels or an object moves over the scene, the band split otherwise. Each
+    # sub-pixel resampling of the carried detail softens it, which strokes at the pixel's
+    # scale (the lite networks') show; around a moving object the new detail's flicker
+    # costs more than that.
     rigid_mix_subpixel: bool = True
     # Resampling of the previous output along the flow, repeated every frame: "lanczos"
     # (OpenCV's, 4 lobes, 8 x 8 taps) keeps strokes sharper than "bicubic" at five times its
@@ -1060,7 +1062,8 @@ class Stabilizer:
             # cores and the interpreter lock), else beside the making of the network's input
             # on a large frame, else here (a small frame's input takes less than the hand-over).
             deforming = self.deformation is not None
-            arguments = (moved_by, renewed, residual, deforming, self.whole_pixel_motion)
+            mixed_whole = self.whole_pixel_motion or layer is not None
+            arguments = (moved_by, renewed, residual, deforming, mixed_whole)
             if beside or size[0] * size[1] >= OVERLAP_PIXELS:
                 carried = _BESIDE_NETWORK.submit(self._carry, *arguments)
             else:
@@ -1108,12 +1111,13 @@ class Stabilizer:
         renewed: bool,
         residual: np.ndarray | None,
         deforming: bool,
-        whole_pixels: bool,
+        mixed_whole: bool,
     ) -> Carried:
         """The previous frames' images moved along the flow onto this frame, where they are
         valid (reliable flow, trusted less near the border), and the blend's weights;
         `deforming`: the deformation field is followed (`Blending.deforming_resample`);
-        `whole_pixels`: the camera moved by whole pixels (`Blending.rigid_mix_subpixel`)."""
+        `mixed_whole`: the images may be mixed whole where the scene is rigid, though
+        `Blending.rigid_mix_subpixel` is off."""
         blending = self.config.blending
         valid = flow.reliable.astype(np.float32)[..., None]
         size = (valid.shape[0], valid.shape[1])
@@ -1130,7 +1134,7 @@ class Stabilizer:
         else:
             stream = flow.maps.warp(self.stream, *resample)
             weight = np.multiply(valid, np.float32(blending.weight))
-            mixed_whole = blending.rigid_mix_subpixel or whole_pixels
+            mixed_whole = mixed_whole or blending.rigid_mix_subpixel
             if blending.rigid_contrast_window > 0 and not deforming and mixed_whole:
                 moved = Carried(valid, stream, weight=weight)  # mixed whole
             else:
