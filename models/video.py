@@ -380,8 +380,8 @@ def for_model(config: StabilizerConfig, model: str) -> StabilizerConfig:
     """A job's `config` for the network `model` names (a `ModelName`). The lite networks draw
     finer strokes than the full model (more of their detail lies near the Nyquist rate, which
     every sub-pixel resampling of the propagated output softens): unless the camera moved by
-    whole pixels, their blend takes the fine detail from the new stylization alone, over a
-    wider band (docs/video.md)."""
+    whole pixels or an object moves over the scene, their blend takes the fine detail from the
+    new stylization alone, over a wider band (docs/video.md)."""
     if model != ModelName.lite:
         return config
     fine = replace(config.blending, rigid_mix_subpixel=False, detail_weight=0.0, detail_sigma=1.5)
@@ -1134,8 +1134,8 @@ class Stabilizer:
         else:
             stream = flow.maps.warp(self.stream, *resample)
             weight = np.multiply(valid, np.float32(blending.weight))
-            mixed_whole = mixed_whole or blending.rigid_mix_subpixel
-            if blending.rigid_contrast_window > 0 and not deforming and mixed_whole:
+            whole = mixed_whole or blending.rigid_mix_subpixel
+            if blending.rigid_contrast_window > 0 and not deforming and whole:
                 moved = Carried(valid, stream, weight=weight)  # mixed whole
             else:
                 sigma = blending.detail_sigma
