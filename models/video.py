@@ -60,7 +60,6 @@ from models.warping import (
     gaussian_blur,
     in_bands,
     linear_mix,
-    over_channels,
     pixel_grid,
     pixel_points,
     remap_points,
@@ -883,12 +882,17 @@ class Carried:
     def blend(self, stylized: np.ndarray, config: StabilizerConfig) -> np.ndarray:
         """The new stylization with the propagated stream blended in (`propagate`)."""
         if self.premixed is not None:
-            # propagate's linear blend, rearranged: s + valid (premix(s') - premix(s)). Not in
-            # bands: on a live frame the hand-over to the bands' threads costs more.
-            difference = np.subtract(self.premixed, premix(stylized, config))
-            difference *= over_channels(self.valid, difference.shape[2])
-            difference += stylized
-            return np.clip(difference, 0, 1, out=difference)
+            # propagate's linear blend, rearranged: s + valid (premix(s') - premix(s)), that is
+            # valid-weighted between s and s + premix(s') - premix(s), in as few passes over
+            # the frame as OpenCV allows. Not in bands: on a live frame the hand-over to the
+            # bands' threads costs more.
+            smooth, detail = _premix_parts(stylized, config.blending)
+            carried = cv2.addWeighted(
+                smooth, detail - config.blending.weight, stylized, 1 - detail, 0.0
+            ).reshape(stylized.shape)
+            carried += self.premixed
+            blended = linear_mix(carried, stylized, self.valid)
+            return np.clip(blended, 0, 1, out=blended)
         assert self.stream is not None and self.weight is not None
         stream, smooth = self.stream, self.stream_smooth
         weight, detail_weight = self.weight, self.detail_weight
@@ -924,13 +928,17 @@ def premix(image: np.ndarray, config: StabilizerConfig) -> np.ndarray:
     = s + premix(s') - premix(s) (s, S: the new stylization and its low-pass band; s', S':
     the previous output's, moved; the blur and the motion commute but at occlusions, where the
     flow is not valid)."""
-    blending = config.blending
-    sigma = blending.detail_sigma
-    smooth = low_pass(image, sigma) if sigma > 0 else image
-    detail = blending.detail_weight if sigma > 0 else 0.0
-    return cv2.addWeighted(smooth, blending.weight - detail, image, detail, 0.0).reshape(
+    smooth, detail = _premix_parts(image, config.blending)
+    return cv2.addWeighted(smooth, config.blending.weight - detail, image, detail, 0.0).reshape(
         image.shape
     )
+
+
+def _premix_parts(image: np.ndarray, blending: Blending) -> tuple[np.ndarray, float]:
+    """`premix`'s low-pass band of an image and the weight of its finer detail."""
+    if blending.detail_sigma <= 0:
+        return image, 0.0
+    return low_pass(image, blending.detail_sigma), blending.detail_weight
 
 
 @dataclass
@@ -1371,9 +1379,10 @@ class Stabilizer:
         back does not renew it again at once): a steady zoom or rotation sweeps the whole
         range. The frame's centre keeps its place on the grid."""
         linear = self.camera[:, :2]
+        (a, b), (c, d) = linear.tolist()
         # ln scale < 0: the frame is shrunk into the reference, the strokes magnified back.
-        log_scale = 0.5 * math.log(abs(float(torch.linalg.det(linear))))
-        angle = math.atan2(float(linear[1, 0]), float(linear[0, 0]))
+        log_scale = 0.5 * math.log(abs(a * d - b * c))
+        angle = math.atan2(c, a)
         magnify, minify = self.config.renewal.magnify_range, self.config.renewal.minify_range
         angle_range = self.config.renewal.angle_range
         if -magnify <= log_scale <= minify and abs(angle) <= angle_range:
@@ -1707,16 +1716,17 @@ def _moves_whole_pixels(motion: Tensor, size: tuple[int, int]) -> bool:
     at the frame's corners."""
     if _corner_shift(motion[:, :2], size) > WHOLE_PIXEL_PX:
         return False
-    offset = motion[:, 2]
-    return bool((offset - offset.round()).abs().max() <= WHOLE_PIXEL_PX)
+    return max(abs(offset - round(offset)) for offset in motion[:, 2].tolist()) <= WHOLE_PIXEL_PX
 
 
 def _corner_shift(linear: Tensor, size: tuple[int, int]) -> float:
-    """The most a linear part (2, 2) about the frame's centre moves a frame corner, px."""
-    half = _centre(size)
-    corners = torch.stack([half, half * torch.tensor([1.0, -1.0], dtype=torch.float64)])
-    deviation = linear - torch.eye(2, dtype=torch.float64)
-    return float((corners @ deviation.T).norm(dim=1).max())
+    """The most a linear part (2, 2) about the frame's centre moves a frame corner, px. On
+    Python floats: torch's small operations cost far more than this arithmetic."""
+    (a, b), (c, d) = linear.tolist()
+    half_x, half_y = (size[1] - 1) / 2, (size[0] - 1) / 2
+    return max(
+        math.hypot((a - 1) * half_x + b * y, c * half_x + (d - 1) * y) for y in (half_y, -half_y)
+    )
 
 
 def _translation(shift: Tensor) -> Tensor:
