@@ -51,7 +51,7 @@ from media.imaging import (
 from models import images
 from models.errors import DomainError, InvalidInputError
 from models.model import StyleMix
-from models.video import LIVE, Stabilizer, placed_mix, with_strength
+from models.video import LIVE, Pending, Stabilizer, placed_mix, with_strength
 from service import metrics
 from service.caps import OpenCounts
 from service.engine import EngineClosedError, StylizeItem
@@ -208,6 +208,15 @@ def decode_frame(data: bytes, size: int, limits: ImageLimits) -> Tensor:
         ) from None
     check_prepared_size(upright.size, size, False, "size", limits)
     return images.rgb_to_tensor(upright, size)
+
+
+def prepare_frame(
+    data: bytes, size: int, limits: ImageLimits, stabilizer: Stabilizer | None
+) -> tuple[Tensor, Pending | None]:
+    """The decoded frame and, with the stabiliser on, its first half (`Stabilizer.begin`):
+    one hand-over to the threads for both."""
+    content = decode_frame(data, size, limits)
+    return content, None if stabilizer is None else stabilizer.begin(content)
 
 
 @dataclass
@@ -414,17 +423,21 @@ class LiveSession:
         assert self.style is not None
         style = self.style
         started = time.perf_counter()
-        content = await self.stylizer.decode_budget.decode(
+        if style.config.stabilize and style.stabilizer is None:
+            style.stabilizer = Stabilizer(None, with_strength(LIVE, style.config.stability))
+        stabilizer = style.stabilizer if style.config.stabilize else None
+        content, pending = await self.stylizer.decode_budget.decode(
             header_pixels(frame.data),
             "frame",
-            decode_frame,
+            prepare_frame,
             frame.data,
             style.config.content_size,
             self.limits.images,
+            stabilizer,
         )
         decoded = time.perf_counter()
-        if style.config.stabilize:
-            stylized, encoded, network_ms = await self.stabilized(style, content)
+        if stabilizer is not None and pending is not None:
+            stylized, encoded, network_ms = await self.stabilized(style, stabilizer, pending)
             done = time.perf_counter()
         else:
             item = StylizeItem(content, style.mix, style.model)
@@ -442,9 +455,9 @@ class LiveSession:
             "width": stylized.shape[-1],
             "height": stylized.shape[-2],
             "wait_ms": ms(frame.received, started),  # waiting for the previous frame
-            "decode_ms": ms(started, decoded),
+            "decode_ms": ms(started, decoded),  # (+ the stabiliser's first half)
             "network_ms": round(network_ms, 1),  # the engine's time for this frame's batch
-            # queue + network (+ the stabiliser and, with it, the encoding)
+            # queue + network (+ the stabiliser's second half and, with it, the encoding)
             "stylize_ms": ms(decoded, done),
             "encode_ms": ms(done, finished),  # 0 when stabilised: it is in stylize_ms
             "server_ms": ms(frame.received, finished),  # arrival to sending
@@ -455,15 +468,13 @@ class LiveSession:
                 await self.socket.send_bytes(encoded)
         metrics.LIVE_FRAMES.labels("stylized").inc()
 
-    async def stabilized(self, style: LiveStyle, content: Tensor) -> tuple[Tensor, bytes, float]:
-        """The stabiliser's output for `content`, encoded, and the network's time. The
-        stabiliser's two halves run in threads (the second with the encoding: one hand-over
-        each way, as the unstabilised path's decoding and encoding have), the network in the
-        engine between them."""
-        if style.stabilizer is None:
-            style.stabilizer = Stabilizer(None, with_strength(LIVE, style.config.stability))
-        stabilizer = style.stabilizer
-        pending = await run_in_threadpool(stabilizer.begin, content)
+    async def stabilized(
+        self, style: LiveStyle, stabilizer: Stabilizer, pending: Pending
+    ) -> tuple[Tensor, bytes, float]:
+        """The stabiliser's output for a frame it has begun (`prepare_frame`), encoded, and
+        the network's time. Its second half runs with the encoding in a thread (one hand-over
+        each way, as the unstabilised path's decoding and encoding have), after the network
+        in the engine."""
         outputs, network_ms = [], 0.0
         try:
             for canvas, placement in pending.inputs:
