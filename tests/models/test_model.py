@@ -58,8 +58,14 @@ def features(seed: int, shape: tuple[int, ...], scale: float = 1.0, shift: float
 # --- formulas ----------------------------------------------------------------------------------
 
 
-def test_calc_mean_std_is_the_unbiased_computation() -> None:
-    feat = features(0, (2, 5, 7, 9), scale=3.0, shift=1.5)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "boxed"])
+def test_calc_mean_std_is_the_unbiased_computation(layout: str) -> None:
+    # The networks' features are channels_last; a content box takes a view of some of them.
+    feat = features(0, (2, 5, 9, 11), scale=3.0, shift=1.5)
+    if layout == "channels_last":
+        feat = feat.contiguous(memory_format=torch.channels_last)
+    elif layout == "boxed":
+        feat = feat.contiguous(memory_format=torch.channels_last)[..., 1:8, 2:11]
     mean, std = calc_mean_std(feat)
     expected_mean, expected_std = hand_mean_std(feat)
     assert mean.shape == std.shape == (2, 5, 1, 1)
