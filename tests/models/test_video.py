@@ -794,6 +794,19 @@ def block_network(canvas: Tensor, placement: Placement) -> Tensor:
     return 0.5 * canvas + 0.5 * blocks[..., :height, :width]
 
 
+def test_a_camera_a_little_off_a_whole_pixel_shift_is_placed_by_that_shift() -> None:
+    # A pan that comes back: the tracked camera drifts by about a tenth of a pixel, and the
+    # last frame is placed as the first was (its pixels unresampled: the same stylization),
+    # not resampled into other strokes. Farther off, the frame is resampled onto the grid.
+    stabilizer = Stabilizer(block_network)
+    size = (96, 96)
+    for drift in ((0.15, -0.12), (-0.18, 0.0)):
+        camera = video._translation(torch.tensor([3.0 + drift[0], 2.0 + drift[1]]))
+        assert stabilizer._rigid_placement(size, camera).integer, drift
+    off = video._translation(torch.tensor([3.3, 2.0]))
+    assert not stabilizer._rigid_placement(size, off).integer
+
+
 def alignment_error(clip: Clip, tracking: Tracking, renewal: Renewal = Renewal()) -> float:
     """The warping error of `block_network`'s aligned stylizations alone (no propagation)."""
     config = StabilizerConfig(tracking=tracking, blending=NO_BLEND, renewal=renewal)
