@@ -263,9 +263,17 @@ class Blending:
     nonrigid_detail_weight: float = 0.15
     # Two stroke patterns that do not line up lose contrast when mixed (their variances add with
     # the squared weights): the strokes fade and double, and the style loss rises. The mixed
-    # low-pass band gets back the contrast its parts had, measured in a Gaussian window of this
-    # sigma (px); where the parts agree nothing changes (0: a plain linear mix).
+    # low-pass band gets back its parts' contrast, measured in a Gaussian window of this sigma
+    # (px); where the parts agree nothing changes (0: a plain linear mix).
     contrast_window: float = 3.0
+    # Whose contrast that is: the new stylization's (True), or the weighted mean of the parts'
+    # (False). The propagated band has less than the network draws (each frame's mix and
+    # resampling soften it), so keeping the weighted mean lets the strokes fade and the style
+    # loss rise; keeping the new stylization's lowers it, but on a compact deformation in
+    # front of a still camera it raised the full model's flicker past the target, not the
+    # lite networks' (docs/video.md). The whole images' mix on a rigid scene always keeps the
+    # new stylization's contrast.
+    new_contrast: bool = False
     # On a rigidly moving scene (no deformation field followed) the strokes are redrawn on
     # the aligned grid at the same scene points, so the finer detail agrees too: there the
     # whole images are mixed at `weight`, keeping the contrast in a Gaussian window of this
@@ -384,10 +392,17 @@ def for_model(config: StabilizerConfig, model: str) -> StabilizerConfig:
     finer strokes than the full model (more of their detail lies near the Nyquist rate, which
     every sub-pixel resampling of the propagated output softens): unless the camera moved by
     whole pixels or an object moves over the scene, their blend takes the fine detail from the
-    new stylization alone, over a wider band (docs/video.md)."""
+    new stylization alone, over a wider band, and keeps the new stylization's contrast where
+    it mixes the low-pass band (docs/video.md)."""
     if model != ModelName.lite:
         return config
-    fine = replace(config.blending, rigid_mix_subpixel=False, detail_weight=0.0, detail_sigma=1.5)
+    fine = replace(
+        config.blending,
+        rigid_mix_subpixel=False,
+        detail_weight=0.0,
+        detail_sigma=1.5,
+        new_contrast=True,
+    )
     return replace(config, blending=fine)
 
 
@@ -1884,9 +1899,13 @@ def _propagation_reach(config: StabilizerConfig) -> int:
 def mix(
     first: np.ndarray, second: np.ndarray, weight: np.ndarray, config: StabilizerConfig
 ) -> np.ndarray:
-    """weight * first + (1 - weight) * second, keeping the contrast (`contrast_window`)."""
-    if config.blending.contrast_window > 0:
-        return contrast_preserving_mix(first, second, weight, config.blending.contrast_window)
+    """weight * first + (1 - weight) * second, keeping the contrast (`contrast_window`,
+    `new_contrast`)."""
+    blending = config.blending
+    if blending.contrast_window > 0:
+        return contrast_preserving_mix(
+            first, second, weight, blending.contrast_window, blending.new_contrast
+        )
     return linear_mix(first, second, weight)
 
 

@@ -105,10 +105,14 @@ def in_bands(
 
 
 def to_image(tensor: Tensor) -> np.ndarray:
-    """(1, C, H, W) tensor -> (H, W, C) float32 array (one copy, on the CPU): OpenCV's merge
-    interleaves the planes several times faster than a strided transpose copy."""
-    planes = tensor[0].detach().float().cpu().numpy()
-    image = cv2.merge(list(planes))
+    """(1, C, H, W) tensor -> (H, W, C) float32 array (one copy, on the CPU). A channels-last
+    tensor (the networks' outputs) already holds the pixels interleaved: its rows are copied
+    as they are; planes are interleaved by OpenCV's merge, several times faster than a
+    strided transpose copy."""
+    planes = tensor[0].detach().float().cpu()
+    if planes.stride(0) == 1:
+        return planes.permute(1, 2, 0).numpy().copy()
+    image = cv2.merge(list(planes.numpy()))
     return image.reshape(*image.shape[:2], planes.shape[0])
 
 
@@ -433,12 +437,20 @@ def linear_mix(first: np.ndarray, second: np.ndarray, weight: np.ndarray | float
 
 
 def contrast_preserving_mix(
-    first: np.ndarray, second: np.ndarray, weight: np.ndarray, sigma: float
+    first: np.ndarray,
+    second: np.ndarray,
+    weight: np.ndarray,
+    sigma: float,
+    second_contrast: bool = True,
 ) -> np.ndarray:
     """weight * first + (1 - weight) * second ((H, W, C), weight (H, W, 1)), its deviation
-    from the local mean scaled so that its local variance is the weighted mean of the parts'
-    (Heitz and Neyret 2018's variance-preserving blend, with the parts' local covariance):
-    the gain is 1 where the parts agree, up to 2 where they are unrelated. Local moments in a
+    from the local mean scaled so that its local variance is `second`'s (Heitz and Neyret
+    2018's variance-preserving blend, with the parts' local covariance, but keeping the
+    second part's contrast: the stabiliser's second part is the network's new output, its
+    first a mix of earlier ones, whose contrast each frame's mix and resampling move away
+    from the network's), or with `second_contrast` False the weighted mean of the parts'
+    (their own blend): the gain is 1 where the parts agree, up to 2 where they are unrelated
+    (or the first has less contrast), never under 1. Local moments in a
     Gaussian window of `sigma` px; they vary no faster than the window, so from a sigma of
     MOMENTS_COARSE_SIGMA on they are computed on a coarser grid (the arithmetic, not the
     blurs, is what costs at video sizes) and interpolated back."""
@@ -457,10 +469,12 @@ def contrast_preserving_mix(
             cv2.resize(part, (width, height), interpolation=cv2.INTER_LINEAR).reshape(
                 height, width, channels
             )
-            for part in _contrast_gain(*parts, sigma / factor)
+            for part in _contrast_gain(*parts, sigma / factor, second_contrast)
         )
     else:
-        offset, gain = _contrast_gain(first, second, over_channels(weight, channels), sigma)
+        offset, gain = _contrast_gain(
+            first, second, over_channels(weight, channels), sigma, second_contrast
+        )
     # mean + (linear mix - mean) * gain = linear mix * gain + offset
     mixed = linear_mix(first, second, weight)
     mixed *= gain
@@ -469,7 +483,7 @@ def contrast_preserving_mix(
 
 
 def _contrast_gain(
-    first: np.ndarray, second: np.ndarray, weight: np.ndarray, sigma: float
+    first: np.ndarray, second: np.ndarray, weight: np.ndarray, sigma: float, second_contrast: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """The mix's contrast gain (see contrast_preserving_mix) and its local mean times
     (1 - gain), in place on a few buffers; `weight` of the parts' shape."""
@@ -484,21 +498,24 @@ def _contrast_gain(
     var_second -= np.multiply(mean_second, mean_second, out=scratch)
     np.maximum(var_second, 0, out=var_second)
     np.multiply(first, second, out=scratch)
-    apart = gaussian_blur(scratch, sigma)
-    apart -= np.multiply(mean_first, mean_second, out=scratch)
-    # The wanted variance w var1 + (1 - w) var2 exceeds the linear mix's
-    # w^2 var1 + (1 - w)^2 var2 + 2 w (1 - w) cov by w (1 - w) (var1 + var2 - 2 cov).
-    apart *= -2
-    apart += var_first
-    apart += var_second
-    apart *= weight
-    apart *= other
+    covariance = gaussian_blur(scratch, sigma)
+    covariance -= np.multiply(mean_first, mean_second, out=scratch)
+    # The floor keeps flat regions (both variances ~0) from being amplified by noise.
+    if second_contrast:
+        wanted = np.add(var_second, CONTRAST_FLOOR)
+    else:
+        wanted = weight * var_first + other * var_second + CONTRAST_FLOOR
+    # The linear mix's variance: w^2 var1 + (1 - w)^2 var2 + 2 w (1 - w) cov.
+    covariance *= weight
+    covariance *= other
+    covariance *= 2
+    var_first *= weight
     var_first *= weight
     var_second *= other
-    wanted = np.add(var_first, var_second, out=var_first)
-    # The floor keeps flat regions (both variances ~0) from being amplified by noise.
-    wanted += CONTRAST_FLOOR
-    mixed = np.subtract(wanted, apart, out=var_second)
+    var_second *= other
+    mixed = np.add(var_first, var_second, out=var_first)
+    mixed += covariance
+    mixed += CONTRAST_FLOOR
     gain = np.divide(wanted, mixed, out=wanted)
     np.sqrt(gain, out=gain)
     np.clip(gain, 1, 2, out=gain)

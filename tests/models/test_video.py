@@ -161,7 +161,9 @@ def test_a_hand_held_cameras_tremor_is_followed(stylize) -> None:
 def test_the_strokes_around_a_moving_object_flicker_less_and_keep_their_contrast(stylize) -> None:
     # A disc moving over a still scene changes the strokes around it as far as the network's
     # receptive field reaches, in every frame. On a rigid scene the blend carries the whole
-    # image, fine detail too, keeping its contrast; the band split carries the detail at 0.15.
+    # image, fine detail too, keeping the new stylization's contrast (which costs some of the
+    # flicker it takes out: 0.86x the band split's error here, 0.82x with the parts' mean
+    # contrast); the band split carries the detail at 0.15.
     layer = (texture(2 * SIZE, seed=5), moving_disc((30.0, 40.0), (2.25, 1.0)), 15.0)
     clip = render(texture(2 * SIZE, seed=3), pan((0.0, 0.0)), FRAMES, (SIZE, SIZE), layer=layer)
     per_frame = one_by_one(stylize, clip)
@@ -171,7 +173,7 @@ def test_the_strokes_around_a_moving_object_flicker_less_and_keep_their_contrast
         for blending in (StabilizerConfig().blending, split)
     )
     errors = [warping_error(frames, clip.flows, clip.valid) for frames in (whole, banded)]
-    assert errors[0] < 0.85 * errors[1], errors
+    assert errors[0] < 0.9 * errors[1], errors
     assert sharpness(whole) > 0.95 * sharpness(per_frame)
 
 
@@ -1014,6 +1016,26 @@ def test_a_mix_of_unrelated_patterns_keeps_their_contrast() -> None:
     assert 0.85 * own < kept < 1.15 * own, (kept, own)
     same = contrast_preserving_mix(first, first, weight, 3.0)
     np.testing.assert_allclose(same, first, rtol=0, atol=1e-5)
+
+
+def test_a_mix_keeps_the_new_outputs_contrast_not_the_carried_ones() -> None:
+    # The stabiliser mixes the carried output (first, at 0.8) with the network's new one
+    # (second): where the carried strokes lost contrast, the mix gets back most of the new
+    # output's; keeping the weighted mean of both variances gives 0.59 of it here.
+    rng = np.random.default_rng(2)
+    pattern, second = (
+        gaussian_blur(rng.random((64, 64, 3), dtype=np.float32), 1.0) for _ in range(2)
+    )
+    first = pattern.mean() + 0.7 * (pattern - pattern.mean())
+    weight = np.full((64, 64, 1), 0.8, dtype=np.float32)
+    inner = (slice(8, -8), slice(8, -8))
+    own = second[inner].var()
+    plain = (0.8 * first + 0.2 * second)[inner].var()
+    mixed = contrast_preserving_mix(first, second, weight, 3.0)[inner].var()
+    assert plain < 0.4 * own, (plain, own)
+    assert 0.75 * own < mixed < 1.15 * own, (mixed, own)
+    weighted = contrast_preserving_mix(first, second, weight, 3.0, second_contrast=False)
+    assert weighted[inner].var() < 0.7 * own, (weighted[inner].var(), own)
 
 
 @pytest.mark.parametrize("detail_sigma", [1.0, 0.0])

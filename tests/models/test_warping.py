@@ -6,6 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from models import warping
 from models.warping import (
@@ -16,6 +17,7 @@ from models.warping import (
     linear_mix,
     remap_points,
     rigid_part,
+    to_image,
 )
 
 
@@ -142,3 +144,22 @@ def test_the_sharpened_bicubic_keeps_lanczos_4s_detail() -> None:
     assert abs(detail(ours) / detail(lanczos_4) - 1) < 0.05
     assert detail(bicubic) / detail(lanczos_4) < 0.9
     assert np.abs(ours - lanczos_4)[inner].mean() < np.abs(bicubic - lanczos_4)[inner].mean()
+
+
+@pytest.mark.parametrize("layout", ["planes", "channels_last", "channels_last_crop", "bfloat16"])
+def test_a_tensor_becomes_its_own_interleaved_copy(layout: str) -> None:
+    """`to_image` copies the rows of a channels-last tensor (a network's output) as they are
+    and interleaves planes otherwise: the same (H, W, C) float32 pixels either way, in memory
+    of their own."""
+    tensor = torch.rand(1, 3, 40, 56)
+    if layout != "planes":
+        tensor = tensor.contiguous(memory_format=torch.channels_last)
+    if layout == "channels_last_crop":
+        tensor = tensor[..., 3:37, 5:50]
+    if layout == "bfloat16":
+        tensor = tensor.bfloat16()
+    image = to_image(tensor)
+    assert image.dtype == np.float32 and image.flags.c_contiguous
+    np.testing.assert_array_equal(image, tensor[0].float().permute(1, 2, 0).numpy())
+    image[0, 0, 0] = -1.0
+    assert float(tensor[0, 0, 0, 0]) != -1.0
