@@ -263,24 +263,20 @@ class Blending:
     nonrigid_detail_weight: float = 0.15
     # Two stroke patterns that do not line up lose contrast when mixed (their variances add with
     # the squared weights): the strokes fade and double, and the style loss rises. The mixed
-    # low-pass band gets back its parts' contrast, measured in a Gaussian window of this sigma
+    # low-pass band gets back the new stylization's contrast (the propagated band has less:
+    # each frame's mix and resampling soften it), measured in a Gaussian window of this sigma
     # (px); where the parts agree nothing changes (0: a plain linear mix).
     contrast_window: float = 3.0
-    # Whose contrast that is: the new stylization's (True), or the weighted mean of the parts'
-    # (False). The propagated band has less than the network draws (each frame's mix and
-    # resampling soften it), so keeping the weighted mean lets the strokes fade and the style
-    # loss rise; keeping the new stylization's lowers it, but on a compact deformation in
-    # front of a still camera it raised the full model's flicker past the target, not the
-    # lite networks' (docs/video.md). The whole images' mix on a rigid scene always keeps the
-    # new stylization's contrast.
-    new_contrast: bool = False
     # On a rigidly moving scene (no deformation field followed) the strokes are redrawn on
     # the aligned grid at the same scene points, so the finer detail agrees too: there the
     # whole images are mixed at `weight`, keeping the contrast in a Gaussian window of this
     # sigma (px), with no band split. Carrying the detail lowers the flicker that the new
     # stylization's detail brings (around a moving object, whose motion changes the strokes
     # as far as the network's receptive field reaches), and the contrast keeps the strokes
-    # that do not line up from fading (0: the band split everywhere; docs/video.md).
+    # that do not line up from fading (0: the band split everywhere; docs/video.md). The
+    # contrast kept is the new stylization's, but where the scene deforms without the
+    # deformation field followed (the flow departs from every aligned motion: the strokes
+    # are carried to where the network no longer draws them), the parts' weighted mean.
     rigid_contrast_window: float = 2.0
     # ...also while the camera moves by a fraction of a pixel a frame. False: only while it
     # moves by whole pixels or an object moves over the scene, the band split otherwise. Each
@@ -392,17 +388,10 @@ def for_model(config: StabilizerConfig, model: str) -> StabilizerConfig:
     finer strokes than the full model (more of their detail lies near the Nyquist rate, which
     every sub-pixel resampling of the propagated output softens): unless the camera moved by
     whole pixels or an object moves over the scene, their blend takes the fine detail from the
-    new stylization alone, over a wider band, and keeps the new stylization's contrast where
-    it mixes the low-pass band (docs/video.md)."""
+    new stylization alone, over a wider band (docs/video.md)."""
     if model != ModelName.lite:
         return config
-    fine = replace(
-        config.blending,
-        rigid_mix_subpixel=False,
-        detail_weight=0.0,
-        detail_sigma=1.5,
-        new_contrast=True,
-    )
+    fine = replace(config.blending, rigid_mix_subpixel=False, detail_weight=0.0, detail_sigma=1.5)
     return replace(config, blending=fine)
 
 
@@ -894,6 +883,8 @@ class Carried:
     stream_smooth: np.ndarray | None = None  # None: the whole images are mixed
     weight: np.ndarray | None = None  # of the low-pass band (of the whole image)
     detail_weight: np.ndarray | None = None  # of the finer detail
+    # Where the whole images' mix keeps the parts' mean contrast (`contrast_preserving_mix`).
+    mean_contrast: np.ndarray | None = None
     premixed: np.ndarray | None = None
     fading: np.ndarray | None = None
     fading_weight: np.ndarray | None = None
@@ -914,7 +905,7 @@ class Carried:
             return np.clip(blended, 0, 1, out=blended)
         assert self.stream is not None and self.weight is not None
         stream, smooth = self.stream, self.stream_smooth
-        weight, detail_weight = self.weight, self.detail_weight
+        weight, detail_weight, mean_contrast = self.weight, self.detail_weight, self.mean_contrast
 
         def rows(band: slice) -> np.ndarray:
             return propagate(
@@ -924,6 +915,7 @@ class Carried:
                 weight[band],
                 None if detail_weight is None else detail_weight[band],
                 config,
+                None if mean_contrast is None else mean_contrast[band],
             )
 
         banded = in_bands(rows, stylized, _propagation_reach(config))
@@ -1163,7 +1155,8 @@ class Stabilizer:
             weight = np.multiply(valid, np.float32(blending.weight))
             whole = mixed_whole or blending.rigid_mix_subpixel
             if blending.rigid_contrast_window > 0 and not deforming and whole:
-                moved = Carried(valid, stream, weight=weight)  # mixed whole
+                share = None if residual is None else _deforming_share(residual)
+                moved = Carried(valid, stream, weight=weight, mean_contrast=share)  # mixed whole
             else:
                 sigma = blending.detail_sigma
                 moved = Carried(
@@ -1185,11 +1178,8 @@ class Stabilizer:
         blending = self.config.blending
         if residual is None or blending.nonrigid_detail_weight == blending.detail_weight:
             return blending.detail_weight
-        deforming = np.clip(
-            (residual - NONRIGID_FROM_PX) / (NONRIGID_FULL_PX - NONRIGID_FROM_PX), 0, 1
-        )
         rise = blending.nonrigid_detail_weight - blending.detail_weight
-        return (blending.detail_weight + rise * deforming)[..., None]
+        return blending.detail_weight + rise * _deforming_share(residual)
 
     def _track(
         self, estimate: Flow, grey: np.ndarray
@@ -1573,6 +1563,13 @@ class Stabilizer:
 _IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
 
 
+def _deforming_share(residual: np.ndarray) -> np.ndarray:
+    """(H, W, 1) float32 in [0, 1]: how far the scene deforms beyond the aligned motions at
+    each pixel, from `residual` (H, W) px per frame (NONRIGID_FROM_PX .. NONRIGID_FULL_PX)."""
+    ramp = (residual - NONRIGID_FROM_PX) / (NONRIGID_FULL_PX - NONRIGID_FROM_PX)
+    return np.clip(ramp, 0, 1).astype(np.float32, copy=False)[..., None]
+
+
 def _disc(radius: int) -> np.ndarray:
     """A disc of `radius` px: the structuring element that widens a mask by it."""
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
@@ -1859,14 +1856,16 @@ def propagate(
     weight: np.ndarray,
     detail_weight: np.ndarray | None,
     config: StabilizerConfig,
+    mean_contrast: np.ndarray | None = None,
 ) -> np.ndarray:
     """The new stylization with the propagated previous output `warped` (its low-pass band
     `warped_smooth`) blended in: on the low-pass band by `weight` (H, W, 1), keeping its
     contrast, on the finer detail by `detail_weight` (H, W, 1); `warped_smooth` None: the whole
-    images by `weight`, keeping the contrast (`Blending.rigid_contrast_window`)."""
+    images by `weight`, keeping the contrast (`Blending.rigid_contrast_window`; the parts'
+    mean contrast by the share `mean_contrast` (H, W, 1))."""
     if warped_smooth is None:
         output = contrast_preserving_mix(
-            warped, stylized, weight, config.blending.rigid_contrast_window
+            warped, stylized, weight, config.blending.rigid_contrast_window, mean_contrast
         )
         return np.clip(output, 0, 1, out=output)
     assert detail_weight is not None
@@ -1899,13 +1898,9 @@ def _propagation_reach(config: StabilizerConfig) -> int:
 def mix(
     first: np.ndarray, second: np.ndarray, weight: np.ndarray, config: StabilizerConfig
 ) -> np.ndarray:
-    """weight * first + (1 - weight) * second, keeping the contrast (`contrast_window`,
-    `new_contrast`)."""
-    blending = config.blending
-    if blending.contrast_window > 0:
-        return contrast_preserving_mix(
-            first, second, weight, blending.contrast_window, blending.new_contrast
-        )
+    """weight * first + (1 - weight) * second, keeping the contrast (`contrast_window`)."""
+    if config.blending.contrast_window > 0:
+        return contrast_preserving_mix(first, second, weight, config.blending.contrast_window)
     return linear_mix(first, second, weight)
 
 

@@ -441,16 +441,17 @@ def contrast_preserving_mix(
     second: np.ndarray,
     weight: np.ndarray,
     sigma: float,
-    second_contrast: bool = True,
+    mean_share: np.ndarray | None = None,
 ) -> np.ndarray:
     """weight * first + (1 - weight) * second ((H, W, C), weight (H, W, 1)), its deviation
     from the local mean scaled so that its local variance is `second`'s (Heitz and Neyret
     2018's variance-preserving blend, with the parts' local covariance, but keeping the
     second part's contrast: the stabiliser's second part is the network's new output, its
     first a mix of earlier ones, whose contrast each frame's mix and resampling move away
-    from the network's), or with `second_contrast` False the weighted mean of the parts'
-    (their own blend): the gain is 1 where the parts agree, up to 2 where they are unrelated
-    (or the first has less contrast), never under 1. Local moments in a
+    from the network's); `mean_share` (H, W, 1) in [0, 1]: where the weighted mean of the
+    parts' variances is kept instead (their own blend). The gain is 1 where the parts agree,
+    up to 2 where they are unrelated (or the first has less contrast), never under 1. Local
+    moments in a
     Gaussian window of `sigma` px; they vary no faster than the window, so from a sigma of
     MOMENTS_COARSE_SIGMA on they are computed on a coarser grid (the arithmetic, not the
     blurs, is what costs at video sizes) and interpolated back."""
@@ -460,21 +461,23 @@ def contrast_preserving_mix(
         factor *= 2
     if factor > 1 and min(height, width) >= 2 * factor:
         coarse = (-(-width // factor), -(-height // factor))
-        parts = [
+        shared = (weight,) if mean_share is None else (weight, mean_share)
+        first_c, second_c, weight_c, *share_c = (
             cv2.resize(part, coarse, interpolation=cv2.INTER_AREA).reshape(*coarse[::-1], -1)
-            for part in (first, second, weight)
-        ]
-        parts[2] = over_channels(parts[2], channels)
+            for part in (first, second, *shared)
+        )
+        share = over_channels(share_c[0], channels) if share_c else None
         offset, gain = (
             cv2.resize(part, (width, height), interpolation=cv2.INTER_LINEAR).reshape(
                 height, width, channels
             )
-            for part in _contrast_gain(*parts, sigma / factor, second_contrast)
+            for part in _contrast_gain(
+                first_c, second_c, over_channels(weight_c, channels), sigma / factor, share
+            )
         )
     else:
-        offset, gain = _contrast_gain(
-            first, second, over_channels(weight, channels), sigma, second_contrast
-        )
+        share = None if mean_share is None else over_channels(mean_share, channels)
+        offset, gain = _contrast_gain(first, second, over_channels(weight, channels), sigma, share)
     # mean + (linear mix - mean) * gain = linear mix * gain + offset
     mixed = linear_mix(first, second, weight)
     mixed *= gain
@@ -483,10 +486,14 @@ def contrast_preserving_mix(
 
 
 def _contrast_gain(
-    first: np.ndarray, second: np.ndarray, weight: np.ndarray, sigma: float, second_contrast: bool
+    first: np.ndarray,
+    second: np.ndarray,
+    weight: np.ndarray,
+    sigma: float,
+    mean_share: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The mix's contrast gain (see contrast_preserving_mix) and its local mean times
-    (1 - gain), in place on a few buffers; `weight` of the parts' shape."""
+    (1 - gain), in place on a few buffers; `weight` and `mean_share` of the parts' shape."""
     other = np.subtract(1, weight)
     mean_first, mean_second = gaussian_blur(first, sigma), gaussian_blur(second, sigma)
     scratch = np.multiply(first, first)
@@ -501,10 +508,9 @@ def _contrast_gain(
     covariance = gaussian_blur(scratch, sigma)
     covariance -= np.multiply(mean_first, mean_second, out=scratch)
     # The floor keeps flat regions (both variances ~0) from being amplified by noise.
-    if second_contrast:
-        wanted = np.add(var_second, CONTRAST_FLOOR)
-    else:
-        wanted = weight * var_first + other * var_second + CONTRAST_FLOOR
+    wanted = np.add(var_second, CONTRAST_FLOOR)
+    if mean_share is not None:  # w var1 + (1 - w) var2 = var2 + w (var1 - var2)
+        wanted += mean_share * weight * (var_first - var_second)
     # The linear mix's variance: w^2 var1 + (1 - w)^2 var2 + 2 w (1 - w) cov.
     covariance *= weight
     covariance *= other
