@@ -451,10 +451,9 @@ def contrast_preserving_mix(
     from the network's); `mean_share` (H, W, 1) in [0, 1]: where the weighted mean of the
     parts' variances is kept instead (their own blend). The gain is 1 where the parts agree,
     up to 2 where they are unrelated (or the first has less contrast), never under 1. Local
-    moments in a
-    Gaussian window of `sigma` px; they vary no faster than the window, so from a sigma of
-    MOMENTS_COARSE_SIGMA on they are computed on a coarser grid (the arithmetic, not the
-    blurs, is what costs at video sizes) and interpolated back."""
+    moments in a Gaussian window of `sigma` px; they vary no faster than the window, so from
+    a sigma of MOMENTS_COARSE_SIGMA on they are computed on a coarser grid (the arithmetic,
+    not the blurs, is what costs at video sizes) and interpolated back."""
     height, width, channels = first.shape
     factor = 1
     while sigma >= MOMENTS_COARSE_SIGMA and sigma / (2 * factor) >= MOMENTS_GRID_SIGMA:
