@@ -524,11 +524,15 @@ class Placement:
         return to_tensor(self.back_image(canvas, resample), canvas.device)
 
     def back_image(self, canvas: Tensor, resample: str = "lanczos") -> np.ndarray:
-        """`back` as an (H, W, C) float32 array, what the stabiliser works on."""
+        """`back` as an (H, W, C) float32 array, what the stabiliser works on. "lanczos" takes
+        the output sharpened first ("sharp_lanczos"): resampled once, its strokes at the
+        pixel's scale keep more of their contrast (docs/video.md)."""
         height, width = self.frame_size
         if self.integer:
             ox, oy = self._shift()
             return to_image(canvas[..., oy : oy + height, ox : ox + width])
+        if resample == "lanczos":
+            resample = "sharp_lanczos"
         if self.canvas_points is not None:
             frame = remap_points(
                 to_image(canvas), self.canvas_points, resample, cv2.BORDER_REPLICATE

@@ -57,15 +57,15 @@ def test_a_small_shift_without_padding_equals_the_padded_one(
     edge; the same shift of the image padded first (the general path) agrees."""
     image, pad = noise(120, 90), 12
     border = cv2.BORDER_REPLICATE
-    direct = warping._shift(image, *shift, (120, 90), border, lobes)
+    direct = warping._shift(image, *shift, (120, 90), border, lobes=lobes)
     padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, border)
-    general = warping._shift(padded, shift[0] + pad, shift[1] + pad, (120, 90), border, lobes)
+    general = warping._shift(padded, shift[0] + pad, shift[1] + pad, (120, 90), border, lobes=lobes)
     np.testing.assert_allclose(direct, general, atol=1e-6)
 
 
 def test_a_whole_pixel_shift_moves_the_pixels_exactly() -> None:
     image = noise(64, 80)
-    moved = warping._shift(image, 2.0, -1.0, (64, 80), cv2.BORDER_REPLICATE, 4)
+    moved = warping._shift(image, 2.0, -1.0, (64, 80), cv2.BORDER_REPLICATE, lobes=4)
     np.testing.assert_allclose(moved[1:, :-2], image[:-1, 2:], atol=1e-6)
 
 
