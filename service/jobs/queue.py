@@ -22,10 +22,8 @@ import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import TimeLimit
-from torch import Tensor
 
 from media.clip import ClipSettings, FrameBackend
-from models.model import StyleMix
 from service import metrics
 from service.engine import Engine
 from service.jobs.local import EngineBackend, LocalRunner
@@ -213,37 +211,15 @@ class QueueWorker:
         self.broker.close()
 
 
-class CountingBackend:
-    """A `FrameBackend` that counts the frames it stylizes (adain_job_frames_total)."""
-
-    def __init__(self, backend: FrameBackend) -> None:
-        self.backend = backend
-
-    @property
-    def models(self) -> list[str]:
-        return self.backend.models
-
-    def style_statistics(
-        self, style: Tensor, recolour_to: Tensor | None, model: str | None
-    ) -> tuple[Tensor, Tensor]:
-        return self.backend.style_statistics(style, recolour_to, model)
-
-    def stylize(self, content: Tensor, mix: StyleMix, model: str | None) -> Tensor:
-        result = self.backend.stylize(content, mix, model)
-        metrics.JOB_FRAMES.inc()
-        return result
-
-
 def job_handlers(
     store: JobStore, backend: FrameBackend, settings: ClipSettings, should_stop: Callable[[], bool]
 ) -> tuple[JobFunction, GiveUp]:
     """What a queue worker runs: `run_job` on this process's backend, the same function as the
     one-machine runner's; and how it records a job it gives up."""
-    counted = CountingBackend(backend)
 
     def run(message: str) -> None:
         job_id, part = parse_message(message)
-        record = run_job(job_id, store, counted, settings, should_stop, part=part)
+        record = run_job(job_id, store, backend, settings, should_stop, part=part)
         if record is None:
             if should_stop():
                 raise JobInterruptedRetry("this worker is stopping", delay=0)

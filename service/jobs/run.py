@@ -36,6 +36,7 @@ from media.clip import (
 )
 from media.video import Segment
 from models.errors import DomainError
+from service import metrics
 from service.jobs.batch import is_batch, stylize_batch
 from service.jobs.signals import JobCanceled, JobInterrupted
 from service.jobs.store import (
@@ -57,7 +58,10 @@ PROGRESS_EVERY_S = 0.25  # at most this often a progress report rewrites the rec
 @dataclass
 class _Progress:
     """Reports frames done to the store, throttled; raises `JobCanceled` when it finds the job
-    canceled there. For a part, the frames it wrote; the job's are the sum of its parts'."""
+    canceled there. For a part, the frames it wrote; the job's are the sum of its parts'.
+    Counts the frames this run adds (adain_job_frames_total) from the reports' increases: not
+    the network's passes, which a stabilised clip's start phases, a moving object's second
+    pass and a resumed clip's warm-up frames add to."""
 
     store: JobStore
     job_id: str
@@ -65,10 +69,14 @@ class _Progress:
     part: int | None = None
     on_progress: Callable[[int, int], None] | None = None
     last_report: float = 0.0
+    counted: int | None = None  # frames done at the last report (None: none yet)
 
     def report(self, frames_done: int, force: bool = False) -> None:
         if self.on_progress is not None:
             self.on_progress(frames_done, self.frames_total)
+        if self.counted is not None and frames_done > self.counted:
+            metrics.JOB_FRAMES.inc(frames_done - self.counted)
+        self.counted = max(frames_done, self.counted or 0)
         now = time.monotonic()
         if not force and now - self.last_report < PROGRESS_EVERY_S:
             current = self.store.get(self.job_id)

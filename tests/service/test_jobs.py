@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -180,6 +181,22 @@ def test_a_job_keeps_frames_size_rate_and_audio_and_equals_per_frame_stylize(
     )
     assert beyond.status_code == 416
     assert beyond.json()["detail"]
+
+
+def test_the_frames_metric_counts_the_frames_a_job_writes(server: RunningServer) -> None:
+    """adain_job_frames_total counts a stabilised job's frames, not the network's passes (the
+    clip's start phases add to those), in the process that runs it: here the service."""
+
+    def frames_counted() -> float:
+        text = httpx.get(f"{server.url}/metrics", timeout=10).text
+        match = re.search(r"^adain_job_frames_total (\S+)$", text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    before = frames_counted()
+    clip = make_video(frames=12, width=96, height=64)
+    job_id = submit(server, clip, stabilize="true").json()["id"]
+    assert wait_for(server, job_id)[-1]["status"] == "succeeded"
+    assert frames_counted() - before == 12
 
 
 @pytest.mark.parametrize(
