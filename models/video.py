@@ -209,6 +209,11 @@ class Tracking:
     # its way in through anything but a translation is the sharpened bicubic
     # (`Placement._resampled`).
     resample: str = "lanczos"
+    # The output's way back through a rigid resampling (a sub-pixel shift, a zoom, a turn) by
+    # "lanczos" on the output sharpened first ("sharp_lanczos"): strokes at the pixel's scale
+    # (the lite networks') keep their contrast. Not through a deformation field, where it
+    # raised the style loss instead (docs/video.md).
+    sharpen_back: bool = False
     # OpenCV DIS preset: "ultrafast", "fast" or "medium".
     flow_preset: str = "medium"
     # The flow is computed on the frames scaled down to this shorter side (px) when they are
@@ -388,11 +393,12 @@ def for_model(config: StabilizerConfig, model: str) -> StabilizerConfig:
     finer strokes than the full model (more of their detail lies near the Nyquist rate, which
     every sub-pixel resampling of the propagated output softens): unless the camera moved by
     whole pixels or an object moves over the scene, their blend takes the fine detail from the
-    new stylization alone, over a wider band (docs/video.md)."""
+    new stylization alone, over a wider band, and their output goes back onto a shifted,
+    turned or zoomed frame sharpened first (docs/video.md)."""
     if model != ModelName.lite:
         return config
     fine = replace(config.blending, rigid_mix_subpixel=False, detail_weight=0.0, detail_sigma=1.5)
-    return replace(config, blending=fine)
+    return replace(config, tracking=replace(config.tracking, sharpen_back=True), blending=fine)
 
 
 _PRESETS = {
@@ -524,15 +530,11 @@ class Placement:
         return to_tensor(self.back_image(canvas, resample), canvas.device)
 
     def back_image(self, canvas: Tensor, resample: str = "lanczos") -> np.ndarray:
-        """`back` as an (H, W, C) float32 array, what the stabiliser works on. "lanczos" takes
-        the output sharpened first ("sharp_lanczos"): resampled once, its strokes at the
-        pixel's scale keep more of their contrast (docs/video.md)."""
+        """`back` as an (H, W, C) float32 array, what the stabiliser works on."""
         height, width = self.frame_size
         if self.integer:
             ox, oy = self._shift()
             return to_image(canvas[..., oy : oy + height, ox : ox + width])
-        if resample == "lanczos":
-            resample = "sharp_lanczos"
         if self.canvas_points is not None:
             frame = remap_points(
                 to_image(canvas), self.canvas_points, resample, cv2.BORDER_REPLICATE
@@ -1496,11 +1498,18 @@ class Stabilizer:
 
     def _back(self, pending: Pending, outputs: list[Tensor]) -> np.ndarray:
         """The network's outputs taken back onto the frame's pixels, as one (H, W, 3) array:
-        the second layer's pixels from its own stylization."""
-        resample = self.config.tracking.resample
-        stylized = pending.inputs[0][1].back_image(outputs[0], resample)
+        the second layer's pixels from its own stylization (`Tracking.sharpen_back`)."""
+        tracking = self.config.tracking
+
+        def back(placement: Placement, output: Tensor) -> np.ndarray:
+            resample = tracking.resample
+            if resample == "lanczos" and tracking.sharpen_back and placement.canvas_points is None:
+                resample = "sharp_lanczos"
+            return placement.back_image(output, resample)
+
+        stylized = back(pending.inputs[0][1], outputs[0])
         if len(outputs) > 1 and pending.layer is not None:
-            restyled = pending.inputs[1][1].back_image(outputs[1], resample)
+            restyled = back(pending.inputs[1][1], outputs[1])
             stylized[pending.layer] = restyled[pending.layer]
         return stylized
 

@@ -45,9 +45,9 @@ SHARPENING_TAPS = np.array(
 )
 # Lanczos-4 itself, averaged over the sub-pixel phases, keeps 0.79 of the detail at 0.875 pi and
 # 0.64 at pi, which strokes at the pixel's scale show. Half of SHARPENING_TAPS's boost before
-# it: 0.85 and 0.68 there, within 5% of flat below. For an image resampled once (the
-# network's output onto a turned, zoomed or deformed frame); the full boost, or taps fitted
-# flat up to 0.85 pi, let more of the network's flicker through (docs/video.md).
+# it: 0.85 and 0.68 there, within 5% of flat below. For an image resampled once (the lite
+# network's output back onto a shifted, turned or zoomed frame); the full boost, or taps
+# fitted flat up to 0.85 pi, let more of the network's flicker through (docs/video.md).
 LANCZOS_SHARPENING_TAPS = (SHARPENING_TAPS + np.eye(1, 7, 3, dtype=np.float32)[0]) / 2
 _SHARPENING = {"sharp_bicubic": SHARPENING_TAPS, "sharp_lanczos": LANCZOS_SHARPENING_TAPS}
 # Local variance (of [0, 1] pixel values) under which contrast_preserving_mix leaves a mix as
@@ -292,14 +292,13 @@ def warp_affine(
     border: int,
 ) -> np.ndarray:
     """(h, w[, C]) of size (h, w) whose pixel p is `image` at `to_source` (2, 3) @ (p, 1). A
-    translation with "lanczos" ("sharp_lanczos") is two 1-D Lanczos-3 filters (with the
-    sharpening folded in: separable, several times faster than OpenCV's 8 x 8 Lanczos-4 warp:
-    a sub-pixel pan's every frame takes one each way)."""
+    translation with "lanczos" ("sharp_lanczos": on the image sharpened first) is two 1-D
+    Lanczos-3 filters (separable, several times faster than OpenCV's 8 x 8 Lanczos-4 warp: a
+    sub-pixel pan's every frame takes one each way)."""
     height, width = size
-    if resample in ("lanczos", "sharp_lanczos") and np.array_equal(to_source[:, :2], np.eye(2)):
-        shift_x, shift_y = float(to_source[0, 2]), float(to_source[1, 2])
-        return _shift(image, shift_x, shift_y, size, border, sharpening=_SHARPENING.get(resample))
     source, kernel = _resampling(image, resample, border)
+    if kernel == cv2.INTER_LANCZOS4 and np.array_equal(to_source[:, :2], np.eye(2)):
+        return _shift(source, float(to_source[0, 2]), float(to_source[1, 2]), size, border)
     flags = kernel | cv2.WARP_INVERSE_MAP
 
     def apply(part: np.ndarray) -> np.ndarray:
@@ -349,30 +348,24 @@ def _shift(
     shift_y: float,
     size: tuple[int, int],
     border: int,
-    *,
-    sharpening: np.ndarray | None = None,
     lobes: int = LANCZOS_LOBES,
 ) -> np.ndarray:
     """(h, w[, C]) whose pixel (x, y) is `image` at (x + shift_x, y + shift_y), Lanczos with
-    `lobes` lobes as two 1-D filters, on the image sharpened by `sharpening` (odd taps, folded
-    into the filters)."""
+    `lobes` lobes as two 1-D filters."""
     height, width = size
     base_x, base_y = math.floor(shift_x), math.floor(shift_y)
+    reach = lobes - 1
     taps_x, taps_y = _lanczos_taps(shift_x - base_x, lobes), _lanczos_taps(shift_y - base_y, lobes)
-    if sharpening is not None:
-        taps_x, taps_y = np.convolve(taps_x, sharpening), np.convolve(taps_y, sharpening)
-    count = len(taps_x)  # even: the middle two taps are the point's neighbours
-    reach = count // 2 - 1
     # The source pixels the taps read: columns base_x - reach .. base_x + width + reach + 1,
     # rows alike.
     left, top = base_x - reach, base_y - reach
     source_height, source_width = image.shape[:2]
-    if size == (source_height, source_width) and {-left, -top} <= set(range(count)):
+    if size == (source_height, source_width) and {-left, -top} <= set(range(2 * lobes)):
         # A shift by less than the taps' reach (a frame-to-frame motion): the filter's anchor
         # moves the image and OpenCV's border the pixels outside it, without a padded copy.
         window, anchor, border_type = image, (-left, -top), border
     else:
-        right, bottom = left + width + count - 1, top + height + count - 1
+        right, bottom = left + width + 2 * lobes - 1, top + height + 2 * lobes - 1
         pads = (
             max(0, -top),
             max(0, bottom - source_height),
@@ -381,7 +374,7 @@ def _shift(
         )
         padded = cv2.copyMakeBorder(image, *pads, border) if any(pads) else image
         # A view: OpenCV takes rows at any stride, no copy needed. Row y of the result reads
-        # rows y .. y + count - 1 of the window (the rows past it are cropped).
+        # rows y .. y + 2 * lobes - 1 of the window (the rows past it are cropped).
         window = padded[top + pads[0] : bottom + pads[0], left + pads[2] : right + pads[2]]
         anchor, border_type = (0, 0), cv2.BORDER_REPLICATE
 
@@ -390,7 +383,7 @@ def _shift(
             window[band], -1, taps_x, taps_y, anchor=anchor, borderType=border_type
         )
 
-    filtered = in_bands(rows, window, count)
+    filtered = in_bands(rows, window, 2 * lobes)
     filtered = rows(slice(None)) if filtered is None else filtered
     result = filtered[:height, :width]
     return result[..., None] if image.ndim == 3 and result.ndim == 2 else result

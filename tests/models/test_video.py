@@ -349,8 +349,8 @@ def test_resuming_a_deforming_scene_gives_the_same_frames(stylize, deforming_cli
 
 def test_the_lite_networks_fine_strokes_stay_sharp_with_their_own_blend(clip: Clip) -> None:
     # The lite networks' finest strokes lie near the Nyquist rate, where each sub-pixel
-    # resampling of the propagated output softens them: the full model's blend loses more of
-    # them on this pan, lite's own (fine detail from the new stylization alone) keeps them. Moved by
+    # resampling of the propagated output softens them: the full model's blend loses them on
+    # this pan, lite's own (fine detail from the new stylization alone) keeps them. Moved by
     # whole pixels they are not resampled: there both blends are the same.
     lite = build_pipeline(PipelineConfig(Device.cpu, Precision.fp32, model=ModelName.lite))
     mean, std = lite.style_statistics(texture(128, seed=7)[None])
@@ -363,8 +363,7 @@ def test_the_lite_networks_fine_strokes_stay_sharp_with_their_own_blend(clip: Cl
         model: against_per_frame(stylize, clip, for_model(StabilizerConfig(), model))
         for model in (ModelName.full, ModelName.lite)
     }
-    assert ratios[ModelName.full][1] + 0.05 < ratios[ModelName.lite][1], ratios
-    assert ratios[ModelName.lite][1] > 0.9, ratios
+    assert ratios[ModelName.full][1] < 0.9 < ratios[ModelName.lite][1], ratios
     assert ratios[ModelName.lite][0] < 0.3, ratios
     assert for_model(StabilizerConfig(), ModelName.full) == StabilizerConfig()
     whole = render(texture(2 * SIZE, seed=3), pan((3.0, 0.0), (8.0, 8.0)), FRAMES, (SIZE, SIZE))
@@ -375,6 +374,49 @@ def test_the_lite_networks_fine_strokes_stay_sharp_with_their_own_blend(clip: Cl
         rtol=0,
         atol=0,
     )
+
+
+def test_the_lite_networks_output_goes_back_sharpened_but_not_through_a_deformation(
+    deforming_clip: Clip, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Lanczos-4 softens the strokes at the pixel's scale that lite draws: on a turning camera
+    # lite's output, sharpened before its way back, keeps more of them (no blend: the way back
+    # alone). Through a deformation field it goes back unsharpened (there the sharpening
+    # raised the style loss); the full model's never is sharpened.
+    lite = build_pipeline(PipelineConfig(Device.cpu, Precision.fp32, model=ModelName.lite))
+    mean, std = lite.style_statistics(texture(128, seed=7)[None])
+    mix = StyleMix(mean=mean, std=std, weights=torch.ones(1))
+
+    def stylize(frame: Tensor, placement: Placement | None) -> Tensor:
+        return lite.stylize_batch(frame, [mix])
+
+    centre = ((SIZE - 1) / 2, (SIZE - 1) / 2)
+    turning = render(
+        texture(2 * SIZE, seed=3), rotate(0.01, centre, (24.0, 24.0)), FRAMES, (SIZE, SIZE)
+    )
+    config = for_model(StabilizerConfig(), ModelName.lite)
+    assert config.tracking.sharpen_back and not StabilizerConfig().tracking.sharpen_back
+    plain = replace(config, tracking=replace(config.tracking, sharpen_back=False))
+    detail = {
+        sharpened: sharpness(
+            run(Stabilizer(stylize, replace(chosen, blending=NO_BLEND)), turning.frames)
+        )
+        for sharpened, chosen in ((True, config), (False, plain))
+    }
+    assert detail[True] > 1.03 * detail[False], detail
+
+    kernels: list[tuple[bool, str]] = []  # (through a deformation field, the way back's kernel)
+    original = Placement.back_image
+
+    def back_image(placement: Placement, canvas: Tensor, resample: str = "lanczos") -> np.ndarray:
+        if not placement.integer:
+            kernels.append((placement.canvas_points is not None, resample))
+        return original(placement, canvas, resample)
+
+    monkeypatch.setattr(Placement, "back_image", back_image)
+    run(Stabilizer(stylize, config), deforming_clip.frames)
+    assert {kernel for dense, kernel in kernels if dense} == {"lanczos"}, kernels
+    assert {kernel for dense, kernel in kernels if not dense} <= {"sharp_lanczos"}, kernels
 
 
 def test_the_strength_spans_per_frame_to_the_strongest() -> None:
