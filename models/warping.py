@@ -296,9 +296,10 @@ def warp_affine(
     Lanczos-3 filters (separable, several times faster than OpenCV's 8 x 8 Lanczos-4 warp: a
     sub-pixel pan's every frame takes one each way)."""
     height, width = size
+    if resample in ("lanczos", "sharp_lanczos") and np.array_equal(to_source[:, :2], np.eye(2)):
+        shift_x, shift_y = float(to_source[0, 2]), float(to_source[1, 2])
+        return _shift(image, shift_x, shift_y, size, border, sharpening=_SHARPENING.get(resample))
     source, kernel = _resampling(image, resample, border)
-    if kernel == cv2.INTER_LANCZOS4 and np.array_equal(to_source[:, :2], np.eye(2)):
-        return _shift(source, float(to_source[0, 2]), float(to_source[1, 2]), size, border)
     flags = kernel | cv2.WARP_INVERSE_MAP
 
     def apply(part: np.ndarray) -> np.ndarray:
@@ -348,10 +349,13 @@ def _shift(
     shift_y: float,
     size: tuple[int, int],
     border: int,
+    *,
+    sharpening: np.ndarray | None = None,
     lobes: int = LANCZOS_LOBES,
 ) -> np.ndarray:
     """(h, w[, C]) whose pixel (x, y) is `image` at (x + shift_x, y + shift_y), Lanczos with
-    `lobes` lobes as two 1-D filters."""
+    `lobes` lobes as two 1-D filters, on the image sharpened by the symmetric `sharpening`
+    taps first (in the same bands of rows)."""
     height, width = size
     base_x, base_y = math.floor(shift_x), math.floor(shift_y)
     reach = lobes - 1
@@ -379,11 +383,13 @@ def _shift(
         anchor, border_type = (0, 0), cv2.BORDER_REPLICATE
 
     def rows(band: slice) -> np.ndarray:
-        return cv2.sepFilter2D(
-            window[band], -1, taps_x, taps_y, anchor=anchor, borderType=border_type
-        )
+        part = window[band]
+        if sharpening is not None:
+            part = cv2.sepFilter2D(part, -1, sharpening, sharpening, borderType=border_type)
+        return cv2.sepFilter2D(part, -1, taps_x, taps_y, anchor=anchor, borderType=border_type)
 
-    filtered = in_bands(rows, window, 2 * lobes)
+    reach = 0 if sharpening is None else len(sharpening) // 2
+    filtered = in_bands(rows, window, 2 * lobes + reach)
     filtered = rows(slice(None)) if filtered is None else filtered
     result = filtered[:height, :width]
     return result[..., None] if image.ndim == 3 and result.ndim == 2 else result

@@ -66,6 +66,22 @@ def test_a_small_shift_without_padding_equals_the_padded_one(
     np.testing.assert_allclose(direct, general, atol=1e-6)
 
 
+@pytest.mark.parametrize("shift", [(0.5, 0.25), (-2.3, 1.7), (12.4, 9.6)])
+def test_a_shift_sharpened_in_its_bands_equals_sharpening_first(
+    shift: tuple[float, float],
+) -> None:
+    """`_shift` sharpening each band of rows before its filters gives the image sharpened
+    whole and shifted after, away from the border (which the shift's padding fills before the
+    sharpening there)."""
+    image, border = noise(200, 120), cv2.BORDER_REPLICATE
+    taps = warping.LANCZOS_SHARPENING_TAPS
+    banded = warping._shift(image, *shift, (200, 120), border, sharpening=taps)
+    sharpened = cv2.sepFilter2D(image, -1, taps, taps, borderType=border)
+    sharpened_first = warping._shift(sharpened, *shift, (200, 120), border)
+    inner = (slice(20, -20), slice(20, -20))
+    np.testing.assert_allclose(banded[inner], sharpened_first[inner], atol=1e-5)
+
+
 def test_the_sharpened_lanczos_keeps_more_of_the_detail_and_adds_none() -> None:
     """Lanczos-4 (Lanczos-3 for a shift) softens detail near the pixel's scale; on the image
     sharpened first, a turn and a sub-pixel shift keep more of it (variance of the Laplacian),
