@@ -388,8 +388,8 @@ def _shift(
             part = cv2.sepFilter2D(part, -1, sharpening, sharpening, borderType=border_type)
         return cv2.sepFilter2D(part, -1, taps_x, taps_y, anchor=anchor, borderType=border_type)
 
-    reach = 0 if sharpening is None else len(sharpening) // 2
-    filtered = in_bands(rows, window, 2 * lobes + reach)
+    sharpening_reach = 0 if sharpening is None else len(sharpening) // 2
+    filtered = in_bands(rows, window, 2 * lobes + sharpening_reach)
     filtered = rows(slice(None)) if filtered is None else filtered
     result = filtered[:height, :width]
     return result[..., None] if image.ndim == 3 and result.ndim == 2 else result
